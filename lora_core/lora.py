@@ -1,0 +1,402 @@
+"""LoRA as a drop-in replacement for nn.Linear, plus a model wrapper holding named adapters.
+
+The frozen weight W is never modified. An adapter adds B(A(x)) * scale on the side:
+    y = x W^T + b + dropout(x) A^T B^T * scale,   scale = alpha / r  (or alpha / sqrt(r), rsLoRA)
+A new adapter has B = 0, so it changes nothing until trained. Merging builds W + scale * B A into a
+separate tensor used for inference; unmerging drops that tensor, so W stays bit-for-bit what it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .model import LAYER_NAMES, MLP
+
+INITS = ("kaiming", "gaussian")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """How an adapter is shaped; kept apart from the layers, like PEFT's LoraConfig."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LAYER_NAMES
+    use_rslora: bool = False
+    init: str = "kaiming"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        """Raise ConfigError for any value that cannot make a sensible adapter on `model`."""
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError("rank", f"must be a whole number of at least 1, got {self.r!r}")
+        if not _finite(self.alpha) or self.alpha <= 0:
+            raise ConfigError("alpha", f"must be a positive number, got {self.alpha!r}")
+        if not _finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if self.init not in INITS:
+            raise ConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not self.target_modules:
+            raise ConfigError("targets", "choose at least one layer to adapt")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ConfigError("targets", f"lists a layer twice: {', '.join(self.target_modules)}")
+        if model is None:
+            return
+        layers = dict(_linear_layers(model))
+        for name in self.target_modules:
+            if name not in layers:
+                known = ", ".join(layers)
+                raise ConfigError("targets", f"unknown layer {name!r}; the model has {known}")
+            layer = layers[name]
+            limit = min(layer.in_features, layer.out_features)
+            if self.r > limit:
+                raise ConfigError(
+                    "rank",
+                    f"{self.r} is larger than {name} allows ({layer.in_features} -> "
+                    f"{layer.out_features}: at most {limit}); lower the rank or drop {name}",
+                )
+
+    def to_peft(self) -> dict[str, Any]:
+        """The fields of Hugging Face PEFT's adapter_config.json for this adapter."""
+        return {
+            "peft_type": "LORA",
+            "task_type": None,
+            "base_model_name_or_path": None,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": list(self.target_modules),
+            "use_rslora": self.use_rslora,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True if self.init == "kaiming" else "gaussian",
+            "inference_mode": True,
+            "modules_to_save": None,
+        }
+
+    @classmethod
+    def from_peft(cls, data: dict[str, Any]) -> LoraConfig:
+        """Read the fields this package uses from a PEFT adapter_config.json dictionary."""
+        if data.get("peft_type") != "LORA":
+            raise ConfigError("peft_type", f"expected 'LORA', got {data.get('peft_type')!r}")
+        for key in ("r", "lora_alpha", "target_modules"):
+            if key not in data:
+                raise ConfigError(key, "missing from adapter_config.json")
+        if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
+            raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
+        targets = data["target_modules"]
+        if isinstance(targets, str) or not isinstance(targets, list):
+            raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+        init = "gaussian" if data.get("init_lora_weights") == "gaussian" else "kaiming"
+        cfg = cls(
+            r=data["r"],
+            alpha=data["lora_alpha"],
+            dropout=data.get("lora_dropout", 0.0),
+            target_modules=tuple(targets),
+            use_rslora=bool(data.get("use_rslora", False)),
+            init=init,
+        )
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    for name, module in model.named_children():
+        if isinstance(module, LoraLinear):
+            yield name, module.base_layer
+        elif isinstance(module, nn.Linear):
+            yield name, module
+
+
+class LoraLinear(nn.Module):
+    """nn.Linear plus any number of named low-rank adapters, at most one active at a time."""
+
+    def __init__(self, base_layer: nn.Linear) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.adapters_enabled = True
+        self._merged_weight: torch.Tensor | None = None
+
+    def add_adapter(self, name: str, config: LoraConfig, generator: torch.Generator | None = None) -> None:
+        w = self.base_layer.weight
+        a = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=w.dtype)
+        b = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            if config.init == "gaussian":
+                a.weight.normal_(0.0, 1.0, generator=generator)
+            else:  # PEFT's and nn.Linear's default: Kaiming-uniform with a = sqrt(5)
+                bound = 1.0 / math.sqrt(self.in_features)
+                a.weight.uniform_(-bound, bound, generator=generator)
+            b.weight.zero_()
+        self.lora_A[name] = a
+        self.lora_B[name] = b
+        self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.scaling[name] = config.scale
+
+    def delete_adapter(self, name: str) -> None:
+        if self.active_adapter == name:
+            self.unmerge()
+            self.active_adapter = None
+        for store in (self.lora_A, self.lora_B, self.lora_dropout):
+            if name in store:
+                del store[name]
+        self.scaling.pop(name, None)
+
+    def set_adapter(self, name: str | None) -> None:
+        if name != self.active_adapter:
+            self.unmerge()
+        self.active_adapter = name if name in self.lora_A else None
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The update scale * B A that the adapter adds to W (for inspection and merging)."""
+        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.active_adapter is None:
+            return
+        self._merged_weight = self.base_layer.weight + self.delta_weight(self.active_adapter)
+
+    def unmerge(self) -> None:
+        self._merged_weight = None
+
+    @property
+    def merged(self) -> bool:
+        return self._merged_weight is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.active_adapter
+        if name is None or not self.adapters_enabled:
+            return self.base_layer(x)
+        if self._merged_weight is not None:
+            return F.linear(x, self._merged_weight, self.base_layer.bias)
+        out = self.base_layer(x)
+        side = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x)))
+        return out + side * self.scaling[name]
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.lora_A)}, active={self.active_adapter!r}"
+
+
+@dataclass
+class _AdapterEntry:
+    config: LoraConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class LoraModel(nn.Module):
+    """An MLP whose target layers carry named LoRA adapters; the base weights stay frozen.
+
+    One adapter is active at a time; switching is instant and never reloads the base.
+    """
+
+    def __init__(self, base: MLP) -> None:
+        super().__init__()
+        self.model = base
+        self.adapters: dict[str, _AdapterEntry] = {}
+        self._active: str | None = None
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    # --- adapters -------------------------------------------------------------------------------
+    def add_adapter(
+        self,
+        name: str,
+        config: LoraConfig,
+        seed: int | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Add a fresh adapter (B = 0, so the model's outputs do not change) and make it active."""
+        validate_adapter_name(name)
+        config.validate(self.model)
+        if name in self.adapters:
+            raise ConfigError("name", f"an adapter called {name!r} is already loaded")
+        device = next(self.model.parameters()).device
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+        for layer_name in config.target_modules:
+            layer = getattr(self.model, layer_name)
+            if not isinstance(layer, LoraLinear):
+                layer = LoraLinear(layer)
+                setattr(self.model, layer_name, layer)
+            layer.add_adapter(name, config, generator)
+        self.adapters[name] = _AdapterEntry(config, dict(meta or {}))
+        self.set_adapter(name)
+
+    def delete_adapter(self, name: str) -> None:
+        self._require(name)
+        for layer in self.lora_layers().values():
+            layer.delete_adapter(name)
+        del self.adapters[name]
+        if self._active == name:
+            self.set_adapter(None)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make `name` the active adapter (None: the plain base model)."""
+        if name is not None:
+            self._require(name)
+        self._active = name
+        for layer in self.lora_layers().values():
+            layer.set_adapter(name)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def adapter_config(self, name: str) -> LoraConfig:
+        return self._require(name).config
+
+    def adapter_meta(self, name: str) -> dict[str, Any]:
+        return self._require(name).meta
+
+    def _require(self, name: str) -> _AdapterEntry:
+        if name not in self.adapters:
+            known = ", ".join(sorted(self.adapters)) or "none"
+            raise ConfigError("adapter", f"no adapter called {name!r} (loaded: {known})")
+        return self.adapters[name]
+
+    def lora_layers(self) -> dict[str, LoraLinear]:
+        return {n: m for n, m in self.model.named_children() if isinstance(m, LoraLinear)}
+
+    # --- enabling, merging ---------------------------------------------------------------------
+    def enable_adapters(self, enabled: bool = True) -> None:
+        for layer in self.lora_layers().values():
+            layer.adapters_enabled = enabled
+
+    def disable_adapters(self) -> None:
+        self.enable_adapters(False)
+
+    @contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Run the plain base model inside the block, whatever adapter is active."""
+        layers = self.lora_layers().values()
+        before = [layer.adapters_enabled for layer in layers]
+        self.disable_adapters()
+        try:
+            yield
+        finally:
+            for layer, was in zip(layers, before):
+                layer.adapters_enabled = was
+
+    def merge(self) -> None:
+        """Fold the active adapter into a separate copy of each weight for zero-overhead inference."""
+        for layer in self.lora_layers().values():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.lora_layers().values():
+            layer.unmerge()
+
+    # --- parameters ----------------------------------------------------------------------------
+    def mark_only_lora_trainable(self, name: str) -> list[nn.Parameter]:
+        """Freeze everything but adapter `name`'s A and B; return those trainable parameters."""
+        self._require(name)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        params: list[nn.Parameter] = []
+        for layer in self.lora_layers().values():
+            if name in layer.lora_A:
+                for p in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+                    p.requires_grad_(True)
+                    params.append(p)
+        return params
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base MLP's weights under its own keys (linear1.weight, ...), without any adapter."""
+        return {
+            key.replace(".base_layer.", "."): value
+            for key, value in self.model.state_dict().items()
+            if ".lora_" not in key
+        }
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter `name`'s tensors under Hugging Face PEFT's keys."""
+        self._require(name)
+        out: dict[str, torch.Tensor] = {}
+        for layer_name, layer in self.lora_layers().items():
+            if name in layer.lora_A:
+                prefix = f"base_model.model.{layer_name}"
+                out[f"{prefix}.lora_A.weight"] = layer.lora_A[name].weight.detach()
+                out[f"{prefix}.lora_B.weight"] = layer.lora_B[name].weight.detach()
+        return out
+
+    def expected_adapter_shapes(self, config: LoraConfig) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        layers = dict(_linear_layers(self.model))
+        for layer_name in config.target_modules:
+            layer = layers[layer_name]
+            prefix = f"base_model.model.{layer_name}"
+            shapes[f"{prefix}.lora_A.weight"] = (config.r, layer.in_features)
+            shapes[f"{prefix}.lora_B.weight"] = (layer.out_features, config.r)
+        return shapes
+
+    def load_adapter_tensors(
+        self,
+        name: str,
+        config: LoraConfig,
+        tensors: dict[str, torch.Tensor],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Add adapter `name` with weights from a PEFT-keyed state dict (checked by the caller)."""
+        self.add_adapter(name, config, meta=meta)
+        with torch.no_grad():
+            for layer_name, layer in self.lora_layers().items():
+                if name in layer.lora_A:
+                    prefix = f"base_model.model.{layer_name}"
+                    layer.lora_A[name].weight.copy_(tensors[f"{prefix}.lora_A.weight"])
+                    layer.lora_B[name].weight.copy_(tensors[f"{prefix}.lora_B.weight"])
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def validate_adapter_name(name: str) -> None:
+    """Adapter names become folder names: keep them short, plain and safe."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("name", "an adapter name must not be empty")
+    if len(name) > 64:
+        raise ConfigError("name", f"must be at most 64 characters, got {len(name)}")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    bad = sorted(set(name) - allowed)
+    if bad or name.startswith(".") or ".." in name:
+        raise ConfigError(
+            "name",
+            f"{name!r} is not a valid adapter name: use letters, digits, '-', '_' and '.' "
+            "(not starting with '.', no '..', no '/')",
+        )

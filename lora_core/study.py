@@ -1,0 +1,231 @@
+"""The study's workflows, shared by the command line and the dashboard.
+
+train_and_save_base -> evaluate -> finetune_and_save_adapter -> proof that the base is untouched.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data import MnistData
+from .errors import ConfigError
+from .evaluate import Evaluation, compare, evaluate, predict
+from .lora import LoraModel
+from .model import MLP
+from .params import parameter_table, weights_unchanged
+from .storage import ArtifactStore, BaseModelRecord
+from .train import FinetuneConfig, ProgressCallback, TrainConfig, finetune, resolve_device, train_base
+
+
+def default_adapter_name(digits: tuple[int, ...]) -> str:
+    return "digit-" + "-".join(str(d) for d in digits)
+
+
+def train_and_save_base(
+    store: ArtifactStore,
+    data: MnistData,
+    config: TrainConfig,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save the base model; a stopped or failed run saves nothing."""
+    model, run = train_base(data, config, progress, stop)
+    evaluation = evaluate(model, data.test_x, data.test_y)
+    meta = {
+        "training": {
+            **config.to_dict(),
+            "device_used": str(next(model.parameters()).device),
+            "optimizer": "Adam",
+            "loss": "cross_entropy",
+            "seconds": run.seconds,
+            "samples_per_s": run.samples_per_s,
+            "final_loss": run.losses[-1] if run.losses else None,
+        },
+        "normalization": {"mean": 0.1307, "std": 0.3081},
+        "seed": config.seed,
+        "metrics": _metrics_summary(evaluation),
+        "data": {"source": data.source, "md5": data.md5},
+        "environment": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    return store.save_base(model.cpu(), meta)
+
+
+def _metrics_summary(evaluation: Evaluation) -> dict[str, Any]:
+    summary = evaluation.summary()
+    summary.pop("misclassified")
+    return summary
+
+
+@dataclass
+class AdapterOutcome:
+    name: str
+    digits: tuple[int, ...]
+    before: Evaluation
+    after: Evaluation
+    config: FinetuneConfig
+    seconds: float
+    trainable_params: int
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        lora = self.config.lora_config()
+        return {
+            "name": self.name,
+            "target_digits": list(self.digits),
+            "rank": lora.r,
+            "alpha": lora.alpha,
+            "targets": list(lora.target_modules),
+            "trainable_params": self.trainable_params,
+            "path": self.path,
+            "seconds": self.seconds,
+            "finetune": self.config.to_dict(),
+        }
+
+
+def load_base_for_lora(store: ArtifactStore, device: str = "auto") -> tuple[BaseModelRecord, LoraModel]:
+    record = store.load_base(resolve_device(device))
+    return record, LoraModel(record.model)
+
+
+def finetune_and_save_adapter(
+    store: ArtifactStore,
+    base: BaseModelRecord,
+    lora_model: LoraModel,
+    data: MnistData,
+    config: FinetuneConfig,
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    base_eval: Evaluation | None = None,
+) -> AdapterOutcome:
+    """Fine-tune an adapter (default target: the base model's weakest digit), evaluate it, save it."""
+    config.validate(lora_model.model)
+    with lora_model.adapters_disabled():
+        before = base_eval or evaluate(lora_model, data.test_x, data.test_y)
+    digits = config.digits or (before.weakest_digit,)
+    config = FinetuneConfig(**{**config.__dict__, "digits": tuple(digits)})
+    name = name or default_adapter_name(digits)
+    folder = store.adapter_dir(name)
+    if folder.exists() and not overwrite:
+        raise ConfigError("name", f"an adapter called {name!r} already exists; choose another name or overwrite it")
+    if name in lora_model.adapters:
+        lora_model.delete_adapter(name)
+    run = finetune(lora_model, name, data, digits, config, progress, stop)
+    after = evaluate(lora_model, data.test_x, data.test_y)
+    table = parameter_table(lora_model, config.lora_config())
+    metrics = {
+        "target_digits": list(digits),
+        "finetune": config.to_dict(),
+        "seconds": run.seconds,
+        "samples_per_s": run.samples_per_s,
+        "final_loss": run.losses[-1] if run.losses else None,
+        "trainable_params": table.lora_params,
+        "before": _metrics_summary(before),
+        "after": _metrics_summary(after),
+        "difference": {k: v for k, v in compare(before, after).items() if k not in ("fixed", "broken")},
+    }
+    path = store.save_adapter(lora_model, name, metrics, base.fingerprint)
+    return AdapterOutcome(name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path))
+
+
+def base_weights_proof(store: ArtifactStore, lora_model: LoraModel) -> list[dict[str, Any]]:
+    """Per tensor: max |current - saved| against the base checkpoint on disk, and bit-identity."""
+    saved = store.load_base("cpu").model.state_dict()
+    current = {k: v.detach().cpu() for k, v in lora_model.base_state_dict().items()}
+    return [
+        {"tensor": c.key, "max_abs_diff": c.max_abs_diff, "identical": c.identical}
+        for c in weights_unchanged(saved, current)
+    ]
+
+
+def run_study(
+    store: ArtifactStore,
+    data: MnistData,
+    train_config: TrainConfig,
+    finetune_config: FinetuneConfig,
+    name: str | None = None,
+    retrain: bool = False,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Train (or reuse) the base model, fine-tune its weakest digit, and measure everything."""
+    seconds: dict[str, float] = {}
+    train_config.validate()
+    finetune_config.validate()
+    t = time.perf_counter()
+    if retrain or not store.has_base():
+        log("Training the base model")
+        train_and_save_base(store, data, train_config, progress, stop)
+        seconds["train"] = time.perf_counter() - t
+    else:
+        log(f"Reusing the base model in {store.base_dir} (--retrain to train a new one)")
+        seconds["train"] = 0.0
+    base, lora_model = load_base_for_lora(store, finetune_config.device)
+    t = time.perf_counter()
+    base_eval = evaluate(base.model, data.test_x, data.test_y)
+    seconds["evaluate_base"] = time.perf_counter() - t
+    log(f"Base accuracy {base_eval.accuracy:.2%}; weakest digit {base_eval.weakest_digit}")
+    t = time.perf_counter()
+    outcome = finetune_and_save_adapter(
+        store,
+        base,
+        lora_model,
+        data,
+        finetune_config,
+        name,
+        overwrite=True,
+        progress=progress,
+        stop=stop,
+        base_eval=base_eval,
+    )
+    seconds["finetune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    proof = base_weights_proof(store, lora_model)
+    disabled_ok = disabled_equals_base(lora_model, data.test_x)
+    seconds["verify"] = time.perf_counter() - t
+    table = parameter_table(lora_model, outcome.config.lora_config())
+    return {
+        "artifacts": str(store.root),
+        "data_source": data.source,
+        "base": _eval_json(base_eval),
+        "adapted": _eval_json(outcome.after),
+        "target_digit": outcome.digits[0],
+        "target_digits": list(outcome.digits),
+        "adapter": outcome.to_dict(),
+        "base_params": table.base_params,
+        "parameters": table.to_dict(),
+        "weights_proof": proof,
+        "base_weights_unchanged": all(p["identical"] for p in proof),
+        "disabled_adapter_equals_base": disabled_ok,
+        "train_metrics": store.base_meta()["training"],
+        "seconds": seconds,
+    }
+
+
+def disabled_equals_base(lora_model: LoraModel, x: torch.Tensor) -> bool:
+    """With adapters disabled, the LoRA model's logits are exactly those of a plain MLP built
+    from the base weights alone."""
+    with lora_model.adapters_disabled():
+        disabled = predict(lora_model, x)
+    plain = MLP(*lora_model.model.hidden)
+    plain.load_state_dict(lora_model.base_state_dict())
+    plain.to(next(lora_model.model.parameters()).device)
+    return torch.equal(disabled, predict(plain, x))
+
+
+def _eval_json(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "accuracy": evaluation.accuracy,
+        "per_digit_accuracy": evaluation.per_digit_accuracy,
+        "wrong_counts": evaluation.wrong_counts,
+        "confusion": evaluation.confusion,
+    }

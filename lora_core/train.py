@@ -1,0 +1,346 @@
+"""Training the base MLP and fine-tuning LoRA adapters, on tensors already in memory.
+
+Both loops report progress through one callback (the CLI draws a progress bar from it, the dashboard
+a live chart), stop cleanly when asked, and refuse to go on when the loss stops being finite.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import MnistData
+from .errors import ConfigError, RunStopped, TrainingDiverged
+from .lora import LoraConfig, LoraModel, validate_adapter_name
+from .model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class Progress:
+    """One report from a running loop."""
+
+    phase: str
+    step: int
+    total_steps: int
+    loss: float
+    samples_per_s: float
+    elapsed_s: float
+    eta_s: float
+    epoch: int = 1
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 1.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class TrainConfig:
+    """Base training with Adam. Defaults measured on 2 CPU cores (README, "Choosing the defaults"):
+    batch 256 runs at about 80% of the matmul peak, and lr 2e-3 decayed linearly to 0 over the run
+    reaches 97.5-97.7% test accuracy in one epoch (constant 1e-3: 96.4-96.8%).
+    """
+
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 2e-3
+    lr_schedule: str = "linear"
+    seed: int = 0
+    device: str = "auto"
+    hidden: tuple[int, int] = DEFAULT_HIDDEN
+
+    def validate(self) -> None:
+        _check_int("epochs", self.epochs, 1, 1000)
+        _check_int("batch_size", self.batch_size, 1, 60_000)
+        _check_lr(self.lr)
+        _check_schedule(self.lr_schedule)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_device(self.device)
+        if len(self.hidden) != 2:
+            raise ConfigError("hidden", f"give two hidden sizes, got {self.hidden!r}")
+        for h in self.hidden:
+            _check_int("hidden", h, 1, 16_384)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class FinetuneConfig:
+    """LoRA fine-tuning on one or more target digits, with replay of the other digits.
+
+    replay is the share of each batch drawn from the other digits; it keeps the adapter from
+    forgetting them. Defaults measured from the default base model (see README).
+    """
+
+    digits: tuple[int, ...] | None = None  # None: the base model's weakest digit
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LAYER_NAMES
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 3e-3
+    lr_schedule: str = "linear"
+    replay: float = 0.5
+    dropout: float = 0.0
+    use_rslora: bool = False
+    init: str = "kaiming"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        if self.digits is not None:
+            self.digits = tuple(self.digits)
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.targets,
+            use_rslora=self.use_rslora,
+            init=self.init,
+        )
+
+    def validate(self, model: MLP | None = None) -> None:
+        if self.digits is not None:
+            if not self.digits:
+                raise ConfigError("digit", "choose at least one target digit")
+            for d in self.digits:
+                if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 9:
+                    raise ConfigError("digit", f"must be a digit from 0 to 9, got {d!r}")
+        _check_int("steps", self.steps, 1, 1_000_000)
+        _check_int("batch_size", self.batch_size, 1, 60_000)
+        _check_lr(self.lr)
+        _check_schedule(self.lr_schedule)
+        if not _is_number(self.replay) or not 0.0 <= self.replay <= 1.0:
+            raise ConfigError("replay", f"must be a fraction from 0 to 1, got {self.replay!r}")
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_device(self.device)
+        self.lora_config().validate(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        d["digits"] = list(self.digits) if self.digits is not None else None
+        return d
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    samples_per_s: float
+    losses: list[float] = field(default_factory=list)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _check_lr(lr: Any) -> None:
+    if not _is_number(lr) or lr <= 0 or lr > 1.0:
+        raise ConfigError("lr", f"learning rate must be a number above 0 and at most 1, got {lr!r}")
+
+
+SCHEDULES = ("linear", "constant")
+
+
+def _check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ConfigError("lr_schedule", f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """'linear' decays the learning rate to 0 at the last step; 'constant' keeps it."""
+    if schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; an unavailable choice is an error."""
+    _check_device(name)
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ConfigError("device", f"{name} is not available on this machine; use cpu or auto")
+    return torch.device(name)
+
+
+class _Reporter:
+    """Turns steps into Progress reports and enforces the stop and finite-loss rules."""
+
+    def __init__(
+        self,
+        phase: str,
+        total_steps: int,
+        callback: ProgressCallback | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.phase = phase
+        self.total = total_steps
+        self.callback = callback
+        self.stop = stop
+        self.start = time.perf_counter()
+        self.samples = 0
+        self.losses: list[float] = []
+
+    def step(self, step: int, loss: torch.Tensor, batch: int, epoch: int = 1) -> None:
+        value = float(loss.item())
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"{self.phase}: the loss became {value} at step {step} of {self.total}; "
+                "lower the learning rate. Nothing was saved."
+            )
+        self.losses.append(value)
+        self.samples += batch
+        elapsed = time.perf_counter() - self.start
+        rate = self.samples / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / step * (self.total - step) if step else 0.0
+        if self.callback is not None:
+            self.callback(Progress(self.phase, step, self.total, value, rate, elapsed, eta, epoch))
+        if self.stop is not None and self.stop.is_set():
+            raise RunStopped(f"{self.phase} stopped at step {step} of {self.total}; nothing was saved")
+
+    def result(self) -> RunResult:
+        elapsed = time.perf_counter() - self.start
+        return RunResult(elapsed, self.samples / elapsed if elapsed > 0 else 0.0, self.losses)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def train_base(
+    data: MnistData,
+    config: TrainConfig | None = None,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[MLP, RunResult]:
+    """Train a fresh MLP with Adam and cross-entropy; raise RunStopped or TrainingDiverged."""
+    config = config or TrainConfig()
+    config.validate()
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model = MLP(*config.hidden).to(device)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    n = x.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    reporter = _Reporter("train", steps_per_epoch * config.epochs, progress, stop)
+    scheduler = _scheduler(optimizer, config.lr_schedule, reporter.total)
+    model.train()
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            reporter.step(step, loss.detach(), idx.numel(), epoch)
+    model.eval()
+    return model, reporter.result()
+
+
+def finetune(
+    lora_model: LoraModel,
+    name: str,
+    data: MnistData,
+    digits: Sequence[int],
+    config: FinetuneConfig,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Add adapter `name` to `lora_model` and train only its A and B.
+
+    Each batch holds (1 - replay) target-digit images and replay images of the other digits.
+    On a stop or divergence the half-trained adapter is removed again and the error raised.
+    """
+    validate_adapter_name(name)
+    config.validate(lora_model.model)
+    device = next(lora_model.model.parameters()).device
+    seed_everything(config.seed)
+    lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
+    try:
+        return _finetune_loop(lora_model, name, data, tuple(digits), config, device, progress, stop)
+    except BaseException:
+        lora_model.delete_adapter(name)
+        raise
+
+
+def _finetune_loop(
+    lora_model: LoraModel,
+    name: str,
+    data: MnistData,
+    digits: tuple[int, ...],
+    config: FinetuneConfig,
+    device: torch.device,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+) -> RunResult:
+    params = lora_model.mark_only_lora_trainable(name)
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    is_target = torch.isin(y, torch.tensor(digits, device=device))
+    target_idx = is_target.nonzero().flatten()
+    other_idx = (~is_target).nonzero().flatten()
+    n_other = round(config.batch_size * config.replay) if other_idx.numel() else 0
+    n_target = config.batch_size - n_other
+    if n_target == 0 and n_other == 0:
+        raise ConfigError("batch_size", "the batch is empty")
+    generator = torch.Generator().manual_seed(config.seed)
+    reporter = _Reporter("finetune", config.steps, progress, stop)
+    scheduler = _scheduler(optimizer, config.lr_schedule, config.steps)
+    lora_model.train()
+    try:
+        for step in range(1, config.steps + 1):
+            picks = []
+            if n_target:
+                picks.append(target_idx[torch.randint(target_idx.numel(), (n_target,), generator=generator).to(device)])
+            if n_other:
+                picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
+            idx = torch.cat(picks)
+            loss = F.cross_entropy(lora_model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            reporter.step(step, loss.detach(), idx.numel())
+    finally:
+        lora_model.eval()
+        for p in params:
+            p.requires_grad_(False)
+    return reporter.result()
