@@ -1,0 +1,148 @@
+"""Turn any digit picture (a drawing canvas, a photo, a scan) into the 28x28 input MNIST models expect.
+
+MNIST's own recipe: crop the ink, scale its bounding box to fit 20x20 keeping the aspect ratio, and
+place it in a 28x28 field with its centre of mass at the centre (index 14, 14: the mean centre of
+mass of MNIST's test digits, measured 13.99, 14.00). Light ink on dark or dark ink on light is
+detected from the border. The dashboard canvas and `python -m lora_core predict` both use this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import normalize
+from .errors import LoraCoreError
+
+SIZE = 28
+BOX = 20
+CENTRE = 14.0
+INK_THRESHOLD = 0.2  # of full contrast: fainter pixels count as background (JPEG noise, paper texture)
+MIN_INK_FRACTION = 0.001  # less ink than 0.1% of the picture is "nothing drawn yet"
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageError(LoraCoreError):
+    """An image file could not be read as a picture."""
+
+
+@dataclass
+class PreparedDigit:
+    pixels: np.ndarray  # (28, 28) float32 in 0..1, white ink on black: what the model sees
+    tensor: torch.Tensor  # (1, 784), normalised like the training data
+    inverted: bool  # True when the input was dark ink on a light background
+    ink_fraction: float  # share of the input picture covered by ink
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array (uint8 or floats in 0..1) -> HxW float32 in 0..1.
+
+    With a varying alpha channel (a canvas with a transparent background, a PNG cut-out) the ink is
+    wherever the picture is opaque, whatever its colour.
+    """
+    a = np.asarray(image)
+    if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"expected an HxW gray or HxWx3/4 colour image, got an array of shape {a.shape}")
+    a = a.astype(np.float32)
+    if np.issubdtype(np.asarray(image).dtype, np.integer) or a.max(initial=0.0) > 1.0:
+        a = a / 255.0
+    a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    if a.ndim == 2:
+        return a
+    if a.shape[2] == 1:
+        return a[:, :, 0]
+    gray = a[:, :, :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if a.shape[2] == 4:
+        alpha = a[:, :, 3]
+        if alpha.max() - alpha.min() > 0.5:
+            return alpha
+    return gray
+
+
+def prepare_digit(image: np.ndarray, invert: bool | None = None) -> PreparedDigit | None:
+    """MNIST-style 28x28 digit from `image`, or None when (nearly) nothing is drawn.
+
+    invert: None detects the polarity from the border; True forces dark-ink-on-light handling.
+    """
+    gray = to_gray(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    if invert is None:
+        invert = background > 0.5
+    if invert:
+        gray = 1.0 - gray
+        background = 1.0 - background
+    peak = float(gray.max())
+    if peak - background < 0.15:
+        return None
+    ink = ((gray - background) / (peak - background)).clip(0.0, 1.0)
+    ink[ink < INK_THRESHOLD] = 0.0
+    mask = ink > 0
+    ink_fraction = float(mask.mean())
+    if ink_fraction < MIN_INK_FRACTION:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    pixels = _centre(_fit_box(crop))
+    tensor = normalize(torch.from_numpy(pixels * 255.0).reshape(1, SIZE * SIZE))
+    return PreparedDigit(pixels, tensor, bool(invert), ink_fraction)
+
+
+def _fit_box(crop: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is exactly 20 px, keeping the aspect ratio (antialiased)."""
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
+    small = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    small = small.clamp(0.0, 1.0).numpy()
+    peak = small.max()
+    return small / peak if peak > 0 else small
+
+
+def _centre(small: np.ndarray) -> np.ndarray:
+    """Place the box in 28x28 so its centre of mass lands within half a pixel of (14, 14)."""
+    h, w = small.shape
+    total = small.sum()
+    cy = float((small.sum(axis=1) * np.arange(h)).sum() / total)
+    cx = float((small.sum(axis=0) * np.arange(w)).sum() / total)
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top : top + h, left : left + w] = small
+    return out
+
+
+def load_image(path: Path | str) -> np.ndarray:
+    """Read a PNG, JPEG or any picture Pillow knows into an array (EXIF rotation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{path}: {img.width}x{img.height} is too large for a digit picture")
+            img = ImageOps.exif_transpose(img)
+            mode = "RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB"
+            return np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from exc
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, prepared: PreparedDigit) -> np.ndarray:
+    """The model's ten class probabilities for one prepared digit."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs = torch.softmax(model(prepared.tensor.to(device)).float(), dim=1)[0].cpu().numpy()
+    model.train(was_training)
+    return probs
