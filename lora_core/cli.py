@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ArtifactError, ConfigError, DataError, LoraCoreError, RunStopped, TrainingDiverged
+from .errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ImageError,
+    LoraCoreError,
+    RunStopped,
+    TrainingDiverged,
+)
 from .fileio import atomic_write_json
 from .model import LAYER_NAMES
 from .train import DEVICES, SCHEDULES, FinetuneConfig, Progress, TrainConfig
@@ -106,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, unchanged-weights proof")
     p.add_argument("--adapter", help="adapter to inspect")
     p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("predict", parents=[common], help="read digit pictures (PNG, JPEG) with base and adapter")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--adapter", help="adapter to compare with the base (default: the newest saved adapter)")
+    p.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="dark ink on light paper: auto-detected from the border by default",
+    )
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("study", parents=[common, train_opts, ft_opts], help="the whole study, end to end")
     p.add_argument("--retrain", action="store_true", help="train a new base model even if one is saved")
@@ -408,6 +427,48 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     return result
 
 
+def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from .preprocess import load_image, predict_probabilities, prepare_digit
+    from .study import load_base_for_lora
+
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    name = args.adapter
+    if name is None:
+        usable = [r for r in store.list_adapters() if r.metrics and r.base_sha256 == base.fingerprint]
+        name = max(usable, key=lambda r: str(r.metrics.get("created", "")), default=None)
+        name = name.name if name else None
+    if name is not None:
+        store.load_adapter(lora_model, name, base.fingerprint)
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    results = []
+    for path in args.images:
+        prepared = prepare_digit(load_image(path), invert)
+        if prepared is None:
+            _say(f"{path}: no digit found (the picture is empty or has almost no ink)")
+            results.append({"image": str(path), "digit_found": False})
+            continue
+        lora_model.set_adapter(None)
+        base_p = predict_probabilities(lora_model, prepared)
+        entry: dict[str, Any] = {
+            "image": str(path),
+            "digit_found": True,
+            "inverted": prepared.inverted,
+            "base": {"prediction": int(base_p.argmax()), "probabilities": base_p.tolist()},
+        }
+        line = f"{path}: base {int(base_p.argmax())} ({base_p.max():.1%})"
+        if name is not None:
+            lora_model.set_adapter(name)
+            ad_p = predict_probabilities(lora_model, prepared)
+            entry["adapted"] = {"prediction": int(ad_p.argmax()), "probabilities": ad_p.tolist()}
+            line += f", adapter {name!r} {int(ad_p.argmax())} ({ad_p.max():.1%})"
+            if ad_p.argmax() != base_p.argmax():
+                line += "  <- they disagree"
+        _say(line)
+        results.append(entry)
+    return {"artifacts": str(store.root), "adapter": name, "predictions": results}
+
+
 def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     from .study import run_study
 
@@ -485,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handler(args, stop)
         if args.json is not None:
             atomic_write_json(args.json, result)
-    except (ConfigError, ArtifactError) as exc:
+    except (ConfigError, ArtifactError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RunStopped as exc:

@@ -34,3 +34,7 @@ class TrainingDiverged(LoraCoreError):
 
 class RunStopped(LoraCoreError):
     """A stop was requested; the run ended early and nothing was saved."""
+
+
+class ImageError(LoraCoreError):
+    """A picture could not be read or is not an image array."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import normalize
-from .errors import LoraCoreError
+from .errors import ImageError
 
 SIZE = 28
 BOX = 20
@@ -25,10 +25,6 @@ CENTRE = 14.0
 INK_THRESHOLD = 0.2  # of full contrast: fainter pixels count as background (JPEG noise, paper texture)
 MIN_INK_FRACTION = 0.001  # less ink than 0.1% of the picture is "nothing drawn yet"
 MAX_IMAGE_PIXELS = 40_000_000
-
-
-class ImageError(LoraCoreError):
-    """An image file could not be read as a picture."""
 
 
 @dataclass

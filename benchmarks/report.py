@@ -1,0 +1,66 @@
+"""Rows of the benchmark table, and their Markdown and JSON forms (used by `python -m benchmarks`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ITEMS: dict[int, str] = {
+    1: "Base training throughput against the tutorial-style baseline",
+    2: "Closeness to the machine's fp32 matmul peak",
+    3: "LoRA fine-tuning step time",
+    4: "Inference: merged and unmerged adapter against the base model",
+    5: "Draw-to-prediction latency",
+    6: "Peak memory of `python -m lora_core study`",
+    7: "Scaling with hidden size and with LoRA rank",
+}
+
+
+@dataclass
+class Row:
+    """One line of the table. `met` is True/False against `target`, None where there is no target."""
+
+    item: int
+    measurement: str
+    ours: str
+    reference: str = "-"
+    ratio: str = "-"
+    target: str = "-"
+    met: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def met_text(met: bool | None, quick: bool) -> str:
+    if met is None:
+        return "-"
+    if quick:
+        return "n/a (quick)"
+    return "yes" if met else "**no**"
+
+
+def markdown_table(rows: list[Row], quick: bool = False) -> str:
+    """The rows as a GitHub Markdown table, in item order."""
+    headers = ["#", "measurement", "ours", "reference", "ratio", "target", "met?"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    for r in sorted(rows, key=lambda r: r.item):
+        cells = [str(r.item), r.measurement, r.ours, r.reference, r.ratio, r.target, met_text(r.met, quick)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 0.1 else f"{seconds * 1e3:.0f} ms"
+
+
+def rate(samples_per_s: float) -> str:
+    return f"{samples_per_s:,.0f} samples/s"
+
+
+def pct(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%"
+
+
+def times(x: float) -> str:
+    return f"{x:.2f}x" if x < 10 else f"{x:.1f}x"

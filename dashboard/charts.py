@@ -1,0 +1,159 @@
+"""Plotly figure builders for the dashboard: small pure functions, no Streamlit, callable from tests.
+
+Every builder takes plain numbers (lists or arrays computed by lora_core) and returns a go.Figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+BASE_COLOR = "#8c9bb5"
+ADAPTED_COLOR = "#e4572e"
+TARGET_COLOR = "#f4b400"
+DIGITS = list(range(10))
+HEATMAP_MAX_CELLS = 200  # per side: bigger matrices are block-averaged before drawing
+
+
+def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.0, "xanchor": "left"},
+        height=height,
+        margin={"l": 50, "r": 20, "t": 50, "b": 45},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+    )
+    return fig
+
+
+def per_digit_bars(
+    before: Sequence[float],
+    after: Sequence[float] | None = None,
+    targets: Sequence[int] = (),
+    labels: tuple[str, str] = ("Base model", "With adapter"),
+    title: str = "Per-digit test accuracy",
+) -> go.Figure:
+    """Grouped bars of per-digit accuracy (fractions 0..1) before and after; target digits marked."""
+    fig = go.Figure()
+    text_before = [f"{100 * v:.1f}" for v in before]
+    fig.add_bar(x=DIGITS, y=[100 * v for v in before], name=labels[0], marker_color=BASE_COLOR, text=text_before)
+    values = list(before)
+    if after is not None:
+        values += list(after)
+        text_after = [f"{100 * v:.1f}" for v in after]
+        fig.add_bar(x=DIGITS, y=[100 * v for v in after], name=labels[1], marker_color=ADAPTED_COLOR, text=text_after)
+    low = max(0.0, min(100 * v for v in values) - 3.0) if values else 0.0
+    for d in targets:
+        fig.add_vrect(
+            x0=d - 0.5,
+            x1=d + 0.5,
+            fillcolor=TARGET_COLOR,
+            opacity=0.18,
+            line_width=0,
+            annotation_text=f"target {d}",
+            annotation_position="top",
+        )
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="digit", tickmode="array", tickvals=DIGITS)
+    fig.update_yaxes(title_text="accuracy (%)", range=[low, 100.5])
+    return _layout(fig, title)
+
+
+def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
+    """confusion[true][predicted] as a heatmap; `difference` uses a diverging scale centred on 0."""
+    z = np.asarray(matrix, dtype=float)
+    text = [[f"{int(v):+d}" if difference and v else f"{int(v)}" for v in row] for row in z]
+    if difference:
+        bound = max(1.0, float(np.abs(z).max()))
+        heat = go.Heatmap(z=z, x=DIGITS, y=DIGITS, colorscale="RdBu_r", zmin=-bound, zmax=bound, zmid=0.0)
+    else:
+        # log-like scale so the few errors off the diagonal are visible next to ~1,000 correct ones
+        heat = go.Heatmap(z=np.log10(1.0 + z), x=DIGITS, y=DIGITS, colorscale="Blues", showscale=False)
+    heat.update(text=text, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>")
+    fig = go.Figure(heat)
+    fig.update_xaxes(title_text="predicted", tickvals=DIGITS, side="bottom")
+    fig.update_yaxes(title_text="true digit", tickvals=DIGITS, autorange="reversed")
+    return _layout(fig, title, height=420)
+
+
+def loss_curve(losses: Sequence[float], phases: Sequence[str] | None = None, title: str = "Training loss") -> go.Figure:
+    """Loss per optimisation step; one line per phase (train, finetune) when phases are given."""
+    fig = go.Figure()
+    phases = list(phases) if phases is not None else ["loss"] * len(losses)
+    order: list[str] = []
+    for p in phases:
+        if p not in order:
+            order.append(p)
+    for phase in order:
+        steps = [i + 1 for i, p in enumerate(phases) if p == phase]
+        fig.add_scatter(
+            x=steps, y=[losses[i - 1] for i in steps], mode="lines", name=phase, line={"width": 1.5}
+        )
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="cross-entropy loss", rangemode="tozero")
+    return _layout(fig, title, height=300)
+
+
+def probability_bars(probabilities: Sequence[float], title: str, color: str = BASE_COLOR) -> go.Figure:
+    """Ten class probabilities as bars; the top prediction is highlighted."""
+    probs = [float(p) for p in probabilities]
+    top = int(np.argmax(probs)) if probs else -1
+    colors = [TARGET_COLOR if d == top else color for d in range(len(probs))]
+    fig = go.Figure(go.Bar(x=DIGITS[: len(probs)], y=probs, marker_color=colors, text=[f"{p:.0%}" for p in probs]))
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    fig.update_xaxes(title_text="digit", tickvals=DIGITS)
+    fig.update_yaxes(title_text="probability", range=[0, 1.08])
+    return _layout(fig, title, height=300)
+
+
+def singular_values(update_sv: Sequence[float], weight_sv: Sequence[float], rank: int | None = None) -> go.Figure:
+    """Singular values of the update scale*B*A beside those of W (log scale): the update is low-rank."""
+    fig = go.Figure()
+    w = np.asarray(weight_sv, dtype=float)
+    u = np.asarray(update_sv, dtype=float)
+    fig.add_scatter(x=np.arange(1, w.size + 1), y=w, mode="lines", name="W (frozen base weight)")
+    fig.add_scatter(x=np.arange(1, u.size + 1), y=u, mode="lines+markers", name="update scale·B·A")
+    if rank:
+        fig.add_vline(x=rank, line_dash="dot", annotation_text=f"r = {rank}")
+    positive = np.concatenate([w[w > 0], u[u > 0]])
+    floor = max(float(positive.max()) * 1e-9, float(positive.min())) if positive.size else 1e-12
+    fig.update_xaxes(title_text="index (largest first)", type="log")
+    fig.update_yaxes(title_text="singular value", type="log", range=[np.log10(floor) - 0.2, None])
+    return _layout(fig, "Singular values: update vs W", height=340)
+
+
+def downsample(matrix: np.ndarray, max_cells: int = HEATMAP_MAX_CELLS) -> tuple[np.ndarray, int, int]:
+    """Block-average a 2-D array so neither side exceeds max_cells; returns it and the block sizes."""
+    m = np.asarray(matrix, dtype=float)
+    rows, cols = m.shape
+    by = int(np.ceil(rows / max_cells)) or 1
+    bx = int(np.ceil(cols / max_cells)) or 1
+    if by == 1 and bx == 1:
+        return m, 1, 1
+    pad_r, pad_c = (-rows) % by, (-cols) % bx
+    padded = np.pad(m, ((0, pad_r), (0, pad_c)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // by, by, padded.shape[1] // bx, bx)
+    return np.nanmean(blocks, axis=(1, 3)), by, bx
+
+
+def update_heatmap(delta: np.ndarray, title: str = "Update scale·B·A") -> go.Figure:
+    """Heatmap of a weight update (out x in), diverging around 0; large matrices are block-averaged."""
+    small, by, bx = downsample(np.asarray(delta, dtype=float))
+    bound = float(np.nanmax(np.abs(small))) if small.size else 1.0
+    bound = bound or 1.0
+    x = np.arange(small.shape[1]) * bx
+    y = np.arange(small.shape[0]) * by
+    fig = go.Figure(go.Heatmap(z=small, x=x, y=y, colorscale="RdBu_r", zmin=-bound, zmax=bound, zmid=0.0))
+    note = f" (blocks of {by}x{bx} averaged)" if by * bx > 1 else ""
+    fig.update_xaxes(title_text="input unit")
+    fig.update_yaxes(title_text="output unit", autorange="reversed")
+    return _layout(fig, title + note, height=420)
+
+
+def digit_image(pixels: np.ndarray, scale: int = 6) -> np.ndarray:
+    """A 28x28 array in 0..1 enlarged with hard pixel edges, as uint8 for st.image."""
+    p = np.clip(np.asarray(pixels, dtype=float), 0.0, 1.0)
+    big = np.kron(p, np.ones((scale, scale)))
+    return (big * 255).round().astype(np.uint8)
