@@ -375,6 +375,8 @@ def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
 
 
 def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    import torch
+
     from .params import parameter_table
     from .study import base_weights_proof, load_base_for_lora
 
@@ -395,14 +397,14 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     result: dict[str, Any] = {"artifacts": str(store.root), "parameters": params, "base": meta}
     if args.adapter and config is not None:
         proof = base_weights_proof(store, lora_model)
-        updates = {
-            name: {
-                "frobenius_norm": float(layer.delta_weight(args.adapter).norm()),
-                "rank": int(__import__("torch").linalg.matrix_rank(layer.delta_weight(args.adapter))),
-            }
-            for name, layer in lora_model.lora_layers().items()
-            if args.adapter in layer.lora_A
-        }
+        updates = {}
+        for layer_name, layer in lora_model.lora_layers().items():
+            if args.adapter in layer.lora_A:
+                delta = layer.delta_weight(args.adapter).detach()
+                updates[layer_name] = {
+                    "frobenius_norm": float(delta.norm()),
+                    "rank": int(torch.linalg.matrix_rank(delta)),
+                }
         _say(
             f"\nAdapter {args.adapter!r}: r={config.r}, alpha={config.alpha:g}, scale={config.scale:g}, "
             f"targets {', '.join(config.target_modules)}"

@@ -5,6 +5,7 @@ train_and_save_base -> evaluate -> finetune_and_save_adapter -> proof that the b
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import threading
 import time
@@ -111,7 +112,7 @@ def finetune_and_save_adapter(
     with lora_model.adapters_disabled():
         before = base_eval or evaluate(lora_model, data.test_x, data.test_y)
     digits = config.digits or (before.weakest_digit,)
-    config = FinetuneConfig(**{**config.__dict__, "digits": tuple(digits)})
+    config = dataclasses.replace(config, digits=tuple(digits))
     name = name or default_adapter_name(digits)
     folder = store.adapter_dir(name)
     if folder.exists() and not overwrite:
