@@ -1,0 +1,125 @@
+"""Draw and predict page: draw a digit (or pick a real test digit) and compare the base model's and an
+adapter's probabilities side by side, on exactly the 28x28 image the models see."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import streamlit as st
+
+from dashboard import charts, state, ui
+from lora_core.errors import ArtifactError
+from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
+
+CANVAS_SIZE = 280
+
+st.title("Draw and predict")
+st.write(
+    "Draw a digit in white on the black square. It is cropped, scaled and centred the way MNIST's digits "
+    "were, then both models predict it."
+)
+
+base = ui.require_base("Draw and predict")
+usable = state.usable_adapters(base.fingerprint)
+names = [a.name for a in usable]
+active = state.active_adapter(base.fingerprint)
+chosen = None
+if names:
+    chosen = st.selectbox(
+        "Adapter to compare with the base model", names, index=names.index(active) if active in names else 0,
+        key="draw_adapter",
+    )
+else:
+    st.info("There is no adapter yet: only the base model predicts.")
+    ui.offer_finetune(base)
+
+st.session_state.setdefault("canvas_version", 0)
+left, mid, right = st.columns([1.2, 0.8, 2.0])
+with left:
+    st.subheader("Your digit")
+    try:
+        from streamlit_drawable_canvas import st_canvas  # only importable inside a running app
+
+        result = st_canvas(
+            stroke_width=18,
+            stroke_color="#FFFFFF",
+            background_color="#000000",
+            height=CANVAS_SIZE,
+            width=CANVAS_SIZE,
+            drawing_mode="freedraw",
+            return_image_data=True,
+            key=f"canvas-{st.session_state['canvas_version']}",
+        )
+        drawn = result.image_data if result is not None else None
+    except Exception as exc:  # the component failed to load: say so, keep the page usable
+        st.error(f"The drawing canvas is not available here ({exc}); use a random test digit instead.")
+        drawn = None
+    b1, b2 = st.columns(2)
+    if b1.button("Clear", key="draw_clear"):
+        st.session_state["canvas_version"] += 1
+        st.session_state.pop("draw_test_index", None)
+        st.rerun()
+    if b2.button("Random test digit", key="draw_random"):
+        st.session_state["draw_test_index"] = random.randrange(state.data().test_x.shape[0])
+        st.session_state["canvas_version"] += 1
+        st.rerun()
+
+prepared: PreparedDigit | None = None
+true_label = None
+test_index = st.session_state.get("draw_test_index")
+if test_index is not None:
+    x = state.data().test_x[test_index : test_index + 1]
+    prepared = PreparedDigit(pixels=state.test_pixels(test_index), tensor=x, inverted=False, ink_fraction=0.0)
+    true_label = int(state.data().test_y[test_index])
+elif drawn is not None:
+    try:
+        prepared = prepare_digit(np.asarray(drawn))
+    except ImageError as exc:
+        st.error(f"The drawing could not be read: {exc}")
+
+with mid:
+    st.subheader("What the model sees")
+    if prepared is None:
+        st.info("Draw a digit (or pick a random test digit) to get a prediction.")
+    else:
+        caption = "28 × 28, centred by mass"
+        if true_label is not None:
+            caption = f"MNIST test image #{test_index}: a {true_label}"
+        st.image(charts.digit_image(prepared.pixels, scale=6), caption=caption)
+
+with right:
+    st.subheader("Predictions")
+    if prepared is None:
+        st.write("Nothing to predict yet: draw a digit.")
+        st.stop()
+    p_base = predict_probabilities(base.model, prepared)
+    p_adapted = None
+    if chosen is not None:
+        try:
+            model = state.load_into_session(base, chosen)
+            model.set_adapter(chosen)
+            model.enable_adapters(state.adapters_enabled())
+            p_adapted = predict_probabilities(model, prepared)
+        except ArtifactError as exc:
+            st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
+    top_base = int(np.argmax(p_base))
+    c1, c2 = st.columns(2)
+    with c1:
+        st.metric("Base model says", str(top_base), f"{p_base[top_base]:.1%} sure", delta_color="off")
+        st.plotly_chart(charts.probability_bars(p_base, "Base model"), width="stretch")
+    if p_adapted is not None:
+        top_adapted = int(np.argmax(p_adapted))
+        with c2:
+            label = f"With {chosen} says" + ("" if state.adapters_enabled() else " (adapter disabled)")
+            st.metric(label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off")
+            st.plotly_chart(
+                charts.probability_bars(p_adapted, f"With adapter {chosen}", color=charts.ADAPTED_COLOR),
+                width="stretch",
+            )
+        if top_adapted != top_base:
+            st.error(f"⚠️ The models disagree: the base model says {top_base}, the adapter says {top_adapted}.")
+        else:
+            st.success(f"Both models say {top_base}.")
+    if true_label is not None:
+        st.caption(f"The true label is {true_label}.")

@@ -1,0 +1,140 @@
+"""Evaluation page: how the base model and an adapter do on the 10,000 test digits, and what changed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, state, ui
+from lora_core.errors import ArtifactError
+from lora_core.evaluate import compare
+
+GALLERY_SIZE = 30
+GALLERY_COLUMNS = 6
+
+st.title("Evaluation")
+st.write("Accuracy on the 10,000 MNIST test images, overall and digit by digit, before and after LoRA.")
+
+base = ui.require_base("Evaluation")
+base_eval = state.base_evaluation(base)
+infos = state.adapters(base.fingerprint)
+usable = [a for a in infos if a.ok]
+for a in infos:
+    if not a.ok:
+        st.warning(f"Adapter `{a.name}` is {a.status}: {a.message}")
+
+active = state.active_adapter(base.fingerprint)
+names = [a.name for a in usable]
+chosen = None
+after = None
+if names:
+    index = names.index(active) if active in names else 0
+    chosen = st.selectbox(
+        "Adapter to compare with the base model",
+        names,
+        index=index,
+        key="eval_adapter",
+        help="Defaults to the active adapter.",
+    )
+    info = next(a for a in usable if a.name == chosen)
+    try:
+        after = state.adapter_evaluation(base, info.record)
+    except ArtifactError as exc:
+        st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
+        info = None
+    targets = info.targets if info else []
+else:
+    info = None
+    targets = []
+    st.info("There is no adapter yet, so only the base model is shown.")
+    ui.offer_finetune(base)
+
+# --- overall ---------------------------------------------------------------------------------------------------
+c1, c2, c3 = st.columns(3)
+c1.metric("Base model accuracy", ui.pct(base_eval.accuracy), f"weakest digit {base_eval.weakest_digit}",
+          delta_color="off")
+if after is not None:
+    c2.metric(
+        f"With adapter {chosen}",
+        ui.pct(after.accuracy),
+        f"{100 * (after.accuracy - base_eval.accuracy):+.2f} points",
+    )
+    for d in targets[:1]:
+        c3.metric(
+            f"Target digit {d}",
+            ui.pct(after.per_digit_accuracy[d]),
+            f"{100 * (after.per_digit_accuracy[d] - base_eval.per_digit_accuracy[d]):+.2f} points",
+        )
+
+# --- per digit -------------------------------------------------------------------------------------------------
+st.header("Per-digit accuracy, before and after")
+st.plotly_chart(
+    charts.per_digit_bars(base_eval.per_digit_accuracy, after.per_digit_accuracy if after else None, targets),
+    width="stretch",
+)
+rows = []
+for d in range(10):
+    row = {
+        "digit": d,
+        "test images": base_eval.support[d],
+        "base wrong": base_eval.wrong_counts[d],
+        "base accuracy %": round(100 * base_eval.per_digit_accuracy[d], 2),
+    }
+    if after is not None:
+        row["adapted wrong"] = after.wrong_counts[d]
+        row["change in wrong"] = after.wrong_counts[d] - base_eval.wrong_counts[d]
+        row["adapted accuracy %"] = round(100 * after.per_digit_accuracy[d], 2)
+    row["target"] = "◀ target" if d in targets else ""
+    rows.append(row)
+st.subheader("Wrong test images per digit")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+# --- confusion -------------------------------------------------------------------------------------------------
+st.header("Confusion matrices")
+if after is not None:
+    diff = compare(base_eval, after)
+    t1, t2, t3 = st.tabs(["Base model", "With adapter", "Difference (adapter − base)"])
+    with t1:
+        st.plotly_chart(charts.confusion_heatmap(base_eval.confusion, "Base model"), width="stretch")
+    with t2:
+        st.plotly_chart(charts.confusion_heatmap(after.confusion, f"With adapter {chosen}"), width="stretch")
+    with t3:
+        st.plotly_chart(
+            charts.confusion_heatmap(diff["confusion_delta"], "Difference: adapter − base", difference=True),
+            width="stretch",
+        )
+        st.caption(
+            f"The adapter fixes {len(diff['fixed'])} test images the base model got wrong and breaks "
+            f"{len(diff['broken'])} it got right. Red off the diagonal: more of those mistakes; blue: fewer."
+        )
+else:
+    st.plotly_chart(charts.confusion_heatmap(base_eval.confusion, "Base model"), width="stretch")
+
+# --- gallery ---------------------------------------------------------------------------------------------------
+st.header("Misclassified test digits")
+g1, g2 = st.columns(2)
+true_digit = g1.selectbox("True digit", ["all", *range(10)], key="gallery_digit")
+kinds = ["wrong by the base model"]
+if after is not None:
+    kinds += ["wrong with the adapter", "fixed by the adapter", "broken by the adapter"]
+kind = g2.radio("Show", kinds, key="gallery_kind", horizontal=True)
+labels = state.data().test_y.tolist()
+if kind == "wrong by the base model":
+    indices = base_eval.misclassified
+elif kind == "wrong with the adapter" and after is not None:
+    indices = after.misclassified
+elif kind == "fixed by the adapter":
+    indices = diff["fixed"]
+else:
+    indices = diff["broken"]
+if true_digit != "all":
+    indices = [i for i in indices if labels[i] == true_digit]
+st.caption(f"{len(indices)} test images; showing the first {min(len(indices), GALLERY_SIZE)}.")
+if not indices:
+    st.info("No test image matches this filter.")
+cols = st.columns(GALLERY_COLUMNS)
+for n, i in enumerate(indices[:GALLERY_SIZE]):
+    caption = f"#{i} · true {labels[i]} · base {base_eval.predictions[i]}"
+    if after is not None:
+        caption += f" · adapted {after.predictions[i]}"
+    cols[n % GALLERY_COLUMNS].image(charts.digit_image(state.test_pixels(i), scale=4), caption=caption)

@@ -1,0 +1,273 @@
+"""LoRA fine-tuning page: train an adapter on one digit in the background, see what it changed, and
+manage the saved adapters (activate, enable/disable, rename, delete, download)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, jobs, state, ui
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lora import _linear_layers as linear_layers
+from lora_core.lora import validate_adapter_name
+from lora_core.study import default_adapter_name, disabled_equals_base
+from lora_core.train import FinetuneConfig, resolve_device
+
+FIELD_LABELS = {
+    "digit": "Target digit",
+    "rank": "Rank r",
+    "alpha": "Alpha",
+    "targets": "Target layers",
+    "steps": "Steps",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "replay": "Replay fraction",
+    "name": "Adapter name",
+    "device": "Device",
+}
+
+st.title("LoRA fine-tuning")
+st.write(
+    "Teach the frozen base model one digit better: only the low-rank matrices A and B of each chosen layer "
+    "are trained, in the background, with live progress."
+)
+
+base = ui.require_base("Fine-tuning")
+base_eval = state.base_evaluation(base)
+defaults = FinetuneConfig()
+layer_limits = {name: min(layer.in_features, layer.out_features) for name, layer in linear_layers(base.model)}
+existing = {a.name for a in state.adapters(base.fingerprint)}
+
+# --- settings ------------------------------------------------------------------------------------------------------
+st.header("Settings")
+slots = ui.FieldSlots()
+weakest = base_eval.weakest_digit
+c1, c2, c3 = st.columns(3)
+with c1:
+    digit = st.selectbox(
+        "Target digit",
+        list(range(10)),
+        index=weakest,
+        format_func=lambda d: f"{d} (base accuracy {ui.pct(base_eval.per_digit_accuracy[d])})"
+        + ("  ← weakest" if d == weakest else ""),
+        key="ft_digit",
+    )
+    slots.add("digit")
+    targets = st.multiselect(
+        "Target layers", list(layer_limits), default=list(defaults.targets), key="ft_targets",
+        help="Layers that get an adapter; the others stay exactly as they are.",
+    )
+    slots.add("targets")
+    rank_max = min((layer_limits[t] for t in targets), default=max(layer_limits.values()))
+    if st.session_state.setdefault("ft_rank", defaults.rank) > rank_max:
+        st.session_state["ft_rank"] = rank_max
+    rank = st.number_input("Rank r", min_value=1, max_value=rank_max, key="ft_rank")
+    limiting = [t for t in targets if layer_limits[t] == rank_max]
+    if limiting:
+        st.caption(
+            f"At most {rank_max}: r cannot exceed the smaller side of {', '.join(limiting)} "
+            f"({rank_max} {'outputs' if 'linear3' in limiting else 'units'})."
+        )
+    slots.add("rank")
+    alpha = st.number_input("Alpha", min_value=0.001, value=float(defaults.alpha), key="ft_alpha",
+                            help="The update is scaled by alpha / r.")
+    slots.add("alpha")
+with c2:
+    steps = st.number_input("Steps", min_value=1, max_value=1_000_000, value=defaults.steps, key="ft_steps")
+    slots.add("steps")
+    batch = st.number_input("Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="ft_batch")
+    slots.add("batch_size")
+    lr = st.number_input("Learning rate", min_value=0.0, max_value=1.0, value=defaults.lr, step=1e-4,
+                         format="%.5f", key="ft_lr")
+    slots.add("lr")
+with c3:
+    replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
+    st.caption(
+        "The share of each batch drawn from the other nine digits: it keeps the adapter from forgetting them "
+        "(0 trains on the target digit only, and overall accuracy collapses)."
+    )
+    slots.add("replay")
+    name_in = st.text_input("Adapter name", value="", placeholder=default_adapter_name((digit,)), key="ft_name",
+                            help="Letters, digits, '-', '_' and '.'; empty: the placeholder.")
+    slots.add("name")
+    overwrite = st.checkbox("Overwrite an adapter with the same name", value=False, key="ft_overwrite")
+
+name = name_in.strip() or default_adapter_name((digit,))
+config = FinetuneConfig(
+    digits=(int(digit),),
+    rank=int(rank),
+    alpha=float(alpha),
+    targets=tuple(targets),
+    steps=int(steps),
+    batch_size=int(batch),
+    lr=float(lr),
+    replay=float(replay),
+)
+if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
+    try:
+        validate_adapter_name(name)
+        config.validate(base.model)
+        resolve_device(config.device)
+        if name in existing and not overwrite:
+            raise ConfigError("name", f"{name!r} already exists; choose another name or tick overwrite")
+    except ConfigError as exc:
+        slots.show(exc, FIELD_LABELS.get(exc.field))
+    else:
+        job = jobs.start_finetune(state.store(), base, state.data(), config, name, overwrite, base_eval)
+        ui.set_job(job)
+        st.rerun()
+ui.busy_note()
+job = ui.job_panel(("finetune",))
+
+# --- result ---------------------------------------------------------------------------------------------------------
+st.header("Result")
+
+
+def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digits: list[int], trainable: int) -> None:
+    st.caption(title)
+    r1, r2, r3 = st.columns(3)
+    r1.metric("Overall accuracy", ui.pct(after["accuracy"]),
+              f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points")
+    for d in digits[:1]:
+        r2.metric(f"Digit {d}", ui.pct(after["per_digit_accuracy"][d]),
+                  f"{100 * (after['per_digit_accuracy'][d] - before['per_digit_accuracy'][d]):+.2f} points")
+    r3.metric("Trainable parameters", f"{trainable:,}",
+              f"{100 * trainable / base.meta.get('parameters', 1):.3f}% of the base", delta_color="off")
+    st.plotly_chart(charts.per_digit_bars(before["per_digit_accuracy"], after["per_digit_accuracy"], digits),
+                    width="stretch")
+
+
+if job is not None and job.status == jobs.DONE:
+    outcome = job.result.outcome
+    show_result(
+        f"Adapter `{outcome.name}`, just fine-tuned in {outcome.seconds:.1f} s.",
+        {"accuracy": outcome.before.accuracy, "per_digit_accuracy": outcome.before.per_digit_accuracy},
+        {"accuracy": outcome.after.accuracy, "per_digit_accuracy": outcome.after.per_digit_accuracy},
+        list(outcome.digits),
+        outcome.trainable_params,
+    )
+else:
+    active = state.active_adapter(base.fingerprint)
+    info = next((a for a in state.usable_adapters(base.fingerprint) if a.name == active), None)
+    metrics = info.record.metrics if info else None
+    if info is not None and metrics and "before" in metrics and "after" in metrics:
+        show_result(
+            f"The active adapter `{info.name}` as measured when it was saved ({ui.when(metrics.get('created'))}).",
+            metrics["before"],
+            metrics["after"],
+            info.targets,
+            int(metrics.get("trainable_params", 0)),
+        )
+    else:
+        st.info("No adapter is active yet: fine-tune one above.")
+
+# --- management -----------------------------------------------------------------------------------------------------
+st.header("Saved adapters")
+infos = state.adapters(base.fingerprint)
+active = state.active_adapter(base.fingerprint)
+if not infos:
+    st.info("No adapters are saved yet.")
+    st.stop()
+rows = []
+for a in infos:
+    cfg, m = a.record.config, a.record.metrics or {}
+    before, after = m.get("before", {}), m.get("after", {})
+    rows.append(
+        {
+            "name": a.name,
+            "active": "✅" if a.name == active else "",
+            "status": {"ok": "usable", "stale": "stale: other base model", "broken": "broken"}[a.status],
+            "target digit": ", ".join(map(str, a.targets)),
+            "rank": cfg.r if cfg else None,
+            "alpha": cfg.alpha if cfg else None,
+            "layers": ", ".join(cfg.target_modules) if cfg else "",
+            "accuracy before %": round(100 * before["accuracy"], 2) if "accuracy" in before else None,
+            "accuracy after %": round(100 * after["accuracy"], 2) if "accuracy" in after else None,
+            "saved": ui.when(m.get("created")) if m else "",
+        }
+    )
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+for a in infos:
+    if a.status == "broken":
+        st.warning(f"`{a.name}` is broken and cannot be loaded: {a.message}")
+
+names = [a.name for a in infos]
+default_index = names.index(active) if active in names else 0
+picked = st.selectbox("Adapter to manage", names, index=default_index, key="manage_adapter")
+picked_info = next(a for a in infos if a.name == picked)
+
+b1, b2, b3 = st.columns(3)
+with b1:
+    if st.button("Activate", disabled=not picked_info.ok or picked == active, key="manage_activate"):
+        try:
+            state.load_into_session(base, picked)
+        except ArtifactError as exc:
+            st.error(f"`{picked}` cannot be activated: {exc}")
+        else:
+            state.set_active_adapter(picked)
+            st.rerun()
+    if st.button("Use the plain base model", disabled=active is None, key="manage_deactivate"):
+        state.set_active_adapter(None)
+        st.rerun()
+with b2:
+    st.toggle(
+        "Adapter enabled",
+        value=state.adapters_enabled(),
+        key="manage_enabled",
+        on_change=lambda: state.set_adapters_enabled(bool(st.session_state["manage_enabled"])),
+        help="Disabled: the model runs the frozen base weights only and must predict exactly like the base.",
+    )
+    if active and not state.adapters_enabled():
+        check_key = ("disabled-check", base.fingerprint, active)
+        cache = st.session_state.setdefault("_disabled_checks", {})
+        if check_key not in cache:
+            model = state.load_into_session(base, active)
+            model.set_adapter(active)
+            cache[check_key] = disabled_equals_base(model, state.data().test_x)
+        if cache[check_key]:
+            st.success(f"With `{active}` disabled, all 10,000 test logits equal the base model's exactly.")
+        else:
+            st.error(f"With `{active}` disabled the logits differ from the base model's.")
+with b3:
+    try:
+        st.download_button(
+            f"Download {picked}.zip",
+            data=state.store().adapter_zip(picked),
+            file_name=f"{picked}.zip",
+            mime="application/zip",
+            key="manage_download",
+            help="The adapter's PEFT-layout folder (adapter_config.json, adapter_model.safetensors, metrics.json).",
+        )
+    except (ArtifactError, ConfigError, OSError) as exc:
+        st.error(f"Cannot zip `{picked}`: {exc}")
+
+r1, r2 = st.columns(2)
+with r1:
+    new_name = st.text_input("New name", key="manage_new_name", placeholder=f"{picked}-v2")
+    rename_slot = st.empty()
+    if st.button("Rename", key="manage_rename", disabled=ui.busy()):
+        try:
+            validate_adapter_name(new_name.strip())
+            state.store().rename_adapter(picked, new_name.strip())
+        except (ConfigError, ArtifactError, OSError) as exc:
+            rename_slot.error(f"Cannot rename: {state.describe_error(exc)}")
+        else:
+            state.forget_in_session(picked)
+            if active == picked:
+                state.set_active_adapter(new_name.strip())
+            st.rerun()
+with r2:
+    confirm = st.checkbox(f"Yes, delete {picked}", key="manage_confirm_delete")
+    if st.button("Delete", key="manage_delete", disabled=not confirm or ui.busy()):
+        try:
+            state.store().delete_adapter(picked)
+        except (ArtifactError, ConfigError, OSError) as exc:
+            st.error(f"Cannot delete: {state.describe_error(exc)}")
+        else:
+            state.forget_in_session(picked)
+            if active == picked:
+                state.set_active_adapter(None)
+            st.session_state.pop("manage_confirm_delete", None)
+            st.rerun()

@@ -1,0 +1,144 @@
+"""Training page: train the base MLP in the background with live progress, and see the model's layers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, jobs, state, ui
+from lora_core.errors import ConfigError
+from lora_core.model import MLP
+from lora_core.params import parameter_table
+from lora_core.train import DEVICES, SCHEDULES, TrainConfig, resolve_device
+
+FIELD_LABELS = {
+    "hidden": "Hidden sizes",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "lr_schedule": "Learning-rate schedule",
+    "seed": "Seed",
+    "device": "Device",
+}
+
+st.title("Training the base model")
+st.write(
+    "A 784 → hidden → hidden → 10 MLP learns MNIST with Adam and cross-entropy. The run happens in the "
+    "background: it keeps going while you click around, and a stopped or failed run leaves the saved model as it was."
+)
+
+defaults = TrainConfig()
+slots = ui.FieldSlots()
+with st.form("train_form"):
+    st.subheader("Hyperparameters")
+    c1, c2 = st.columns(2)
+    with c1:
+        h1 = st.number_input("Hidden size 1", min_value=1, max_value=16384, value=defaults.hidden[0], key="train_h1")
+        h2 = st.number_input("Hidden size 2", min_value=1, max_value=16384, value=defaults.hidden[1], key="train_h2")
+        slots.add("hidden")
+        epochs = st.number_input("Epochs", min_value=1, max_value=1000, value=defaults.epochs, key="train_epochs")
+        slots.add("epochs")
+        batch = st.number_input(
+            "Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="train_batch"
+        )
+        slots.add("batch_size")
+    with c2:
+        lr = st.number_input(
+            "Learning rate", min_value=0.0, max_value=1.0, value=defaults.lr, step=1e-4, format="%.5f", key="train_lr"
+        )
+        slots.add("lr")
+        schedule = st.selectbox(
+            "Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(defaults.lr_schedule), key="train_schedule",
+            help="linear: decays to 0 by the last step; constant: stays the same",
+        )
+        slots.add("lr_schedule")
+        seed = st.number_input("Seed", min_value=0, value=defaults.seed, key="train_seed")
+        slots.add("seed")
+        device = st.selectbox("Device", DEVICES, index=DEVICES.index(defaults.device), key="train_device")
+        slots.add("device")
+    submitted = st.form_submit_button("Train the base model", type="primary", disabled=ui.busy())
+
+if submitted:
+    config = TrainConfig(
+        epochs=int(epochs),
+        batch_size=int(batch),
+        lr=float(lr),
+        lr_schedule=str(schedule),
+        seed=int(seed),
+        device=str(device),
+        hidden=(int(h1), int(h2)),
+    )
+    try:
+        config.validate()
+        resolve_device(config.device)
+    except ConfigError as exc:
+        slots.show(exc, FIELD_LABELS.get(exc.field))
+    else:
+        ui.set_job(jobs.start_training(state.store(), state.data(), config))
+        st.rerun()
+
+ui.busy_note()
+ui.job_panel()
+
+# --- what is saved ---------------------------------------------------------------------------------------------
+st.header("The saved base model")
+status = state.base_status()
+if status.error:
+    st.error(f"The saved base model cannot be loaded: {status.error}. Train a new one above.")
+elif status.record is None:
+    st.info("No base model is saved yet: train one with the form above.")
+else:
+    meta = status.record.meta
+    training = meta.get("training", {})
+    evaluation = state.base_evaluation(status.record)
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Test accuracy", ui.pct(evaluation.accuracy))
+    m2.metric("Parameters", f"{meta.get('parameters', 0):,}")
+    m3.metric("Training time", f"{training.get('seconds', 0):.1f} s")
+    m4.metric("Speed", f"{training.get('samples_per_s', 0):,.0f} samples/s")
+    st.caption(
+        f"Trained {ui.when(meta.get('created'))} · {training.get('epochs')} epoch(s), batch "
+        f"{training.get('batch_size')}, lr {training.get('lr')}, seed {training.get('seed')}, "
+        f"on {training.get('device_used')} · sha256 {status.record.fingerprint[:12]}"
+    )
+    st.plotly_chart(charts.per_digit_bars(evaluation.per_digit_accuracy, title="Per-digit test accuracy"),
+                    width="stretch")
+    stale = [a.name for a in state.adapters(status.sha) if a.status == "stale"]
+    if stale:
+        st.warning(
+            "These adapters were trained on an earlier base model and cannot be used with this one: "
+            + ", ".join(stale)
+        )
+
+# --- model summary ---------------------------------------------------------------------------------------------
+st.header("Model summary")
+if status.record is not None:
+    model = status.record.model
+    st.caption("Layers of the saved base model.")
+else:
+    model = MLP(*defaults.hidden)
+    st.caption("Layers of the default architecture (nothing trained yet).")
+table = parameter_table(model)
+rows = [
+    {
+        "layer": r.layer,
+        "W shape": " × ".join(map(str, r.weight_shape)),
+        "W params": r.weight_count,
+        "b shape": " × ".join(map(str, r.bias_shape)),
+        "b params": r.bias_count,
+        "total": r.base_count,
+    }
+    for r in table.layers
+]
+rows.append(
+    {
+        "layer": "total",
+        "W shape": "",
+        "W params": sum(r.weight_count for r in table.layers),
+        "b shape": "",
+        "b params": sum(r.bias_count for r in table.layers),
+        "total": table.base_params,
+    }
+)
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.caption(f"{table.base_params:,} parameters in all; ReLU between the layers, raw logits out.")

@@ -1,0 +1,68 @@
+"""Helpers for the dashboard tests: an AppTest on a private artifacts folder, and waiting for runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+PAGES = ["home", "training", "evaluation", "parameters", "finetune", "draw"]
+
+
+def new_app() -> AppTest:
+    """A fresh browser session, already run once (the home page), so that pages can be switched."""
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def visit(at: AppTest, page: str) -> AppTest:
+    return at.switch_page(f"views/{page}.py").run()
+
+
+def wait_for_job(at: AppTest, timeout: float = 120) -> object:
+    """Join the session's background run, then rerun the page so it shows the outcome."""
+    job = at.session_state["job"]
+    job.join(timeout)
+    assert not job.running, "the background run did not finish in time"
+    at.run()
+    return job
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception element on the page (a traceback would be one)."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
+    return matches[0].click().run()
+
+
+def texts(at: AppTest) -> str:
+    """All visible text-ish elements joined, for simple `in` checks."""
+    parts: list[str] = []
+    for group in (at.title, at.header, at.subheader, at.markdown, at.caption, at.info, at.success, at.warning,
+                  at.error):
+        parts += [str(e.value) for e in group]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def fresh_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def trained_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_artifacts: Path) -> Path:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    return root
+

@@ -1,0 +1,124 @@
+"""Every page renders from a fresh start and with saved work, and broken saved work does not crash it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import PAGES, assert_clean, new_app, texts, visit
+
+from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
+
+TITLES = {
+    "home": "LoRA on MNIST: see it work",
+    "training": "Training the base model",
+    "evaluation": "Evaluation",
+    "parameters": "Parameter inspection",
+    "finetune": "LoRA fine-tuning",
+    "draw": "Draw and predict",
+}
+
+
+def test_every_page_on_a_fresh_artifacts_folder(fresh_dir: Path) -> None:
+    at = new_app()
+    assert_clean(at)
+    assert "none yet" in "\n".join(str(m.value) for m in at.sidebar.markdown)
+    for page in reversed(PAGES):  # any order
+        visit(at, page)
+        assert_clean(at)
+        assert at.title[0].value == TITLES[page]
+        if page in ("evaluation", "parameters", "finetune", "draw"):
+            assert "There is no base model yet" in texts(at)
+            assert any(b.label == TRAIN_LABEL for b in at.button), page
+    assert list(fresh_dir.iterdir()) == [], "looking at pages must not write anything"
+
+
+def test_every_page_with_a_base_model_and_an_adapter(trained_dir: Path) -> None:
+    at = new_app()
+    for page in PAGES:
+        visit(at, page)
+        assert_clean(at)
+        assert not at.error, (page, [e.value for e in at.error])
+        assert at.title[0].value == TITLES[page]
+    sidebar = "\n".join(str(m.value) for m in at.sidebar.markdown)
+    assert "small" in sidebar and "active" in sidebar
+
+
+def test_home_shows_headline_figures_from_saved_work(trained_dir: Path) -> None:
+    at = new_app()
+    labels = {m.label for m in at.metric}
+    assert {"Base accuracy", "Weakest digit", "Overall after LoRA", "Parameters added by LoRA"} <= labels
+    assert any("Base weights unchanged" in str(s.value) for s in at.success)
+    assert [link.label for link in at.get("page_link")]
+
+
+def test_evaluation_metrics_and_gallery(trained_dir: Path) -> None:
+    at = visit(new_app(), "evaluation")
+    labels = [m.label for m in at.metric]
+    assert "Base model accuracy" in labels and "With adapter small" in labels
+    assert len(at.dataframe) == 1
+    at.selectbox(key="gallery_digit").set_value(3).run()
+    assert_clean(at)
+    at.radio(key="gallery_kind").set_value("fixed by the adapter").run()
+    assert_clean(at)
+
+
+def test_parameters_page_proves_base_unchanged(trained_dir: Path) -> None:
+    at = visit(new_app(), "parameters")
+    assert any(str(s.value).startswith("✅ PASS") for s in at.subheader)
+    labels = [m.label for m in at.metric]
+    assert "LoRA adds" in labels and "Adapter weights" in labels
+    at.selectbox(key="params_layer").set_value("linear3").run()
+    assert_clean(at)
+
+
+def test_pages_without_an_adapter_offer_fine_tuning(trained_dir: Path) -> None:
+    shutil.rmtree(trained_dir / "adapters")
+    at = new_app()
+    for page in ("evaluation", "parameters", "draw"):
+        visit(at, page)
+        assert_clean(at)
+        assert any(b.label == FINETUNE_LABEL for b in at.button), page
+
+
+@pytest.mark.parametrize("damage", ["broken", "stale"])
+def test_broken_or_stale_adapters_are_shown_not_fatal(trained_dir: Path, damage: str) -> None:
+    folder = trained_dir / "adapters" / "small"
+    if damage == "broken":
+        (folder / "adapter_config.json").write_text("{not json")
+    else:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["base_sha256"] = "0" * 64
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    at = new_app()
+    for page in PAGES:
+        visit(at, page)
+        assert_clean(at)
+    visit(at, "finetune")
+    assert any("small" in str(w.value) for w in at.warning) or damage == "stale"
+    assert at.session_state["active_adapter"] is None
+
+
+def test_unreadable_base_model_is_an_error_with_a_way_out(trained_dir: Path) -> None:
+    (trained_dir / "base" / "model.safetensors").write_bytes(b"garbage")
+    at = new_app()
+    for page in PAGES:
+        visit(at, page)
+        assert_clean(at)
+    visit(at, "evaluation")
+    assert any("cannot be loaded" in str(e.value) for e in at.error)
+    assert any(b.label == TRAIN_LABEL for b in at.button)
+
+
+def test_draw_page_random_test_digit(trained_dir: Path) -> None:
+    at = visit(new_app(), "draw")
+    assert "Draw a digit" in texts(at)
+    next(b for b in at.button if b.label == "Random test digit").click().run()
+    assert_clean(at)
+    labels = [m.label for m in at.metric]
+    assert "Base model says" in labels and any(label.startswith("With small") for label in labels)
+    assert at.image, "the 28x28 input is shown"
+    next(b for b in at.button if b.label == "Clear").click().run()
+    assert "Draw a digit" in texts(at)
