@@ -23,7 +23,10 @@ SIZE = 28
 BOX = 20
 CENTRE = 14.0
 INK_THRESHOLD = 0.2  # of full contrast: fainter pixels count as background (JPEG noise, paper texture)
-MIN_INK_FRACTION = 0.001  # less ink than 0.1% of the picture is "nothing drawn yet"
+MIN_INK_FRACTION = 0.0002  # less ink than this share of the picture is "nothing drawn yet"
+MIN_INK_PIXELS = 16
+MIN_BOX_FRACTION = 0.03  # ink spanning under 3% of the picture's shorter side is a speck, not a digit
+MIN_BOX_PIXELS = 6
 MAX_IMAGE_PIXELS = 40_000_000
 
 
@@ -32,7 +35,7 @@ class PreparedDigit:
     pixels: np.ndarray  # (28, 28) float32 in 0..1, white ink on black: what the model sees
     tensor: torch.Tensor  # (1, 784), normalised like the training data
     inverted: bool  # True when the input was dark ink on a light background
-    ink_fraction: float  # share of the input picture covered by ink
+    ink_fraction: float  # share of the input picture covered by ink (after thresholding)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -44,10 +47,10 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     a = np.asarray(image)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ImageError(f"expected an HxW gray or HxWx3/4 colour image, got an array of shape {a.shape}")
-    a = a.astype(np.float32)
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
     if np.issubdtype(np.asarray(image).dtype, np.integer) or a.max(initial=0.0) > 1.0:
         a = a / 255.0
-    a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    a = a.clip(0.0, 1.0).astype(np.float32)
     if a.ndim == 2:
         return a
     if a.shape[2] == 1:
@@ -79,15 +82,18 @@ def prepare_digit(image: np.ndarray, invert: bool | None = None) -> PreparedDigi
     ink = ((gray - background) / (peak - background)).clip(0.0, 1.0)
     ink[ink < INK_THRESHOLD] = 0.0
     mask = ink > 0
-    ink_fraction = float(mask.mean())
-    if ink_fraction < MIN_INK_FRACTION:
+    ink_pixels = int(mask.sum())
+    if ink_pixels < max(MIN_INK_PIXELS, MIN_INK_FRACTION * mask.size):
         return None
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
+    span = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    if span < max(MIN_BOX_PIXELS, MIN_BOX_FRACTION * min(mask.shape)):
+        return None
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     pixels = _centre(_fit_box(crop))
     tensor = normalize(torch.from_numpy(pixels * 255.0).reshape(1, SIZE * SIZE))
-    return PreparedDigit(pixels, tensor, bool(invert), ink_fraction)
+    return PreparedDigit(pixels, tensor, bool(invert), ink_pixels / mask.size)
 
 
 def _fit_box(crop: np.ndarray) -> np.ndarray:
