@@ -1,0 +1,155 @@
+"""The main buttons do what they say, on small settings: train, stop, fine-tune, activate, disable,
+rename, delete, the whole study; bad settings are refused next to their field and write nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
+
+from dashboard import jobs
+from lora_core.storage import ArtifactStore
+
+
+def small_training(at) -> None:  # noqa: ANN001 - AppTest
+    at.number_input(key="train_h1").set_value(64)
+    at.number_input(key="train_h2").set_value(64)
+    at.number_input(key="train_batch").set_value(512)
+
+
+def test_train_button_trains_and_saves_a_base_model(fresh_dir: Path) -> None:
+    at = visit(new_app(), "training")
+    small_training(at)
+    click(at, "Train the base model")
+    assert_clean(at)
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    assert job.losses and job.progress is not None and job.progress.step == job.progress.total_steps
+    meta = ArtifactStore(fresh_dir).base_meta()
+    assert meta["architecture"]["hidden"] == [64, 64]
+    assert_clean(at)
+    assert any("Finished" in str(s.value) for s in at.success)
+    assert "Test accuracy" in [m.label for m in at.metric]
+    assert any(c.label == "Test accuracy" for c in at.metric)
+
+
+def test_a_bad_setting_is_refused_next_to_its_field(fresh_dir: Path) -> None:
+    at = visit(new_app(), "training")
+    at.number_input(key="train_lr").set_value(0.0)
+    click(at, "Train the base model")
+    assert any("Learning rate" in str(e.value) for e in at.error)
+    assert at.session_state["job"] is None if "job" in at.session_state else True
+    assert list(fresh_dir.iterdir()) == []
+
+
+def test_a_stopped_run_keeps_the_saved_model(trained_dir: Path) -> None:
+    before = (trained_dir / "base" / "model.safetensors").read_bytes()
+    at = visit(new_app(), "training")
+    small_training(at)
+    at.number_input(key="train_epochs").set_value(50)
+    click(at, "Train the base model")
+    job = at.session_state["job"]
+    job.stop()
+    wait_for_job(at)
+    assert job.status == jobs.STOPPED
+    assert any("Stopped" in str(w.value) for w in at.warning)
+    assert (trained_dir / "base" / "model.safetensors").read_bytes() == before
+
+
+def test_finetune_button_saves_and_activates_an_adapter(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(15)
+    at.number_input(key="ft_batch").set_value(64)
+    at.text_input(key="ft_name").input("tiny")
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    assert "tiny" in ArtifactStore(trained_dir).adapter_names()
+    assert at.session_state["active_adapter"] == "tiny"
+    assert_clean(at)
+    assert "Trainable parameters" in [m.label for m in at.metric]
+    # the fine-tuned model's base weights are proven unchanged on the Parameters page
+    visit(at, "parameters")
+    assert any("model fine-tuned in this session" in str(s.value) and "PASS" in str(s.value) for s in at.subheader)
+
+
+def test_finetune_refuses_an_existing_name_and_limits_rank_for_linear3(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.text_input(key="ft_name").input("small")
+    click(at, "Fine-tune the adapter")
+    assert any("already exists" in str(e.value) for e in at.error)
+    assert "job" not in at.session_state or at.session_state["job"] is None
+    at.multiselect(key="ft_targets").set_value(["linear1", "linear2"]).run()
+    assert at.number_input(key="ft_rank").max == 784
+    at.number_input(key="ft_rank").set_value(64).run()
+    assert at.number_input(key="ft_rank").value == 64
+    at.multiselect(key="ft_targets").set_value(["linear2", "linear3"]).run()
+    assert_clean(at)
+    rank = at.number_input(key="ft_rank")
+    assert rank.max == 10 and rank.value == 10
+    assert any("At most 10" in str(c.value) for c in at.caption)
+
+
+def test_activate_disable_rename_delete(trained_dir: Path) -> None:
+    adapters = trained_dir / "adapters"
+    shutil.copytree(adapters / "small", adapters / "other")
+    at = visit(new_app(), "finetune")
+    target = "small" if at.session_state["active_adapter"] == "other" else "other"
+    keep = "other" if target == "small" else "small"
+    at.selectbox(key="manage_adapter").set_value(target).run()
+    click(at, "Activate")
+    assert at.session_state["active_adapter"] == target
+
+    at.toggle(key="manage_enabled").set_value(False).run()
+    assert_clean(at)
+    assert any("equal the base model's exactly" in str(s.value) for s in at.success)
+    at.toggle(key="manage_enabled").set_value(True).run()
+
+    at.selectbox(key="manage_adapter").set_value(target).run()
+    at.text_input(key="manage_new_name").input("bad/name").run()
+    click(at, "Rename")
+    assert any("Cannot rename" in str(e.value) for e in at.error)
+    at.text_input(key="manage_new_name").input("renamed").run()
+    click(at, "Rename")
+    assert sorted(p.name for p in adapters.iterdir()) == sorted(["renamed", keep])
+    assert at.session_state["active_adapter"] == "renamed"
+
+    at.selectbox(key="manage_adapter").set_value("renamed").run()
+    assert at.button(key="manage_delete").disabled
+    at.checkbox(key="manage_confirm_delete").check().run()
+    click(at, "Delete")
+    assert [p.name for p in adapters.iterdir() if not p.name.startswith(".")] == [keep]
+    assert at.session_state["active_adapter"] is None
+    assert_clean(at)
+    assert at.download_button, "the download button is shown"
+
+
+def test_run_the_whole_study_from_home(fresh_dir: Path) -> None:
+    at = new_app()
+    at.number_input(key="study_h1").set_value(64)
+    at.number_input(key="study_h2").set_value(64)
+    at.number_input(key="study_steps").set_value(20)
+    click(at, "Run the whole study")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    assert {"train", "finetune"} <= set(job.phases)
+    assert_clean(at)
+    labels = [m.label for m in at.metric]
+    assert "Base accuracy" in labels and "Parameters added by LoRA" in labels
+    assert any("Base weights unchanged" in str(s.value) for s in at.success)
+    assert ArtifactStore(fresh_dir).adapter_names()
+    assert "active" in texts(at) or at.session_state["active_adapter"]
+
+
+def test_offer_on_a_page_trains_right_there(fresh_dir: Path) -> None:
+    at = visit(new_app(), "evaluation")
+    assert_clean(at)
+    # the offer uses the default (full-size) settings; stop it at once and check nothing was saved
+    click(at, next(b.label for b in at.button if b.label.startswith("Train the base model")))
+    job = at.session_state["job"]
+    job.stop()
+    wait_for_job(at)
+    assert job.status == jobs.STOPPED
+    assert not ArtifactStore(fresh_dir).has_base()
+    assert_clean(at)

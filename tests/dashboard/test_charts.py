@@ -1,0 +1,101 @@
+"""The chart builders are plain functions: they run without Streamlit and draw what they are given."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from dashboard import charts
+
+
+def test_per_digit_bars_groups_before_and_after_and_marks_the_target() -> None:
+    before = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
+    after = [v + 0.005 for v in before]
+    fig = charts.per_digit_bars(before, after, targets=[9])
+    assert isinstance(fig, go.Figure)
+    assert [t.type for t in fig.data] == ["bar", "bar"]
+    assert list(fig.data[0].x) == list(range(10))
+    assert fig.data[0].y[9] == 90.0 and abs(fig.data[1].y[9] - 90.5) < 1e-9
+    assert fig.layout.barmode == "group"
+    shapes = fig.layout.shapes
+    assert len(shapes) == 1 and shapes[0].x0 == 8.5 and shapes[0].x1 == 9.5
+    assert any("target 9" in a.text for a in fig.layout.annotations)
+
+
+def test_per_digit_bars_with_the_base_only() -> None:
+    fig = charts.per_digit_bars([0.5] * 10)
+    assert len(fig.data) == 1 and not fig.layout.shapes
+
+
+def test_confusion_heatmaps_show_counts_and_signed_differences() -> None:
+    m = np.eye(10, dtype=int) * 1000
+    m[9, 4] = 7
+    fig = charts.confusion_heatmap(m.tolist(), "Base")
+    assert fig.data[0].type == "heatmap"
+    assert fig.data[0].text[9][4] == "7" and fig.data[0].text[0][0] == "1000"
+    diff = np.zeros((10, 10), dtype=int)
+    diff[9, 4] = -5
+    diff[9, 9] = 5
+    fig = charts.confusion_heatmap(diff.tolist(), "Difference", difference=True)
+    heat = fig.data[0]
+    assert heat.text[9][4] == "-5" and heat.text[9][9] == "+5" and heat.text[0][0] == "0"
+    assert heat.zmin == -5 and heat.zmax == 5
+
+
+def test_loss_curve_splits_phases() -> None:
+    fig = charts.loss_curve([2.0, 1.0, 0.5, 0.4, 0.3], ["train", "train", "train", "finetune", "finetune"])
+    assert [t.name for t in fig.data] == ["train", "finetune"]
+    assert list(fig.data[1].x) == [4, 5] and list(fig.data[1].y) == [0.4, 0.3]
+    assert len(charts.loss_curve([1.0, 0.5]).data) == 1
+    assert len(charts.loss_curve([]).data) == 0
+
+
+def test_probability_bars_highlight_the_top_prediction() -> None:
+    probs = np.full(10, 0.02)
+    probs[7] = 0.82
+    fig = charts.probability_bars(probs, "Base")
+    colors = list(fig.data[0].marker.color)
+    assert colors[7] == charts.TARGET_COLOR and colors.count(charts.TARGET_COLOR) == 1
+    assert fig.data[0].text[7] == "82%"
+
+
+def test_singular_values_and_update_heatmap() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 100))
+    delta = rng.normal(size=(200, 4)) @ rng.normal(size=(4, 100))
+    sv_w, sv_u = np.linalg.svd(w, compute_uv=False), np.linalg.svd(delta, compute_uv=False)
+    fig = charts.singular_values(sv_u, sv_w, rank=4)
+    assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
+    fig = charts.update_heatmap(np.zeros((1000, 784)))
+    z = np.asarray(fig.data[0].z)
+    assert z.shape[0] <= charts.HEATMAP_MAX_CELLS and z.shape[1] <= charts.HEATMAP_MAX_CELLS
+    assert "averaged" in fig.layout.title.text
+
+
+def test_downsample_averages_blocks_exactly() -> None:
+    m = np.arange(16, dtype=float).reshape(4, 4)
+    small, by, bx = charts.downsample(m, max_cells=2)
+    assert (by, bx) == (2, 2)
+    np.testing.assert_allclose(small, [[2.5, 4.5], [10.5, 12.5]])
+    same, by, bx = charts.downsample(m, max_cells=4)
+    assert (by, bx) == (1, 1) and np.array_equal(same, m)
+    odd, _, _ = charts.downsample(np.ones((5, 3)), max_cells=2)
+    assert odd.shape == (2, 2) and np.allclose(odd, 1.0)
+
+
+def test_digit_image_enlarges_with_hard_edges() -> None:
+    pixels = np.zeros((28, 28))
+    pixels[0, 0] = 1.0
+    img = charts.digit_image(pixels, scale=4)
+    assert img.shape == (112, 112) and img.dtype == np.uint8
+    assert img[:4, :4].min() == 255 and img[4:, :].max() == 0
+
+
+def test_charts_module_does_not_import_streamlit() -> None:
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(charts.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(str(n).startswith("streamlit") for n in names)
