@@ -16,16 +16,16 @@ import streamlit as st  # noqa: E402
 
 from dashboard import ui  # noqa: E402
 
-st.set_page_config(page_title="LoRA on MNIST", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
 
 nav = st.navigation(
     [
-        st.Page(ui.PAGES["home"], title="Home: the study", icon="🏠", default=True),
-        st.Page(ui.PAGES["training"], title="Training", icon="🏋️"),
-        st.Page(ui.PAGES["evaluation"], title="Evaluation", icon="📊"),
-        st.Page(ui.PAGES["parameters"], title="Parameters", icon="🔍"),
-        st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon="🎯"),
-        st.Page(ui.PAGES["draw"], title="Draw and predict", icon="✏️"),
+        st.Page(ui.PAGES["home"], title="Home: the study", icon=":material/home:", default=True),
+        st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
+        st.Page(ui.PAGES["evaluation"], title="Evaluation", icon=":material/bar_chart:"),
+        st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
+        st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
+        st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
     ]
 )
 ui.finish_jobs()

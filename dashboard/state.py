@@ -187,7 +187,9 @@ def adapters(base_sha: str | None) -> list[AdapterInfo]:
     for rec in store().list_adapters():
         if rec.error:
             out.append(AdapterInfo(rec, "broken", rec.error))
-        elif base_sha is None or rec.base_sha256 != base_sha:
+        elif base_sha is None:
+            out.append(AdapterInfo(rec, "stale", "there is no usable base model to apply it to"))
+        elif rec.base_sha256 != base_sha:
             out.append(
                 AdapterInfo(rec, "stale", "trained on a different base model; fine-tune it again on the current one")
             )

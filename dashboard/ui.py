@@ -80,14 +80,13 @@ def _job_view(job: jobs.Job) -> None:
         p = job.progress
         if job.running:
             if p is None:
-                st.progress(0.0, text="Starting (loading data and model)...")
+                st.progress(0.0)
+                st.caption(f"Starting... ({job.seconds:.0f} s; the very first steps also warm up PyTorch)")
             else:
-                st.progress(
-                    min(1.0, p.fraction),
-                    text=(
-                        f"{p.phase}: step {p.step:,} of {p.total_steps:,} · {p.samples_per_s:,.0f} samples/s · "
-                        f"ETA {p.eta_s:.0f} s · loss {p.loss:.4f}"
-                    ),
+                st.progress(min(1.0, p.fraction))
+                st.caption(
+                    f"{p.phase}: step {p.step:,} of {p.total_steps:,} · {p.samples_per_s:,.0f} samples/s · "
+                    f"ETA {p.eta_s:.0f} s · loss {p.loss:.4f}"
                 )
             if st.button("Stop", key=f"stop-{id(job)}", type="secondary"):
                 job.stop()
@@ -103,7 +102,7 @@ def _job_view(job: jobs.Job) -> None:
         if job.status == jobs.DONE:
             st.success(f"Finished in {job.seconds:.1f} s; the result is saved in the artifacts folder.")
         elif job.status == jobs.STOPPED:
-            st.warning(f"Stopped: {job.error} The previously saved work is untouched.")
+            st.warning(f"Stopped: {str(job.error).rstrip('.')}. The previously saved work is untouched.")
         else:
             st.error(f"The run failed and saved nothing: {job.error}")
             if job.extra.get("traceback"):
@@ -144,7 +143,9 @@ def offer_training() -> None:
             set_job(jobs.start_training(state.store(), state.data(), TrainConfig()))
             st.rerun()
         busy_note()
-    st.page_link(PAGES["training"], label="Choose the training settings on the Training page", icon="🏋️")
+    st.page_link(
+        PAGES["training"], label="Choose the training settings on the Training page", icon=":material/model_training:"
+    )
 
 
 def offer_finetune(base: BaseModelRecord) -> None:
@@ -160,7 +161,7 @@ def offer_finetune(base: BaseModelRecord) -> None:
             set_job(jobs.start_finetune(state.store(), base, state.data(), config, name, name in existing, evaluation))
             st.rerun()
         busy_note()
-    st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon="🎯")
+    st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
 
 
 # --- errors next to fields ---------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def sidebar() -> None:
             for a in infos:
                 cfg = a.record.config
                 if a.status == "broken":
-                    lines.append(f"- ⚠️ `{a.name}` · broken")
+                    lines.append(f"- :material/warning: `{a.name}` · broken")
                     continue
                 target = ", ".join(map(str, a.targets)) or "?"
                 mark = " · **active**" if a.name == active else ""

@@ -35,7 +35,7 @@ else:
     ui.offer_finetune(base)
 
 st.session_state.setdefault("canvas_version", 0)
-left, mid, right = st.columns([1.2, 0.8, 2.0])
+left, mid, right = st.columns([1.4, 0.9, 2.2])
 with left:
     st.subheader("Your digit")
     try:
@@ -106,19 +106,21 @@ with right:
     top_base = int(np.argmax(p_base))
     c1, c2 = st.columns(2)
     with c1:
-        st.metric("Base model says", str(top_base), f"{p_base[top_base]:.1%} sure", delta_color="off")
+        st.metric("Base model says", str(top_base), f"{p_base[top_base]:.1%} sure", delta_color="off",
+                  delta_arrow="off")
         st.plotly_chart(charts.probability_bars(p_base, "Base model"), width="stretch")
     if p_adapted is not None:
         top_adapted = int(np.argmax(p_adapted))
         with c2:
             label = f"With {chosen} says" + ("" if state.adapters_enabled() else " (adapter disabled)")
-            st.metric(label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off")
+            st.metric(label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off",
+                      delta_arrow="off")
             st.plotly_chart(
                 charts.probability_bars(p_adapted, f"With adapter {chosen}", color=charts.ADAPTED_COLOR),
                 width="stretch",
             )
         if top_adapted != top_base:
-            st.error(f"⚠️ The models disagree: the base model says {top_base}, the adapter says {top_adapted}.")
+            st.error(f"The models disagree: the base model says {top_base}, the adapter says {top_adapted}.")
         else:
             st.success(f"Both models say {top_base}.")
     if true_label is not None:

@@ -134,7 +134,8 @@ def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digit
         r2.metric(f"Digit {d}", ui.pct(after["per_digit_accuracy"][d]),
                   f"{100 * (after['per_digit_accuracy'][d] - before['per_digit_accuracy'][d]):+.2f} points")
     r3.metric("Trainable parameters", f"{trainable:,}",
-              f"{100 * trainable / base.meta.get('parameters', 1):.3f}% of the base", delta_color="off")
+              f"{100 * trainable / base.meta.get('parameters', 1):.3f}% of the base", delta_color="off",
+              delta_arrow="off")
     st.plotly_chart(charts.per_digit_bars(before["per_digit_accuracy"], after["per_digit_accuracy"], digits),
                     width="stretch")
 
@@ -177,7 +178,7 @@ for a in infos:
     rows.append(
         {
             "name": a.name,
-            "active": "✅" if a.name == active else "",
+            "active": "yes" if a.name == active else "",
             "status": {"ok": "usable", "stale": "stale: other base model", "broken": "broken"}[a.status],
             "target digit": ", ".join(map(str, a.targets)),
             "rank": cfg.r if cfg else None,

@@ -41,10 +41,10 @@ active_info = usable.get(active) if active else None
 def step(number: int, title: str, done: bool, text: str, page: str, link: str) -> None:
     with st.container(border=True):
         left, right = st.columns([3, 1])
-        mark = "✅" if done else "⬜"
+        mark = ":material/check_circle:" if done else ":material/radio_button_unchecked:"
         left.markdown(f"{mark} **{number}. {title}**  \n{text}")
         with right:
-            st.page_link(ui.PAGES[page], label=link)
+            st.page_link(ui.PAGES[page], label=f"Open {link}", icon=":material/arrow_forward:")
 
 
 if base is not None and base_eval is not None:
@@ -179,7 +179,8 @@ else:
     st.caption(f"From {figures['source']}; every number is measured on the 10,000 MNIST test images.")
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Base accuracy", ui.pct(figures["base_acc"]))
-    m2.metric("Weakest digit", str(figures["digit"]), f"{ui.pct(figures['before'])} before", delta_color="off")
+    m2.metric("Weakest digit", str(figures["digit"]), f"{ui.pct(figures['before'])} before", delta_color="off",
+              delta_arrow="off")
     m3.metric(
         f"Digit {figures['digit']} after LoRA",
         ui.pct(figures["after"]),
@@ -192,11 +193,11 @@ else:
     )
     n1, n2 = st.columns(2)
     n1.metric("Parameters added by LoRA", f"{figures['lora_params']:,}", f"{figures['lora_percent']:.3f}% of the base",
-              delta_color="off")
+              delta_color="off", delta_arrow="off")
     if figures["unchanged"]:
-        n2.success(f"✅ Base weights unchanged: every tensor is bit-identical ({figures['proof_note']}).")
+        n2.success(f"Base weights unchanged: every tensor is bit-identical ({figures['proof_note']}).")
     else:
-        n2.error(f"❌ Base weights changed ({figures['proof_note']}).")
+        n2.error(f"Base weights changed ({figures['proof_note']}).")
     st.plotly_chart(
         charts.per_digit_bars(figures["per_digit_before"], figures["per_digit_after"], [figures["digit"]]),
         width="stretch",

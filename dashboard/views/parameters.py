@@ -81,7 +81,9 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 m1, m2, m3 = st.columns(3)
 m1.metric("Frozen (base W and b)", f"{table.base_params:,}")
 m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")
-m3.metric("LoRA adds", f"{table.lora_percent:.3f}%", "of the base model's parameters", delta_color="off")
+m3.metric(
+    "LoRA adds", f"{table.lora_percent:.3f}%", "of the base model's parameters", delta_color="off", delta_arrow="off"
+)
 if config is not None:
     st.caption(f"Adapter `{chosen}`: rank r = {config.r}, α = {config.alpha:g}, scale α/r = {config.scale:g}, "
                f"layers {', '.join(config.target_modules)}.")
@@ -108,14 +110,14 @@ for label, checked in checks:
         st.error(f"The checkpoint could not be read: {exc}")
         continue
     ok = all(p["identical"] for p in proof)
-    st.subheader(("✅ PASS: " if ok else "❌ FAIL: ") + label)
+    st.subheader((":material/check_circle: PASS: " if ok else ":material/cancel: FAIL: ") + label)
     st.dataframe(
         pd.DataFrame(
             [
                 {
                     "base tensor": p["tensor"],
                     "max |now − saved|": p["max_abs_diff"],
-                    "bit-identical": "✅ yes" if p["identical"] else "❌ no",
+                    "bit-identical": "yes" if p["identical"] else "NO",
                 }
                 for p in proof
             ]
@@ -155,8 +157,12 @@ st.caption(
 
 st.subheader("Files on disk")
 store = state.store()
-adapter_bytes = (store.adapter_dir(chosen) / ADAPTER_WEIGHTS).stat().st_size
-base_bytes = (store.base_dir / "model.safetensors").stat().st_size
+try:
+    adapter_bytes = (store.adapter_dir(chosen) / ADAPTER_WEIGHTS).stat().st_size
+    base_bytes = (store.base_dir / "model.safetensors").stat().st_size
+except OSError as exc:
+    st.warning(f"The files could not be measured (changed by another session?): {exc}")
+    st.stop()
 f1, f2, f3 = st.columns(3)
 f1.metric("Adapter weights", f"{adapter_bytes / 1024:,.0f} KiB")
 f2.metric("Base checkpoint", f"{base_bytes / 1024:,.0f} KiB")

@@ -95,7 +95,7 @@ else:
     m1.metric("Test accuracy", ui.pct(evaluation.accuracy))
     m2.metric("Parameters", f"{meta.get('parameters', 0):,}")
     m3.metric("Training time", f"{training.get('seconds', 0):.1f} s")
-    m4.metric("Speed", f"{training.get('samples_per_s', 0):,.0f} samples/s")
+    m4.metric("Samples per second", f"{training.get('samples_per_s', 0):,.0f}")
     st.caption(
         f"Trained {ui.when(meta.get('created'))} · {training.get('epochs')} epoch(s), batch "
         f"{training.get('batch_size')}, lr {training.get('lr')}, seed {training.get('seed')}, "
