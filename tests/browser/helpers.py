@@ -1,0 +1,54 @@
+"""What a user does in the browser: open a page, wait for the app to settle, look for errors."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+PAGES = {
+    "home": "",
+    "training": "training",
+    "evaluation": "evaluation",
+    "parameters": "parameters",
+    "finetune": "finetune",
+    "draw": "draw",
+}
+
+
+def settle(page: Page, timeout: float = 60.0) -> None:
+    """Wait until the script run has finished (fragments may still poll afterwards)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while time.monotonic() < deadline:
+        state = page.get_attribute('[data-testid="stApp"]', "data-test-script-state")
+        calm = calm + 1 if state == "notRunning" else 0
+        if calm >= 3:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the app was still running after {timeout} s")
+
+
+def open_page(page: Page, base_url: str, name: str) -> None:
+    page.goto(f"{base_url}/{PAGES[name]}")
+    settle(page)
+
+
+def assert_no_errors(page: Page) -> None:
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body, body[:2000]
+
+
+def shot(page: Page, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_for_text(page: Page, pattern: str, timeout: float = 120.0) -> None:
+    expect(page.get_by_text(re.compile(pattern)).first).to_be_visible(timeout=timeout * 1000)
