@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 
 import streamlit as st  # noqa: E402
 
-from dashboard import ui  # noqa: E402
+from dashboard import state, ui  # noqa: E402
 
 st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
 
@@ -28,6 +28,7 @@ nav = st.navigation(
         st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
     ]
 )
+state.warm_up_torch()
 ui.finish_jobs()
 ui.sidebar()
 nav.run()

@@ -109,18 +109,24 @@ def probability_bars(probabilities: Sequence[float], title: str, color: str = BA
 
 
 def singular_values(update_sv: Sequence[float], weight_sv: Sequence[float], rank: int | None = None) -> go.Figure:
-    """Singular values of the update scale*B*A beside those of W (log scale): the update is low-rank."""
+    """Singular values of the update scale*B*A beside those of W (log y): the update is low-rank.
+
+    With `rank`, only the update's first `rank` values are drawn: the rest are round-off (about 1e-8).
+    """
     fig = go.Figure()
     w = np.asarray(weight_sv, dtype=float)
     u = np.asarray(update_sv, dtype=float)
+    if rank:
+        u = u[:rank]
     fig.add_scatter(x=np.arange(1, w.size + 1), y=w, mode="lines", name="W (frozen base weight)")
     fig.add_scatter(x=np.arange(1, u.size + 1), y=u, mode="lines+markers", name="update scale·B·A")
     if rank:
         fig.add_vline(x=rank, line_dash="dot", annotation_text=f"r = {rank}")
     positive = np.concatenate([w[w > 0], u[u > 0]])
-    floor = max(float(positive.max()) * 1e-9, float(positive.min())) if positive.size else 1e-12
-    fig.update_xaxes(title_text="index (largest first)", type="log")
-    fig.update_yaxes(title_text="singular value", type="log", range=[np.log10(floor) - 0.2, None])
+    low = float(positive.min()) if positive.size else 1e-12
+    high = float(positive.max()) if positive.size else 1.0
+    fig.update_xaxes(title_text="index (largest first)", type="log", range=[0, np.log10(max(2, w.size, u.size))])
+    fig.update_yaxes(title_text="singular value", type="log", range=[np.log10(low) - 0.2, np.log10(high) + 0.2])
     return _layout(fig, "Singular values: update vs W", height=340)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,21 @@ def data() -> MnistData:
         st.error(f"MNIST could not be loaded: {exc}")
         st.stop()
         raise  # unreachable; keeps type checkers happy
+
+
+@st.cache_resource
+def warm_up_torch() -> threading.Thread:
+    """Once per server, in the background: PyTorch's first optimizer step imports torch._dynamo lazily,
+    which takes seconds; doing it now lets the first training run report progress right away."""
+
+    def work() -> None:
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.ones(1)
+        torch.optim.Adam([p]).step()
+
+    thread = threading.Thread(target=work, name="dashboard-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def store() -> ArtifactStore:

@@ -164,6 +164,11 @@ def offer_finetune(base: BaseModelRecord) -> None:
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
 
 
+def counts(*columns: str) -> dict[str, object]:
+    """column_config that shows these integer columns with thousands separators."""
+    return {c: st.column_config.NumberColumn(c, format="localized") for c in columns}
+
+
 # --- errors next to fields ---------------------------------------------------------------------------
 class FieldSlots:
     """Placeholders right under form fields, so a ConfigError appears beside the field it names."""

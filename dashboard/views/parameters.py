@@ -77,7 +77,12 @@ rows.append(
         "B params": sum(r.b_count for r in table.layers),
     }
 )
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config=ui.counts("W params", "b params", "A params", "B params"),
+)
 m1, m2, m3 = st.columns(3)
 m1.metric("Frozen (base W and b)", f"{table.base_params:,}")
 m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")

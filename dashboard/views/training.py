@@ -140,5 +140,7 @@ rows.append(
         "total": table.base_params,
     }
 )
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(rows), hide_index=True, width="stretch", column_config=ui.counts("W params", "b params", "total")
+)
 st.caption(f"{table.base_params:,} parameters in all; ReLU between the layers, raw logits out.")

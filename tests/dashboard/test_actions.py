@@ -153,3 +153,14 @@ def test_offer_on_a_page_trains_right_there(fresh_dir: Path) -> None:
     assert job.status == jobs.STOPPED
     assert not ArtifactStore(fresh_dir).has_base()
     assert_clean(at)
+
+
+def test_two_sessions_share_saved_work(trained_dir: Path) -> None:
+    first, second = visit(new_app(), "finetune"), visit(new_app(), "evaluation")
+    assert second.session_state["active_adapter"] == "small"
+    first.checkbox(key="manage_confirm_delete").check().run()
+    click(first, "Delete")
+    second.run()  # the other session sees the adapter gone and falls back to the base model
+    assert_clean(second)
+    assert second.session_state["active_adapter"] is None
+    assert "small" not in "\n".join(str(m.value) for m in second.sidebar.markdown)

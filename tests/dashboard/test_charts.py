@@ -66,6 +66,7 @@ def test_singular_values_and_update_heatmap() -> None:
     sv_w, sv_u = np.linalg.svd(w, compute_uv=False), np.linalg.svd(delta, compute_uv=False)
     fig = charts.singular_values(sv_u, sv_w, rank=4)
     assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
+    assert len(fig.data[0].y) == 100 and len(fig.data[1].y) == 4
     fig = charts.update_heatmap(np.zeros((1000, 784)))
     z = np.asarray(fig.data[0].z)
     assert z.shape[0] <= charts.HEATMAP_MAX_CELLS and z.shape[1] <= charts.HEATMAP_MAX_CELLS
