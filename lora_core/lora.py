@@ -133,6 +133,16 @@ def _linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
             yield name, module
 
 
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The model's nn.Linear children by name (the frozen base layer where LoRA wraps one)."""
+    return dict(_linear_layers(model))
+
+
+def rank_limits(model: nn.Module) -> dict[str, int]:
+    """The largest sensible LoRA rank per layer: min(in_features, out_features)."""
+    return {name: min(layer.in_features, layer.out_features) for name, layer in _linear_layers(model)}
+
+
 class LoraLinear(nn.Module):
     """nn.Linear plus any number of named low-rank adapters, at most one active at a time."""
 

@@ -228,7 +228,7 @@ class _Reporter:
         if self.callback is not None:
             self.callback(Progress(self.phase, step, self.total, value, rate, elapsed, eta, epoch))
         if self.stop is not None and self.stop.is_set():
-            raise RunStopped(f"{self.phase} stopped at step {step} of {self.total}; nothing was saved")
+            raise RunStopped(f"{self.phase} stopped at step {step} of {self.total}; nothing was saved.")
 
     def result(self) -> RunResult:
         elapsed = time.perf_counter() - self.start

@@ -10,8 +10,7 @@ import streamlit as st
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lora import _linear_layers as linear_layers
-from lora_core.lora import validate_adapter_name
+from lora_core.lora import rank_limits, validate_adapter_name
 from lora_core.study import default_adapter_name, disabled_equals_base
 from lora_core.train import FinetuneConfig, resolve_device
 
@@ -37,7 +36,7 @@ st.write(
 base = ui.require_base("Fine-tuning")
 base_eval = state.base_evaluation(base)
 defaults = FinetuneConfig()
-layer_limits = {name: min(layer.in_features, layer.out_features) for name, layer in linear_layers(base.model)}
+layer_limits = rank_limits(base.model)
 existing = {a.name for a in state.adapters(base.fingerprint)}
 
 # --- settings ------------------------------------------------------------------------------------------------------

@@ -52,3 +52,28 @@ def shot(page: Page, folder: Path, name: str) -> Path:
 
 def wait_for_text(page: Page, pattern: str, timeout: float = 120.0) -> None:
     expect(page.get_by_text(re.compile(pattern)).first).to_be_visible(timeout=timeout * 1000)
+
+
+def draw(page: Page, points: list[tuple[float, float]]) -> None:
+    """Draw one stroke with the mouse through `points` given as fractions of the canvas (0..1)."""
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.scroll_into_view_if_needed()
+    expect(canvas).to_be_visible(timeout=30_000)
+    box = canvas.bounding_box()
+    assert box is not None
+
+    def at(p: tuple[float, float]) -> tuple[float, float]:
+        return box["x"] + p[0] * box["width"], box["y"] + p[1] * box["height"]
+
+    page.mouse.move(*at(points[0]))
+    page.mouse.down()
+    for p in points[1:]:
+        page.mouse.move(*at(p), steps=8)
+    page.mouse.up()
+
+
+def metric_value(page: Page, label: str, timeout: float = 60.0) -> str:
+    """The value shown by the st.metric whose label contains `label`."""
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    expect(metric).to_be_visible(timeout=timeout * 1000)
+    return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
