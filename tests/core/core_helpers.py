@@ -1,0 +1,60 @@
+"""Small helpers shared by the lora_core tests (imported as a plain module from tests/core)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lora_core.lora import LoraModel
+from lora_core.model import MLP
+
+
+def random_mlp(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP()
+
+
+def randomize_b(lora_model: LoraModel, name: str, seed: int = 1, std: float = 0.05) -> None:
+    """Give adapter `name` non-zero B matrices (a fresh adapter's B is all zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_model.lora_layers().values():
+            if name in layer.lora_B:
+                w = layer.lora_B[name].weight
+                w.copy_(torch.randn(w.shape, generator=gen) * std)
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> content), hidden ones included."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def manual_forward(
+    base: MLP, x: torch.Tensor, deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] | None = None
+) -> torch.Tensor:
+    """The MLP's logits computed by hand: per layer x W^T + b, plus (x A^T) B^T * scale where adapted."""
+    deltas = deltas or {}
+    h = x.reshape(-1, 784)
+    for i, name in enumerate(("linear1", "linear2", "linear3")):
+        layer = getattr(base, name)
+        linear = layer.base_layer if hasattr(layer, "base_layer") else layer
+        out = h @ linear.weight.T + linear.bias
+        if name in deltas:
+            a, b, scale = deltas[name]
+            out = out + (h @ a.T) @ b.T * scale
+        h = torch.relu(out) if i < 2 else out
+    return h
+
+
+def adapter_deltas(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Adapter `name`'s (A, B, scale) per adapted layer, detached."""
+    return {
+        layer_name: (
+            layer.lora_A[name].weight.detach().clone(),
+            layer.lora_B[name].weight.detach().clone(),
+            layer.scaling[name],
+        )
+        for layer_name, layer in lora_model.lora_layers().items()
+        if name in layer.lora_A
+    }

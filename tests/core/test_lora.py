@@ -1,0 +1,374 @@
+"""LoRA layers and the adapter wrapper: no-op init, gradients, forward maths, merging, several adapters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from core_helpers import adapter_deltas, manual_forward, random_mlp, randomize_b
+
+from lora_core.errors import ConfigError
+from lora_core.lora import LoraConfig, LoraLinear, LoraModel, validate_adapter_name
+from lora_core.params import parameter_table
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(32, 784, generator=torch.Generator().manual_seed(42))
+
+
+def base_clones(lora_model: LoraModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in lora_model.base_state_dict().items()}
+
+
+# --- a new adapter changes nothing ------------------------------------------------------------------
+@pytest.mark.parametrize("init", ["kaiming", "gaussian"])
+def test_new_adapter_is_an_exact_no_op(init, x):
+    lora_model = LoraModel(random_mlp())
+    with torch.no_grad():
+        before = lora_model(x)
+        lora_model.add_adapter("a", LoraConfig(r=4, alpha=8, init=init), seed=0)
+        after = lora_model(x)
+    assert lora_model.active_adapter == "a"
+    assert torch.equal(before, after)
+    layers = lora_model.lora_layers()
+    assert set(layers) == {"linear1", "linear2", "linear3"}
+    for layer in layers.values():
+        assert torch.count_nonzero(layer.lora_B["a"].weight) == 0
+        a = layer.lora_A["a"].weight
+        assert torch.count_nonzero(a) == a.numel()  # A is random, not zero
+        if init == "kaiming":  # Kaiming-uniform with a = sqrt(5), as PEFT and nn.Linear: bound 1/sqrt(in)
+            assert a.abs().max() <= 1 / math.sqrt(layer.in_features)
+            assert a.abs().max() > 0.9 / math.sqrt(layer.in_features)
+
+
+@pytest.mark.xfail(
+    reason="BUG: lora.py LoraLinear.add_adapter draws init='gaussian' A from N(0, 1); PEFT, whose "
+    "init_lora_weights='gaussian' the adapter config claims, uses N(0, 1/r) (peft/tuners/lora/layer.py)",
+    strict=True,
+)
+def test_gaussian_init_matches_peft_std_one_over_r():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("g", LoraConfig(r=4, init="gaussian"), seed=0)
+    for layer in lora_model.lora_layers().values():
+        assert layer.lora_A["g"].weight.std().item() == pytest.approx(1 / 4, rel=0.1)
+
+
+def test_adapter_init_is_seeded():
+    m1, m2 = LoraModel(random_mlp()), LoraModel(random_mlp())
+    m1.add_adapter("a", LoraConfig(r=2), seed=7)
+    m2.add_adapter("a", LoraConfig(r=2), seed=7)
+    for name, layer in m1.lora_layers().items():
+        assert torch.equal(layer.lora_A["a"].weight, m2.lora_layers()[name].lora_A["a"].weight)
+    m2.add_adapter("b", LoraConfig(r=2), seed=8)
+    assert not torch.equal(
+        m2.lora_layers()["linear1"].lora_A["b"].weight, m1.lora_layers()["linear1"].lora_A["a"].weight
+    )
+
+
+# --- gradients --------------------------------------------------------------------------------------
+def test_only_a_and_b_receive_gradients(x):
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=4, alpha=8)
+    lora_model.add_adapter("a", config, seed=0)
+    randomize_b(lora_model, "a")  # with B = 0, A's gradient would be zero
+    params = lora_model.mark_only_lora_trainable("a")
+    loss = torch.nn.functional.cross_entropy(lora_model(x), torch.arange(32) % 10)
+    loss.backward()
+    for name, p in lora_model.model.named_parameters():
+        if ".lora_" in name:
+            assert p.requires_grad, name
+            assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+        else:
+            assert not p.requires_grad, name
+            assert p.grad is None, name
+    assert len(params) == 6
+    trainable = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in params) == parameter_table(lora_model, config).lora_params == 4 * 6794
+
+
+def test_mark_only_lora_trainable_freezes_other_adapters():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=2))
+    lora_model.add_adapter("b", LoraConfig(r=3, target_modules=("linear2",)))
+    params = lora_model.mark_only_lora_trainable("b")
+    trainable = {n for n, p in lora_model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.linear2.lora_A.b.weight", "model.linear2.lora_B.b.weight"}
+    assert sum(p.numel() for p in params) == 3 * 3000
+    with pytest.raises(ConfigError):
+        lora_model.mark_only_lora_trainable("nosuch")
+
+
+def test_wrapping_freezes_the_base():
+    lora_model = LoraModel(random_mlp())
+    assert all(not p.requires_grad for p in lora_model.parameters())
+
+
+# --- forward maths ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("r", "alpha", "rslora", "targets"),
+    [
+        (4, 8.0, False, ("linear1", "linear2", "linear3")),
+        (4, 8.0, True, ("linear1", "linear2", "linear3")),
+        (1, 3.0, False, ("linear2",)),
+        (9, 2.0, True, ("linear1", "linear3")),
+    ],
+)
+def test_forward_equals_base_plus_scaled_low_rank_update(r, alpha, rslora, targets, x):
+    base = random_mlp()
+    lora_model = LoraModel(base)
+    config = LoraConfig(r=r, alpha=alpha, use_rslora=rslora, target_modules=targets)
+    lora_model.add_adapter("a", config, seed=0)
+    randomize_b(lora_model, "a")
+    expected_scale = alpha / math.sqrt(r) if rslora else alpha / r
+    assert config.scale == pytest.approx(expected_scale)
+    deltas = adapter_deltas(lora_model, "a")
+    assert set(deltas) == set(targets)
+    for _a, _b, scale in deltas.values():
+        assert scale == pytest.approx(expected_scale)
+    with torch.no_grad():
+        out = lora_model(x)
+        expected = manual_forward(base, x, deltas)
+        plain = manual_forward(base, x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (out - plain).abs().max() > 1e-3  # the update really does something
+
+
+def test_rslora_scale_is_alpha_over_sqrt_r():
+    assert LoraConfig(r=16, alpha=8, use_rslora=True).scale == pytest.approx(2.0)
+    assert LoraConfig(r=16, alpha=8, use_rslora=False).scale == pytest.approx(0.5)
+    assert LoraConfig(r=1, alpha=5, use_rslora=True).scale == pytest.approx(5.0)
+
+
+def test_delta_weight_is_scale_b_a():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=3, alpha=6), seed=0)
+    randomize_b(lora_model, "a")
+    for layer in lora_model.lora_layers().values():
+        expected = layer.lora_B["a"].weight @ layer.lora_A["a"].weight * 2.0
+        torch.testing.assert_close(layer.delta_weight("a"), expected)
+    # the update of the small layer (10 x 2000) has rank exactly r
+    assert torch.linalg.matrix_rank(lora_model.lora_layers()["linear3"].delta_weight("a")) == 3
+
+
+def test_dropout_only_acts_in_training(x):
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, dropout=0.5), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.eval()
+    with torch.no_grad():
+        assert torch.equal(lora_model(x), lora_model(x))
+        expected = manual_forward(lora_model.model, x, adapter_deltas(lora_model, "a"))
+        torch.testing.assert_close(lora_model(x), expected, atol=1e-5, rtol=1e-5)
+        lora_model.train()
+        assert not torch.equal(lora_model(x), lora_model(x))
+
+
+# --- merging ------------------------------------------------------------------------------------------
+def test_merge_matches_unmerged_and_never_touches_base_weights(x):
+    base = random_mlp()
+    lora_model = LoraModel(base)
+    with torch.no_grad():
+        base_out = lora_model(x)
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    clones = base_clones(lora_model)
+    with torch.no_grad():
+        unmerged = lora_model(x)
+        assert not torch.equal(unmerged, base_out)
+        lora_model.merge()
+        assert all(layer.merged for layer in lora_model.lora_layers().values())
+        merged = lora_model(x)
+        torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+        for key, value in lora_model.base_state_dict().items():
+            assert torch.equal(value, clones[key]), key
+        # disabled while merged: the plain base, exactly
+        with lora_model.adapters_disabled():
+            assert torch.equal(lora_model(x), base_out)
+        assert torch.equal(lora_model(x), merged)
+        lora_model.unmerge()
+        assert not any(layer.merged for layer in lora_model.lora_layers().values())
+        assert torch.equal(lora_model(x), unmerged)
+        for key, value in lora_model.base_state_dict().items():
+            assert torch.equal(value, clones[key]), key
+        lora_model.disable_adapters()
+        assert torch.equal(lora_model(x), base_out)
+        lora_model.enable_adapters()
+        assert torch.equal(lora_model(x), unmerged)
+        lora_model.set_adapter(None)
+        assert torch.equal(lora_model(x), base_out)
+
+
+def test_merge_with_no_active_adapter_is_a_no_op(x):
+    lora_model = LoraModel(random_mlp())
+    with torch.no_grad():
+        base_out = lora_model(x)
+    lora_model.add_adapter("a", LoraConfig(r=2), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.set_adapter(None)
+    lora_model.merge()
+    assert not any(layer.merged for layer in lora_model.lora_layers().values())
+    with torch.no_grad():
+        assert torch.equal(lora_model(x), base_out)
+
+
+def test_switching_adapter_drops_the_merged_weight(x):
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=2), seed=0)
+    randomize_b(lora_model, "a", seed=1)
+    lora_model.add_adapter("b", LoraConfig(r=2), seed=1)
+    randomize_b(lora_model, "b", seed=2)
+    with torch.no_grad():
+        lora_model.set_adapter("b")
+        out_b = lora_model(x)
+        lora_model.set_adapter("a")
+        lora_model.merge()
+        lora_model.set_adapter("b")
+        assert torch.equal(lora_model(x), out_b)
+
+
+def test_lora_linear_alone():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 5)
+    layer = LoraLinear(linear)
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4))
+    layer.set_adapter("a")
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_()
+        x = torch.randn(3, 6)
+        expected = linear(x) + x @ layer.lora_A["a"].weight.T @ layer.lora_B["a"].weight.T * 2.0
+        torch.testing.assert_close(layer(x), expected)
+        layer.delete_adapter("a")
+        assert layer.active_adapter is None and "a" not in layer.lora_A and "a" not in layer.scaling
+        assert torch.equal(layer(x), linear(x))
+
+
+# --- several adapters on one base ------------------------------------------------------------------
+def test_several_named_adapters_switch_instantly(x):
+    base = random_mlp()
+    lora_model = LoraModel(base)
+    with torch.no_grad():
+        base_out = lora_model(x)
+    lora_model.add_adapter("all", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "all", seed=1)
+    lora_model.add_adapter("last", LoraConfig(r=2, alpha=2, target_modules=("linear3",)), seed=1)
+    randomize_b(lora_model, "last", seed=2)
+    lora_model.add_adapter("first", LoraConfig(r=1, alpha=1, target_modules=("linear1",), use_rslora=True), seed=2)
+    randomize_b(lora_model, "first", seed=3)
+    assert lora_model.active_adapter == "first"  # add_adapter activates the new one
+    assert set(lora_model.adapters) == {"all", "last", "first"}
+
+    expected = {name: manual_forward(base, x, adapter_deltas(lora_model, name)) for name in lora_model.adapters}
+    assert set(adapter_deltas(lora_model, "last")) == {"linear3"}
+    assert set(adapter_deltas(lora_model, "first")) == {"linear1"}
+    outs = {}
+    with torch.no_grad():
+        for name in ["all", "last", "first", "all"]:
+            lora_model.set_adapter(name)
+            assert lora_model.active_adapter == name
+            outs[name] = lora_model(x)
+            torch.testing.assert_close(outs[name], expected[name], atol=1e-5, rtol=1e-5)
+        assert not torch.equal(outs["all"], outs["last"])
+        assert not torch.equal(outs["last"], outs["first"])
+        lora_model.set_adapter(None)
+        assert lora_model.active_adapter is None
+        assert torch.equal(lora_model(x), base_out)
+
+        lora_model.set_adapter("all")
+        lora_model.delete_adapter("all")
+        assert "all" not in lora_model.adapters
+        assert lora_model.active_adapter is None
+        for layer in lora_model.lora_layers().values():
+            assert "all" not in layer.lora_A and "all" not in layer.lora_B and "all" not in layer.scaling
+        assert torch.equal(lora_model(x), base_out)
+        with pytest.raises(ConfigError):
+            lora_model.set_adapter("all")
+        with pytest.raises(ConfigError):
+            lora_model.delete_adapter("all")
+        lora_model.set_adapter("last")
+        torch.testing.assert_close(lora_model(x), expected["last"], atol=1e-5, rtol=1e-5)
+        lora_model.delete_adapter("first")  # not the active one
+        assert lora_model.active_adapter == "last"
+        torch.testing.assert_close(lora_model(x), expected["last"], atol=1e-5, rtol=1e-5)
+    names = {n for n, _ in lora_model.named_parameters() if ".lora_" in n}
+    assert names == {"model.linear3.lora_A.last.weight", "model.linear3.lora_B.last.weight"}
+
+
+def test_adapter_state_dict_uses_peft_keys():
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=3, target_modules=("linear1", "linear3"))
+    lora_model.add_adapter("a", config)
+    sd = lora_model.adapter_state_dict("a")
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        "base_model.model.linear1.lora_A.weight": (3, 784),
+        "base_model.model.linear1.lora_B.weight": (1000, 3),
+        "base_model.model.linear3.lora_A.weight": (3, 2000),
+        "base_model.model.linear3.lora_B.weight": (10, 3),
+    }
+    assert lora_model.expected_adapter_shapes(config) == {k: tuple(v.shape) for k, v in sd.items()}
+    assert set(lora_model.base_state_dict()) == {f"linear{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
+
+
+# --- validation ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"r": 0}, "rank"),
+        ({"r": -2}, "rank"),
+        ({"r": 1.5}, "rank"),
+        ({"r": True}, "rank"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"init": "zeros"}, "init"),
+        ({"target_modules": ()}, "targets"),
+        ({"target_modules": ("linear1", "linear1")}, "targets"),
+        ({"target_modules": ("linear4",)}, "targets"),
+        ({"r": 11}, "rank"),  # linear3 has 10 outputs
+        ({"r": 11, "target_modules": ("linear1", "linear3")}, "rank"),
+        ({"r": 1001, "target_modules": ("linear1",)}, "rank"),
+    ],
+)
+def test_bad_configs_are_rejected(kwargs, field):
+    lora_model = LoraModel(random_mlp())
+    with pytest.raises(ConfigError) as info:
+        lora_model.add_adapter("a", LoraConfig(**kwargs))
+    assert info.value.field == field
+    assert lora_model.adapters == {} and lora_model.lora_layers() == {}
+
+
+def test_largest_allowed_ranks_are_accepted():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=10))
+    lora_model.add_adapter("b", LoraConfig(r=11, target_modules=("linear1", "linear2")))
+    assert set(lora_model.adapters) == {"a", "b"}
+
+
+def test_duplicate_adapter_name_is_rejected():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=1))
+    with pytest.raises(ConfigError, match="already"):
+        lora_model.add_adapter("a", LoraConfig(r=2))
+    assert lora_model.adapter_config("a").r == 1
+
+
+@pytest.mark.parametrize("name", ["", "  ", "../x", "a/b", ".hidden", "a..b", "x" * 65, "name with space", "é"])
+def test_unsafe_adapter_names_are_rejected(name):
+    with pytest.raises(ConfigError):
+        validate_adapter_name(name)
+
+
+@pytest.mark.parametrize("name", ["digit-9", "a", "A_b.c-1", "x" * 64])
+def test_safe_adapter_names_are_accepted(name):
+    validate_adapter_name(name)
+
+
+def test_peft_config_round_trip():
+    config = LoraConfig(r=5, alpha=3.5, dropout=0.1, target_modules=("linear2",), use_rslora=True, init="gaussian")
+    data = config.to_peft()
+    assert data["peft_type"] == "LORA"
+    assert data["bias"] == "none" and data["fan_in_fan_out"] is False
+    assert LoraConfig.from_peft(data) == config
