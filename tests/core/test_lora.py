@@ -372,3 +372,15 @@ def test_peft_config_round_trip():
     assert data["peft_type"] == "LORA"
     assert data["bias"] == "none" and data["fan_in_fan_out"] is False
     assert LoraConfig.from_peft(data) == config
+
+
+def test_rank_limits_per_layer():
+    from lora_core.lora import linear_layers, rank_limits
+
+    expected = {"linear1": 784, "linear2": 1000, "linear3": 10}
+    lora_model = LoraModel(random_mlp())
+    assert rank_limits(lora_model.model) == expected
+    lora_model.add_adapter("a", LoraConfig(r=2, target_modules=("linear2",)))
+    assert rank_limits(lora_model.model) == expected  # a wrapped layer reports its base layer
+    assert isinstance(linear_layers(lora_model.model)["linear2"], torch.nn.Linear)
+    assert linear_layers(lora_model.model)["linear2"] is lora_model.lora_layers()["linear2"].base_layer
