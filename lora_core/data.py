@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -156,7 +157,7 @@ def _read_bytes(path: Path) -> bytes:
     if path.suffix == ".gz":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path} is not a valid gzip file ({exc}); delete it to rebuild MNIST") from exc
     return data
 

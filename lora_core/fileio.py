@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,35 @@ def replace_dir(staging: Path, final: Path) -> None:
     Two renames: final -> .final.previous, staging -> final. If the process dies between them,
     recover_dir() puts the previous folder back, so a complete folder is always found.
     """
+    recover_dir(final)  # an earlier interrupted swap: its backup may be the only complete copy
     backup = _backup_path(final)
-    if backup.exists():
-        shutil.rmtree(backup)
     if final.exists():
+        if backup.exists():
+            shutil.rmtree(backup)
         os.rename(final, backup)
     os.rename(staging, final)
     _fsync_dir(final.parent)
     shutil.rmtree(backup, ignore_errors=True)
 
 
+STALE_STAGING_SECONDS = 3600.0
+
+
 def recover_dir(final: Path) -> None:
-    """Undo a replace_dir() interrupted between its two renames; drop stale staging folders."""
+    """Undo a replace_dir() interrupted between its two renames, and drop staging folders that a
+    killed writer left behind (only old ones: a live writer may be filling a recent one)."""
     backup = _backup_path(final)
     if backup.exists():
         if final.exists():
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(backup, final)
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for staging in final.parent.glob(f".{final.name}.staging-*"):
+        try:
+            if now - staging.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError:
+            continue

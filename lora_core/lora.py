@@ -164,8 +164,8 @@ class LoraLinear(nn.Module):
         a = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=w.dtype)
         b = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
         with torch.no_grad():
-            if config.init == "gaussian":
-                a.weight.normal_(0.0, 1.0, generator=generator)
+            if config.init == "gaussian":  # PEFT's init_lora_weights="gaussian": N(0, 1/r)
+                a.weight.normal_(0.0, 1.0 / config.r, generator=generator)
             else:  # PEFT's and nn.Linear's default: Kaiming-uniform with a = sqrt(5)
                 bound = 1.0 / math.sqrt(self.in_features)
                 a.weight.uniform_(-bound, bound, generator=generator)

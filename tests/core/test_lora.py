@@ -43,11 +43,6 @@ def test_new_adapter_is_an_exact_no_op(init, x):
             assert a.abs().max() > 0.9 / math.sqrt(layer.in_features)
 
 
-@pytest.mark.xfail(
-    reason="BUG: lora.py LoraLinear.add_adapter draws init='gaussian' A from N(0, 1); PEFT, whose "
-    "init_lora_weights='gaussian' the adapter config claims, uses N(0, 1/r) (peft/tuners/lora/layer.py)",
-    strict=True,
-)
 def test_gaussian_init_matches_peft_std_one_over_r():
     lora_model = LoraModel(random_mlp())
     lora_model.add_adapter("g", LoraConfig(r=4, init="gaussian"), seed=0)

@@ -581,12 +581,6 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
     assert json.loads(target.read_text()) == {"a": 1}
 
 
-@pytest.mark.xfail(
-    reason="BUG: fileio.replace_dir deletes .<name>.previous before checking that <name> exists; after a save "
-    "interrupted between its two renames the backup is the only complete copy, and the next save destroys it "
-    "before its own folder is in place (a second failure there leaves no base model at all)",
-    strict=True,
-)
 def test_save_after_an_interrupted_swap_never_loses_the_only_copy(store, monkeypatch):
     before = file_bytes(store.base_dir)
     # state left by a save that died between its two renames: only the backup holds the model
@@ -606,11 +600,6 @@ def test_save_after_an_interrupted_swap_never_loses_the_only_copy(store, monkeyp
     assert file_bytes(store.base_dir) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: fileio.recover_dir's docstring promises to 'drop stale staging folders' but it only restores the "
-    "backup; the .<name>.staging-* folder (up to a whole model) left by a killed save stays on disk forever",
-    strict=True,
-)
 def test_recover_dir_drops_stale_staging_folders(tmp_path):
     final = tmp_path / "base"
     final.mkdir()
