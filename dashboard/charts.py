@@ -88,9 +88,7 @@ def loss_curve(losses: Sequence[float], phases: Sequence[str] | None = None, tit
             order.append(p)
     for phase in order:
         steps = [i + 1 for i, p in enumerate(phases) if p == phase]
-        fig.add_scatter(
-            x=steps, y=[losses[i - 1] for i in steps], mode="lines", name=phase, line={"width": 1.5}
-        )
+        fig.add_scatter(x=steps, y=[losses[i - 1] for i in steps], mode="lines", name=phase, line={"width": 1.5})
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="cross-entropy loss", rangemode="tozero")
     return _layout(fig, title, height=300)

@@ -140,7 +140,7 @@ def offer_training() -> None:
     job = job_panel(("train", "study"))
     if job is None or not job.running:
         if st.button(TRAIN_LABEL, type="primary", disabled=busy(), key="offer-train"):
-            set_job(jobs.start_training(state.store(), state.data(), TrainConfig()))
+            set_job(jobs.start_training(state.store(), TrainConfig()))
             st.rerun()
         busy_note()
     st.page_link(
@@ -158,7 +158,7 @@ def offer_finetune(base: BaseModelRecord) -> None:
             name = f"digit-{digit}"
             existing = {a.name for a in state.adapters(base.fingerprint)}
             config = FinetuneConfig(digits=(digit,))
-            set_job(jobs.start_finetune(state.store(), base, state.data(), config, name, name in existing, evaluation))
+            set_job(jobs.start_finetune(state.store(), base, config, name, name in existing, evaluation))
             st.rerun()
         busy_note()
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")

@@ -48,3 +48,41 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory, small_mnist: Mni
     base, lora_model = load_base_for_lora(store, "cpu")
     finetune_and_save_adapter(store, base, lora_model, small_mnist, SMALL_FINETUNE_CONFIG, name="small")
     return root
+
+
+@dataclasses.dataclass
+class FullStudy:
+    """One honest full-size run of `python -m lora_core study` (defaults, all of MNIST)."""
+
+    artifacts: Path
+    result: dict
+    returncode: int
+    stdout: str
+    stderr: str
+    unused_default: Path
+
+
+@pytest.fixture(scope="session")
+def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> FullStudy:
+    """Run once per session and shared: the CLI test checks it, the browser tests draw on its model.
+
+    Treat the artifacts as read-only; copy them before changing anything.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("full-study")
+    artifacts, out = tmp / "artifacts", tmp / "study.json"
+    unused = tmp / "default-artifacts-must-not-be-used"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lora_core", "study", "--artifacts", str(artifacts), "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "LORA_ARTIFACTS_DIR": str(unused)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    return FullStudy(artifacts, result, proc.returncode, proc.stdout, proc.stderr, unused)

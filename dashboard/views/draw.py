@@ -27,7 +27,9 @@ active = state.active_adapter(base.fingerprint)
 chosen = None
 if names:
     chosen = st.selectbox(
-        "Adapter to compare with the base model", names, index=names.index(active) if active in names else 0,
+        "Adapter to compare with the base model",
+        names,
+        index=names.index(active) if active in names else 0,
         key="draw_adapter",
     )
 else:
@@ -106,15 +108,17 @@ with right:
     top_base = int(np.argmax(p_base))
     c1, c2 = st.columns(2)
     with c1:
-        st.metric("Base model says", str(top_base), f"{p_base[top_base]:.1%} sure", delta_color="off",
-                  delta_arrow="off")
+        st.metric(
+            "Base model says", str(top_base), f"{p_base[top_base]:.1%} sure", delta_color="off", delta_arrow="off"
+        )
         st.plotly_chart(charts.probability_bars(p_base, "Base model"), width="stretch")
     if p_adapted is not None:
         top_adapted = int(np.argmax(p_adapted))
         with c2:
             label = f"With {chosen} says" + ("" if state.adapters_enabled() else " (adapter disabled)")
-            st.metric(label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off",
-                      delta_arrow="off")
+            st.metric(
+                label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off", delta_arrow="off"
+            )
             st.plotly_chart(
                 charts.probability_bars(p_adapted, f"With adapter {chosen}", color=charts.ADAPTED_COLOR),
                 width="stretch",

@@ -51,8 +51,13 @@ else:
 
 # --- overall ---------------------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)
-c1.metric("Base model accuracy", ui.pct(base_eval.accuracy), f"weakest digit {base_eval.weakest_digit}",
-          delta_color="off", delta_arrow="off")
+c1.metric(
+    "Base model accuracy",
+    ui.pct(base_eval.accuracy),
+    f"weakest digit {base_eval.weakest_digit}",
+    delta_color="off",
+    delta_arrow="off",
+)
 if after is not None:
     c2.metric(
         f"With adapter {chosen}",

@@ -49,13 +49,17 @@ with c1:
         "Target digit",
         list(range(10)),
         index=weakest,
-        format_func=lambda d: f"{d} (base accuracy {ui.pct(base_eval.per_digit_accuracy[d])})"
-        + ("  ← weakest" if d == weakest else ""),
+        format_func=lambda d: (
+            f"{d} (base accuracy {ui.pct(base_eval.per_digit_accuracy[d])})" + ("  ← weakest" if d == weakest else "")
+        ),
         key="ft_digit",
     )
     slots.add("digit")
     targets = st.multiselect(
-        "Target layers", list(layer_limits), default=list(defaults.targets), key="ft_targets",
+        "Target layers",
+        list(layer_limits),
+        default=list(defaults.targets),
+        key="ft_targets",
         help="Layers that get an adapter; the others stay exactly as they are.",
     )
     slots.add("targets")
@@ -70,16 +74,18 @@ with c1:
             f"({rank_max} {'outputs' if 'linear3' in limiting else 'units'})."
         )
     slots.add("rank")
-    alpha = st.number_input("Alpha", min_value=0.001, value=float(defaults.alpha), key="ft_alpha",
-                            help="The update is scaled by alpha / r.")
+    alpha = st.number_input(
+        "Alpha", min_value=0.001, value=float(defaults.alpha), key="ft_alpha", help="The update is scaled by alpha / r."
+    )
     slots.add("alpha")
 with c2:
     steps = st.number_input("Steps", min_value=1, max_value=1_000_000, value=defaults.steps, key="ft_steps")
     slots.add("steps")
     batch = st.number_input("Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="ft_batch")
     slots.add("batch_size")
-    lr = st.number_input("Learning rate", min_value=0.0, max_value=1.0, value=defaults.lr, step=1e-4,
-                         format="%.5f", key="ft_lr")
+    lr = st.number_input(
+        "Learning rate", min_value=0.0, max_value=1.0, value=defaults.lr, step=1e-4, format="%.5f", key="ft_lr"
+    )
     slots.add("lr")
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
@@ -88,8 +94,13 @@ with c3:
         "(0 trains on the target digit only, and overall accuracy collapses)."
     )
     slots.add("replay")
-    name_in = st.text_input("Adapter name", value="", placeholder=default_adapter_name((digit,)), key="ft_name",
-                            help="Letters, digits, '-', '_' and '.'; empty: the placeholder.")
+    name_in = st.text_input(
+        "Adapter name",
+        value="",
+        placeholder=default_adapter_name((digit,)),
+        key="ft_name",
+        help="Letters, digits, '-', '_' and '.'; empty: the placeholder.",
+    )
     slots.add("name")
     overwrite = st.checkbox("Overwrite an adapter with the same name", value=False, key="ft_overwrite")
 
@@ -114,7 +125,7 @@ if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="f
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS.get(exc.field))
     else:
-        job = jobs.start_finetune(state.store(), base, state.data(), config, name, overwrite, base_eval)
+        job = jobs.start_finetune(state.store(), base, config, name, overwrite, base_eval)
         ui.set_job(job)
         st.rerun()
 ui.busy_note()
@@ -127,16 +138,25 @@ st.header("Result")
 def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digits: list[int], trainable: int) -> None:
     st.caption(title)
     r1, r2, r3 = st.columns(3)
-    r1.metric("Overall accuracy", ui.pct(after["accuracy"]),
-              f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points")
+    r1.metric(
+        "Overall accuracy", ui.pct(after["accuracy"]), f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points"
+    )
     for d in digits[:1]:
-        r2.metric(f"Digit {d}", ui.pct(after["per_digit_accuracy"][d]),
-                  f"{100 * (after['per_digit_accuracy'][d] - before['per_digit_accuracy'][d]):+.2f} points")
-    r3.metric("Trainable parameters", f"{trainable:,}",
-              f"{100 * trainable / base.meta.get('parameters', 1):.3f}% of the base", delta_color="off",
-              delta_arrow="off")
-    st.plotly_chart(charts.per_digit_bars(before["per_digit_accuracy"], after["per_digit_accuracy"], digits),
-                    width="stretch")
+        r2.metric(
+            f"Digit {d}",
+            ui.pct(after["per_digit_accuracy"][d]),
+            f"{100 * (after['per_digit_accuracy'][d] - before['per_digit_accuracy'][d]):+.2f} points",
+        )
+    r3.metric(
+        "Trainable parameters",
+        f"{trainable:,}",
+        f"{100 * trainable / base.meta.get('parameters', 1):.3f}% of the base",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    st.plotly_chart(
+        charts.per_digit_bars(before["per_digit_accuracy"], after["per_digit_accuracy"], digits), width="stretch"
+    )
 
 
 if job is not None and job.status == jobs.DONE:

@@ -114,7 +114,7 @@ if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run
     except ConfigError as exc:
         st.error(f"{exc.field}: {exc.reason}. Change it in the study settings; nothing was run.")
     else:
-        ui.set_job(jobs.start_study(state.store(), state.data(), train_config, ft_config, retrain))
+        ui.set_job(jobs.start_study(state.store(), train_config, ft_config, retrain))
         st.rerun()
 ui.busy_note()
 
@@ -179,8 +179,13 @@ else:
     st.caption(f"From {figures['source']}; every number is measured on the 10,000 MNIST test images.")
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Base accuracy", ui.pct(figures["base_acc"]))
-    m2.metric("Weakest digit", str(figures["digit"]), f"{ui.pct(figures['before'])} before", delta_color="off",
-              delta_arrow="off")
+    m2.metric(
+        "Weakest digit",
+        str(figures["digit"]),
+        f"{ui.pct(figures['before'])} before",
+        delta_color="off",
+        delta_arrow="off",
+    )
     m3.metric(
         f"Digit {figures['digit']} after LoRA",
         ui.pct(figures["after"]),
@@ -192,8 +197,13 @@ else:
         f"{100 * (figures['adapted_acc'] - figures['base_acc']):+.2f} points",
     )
     n1, n2 = st.columns(2)
-    n1.metric("Parameters added by LoRA", f"{figures['lora_params']:,}", f"{figures['lora_percent']:.3f}% of the base",
-              delta_color="off", delta_arrow="off")
+    n1.metric(
+        "Parameters added by LoRA",
+        f"{figures['lora_params']:,}",
+        f"{figures['lora_percent']:.3f}% of the base",
+        delta_color="off",
+        delta_arrow="off",
+    )
     if figures["unchanged"]:
         n2.success(f"Base weights unchanged: every tensor is bit-identical ({figures['proof_note']}).")
     else:

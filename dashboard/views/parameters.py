@@ -27,9 +27,7 @@ chosen = None
 model = None
 config = None
 if names:
-    chosen = st.selectbox(
-        "Adapter", names, index=names.index(active) if active in names else 0, key="params_adapter"
-    )
+    chosen = st.selectbox("Adapter", names, index=names.index(active) if active in names else 0, key="params_adapter")
     info = next(a for a in usable if a.name == chosen)
     try:
         model = state.load_into_session(base, chosen)
@@ -90,8 +88,10 @@ m3.metric(
     "LoRA adds", f"{table.lora_percent:.3f}%", "of the base model's parameters", delta_color="off", delta_arrow="off"
 )
 if config is not None:
-    st.caption(f"Adapter `{chosen}`: rank r = {config.r}, α = {config.alpha:g}, scale α/r = {config.scale:g}, "
-               f"layers {', '.join(config.target_modules)}.")
+    st.caption(
+        f"Adapter `{chosen}`: rank r = {config.r}, α = {config.alpha:g}, scale α/r = {config.scale:g}, "
+        f"layers {', '.join(config.target_modules)}."
+    )
 
 # --- the proof ----------------------------------------------------------------------------------------------------
 st.header("Proof: the base weights did not change")

@@ -48,7 +48,10 @@ with st.form("train_form"):
         )
         slots.add("lr")
         schedule = st.selectbox(
-            "Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(defaults.lr_schedule), key="train_schedule",
+            "Learning-rate schedule",
+            SCHEDULES,
+            index=SCHEDULES.index(defaults.lr_schedule),
+            key="train_schedule",
             help="linear: decays to 0 by the last step; constant: stays the same",
         )
         slots.add("lr_schedule")
@@ -74,7 +77,7 @@ if submitted:
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS.get(exc.field))
     else:
-        ui.set_job(jobs.start_training(state.store(), state.data(), config))
+        ui.set_job(jobs.start_training(state.store(), config))
         st.rerun()
 
 ui.busy_note()
@@ -101,13 +104,13 @@ else:
         f"{training.get('batch_size')}, lr {training.get('lr')}, seed {training.get('seed')}, "
         f"on {training.get('device_used')} · sha256 {status.record.fingerprint[:12]}"
     )
-    st.plotly_chart(charts.per_digit_bars(evaluation.per_digit_accuracy, title="Per-digit test accuracy"),
-                    width="stretch")
+    st.plotly_chart(
+        charts.per_digit_bars(evaluation.per_digit_accuracy, title="Per-digit test accuracy"), width="stretch"
+    )
     stale = [a.name for a in state.adapters(status.sha) if a.status == "stale"]
     if stale:
         st.warning(
-            "These adapters were trained on an earlier base model and cannot be used with this one: "
-            + ", ".join(stale)
+            "These adapters were trained on an earlier base model and cannot be used with this one: " + ", ".join(stale)
         )
 
 # --- model summary ---------------------------------------------------------------------------------------------

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +10,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_full_study_end_to_end(tmp_path, mnist):  # `mnist`: the data is in place before the clock starts
-    artifacts = tmp_path / "artifacts"
-    out = tmp_path / "study.json"
-    env = {**os.environ, "LORA_ARTIFACTS_DIR": str(tmp_path / "default-artifacts-must-not-be-used")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lora_core", "study", "--artifacts", str(artifacts), "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def test_full_study_end_to_end(full_study):
+    proc, artifacts, tmp_path = full_study, full_study.artifacts, full_study.artifacts.parent
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    data = json.loads(out.read_text())
+    data = full_study.result
 
     for key in ("base", "adapted"):
         ev = data[key]
