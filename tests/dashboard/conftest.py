@@ -44,8 +44,17 @@ def click(at: AppTest, label: str) -> AppTest:
 def texts(at: AppTest) -> str:
     """All visible text-ish elements joined, for simple `in` checks."""
     parts: list[str] = []
-    for group in (at.title, at.header, at.subheader, at.markdown, at.caption, at.info, at.success, at.warning,
-                  at.error):
+    for group in (
+        at.title,
+        at.header,
+        at.subheader,
+        at.markdown,
+        at.caption,
+        at.info,
+        at.success,
+        at.warning,
+        at.error,
+    ):
         parts += [str(e.value) for e in group]
     parts += [f"{m.label} {m.value}" for m in at.metric]
     return "\n".join(parts)
@@ -65,4 +74,3 @@ def trained_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_artifac
     shutil.copytree(trained_artifacts, root)
     monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
     return root
-
