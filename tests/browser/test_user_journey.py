@@ -1,0 +1,69 @@
+"""Scenarios 2, 3 and 5 in a real browser, in the order a user takes them, on one fresh app.
+
+2. Train the base model from the Training page (small settings) and watch the progress reach the end.
+3. Fine-tune an adapter from the LoRA page; see the before/after chart and the new adapter.
+5. The parameter page's proof that the base weights are unchanged passes after that fine-tuning.
+(Scenario 4, drawing, runs on the full-size model in test_draw.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from .helpers import assert_no_errors, metric_value, open_page, settle, shot, wait_for_text
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    yield page
+    page.close()
+
+
+def test_2_train_base_model(page, app, screenshot_dir) -> None:
+    folder = screenshot_dir / "2-train"
+    open_page(page, app.url, "training")
+    for label, value in (("Hidden size 1", "200"), ("Hidden size 2", "200"), ("Batch size", "512")):
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Train the base model", exact=True).click()
+    expect(page.get_by_text("samples/s").first).to_be_visible(timeout=60_000)  # live progress
+    shot(page, folder, "0-training-running")
+    wait_for_text(page, r"Finished in", timeout=240)
+    settle(page)
+    accuracy = float(metric_value(page, "Test accuracy").rstrip("%"))
+    assert accuracy >= 90.0, accuracy
+    assert_no_errors(page)
+    shot(page, folder, "1-training-done")
+
+
+def test_3_finetune_adapter(page, app, screenshot_dir) -> None:
+    folder = screenshot_dir / "3-finetune"
+    open_page(page, app.url, "finetune")
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill("150")
+    steps.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Fine-tune the adapter").click()
+    wait_for_text(page, r"Finished in", timeout=240)
+    settle(page)
+    assert_no_errors(page)
+    trainable = metric_value(page, "Trainable parameters")
+    assert int(trainable.replace(",", "")) > 0, trainable
+    assert metric_value(page, "Overall accuracy").endswith("%")
+    expect(page.locator("svg text", has_text="Per-digit test accuracy").first).to_be_attached()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    expect(sidebar.get_by_text("digit-", exact=False).first).to_be_visible()
+    shot(page, folder, "0-finetune-done")
+    for name in ("evaluation",):
+        open_page(page, app.url, name)
+        assert_no_errors(page)
+        shot(page, folder, f"1-{name}")
+
+
+def test_5_parameters_proof(page, app, screenshot_dir) -> None:
+    open_page(page, app.url, "parameters")
+    expect(page.get_by_text("PASS").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("FAIL")).to_have_count(0)
+    assert_no_errors(page)
+    shot(page, screenshot_dir / "5-parameters", "0-proof")
