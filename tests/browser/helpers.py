@@ -25,7 +25,8 @@ def settle(page: Page, timeout: float = 60.0) -> None:
     calm = 0
     while time.monotonic() < deadline:
         state = page.get_attribute('[data-testid="stApp"]', "data-test-script-state")
-        calm = calm + 1 if state == "notRunning" else 0
+        loading = page.locator('[data-testid="stSkeleton"], [data-testid="stAppSkeleton"]').count()
+        calm = calm + 1 if state == "notRunning" and not loading else 0
         if calm >= 3:
             return
         page.wait_for_timeout(200)

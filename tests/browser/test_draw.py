@@ -69,7 +69,7 @@ def test_two_sessions_at_once(browser, full_app, screenshot_dir) -> None:
     trainer.get_by_label("Adapter name", exact=True).fill("second")
     trainer.get_by_label("Adapter name", exact=True).press("Enter")
     steps = trainer.get_by_label("Steps", exact=True)
-    steps.fill("200")
+    steps.fill("80")
     steps.press("Enter")
     settle(trainer)
     trainer.get_by_role("button", name="Fine-tune the adapter").click()
