@@ -41,9 +41,7 @@ def torchvision_root(data_dir: Path) -> tuple[Path, Callable[[], None]]:
     return tmp, lambda: shutil.rmtree(tmp, ignore_errors=True)
 
 
-def tutorial_train(
-    root: Path, max_steps: int | None = None, seed: int = 0
-) -> tuple[MLP, dict[str, float | int]]:
+def tutorial_train(root: Path, max_steps: int | None = None, seed: int = 0) -> tuple[MLP, dict[str, float | int]]:
     """Train the same MLP the tutorials' way; stop after `max_steps` batches (None: one epoch).
 
     Returns the model and {'samples', 'steps', 'seconds', 'samples_per_s'}; the clock covers the
