@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -235,6 +235,12 @@ class _Reporter:
         return RunResult(elapsed, self.samples / elapsed if elapsed > 0 else 0.0, self.losses)
 
 
+def adam(params: Iterable[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused into one kernel where PyTorch has one: on the CPU the default implementation
+    launches a kernel per operation per tensor, measured at 15-20% of a training step here."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
@@ -252,7 +258,7 @@ def train_base(
     seed_everything(config.seed)
     model = MLP(*config.hidden).to(device)
     x, y = data.train_x.to(device), data.train_y.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = adam(model.parameters(), config.lr, device)
     generator = torch.Generator().manual_seed(config.seed)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -312,7 +318,7 @@ def _finetune_loop(
     stop: threading.Event | None,
 ) -> RunResult:
     params = lora_model.mark_only_lora_trainable(name)
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    optimizer = adam(params, config.lr, device)
     x, y = data.train_x.to(device), data.train_y.to(device)
     is_target = torch.isin(y, torch.tensor(digits, device=device))
     target_idx = is_target.nonzero().flatten()
