@@ -7,7 +7,7 @@ from math import prod
 
 import torch
 
-from .lora import LoraConfig, _linear_layers
+from .lora import LoraConfig, linear_layers
 from .model import MLP
 
 
@@ -87,7 +87,7 @@ class ParameterTable:
 def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) -> ParameterTable:
     """Per layer: W and b shapes, and the A (r x in) and B (out x r) an adapter `config` adds."""
     rows = []
-    for name, layer in _linear_layers(model.model if hasattr(model, "lora_layers") else model):
+    for name, layer in linear_layers(model.model if hasattr(model, "lora_layers") else model).items():
         adapted = config is not None and name in config.target_modules
         rows.append(
             LayerParams(
