@@ -45,16 +45,6 @@ class MnistData:
     source: str
     md5: dict[str, str]
 
-    def to(self, device: torch.device | str) -> MnistData:
-        return MnistData(
-            self.train_x.to(device),
-            self.train_y.to(device),
-            self.test_x.to(device),
-            self.test_y.to(device),
-            self.source,
-            self.md5,
-        )
-
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (or floats in 0..255) -> the network's input scale."""

@@ -18,6 +18,20 @@ from lora_core.train import FinetuneConfig, TrainConfig
 
 SMALL_TRAIN = 6000
 
+# Per-test limits (seconds) above pyproject's default of 300 for tests that legitimately wait longer; the
+# limit covers fixture setup, and the first test to use `full_study` pays for its subprocess (capped at
+# 900 s below). A browser test waits up to 60 s for the server and up to 240 s per background run.
+LONG_TIMEOUTS = {"full_study": 1200, "browser": 600}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:  # an explicit @pytest.mark.timeout wins
+            continue
+        needed = [limit for fixture, limit in LONG_TIMEOUTS.items() if fixture in getattr(item, "fixturenames", ())]
+        if needed:
+            item.add_marker(pytest.mark.timeout(max(needed)))
+
 
 @pytest.fixture(scope="session")
 def mnist() -> MnistData:
