@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 from hypothesis import given, settings
@@ -15,6 +14,14 @@ from lora_core.train import FinetuneConfig, TrainConfig
 
 MODEL = MLP(16, 32)  # small layers: linear1 784->16, linear2 16->32, linear3 32->10
 numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+
+
+def _whole(v, lo, hi):
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _real(v):
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,23 +47,17 @@ def test_finetune_config_accepts_exactly_the_valid_values(rank, alpha, lr, repla
         targets=tuple(targets),
     )
 
-    def whole(v, lo, hi):
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    def real(v):
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
     limits = {"linear1": 16, "linear2": 16, "linear3": 10}
     valid = (
-        whole(digit, 0, 9)
-        and whole(steps, 1, 1_000_000)
-        and whole(batch, 1, 60_000)
-        and real(lr)
+        _whole(digit, 0, 9)
+        and _whole(steps, 1, 1_000_000)
+        and _whole(batch, 1, 60_000)
+        and _real(lr)
         and 0 < lr <= 1
-        and real(replay)
+        and _real(replay)
         and 0 <= replay <= 1
-        and whole(rank, 1, 10**9)
-        and real(alpha)
+        and _whole(rank, 1, 10**9)
+        and _real(alpha)
         and alpha > 0
         and len(targets) > 0
         and len(set(targets)) == len(targets)
@@ -72,11 +73,56 @@ def test_finetune_config_accepts_exactly_the_valid_values(rank, alpha, lr, repla
         assert valid, f"invalid config accepted: {cfg}"
 
 
-@settings(max_examples=200, deadline=None)
-@given(epochs=numbers, batch=numbers, lr=numbers, seed=numbers)
-def test_train_config_never_crashes(epochs, batch, lr, seed):
-    with contextlib.suppress(ConfigError):
-        TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=seed, device="cpu").validate()
+VALID_TRAIN = {
+    "epochs": st.integers(1, 1000),
+    "batch_size": st.integers(1, 60_000),
+    "lr": st.floats(0, 1, exclude_min=True) | st.just(1),
+    "lr_schedule": st.sampled_from(["linear", "constant"]),
+    "seed": st.integers(0, 2**63 - 1),
+    "device": st.sampled_from(["auto", "cpu"]),
+    "hidden": st.tuples(st.integers(1, 16_384), st.integers(1, 16_384)),
+}
+ANY_TRAIN = {
+    "epochs": numbers,
+    "batch_size": numbers,
+    "lr": numbers | st.sampled_from([0, 0.0, 1.0000001, -1e-9]),
+    "lr_schedule": st.sampled_from(["linear", "constant", "cosine", ""]),
+    "seed": numbers,
+    "device": st.sampled_from(["auto", "cpu", "gpu", ""]),
+    "hidden": st.lists(numbers | st.integers(1, 16_384), max_size=3).map(tuple),
+}
+# A valid configuration with at most two fields replaced by anything: each check is exercised on its own
+# (with every field arbitrary, nearly every example would be wrong in several fields at once).
+train_configs = st.fixed_dictionaries(VALID_TRAIN).flatmap(
+    lambda valid: st.lists(st.sampled_from(sorted(ANY_TRAIN)), max_size=2, unique=True).flatmap(
+        lambda fields: st.fixed_dictionaries({f: ANY_TRAIN[f] for f in fields}).map(lambda bad: {**valid, **bad})
+    )
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=train_configs)
+def test_train_config_accepts_exactly_the_valid_values(values):
+    cfg = TrainConfig(**values)
+    epochs, batch, lr, seed, hidden = (values[k] for k in ("epochs", "batch_size", "lr", "seed", "hidden"))
+    # which fields are invalid, decided here independently of the library's checks
+    invalid = {
+        "epochs": not _whole(epochs, 1, 1000),
+        "batch_size": not _whole(batch, 1, 60_000),
+        "lr": not (_real(lr) and 0 < lr <= 1),
+        "lr_schedule": values["lr_schedule"] not in ("linear", "constant"),
+        "seed": not _whole(seed, 0, 2**63 - 1),
+        "device": values["device"] not in ("auto", "cpu"),
+        "hidden": len(hidden) != 2 or not all(_whole(h, 1, 16_384) for h in hidden),
+    }
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        assert any(invalid.values()), f"valid config refused: {exc}"
+        assert invalid.get(exc.field), f"refused for {exc.field!r}, which is valid; invalid: {invalid}"
+        assert str(exc)
+    else:
+        assert not any(invalid.values()), f"invalid config accepted: {cfg}"
 
 
 @settings(max_examples=300, deadline=None)
