@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PAGES, assert_clean, new_app, texts, visit
 
-from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
+from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL, pct
+from lora_core.data import MnistData
+from lora_core.evaluate import evaluate
+from lora_core.lora import LoraModel
+from lora_core.storage import ArtifactStore
 
 TITLES = {
     "home": "LoRA on MNIST: see it work",
@@ -46,12 +52,37 @@ def test_every_page_with_a_base_model_and_an_adapter(trained_dir: Path) -> None:
     assert "small" in sidebar and "active" in sidebar
 
 
-def test_home_shows_headline_figures_from_saved_work(trained_dir: Path) -> None:
+def saved_models(root: Path) -> tuple[torch.nn.Module, LoraModel]:
+    """The saved base model, and a copy with its adapter 'small' applied, loaded without the dashboard."""
+    store = ArtifactStore(root)
+    record = store.load_base("cpu")
+    lora_model = LoraModel(store.load_base("cpu").model)
+    store.load_adapter(lora_model, "small", record.fingerprint)
+    lora_model.set_adapter("small")
+    return record.model, lora_model
+
+
+def test_home_shows_headline_figures_from_saved_work(trained_dir: Path, mnist: MnistData) -> None:
     at = new_app()
     labels = {m.label for m in at.metric}
     assert {"Base accuracy", "Weakest digit", "Overall after LoRA", "Parameters added by LoRA"} <= labels
     assert any("Base weights unchanged" in str(s.value) for s in at.success)
-    assert [link.label for link in at.get("page_link")]
+    # all five steps are done, and each links to the page that does it
+    steps = [str(m.value) for m in at.markdown if str(m.value).startswith(":material/")]
+    assert len(steps) == 5 and all(s.startswith(":material/check_circle:") for s in steps), steps
+    assert [link.proto.page for link in at.get("page_link")] == [
+        "training",
+        "evaluation",
+        "evaluation",
+        "finetune",
+        "evaluation",
+    ]
+    # the figures are the saved models' own, measured again here on the 10,000 test images
+    base_acc, adapted_acc = (evaluate(m, mnist.test_x, mnist.test_y).accuracy for m in saved_models(trained_dir))
+    values = {m.label: m.value for m in at.metric}
+    assert values["Base accuracy"] == pct(base_acc)
+    assert values["Overall after LoRA"] == pct(adapted_acc)
+    assert f"Test accuracy {pct(base_acc)}." in steps[0]
 
 
 def test_evaluation_metrics_and_gallery(trained_dir: Path) -> None:
@@ -97,7 +128,14 @@ def test_broken_or_stale_adapters_are_shown_not_fatal(trained_dir: Path, damage:
         visit(at, page)
         assert_clean(at)
     visit(at, "finetune")
-    assert any("small" in str(w.value) for w in at.warning) or damage == "stale"
+    table = at.dataframe[0].value
+    shown = {"broken": "broken", "stale": "stale: other base model"}[damage]
+    assert dict(zip(table["name"], table["status"], strict=True)) == {"small": shown}
+    broken_warnings = [str(w.value) for w in at.warning if "`small` is broken" in str(w.value)]
+    assert len(broken_warnings) == (1 if damage == "broken" else 0), broken_warnings
+    sidebar = [str(m.value) for m in at.sidebar.markdown]
+    marker = {"broken": "broken", "stale": "stale (other base)"}[damage]
+    assert any("`small`" in line and marker in line for line in sidebar), sidebar
     assert at.session_state["active_adapter"] is None
 
 
@@ -112,13 +150,24 @@ def test_unreadable_base_model_is_an_error_with_a_way_out(trained_dir: Path) -> 
     assert any(b.label == TRAIN_LABEL for b in at.button)
 
 
-def test_draw_page_random_test_digit(trained_dir: Path) -> None:
+def test_draw_page_random_test_digit(trained_dir: Path, mnist: MnistData) -> None:
     at = visit(new_app(), "draw")
-    assert "Draw a digit" in texts(at)
+    assert not at.metric and not at.image, "nothing is predicted before there is a digit"
     next(b for b in at.button if b.label == "Random test digit").click().run()
     assert_clean(at)
-    labels = [m.label for m in at.metric]
-    assert "Base model says" in labels and any(label.startswith("With small") for label in labels)
-    assert at.image, "the 28x28 input is shown"
+    # the page names the test image it shows; its predictions must be the models' own on that image
+    assert len(at.image) == 1, "the 28x28 input is shown"
+    caption = re.fullmatch(r"MNIST test image #(\d+): a (\d)", at.image[0].captions[0])
+    assert caption, at.image[0].captions
+    index, label = int(caption[1]), int(caption[2])
+    assert label == int(mnist.test_y[index])
+    assert f"The true label is {label}." in [str(c.value) for c in at.caption]
+    x = mnist.test_x[index : index + 1]
+    with torch.no_grad():
+        base_says, adapted_says = (int(m(x).argmax()) for m in saved_models(trained_dir))
+    values = {m.label: m.value for m in at.metric}
+    assert values == {"Base model says": str(base_says), "With small says": str(adapted_says)}
+
     next(b for b in at.button if b.label == "Clear").click().run()
-    assert "Draw a digit" in texts(at)
+    assert_clean(at)
+    assert not at.metric and not at.image, "Clear removes the digit and its predictions"
