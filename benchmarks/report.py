@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,6 +15,41 @@ ITEMS: dict[int, str] = {
     5: "Draw-to-prediction latency",
     6: "Peak memory of `python -m lora_core study`",
     7: "Scaling with hidden size and with LoRA rank",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal a figure must meet: `value <op> limit`; shown in the table as "<op> <shown>"."""
+
+    op: str
+    limit: float
+    shown: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.op} {self.shown}"
+
+    def met(self, value: float) -> bool:
+        return OPERATORS[self.op](value, self.limit)
+
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+# Every target of the benchmark, in one place: the item functions judge their figures against these.
+TARGETS: dict[str, Target] = {
+    "training speed-up over the tutorial loop": Target(">=", 25, "25x"),
+    "test accuracy after one epoch": Target(">=", 0.97, "97% (ours)"),
+    "training's share of the matmul peak": Target(">=", 0.75, "75%"),
+    "LoRA step vs parametrize, batch 64": Target("<=", 0.55, "0.55x"),
+    "LoRA step vs full fine-tuning, batch 256": Target("<=", 0.65, "0.65x"),
+    "merged adapter vs base model": Target("<=", 1.02, "1.02x"),
+    "draw-to-prediction median (s)": Target("<", 0.020, "20 ms"),
+    "study peak RSS (bytes)": Target("<", 1.2e9, "1.2 GB"),
 }
 
 
@@ -30,6 +67,12 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def judged(item: int, measurement: str, ours: str, reference: str, ratio: str, target: str, value: float) -> Row:
+    """A row whose figure `value` is judged against TARGETS[target]."""
+    goal = TARGETS[target]
+    return Row(item, measurement, ours, reference, ratio, goal.text, goal.met(value))
 
 
 def met_text(met: bool | None, quick: bool) -> str:
@@ -60,6 +103,10 @@ def rate(samples_per_s: float) -> str:
 
 def pct(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} µs" if seconds < 1e-3 else ms(seconds)
 
 
 def times(x: float) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 from lora_core.data import load_mnist
 from lora_core.paths import default_data_dir
 
-from .items import FULL, ITEM_FUNCTIONS, QUICK, Context
+from .context import FULL, QUICK, Context
+from .items import MEASUREMENTS
 from .machine import load_average, machine_info
 from .report import ITEMS, Row, markdown_table
 
@@ -47,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=list(ITEM_FUNCTIONS),
+        choices=list(MEASUREMENTS),
         metavar="ITEM",
-        help=f"run only these items ({', '.join(ITEM_FUNCTIONS)})",
+        help=f"run only these items ({', '.join(MEASUREMENTS)})",
     )
     return parser
 
@@ -125,13 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     raw: dict[str, Any] = {}
     failed: list[str] = []
-    for key, fn in ITEM_FUNCTIONS.items():
+    for key, (measure, rows_of) in MEASUREMENTS.items():
         if args.only and key not in args.only:
             continue
         numbers = [int(k) for k in key.split("-")]
         log(f"item {key}: {'; '.join(ITEMS[n] for n in numbers)}")
         try:
-            item_rows, item_raw = fn(ctx)
+            item_raw = measure(ctx)
+            item_rows = [row for item_rows_of in rows_of for row in item_rows_of(ctx, item_raw)]
         except Exception as exc:  # one broken item must not hide the others' results
             traceback.print_exc()
             failed.append(key)
