@@ -52,6 +52,13 @@ def test_every_page_with_a_base_model_and_an_adapter(trained_dir: Path) -> None:
     assert "small" in sidebar and "active" in sidebar
 
 
+def test_home_shows_headline_figures_from_saved_work(trained_dir: Path) -> None:
+    at = new_app()
+    labels = {m.label for m in at.metric}
+    assert {"Base accuracy", "Weakest digit", "Overall after LoRA", "Parameters added by LoRA"} <= labels
+    assert any("Base weights unchanged" in str(s.value) for s in at.success)
+
+
 def saved_models(root: Path) -> tuple[torch.nn.Module, LoraModel]:
     """The saved base model, and a copy with its adapter 'small' applied, loaded without the dashboard."""
     store = ArtifactStore(root)
@@ -62,11 +69,8 @@ def saved_models(root: Path) -> tuple[torch.nn.Module, LoraModel]:
     return record.model, lora_model
 
 
-def test_home_shows_headline_figures_from_saved_work(trained_dir: Path, mnist: MnistData) -> None:
+def test_home_steps_and_figures_are_the_saved_models(trained_dir: Path, mnist: MnistData) -> None:
     at = new_app()
-    labels = {m.label for m in at.metric}
-    assert {"Base accuracy", "Weakest digit", "Overall after LoRA", "Parameters added by LoRA"} <= labels
-    assert any("Base weights unchanged" in str(s.value) for s in at.success)
     # all five steps are done, and each links to the page that does it
     steps = [str(m.value) for m in at.markdown if str(m.value).startswith(":material/")]
     assert len(steps) == 5 and all(s.startswith(":material/check_circle:") for s in steps), steps
