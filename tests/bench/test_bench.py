@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import TARGETS
+
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
 
@@ -60,6 +62,9 @@ def test_json_holds_every_row_and_the_machine(quick_run: tuple[subprocess.Comple
     assert result["failed"] == []
     assert {row["item"] for row in result["rows"]} == set(range(1, 8))
     assert all(set(COLUMNS) <= set(row) for row in result["rows"])
+    # every judged row is judged against the one table of targets, and every target there is used
+    judged = [row for row in result["rows"] if row["met"] is not None]
+    assert {row["target"] for row in judged} == {target.text for target in TARGETS.values()}
     assert len(result["rows"]) == len(table_rows(proc.stdout))
     machine = result["machine"]
     for key in ("cpu_model", "torch_threads", "torch", "usable_cpus"):
