@@ -16,6 +16,14 @@ class ConfigError(LoraCoreError, ValueError):
         self.reason = message
 
 
+class AdapterExistsError(ConfigError):
+    """An adapter of that name is saved already and replacing it was not allowed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("name", f"an adapter called {name!r} already exists; choose another name or overwrite it")
+        self.name = name
+
+
 class DataError(LoraCoreError):
     """MNIST could not be found, built or verified."""
 

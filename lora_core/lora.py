@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .model import LAYER_NAMES, MLP
+from .numbers import is_finite_number
 
 INITS = ("kaiming", "gaussian")
 
@@ -46,9 +47,9 @@ class LoraConfig:
         """Raise ConfigError for any value that cannot make a sensible adapter on `model`."""
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ConfigError("rank", f"must be a whole number of at least 1, got {self.r!r}")
-        if not _finite(self.alpha) or self.alpha <= 0:
+        if not is_finite_number(self.alpha) or self.alpha <= 0:
             raise ConfigError("alpha", f"must be a positive number, got {self.alpha!r}")
-        if not _finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.init not in INITS:
             raise ConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
@@ -121,10 +122,6 @@ class LoraConfig:
         return d
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     for name, module in model.named_children():
         if isinstance(module, LoraLinear):
@@ -143,6 +140,49 @@ def rank_limits(model: nn.Module) -> dict[str, int]:
     return {name: min(layer.in_features, layer.out_features) for name, layer in _linear_layers(model)}
 
 
+class AdapterModules(nn.ModuleDict):
+    """nn.ModuleDict keyed by adapter name, for names that are not valid module keys.
+
+    Adapter names are folder names and may contain '.' ("v1.2") or equal an attribute of
+    nn.ModuleDict ("train", "keys"); PyTorch refuses both as module keys. Such a name is stored under
+    an escaped key ('.' -> '%2E', a leading '%' against attribute clashes). '%' is never part of a
+    valid adapter name, so the mapping is one-to-one, and plain names keep their own key.
+    """
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(_module_key(name))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(_module_key(name), module)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(_module_key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(_module_key(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return (_adapter_name(key) for key in super().__iter__())
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return list(self)
+
+    def items(self) -> list[tuple[str, nn.Module]]:  # type: ignore[override]
+        return [(_adapter_name(key), module) for key, module in self._modules.items() if module is not None]
+
+
+_EMPTY_MODULE_DICT = nn.ModuleDict()  # its attributes (train, keys, training, ...) are the names to escape
+
+
+def _module_key(name: str) -> str:
+    key = name.replace(".", "%2E")
+    return "%" + key if hasattr(_EMPTY_MODULE_DICT, key) else key
+
+
+def _adapter_name(key: str) -> str:
+    return key.removeprefix("%").replace("%2E", ".")
+
+
 class LoraLinear(nn.Module):
     """nn.Linear plus any number of named low-rank adapters, at most one active at a time."""
 
@@ -151,9 +191,9 @@ class LoraLinear(nn.Module):
         self.base_layer = base_layer
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
+        self.lora_A = AdapterModules()
+        self.lora_B = AdapterModules()
+        self.lora_dropout = AdapterModules()
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         self.adapters_enabled = True

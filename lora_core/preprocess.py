@@ -35,7 +35,6 @@ class PreparedDigit:
     pixels: np.ndarray  # (28, 28) float32 in 0..1, white ink on black: what the model sees
     tensor: torch.Tensor  # (1, 784), normalised like the training data
     inverted: bool  # True when the input was dark ink on a light background
-    ink_fraction: float  # share of the input picture covered by ink (after thresholding)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -93,7 +92,7 @@ def prepare_digit(image: np.ndarray, invert: bool | None = None) -> PreparedDigi
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     pixels = _centre(_fit_box(crop))
     tensor = normalize(torch.from_numpy(pixels * 255.0).reshape(1, SIZE * SIZE))
-    return PreparedDigit(pixels, tensor, bool(invert), ink_pixels / mask.size)
+    return PreparedDigit(pixels, tensor, bool(invert))
 
 
 def _fit_box(crop: np.ndarray) -> np.ndarray:

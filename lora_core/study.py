@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .data import MnistData
-from .errors import ConfigError
+from .errors import AdapterExistsError
 from .evaluate import Evaluation, compare, evaluate, predict
 from .lora import LoraModel
 from .model import MLP
@@ -111,15 +111,14 @@ def finetune_and_save_adapter(
     config.validate(lora_model.model)
     with lora_model.adapters_disabled():
         before = base_eval or evaluate(lora_model, data.test_x, data.test_y)
-    digits = config.digits or (before.weakest_digit,)
-    config = dataclasses.replace(config, digits=tuple(digits))
+    if config.digits is None:
+        config = dataclasses.replace(config, digits=(before.weakest_digit,))
+    digits = config.digits
     name = name or default_adapter_name(digits)
-    folder = store.adapter_dir(name)
-    if folder.exists() and not overwrite:
-        raise ConfigError("name", f"an adapter called {name!r} already exists; choose another name or overwrite it")
+    refuse_existing_adapter(store, name, overwrite)
     if name in lora_model.adapters:
         lora_model.delete_adapter(name)
-    run = finetune(lora_model, name, data, digits, config, progress, stop)
+    run = finetune(lora_model, name, data, config, progress=progress, stop=stop)
     after = evaluate(lora_model, data.test_x, data.test_y)
     table = parameter_table(lora_model, config.lora_config())
     metrics = {
@@ -135,6 +134,12 @@ def finetune_and_save_adapter(
     }
     path = store.save_adapter(lora_model, name, metrics, base.fingerprint)
     return AdapterOutcome(name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path))
+
+
+def refuse_existing_adapter(store: ArtifactStore, name: str, overwrite: bool) -> None:
+    """Raise AdapterExistsError when adapter `name` is saved and replacing it was not allowed."""
+    if not overwrite and store.adapter_dir(name).exists():
+        raise AdapterExistsError(name)
 
 
 def base_weights_proof(store: ArtifactStore, lora_model: LoraModel) -> list[dict[str, Any]]:
@@ -157,11 +162,18 @@ def run_study(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train (or reuse) the base model, fine-tune its weakest digit, and measure everything."""
+    """Train (or reuse) the base model, fine-tune its weakest digit, and measure everything.
+
+    An existing adapter of the same name is replaced only with overwrite=True; when the name is known
+    up front (given, or fixed by the target digits) that is checked before any training.
+    """
     seconds: dict[str, float] = {}
     train_config.validate()
     finetune_config.validate()
+    if name is not None or finetune_config.digits is not None:
+        refuse_existing_adapter(store, name or default_adapter_name(finetune_config.digits or ()), overwrite)
     t = time.perf_counter()
     if retrain or not store.has_base():
         log("Training the base model")
@@ -183,7 +195,7 @@ def run_study(
         data,
         finetune_config,
         name,
-        overwrite=True,
+        overwrite=overwrite,
         progress=progress,
         stop=stop,
         base_eval=base_eval,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from .data import MnistData
 from .errors import ConfigError, RunStopped, TrainingDiverged
 from .lora import LoraConfig, LoraModel, validate_adapter_name
 from .model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
+from .numbers import is_finite_number
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -127,7 +128,7 @@ class FinetuneConfig:
         _check_int("batch_size", self.batch_size, 1, 60_000)
         _check_lr(self.lr)
         _check_schedule(self.lr_schedule)
-        if not _is_number(self.replay) or not 0.0 <= self.replay <= 1.0:
+        if not is_finite_number(self.replay) or not 0.0 <= self.replay <= 1.0:
             raise ConfigError("replay", f"must be a fraction from 0 to 1, got {self.replay!r}")
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
@@ -147,17 +148,13 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high}, got {value!r}")
 
 
 def _check_lr(lr: Any) -> None:
-    if not _is_number(lr) or lr <= 0 or lr > 1.0:
+    if not is_finite_number(lr) or lr <= 0 or lr > 1.0:
         raise ConfigError("lr", f"learning rate must be a number above 0 and at most 1, got {lr!r}")
 
 
@@ -241,10 +238,6 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, device: torch.device) 
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
 def train_base(
     data: MnistData,
     config: TrainConfig | None = None,
@@ -255,7 +248,7 @@ def train_base(
     config = config or TrainConfig()
     config.validate()
     device = resolve_device(config.device)
-    seed_everything(config.seed)
+    torch.manual_seed(config.seed)  # the layers' initial weights come from the global generator
     model = MLP(*config.hidden).to(device)
     x, y = data.train_x.to(device), data.train_y.to(device)
     optimizer = adam(model.parameters(), config.lr, device)
@@ -285,23 +278,25 @@ def finetune(
     lora_model: LoraModel,
     name: str,
     data: MnistData,
-    digits: Sequence[int],
     config: FinetuneConfig,
+    *,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> RunResult:
-    """Add adapter `name` to `lora_model` and train only its A and B.
+    """Add adapter `name` to `lora_model` and train only its A and B on `config.digits`.
 
     Each batch holds (1 - replay) target-digit images and replay images of the other digits.
     On a stop or divergence the half-trained adapter is removed again and the error raised.
     """
     validate_adapter_name(name)
     config.validate(lora_model.model)
+    if config.digits is None:
+        raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
     device = next(lora_model.model.parameters()).device
-    seed_everything(config.seed)
+    torch.manual_seed(config.seed)  # dropout masks come from the global generator
     lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
     try:
-        return _finetune_loop(lora_model, name, data, tuple(digits), config, device, progress, stop)
+        return _finetune_loop(lora_model, name, data, config.digits, config, device, progress, stop)
     except BaseException:
         lora_model.delete_adapter(name)
         raise

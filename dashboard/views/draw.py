@@ -67,18 +67,24 @@ with left:
         st.session_state["canvas_version"] += 1
         st.rerun()
 
-prepared: PreparedDigit | None = None
+drawing: PreparedDigit | None = None
+if drawn is not None:
+    try:
+        drawing = prepare_digit(np.asarray(drawn))
+    except ImageError as exc:
+        st.error(f"The drawing could not be read: {exc}")
+if drawing is not None:
+    # Picking a random test digit also swaps in a blank canvas (new key), so ink on the canvas was
+    # drawn after the pick: the drawing replaces the test digit.
+    st.session_state.pop("draw_test_index", None)
+
+prepared = drawing
 true_label = None
 test_index = st.session_state.get("draw_test_index")
 if test_index is not None:
     x = state.data().test_x[test_index : test_index + 1]
-    prepared = PreparedDigit(pixels=state.test_pixels(test_index), tensor=x, inverted=False, ink_fraction=0.0)
+    prepared = PreparedDigit(pixels=state.test_pixels(test_index), tensor=x, inverted=False)
     true_label = int(state.data().test_y[test_index])
-elif drawn is not None:
-    try:
-        prepared = prepare_digit(np.asarray(drawn))
-    except ImageError as exc:
-        st.error(f"The drawing could not be read: {exc}")
 
 with mid:
     st.subheader("What the model sees")

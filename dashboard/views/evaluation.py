@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import charts, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.evaluate import compare
+from lora_core.numbers import pct
 
 GALLERY_SIZE = 30
 GALLERY_COLUMNS = 6
@@ -27,7 +28,16 @@ active = state.active_adapter(base.fingerprint)
 names = [a.name for a in usable]
 chosen = None
 after = None
-if names:
+if names and not state.adapters_enabled():
+    # the same switch the draw page honours: a disabled adapter leaves the plain base model
+    info = None
+    targets = []
+    st.info(
+        "The adapter is disabled (the *Adapter enabled* switch on the Fine-tuning page), so only the base model "
+        "is shown: a disabled adapter predicts exactly like the base. Enable it there to compare."
+    )
+    st.page_link(ui.PAGES["finetune"], label="Enable it on the Fine-tuning page", icon=":material/tune:")
+elif names:
     index = names.index(active) if active in names else 0
     chosen = st.selectbox(
         "Adapter to compare with the base model",
@@ -53,7 +63,7 @@ else:
 c1, c2, c3 = st.columns(3)
 c1.metric(
     "Base model accuracy",
-    ui.pct(base_eval.accuracy),
+    pct(base_eval.accuracy),
     f"weakest digit {base_eval.weakest_digit}",
     delta_color="off",
     delta_arrow="off",
@@ -61,13 +71,13 @@ c1.metric(
 if after is not None:
     c2.metric(
         f"With adapter {chosen}",
-        ui.pct(after.accuracy),
+        pct(after.accuracy),
         f"{100 * (after.accuracy - base_eval.accuracy):+.2f} points",
     )
     for d in targets[:1]:
         c3.metric(
             f"Target digit {d}",
-            ui.pct(after.per_digit_accuracy[d]),
+            pct(after.per_digit_accuracy[d]),
             f"{100 * (after.per_digit_accuracy[d] - base_eval.per_digit_accuracy[d]):+.2f} points",
         )
 

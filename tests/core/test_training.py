@@ -42,7 +42,7 @@ def test_finetune_keeps_base_bit_identical_and_improves_the_target_digit(small_b
     digit = before.weakest_digit
     train_before = digit_accuracy(lora_model, small_mnist.train_x, small_mnist.train_y, digit)
 
-    run = finetune(lora_model, "t", small_mnist, (digit,), dataclasses.replace(FT, digits=(digit,)))
+    run = finetune(lora_model, "t", small_mnist, dataclasses.replace(FT, digits=(digit,)))
 
     assert len(run.losses) == FT.steps and all(torch.isfinite(torch.tensor(run.losses)))
     assert lora_model.active_adapter == "t"
@@ -76,7 +76,7 @@ def test_zero_replay_causes_catastrophic_forgetting(small_base, small_mnist):
         replay=0.0,
         device="cpu",
     )
-    finetune(lora_model, "forget", small_mnist, (digit,), config)
+    finetune(lora_model, "forget", small_mnist, config)
     after = evaluate(lora_model, small_mnist.test_x, small_mnist.test_y)
     assert after.per_digit_accuracy[digit] >= before.per_digit_accuracy[digit]
     assert before.accuracy - after.accuracy > 0.10, (before.accuracy, after.accuracy)
@@ -92,7 +92,7 @@ def test_batches_mix_target_and_replay_digits(small_base, small_mnist, monkeypat
 
     monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=recording_cross_entropy))
     config = dataclasses.replace(FT, steps=4, replay=replay, digits=(3, 5))
-    finetune(LoraModel(small_base), "mix", small_mnist, (3, 5), config)
+    finetune(LoraModel(small_base), "mix", small_mnist, config)
     assert len(seen) == 4
     for labels in seen:
         assert labels.numel() == 64
@@ -106,7 +106,7 @@ def test_finetune_reproducible_with_same_seed(small_base_record, small_mnist):
     runs = []
     for _ in range(2):
         lora_model = LoraModel(copy.deepcopy(small_base_record.model))
-        run = finetune(lora_model, "r", small_mnist, (4,), dataclasses.replace(FT, steps=10, digits=(4,)))
+        run = finetune(lora_model, "r", small_mnist, dataclasses.replace(FT, steps=10, digits=(4,)))
         runs.append((run.losses, lora_model.adapter_state_dict("r")))
     assert runs[0][0] == runs[1][0]
     for key, value in runs[0][1].items():
@@ -115,7 +115,7 @@ def test_finetune_reproducible_with_same_seed(small_base_record, small_mnist):
 
 def test_trainable_parameter_count_matches_table(small_base, small_mnist):
     lora_model = LoraModel(small_base)
-    config = dataclasses.replace(FT, steps=1, rank=2, targets=("linear2", "linear3"))
+    config = dataclasses.replace(FT, steps=1, rank=2, targets=("linear2", "linear3"), digits=(1,))
     counted = []
     original = lora_model.mark_only_lora_trainable
 
@@ -125,7 +125,7 @@ def test_trainable_parameter_count_matches_table(small_base, small_mnist):
         return params
 
     lora_model.mark_only_lora_trainable = spy
-    finetune(lora_model, "c", small_mnist, (1,), config)
+    finetune(lora_model, "c", small_mnist, config)
     assert counted == [parameter_table(lora_model, config.lora_config()).lora_params] == [2 * (3000 + 2010)]
 
 
@@ -329,7 +329,7 @@ def test_bad_finetune_configs_are_rejected(change, small_base):
         config.validate(small_base)
     lora_model = LoraModel(small_base)
     with pytest.raises(ConfigError):
-        finetune(lora_model, "bad", None, (1,), config)  # rejected before touching any data
+        finetune(lora_model, "bad", None, config)  # rejected before touching any data
     assert lora_model.adapters == {}
 
 
@@ -341,3 +341,61 @@ def test_resolve_device():
         with pytest.raises(ConfigError, match="cuda"):
             resolve_device("cuda")
         assert resolve_device("auto").type in ("cpu", "mps")
+
+
+# --- the target digits have one source: config.digits --------------------------------------------
+@pytest.mark.parametrize(("digits", "words"), [((12,), ["digit", "12"]), ((3, -1), ["digit", "-1"]), ((), ["digit"])])
+def test_finetune_refuses_bad_digits_with_a_config_error(small_base, small_mnist, digits, words):
+    lora_model = LoraModel(small_base)
+    with pytest.raises(ConfigError) as info:
+        finetune(lora_model, "bad", small_mnist, dataclasses.replace(FT, steps=2, digits=digits))
+    assert info.value.field == "digit"
+    assert all(word in str(info.value) for word in words), str(info.value)
+    assert lora_model.adapters == {}
+
+
+def test_finetune_needs_target_digits(small_base, small_mnist):
+    lora_model = LoraModel(small_base)
+    with pytest.raises(ConfigError, match="digit"):
+        finetune(lora_model, "none", small_mnist, dataclasses.replace(FT, steps=2, digits=None))
+    assert lora_model.adapters == {}
+
+
+def test_finetune_trains_on_config_digits_only(small_base, small_mnist, monkeypatch):
+    seen: list[torch.Tensor] = []
+
+    def recording_cross_entropy(logits, labels, *args, **kwargs):
+        seen.append(labels.clone())
+        return F.cross_entropy(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=recording_cross_entropy))
+    finetune(LoraModel(small_base), "seven", small_mnist, dataclasses.replace(FT, steps=3, replay=0.0, digits=(7,)))
+    assert len(seen) == 3 and all(bool((labels == 7).all()) for labels in seen)
+
+
+def test_old_call_with_digits_beside_the_config_fails_loudly(small_base, small_mnist):
+    with pytest.raises(TypeError):
+        finetune(LoraModel(small_base), "old", small_mnist, (7,), dataclasses.replace(FT, digits=(7,)))  # type: ignore[misc]
+
+
+# --- run_study follows the same rule as finetune: an existing name is replaced only with overwrite -------
+def test_run_study_refuses_an_existing_adapter_before_training(artifacts_copy, small_mnist):
+    from lora_core.errors import AdapterExistsError
+    from lora_core.study import run_study
+
+    store = ArtifactStore(artifacts_copy)
+    saved = file_bytes(artifacts_copy)
+    base_files = file_bytes(artifacts_copy / "base")
+    reports = []
+    with pytest.raises(AdapterExistsError) as info:
+        run_study(store, small_mnist, TINY_TRAIN, dataclasses.replace(FT, steps=3), "small", progress=reports.append)
+    assert info.value.name == "small" and info.value.field == "name"
+    assert reports == []  # refused before any training step
+    assert file_bytes(artifacts_copy) == saved
+
+    result = run_study(
+        store, small_mnist, TINY_TRAIN, dataclasses.replace(FT, steps=3, rank=2), "small", overwrite=True
+    )
+    assert result["adapter"]["name"] == "small" and result["base_weights_unchanged"] is True
+    assert store.read_adapter("small").config.r == 2
+    assert file_bytes(artifacts_copy / "base") == base_files  # the saved base was reused, not retrained

@@ -1,0 +1,97 @@
+"""Command line for the whole study.
+
+    python -m lora_core study                 # train (or reuse) the base, fine-tune its weakest digit, prove it
+    python -m lora_core train --epochs 1
+    python -m lora_core evaluate              # the newest saved adapter beside the base (--adapter, --base-only)
+    python -m lora_core finetune --digit 9 --rank 8 --replay 0.5 --name my-adapter
+    python -m lora_core inspect --adapter digit-9
+    python -m lora_core predict my-digits/    # every PNG/JPEG in the folder
+
+Every command takes --json PATH. A mistake prints one line, `error: <option>: <what is wrong>`, and exits
+with status 2. parser.py holds the options, commands.py what each command does, render.py the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import (
+    AdapterExistsError,
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ImageError,
+    LoraCoreError,
+    RunStopped,
+    TrainingDiverged,
+)
+from ..fileio import atomic_write_json
+from .parser import EXIT_USAGE, UsageError, build_parser, unrecognized, usage_error
+
+__all__ = ["EXIT_USAGE", "build_parser", "main"]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:
+        raise unrecognized(getattr(args, "command", None), extras)
+    args.argv = argv
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parse(argv)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    handler: Callable[[argparse.Namespace, threading.Event], dict[str, Any]] = args.handler
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nStopping after this step (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        if args.json is not None and args.json.is_dir():
+            raise ConfigError("--json", f"{args.json} is a folder; give a file path")
+        result = handler(args, stop)
+        if args.json is not None:
+            atomic_write_json(args.json, result)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except AdapterExistsError as exc:
+        return _fail(
+            f"--name: an adapter called {exc.name!r} is saved already; give another name with --name, "
+            "or replace it with --overwrite",
+            EXIT_USAGE,
+        )
+    except ConfigError as exc:
+        return _fail(str(usage_error(exc, args.flags, argv)), EXIT_USAGE)
+    except (ArtifactError, ImageError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except RunStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except (TrainingDiverged, DataError, LoraCoreError) as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status

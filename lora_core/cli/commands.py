@@ -1,0 +1,340 @@
+"""What each command does: read the arguments, call lora_core, print the outcome, return it for --json."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ImageError
+from ..numbers import pct
+from ..train import FinetuneConfig, TrainConfig
+from .parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, usage_error
+from .render import ProgressBar, _param_table, _proof_table, digit_table, say, study_report, table, warn
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _store(args: argparse.Namespace) -> Any:
+    from ..storage import ArtifactStore
+
+    return ArtifactStore(args.artifacts)
+
+
+def _data(args: argparse.Namespace) -> Any:
+    from ..data import load_mnist
+
+    return load_mnist(args.data, log=say)
+
+
+def _validated(config: Any, flags: dict[str, tuple[str, ...]], args: argparse.Namespace, model: Any = None) -> Any:
+    """Validate `config`, naming the option the user typed when a value is wrong."""
+    try:
+        if model is None:
+            config.validate()
+        else:
+            config.validate(model)
+    except ConfigError as exc:
+        raise usage_error(exc, flags, args.argv) from exc
+    return config
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The base-training settings; options left out (None under study) take TrainConfig's defaults."""
+    given = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "seed": args.seed,
+        "hidden": tuple(args.hidden) if args.hidden is not None else None,
+    }
+    return TrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
+
+
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    return FinetuneConfig(
+        digits=tuple(args.digit) if args.digit else None,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(args.targets),
+        steps=args.steps,
+        batch_size=args.ft_batch_size,
+        lr=args.ft_lr,
+        replay=args.replay,
+        dropout=args.dropout,
+        use_rslora=args.rslora,
+        init=args.init,
+        seed=args.ft_seed,
+        device=args.device,
+    )
+
+
+def _check_name(args: argparse.Namespace) -> None:
+    """Refuse a bad --name before any work is done."""
+    if args.name is not None:
+        from ..lora import validate_adapter_name
+
+        try:
+            validate_adapter_name(args.name)
+        except ConfigError as exc:
+            raise usage_error(exc, {}, args.argv) from exc
+
+
+def choose_adapter(args: argparse.Namespace, store: Any, base: Any) -> str | None:
+    """--adapter NAME, --base-only, or by default the newest saved adapter that fits this base model.
+
+    Says which one is used and how to choose another, so that a plain `evaluate` or `inspect` is never
+    silently about the base model alone while adapters are saved.
+    """
+    if args.adapter:
+        return str(args.adapter)
+    if args.base_only:
+        say("The base model alone (--base-only).")
+        return None
+    records = store.list_adapters()
+    usable = [r for r in records if not r.error and r.base_sha256 == base.fingerprint]
+    if not usable:
+        if records:
+            names = ", ".join(r.name for r in records)
+            say(f"No saved adapter fits this base model (saved: {names}); showing the base model alone.")
+        else:
+            say("No adapter is saved yet; showing the base model alone (python -m lora_core finetune makes one).")
+        return None
+    newest = max(usable, key=lambda r: str((r.metrics or {}).get("created", "")))
+    which = "the only" if len(usable) == 1 else "the newest"
+    saved = ", ".join(r.name for r in records)
+    say(
+        f"Adapter {newest.name!r}: {which} saved adapter that fits this base model (saved: {saved}). "
+        "Choose another with --adapter NAME, or --base-only for the base model alone."
+    )
+    return newest.name
+
+
+def image_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for its PNG and JPEG pictures, in name order."""
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ImageError(f"{path} is a folder without PNG or JPEG pictures (.png, .jpg, .jpeg)")
+        say(f"{path}: {len(found)} picture{'s' if len(found) > 1 else ''}")
+        out += found
+    return out
+
+
+# --- commands --------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..study import train_and_save_base
+
+    config = _validated(_train_config(args), TRAIN_FLAGS, args)
+    store = _store(args)
+    data = _data(args)
+    bar = ProgressBar()
+    try:
+        meta = train_and_save_base(store, data, config, bar, stop)
+    finally:
+        bar.close()
+    m = meta["metrics"]
+    say(
+        f"Base model saved to {store.base_dir}: test accuracy {pct(m['accuracy'])} "
+        f"in {meta['training']['seconds']:.1f} s ({meta['training']['samples_per_s']:,.0f} samples/s)"
+    )
+    say(digit_table(m))
+    stale = [r.name for r in store.list_adapters() if r.base_sha256 and r.base_sha256 != meta["sha256"]]
+    if stale:
+        say(f"Note: adapters trained on the previous base model can no longer be used: {', '.join(stale)}")
+    return {"artifacts": str(store.root), "base": meta}
+
+
+def cmd_evaluate(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..evaluate import compare, evaluate
+    from ..study import load_base_for_lora
+
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    name = choose_adapter(args, store, base)
+    if name:
+        store.load_adapter(lora_model, name, base.fingerprint)
+    data = _data(args)
+    before = evaluate(base.model, data.test_x, data.test_y)
+    result: dict[str, Any] = {"artifacts": str(store.root), "base": before.summary()}
+    if not name:
+        say(f"Base model: test accuracy {pct(before.accuracy)}; weakest digit {before.weakest_digit}")
+        say(digit_table(result["base"]))
+        return result
+    lora_model.set_adapter(name)
+    after = evaluate(lora_model, data.test_x, data.test_y)
+    result["adapter"] = name
+    result["adapted"] = after.summary()
+    result["difference"] = compare(before, after)
+    say(
+        f"Base {pct(before.accuracy)} -> adapter {name!r} {pct(after.accuracy)} "
+        f"({100 * (after.accuracy - before.accuracy):+.2f} points)"
+    )
+    say(digit_table(result["base"], result["adapted"]))
+    return result
+
+
+def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..study import finetune_and_save_adapter, load_base_for_lora
+
+    _check_name(args)
+    config = _validated(_finetune_config(args), args.flags, args)
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    _validated(config, args.flags, args, lora_model.model)
+    data = _data(args)
+    bar = ProgressBar()
+    try:
+        outcome = finetune_and_save_adapter(store, base, lora_model, data, config, args.name, args.overwrite, bar, stop)
+    finally:
+        bar.close()
+    before, after = outcome.before.summary(), outcome.after.summary()
+    digits = ", ".join(map(str, outcome.digits))
+    say(
+        f"Adapter {outcome.name!r} saved to {outcome.path} ({outcome.trainable_params:,} trainable parameters, "
+        f"{outcome.seconds:.1f} s)"
+    )
+    for d in outcome.digits:
+        say(f"Digit {d}: {pct(before['per_digit_accuracy'][d])} -> {pct(after['per_digit_accuracy'][d])}")
+    say(f"Overall: {pct(before['accuracy'])} -> {pct(after['accuracy'])} (target digits: {digits})")
+    say(digit_table(before, after))
+    return {"artifacts": str(store.root), "adapter": outcome.to_dict(), "base": before, "adapted": after}
+
+
+def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    import torch
+
+    from ..params import parameter_table
+    from ..study import base_weights_proof, load_base_for_lora
+
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    args.adapter = choose_adapter(args, store, base)
+    config = None
+    if args.adapter:
+        record = store.load_adapter(lora_model, args.adapter, base.fingerprint)
+        config = record.config
+        lora_model.set_adapter(args.adapter)
+    params = parameter_table(lora_model, config).to_dict()
+    meta = base.meta
+    say(
+        f"Base model {store.base_dir}: {meta['parameters']:,} parameters, test accuracy "
+        f"{pct(meta['metrics']['accuracy'])}, trained {meta['created']}"
+    )
+    say(_param_table(params))
+    result: dict[str, Any] = {"artifacts": str(store.root), "parameters": params, "base": meta}
+    if args.adapter and config is not None:
+        proof = base_weights_proof(store, lora_model)
+        updates = {}
+        for layer_name, layer in lora_model.lora_layers().items():
+            if args.adapter in layer.lora_A:
+                delta = layer.delta_weight(args.adapter).detach()
+                updates[layer_name] = {
+                    "frobenius_norm": float(delta.norm()),
+                    "rank": int(torch.linalg.matrix_rank(delta)),
+                }
+        say(
+            f"\nAdapter {args.adapter!r}: r={config.r}, alpha={config.alpha:g}, scale={config.scale:g}, "
+            f"targets {', '.join(config.target_modules)}"
+        )
+        say(
+            table(
+                ["layer", "|scale * B A|_F", "rank of update"],
+                [[k, v["frobenius_norm"], v["rank"]] for k, v in updates.items()],
+            )
+        )
+        say("\nBase weights against the checkpoint saved before fine-tuning:")
+        say(_proof_table(proof))
+        result.update(
+            {
+                "adapter": args.adapter,
+                "adapter_config": config.to_dict(),
+                "updates": updates,
+                "weights_proof": proof,
+                "base_weights_unchanged": all(p["identical"] for p in proof),
+            }
+        )
+    return result
+
+
+def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..preprocess import load_image, predict_probabilities, prepare_digit
+    from ..study import load_base_for_lora
+
+    paths = image_paths(args.images)
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    name = choose_adapter(args, store, base)
+    if name is not None:
+        store.load_adapter(lora_model, name, base.fingerprint)
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    results = []
+    for path in paths:
+        prepared = prepare_digit(load_image(path), invert)
+        if prepared is None:
+            say(f"{path}: no digit found (the picture is empty or has almost no ink)")
+            results.append({"image": str(path), "digit_found": False})
+            continue
+        lora_model.set_adapter(None)
+        base_p = predict_probabilities(lora_model, prepared)
+        entry: dict[str, Any] = {
+            "image": str(path),
+            "digit_found": True,
+            "inverted": prepared.inverted,
+            "base": {"prediction": int(base_p.argmax()), "probabilities": base_p.tolist()},
+        }
+        line = f"{path}: base {int(base_p.argmax())} ({base_p.max():.1%})"
+        if name is not None:
+            lora_model.set_adapter(name)
+            ad_p = predict_probabilities(lora_model, prepared)
+            entry["adapted"] = {"prediction": int(ad_p.argmax()), "probabilities": ad_p.tolist()}
+            line += f", adapter {name!r} {int(ad_p.argmax())} ({ad_p.max():.1%})"
+            if ad_p.argmax() != base_p.argmax():
+                line += "  <- they disagree"
+        say(line)
+        results.append(entry)
+    return {"artifacts": str(store.root), "adapter": name, "predictions": results}
+
+
+def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..study import run_study
+
+    _check_name(args)
+    train_config = _validated(_train_config(args), STUDY_TRAIN_FLAGS, args)
+    ft_config = _validated(_finetune_config(args), args.flags, args)
+    store = _store(args)
+    given = [STUDY_TRAIN_FLAGS[f][0] for f in TRAIN_FLAGS if getattr(args, f) is not None]
+    if given and not args.retrain and store.has_base():
+        warn(
+            f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect: the saved base model in "
+            f"{store.base_dir} is reused. Add --retrain to train a new one with {'it' if len(given) == 1 else 'them'}."
+        )
+    data = _data(args)
+    bar = ProgressBar()
+    started = time.perf_counter()
+    try:
+        result = run_study(
+            store,
+            data,
+            train_config,
+            ft_config,
+            args.name,
+            args.retrain,
+            bar,
+            stop,
+            log=lambda m: (bar.close(), say(m)),
+            overwrite=args.overwrite,
+        )
+    finally:
+        bar.close()
+    result["seconds"]["total"] = time.perf_counter() - started
+    study_report(result, str(store.root))
+    return result

@@ -1,0 +1,228 @@
+"""The command line's options, and how a setting's name maps back to the option the user typed.
+
+Every mistake is reported the same way, whether argparse or lora_core found it:
+    error: --batch-size: must be a whole number from 1 to 60000, got 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ..errors import ConfigError
+from ..model import LAYER_NAMES
+from ..train import DEVICES, SCHEDULES, FinetuneConfig, TrainConfig
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message already names the options as the user typed them."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake raises UsageError (one line, exit status 2) instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message.removeprefix("argument "))
+
+
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _float_arg(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+# Which option sets which field of TrainConfig / FinetuneConfig, per command. Where a command accepts two
+# spellings (finetune's --batch-size and --ft-batch-size), an error names the one the user typed.
+COMMON_FLAGS: dict[str, tuple[str, ...]] = {
+    "device": ("--device",),
+    "adapter": ("--adapter",),
+    "name": ("--name",),
+    "json": ("--json",),
+}
+TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
+    "epochs": ("--epochs",),
+    "batch_size": ("--batch-size",),
+    "lr": ("--lr",),
+    "lr_schedule": ("--lr-schedule",),
+    "seed": ("--seed",),
+    "hidden": ("--hidden",),
+}
+# study: the base model's options carry a --train- prefix, beside the adapter's --ft- ones
+STUDY_TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
+    field: ("--train-" + flags[0].removeprefix("--"),) for field, flags in TRAIN_FLAGS.items()
+}
+FINETUNE_FLAGS: dict[str, tuple[str, ...]] = {
+    "digit": ("--digit",),
+    "rank": ("--rank",),
+    "alpha": ("--alpha",),
+    "targets": ("--targets",),
+    "steps": ("--steps",),
+    "replay": ("--replay",),
+    "dropout": ("--dropout",),
+    "init": ("--init",),
+    "batch_size": ("--batch-size", "--ft-batch-size"),
+    "lr": ("--lr", "--ft-lr"),
+    "seed": ("--seed", "--ft-seed"),
+}
+STUDY_FINETUNE_FLAGS = {
+    **FINETUNE_FLAGS,
+    "batch_size": ("--ft-batch-size",),
+    "lr": ("--ft-lr",),
+    "seed": ("--ft-seed",),
+}
+# options that other commands spell differently, with what to use under study instead
+STUDY_RENAMED = {
+    flags[0]: f"{STUDY_TRAIN_FLAGS[field][0]} for the base model"
+    + (f" or {STUDY_FINETUNE_FLAGS[field][0]} for the adapter" if field in STUDY_FINETUNE_FLAGS else "")
+    for field, flags in TRAIN_FLAGS.items()
+}
+
+
+def flag_for(field: str, flags: dict[str, tuple[str, ...]], argv: Sequence[str]) -> str:
+    """The option that sets `field`, spelled as the user typed it (else its first spelling)."""
+    if field.startswith("--"):
+        return field
+    candidates = flags.get(field) or COMMON_FLAGS.get(field) or ("--" + field.replace("_", "-"),)
+    for flag in candidates:
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+            return flag
+    return candidates[0]
+
+
+def usage_error(exc: ConfigError, flags: dict[str, tuple[str, ...]], argv: Sequence[str]) -> UsageError:
+    return UsageError(f"{flag_for(exc.field, flags, argv)}: {exc.reason}")
+
+
+def _train_options(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, ...]], study: bool) -> None:
+    """Base-training options. Under study their defaults are None, so that the command can tell which
+    ones were given (they have no effect while a saved base model is reused)."""
+    d = TrainConfig()
+
+    def default(value: object) -> object:
+        return None if study else value
+
+    parser.add_argument(flags["epochs"][0], dest="epochs", type=_int_arg, default=default(d.epochs))
+    parser.add_argument(flags["batch_size"][0], dest="batch_size", type=_int_arg, default=default(d.batch_size))
+    parser.add_argument(flags["lr"][0], dest="lr", type=_float_arg, default=default(d.lr))
+    parser.add_argument(flags["lr_schedule"][0], dest="lr_schedule", choices=SCHEDULES, default=default(d.lr_schedule))
+    parser.add_argument(flags["seed"][0], dest="seed", type=_int_arg, default=default(d.seed))
+    parser.add_argument(
+        flags["hidden"][0],
+        dest="hidden",
+        type=_int_arg,
+        nargs=2,
+        metavar=("H1", "H2"),
+        default=default(list(d.hidden)),
+    )
+
+
+def _finetune_options(parser: argparse.ArgumentParser) -> None:
+    d = FinetuneConfig()
+    parser.add_argument("--digit", type=_int_arg, nargs="+", help="target digit(s); default: the weakest")
+    parser.add_argument("--rank", type=_int_arg, default=d.rank)
+    parser.add_argument("--alpha", type=_float_arg, default=d.alpha)
+    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets))
+    parser.add_argument("--steps", type=_int_arg, default=d.steps)
+    parser.add_argument("--ft-batch-size", dest="ft_batch_size", type=_int_arg, default=d.batch_size)
+    parser.add_argument("--ft-lr", dest="ft_lr", type=_float_arg, default=d.lr)
+    parser.add_argument(
+        "--replay",
+        type=_float_arg,
+        default=d.replay,
+        help="share of each batch drawn from the other digits (0: the tutorials' forgetting)",
+    )
+    parser.add_argument("--dropout", type=_float_arg, default=d.dropout)
+    parser.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    parser.add_argument("--init", choices=("kaiming", "gaussian"), default=d.init)
+    parser.add_argument("--ft-seed", dest="ft_seed", type=_int_arg, default=d.seed)
+    parser.add_argument("--name", help="adapter name (default: digit-<D>); letters, digits, '-', '_' and '.'")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing adapter of the same name (else refused)"
+    )
+
+
+def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--adapter", help=f"adapter to {what} (default: the newest saved one that fits the base)")
+    group.add_argument("--base-only", action="store_true", help="the base model alone, without any adapter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands
+
+    parser = _Parser(prog="python -m lora_core", description="LoRA on MNIST: train, fine-tune, evaluate, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
+    common.add_argument("--data", type=Path, help="MNIST folder (default: $LORA_DATA_DIR or ./data)")
+    common.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
+    common.add_argument("--device", choices=DEVICES, default="auto", help="default: auto (cuda, mps, else cpu)")
+
+    p = sub.add_parser("train", parents=[common], help="train and save the base model")
+    _train_options(p, TRAIN_FLAGS, study=False)
+    p.set_defaults(handler=commands.cmd_train, flags=TRAIN_FLAGS)
+
+    p = sub.add_parser("evaluate", parents=[common], help="per-digit accuracy of the base model and an adapter")
+    _adapter_choice(p, "evaluate beside the base model")
+    p.set_defaults(handler=commands.cmd_evaluate, flags={})
+
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune and save a LoRA adapter")
+    _finetune_options(p)
+    # finetune's own batch size, learning rate and seed may also be spelled like train's
+    d = FinetuneConfig()
+    p.add_argument("--batch-size", dest="ft_batch_size", type=_int_arg, default=d.batch_size)
+    p.add_argument("--lr", dest="ft_lr", type=_float_arg, default=d.lr)
+    p.add_argument("--seed", dest="ft_seed", type=_int_arg, default=d.seed)
+    p.set_defaults(handler=commands.cmd_finetune, flags=FINETUNE_FLAGS)
+
+    p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, unchanged-weights proof")
+    _adapter_choice(p, "inspect")
+    p.set_defaults(handler=commands.cmd_inspect, flags={})
+
+    p = sub.add_parser("predict", parents=[common], help="read digit pictures (PNG, JPEG) with base and adapter")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture files, or folders of pictures")
+    _adapter_choice(p, "compare with the base")
+    p.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="dark ink on light paper: auto-detected from the border by default",
+    )
+    p.set_defaults(handler=commands.cmd_predict, flags={})
+
+    p = sub.add_parser(
+        "study",
+        parents=[common],
+        help="the whole study, end to end",
+        description="Train (or reuse) the base model, fine-tune its weakest digit, prove the base unchanged. "
+        "--train-* options set the base model's training (used only when one is trained: no saved base, "
+        "or --retrain); --ft-* and the other options set the adapter's.",
+    )
+    _train_options(p, STUDY_TRAIN_FLAGS, study=True)
+    _finetune_options(p)
+    p.add_argument("--retrain", action="store_true", help="train a new base model even if one is saved")
+    p.set_defaults(handler=commands.cmd_study, flags=STUDY_FINETUNE_FLAGS)
+    return parser
+
+
+def unrecognized(command: str | None, extras: Sequence[str]) -> UsageError:
+    """Unknown options, with the right spelling where study names an option differently."""
+    hints = [
+        f"instead of {arg}, study takes {STUDY_RENAMED[arg]}"
+        for arg in extras
+        if command == "study" and arg in STUDY_RENAMED
+    ]
+    return UsageError(f"unrecognized arguments: {' '.join(extras)}" + (f" ({'; '.join(hints)})" if hints else ""))

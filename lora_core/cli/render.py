@@ -1,0 +1,153 @@
+"""Text for the terminal: tables, the progress bar, and the blocks each command prints."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..numbers import pct
+from ..train import Progress
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value else f"{value:,.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+class ProgressBar:
+    """A tqdm bar fed by lora_core's progress callback."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.phase = ""
+
+    def __call__(self, p: Progress) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or p.phase != self.phase:
+            self.close()
+            self.phase = p.phase
+            self.bar = tqdm(
+                total=p.total_steps, desc=p.phase, unit="step", file=sys.stderr, mininterval=0.5, dynamic_ncols=True
+            )
+        self.bar.update(p.step - self.bar.n)
+        self.bar.set_postfix(loss=f"{p.loss:.4f}", samples_s=f"{p.samples_per_s:,.0f}", refresh=False)
+        if p.step == p.total_steps:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def digit_table(before: dict[str, Any], after: dict[str, Any] | None = None) -> str:
+    rows = []
+    for d in range(10):
+        row: list[Any] = [d, pct(before["per_digit_accuracy"][d]), before["wrong_counts"][d]]
+        if after is not None:
+            row += [
+                pct(after["per_digit_accuracy"][d]),
+                after["wrong_counts"][d],
+                after["wrong_counts"][d] - before["wrong_counts"][d],
+            ]
+        rows.append(row)
+    headers = ["digit", "accuracy", "wrong"]
+    if after is not None:
+        headers = ["digit", "base acc", "base wrong", "adapted acc", "adapted wrong", "change"]
+    return table(headers, rows)
+
+
+def _param_table(params: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["layer"],
+            "x".join(map(str, r["W_shape"])),
+            r["W_params"],
+            "x".join(map(str, r["b_shape"])),
+            r["b_params"],
+            "x".join(map(str, r["A_shape"])) if r["A_shape"] else "-",
+            r["A_params"],
+            "x".join(map(str, r["B_shape"])) if r["B_shape"] else "-",
+            r["B_params"],
+        ]
+        for r in params["layers"]
+    ]
+    rows.append(
+        [
+            "total",
+            "",
+            sum(r["W_params"] for r in params["layers"]),
+            "",
+            sum(r["b_params"] for r in params["layers"]),
+            "",
+            sum(r["A_params"] for r in params["layers"]),
+            "",
+            sum(r["B_params"] for r in params["layers"]),
+        ]
+    )
+    text = table(["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"], rows)
+    return (
+        f"{text}\nbase parameters {params['base_params']:,}; LoRA adds {params['lora_params']:,} "
+        f"({params['lora_percent']:.3f}% of the base)"
+    )
+
+
+def _proof_table(proof: list[dict[str, Any]]) -> str:
+    rows = [
+        [p["tensor"], f"{p['max_abs_diff']:.1e}" if p["max_abs_diff"] else "0", "yes" if p["identical"] else "NO"]
+        for p in proof
+    ]
+    return table(["base tensor", "max |now - saved|", "bit-identical"], rows)
+
+
+def study_report(result: dict[str, Any], root: str) -> None:
+    """The study's numbered summary, from run_study's result."""
+    tm = result["train_metrics"]
+    d = result["target_digit"]
+    base, adapted, adapter = result["base"], result["adapted"], result["adapter"]
+    say(
+        f"\n1. Base model: {tm['epochs']} epoch(s), batch {tm['batch_size']}, lr {tm['lr']:g}, "
+        f"{tm['seconds']:.1f} s at {tm['samples_per_s']:,.0f} samples/s, final loss {tm['final_loss']:.4f}"
+    )
+    say(f"   Test accuracy {pct(base['accuracy'])}; weakest digit {d} at {pct(base['per_digit_accuracy'][d])}")
+    say(
+        f"\n2. LoRA adapter {adapter['name']!r} on digit {d}: rank {adapter['rank']}, alpha {adapter['alpha']:g}, "
+        f"replay {adapter['finetune']['replay']:g}, {adapter['finetune']['steps']} steps, {adapter['seconds']:.1f} s"
+    )
+    say(
+        f"   Digit {d}: {pct(base['per_digit_accuracy'][d])} -> {pct(adapted['per_digit_accuracy'][d])}; "
+        f"overall {pct(base['accuracy'])} -> {pct(adapted['accuracy'])}"
+    )
+    say("\n3. Wrong test images per digit, before and after:")
+    say(digit_table(base, adapted))
+    say("\n4. Parameters:")
+    say(_param_table(result["parameters"]))
+    say("\n5. Base weights after fine-tuning against the checkpoint saved before it:")
+    say(_proof_table(result["weights_proof"]))
+    verdict = "UNCHANGED" if result["base_weights_unchanged"] else "CHANGED"
+    say(
+        f"   Base weights {verdict}; adapter disabled gives the base logits exactly: "
+        f"{'yes' if result['disabled_adapter_equals_base'] else 'NO'}"
+    )
+    say(f"\nArtifacts in {root}; {result['seconds']['total']:.1f} s in all")
