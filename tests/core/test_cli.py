@@ -31,7 +31,34 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "no-base-model": (["evaluate"], "empty", ["no base model"]),
     "name-dotdot": (["finetune", "--name", "../x"], "trained", ["name", "../x"]),
     "rank-not-a-number": (["finetune", "--rank", "abc"], "trained", ["rank", "abc"]),
+    # the message names the option as the user typed it, for argparse's findings and lora_core's alike
+    "train-batch-size-0": (["train", "--batch-size", "0"], "empty", ["--batch-size:", "0"]),
+    "train-batch-size-text": (["train", "--batch-size", "x"], "empty", ["--batch-size:", "'x'"]),
+    "finetune-ft-batch-size-0": (["finetune", "--ft-batch-size", "0"], "trained", ["--ft-batch-size:"]),
+    "finetune-lr-spelled-ft": (["finetune", "--ft-lr", "7"], "trained", ["--ft-lr:", "7"]),
+    "study-train-lr": (["study", "--train-lr", "7"], "trained", ["--train-lr:", "7"]),
+    "digit-12": (["finetune", "--digit", "12"], "trained", ["--digit:", "12"]),
+    "study-old-option": (["study", "--batch-size", "64"], "trained", ["--train-batch-size", "--ft-batch-size"]),
+    "unknown-command": (["tran"], "empty", ["tran", "train"]),
+    # one rule for an existing adapter name, and the refusal names the flags that get past it
+    "finetune-existing-name": (["finetune", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
+    "study-existing-name": (["study", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
+    "predict-folder-without-pictures": (["predict", "{no_pictures}"], "trained", ["folder", "PNG"]),
+    "predict-missing-file": (["predict", "{pictures}/nosuch.png"], "trained", ["nosuch.png", "no such file"]),
 }
+
+
+def _write_pictures(folder: Path, mnist) -> None:
+    """Two MNIST test digits as a JPEG and a PNG (in name order: a 7, then a 2), and a file that is no picture."""
+    from PIL import Image
+
+    from lora_core.data import denormalize
+
+    folder.mkdir()
+    for index, name in ((0, "a-seven.jpg"), (1, "b-two.PNG")):
+        pixels = (denormalize(mnist.test_x[index]).reshape(28, 28).numpy() * 255).round().astype("uint8")
+        Image.fromarray(pixels).resize((112, 112)).save(folder / name)
+    (folder / "readme.txt").write_text("not a picture")
 
 
 @dataclass
@@ -42,19 +69,40 @@ class Result:
 
 
 @pytest.fixture(scope="module")
-def cli_runs(trained_artifacts, tmp_path_factory):
+def cli_runs(trained_artifacts, tmp_path_factory, mnist):
     """Run every CLI case once, four at a time, against a copy of `trained_artifacts` or an empty folder."""
     root = tmp_path_factory.mktemp("cli")
-    folders = {"trained": root / "artifacts", "empty": root / "empty"}
+    folders = {"trained": root / "artifacts", "empty": root / "empty", "writable": root / "writable"}
     shutil.copytree(trained_artifacts, folders["trained"])
+    shutil.copytree(trained_artifacts, folders["writable"])
     folders["empty"].mkdir()
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    jobs = {name: [*args, "--artifacts", str(folders[which])] for name, (args, which, _) in ERROR_CASES.items()}
+    pictures, no_pictures = root / "pictures", root / "no-pictures"
+    _write_pictures(pictures, mnist)
+    no_pictures.mkdir()
+    (no_pictures / "notes.txt").write_text("not a picture")
+    places = {"pictures": str(pictures), "no_pictures": str(no_pictures)}
+    jobs = {
+        name: [*(a.format(**places) for a in args), "--artifacts", str(folders[which])]
+        for name, (args, which, _) in ERROR_CASES.items()
+    }
     for command in ("evaluate", "inspect"):
         jobs[command] = [command, "--adapter", "small", "--artifacts", str(folders["trained"])]
         jobs[command] += ["--json", str(out / f"{command}.json")]
+    trained = ["--artifacts", str(folders["trained"])]
+    for command in ("evaluate", "inspect"):  # no --adapter: the only saved adapter, said so
+        jobs[f"{command}-default"] = [command, *trained, "--json", str(out / f"{command}-default.json")]
+    jobs["inspect-base-only"] = ["inspect", "--base-only", *trained, "--json", str(out / "inspect-base-only.json")]
+    jobs["predict-folder"] = ["predict", str(pictures), *trained, "--json", str(out / "predict-folder.json")]
+    # train options while the saved base is reused: a warning, then the refusal of the existing name
+    jobs["study-warns"] = ["study", "--train-batch-size", "64", "--train-seed", "3", "--name", "small", *trained]
+    jobs["study-overwrite"] = [
+        "study",
+        *("--name", "small", "--overwrite", "--steps", "3", "--ft-batch-size", "16", "--rank", "2"),
+        *("--artifacts", str(folders["writable"]), "--json", str(out / "study-overwrite.json")),
+    ]
 
     def run(args: list[str]) -> Result:
         proc = subprocess.run(
@@ -76,6 +124,8 @@ def test_bad_input_exits_2_with_one_line(cli_runs, case):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, detail
+    assert lines[0].startswith("error: "), detail  # one style for every mistake
+    assert ": error:" not in lines[0] and "_size" not in lines[0], detail
     for word in ERROR_CASES[case][2]:
         assert word in lines[0], detail
 
@@ -123,3 +173,56 @@ def test_cli_runs_wrote_nothing_into_the_artifacts(cli_runs, trained_artifacts):
     assert file_bytes(cli_runs["folders"]["trained"]) == file_bytes(trained_artifacts)
     assert list(cli_runs["folders"]["empty"].iterdir()) == []
     assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
+
+
+def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli_runs):
+    for command in ("evaluate", "inspect"):
+        result = cli_runs["results"][f"{command}-default"]
+        assert result.returncode == 0, result.stderr
+        first = result.stdout.splitlines()[0]
+        assert "'small'" in first and "the only saved adapter" in first, first
+        assert "--adapter NAME" in first and "--base-only" in first, first
+        data = json.loads((cli_runs["out"] / f"{command}-default.json").read_text())
+        assert data["adapter"] == "small"
+    assert "LoRA adds 0 " not in cli_runs["results"]["inspect-default"].stdout
+    assert "LoRA adds 27,176" in cli_runs["results"]["inspect-default"].stdout
+
+
+def test_inspect_base_only(cli_runs):
+    result = cli_runs["results"]["inspect-base-only"]
+    assert result.returncode == 0, result.stderr
+    assert "--base-only" in result.stdout and "LoRA adds 0 " in result.stdout
+    data = json.loads((cli_runs["out"] / "inspect-base-only.json").read_text())
+    assert "adapter" not in data and data["parameters"]["lora_params"] == 0
+
+
+def test_predict_reads_every_picture_in_a_folder(cli_runs):
+    result = cli_runs["results"]["predict-folder"]
+    assert result.returncode == 0, result.stderr
+    assert "2 pictures" in result.stdout
+    data = json.loads((cli_runs["out"] / "predict-folder.json").read_text())
+    predictions = data["predictions"]
+    assert [Path(p["image"]).name for p in predictions] == ["a-seven.jpg", "b-two.PNG"]
+    assert [p["base"]["prediction"] for p in predictions] == [7, 2]
+    assert data["adapter"] == "small" and all("adapted" in p for p in predictions)
+
+
+def test_study_warns_about_train_options_while_the_base_is_reused(cli_runs):
+    result = cli_runs["results"]["study-warns"]
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: --train-batch-size, --train-seed have no effect"), lines
+    assert "--retrain" in lines[0]
+    assert lines[-1].startswith("error: ") and "--overwrite" in lines[-1], lines
+
+
+def test_study_overwrite_replaces_the_adapter(cli_runs, trained_artifacts):
+    result = cli_runs["results"]["study-overwrite"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning" not in result.stderr
+    data = json.loads((cli_runs["out"] / "study-overwrite.json").read_text())
+    assert data["adapter"]["name"] == "small" and data["adapter"]["rank"] == 2
+    assert data["base_weights_unchanged"] is True
+    writable = cli_runs["folders"]["writable"]
+    assert json.loads((writable / "adapters" / "small" / "adapter_config.json").read_text())["r"] == 2
+    assert file_bytes(writable / "base") == file_bytes(trained_artifacts / "base")  # reused, not retrained

@@ -379,3 +379,43 @@ def test_rank_limits_per_layer():
     assert rank_limits(lora_model.model) == expected  # a wrapped layer reports its base layer
     assert isinstance(linear_layers(lora_model.model)["linear2"], torch.nn.Linear)
     assert linear_layers(lora_model.model)["linear2"] is lora_model.lora_layers()["linear2"].base_layer
+
+
+# --- any valid adapter name works as a module key ------------------------------------------------------
+# '.' is allowed in names (folder names such as v1.2) but not in PyTorch module keys, and a name such as
+# 'train' or 'keys' is an attribute of nn.ModuleDict: both used to crash with a KeyError.
+@pytest.mark.parametrize("name", ["v1.2", "a.v2", "train", "keys", "training", "_modules", "x.train"])
+def test_names_that_are_not_module_keys_work(name, x):
+    validate_adapter_name(name)
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("plain", LoraConfig(r=2), seed=0)
+    lora_model.add_adapter(name, LoraConfig(r=3, alpha=6), seed=1)
+    randomize_b(lora_model, name)
+    with torch.no_grad():
+        out = lora_model(x)
+    expected = manual_forward(lora_model.model, x, adapter_deltas(lora_model, name))
+    assert torch.allclose(out, expected, atol=1e-5)
+    for layer in lora_model.lora_layers().values():
+        assert name in layer.lora_A and list(layer.lora_A) == ["plain", name]
+        assert layer.lora_A[name].weight.shape[0] == 3
+    state = lora_model.adapter_state_dict(name)
+    assert all(k.startswith("base_model.model.linear") for k in state)
+    lora_model.delete_adapter(name)
+    assert all(name not in layer.lora_A for layer in lora_model.lora_layers().values())
+    assert list(lora_model.adapters) == ["plain"]
+
+
+def test_escaped_keys_cannot_collide():
+    # '%' never appears in a valid name, so the escaped key of one name is never another name's key
+    lora_model = LoraModel(random_mlp())
+    for name in ("a.b", "a-2Eb", "train", "train_"):
+        lora_model.add_adapter(name, LoraConfig(r=1))
+    assert sorted(lora_model.adapters) == sorted(["a.b", "a-2Eb", "train", "train_"])
+    with pytest.raises(ConfigError):
+        validate_adapter_name("a%2Eb")
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", ".hidden", "a..b", "v1/../x"])
+def test_path_tricks_are_still_refused(name):
+    with pytest.raises(ConfigError, match="letters, digits"):
+        validate_adapter_name(name)
