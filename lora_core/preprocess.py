@@ -125,6 +125,8 @@ def load_image(path: Path | str) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder; give a picture file (the command line reads a folder's pictures)")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:

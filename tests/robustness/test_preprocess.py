@@ -98,6 +98,8 @@ def test_load_image_files(tmp_path, mnist: MnistData) -> None:
         load_image(tmp_path / "bad.png")
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
 
 
 image_shapes = st.one_of(
