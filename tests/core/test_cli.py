@@ -15,6 +15,9 @@ import pytest
 from core_helpers import file_bytes
 
 REPO = Path(__file__).resolve().parents[2]
+# the first test pays for `cli_runs`: about 30 CLI runs (one a short real study), four at a time; on a
+# busy 2-core machine that took up to 4 minutes, above pytest-timeout's default of 300 s
+pytestmark = pytest.mark.timeout(900)
 
 # name: (arguments, which artifacts folder, words the one-line message must contain)
 ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
