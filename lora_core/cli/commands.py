@@ -64,6 +64,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         steps=args.steps,
         batch_size=args.ft_batch_size,
         lr=args.ft_lr,
+        lr_schedule=args.ft_lr_schedule,
         replay=args.replay,
         dropout=args.dropout,
         use_rslora=args.rslora,

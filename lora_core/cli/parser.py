@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import ConfigError
 from ..model import LAYER_NAMES
@@ -24,6 +24,26 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake raises UsageError (one line, exit status 2) instead of printing usage."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """Every option's --help line shows its default, unless its help text already says it."""
+        default, text = kwargs.get("default"), kwargs.get("help") or ""
+        if (
+            args
+            and str(args[0]).startswith("--")
+            and default is not None
+            and default is not False
+            and "default" not in text
+        ):
+            shown = (
+                " ".join(map(str, default))
+                if isinstance(default, list | tuple)
+                else f"{default:g}"
+                if isinstance(default, float)
+                else str(default)
+            )
+            kwargs["help"] = (text + " " if text else "") + f"(default: {shown})"
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message.removeprefix("argument "))
@@ -74,12 +94,14 @@ FINETUNE_FLAGS: dict[str, tuple[str, ...]] = {
     "init": ("--init",),
     "batch_size": ("--batch-size", "--ft-batch-size"),
     "lr": ("--lr", "--ft-lr"),
+    "lr_schedule": ("--lr-schedule", "--ft-lr-schedule"),
     "seed": ("--seed", "--ft-seed"),
 }
 STUDY_FINETUNE_FLAGS = {
     **FINETUNE_FLAGS,
     "batch_size": ("--ft-batch-size",),
     "lr": ("--ft-lr",),
+    "lr_schedule": ("--ft-lr-schedule",),
     "seed": ("--ft-seed",),
 }
 # options that other commands spell differently, with what to use under study instead
@@ -113,11 +135,24 @@ def _train_options(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, 
     def default(value: object) -> object:
         return None if study else value
 
-    parser.add_argument(flags["epochs"][0], dest="epochs", type=_int_arg, default=default(d.epochs))
-    parser.add_argument(flags["batch_size"][0], dest="batch_size", type=_int_arg, default=default(d.batch_size))
-    parser.add_argument(flags["lr"][0], dest="lr", type=_float_arg, default=default(d.lr))
-    parser.add_argument(flags["lr_schedule"][0], dest="lr_schedule", choices=SCHEDULES, default=default(d.lr_schedule))
-    parser.add_argument(flags["seed"][0], dest="seed", type=_int_arg, default=default(d.seed))
+    def note(value: object) -> str | None:  # under study the real default lives in TrainConfig
+        return f"(default: {' '.join(map(str, value)) if isinstance(value, tuple) else value})" if study else None
+
+    parser.add_argument(
+        flags["epochs"][0], dest="epochs", type=_int_arg, default=default(d.epochs), help=note(d.epochs)
+    )
+    parser.add_argument(
+        flags["batch_size"][0], dest="batch_size", type=_int_arg, default=default(d.batch_size), help=note(d.batch_size)
+    )
+    parser.add_argument(flags["lr"][0], dest="lr", type=_float_arg, default=default(d.lr), help=note(d.lr))
+    parser.add_argument(
+        flags["lr_schedule"][0],
+        dest="lr_schedule",
+        choices=SCHEDULES,
+        default=default(d.lr_schedule),
+        help=note(d.lr_schedule),
+    )
+    parser.add_argument(flags["seed"][0], dest="seed", type=_int_arg, default=default(d.seed), help=note(d.seed))
     parser.add_argument(
         flags["hidden"][0],
         dest="hidden",
@@ -125,6 +160,7 @@ def _train_options(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, 
         nargs=2,
         metavar=("H1", "H2"),
         default=default(list(d.hidden)),
+        help=note(d.hidden),
     )
 
 
@@ -137,6 +173,7 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_int_arg, default=d.steps)
     parser.add_argument("--ft-batch-size", dest="ft_batch_size", type=_int_arg, default=d.batch_size)
     parser.add_argument("--ft-lr", dest="ft_lr", type=_float_arg, default=d.lr)
+    parser.add_argument("--ft-lr-schedule", dest="ft_lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
     parser.add_argument(
         "--replay",
         type=_float_arg,
@@ -169,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
     common.add_argument("--data", type=Path, help="MNIST folder (default: $LORA_DATA_DIR or ./data)")
     common.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
-    common.add_argument("--device", choices=DEVICES, default="auto", help="default: auto (cuda, mps, else cpu)")
+    common.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, else cpu")
 
     p = sub.add_parser("train", parents=[common], help="train and save the base model")
     _train_options(p, TRAIN_FLAGS, study=False)
@@ -185,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = FinetuneConfig()
     p.add_argument("--batch-size", dest="ft_batch_size", type=_int_arg, default=d.batch_size)
     p.add_argument("--lr", dest="ft_lr", type=_float_arg, default=d.lr)
+    p.add_argument("--lr-schedule", dest="ft_lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
     p.add_argument("--seed", dest="ft_seed", type=_int_arg, default=d.seed)
     p.set_defaults(handler=commands.cmd_finetune, flags=FINETUNE_FLAGS)
 
