@@ -25,16 +25,19 @@ class Evaluation:
     def weakest_digit(self) -> int:
         return min(range(NUM_CLASSES), key=lambda d: (self.per_digit_accuracy[d], d))
 
-    def summary(self) -> dict[str, Any]:
-        """Everything but the 10,000 predictions, for JSON files."""
-        return {
+    def summary(self, misclassified: bool = True) -> dict[str, Any]:
+        """Everything but the 10,000 predictions, for JSON files (the one summariser of results);
+        without the misclassified indices for the compact records in model.json and metrics.json."""
+        summary: dict[str, Any] = {
             "accuracy": self.accuracy,
             "per_digit_accuracy": self.per_digit_accuracy,
             "wrong_counts": self.wrong_counts,
             "support": self.support,
             "confusion": self.confusion,
-            "misclassified": self.misclassified,
         }
+        if misclassified:
+            summary["misclassified"] = self.misclassified
+        return summary
 
     @classmethod
     def from_predictions(cls, predictions: torch.Tensor, labels: torch.Tensor) -> Evaluation:

@@ -1,14 +1,15 @@
-"""Parameter accounting and the proof that fine-tuning left the base weights untouched."""
+"""Parameter accounting (the W, b, A, B table), what an adapter's update looks like, and the
+per-tensor comparison of base weights that lora_core.proof builds its checks on."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import torch
 
-from .lora import LoraConfig, linear_layers
-from .model import MLP
+from .lora import LoraConfig, LoraLinear, LoraModel, linear_layers
 
 
 @dataclass
@@ -74,6 +75,49 @@ class ParameterTable:
         """Parameters LoRA adds, as a percentage of the base model's."""
         return 100.0 * self.lora_params / self.base_params
 
+    def rows(self, times: str = "x", none: str = "-") -> list[dict[str, Any]]:
+        """One row per layer plus a "total" row: shapes as text (`times` between sizes, `none` where a
+        layer has no adapter) and counts. Every table of parameters (CLI and pages) is built from these."""
+        rows: list[dict[str, Any]] = [
+            {
+                "layer": layer.layer,
+                "W": _shape(layer.weight_shape, times, none),
+                "W params": layer.weight_count,
+                "b": _shape(layer.bias_shape, times, none),
+                "b params": layer.bias_count,
+                "A": _shape(layer.a_shape, times, none),
+                "A params": layer.a_count,
+                "B": _shape(layer.b_shape, times, none),
+                "B params": layer.b_count,
+                "base params": layer.base_count,
+            }
+            for layer in self.layers
+        ]
+        total: dict[str, Any] = {"layer": "total", "W": "", "b": "", "A": "", "B": ""}
+        for column in ("W params", "b params", "A params", "B params", "base params"):
+            total[column] = sum(row[column] for row in rows)
+        return [*rows, total]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParameterTable:
+        """Rebuild a table from `to_dict`'s output (as saved in a JSON result)."""
+
+        def shape(value: Any) -> Any:
+            return tuple(value) if value else None
+
+        return cls(
+            [
+                LayerParams(
+                    row["layer"],
+                    tuple(row["W_shape"]),
+                    tuple(row["b_shape"]),
+                    shape(row.get("A_shape")),
+                    shape(row.get("B_shape")),
+                )
+                for row in data["layers"]
+            ]
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             "layers": [layer.to_dict() for layer in self.layers],
@@ -82,6 +126,10 @@ class ParameterTable:
             "lora_percent": self.lora_percent,
             "total_params": self.base_params + self.lora_params,
         }
+
+
+def _shape(shape: tuple[int, ...] | None, times: str, none: str) -> str:
+    return times.join(map(str, shape)) if shape else none
 
 
 def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) -> ParameterTable:
@@ -122,5 +170,55 @@ def weights_unchanged(reference: dict[str, torch.Tensor], current: dict[str, tor
     return checks
 
 
-def count_mlp_params(model: MLP) -> int:
-    return sum(p.numel() for p in model.parameters())
+# --- what an adapter learned -------------------------------------------------------------------------
+RANK_TOLERANCE = 1e-5  # singular values below this fraction of the largest count as zero
+
+
+@dataclass
+class UpdateStatistics:
+    """The update scale * B A that an adapter adds to one layer's W, and W's own spectrum."""
+
+    layer: str
+    delta: torch.Tensor  # scale * B A, on the CPU
+    singular_values: torch.Tensor  # of delta, largest first
+    weight_singular_values: torch.Tensor | None  # of W, when asked for (for the chart)
+
+    @property
+    def frobenius_norm(self) -> float:
+        return float(self.singular_values.square().sum().sqrt())
+
+    @property
+    def numerical_rank(self) -> int:
+        """Singular values above RANK_TOLERANCE of the largest (0 for an all-zero update)."""
+        sv = self.singular_values
+        if sv.numel() == 0 or float(sv.max()) == 0.0:
+            return 0
+        return int((sv > sv.max() * RANK_TOLERANCE).sum())
+
+    def to_dict(self, top: int) -> dict[str, Any]:
+        """Norm, rank and the `top` largest singular values (the rest are zero up to rounding)."""
+        return {
+            "frobenius_norm": self.frobenius_norm,
+            "rank": self.numerical_rank,
+            "singular_values": self.singular_values[:top].tolist(),
+        }
+
+
+@torch.no_grad()
+def update_statistics(
+    layer_name: str, layer: LoraLinear, adapter: str, weight_spectrum: bool = False
+) -> UpdateStatistics:
+    delta = layer.delta_weight(adapter).detach().to("cpu", torch.float32)
+    weight_sv = None
+    if weight_spectrum:
+        weight_sv = torch.linalg.svdvals(layer.base_layer.weight.detach().to("cpu", torch.float32))
+    return UpdateStatistics(layer_name, delta, torch.linalg.svdvals(delta), weight_sv)
+
+
+def adapter_update_statistics(lora_model: LoraModel, adapter: str) -> dict[str, UpdateStatistics]:
+    """Per adapted layer, the statistics of adapter `adapter`'s update (without W's spectrum)."""
+    return {
+        name: update_statistics(name, layer, adapter)
+        for name, layer in lora_model.lora_layers().items()
+        if adapter in layer.lora_A
+    }

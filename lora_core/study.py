@@ -1,6 +1,7 @@
 """The study's workflows, shared by the command line and the dashboard.
 
-train_and_save_base -> evaluate -> finetune_and_save_adapter -> proof that the base is untouched.
+train_and_save_base -> evaluate -> finetune_and_save_adapter (which records a hash of every base tensor
+before and after training) -> the trained model's base tensors against the checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from .evaluate import Evaluation, compare, evaluate, predict
 from .lora import LoraModel
 from .model import MLP
 from .params import parameter_table, weights_unchanged
+from .proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
 from .storage import ArtifactStore, BaseModelRecord
 from .train import FinetuneConfig, ProgressCallback, TrainConfig, finetune, resolve_device, train_base
 
@@ -51,17 +53,11 @@ def train_and_save_base(
         },
         "normalization": {"mean": 0.1307, "std": 0.3081},
         "seed": config.seed,
-        "metrics": _metrics_summary(evaluation),
+        "metrics": evaluation.summary(misclassified=False),
         "data": {"source": data.source, "md5": data.md5},
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
     }
     return store.save_base(model.cpu(), meta)
-
-
-def _metrics_summary(evaluation: Evaluation) -> dict[str, Any]:
-    summary = evaluation.summary()
-    summary.pop("misclassified")
-    return summary
 
 
 @dataclass
@@ -74,6 +70,7 @@ class AdapterOutcome:
     seconds: float
     trainable_params: int
     path: str
+    metrics: dict[str, Any] = field(default_factory=dict)  # as saved in metrics.json
 
     def to_dict(self) -> dict[str, Any]:
         lora = self.config.lora_config()
@@ -118,7 +115,9 @@ def finetune_and_save_adapter(
     refuse_existing_adapter(store, name, overwrite)
     if name in lora_model.adapters:
         lora_model.delete_adapter(name)
+    hashes_before = base_tensor_hashes(lora_model)  # the tensors the loop really trains with
     run = finetune(lora_model, name, data, config, progress=progress, stop=stop)
+    hashes_after = base_tensor_hashes(lora_model)
     after = evaluate(lora_model, data.test_x, data.test_y)
     table = parameter_table(lora_model, config.lora_config())
     metrics = {
@@ -128,12 +127,15 @@ def finetune_and_save_adapter(
         "samples_per_s": run.samples_per_s,
         "final_loss": run.losses[-1] if run.losses else None,
         "trainable_params": table.lora_params,
-        "before": _metrics_summary(before),
-        "after": _metrics_summary(after),
+        "before": before.summary(misclassified=False),
+        "after": after.summary(misclassified=False),
         "difference": {k: v for k, v in compare(before, after).items() if k not in ("fixed", "broken")},
+        "base_tensors": base_tensor_record(hashes_before, hashes_after),
     }
     path = store.save_adapter(lora_model, name, metrics, base.fingerprint)
-    return AdapterOutcome(name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path))
+    return AdapterOutcome(
+        name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path), metrics
+    )
 
 
 def refuse_existing_adapter(store: ArtifactStore, name: str, overwrite: bool) -> None:
@@ -142,13 +144,13 @@ def refuse_existing_adapter(store: ArtifactStore, name: str, overwrite: bool) ->
         raise AdapterExistsError(name)
 
 
-def base_weights_proof(store: ArtifactStore, lora_model: LoraModel) -> list[dict[str, Any]]:
-    """Per tensor: max |current - saved| against the base checkpoint on disk, and bit-identity."""
-    saved = store.load_base("cpu").model.state_dict()
+def _trained_against_checkpoint(checkpoint: MLP, lora_model: LoraModel) -> list[dict[str, Any]]:
+    """Per tensor: max |trained - checkpoint| and bit-identity. It can fail only because `lora_model`
+    was trained since it was loaded; a model just loaded from the checkpoint matches it by construction."""
     current = {k: v.detach().cpu() for k, v in lora_model.base_state_dict().items()}
     return [
         {"tensor": c.key, "max_abs_diff": c.max_abs_diff, "identical": c.identical}
-        for c in weights_unchanged(saved, current)
+        for c in weights_unchanged(checkpoint.state_dict(), current)
     ]
 
 
@@ -202,22 +204,26 @@ def run_study(
     )
     seconds["finetune"] = time.perf_counter() - t
     t = time.perf_counter()
-    proof = base_weights_proof(store, lora_model)
+    checkpoint = store.load_base("cpu").model
+    weights = _trained_against_checkpoint(checkpoint, lora_model)
+    recorded = recorded_check(outcome.metrics, checkpoint)
     disabled_ok = disabled_equals_base(lora_model, data.test_x)
     seconds["verify"] = time.perf_counter() - t
     table = parameter_table(lora_model, outcome.config.lora_config())
     return {
         "artifacts": str(store.root),
         "data_source": data.source,
-        "base": _eval_json(base_eval),
-        "adapted": _eval_json(outcome.after),
+        "base": base_eval.summary(misclassified=False),
+        "adapted": outcome.after.summary(misclassified=False),
         "target_digit": outcome.digits[0],
         "target_digits": list(outcome.digits),
         "adapter": outcome.to_dict(),
         "base_params": table.base_params,
         "parameters": table.to_dict(),
-        "weights_proof": proof,
-        "base_weights_unchanged": all(p["identical"] for p in proof),
+        # the fine-tuned model itself against the checkpoint saved before fine-tuning
+        "weights_proof": weights,
+        "base_weights_unchanged": all(w["identical"] for w in weights),
+        "recorded_check": recorded.to_dict(),
         "disabled_adapter_equals_base": disabled_ok,
         "train_metrics": store.base_meta()["training"],
         "seconds": seconds,
@@ -235,10 +241,74 @@ def disabled_equals_base(lora_model: LoraModel, x: torch.Tensor) -> bool:
     return torch.equal(disabled, predict(plain, x))
 
 
-def _eval_json(evaluation: Evaluation) -> dict[str, Any]:
-    return {
-        "accuracy": evaluation.accuracy,
-        "per_digit_accuracy": evaluation.per_digit_accuracy,
-        "wrong_counts": evaluation.wrong_counts,
-        "confusion": evaluation.confusion,
-    }
+# --- the headline figures ---------------------------------------------------------------------------------
+@dataclass
+class Headline:
+    """The study's headline figures: from a study just run, or from a saved adapter's metrics.json."""
+
+    source: str
+    adapter: str
+    digits: list[int]  # the adapter's target digits
+    base_accuracy: float
+    adapted_accuracy: float
+    per_digit_before: list[float]
+    per_digit_after: list[float]
+    lora_params: int
+    lora_percent: float
+    weights_unchanged: bool | None  # None: the adapter recorded nothing to check
+    weights_note: str
+
+    @property
+    def digit(self) -> int:
+        return self.digits[0]
+
+    @property
+    def weakest_digit(self) -> int:
+        """The base model's weakest digit (the lowest accuracy, the smaller digit on ties)."""
+        return min(range(len(self.per_digit_before)), key=lambda d: (self.per_digit_before[d], d))
+
+
+def headline_from_study(result: dict[str, Any]) -> Headline:
+    """From what `run_study` returns: the figures and its comparison of the really-trained model."""
+    params = result["parameters"]
+    unchanged = bool(result["base_weights_unchanged"])
+    note = (
+        "Base weights unchanged: every base tensor of the model the study fine-tuned is bit-identical to the "
+        "checkpoint saved before fine-tuning (the study's own comparison)."
+        if unchanged
+        else "Base weights CHANGED: base tensors of the model the study fine-tuned differ from the checkpoint "
+        "saved before fine-tuning (the study's own comparison)."
+    )
+    return Headline(
+        source=f"the study just run (adapter `{result['adapter']['name']}`)",
+        adapter=result["adapter"]["name"],
+        digits=list(result["target_digits"]),
+        base_accuracy=result["base"]["accuracy"],
+        adapted_accuracy=result["adapted"]["accuracy"],
+        per_digit_before=list(result["base"]["per_digit_accuracy"]),
+        per_digit_after=list(result["adapted"]["per_digit_accuracy"]),
+        lora_params=int(params["lora_params"]),
+        lora_percent=float(params["lora_percent"]),
+        weights_unchanged=unchanged,
+        weights_note=note,
+    )
+
+
+def headline_from_adapter(name: str, metrics: dict[str, Any], base_params: int, check: RecordedCheck) -> Headline:
+    """From a saved adapter: the before/after it recorded in metrics.json and its recorded check."""
+    before, after = metrics["before"], metrics["after"]
+    lora_params = int(metrics.get("trainable_params") or 0)
+    digits = list(metrics.get("target_digits") or [min(range(10), key=lambda d: before["per_digit_accuracy"][d])])
+    return Headline(
+        source=f"the active adapter `{name}` (figures recorded when it was saved)",
+        adapter=name,
+        digits=digits,
+        base_accuracy=before["accuracy"],
+        adapted_accuracy=after["accuracy"],
+        per_digit_before=list(before["per_digit_accuracy"]),
+        per_digit_after=list(after["per_digit_accuracy"]),
+        lora_params=lora_params,
+        lora_percent=100.0 * lora_params / base_params if base_params else 0.0,
+        weights_unchanged=None if check.status == "not recorded" else check.passed,
+        weights_note=check.summary,
+    )

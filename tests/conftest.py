@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lora_core.data import MnistData, load_mnist
+from lora_core.lora import LoraModel
 from lora_core.storage import ArtifactStore
 from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.train import FinetuneConfig, TrainConfig
@@ -100,3 +101,24 @@ def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> Fu
     )
     result = json.loads(out.read_text()) if out.is_file() else {}
     return FullStudy(artifacts, result, proc.returncode, proc.stdout, proc.stderr, unused)
+
+
+def corrupt_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug in the real training code: besides A and B, the optimizer also gets the base weights
+    and biases. The checks that the base weights did not change must fail on it."""
+    original = LoraModel.mark_only_lora_trainable
+
+    def also_trains_w(self: LoraModel, name: str) -> list[torch.nn.Parameter]:
+        params = original(self, name)
+        base = [p for key, p in self.model.named_parameters() if ".lora_" not in key]
+        for p in base:
+            p.requires_grad_(True)
+        return params + base
+
+    monkeypatch.setattr(LoraModel, "mark_only_lora_trainable", also_trains_w)
+
+
+@pytest.fixture
+def corrupt_training():
+    """`corrupt_training(monkeypatch)` plants the bug of corrupt_the_training_loop until it is undone."""
+    return corrupt_the_training_loop

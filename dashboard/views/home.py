@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+import pandas as pd
 import streamlit as st
 
 from dashboard import charts, jobs, state, ui
-from lora_core.errors import ArtifactError, ConfigError
-from lora_core.params import parameter_table
-from lora_core.study import base_weights_proof
+from lora_core.errors import ConfigError
+from lora_core.proof import RecordedCheck, recorded_check
+from lora_core.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.train import FinetuneConfig, TrainConfig
 
 st.title("LoRA on MNIST: see it work")
@@ -120,95 +119,73 @@ ui.busy_note()
 
 
 # --- headline figures ---------------------------------------------------------------------------------------
-def headline_from_study(result: dict[str, Any]) -> dict[str, Any]:
-    d = result["target_digit"]
-    params = result["parameters"]
-    return {
-        "source": f"the study just run (adapter `{result['adapter']['name']}`)",
-        "base_acc": result["base"]["accuracy"],
-        "adapted_acc": result["adapted"]["accuracy"],
-        "digit": d,
-        "before": result["base"]["per_digit_accuracy"][d],
-        "after": result["adapted"]["per_digit_accuracy"][d],
-        "per_digit_before": result["base"]["per_digit_accuracy"],
-        "per_digit_after": result["adapted"]["per_digit_accuracy"],
-        "lora_params": params["lora_params"],
-        "lora_percent": params["lora_percent"],
-        "unchanged": result["base_weights_unchanged"],
-        "proof_note": "the fine-tuned model against the checkpoint saved before fine-tuning",
-    }
-
-
-def headline_from_saved(info: state.AdapterInfo) -> dict[str, Any] | None:
-    assert base is not None and base_eval is not None
+def saved_headline(info: state.AdapterInfo, check: RecordedCheck) -> Headline | None:
+    """The active adapter's figures as recorded in its metrics.json, with its recorded base-tensor check."""
+    assert base is not None
     try:
-        after = state.adapter_evaluation(base, info.record)
-        model = state.load_into_session(base, info.name)
-        proof = base_weights_proof(state.store(), model)
-    except ArtifactError as exc:
-        st.warning(f"Adapter `{info.name}` cannot be used: {exc}")
+        return headline_from_adapter(info.name, info.record.metrics or {}, int(base.meta["parameters"]), check)
+    except (KeyError, TypeError, IndexError) as exc:
+        st.warning(f"Adapter `{info.name}`'s metrics.json lacks the figures for a headline ({exc}).")
         return None
-    d = info.targets[0] if info.targets else base_eval.weakest_digit
-    table = parameter_table(model, info.record.config)
-    return {
-        "source": f"the active adapter `{info.name}`",
-        "base_acc": base_eval.accuracy,
-        "adapted_acc": after.accuracy,
-        "digit": d,
-        "before": base_eval.per_digit_accuracy[d],
-        "after": after.per_digit_accuracy[d],
-        "per_digit_before": base_eval.per_digit_accuracy,
-        "per_digit_after": after.per_digit_accuracy,
-        "lora_params": table.lora_params,
-        "lora_percent": table.lora_percent,
-        "unchanged": all(p["identical"] for p in proof),
-        "proof_note": "this session's model against the base checkpoint on disk",
-    }
 
 
 figures = None
+weights_table = None  # per base tensor, what the headline's weights sentence rests on
 if job is not None and job.status == jobs.DONE and isinstance(job.result, dict):
     figures = headline_from_study(job.result)
+    weights_table = pd.DataFrame(job.result["weights_proof"]).rename(
+        columns={"tensor": "base tensor", "max_abs_diff": "max |fine-tuned − checkpoint|", "identical": "bit-identical"}
+    )
 elif active_info is not None and base is not None:
-    figures = headline_from_saved(active_info)
+    check = recorded_check(active_info.record.metrics, base.model)
+    figures = saved_headline(active_info, check)
+    weights_table = pd.DataFrame(check.rows(digits=16)) if check.tensors else None
 
 st.header("Headline figures")
 if figures is None:
     st.info("Run the study (or fine-tune an adapter) to see the headline figures here.")
 else:
-    st.caption(f"From {figures['source']}; every number is measured on the 10,000 MNIST test images.")
+    d, weakest = figures.digit, figures.weakest_digit
+    before, after = figures.per_digit_before[d], figures.per_digit_after[d]
+    st.caption(f"From {figures.source}; every number is measured on the 10,000 MNIST test images.")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Base accuracy", ui.pct(figures["base_acc"]))
+    m1.metric("Base accuracy", ui.pct(figures.base_accuracy))
     m2.metric(
-        "Weakest digit",
-        str(figures["digit"]),
-        f"{ui.pct(figures['before'])} before",
+        "Adapter's target digit",
+        ", ".join(map(str, figures.digits)),
+        f"{ui.pct(before)} before",
         delta_color="off",
         delta_arrow="off",
     )
-    m3.metric(
-        f"Digit {figures['digit']} after LoRA",
-        ui.pct(figures["after"]),
-        f"{100 * (figures['after'] - figures['before']):+.2f} points",
-    )
+    m3.metric(f"Digit {d} after LoRA", ui.pct(after), f"{100 * (after - before):+.2f} points")
     m4.metric(
         "Overall after LoRA",
-        ui.pct(figures["adapted_acc"]),
-        f"{100 * (figures['adapted_acc'] - figures['base_acc']):+.2f} points",
+        ui.pct(figures.adapted_accuracy),
+        f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points",
     )
+    weakest_note = f"The base model's weakest digit is {weakest} ({ui.pct(figures.per_digit_before[weakest])})"
+    if weakest in figures.digits:
+        st.caption(f"{weakest_note}: the adapter's target.")
+    else:
+        st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
     n1, n2 = st.columns(2)
     n1.metric(
         "Parameters added by LoRA",
-        f"{figures['lora_params']:,}",
-        f"{figures['lora_percent']:.3f}% of the base",
+        f"{figures.lora_params:,}",
+        f"{figures.lora_percent:.3f}% of the base",
         delta_color="off",
         delta_arrow="off",
     )
-    if figures["unchanged"]:
-        n2.success(f"Base weights unchanged: every tensor is bit-identical ({figures['proof_note']}).")
+    if figures.weights_unchanged is None:
+        n2.info(figures.weights_note)
+    elif figures.weights_unchanged:
+        n2.success(figures.weights_note)
     else:
-        n2.error(f"Base weights changed ({figures['proof_note']}).")
+        n2.error(figures.weights_note)
+    if weights_table is not None:
+        with st.expander("Per base tensor"):
+            st.dataframe(weights_table, hide_index=True, width="stretch")
     st.plotly_chart(
-        charts.per_digit_bars(figures["per_digit_before"], figures["per_digit_after"], [figures["digit"]]),
+        charts.per_digit_bars(figures.per_digit_before, figures.per_digit_after, list(figures.digits)),
         width="stretch",
     )

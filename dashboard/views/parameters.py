@@ -1,22 +1,24 @@
-"""Parameter inspection page: how few parameters LoRA adds, proof that the base weights never change,
-and what the adapter learned (its update matrix and singular values)."""
+"""Parameter inspection page: how few parameters LoRA adds, checks that the base weights did not change
+(the hashes a fine-tune run recorded, and a live check with a control that can fail), and what the
+adapter learned (its update matrix and singular values)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-import torch
 
-from dashboard import charts, jobs, state, ui
+from dashboard import charts, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.params import parameter_table
+from lora_core.params import parameter_table, update_statistics
+from lora_core.proof import FAIL, PASS, live_check, recorded_check
 from lora_core.storage import ADAPTER_WEIGHTS
-from lora_core.study import base_weights_proof
+
+LIVE_KEY = "_live_check"
 
 st.title("Parameter inspection")
 st.write(
     "LoRA trains two thin matrices A and B beside each frozen weight W. Here: how many parameters that is, "
-    "the proof that W did not move, and what the update B·A·α/r looks like."
+    "two checks that W did not move, and what the update B·A·α/r looks like."
 )
 
 base = ui.require_base("Parameter inspection")
@@ -42,41 +44,9 @@ else:
 # --- the table ---------------------------------------------------------------------------------------------------
 st.header("Layers: W, b, A and B")
 table = parameter_table(model if model is not None else base.model, config)
-
-
-def shape(s: tuple[int, ...] | None) -> str:
-    return " × ".join(map(str, s)) if s else "–"
-
-
-rows = [
-    {
-        "layer": r.layer,
-        "W": shape(r.weight_shape),
-        "W params": r.weight_count,
-        "b": shape(r.bias_shape),
-        "b params": r.bias_count,
-        "A": shape(r.a_shape),
-        "A params": r.a_count,
-        "B": shape(r.b_shape),
-        "B params": r.b_count,
-    }
-    for r in table.layers
-]
-rows.append(
-    {
-        "layer": "total",
-        "W": "",
-        "W params": sum(r.weight_count for r in table.layers),
-        "b": "",
-        "b params": sum(r.bias_count for r in table.layers),
-        "A": "",
-        "A params": sum(r.a_count for r in table.layers),
-        "B": "",
-        "B params": sum(r.b_count for r in table.layers),
-    }
-)
+columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
 st.dataframe(
-    pd.DataFrame(rows),
+    pd.DataFrame(table.rows(times=" × ", none="–"))[columns],
     hide_index=True,
     width="stretch",
     column_config=ui.counts("W params", "b params", "A params", "B params"),
@@ -93,43 +63,78 @@ if config is not None:
         f"layers {', '.join(config.target_modules)}."
     )
 
-# --- the proof ----------------------------------------------------------------------------------------------------
-st.header("Proof: the base weights did not change")
-st.write(
-    "For every base tensor: the largest absolute difference between the weights in memory now and the "
-    "checkpoint saved before fine-tuning. LoRA leaves W alone, so every row must read 0."
-)
-checks: list[tuple[str, torch.nn.Module]] = []
-job = ui.current_job()
-if job is not None and job.kind == "finetune" and job.status == jobs.DONE:
-    tuned = job.result
-    checks.append((f"the model fine-tuned in this session (adapter `{tuned.outcome.name}`)", tuned.lora_model))
-if model is not None:
-    checks.append((f"this session's model with adapter `{chosen}` loaded", model))
+# --- did W move? ----------------------------------------------------------------------------------------------------
+st.header("Did the base weights change?")
+st.subheader("Recorded by the fine-tune run")
+if chosen is None:
+    st.info("Fine-tune an adapter: the run records a hash of every base tensor before and after training.")
 else:
-    checks.append(("this session's model", state.session_lora(base)))
-for label, checked in checks:
-    try:
-        proof = base_weights_proof(state.store(), checked)
-    except ArtifactError as exc:
-        st.error(f"The checkpoint could not be read: {exc}")
-        continue
-    ok = all(p["identical"] for p in proof)
-    st.subheader((":material/check_circle: PASS: " if ok else ":material/cancel: FAIL: ") + label)
+    check = recorded_check(info.record.metrics, base.model)
+    st.write(
+        f"While adapter `{chosen}` was fine-tuned, the run hashed (sha256) every base tensor before its first "
+        "step and after its last one. Both must be equal, and equal to the base model loaded now."
+    )
+    if check.status == "not recorded":
+        st.info(check.summary)
+    else:
+        (st.success if check.passed else st.error)(check.summary)
+        st.dataframe(pd.DataFrame(check.rows(digits=16)), hide_index=True, width="stretch")
+
+st.subheader("Live check, with a control")
+st.write(
+    "Runs 20 real LoRA training steps (the same code as fine-tuning) on a throwaway adapter over a copy of "
+    "the loaded base model and compares every base tensor bit for bit. The control runs the same 20 steps, "
+    "same batches, with W trainable: there W must change, or the check shows nothing."
+)
+if st.button("Run the live check", key="run_live_check"):
+    with st.spinner("Training a throwaway adapter and the control..."):
+        result = live_check(base.model, state.data())
+    st.session_state[LIVE_KEY] = {"sha": base.fingerprint, "result": result}
+live = st.session_state.get(LIVE_KEY)
+if live is not None and live["sha"] == base.fingerprint:
+    result = live["result"]
+    control = {c.key: c for c in result.control}
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "base tensor": p["tensor"],
-                    "max |now − saved|": p["max_abs_diff"],
-                    "bit-identical": "yes" if p["identical"] else "NO",
+                    "base tensor": d.key,
+                    "LoRA run: max |after − before|": d.max_abs_diff,
+                    "LoRA run: bit-identical": "yes" if d.identical else "NO",
+                    "control: max |after − before|": control[d.key].max_abs_diff,
+                    "control: changed": "no" if control[d.key].identical else "yes",
                 }
-                for p in proof
+                for d in result.lora
             ]
         ),
         hide_index=True,
         width="stretch",
     )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "layer": n.layer,
+                    "‖A‖ before": n.a_before,
+                    "‖A‖ after": n.a_after,
+                    "‖B‖ before": n.b_before,
+                    "‖B‖ after": n.b_after,
+                    "A and B changed": "yes" if n.a_changed and n.b_changed else "NO",
+                }
+                for n in result.adapter
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    seconds = result.seconds
+    st.caption(
+        f"{result.steps} steps of batch {result.batch_size}, lr {result.lr:g}, rank {result.rank}, seed "
+        f"{result.seed}. Time: LoRA run {seconds['lora']:.2f} s, control {seconds['control']:.2f} s, "
+        f"{seconds['total']:.2f} s in all."
+    )
+    show = {PASS: st.success, FAIL: st.error}.get(result.verdict, st.warning)
+    show(result.summary)
 
 # --- what the adapter learned ----------------------------------------------------------------------------------------
 st.header("What the adapter learned")
@@ -142,22 +147,22 @@ layer = model.lora_layers()[layer_name]
 cache = st.session_state.setdefault("_svd_cache", {})
 key = (base.fingerprint, chosen, model.adapter_meta(chosen).get("created"), layer_name)
 if key not in cache:
-    with torch.no_grad():
-        delta = layer.delta_weight(chosen).detach().cpu()
-        w = layer.base_layer.weight.detach().cpu()
-        cache.clear()
-        cache[key] = (delta.numpy(), torch.linalg.svdvals(delta).numpy(), torch.linalg.svdvals(w).numpy())
-delta_np, update_sv, weight_sv = cache[key]
+    cache.clear()
+    cache[key] = update_statistics(layer_name, layer, chosen, weight_spectrum=True)
+stats = cache[key]
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(charts.update_heatmap(delta_np, f"Update scale·B·A of {layer_name}"), width="stretch")
+    st.plotly_chart(charts.update_heatmap(stats.delta.numpy(), f"Update scale·B·A of {layer_name}"), width="stretch")
 with right:
-    st.plotly_chart(charts.singular_values(update_sv, weight_sv, rank=config.r), width="stretch")
-numerical_rank = int((update_sv > update_sv.max() * 1e-5).sum()) if update_sv.size else 0
+    weight_sv = stats.weight_singular_values
+    assert weight_sv is not None
+    st.plotly_chart(
+        charts.singular_values(stats.singular_values.numpy(), weight_sv.numpy(), rank=config.r), width="stretch"
+    )
 st.caption(
-    f"{layer_name}: W is {layer.out_features} × {layer.in_features}; the update has {numerical_rank} singular "
-    f"values above 10⁻⁵ of the largest (rank r = {config.r}): a {config.r}-dimensional change to a "
-    f"{min(layer.out_features, layer.in_features)}-dimensional weight."
+    f"{layer_name}: W is {layer.out_features} × {layer.in_features}; the update has {stats.numerical_rank} singular "
+    f"values above 10⁻⁵ of the largest (rank r = {config.r}), Frobenius norm {stats.frobenius_norm:.4g}: a "
+    f"{config.r}-dimensional change to a {min(layer.out_features, layer.in_features)}-dimensional weight."
 )
 
 st.subheader("Files on disk")

@@ -122,28 +122,11 @@ else:
     model = MLP(*defaults.hidden)
     st.caption("Layers of the default architecture (nothing trained yet).")
 table = parameter_table(model)
-rows = [
-    {
-        "layer": r.layer,
-        "W shape": " × ".join(map(str, r.weight_shape)),
-        "W params": r.weight_count,
-        "b shape": " × ".join(map(str, r.bias_shape)),
-        "b params": r.bias_count,
-        "total": r.base_count,
-    }
-    for r in table.layers
-]
-rows.append(
-    {
-        "layer": "total",
-        "W shape": "",
-        "W params": sum(r.weight_count for r in table.layers),
-        "b shape": "",
-        "b params": sum(r.bias_count for r in table.layers),
-        "total": table.base_params,
-    }
-)
+summary = pd.DataFrame(table.rows(times=" × "))[["layer", "W", "W params", "b", "b params", "base params"]]
 st.dataframe(
-    pd.DataFrame(rows), hide_index=True, width="stretch", column_config=ui.counts("W params", "b params", "total")
+    summary.rename(columns={"W": "W shape", "b": "b shape", "base params": "total"}),
+    hide_index=True,
+    width="stretch",
+    column_config=ui.counts("W params", "b params", "total"),
 )
 st.caption(f"{table.base_params:,} parameters in all; ReLU between the layers, raw logits out.")

@@ -5,6 +5,7 @@
     python -m lora_core evaluate              # the newest saved adapter beside the base (--adapter, --base-only)
     python -m lora_core finetune --digit 9 --rank 8 --replay 0.5 --name my-adapter
     python -m lora_core inspect --adapter digit-9
+    python -m lora_core prove --steps 20        # live check: LoRA steps leave W bit-identical, a control moves it
     python -m lora_core predict my-digits/    # every PNG/JPEG in the folder
 
 Every command takes --json PATH. A mistake prints one line, `error: <option>: <what is wrong>`, and exits

@@ -8,11 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError, LoraCoreError
+from ..fileio import atomic_write_json
 from ..numbers import pct
 from ..train import FinetuneConfig, TrainConfig
 from .parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, usage_error
-from .render import ProgressBar, _param_table, _proof_table, digit_table, say, study_report, table, warn
+from .render import (
+    ProgressBar,
+    _live_check_tables,
+    _param_table,
+    _recorded_table,
+    digit_table,
+    say,
+    study_report,
+    table,
+    warn,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -211,10 +222,9 @@ def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
 
 
 def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    import torch
-
-    from ..params import parameter_table
-    from ..study import base_weights_proof, load_base_for_lora
+    from ..params import adapter_update_statistics, parameter_table
+    from ..proof import recorded_check
+    from ..study import load_base_for_lora
 
     store = _store(args)
     base, lora_model = load_base_for_lora(store, args.device)
@@ -233,36 +243,56 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     say(_param_table(params))
     result: dict[str, Any] = {"artifacts": str(store.root), "parameters": params, "base": meta}
     if args.adapter and config is not None:
-        proof = base_weights_proof(store, lora_model)
-        updates = {}
-        for layer_name, layer in lora_model.lora_layers().items():
-            if args.adapter in layer.lora_A:
-                delta = layer.delta_weight(args.adapter).detach()
-                updates[layer_name] = {
-                    "frobenius_norm": float(delta.norm()),
-                    "rank": int(torch.linalg.matrix_rank(delta)),
-                }
+        stats = adapter_update_statistics(lora_model, args.adapter)
+        updates = {name: s.to_dict(top=config.r) for name, s in stats.items()}
         say(
             f"\nAdapter {args.adapter!r}: r={config.r}, alpha={config.alpha:g}, scale={config.scale:g}, "
             f"targets {', '.join(config.target_modules)}"
         )
         say(
             table(
-                ["layer", "|scale * B A|_F", "rank of update"],
-                [[k, v["frobenius_norm"], v["rank"]] for k, v in updates.items()],
+                ["layer", "|scale * B A|_F", "rank of update", "largest singular value"],
+                [
+                    [k, v["frobenius_norm"], v["rank"], max(v["singular_values"], default=0.0)]
+                    for k, v in updates.items()
+                ],
             )
         )
-        say("\nBase weights against the checkpoint saved before fine-tuning:")
-        say(_proof_table(proof))
+        check = recorded_check(record.metrics, lora_model)
+        say("")
+        say(_recorded_table(check))
         result.update(
             {
                 "adapter": args.adapter,
                 "adapter_config": config.to_dict(),
                 "updates": updates,
-                "weights_proof": proof,
-                "base_weights_unchanged": all(p["identical"] for p in proof),
+                "recorded_check": check.to_dict(),
             }
         )
+    return result
+
+
+class CheckFailed(LoraCoreError):
+    """`prove` ran and its verdict is not PASS (the tables are printed): exit status 1."""
+
+
+def cmd_prove(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..proof import live_check
+    from ..study import load_base_for_lora
+
+    store = _store(args)
+    base, _ = load_base_for_lora(store, args.device)
+    data = _data(args)
+    say(f"Live check on the base model in {store.base_dir} (sha256 {base.fingerprint[:12]})")
+    started = time.perf_counter()
+    check = live_check(base.model, data, steps=args.steps)
+    result = {"artifacts": str(store.root), "base_sha256": base.fingerprint, **check.to_dict()}
+    result["seconds"]["wall"] = time.perf_counter() - started
+    say(_live_check_tables(result))
+    if not check.passed:
+        if args.json is not None:  # main writes the JSON of successful commands only
+            atomic_write_json(args.json, result)
+        raise CheckFailed(f"the live check's verdict is {check.verdict}, not PASS (see above)")
     return result
 
 

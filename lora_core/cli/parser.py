@@ -226,9 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="ft_seed", type=_int_arg, default=d.seed)
     p.set_defaults(handler=commands.cmd_finetune, flags=FINETUNE_FLAGS)
 
-    p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, unchanged-weights proof")
+    p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, recorded base-tensor hashes")
     _adapter_choice(p, "inspect")
     p.set_defaults(handler=commands.cmd_inspect, flags={})
+
+    p = sub.add_parser(
+        "prove",
+        parents=[common],
+        help="live check: N LoRA steps leave every base tensor bit-identical; the same steps of full "
+        "fine-tuning (the control) change them",
+    )
+    p.add_argument("--steps", type=_int_arg, default=20, help="training steps of each run (default: 20)")
+    p.set_defaults(handler=commands.cmd_prove, flags={"steps": ("--steps",)})
 
     p = sub.add_parser("predict", parents=[common], help="read digit pictures (PNG, JPEG) with base and adapter")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture files, or folders of pictures")

@@ -79,46 +79,74 @@ def digit_table(before: dict[str, Any], after: dict[str, Any] | None = None) -> 
 
 
 def _param_table(params: dict[str, Any]) -> str:
-    rows = [
-        [
-            r["layer"],
-            "x".join(map(str, r["W_shape"])),
-            r["W_params"],
-            "x".join(map(str, r["b_shape"])),
-            r["b_params"],
-            "x".join(map(str, r["A_shape"])) if r["A_shape"] else "-",
-            r["A_params"],
-            "x".join(map(str, r["B_shape"])) if r["B_shape"] else "-",
-            r["B_params"],
-        ]
-        for r in params["layers"]
-    ]
-    rows.append(
-        [
-            "total",
-            "",
-            sum(r["W_params"] for r in params["layers"]),
-            "",
-            sum(r["b_params"] for r in params["layers"]),
-            "",
-            sum(r["A_params"] for r in params["layers"]),
-            "",
-            sum(r["B_params"] for r in params["layers"]),
-        ]
-    )
-    text = table(["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"], rows)
+    from ..params import ParameterTable
+
+    columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
+    parameters = ParameterTable.from_dict(params)
+    text = table(columns, [[row[c] for c in columns] for row in parameters.rows()])
     return (
-        f"{text}\nbase parameters {params['base_params']:,}; LoRA adds {params['lora_params']:,} "
-        f"({params['lora_percent']:.3f}% of the base)"
+        f"{text}\nbase parameters {parameters.base_params:,}; LoRA adds {parameters.lora_params:,} "
+        f"({parameters.lora_percent:.3f}% of the base)"
     )
+
+
+def _diff_cell(value: float) -> str:
+    return f"{value:.1e}" if value else "0"
 
 
 def _proof_table(proof: list[dict[str, Any]]) -> str:
-    rows = [
-        [p["tensor"], f"{p['max_abs_diff']:.1e}" if p["max_abs_diff"] else "0", "yes" if p["identical"] else "NO"]
-        for p in proof
-    ]
+    """A trained model's base tensors against the checkpoint (run_study's comparison)."""
+    rows = [[p["tensor"], _diff_cell(p["max_abs_diff"]), "yes" if p["identical"] else "NO"] for p in proof]
     return table(["base tensor", "max |now - saved|", "bit-identical"], rows)
+
+
+def _recorded_table(check: Any) -> str:
+    """An adapter's recorded base-tensor hashes (a lora_core.proof.RecordedCheck)."""
+    if check.status == "not recorded":
+        return f"Base-tensor hashes: {check.source} (nothing to check; fine-tune the adapter again)."
+    rows = check.rows()
+    text = table(list(rows[0]), [list(row.values()) for row in rows])
+    return f"Base-tensor hashes {check.source}:\n{text}\nBase weights: {check.status.upper()}"
+
+
+def _live_check_tables(check: dict[str, Any]) -> str:
+    """lora_core.proof.LiveCheck.to_dict as tables and a verdict line."""
+    control = {c["tensor"]: c for c in check["control_run"]}
+    rows = [
+        [
+            r["tensor"],
+            _diff_cell(r["max_abs_diff"]),
+            "yes" if r["identical"] else "NO",
+            _diff_cell(control[r["tensor"]]["max_abs_diff"]),
+            "yes" if control[r["tensor"]]["changed"] else "NO",
+        ]
+        for r in check["lora_run"]
+    ]
+    base = table(
+        ["base tensor", "LoRA: max |diff|", "LoRA: identical", "control: max |diff|", "control: changed"], rows
+    )
+    norms = table(
+        ["layer", "|A| before", "|A| after", "|B| before", "|B| after", "A, B changed"],
+        [
+            [
+                n["layer"],
+                n["a_before"],
+                n["a_after"],
+                n["b_before"],
+                n["b_after"],
+                "yes" if n["a_changed"] and n["b_changed"] else "NO",
+            ]
+            for n in check["adapter"]
+        ],
+    )
+    seconds = check["seconds"]
+    return (
+        f"{check['steps']} steps of batch {check['batch_size']} (lr {check['lr']:g}, rank {check['rank']}, "
+        f"seed {check['seed']}) on copies of the base model; control: the same steps with W trainable.\n"
+        f"{base}\n\nThe throwaway adapter (Frobenius norms; B starts at 0):\n{norms}\n"
+        f"Time: LoRA run {seconds['lora']:.2f} s, control {seconds['control']:.2f} s, "
+        f"{seconds['total']:.2f} s in all\n{check['summary']}"
+    )
 
 
 def study_report(result: dict[str, Any], root: str) -> None:

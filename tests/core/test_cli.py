@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,25 +152,27 @@ def test_evaluate_with_adapter_writes_json(cli_runs, trained_artifacts):
     assert f"{100 * adapted_acc:.2f}%" in result.stdout
 
 
-def test_inspect_prints_the_unchanged_weights_proof(cli_runs):
+def test_inspect_prints_the_recorded_base_tensor_hashes(cli_runs):
     result = cli_runs["results"]["inspect"]
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "bit-identical" in out
-    proof_lines = [line for line in out.splitlines() if line.strip().startswith(("linear1.", "linear2.", "linear3."))]
-    assert len(proof_lines) == 6, out
-    assert all(line.rstrip().endswith("yes") for line in proof_lines), out
-    assert " NO" not in out
+    assert "recorded by the fine-tune run on" in out and "Base weights: UNCHANGED" in out
+    hash_lines = [line for line in out.splitlines() if line.strip().startswith(("linear1.", "linear2.", "linear3."))]
+    assert len(hash_lines) == 6, out
+    assert all(re.search(r" unchanged +yes$", line.rstrip()) for line in hash_lines), out
+    assert " CHANGED" not in out and " NO" not in out
     assert "2,807,010" in out
     data = json.loads((cli_runs["out"] / "inspect.json").read_text())
-    assert data["base_weights_unchanged"] is True
-    assert len(data["weights_proof"]) == 6
-    assert all(p["identical"] and p["max_abs_diff"] == 0 for p in data["weights_proof"])
+    check = data["recorded_check"]
+    assert check["status"] == "unchanged" and check["passed"] is True and len(check["tensors"]) == 6
+    assert all(t["before"] == t["after"] == t["loaded"] and len(t["before"]) == 64 for t in check["tensors"])
     assert data["parameters"]["base_params"] == 2_807_010
     assert data["parameters"]["lora_params"] == 4 * 6794
     assert data["adapter_config"]["r"] == 4
     assert set(data["updates"]) == {"linear1", "linear2", "linear3"}
-    assert all(1 <= u["rank"] <= 4 and u["frobenius_norm"] > 0 for u in data["updates"].values())
+    for update in data["updates"].values():
+        assert 1 <= update["rank"] <= 4 and update["frobenius_norm"] > 0
+        assert len(update["singular_values"]) == 4 and update["singular_values"][0] > 0
 
 
 def test_cli_runs_wrote_nothing_into_the_artifacts(cli_runs, trained_artifacts):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from core_helpers import random_mlp
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import MLP, count_parameters
-from lora_core.params import count_mlp_params, parameter_table
+from lora_core.params import ParameterTable, adapter_update_statistics, parameter_table
 
 BASE_PARAMS = 2_807_010
 # r * (in + out) per layer, summed: 784 + 1000, 1000 + 2000, 2000 + 10
@@ -18,7 +19,7 @@ LAYER_SIZES = {"linear1": (784, 1000), "linear2": (1000, 2000), "linear3": (2000
 def test_mlp_has_exactly_2807010_parameters():
     model = MLP()
     assert sum(p.numel() for p in model.parameters()) == BASE_PARAMS
-    assert count_mlp_params(model) == BASE_PARAMS
+    assert parameter_table(model).base_params == BASE_PARAMS
     assert count_parameters() == BASE_PARAMS
     assert count_parameters((1000, 2000)) == BASE_PARAMS
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
@@ -99,3 +100,32 @@ def test_table_without_config_has_no_lora_and_works_on_a_lora_model():
     # the table agrees with the tensors the adapter really has
     added = sum(p.numel() for n, p in lora_model.named_parameters() if ".lora_" in n)
     assert added == table.lora_params
+
+
+def test_table_rows_end_with_totals_and_survive_json():
+    config = LoraConfig(r=2, target_modules=("linear1", "linear3"))
+    table = parameter_table(MLP(), config)
+    rows = table.rows(times="x", none="-")
+    assert [r["layer"] for r in rows] == ["linear1", "linear2", "linear3", "total"]
+    assert rows[0]["W"] == "1000x784" and rows[0]["A"] == "2x784" and rows[1]["A"] == "-"
+    total = rows[-1]
+    assert total["W params"] + total["b params"] == total["base params"] == BASE_PARAMS
+    assert total["A params"] + total["B params"] == table.lora_params == 2 * ((784 + 1000) + (2000 + 10))
+    assert ParameterTable.from_dict(table.to_dict()).rows() == rows
+
+
+def test_update_statistics_of_a_known_rank_two_update():
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("u", LoraConfig(r=2, alpha=2, target_modules=("linear3",)))
+    layer = lora_model.lora_layers()["linear3"]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.lora_B["u"].weight.copy_(torch.randn(10, 2, generator=gen))
+    stats = adapter_update_statistics(lora_model, "u")["linear3"]
+    delta = layer.delta_weight("u").detach()
+    assert stats.numerical_rank == 2 == int(torch.linalg.matrix_rank(delta))
+    assert stats.frobenius_norm == pytest.approx(float(delta.norm()), rel=1e-5)
+    assert stats.to_dict(top=2)["singular_values"] == pytest.approx(torch.linalg.svdvals(delta)[:2].tolist())
+    with torch.no_grad():
+        layer.lora_B["u"].weight.zero_()
+    assert adapter_update_statistics(lora_model, "u")["linear3"].numerical_rank == 0

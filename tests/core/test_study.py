@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def test_full_study_end_to_end(full_study):
     assert data["base_weights_unchanged"] is True
     assert data["disabled_adapter_equals_base"] is True
     assert all(p["identical"] for p in data["weights_proof"]) and len(data["weights_proof"]) == 6
+    recorded = data["recorded_check"]  # the hashes the fine-tune run recorded, against the checkpoint
+    assert recorded["status"] == "unchanged" and recorded["passed"] is True and len(recorded["tensors"]) == 6
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["base_tensors"]["before"] == metrics["base_tensors"]["after"]
     for phase in ("train", "evaluate_base", "finetune", "verify", "total"):
         assert data["seconds"][phase] >= 0, phase
     assert data["seconds"]["train"] > 0

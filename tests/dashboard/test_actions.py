@@ -69,9 +69,10 @@ def test_finetune_button_saves_and_activates_an_adapter(trained_dir: Path) -> No
     assert at.session_state["active_adapter"] == "tiny"
     assert_clean(at)
     assert "Trainable parameters" in [m.label for m in at.metric]
-    # the fine-tuned model's base weights are proven unchanged on the Parameters page
+    # the hashes that run recorded show its base weights unchanged on the Parameters page
     visit(at, "parameters")
-    assert any("model fine-tuned in this session" in str(s.value) and "PASS" in str(s.value) for s in at.subheader)
+    assert at.selectbox(key="params_adapter").value == "tiny"
+    assert any("Base weights unchanged" in str(s.value) and "fine-tune run" in str(s.value) for s in at.success)
 
 
 def test_finetune_refuses_an_existing_name_and_limits_rank_for_linear3(trained_dir: Path) -> None:
@@ -137,7 +138,11 @@ def test_run_the_whole_study_from_home(fresh_dir: Path) -> None:
     assert_clean(at)
     labels = [m.label for m in at.metric]
     assert "Base accuracy" in labels and "Parameters added by LoRA" in labels
-    assert any("Base weights unchanged" in str(s.value) for s in at.success)
+    assert any(
+        "Base weights unchanged" in str(s.value) and "study's own comparison" in str(s.value) for s in at.success
+    )
+    per_tensor = next(df.value for df in at.dataframe if "bit-identical" in df.value.columns)
+    assert len(per_tensor) == 6 and per_tensor["bit-identical"].all()
     # the study's adapter is the one saved, and this session switched to it (the sidebar marks it active)
     name = job.result["adapter"]["name"]
     assert ArtifactStore(fresh_dir).adapter_names() == [name]

@@ -1,0 +1,348 @@
+"""Checks that LoRA fine-tuning leaves the base weights alone, made so that they can fail.
+
+Two kinds:
+- Recorded: a fine-tune run hashes every base tensor (sha256 of its bytes) before its first step and
+  after its last one and stores both in the adapter's metrics.json. `recorded_check` reads them back
+  and ties them to the base model in use: per tensor, before == after and before == the loaded tensor.
+- Live: `live_check` runs N real LoRA steps through `lora_core.train.finetune` on a throwaway adapter
+  over a copy of the base, and compares every base tensor bit for bit. As the control, the same N
+  steps (same batches, same seed, same loop) train the base tensors of another copy: W must move
+  there, or the check shows nothing and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import MnistData
+from .lora import LoraModel
+from .model import MLP
+from .params import WeightCheck, weights_unchanged
+from .storage import now_iso
+from .train import FinetuneConfig, finetune
+
+RECORDED_BY = "fine-tune run"
+
+
+# --- hashes -----------------------------------------------------------------------------------------------
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes as float32 on the CPU (what the safetensors checkpoint holds)."""
+    array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+
+
+def base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base MLP's tensors under their own keys, whether `model` is an MLP or a LoraModel."""
+    if isinstance(model, LoraModel):
+        return model.base_state_dict()
+    return dict(model.state_dict())
+
+
+def base_tensor_hashes(model: nn.Module) -> dict[str, str]:
+    return {key: tensor_sha256(t) for key, t in base_tensors(model).items()}
+
+
+def base_tensor_record(before: dict[str, str], after: dict[str, str]) -> dict[str, Any]:
+    """What a fine-tune run stores in metrics.json under "base_tensors"."""
+    return {"recorded_by": RECORDED_BY, "recorded": now_iso(), "before": before, "after": after}
+
+
+@dataclass
+class RecordedTensor:
+    tensor: str
+    before: str | None  # sha256 before the first fine-tuning step
+    after: str | None  # sha256 after the last one
+    loaded: str | None  # sha256 of this tensor in the base model in use
+
+    @property
+    def unchanged(self) -> bool:
+        return self.before is not None and self.before == self.after
+
+    @property
+    def matches_loaded(self) -> bool:
+        return self.before is not None and self.before == self.loaded
+
+
+@dataclass
+class RecordedCheck:
+    """The recorded hashes of one adapter, checked against the base model in use."""
+
+    status: str  # "unchanged", "changed", "different base" or "not recorded"
+    recorded_by: str | None = None
+    recorded: str | None = None  # ISO time of the after-hash
+    tensors: list[RecordedTensor] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "unchanged"
+
+    @property
+    def source(self) -> str:
+        if self.status == "not recorded":
+            return "not recorded: this adapter was saved before fine-tune runs recorded base-tensor hashes"
+        return f"recorded by the {self.recorded_by} on {_readable_time(self.recorded)}"
+
+    @property
+    def summary(self) -> str:
+        n = len(self.tensors)
+        if self.status == "unchanged":
+            return (
+                f"Base weights unchanged: all {n} base tensors hash the same before and after fine-tuning, "
+                f"and match the base model in use ({self.source})."
+            )
+        if self.status == "changed":
+            changed = ", ".join(t.tensor for t in self.tensors if not t.unchanged)
+            return f"Base weights CHANGED during fine-tuning: {changed} ({self.source})."
+        if self.status == "different base":
+            other = ", ".join(t.tensor for t in self.tensors if not t.matches_loaded)
+            return (
+                f"The recorded hashes do not match the base model in use ({other}): the adapter was fine-tuned "
+                f"on other weights ({self.source})."
+            )
+        return f"Base-tensor hashes {self.source}; fine-tune the adapter again to record them."
+
+    def rows(self, digits: int = 12) -> list[dict[str, str]]:
+        """Per tensor, for tables: the first `digits` hex digits of each hash and the two verdicts."""
+        return [
+            {
+                "base tensor": t.tensor,
+                "sha256 before": (t.before or "-")[:digits],
+                "sha256 after": (t.after or "-")[:digits],
+                "loaded base": (t.loaded or "-")[:digits],
+                "during fine-tuning": "unchanged" if t.unchanged else "CHANGED",
+                "matches the loaded base": "yes" if t.matches_loaded else "NO",
+            }
+            for t in self.tensors
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "passed": self.passed,
+            "source": self.source,
+            "recorded_by": self.recorded_by,
+            "recorded": self.recorded,
+            "tensors": [
+                {**asdict(t), "unchanged": t.unchanged, "matches_loaded": t.matches_loaded} for t in self.tensors
+            ],
+        }
+
+
+def recorded_check(metrics: dict[str, Any] | None, base_model: nn.Module) -> RecordedCheck:
+    """Read an adapter's recorded base-tensor hashes and check them against `base_model`'s tensors."""
+    record = (metrics or {}).get("base_tensors")
+    if not isinstance(record, dict) or not isinstance(record.get("before"), dict):
+        return RecordedCheck("not recorded")
+    before, after = record["before"], record.get("after") or {}
+    loaded = base_tensor_hashes(base_model)
+    keys = list(dict.fromkeys([*loaded, *before]))
+    rows = [RecordedTensor(k, before.get(k), after.get(k), loaded.get(k)) for k in keys]
+    if not all(r.unchanged for r in rows):
+        status = "changed"
+    elif not all(r.matches_loaded for r in rows):
+        status = "different base"
+    else:
+        status = "unchanged"
+    return RecordedCheck(status, str(record.get("recorded_by") or "unknown"), record.get("recorded"), rows)
+
+
+def _readable_time(iso: str | None) -> str:
+    if not iso:
+        return "an unknown date"
+    return iso.replace("T", " ").replace("+00:00", " UTC")
+
+
+# --- the live check ---------------------------------------------------------------------------------------
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+LIVE_ADAPTER = "live-check"
+
+
+@dataclass
+class AdapterNorms:
+    layer: str
+    a_before: float
+    a_after: float
+    b_before: float
+    b_after: float
+    a_changed: bool
+    b_changed: bool
+
+
+@dataclass
+class LiveCheck:
+    """The outcome of `live_check`: what the LoRA run and the control did to the base tensors."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    rank: int
+    seed: int
+    lora: list[WeightCheck]  # base tensors after the LoRA steps against the snapshot
+    control: list[WeightCheck]  # base tensors after the same steps of full fine-tuning
+    adapter: list[AdapterNorms]
+    seconds: dict[str, float]
+
+    @property
+    def base_identical(self) -> bool:
+        return bool(self.lora) and all(d.identical for d in self.lora)
+
+    @property
+    def adapter_changed(self) -> bool:
+        return bool(self.adapter) and all(n.a_changed and n.b_changed for n in self.adapter)
+
+    @property
+    def control_changed(self) -> bool:
+        return bool(self.control) and all(not d.identical and d.max_abs_diff > 0 for d in self.control)
+
+    @property
+    def verdict(self) -> str:
+        if not self.base_identical:
+            return FAIL
+        return PASS if self.adapter_changed and self.control_changed else INCONCLUSIVE
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    @property
+    def summary(self) -> str:
+        steps = f"{self.steps} steps of batch {self.batch_size}"
+        if self.verdict == FAIL:
+            moved = ", ".join(d.key for d in self.lora if not d.identical)
+            return f"FAIL: LoRA training changed base tensors ({moved}) in {steps}."
+        if self.verdict == INCONCLUSIVE:
+            why = []
+            if not self.adapter_changed:
+                why.append("the adapter's A and B did not change")
+            if not self.control_changed:
+                why.append("full fine-tuning (the control) did not change every base tensor")
+            return f"INCONCLUSIVE: {' and '.join(why)}, so the unchanged base shows nothing ({steps})."
+        return (
+            f"PASS: after {steps}, every base tensor is bit-identical while the adapter's A and B changed; "
+            f"the same steps as full fine-tuning changed every base tensor."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "summary": self.summary,
+            "base_identical": self.base_identical,
+            "adapter_changed": self.adapter_changed,
+            "control_changed": self.control_changed,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "rank": self.rank,
+            "seed": self.seed,
+            "lora_run": [
+                {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "identical": d.identical} for d in self.lora
+            ],
+            "control_run": [
+                {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "changed": not d.identical} for d in self.control
+            ],
+            "adapter": [asdict(n) for n in self.adapter],
+            "seconds": self.seconds,
+        }
+
+
+class _FullFinetune(LoraModel):
+    """The control: the very same fine-tuning loop, but the optimizer gets the base tensors.
+
+    Only the choice of trainable tensors differs from a LoRA run (the adapter stays at B = 0), so the
+    control shows that this loop, these batches and this learning rate do move W when W is trainable.
+    """
+
+    def mark_only_lora_trainable(self, name: str) -> list[nn.Parameter]:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        base = [p for n, p in self.model.named_parameters() if ".lora_" not in n]
+        for p in base:
+            p.requires_grad_(True)
+        return base
+
+
+def _plain_copy(model: nn.Module) -> MLP:
+    """A fresh MLP holding copies of `model`'s base tensors (the caller's model is never touched)."""
+    inner = model.model if isinstance(model, LoraModel) else model
+    plain = MLP(*inner.hidden)
+    plain.load_state_dict({k: v.detach().clone() for k, v in base_tensors(model).items()})
+    return plain.to(next(inner.parameters()).device).eval()
+
+
+def _adapter_weights(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {
+        layer_name: (layer.lora_A[name].weight.detach().clone(), layer.lora_B[name].weight.detach().clone())
+        for layer_name, layer in lora_model.lora_layers().items()
+        if name in layer.lora_A
+    }
+
+
+def live_check(
+    base_model: nn.Module,
+    data: MnistData,
+    steps: int = 20,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    rank: int = 8,
+    seed: int = 0,
+) -> LiveCheck:
+    """Run `steps` real LoRA steps on a copy of the base and compare every base tensor bit for bit;
+    then the same steps as full fine-tuning on another copy (the control). See the module docstring."""
+    started = time.perf_counter()
+    config = FinetuneConfig(
+        digits=tuple(range(10)),  # plain batches from the whole training set
+        rank=rank,
+        alpha=2.0 * rank,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        replay=0.0,
+        seed=seed,
+    )
+    config.validate()
+    seconds: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):  # finetune seeds torch's global generator; keep the caller's
+        lora_model = LoraModel(_plain_copy(base_model))
+        snapshot = {k: v.detach().clone() for k, v in lora_model.base_state_dict().items()}
+        initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def before_first_step(module: nn.Module, args: Any) -> None:
+            if not initial:  # the first forward pass comes before the first optimizer step
+                initial.update(_adapter_weights(lora_model, LIVE_ADAPTER))
+
+        hook = lora_model.register_forward_pre_hook(before_first_step)
+        t = time.perf_counter()
+        try:
+            finetune(lora_model, LIVE_ADAPTER, data, config)
+        finally:
+            hook.remove()
+        seconds["lora"] = time.perf_counter() - t
+        lora_diffs = weights_unchanged(snapshot, lora_model.base_state_dict())
+        final = _adapter_weights(lora_model, LIVE_ADAPTER)
+        norms = [
+            AdapterNorms(
+                layer,
+                float(initial[layer][0].norm()),
+                float(a.norm()),
+                float(initial[layer][1].norm()),
+                float(b.norm()),
+                not torch.equal(initial[layer][0], a),
+                not torch.equal(initial[layer][1], b),
+            )
+            for layer, (a, b) in final.items()
+        ]
+
+        control_model = _FullFinetune(_plain_copy(base_model))
+        t = time.perf_counter()
+        finetune(control_model, LIVE_ADAPTER, data, config)
+        seconds["control"] = time.perf_counter() - t
+        control_diffs = weights_unchanged(snapshot, control_model.base_state_dict())
+    seconds["total"] = time.perf_counter() - started
+    return LiveCheck(steps, batch_size, lr, rank, seed, lora_diffs, control_diffs, norms, seconds)
