@@ -63,4 +63,4 @@ def test_cli_finetune_then_evaluate_and_inspect_a_dotted_name(artifacts, tmp_pat
         captured = capsys.readouterr()
         assert code == 0, captured.err
         assert json.loads(report.read_text())["adapter"] == name
-    assert json.loads((tmp_path / "inspect.json").read_text())["base_weights_unchanged"] is True
+    assert json.loads((tmp_path / "inspect.json").read_text())["recorded_check"]["status"] == "unchanged"

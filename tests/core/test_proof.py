@@ -28,7 +28,7 @@ def state(model: MLP) -> dict[str, torch.Tensor]:
 # --- the live check ---------------------------------------------------------------------------------------
 def test_live_check_passes_on_the_real_loop(small_base: MLP, small_mnist: MnistData) -> None:
     before = state(small_base)
-    rng = torch.get_rng_state()
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
     check = live_check(small_base, small_mnist)
     assert check.verdict == PASS and check.passed, check.summary
     assert [d.key for d in check.lora] == BASE_KEYS
@@ -42,7 +42,7 @@ def test_live_check_passes_on_the_real_loop(small_base: MLP, small_mnist: MnistD
     assert data["verdict"] == "PASS" and data["passed"] is True and len(data["control_run"]) == 6
     # the caller's model and random generator are left as they were
     assert all(torch.equal(before[k], v) for k, v in small_base.state_dict().items())
-    assert torch.equal(rng, torch.get_rng_state())
+    assert torch.equal(rng, torch.get_rng_state()) and torch.get_num_threads() == threads
 
 
 def test_live_check_fails_when_the_loop_also_trains_w(
