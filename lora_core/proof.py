@@ -13,6 +13,7 @@ Two kinds:
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -284,6 +285,9 @@ def _adapter_weights(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.
     }
 
 
+_THREADS_LOCK = threading.Lock()
+
+
 def live_check(
     base_model: nn.Module,
     data: MnistData,
@@ -301,13 +305,14 @@ def live_check(
     on 2 cores shared with other busy processes, batch-64 steps measured 1.3 s on one thread against
     6-11 s on two (threads waiting for each other); on an idle machine two took 0.45 s.
     """
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _live_check(base_model, data, steps, batch_size, lr, rank, seed)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with _THREADS_LOCK:  # the thread count is per process: two checks at once must not restore each other's
+        previous_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return _live_check(base_model, data, steps, batch_size, lr, rank, seed)
+        finally:
+            torch.set_num_threads(previous_threads)
 
 
 def _live_check(
