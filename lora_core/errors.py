@@ -36,6 +36,14 @@ class StaleAdapterError(ArtifactError):
     """An adapter was trained on a different base model than the one saved now."""
 
 
+class ArtifactsBusy(ArtifactError):
+    """Another run holds the artifacts folder's writer lock; `holder` says which run and since when."""
+
+    def __init__(self, message: str, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
 class TrainingDiverged(LoraCoreError):
     """The loss became NaN or infinite; nothing was saved."""
 

@@ -1,12 +1,20 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+Writers swap whole folders in (replace_dir) and repair an interrupted swap (recover_dir); both run only
+under the artifacts folder's writer lock (storage.ArtifactStore.writing). Readers never rename, delete or
+create anything: read_dir_files reads a folder consistently while a writer may be swapping it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +102,82 @@ def recover_dir(final: Path) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
         except OSError:
             continue
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """One file as read: its bytes (None if it is not there) and what identifies that version on disk."""
+
+    data: bytes | None
+    identity: tuple[int, int, int, int] | None  # device, inode, mtime_ns, size
+
+
+class FileTooLarge(Exception):
+    """A file is larger than the reader allows (raised by read_dir_files, before reading it)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        super().__init__(f"{path} is {size} bytes")
+        self.path = path
+        self.size = size
+
+
+class FolderKeptChanging(Exception):
+    """read_dir_files could not get one consistent version of a folder."""
+
+
+def current_dir(final: Path) -> Path | None:
+    """The folder that holds `final`'s complete content right now, without changing anything: `final`,
+    or its backup while a swap is in progress (or was interrupted and not yet repaired by a writer)."""
+    if final.is_dir():
+        return final
+    backup = _backup_path(final)
+    return backup if backup.is_dir() else None
+
+
+def read_dir_files(
+    final: Path, names: Sequence[str], max_bytes: int, attempts: int = 50
+) -> tuple[Path, dict[str, FileRead]] | None:
+    """Read files of folder `final` as one consistent version, read-only; None if there is no such folder.
+
+    A writer may swap the folder at any moment (two renames, then the backup is deleted). A read counts
+    only if the folder read is the same one before and after (same inode), and, when it was the backup,
+    the swap has not completed meanwhile (then the backup is being deleted). Otherwise it is read again.
+    """
+    backup = _backup_path(final)
+    for attempt in range(attempts):
+        folder = current_dir(final)
+        if folder is None:
+            if backup.exists() or final.exists():
+                continue  # mid-swap between the two checks
+            return None
+        try:
+            before = os.stat(folder)
+            files = {name: _read_file(folder / name, max_bytes) for name in names}
+            after = os.stat(folder)
+        except FileNotFoundError:
+            time.sleep(0.002 * attempt)
+            continue
+        if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino) or (folder == backup and final.is_dir()):
+            time.sleep(0.002 * attempt)
+            continue
+        return folder, files
+    raise FolderKeptChanging(f"{final} kept changing while it was being read")
+
+
+def _read_file(path: Path, max_bytes: int) -> FileRead:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise  # the folder itself went away: read it again
+        return FileRead(None, None)
+    except (IsADirectoryError, NotADirectoryError):
+        return FileRead(None, None)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            return FileRead(None, None)
+        if info.st_size > max_bytes:
+            raise FileTooLarge(path, info.st_size)
+        data = fh.read()
+    return FileRead(data, (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size))

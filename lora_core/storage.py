@@ -7,26 +7,54 @@
     <artifacts>/adapters/<name>/metrics.json                before/after evaluation, base fingerprint
 
 Every file is written to a staging folder and swapped in whole (see fileio.replace_dir).
+
+Writers and readers:
+- Every write (save, rename, delete) runs under the folder's writer lock, `ArtifactStore.writing()`:
+  fcntl.flock on the artifacts folder itself, so the CLI, `make study` and the dashboard's worker
+  processes exclude each other, and the lock goes with the process if it dies. `<artifacts>/.lock`
+  says who holds it (removed on release). A second writer waits LOCK_WAIT_S, then gets ArtifactsBusy
+  naming the holder and since when. The workflows in lora_core.study hold it for their whole run.
+- Only a writer repairs what a killed writer left (an interrupted swap, staging folders), right after
+  taking the lock. Readers never rename, delete or create anything: they read a folder's backup while
+  a swap is in progress and re-read when the folder changed under them (fileio.read_dir_files).
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import ArtifactError, ConfigError, StaleAdapterError
-from .fileio import atomic_write_bytes, atomic_write_json, new_staging_dir, recover_dir, replace_dir
+from .errors import ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
+from .fileio import (
+    FileRead,
+    FileTooLarge,
+    FolderKeptChanging,
+    atomic_write_bytes,
+    atomic_write_json,
+    current_dir,
+    new_staging_dir,
+    read_dir_files,
+    recover_dir,
+    replace_dir,
+)
 from .lora import LoraConfig, LoraModel, validate_adapter_name
 from .model import IN_FEATURES, LAYER_NAMES, MLP, NUM_CLASSES
 from .paths import default_artifacts_dir
@@ -37,6 +65,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_METRICS = "metrics.json"
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_HIDDEN = 16_384  # the largest hidden size TrainConfig accepts
+BASE_WEIGHTS = "model.safetensors"
+BASE_META = "model.json"
+LOCK_INFO = ".lock"
+LOCK_WAIT_S = 2.0  # a second writer waits this long (covers a status probe or a short save), then is refused
 
 
 def now_iso() -> str:
@@ -73,8 +105,47 @@ class AdapterRecord:
         return (self.metrics or {}).get("base_sha256")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_held = threading.local()  # per thread: {artifacts folder: depth} of the writer locks it holds
+_verified_weights: set[tuple[Any, ...]] = set()  # base weight files whose sha256 was checked, by identity
+_verified_lock = threading.Lock()
+
+
+def _held_locks() -> dict[str, int]:
+    if not hasattr(_held, "locks"):
+        _held.locks = {}
+    return _held.locks
+
+
+def writes(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator for a workflow whose first argument is an ArtifactStore: run it all under the writer lock."""
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            store = args[0]
+            assert isinstance(store, ArtifactStore)
+            with store.writing(what):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """'training the base model (process 123, since 2026-11-29 10:42:03 UTC)' from a lock's holder info."""
+    since = str(holder.get("since") or "")
+    try:
+        since = datetime.fromisoformat(since).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        since = since or "an unknown time"
+    return f"{holder.get('what') or 'another run'} (process {holder.get('pid', '?')}, since {since})"
+
+
 class ArtifactStore:
-    """All saved work under one root folder; safe for several readers and writers in turn."""
+    """All saved work under one root folder: one writer at a time (see `writing`), any number of readers."""
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_artifacts_dir()
@@ -91,11 +162,118 @@ class ArtifactStore:
         validate_adapter_name(name)
         return self.adapters_dir / name
 
+    # --- the writer lock ---------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+        """Hold this folder's writer lock; reentrant within one thread (the outer `what` is reported).
+
+        Raises ArtifactsBusy after `wait_s` seconds if another process or thread holds it.
+        """
+        key = str(self.root.resolve())
+        held = _held_locks()
+        if key in held:
+            held[key] += 1
+            try:
+                yield
+            finally:
+                held[key] -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = self.writer() or {}
+                        raise ArtifactsBusy(
+                            f"the artifacts folder {self.root} is busy: {describe_holder(holder)}; "
+                            "try again when it has finished (or stop it)",
+                            holder,
+                        ) from None
+                    time.sleep(0.05)
+            held[key] = 1
+            try:
+                # informational only (the flock is the lock), so a plain write: readers tolerate a partial one
+                info = json.dumps({"what": what, "pid": os.getpid(), "since": now_iso()})
+                (self.root / LOCK_INFO).write_text(info + "\n")
+                self._recover()
+                yield
+            finally:
+                del held[key]
+                (self.root / LOCK_INFO).unlink(missing_ok=True)  # before the lock goes: the next holder writes its own
+        finally:
+            os.close(fd)  # releases the flock
+
+    def writer(self) -> dict[str, Any] | None:
+        """Who holds the writer lock now ({"what", "pid", "since"}), or None. Reads only."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    info = json.loads((self.root / LOCK_INFO).read_text())
+                except (OSError, ValueError):
+                    info = None
+                return info if isinstance(info, dict) else {"what": "another run"}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def recover(self) -> None:
+        """Take the writer lock once, which repairs what a killed writer left behind."""
+        with self.writing("repairing the artifacts folder"):
+            pass
+
+    def _recover(self) -> None:
+        """Under the lock: finish or undo interrupted folder swaps, drop a killed writer's leftovers."""
+        recover_dir(self.base_dir)
+        if not self.adapters_dir.is_dir():
+            return
+        names = set()
+        for entry in self.adapters_dir.iterdir():
+            n = entry.name
+            if not n.startswith("."):
+                names.add(n)
+            elif n.endswith(".previous"):
+                names.add(n[1 : -len(".previous")])
+            elif ".staging-" in n:
+                names.add(n[1 : n.index(".staging-")])
+            elif ".deleted-" in n:
+                shutil.rmtree(entry, ignore_errors=True)
+        for n in names:
+            recover_dir(self.adapters_dir / n)
+
+    # --- reading -------------------------------------------------------------------------------------
+    def _read(self, final: Path, names: tuple[str, ...]) -> tuple[Path, dict[str, FileRead]] | None:
+        try:
+            return read_dir_files(final, names, MAX_FILE_BYTES)
+        except FileTooLarge as exc:
+            raise ArtifactError(
+                f"{exc.path} is {exc.size / 2**20:.0f} MiB, larger than any model of this study"
+            ) from None
+        except FolderKeptChanging as exc:
+            raise ArtifactError(f"{exc}; try again") from None
+        except OSError as exc:
+            raise ArtifactError(f"{final} cannot be read ({exc})") from exc
+
     # --- base model ----------------------------------------------------------------------------
     def has_base(self) -> bool:
-        recover_dir(self.base_dir)
-        return (self.base_dir / "model.json").is_file() and (self.base_dir / "model.safetensors").is_file()
+        for _ in range(3):  # a swap between two checks can hide both folders for an instant
+            folder = current_dir(self.base_dir)
+            if folder is not None and (folder / BASE_META).is_file() and (folder / BASE_WEIGHTS).is_file():
+                return True
+        return False
 
+    @writes("saving the base model")
     def save_base(self, model: MLP, meta: dict[str, Any]) -> dict[str, Any]:
         """Save weights and metadata together; returns the metadata as written (with sha256)."""
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -117,85 +295,117 @@ class ArtifactStore:
         }
         staging = new_staging_dir(self.base_dir)
         try:
-            atomic_write_bytes(staging / "model.safetensors", weights)
-            atomic_write_json(staging / "model.json", full_meta)
+            atomic_write_bytes(staging / BASE_WEIGHTS, weights)
+            atomic_write_json(staging / BASE_META, full_meta)
             replace_dir(staging, self.base_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return full_meta
 
+    def _read_base(self, *names: str) -> tuple[Path, dict[str, FileRead]]:
+        read = self._read(self.base_dir, (BASE_META, *names))
+        if read is None or read[1][BASE_META].data is None:
+            raise ArtifactError(f"no base model in {self.base_dir}; train one first (python -m lora_core train)")
+        return read
+
     def base_meta(self) -> dict[str, Any]:
         """model.json only (cheap: for status displays)."""
-        if not self.has_base():
-            raise ArtifactError(f"no base model in {self.base_dir}; train one first (python -m lora_core train)")
-        return _read_base_meta(self.base_dir / "model.json")
+        folder, files = self._read_base()
+        return _base_meta_from(files[BASE_META], folder / BASE_META)
+
+    def verified_base_meta(self) -> dict[str, Any]:
+        """model.json, once the weights file is known to match its sha256 (hashed again only when the
+        file changes: a process remembers each version it checked)."""
+        folder, files = self._read_base()
+        meta = _base_meta_from(files[BASE_META], folder / BASE_META)
+        try:
+            info = os.stat(folder / BASE_WEIGHTS)
+        except OSError:
+            info = None
+        if info is not None:
+            identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, meta["sha256"])
+            with _verified_lock:
+                if identity in _verified_weights:
+                    return meta
+        folder, files = self._read_base(BASE_WEIGHTS)
+        meta = _base_meta_from(files[BASE_META], folder / BASE_META)
+        weights = files[BASE_WEIGHTS]
+        _check_base_sha(weights, meta, folder / BASE_WEIGHTS)
+        with _verified_lock:
+            _verified_weights.add((*(weights.identity or ()), meta["sha256"]))
+        return meta
 
     def load_base(self, device: torch.device | str = "cpu") -> BaseModelRecord:
-        meta = self.base_meta()
-        weights_path = self.base_dir / "model.safetensors"
-        data = _read_limited(weights_path)
-        if sha256_bytes(data) != meta["sha256"]:
-            raise ArtifactError(
-                f"{weights_path} does not match the sha256 recorded in model.json; the two files "
-                "come from different saves. Retrain the base model."
-            )
+        folder, files = self._read_base(BASE_WEIGHTS)
+        meta = _base_meta_from(files[BASE_META], folder / BASE_META)
+        weights_path = folder / BASE_WEIGHTS
+        data = _check_base_sha(files[BASE_WEIGHTS], meta, weights_path)
         hidden = meta["architecture"]["hidden"]
         tensors = _parse_safetensors(data, weights_path, _base_shapes(hidden))
         model = MLP(hidden[0], hidden[1])  # built only once the file is known to fit
         model.load_state_dict(tensors)
         model.eval()
-        return BaseModelRecord(model.to(device), meta, self.base_dir)
+        return BaseModelRecord(model.to(device), meta, folder)
 
     # --- adapters ------------------------------------------------------------------------------
-    def save_adapter(self, lora_model: LoraModel, name: str, metrics: dict[str, Any], base_sha256: str) -> Path:
+    def save_adapter(
+        self, lora_model: LoraModel, name: str, metrics: dict[str, Any], base_sha256: str, *, overwrite: bool = True
+    ) -> Path:
+        """Save adapter `name`; with overwrite=False, refuse if it exists now (checked under the lock)."""
         config = lora_model.adapter_config(name)
         tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in lora_model.adapter_state_dict(name).items()}
         final = self.adapter_dir(name)
-        staging = new_staging_dir(final)
-        try:
-            atomic_write_bytes(staging / ADAPTER_WEIGHTS, save_safetensors_bytes(tensors, metadata={"format": "pt"}))
-            atomic_write_json(staging / ADAPTER_CONFIG, config.to_peft())
-            atomic_write_json(
-                staging / ADAPTER_METRICS,
-                {"name": name, "base_sha256": base_sha256, "created": now_iso(), **metrics},
-            )
-            replace_dir(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with self.writing(f"saving adapter {name!r}"):
+            if not overwrite and current_dir(final) is not None:
+                raise ConfigError(
+                    "name", f"an adapter called {name!r} already exists; choose another name or overwrite it"
+                )
+            staging = new_staging_dir(final)
+            try:
+                atomic_write_bytes(
+                    staging / ADAPTER_WEIGHTS, save_safetensors_bytes(tensors, metadata={"format": "pt"})
+                )
+                atomic_write_json(staging / ADAPTER_CONFIG, config.to_peft())
+                atomic_write_json(
+                    staging / ADAPTER_METRICS,
+                    {"name": name, "base_sha256": base_sha256, "created": now_iso(), **metrics},
+                )
+                replace_dir(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return final
+
+    def adapter_exists(self, name: str) -> bool:
+        return current_dir(self.adapter_dir(name)) is not None
 
     def list_adapters(self) -> list[AdapterRecord]:
         if not self.adapters_dir.is_dir():
             return []
+        names = set()
+        for entry in self.adapters_dir.iterdir():
+            if not entry.name.startswith("."):
+                names.add(entry.name)
+            elif entry.name.endswith(".previous"):  # a swap in progress (or interrupted): still listed
+                names.add(entry.name[1 : -len(".previous")])
         records = []
-        for folder in sorted(self.adapters_dir.iterdir()):
-            if folder.name.startswith("."):
-                continue
-            recover_dir(folder)
-            if folder.is_dir():
-                records.append(self._read_adapter_record(folder))
+        for name in sorted(names):
+            read = self._read(self.adapters_dir / name, (ADAPTER_CONFIG, ADAPTER_METRICS))
+            if read is not None:
+                records.append(_adapter_record(name, *read))
         return records
 
     def adapter_names(self) -> list[str]:
         return [r.name for r in self.list_adapters()]
 
-    def _read_adapter_record(self, folder: Path) -> AdapterRecord:
-        try:
-            config = _read_adapter_config(folder / ADAPTER_CONFIG)
-            metrics = _read_json(folder / ADAPTER_METRICS)
-            if not isinstance(metrics.get("base_sha256"), str):
-                raise ArtifactError(f"{folder / ADAPTER_METRICS}: missing the base model fingerprint 'base_sha256'")
-            return AdapterRecord(folder.name, folder, config, metrics)
-        except ArtifactError as exc:
-            return AdapterRecord(folder.name, folder, None, None, str(exc))
-
-    def read_adapter(self, name: str) -> AdapterRecord:
-        folder = self.adapter_dir(name)
-        recover_dir(folder)
-        if not folder.is_dir():
+    def _read_adapter_files(self, name: str, *names: str) -> tuple[Path, dict[str, FileRead]]:
+        read = self._read(self.adapter_dir(name), (ADAPTER_CONFIG, ADAPTER_METRICS, *names))
+        if read is None:
             known = ", ".join(self.adapter_names()) or "none"
             raise ArtifactError(f"no adapter called {name!r} in {self.adapters_dir} (saved: {known})")
-        record = self._read_adapter_record(folder)
+        return read
+
+    def read_adapter(self, name: str) -> AdapterRecord:
+        record = _adapter_record(name, *self._read_adapter_files(name))
         if record.error:
             raise ArtifactError(record.error)
         return record
@@ -204,7 +414,10 @@ class ArtifactStore:
         self, lora_model: LoraModel, name: str, base_sha256: str, as_name: str | None = None
     ) -> AdapterRecord:
         """Check adapter `name` against this base model and add it to `lora_model` (not activated)."""
-        record = self.read_adapter(name)
+        folder, files = self._read_adapter_files(name, ADAPTER_WEIGHTS)  # one consistent version of all three
+        record = _adapter_record(name, folder, files)
+        if record.error:
+            raise ArtifactError(record.error)
         if record.base_sha256 != base_sha256:
             raise StaleAdapterError(
                 f"adapter {name!r} was trained on a different base model (fingerprint "
@@ -217,9 +430,11 @@ class ArtifactStore:
         except ConfigError as exc:
             raise ArtifactError(f"{record.path / ADAPTER_CONFIG} does not fit the base model: {exc}") from exc
         weights_path = record.path / ADAPTER_WEIGHTS
+        if files[ADAPTER_WEIGHTS].data is None:
+            raise ArtifactError(f"{weights_path} is missing")
         dtype = next(lora_model.model.parameters()).dtype
         expected = {k: (shape, dtype) for k, shape in lora_model.expected_adapter_shapes(record.config).items()}
-        tensors = _parse_safetensors(_read_limited(weights_path), weights_path, expected)
+        tensors = _parse_safetensors(files[ADAPTER_WEIGHTS].data, weights_path, expected)
         device = next(lora_model.model.parameters()).device
         previous = lora_model.active_adapter
         lora_model.load_adapter_tensors(
@@ -229,22 +444,24 @@ class ArtifactStore:
         return record
 
     def delete_adapter(self, name: str) -> None:
-        folder = self.read_adapter_folder(name)
-        trash = Path(tempfile.mkdtemp(dir=self.adapters_dir, prefix=f".{name}.deleted-"))
-        folder.rename(trash / name)
-        shutil.rmtree(trash, ignore_errors=True)
+        with self.writing(f"deleting adapter {name!r}"):
+            folder = self.read_adapter_folder(name)
+            trash = Path(tempfile.mkdtemp(dir=self.adapters_dir, prefix=f".{name}.deleted-"))
+            folder.rename(trash / name)
+            shutil.rmtree(trash, ignore_errors=True)
 
     def rename_adapter(self, old: str, new: str) -> Path:
-        folder = self.read_adapter_folder(old)
         target = self.adapter_dir(new)
-        if target.exists():
-            raise ConfigError("name", f"an adapter called {new!r} already exists")
-        folder.rename(target)
-        metrics_path = target / ADAPTER_METRICS
-        if metrics_path.is_file():
-            metrics = _read_json(metrics_path)
-            metrics["name"] = new
-            atomic_write_json(metrics_path, metrics)
+        with self.writing(f"renaming adapter {old!r}"):
+            folder = self.read_adapter_folder(old)
+            if current_dir(target) is not None:
+                raise ConfigError("name", f"an adapter called {new!r} already exists")
+            folder.rename(target)
+            metrics_path = target / ADAPTER_METRICS
+            if metrics_path.is_file():
+                metrics = _read_json(metrics_path)
+                metrics["name"] = new
+                atomic_write_json(metrics_path, metrics)
         return target
 
     def read_adapter_folder(self, name: str) -> Path:
@@ -259,13 +476,40 @@ class ArtifactStore:
         import io
         import zipfile
 
-        folder = self.read_adapter_folder(name)
+        _, files = self._read_adapter_files(name, ADAPTER_WEIGHTS)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            for file in sorted(folder.iterdir()):
-                if file.is_file():
-                    zf.write(file, f"{name}/{file.name}")
+            for file_name in sorted(files):
+                if files[file_name].data is not None:
+                    zf.writestr(f"{name}/{file_name}", files[file_name].data)
         return buffer.getvalue()
+
+
+def _check_base_sha(weights: FileRead, meta: dict[str, Any], path: Path) -> bytes:
+    """The weights' bytes, once they are known to be the ones model.json describes (the one sha256 check)."""
+    if weights.data is None:
+        raise ArtifactError(f"{path} is missing")
+    if sha256_bytes(weights.data) != meta["sha256"]:
+        raise ArtifactError(
+            f"{path} does not match the sha256 recorded in model.json; the two files "
+            "come from different saves. Retrain the base model."
+        )
+    return weights.data
+
+
+def _base_meta_from(file: FileRead, path: Path) -> dict[str, Any]:
+    return _check_base_meta(_json_from(file, path), path)
+
+
+def _adapter_record(name: str, folder: Path, files: dict[str, FileRead]) -> AdapterRecord:
+    try:
+        config = _config_from(_json_from(files[ADAPTER_CONFIG], folder / ADAPTER_CONFIG), folder / ADAPTER_CONFIG)
+        metrics = _json_from(files[ADAPTER_METRICS], folder / ADAPTER_METRICS)
+        if not isinstance(metrics.get("base_sha256"), str):
+            raise ArtifactError(f"{folder / ADAPTER_METRICS}: missing the base model fingerprint 'base_sha256'")
+        return AdapterRecord(name, folder, config, metrics)
+    except ArtifactError as exc:
+        return AdapterRecord(name, folder, None, None, str(exc))
 
 
 # --- validation helpers ------------------------------------------------------------------------
@@ -318,8 +562,14 @@ def _parse_safetensors(
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
+    return _json_from(FileRead(_read_limited(path), None), path)
+
+
+def _json_from(file: FileRead, path: Path) -> dict[str, Any]:
+    if file.data is None:
+        raise ArtifactError(f"{path} is missing")
     try:
-        data = json.loads(_read_limited(path).decode("utf-8"))
+        data = json.loads(file.data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -327,16 +577,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_adapter_config(path: Path) -> LoraConfig:
-    data = _read_json(path)
+def _config_from(data: dict[str, Any], path: Path) -> LoraConfig:
     try:
         return LoraConfig.from_peft(data)
     except (ConfigError, TypeError) as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
 
 
-def _read_base_meta(path: Path) -> dict[str, Any]:
-    meta = _read_json(path)
+def _check_base_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     arch = meta.get("architecture")
     hidden = arch.get("hidden") if isinstance(arch, dict) else None
     if meta.get("format") != BASE_FORMAT:

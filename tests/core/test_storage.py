@@ -488,7 +488,10 @@ def test_failed_rename_mid_save_keeps_the_previous_base(store, monkeypatch):
     assert len(calls) == 2
     assert not store.base_dir.exists()  # the crash left only the backup...
     fresh = ArtifactStore(store.root)
-    record = fresh.load_base()  # ...which the next reader puts back
+    listing = sorted(p.name for p in store.root.iterdir())
+    record = fresh.load_base()  # ...which a reader reads as it is, changing nothing...
+    assert fresh.has_base() and sorted(p.name for p in store.root.iterdir()) == listing
+    fresh.recover()  # ...and the next writer puts back
     assert file_bytes(store.base_dir) == before
     assert record.fingerprint == json.loads(before["model.json"])["sha256"]
     assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []
@@ -597,6 +600,7 @@ def test_save_after_an_interrupted_swap_never_loses_the_only_copy(store, monkeyp
         store.save_base(random_mlp(9), {})
     monkeypatch.undo()
     ArtifactStore(store.root).load_base()  # a complete base model must still be found
+    ArtifactStore(store.root).recover()
     assert file_bytes(store.base_dir) == before
 
 
