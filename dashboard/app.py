@@ -12,23 +12,33 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the project root
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
 
-from dashboard import state, ui  # noqa: E402
+def main() -> None:
+    import streamlit as st
 
-st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
+    from dashboard import state, ui
 
-nav = st.navigation(
-    [
-        st.Page(ui.PAGES["home"], title="Home: the study", icon=":material/home:", default=True),
-        st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
-        st.Page(ui.PAGES["evaluation"], title="Evaluation", icon=":material/bar_chart:"),
-        st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
-        st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
-        st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
-    ]
-)
-state.warm_up_torch()
-ui.finish_jobs()
-ui.sidebar()
-nav.run()
+    st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
+    nav = st.navigation(
+        [
+            st.Page(ui.PAGES["home"], title="Home: the study", icon=":material/home:", default=True),
+            st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
+            st.Page(ui.PAGES["evaluation"], title="Evaluation", icon=":material/bar_chart:"),
+            st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
+            st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
+            st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
+        ]
+    )
+    state.warm_up_torch()
+    ui.finish_jobs()
+    ui.sidebar()
+    nav.run()
+
+
+# Streamlit runs this file as "__main__" (and installs it as sys.modules["__main__"]). A background run's
+# worker is started with multiprocessing's "spawn", which first runs the parent's main script again in
+# the new process, as "__mp_main__": without this guard, every run executed the whole app there, outside
+# Streamlit, and printed "missing ScriptRunContext!" and "Session state does not function..." to the
+# server's terminal. (Python's multiprocessing docs: "Safe importing of main module".)
+if __name__ == "__main__":
+    main()

@@ -5,8 +5,14 @@ the error, and an event to stop it. The work runs in its own spawned process, wh
 the base model from disk itself (nothing large crosses between processes). In a thread of the
 server it would compete for the GIL with Streamlit's own threads: measured here, one busy Python
 thread slows a training thread about 9x. A small thread in the server only moves the worker's
-messages into the Job; neither touches Streamlit. Pages poll the Job (kept in st.session_state)
-from a fragment. A stopped or failed run saves nothing: lora_core writes only complete results.
+messages into the Job; neither touches Streamlit (and this module never imports it: the worker
+process imports it to unpickle its target).
+
+One run per artifacts folder per server: REGISTRY (module-level, shared by every browser tab of this
+server process) holds the latest Job of each folder and refuses to start a second one while one runs.
+Every tab reads the same Job, so each shows the same progress and can stop it. The worker holds the
+folder's writer lock (lora_core.storage) for its whole run, so a CLI run and the dashboard also
+exclude each other. A stopped or failed run saves nothing: lora_core writes only complete results.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import queue
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,16 +34,21 @@ import torch.multiprocessing as mp
 
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import ArtifactError, LoraCoreError
-from lora_core.evaluate import Evaluation
+from lora_core.evaluate import Evaluation, evaluate
 from lora_core.lora import LoraModel
 from lora_core.model import MLP
 from lora_core.paths import default_data_dir
 from lora_core.storage import ArtifactStore, BaseModelRecord
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora, run_study, train_and_save_base
+from lora_core.study import (
+    default_adapter_name,
+    finetune_and_save_adapter,
+    load_base_for_lora,
+    run_study,
+    train_and_save_base,
+)
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
 
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
-JOB_KEY = "job"
 
 KIND_TITLES = {
     "train": "Training the base model",
@@ -48,14 +61,19 @@ _CONTEXT = mp.get_context("spawn")  # fork would copy the server's threads and l
 _STATUS_OF_ERROR = {"RunStopped": STOPPED}
 
 
-def _worker(target: Callable[..., Any], args: tuple, messages: Any, stop: Any) -> None:
-    """Runs in the worker process: call lora_core, report progress, then the result or the error."""
+def _worker(
+    store: ArtifactStore, label: str, target: Callable[..., Any], args: tuple, messages: Any, stop: Any
+) -> None:
+    """Runs in the worker process: hold the folder's writer lock, call lora_core, report progress, then
+    the result or the error. The lock goes with the process, however it ends."""
 
     def progress(p: Progress) -> None:
         messages.put(("progress", p))
 
     try:
-        messages.put(("done", target(*args, progress=progress, stop=stop)))
+        with store.writing(label):
+            result = target(*args, progress=progress, stop=stop)
+        messages.put(("done", result))
     except LoraCoreError as exc:
         messages.put(("error", type(exc).__name__, str(exc), None))
     except BaseException as exc:  # a worker must never die silently: report it on the page
@@ -68,8 +86,10 @@ class Job:
 
     kind: str
     title: str
-    target: Callable[..., Any]  # a module-level function: it is sent to the worker process
+    target: Callable[..., Any]  # a module-level function whose first argument is the ArtifactStore
     args: tuple = ()
+    owner: str | None = None  # the browser tab that started it: it gets the result (e.g. the new adapter active)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = RUNNING
     progress: Progress | None = None
     losses: list[float] = field(default_factory=list)
@@ -81,7 +101,6 @@ class Job:
     finished: float | None = None
     process: Any = None
     thread: threading.Thread | None = None
-    announced: bool = False  # the page has rerun once after the job ended
     extra: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,7 +108,7 @@ class Job:
         messages = _CONTEXT.Queue()
         self.process = _CONTEXT.Process(
             target=_worker,
-            args=(self.target, self.args, messages, self.stop_event),
+            args=(self.store, f"the dashboard: {self.title}", self.target, self.args, messages, self.stop_event),
             name=f"dashboard-{self.kind}",
             daemon=True,
         )
@@ -105,6 +124,30 @@ class Job:
             self.progress = p
             self.losses.append(p.loss)
             self.phases.append(p.phase)
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.args[0]
+
+    @property
+    def root(self) -> str:
+        return str(self.store.root.resolve())
+
+    @property
+    def since(self) -> str:
+        return datetime.fromtimestamp(self.started, UTC).strftime("%H:%M:%S UTC")
+
+    def fraction(self) -> float:
+        """How far the current phase is (0 to 1): the one number every progress display shows."""
+        p = self.progress
+        return 0.0 if p is None else min(1.0, max(0.0, p.fraction))
+
+    def step_text(self) -> str:
+        """'train: step 90 of 235': the one description of where the run is, for every display."""
+        p = self.progress
+        if p is None:
+            return "starting"
+        return f"{p.phase}: step {p.step:,} of {p.total_steps:,}"
 
     def history(self) -> tuple[list[float], list[str]]:
         with self._lock:
@@ -164,6 +207,43 @@ class Job:
         return (self.finished or time.time()) - self.started
 
 
+class RunInProgress(Exception):
+    """A run already writes this artifacts folder; `job` is that run."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"{job.title} is running (since {job.since})")
+        self.job = job
+
+
+class JobRegistry:
+    """The latest Job of each artifacts folder in this server process: at most one of them running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+
+    def latest(self, store: ArtifactStore) -> Job | None:
+        with self._lock:
+            return self._jobs.get(str(store.root.resolve()))
+
+    def running(self, store: ArtifactStore) -> Job | None:
+        job = self.latest(store)
+        return job if job is not None and job.running else None
+
+    def start(self, job: Job) -> Job:
+        """Start `job` unless a run of its folder is going on (then raise RunInProgress)."""
+        with self._lock:
+            current = self._jobs.get(job.root)
+            if current is not None and current.running:
+                raise RunInProgress(current)
+            self._jobs[job.root] = job
+            job.start()
+        return job
+
+
+REGISTRY = JobRegistry()
+
+
 def _data() -> MnistData:
     return load_mnist(default_data_dir())
 
@@ -172,9 +252,9 @@ def _train(store: ArtifactStore, config: TrainConfig, progress: Any, stop: Any) 
     return train_and_save_base(store, _data(), config, progress, stop)
 
 
-def start_training(store: ArtifactStore, config: TrainConfig) -> Job:
+def start_training(store: ArtifactStore, config: TrainConfig, owner: str | None = None) -> Job:
     """Train and save a base model in the background (config already validated)."""
-    return Job("train", KIND_TITLES["train"], _train, (store, config)).start()
+    return REGISTRY.start(Job("train", KIND_TITLES["train"], _train, (store, config), owner))
 
 
 @dataclass
@@ -210,6 +290,7 @@ def _finetune(
     progress: Any,
     stop: Any,
 ) -> FinetuneResult:
+    # the worker holds the writer lock already: the base cannot change between this load and the save
     base, lora_model = load_base_for_lora(store, "cpu")
     if base.fingerprint != base_sha256:
         raise ArtifactError("the base model was replaced while this run was starting; start it again")
@@ -240,6 +321,7 @@ def start_finetune(
     name: str,
     overwrite: bool,
     base_eval: Evaluation | None,
+    owner: str | None = None,
 ) -> Job:
     """Fine-tune and save an adapter in the background on the worker's own copy of the base model."""
     job = Job(
@@ -247,9 +329,10 @@ def start_finetune(
         f"Fine-tuning adapter '{name}'",
         _finetune,
         (store, base.fingerprint, config, name, overwrite, base_eval),
+        owner,
     )
     job.extra["name"] = name
-    return job.start()
+    return REGISTRY.start(job)
 
 
 def _study(
@@ -260,9 +343,34 @@ def _study(
     progress: Any,
     stop: Any,
 ) -> dict[str, Any]:
-    return run_study(store, _data(), train_config, finetune_config, retrain=retrain, progress=progress, stop=stop)
+    """The whole study; its adapter never replaces a saved one: digit-9 taken, it is saved as digit-9-2.
+
+    The name depends on the weakest digit, known only once the base model is trained: so a new base is
+    trained first (under the worker's writer lock, as run_study would), then run_study reuses it.
+    """
+    data = _data()
+    started = time.perf_counter()
+    if retrain or not store.has_base():
+        train_and_save_base(store, data, train_config, progress, stop)
+    train_seconds = time.perf_counter() - started
+    digits = finetune_config.digits
+    if not digits:
+        base = store.load_base("cpu")
+        digits = (evaluate(base.model, data.test_x, data.test_y).weakest_digit,)
+    name = store.unused_adapter_name(default_adapter_name(tuple(digits)))
+    result = run_study(store, data, train_config, finetune_config, name, retrain=False, progress=progress, stop=stop)
+    result["seconds"]["train"] = train_seconds
+    return result
 
 
-def start_study(store: ArtifactStore, train_config: TrainConfig, finetune_config: FinetuneConfig, retrain: bool) -> Job:
+def start_study(
+    store: ArtifactStore,
+    train_config: TrainConfig,
+    finetune_config: FinetuneConfig,
+    retrain: bool,
+    owner: str | None = None,
+) -> Job:
     """The whole study (train or reuse, evaluate, fine-tune the weakest digit, verify) in the background."""
-    return Job("study", KIND_TITLES["study"], _study, (store, train_config, finetune_config, retrain)).start()
+    return REGISTRY.start(
+        Job("study", KIND_TITLES["study"], _study, (store, train_config, finetune_config, retrain), owner)
+    )

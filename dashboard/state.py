@@ -78,30 +78,6 @@ def _load_base(_root: str, sha256: str) -> BaseModelRecord:
     return record
 
 
-@st.cache_resource
-def _verified_files() -> set[tuple[str, int, int, str]]:
-    return set()
-
-
-def _check_weights_file(s: ArtifactStore, sha256: str) -> None:
-    """The base weights on disk still match model.json (hashed again only when the file changes)."""
-    path = s.base_dir / "model.safetensors"
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise ArtifactError(f"{path} is missing") from exc
-    key = (str(path), info.st_mtime_ns, info.st_size, sha256)
-    verified = _verified_files()
-    if key in verified:
-        return
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        raise ArtifactError(
-            f"{path} does not match the sha256 recorded in model.json; the two files come from different saves. "
-            "Retrain the base model."
-        )
-    verified.add(key)
-
-
 @dataclass
 class BaseStatus:
     """What is known about the saved base model: its record, or why there is none."""
@@ -121,8 +97,7 @@ def base_status() -> BaseStatus:
     if not s.has_base():
         return BaseStatus(None, None, None)
     try:
-        meta = s.base_meta()
-        _check_weights_file(s, str(meta["sha256"]))
+        meta = s.verified_base_meta()  # the weights file still matches model.json (hashed once per version)
         record = _load_base(str(s.root), str(meta["sha256"]))
     except ArtifactError as exc:
         return BaseStatus(None, None, str(exc))
@@ -279,14 +254,6 @@ def forget_in_session(name: str) -> None:
     if entry and name in entry["model"].adapters:
         entry["model"].delete_adapter(name)
         entry["stamps"].pop(name, None)
-
-
-def model_with_adapter(base: BaseModelRecord, name: str | None) -> LoraModel:
-    """The session model with `name` active and enabled (None: the plain base)."""
-    model = load_into_session(base, name) if name else session_lora(base)
-    model.set_adapter(name)
-    model.enable_adapters(True)
-    return model
 
 
 def describe_error(exc: Exception) -> str:

@@ -3,13 +3,17 @@ and errors shown next to the field they are about."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import streamlit as st
 
 from dashboard import charts, jobs, state
 from lora_core.errors import ConfigError
-from lora_core.storage import BaseModelRecord
+from lora_core.storage import BaseModelRecord, describe_holder
+from lora_core.study import default_adapter_name
 from lora_core.train import FinetuneConfig, TrainConfig
 
 PAGES = {
@@ -22,6 +26,7 @@ PAGES = {
 }
 TRAIN_LABEL = "Train the base model (1 epoch, about 15 s)"
 FINETUNE_LABEL = "Fine-tune the weakest digit with LoRA (about 10 s)"
+NEW_NAME_NOTE = "A new adapter never replaces a saved one: if `digit-9` is taken, the new one is saved as `digit-9-2`."
 
 
 def pct(x: float) -> str:
@@ -37,26 +42,62 @@ def when(iso: str | None) -> str:
         return iso
 
 
-# --- jobs ----------------------------------------------------------------------------------------------
+# --- jobs ---------------------------------------------------------------------------------------------
+# The run itself is server-wide (jobs.REGISTRY): every tab shows it while it runs and can stop it. What
+# each tab remembers is only which ended runs to show: those it started or watched while they ran,
+# until it dismisses them. The tab that started a run also gets its result (a new adapter made active).
+JOB_KEY = "job"  # the Job this tab shows now (None if none), kept for the pages and the tests
+_SEEN_KEY = "_jobs_seen"
+_ANNOUNCED_KEY = "_jobs_announced"
+_HANDLED_KEY = "_jobs_handled"
+_TAB_KEY = "_tab_id"
+
+
+def tab_id() -> str:
+    """An id for this browser tab (Streamlit session), to know which tab started a run."""
+    if _TAB_KEY not in st.session_state:
+        st.session_state[_TAB_KEY] = uuid.uuid4().hex
+    return str(st.session_state[_TAB_KEY])
+
+
+def _ids(key: str) -> set[str]:
+    return st.session_state.setdefault(key, set())
+
+
 def current_job() -> jobs.Job | None:
-    return st.session_state.get(jobs.JOB_KEY)
+    """The run this tab shows: the one going on now (whichever tab started it), or the last one it saw."""
+    job = jobs.REGISTRY.latest(state.store())
+    if job is not None and job.running:
+        _ids(_SEEN_KEY).add(job.id)
+    elif job is not None and job.id not in _ids(_SEEN_KEY):
+        job = None
+    st.session_state[JOB_KEY] = job
+    return job
 
 
-def set_job(job: jobs.Job | None) -> None:
-    st.session_state[jobs.JOB_KEY] = job
+def start_job(start: Callable[..., jobs.Job], *args: Any) -> None:
+    """Start a run through jobs.REGISTRY, or say which run holds the folder; then refresh the page."""
+    try:
+        job = start(*args, owner=tab_id())
+    except jobs.RunInProgress as exc:
+        st.warning(f"Not started: {exc.job.title} started at {exc.job.since} is still running.")
+        return
+    _ids(_SEEN_KEY).add(job.id)
+    st.session_state[JOB_KEY] = job
+    st.rerun()
 
 
 def busy() -> bool:
-    job = current_job()
-    return job is not None and job.running
+    """A run writes the artifacts folder now: this server's, or another program's (the CLI)."""
+    return jobs.REGISTRY.running(state.store()) is not None or state.store().writer() is not None
 
 
 def finish_jobs() -> None:
-    """After a run ends: make a freshly saved adapter the session's active one (once)."""
+    """After a run this tab started has ended: make its freshly saved adapter active here (once)."""
     job = current_job()
-    if job is None or job.running or job.extra.get("finished_handled"):
+    if job is None or job.running or job.owner != tab_id() or job.id in _ids(_HANDLED_KEY):
         return
-    job.extra["finished_handled"] = True
+    _ids(_HANDLED_KEY).add(job.id)
     if job.status != jobs.DONE:
         return
     if job.kind == "finetune":
@@ -66,7 +107,7 @@ def finish_jobs() -> None:
 
 
 def job_panel(kinds: tuple[str, ...] | None = None) -> jobs.Job | None:
-    """Show the session's run (if any, and of one of `kinds`): live while it runs, then its outcome."""
+    """Show the run (if any, and of one of `kinds`): live while it runs, then its outcome."""
     job = current_job()
     if job is None or (kinds is not None and job.kind not in kinds):
         return None
@@ -74,21 +115,30 @@ def job_panel(kinds: tuple[str, ...] | None = None) -> jobs.Job | None:
     return job
 
 
+def _announce_end(job: jobs.Job) -> None:
+    """The run just ended: refresh the whole page once in this tab (sidebar, saved work, results)."""
+    if job.id not in _ids(_ANNOUNCED_KEY):
+        _ids(_ANNOUNCED_KEY).add(job.id)
+        st.rerun()
+
+
+def _started_by(job: jobs.Job) -> str:
+    return "this tab" if job.owner == tab_id() else "another tab"
+
+
 def _job_view(job: jobs.Job) -> None:
     with st.container(border=True):
-        st.markdown(f"**{job.title}**")
+        st.markdown(f"**{job.title}** · started {job.since} in {_started_by(job)}")
         p = job.progress
         if job.running:
+            st.progress(job.fraction())
             if p is None:
-                st.progress(0.0)
                 st.caption(f"Starting... ({job.seconds:.0f} s; the very first steps also warm up PyTorch)")
             else:
-                st.progress(min(1.0, p.fraction))
                 st.caption(
-                    f"{p.phase}: step {p.step:,} of {p.total_steps:,} · {p.samples_per_s:,.0f} samples/s · "
-                    f"ETA {p.eta_s:.0f} s · loss {p.loss:.4f}"
+                    f"{job.step_text()} · {p.samples_per_s:,.0f} samples/s · ETA {p.eta_s:.0f} s · loss {p.loss:.4f}"
                 )
-            if st.button("Stop", key=f"stop-{id(job)}", type="secondary"):
+            if st.button("Stop", key=f"stop-{job.id}", type="secondary"):
                 job.stop()
                 st.info("Stopping after the current step...")
         losses, phases = job.history()
@@ -96,9 +146,7 @@ def _job_view(job: jobs.Job) -> None:
             st.plotly_chart(charts.loss_curve(losses, phases, title="Loss (live)"), width="stretch")
         if job.running:
             return
-        if not job.announced:  # the run just ended: refresh the whole page once
-            job.announced = True
-            st.rerun()
+        _announce_end(job)
         if job.status == jobs.DONE:
             st.success(f"Finished in {job.seconds:.1f} s; the result is saved in the artifacts folder.")
         elif job.status == jobs.STOPPED:
@@ -108,15 +156,38 @@ def _job_view(job: jobs.Job) -> None:
             if job.extra.get("traceback"):
                 with st.expander("Details"):
                     st.code(job.extra["traceback"])
-        if st.button("Dismiss", key=f"dismiss-{id(job)}"):
-            set_job(None)
+        if st.button("Dismiss", key=f"dismiss-{job.id}"):
+            _ids(_SEEN_KEY).discard(job.id)
+            st.session_state[JOB_KEY] = None
             st.rerun()
 
 
+def _sidebar_job(job: jobs.Job) -> None:
+    """The run in the sidebar of every page: the same phase and fraction as the panel, and a Stop button."""
+    if not job.running:
+        _announce_end(job)
+        return
+    st.info(f"{job.title} ({_started_by(job)}): {job.step_text()}, {100 * job.fraction():.0f}%")
+    st.progress(job.fraction())
+    if st.button("Stop this run", key=f"sidebar-stop-{job.id}"):
+        job.stop()
+
+
 def busy_note() -> None:
-    job = current_job()
-    if job is not None and job.running:
-        st.info(f"{job.title} is running; start another run when it has finished (or stop it).")
+    """Why the start buttons are disabled: what is running and since when."""
+    job = jobs.REGISTRY.running(state.store())
+    if job is not None:
+        st.info(
+            f"{job.title} is running, started at {job.since} in {_started_by(job)}. Only one run at a time can "
+            "write the saved work: start another when it has finished, or stop it."
+        )
+        return
+    holder = state.store().writer()
+    if holder is not None:
+        st.info(
+            f"Another program is writing the artifacts folder: {describe_holder(holder)}. "
+            "Start a run when it has finished."
+        )
 
 
 # --- needs a base model / an adapter ----------------------------------------------------------------
@@ -140,8 +211,7 @@ def offer_training() -> None:
     job = job_panel(("train", "study"))
     if job is None or not job.running:
         if st.button(TRAIN_LABEL, type="primary", disabled=busy(), key="offer-train"):
-            set_job(jobs.start_training(state.store(), TrainConfig()))
-            st.rerun()
+            start_job(jobs.start_training, state.store(), TrainConfig())
         busy_note()
     st.page_link(
         PAGES["training"], label="Choose the training settings on the Training page", icon=":material/model_training:"
@@ -155,11 +225,11 @@ def offer_finetune(base: BaseModelRecord) -> None:
         if st.button(FINETUNE_LABEL, type="primary", disabled=busy(), key="offer-finetune"):
             evaluation = state.base_evaluation(base)
             digit = evaluation.weakest_digit
-            name = f"digit-{digit}"
-            existing = {a.name for a in state.adapters(base.fingerprint)}
+            store = state.store()
+            name = store.unused_adapter_name(default_adapter_name((digit,)))
             config = FinetuneConfig(digits=(digit,))
-            set_job(jobs.start_finetune(state.store(), base, config, name, name in existing, evaluation))
-            st.rerun()
+            start_job(jobs.start_finetune, store, base, config, name, False, evaluation)
+        st.caption(NEW_NAME_NOTE)
         busy_note()
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
 
@@ -228,7 +298,10 @@ def sidebar() -> None:
         else:
             st.caption("Active adapter: none (the plain base model)")
         job = current_job()
-        if job is not None and job.running:
-            frac = job.progress.fraction if job.progress else 0.0
-            st.info(f"{job.title}: {100 * frac:.0f}%")
+        if job is not None:
+            st.fragment(run_every=0.5 if job.running else None)(_sidebar_job)(job)
+        else:
+            holder = state.store().writer()
+            if holder is not None:
+                st.info(f"Another program is writing the saved work: {describe_holder(holder)}")
         st.caption(f"Artifacts: {state.store().root}")

@@ -378,6 +378,14 @@ class ArtifactStore:
     def adapter_exists(self, name: str) -> bool:
         return current_dir(self.adapter_dir(name)) is not None
 
+    def unused_adapter_name(self, name: str) -> str:
+        """`name` if no adapter has it, else the first free one of name-2, name-3, ..."""
+        candidate, n = name, 1
+        while self.adapter_exists(candidate):
+            n += 1
+            candidate = f"{name}-{n}"
+        return candidate
+
     def list_adapters(self) -> list[AdapterRecord]:
         if not self.adapters_dir.is_dir():
             return []

@@ -23,7 +23,7 @@ from .lora import LoraModel
 from .model import MLP
 from .params import parameter_table, weights_unchanged
 from .proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
-from .storage import ArtifactStore, BaseModelRecord
+from .storage import ArtifactStore, BaseModelRecord, writes
 from .train import FinetuneConfig, ProgressCallback, TrainConfig, finetune, resolve_device, train_base
 
 
@@ -31,6 +31,7 @@ def default_adapter_name(digits: tuple[int, ...]) -> str:
     return "digit-" + "-".join(str(d) for d in digits)
 
 
+@writes("training the base model")  # the whole run holds the artifacts folder's writer lock
 def train_and_save_base(
     store: ArtifactStore,
     data: MnistData,
@@ -92,6 +93,7 @@ def load_base_for_lora(store: ArtifactStore, device: str = "auto") -> tuple[Base
     return record, LoraModel(record.model)
 
 
+@writes("fine-tuning an adapter")  # the whole run holds the artifacts folder's writer lock
 def finetune_and_save_adapter(
     store: ArtifactStore,
     base: BaseModelRecord,
@@ -132,7 +134,7 @@ def finetune_and_save_adapter(
         "difference": {k: v for k, v in compare(before, after).items() if k not in ("fixed", "broken")},
         "base_tensors": base_tensor_record(hashes_before, hashes_after),
     }
-    path = store.save_adapter(lora_model, name, metrics, base.fingerprint)
+    path = store.save_adapter(lora_model, name, metrics, base.fingerprint, overwrite=overwrite)
     return AdapterOutcome(
         name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path), metrics
     )
@@ -154,6 +156,7 @@ def _trained_against_checkpoint(checkpoint: MLP, lora_model: LoraModel) -> list[
     ]
 
 
+@writes("running the whole study")  # the whole run holds the artifacts folder's writer lock
 def run_study(
     store: ArtifactStore,
     data: MnistData,

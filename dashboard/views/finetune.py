@@ -125,9 +125,7 @@ if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="f
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS.get(exc.field))
     else:
-        job = jobs.start_finetune(state.store(), base, config, name, overwrite, base_eval)
-        ui.set_job(job)
-        st.rerun()
+        ui.start_job(jobs.start_finetune, state.store(), base, config, name, overwrite, base_eval)
 ui.busy_note()
 job = ui.job_panel(("finetune",))
 

@@ -94,6 +94,7 @@ st.write(
     "One click does every step: trains the base model (or reuses the saved one), evaluates it, fine-tunes "
     "an adapter on its weakest digit, and checks that the base weights did not change. About half a minute."
 )
+st.caption(ui.NEW_NAME_NOTE)
 t_defaults, f_defaults = TrainConfig(), FinetuneConfig()
 with st.expander("Study settings (the defaults are the study's)"):
     s1, s2, s3, s4 = st.columns(4)
@@ -113,8 +114,7 @@ if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run
     except ConfigError as exc:
         st.error(f"{exc.field}: {exc.reason}. Change it in the study settings; nothing was run.")
     else:
-        ui.set_job(jobs.start_study(state.store(), train_config, ft_config, retrain))
-        st.rerun()
+        ui.start_job(jobs.start_study, state.store(), train_config, ft_config, retrain)
 ui.busy_note()
 
 

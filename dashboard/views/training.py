@@ -77,8 +77,7 @@ if submitted:
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS.get(exc.field))
     else:
-        ui.set_job(jobs.start_training(state.store(), config))
-        st.rerun()
+        ui.start_job(jobs.start_training, state.store(), config)
 
 ui.busy_note()
 ui.job_panel()
