@@ -84,9 +84,10 @@ def replace_dir(staging: Path, final: Path) -> None:
 STALE_STAGING_SECONDS = 3600.0
 
 
-def recover_dir(final: Path) -> None:
+def recover_dir(final: Path, stale_seconds: float = STALE_STAGING_SECONDS) -> None:
     """Undo a replace_dir() interrupted between its two renames, and drop staging folders that a
-    killed writer left behind (only old ones: a live writer may be filling a recent one)."""
+    killed writer left behind (only those older than `stale_seconds`: a live writer may be filling a
+    recent one; the holder of the writer lock, just after taking it, knows there is none and passes 0)."""
     backup = _backup_path(final)
     if backup.exists():
         if final.exists():
@@ -98,7 +99,7 @@ def recover_dir(final: Path) -> None:
     now = time.time()
     for staging in final.parent.glob(f".{final.name}.staging-*"):
         try:
-            if now - staging.stat().st_mtime > STALE_STAGING_SECONDS:
+            if now - staging.stat().st_mtime >= stale_seconds:
                 shutil.rmtree(staging, ignore_errors=True)
         except OSError:
             continue

@@ -235,7 +235,7 @@ class ArtifactStore:
 
     def _recover(self) -> None:
         """Under the lock: finish or undo interrupted folder swaps, drop a killed writer's leftovers."""
-        recover_dir(self.base_dir)
+        recover_dir(self.base_dir, stale_seconds=0)  # every writer holds the lock: no staging folder is live
         if not self.adapters_dir.is_dir():
             return
         names = set()
@@ -250,7 +250,7 @@ class ArtifactStore:
             elif ".deleted-" in n:
                 shutil.rmtree(entry, ignore_errors=True)
         for n in names:
-            recover_dir(self.adapters_dir / n)
+            recover_dir(self.adapters_dir / n, stale_seconds=0)
 
     # --- reading -------------------------------------------------------------------------------------
     def _read(self, final: Path, names: tuple[str, ...]) -> tuple[Path, dict[str, FileRead]] | None:

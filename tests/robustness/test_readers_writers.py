@@ -1,0 +1,151 @@
+"""Readers never write and never break a writer: a process polling the artifacts folder (has_base,
+list_adapters, read_adapter, load_base, load_adapter) while 20 saves swap its folders in."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lora_core.lora import LoraConfig, LoraModel
+from lora_core.model import MLP
+from lora_core.storage import ArtifactStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SAVES = 20
+CONFIG = LoraConfig(r=2, alpha=2, target_modules=("linear1", "linear3"))
+
+# Polls the folder until told to stop. Every call that could write (rename, replace, delete, create) is
+# recorded and refused, so a reader that tried to "repair" a folder mid-swap would be caught. Each load
+# checks that the adapter's weights and its metrics.json come from the same save (B is filled with the
+# save's number).
+READER = """
+import json, os, shutil, sys, time, pathlib
+root, stop_file, report = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+from lora_core.lora import LoraModel
+from lora_core.storage import ArtifactStore
+writes = []
+def refuse(name):
+    def call(*args, **kwargs):
+        writes.append([name, [str(a) for a in args]])
+        raise PermissionError(f"a reader called {name}")
+    return call
+for name in ("rename", "replace", "remove", "unlink", "rmdir", "mkdir", "makedirs"):
+    setattr(os, name, refuse("os." + name))
+shutil.rmtree = refuse("shutil.rmtree")
+real_open = os.open
+def guarded_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+        writes.append(["os.open for writing", [str(path)]])
+        raise PermissionError("a reader opened a file for writing")
+    return real_open(path, flags, *args, **kwargs)
+os.open = guarded_open
+store = ArtifactStore(root)
+reads, errors = 0, []
+while not stop_file.exists():
+    try:
+        assert store.has_base(), "has_base() was False"
+        names = [r.name for r in store.list_adapters() if not r.error]
+        assert names == ["a"], f"list_adapters() gave {names}"
+        record = store.read_adapter("a")
+        base = store.load_base()
+        model = LoraModel(base.model)
+        loaded = store.load_adapter(model, "a", base.fingerprint)
+        b = model.adapter_state_dict("a")["base_model.model.linear1.lora_B.weight"]
+        assert float(b.flatten()[0]) == loaded.metrics["version"], "weights and metrics.json of different saves"
+        assert record.metrics["version"] <= loaded.metrics["version"]
+        reads += 1
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+result = {"reads": reads, "errors": errors[:20], "n_errors": len(errors), "writes": writes[:20]}
+os.open = real_open
+with open(report, "w") as fh:
+    json.dump(result, fh)
+"""
+
+
+def adapter_version(base: MLP, version: int) -> LoraModel:
+    model = LoraModel(copy.deepcopy(base))  # LoraModel wraps the layers it is given in place
+    model.add_adapter("a", CONFIG, seed=version)
+    with torch.no_grad():
+        for layer in model.lora_layers().values():
+            if "a" in layer.lora_B:
+                layer.lora_B["a"].weight.fill_(float(version))
+    return model
+
+
+def test_a_polling_reader_never_breaks_20_saves_and_never_writes(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    store = ArtifactStore(root)
+    torch.manual_seed(0)
+    base = MLP(64, 64)
+    sha = store.save_base(base, {})["sha256"]
+    store.save_adapter(adapter_version(base, 0), "a", {"version": 0}, sha)
+    stop_file, report = tmp_path / "stop", tmp_path / "report.json"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(root), str(stop_file), str(report)], cwd=ROOT, env={**os.environ}
+    )
+    try:
+        time.sleep(3.0)  # the reader is polling before the first save
+        saved = []
+        for version in range(1, SAVES + 1):
+            if version % 2:  # the same base model again: a real folder swap, same fingerprint
+                assert store.save_base(base, {"version": version})["sha256"] == sha
+            else:
+                store.save_adapter(adapter_version(base, version), "a", {"version": version}, sha)
+            saved.append(version)
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop_file.touch()
+        reader.wait(timeout=60)
+    assert saved == list(range(1, SAVES + 1))  # every save returned normally
+    result = json.loads(report.read_text())
+    assert result["writes"] == [], result["writes"]
+    assert result["n_errors"] == 0, result["errors"]
+    assert result["reads"] >= 10, result  # it really polled during the saves
+    # the final state is the last save of each folder, complete, with nothing left behind
+    assert store.base_meta()["version"] == SAVES - 1
+    model = LoraModel(store.load_base().model)
+    record = store.load_adapter(model, "a", sha)
+    assert record.metrics["version"] == SAVES
+    assert float(model.adapter_state_dict("a")["base_model.model.linear1.lora_B.weight"].flatten()[0]) == SAVES
+    assert sorted(p.name for p in root.iterdir()) == ["adapters", "base"]
+    assert [p.name for p in (root / "adapters").iterdir()] == ["a"]
+
+
+def test_readers_leave_an_interrupted_swap_for_the_next_writer(tmp_path: Path) -> None:
+    """A save killed between its two renames leaves only `.base.previous` (and `.a.previous`): readers
+    read them as they are, and only the next writer puts them back."""
+    root = tmp_path / "artifacts"
+    store = ArtifactStore(root)
+    base = MLP(32, 32)
+    sha = store.save_base(base, {"note": "kept"})["sha256"]
+    store.save_adapter(adapter_version(base, 3), "a", {"version": 3}, sha)
+    os.rename(root / "base", root / ".base.previous")
+    os.rename(root / "adapters" / "a", root / "adapters" / ".a.previous")
+    stale = root / "adapters" / ".a.staging-dead"
+    stale.mkdir()
+
+    def snapshot() -> list[tuple[str, int]]:
+        return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+    before = snapshot()
+    reader = ArtifactStore(root)
+    assert reader.has_base() and reader.base_meta()["note"] == "kept"
+    assert reader.load_base().fingerprint == sha
+    assert reader.adapter_names() == ["a"] and reader.read_adapter("a").metrics["version"] == 3
+    reader.load_adapter(LoraModel(reader.load_base().model), "a", sha)
+    assert reader.writer() is None
+    assert snapshot() == before  # nothing renamed, deleted or created
+
+    ArtifactStore(root).recover()  # a writer repairs the folder
+    assert sorted(p.name for p in root.iterdir()) == ["adapters", "base"]
+    assert sorted(p.name for p in (root / "adapters").iterdir()) == ["a"]
+    assert ArtifactStore(root).read_adapter("a").metrics["version"] == 3
