@@ -148,8 +148,8 @@ def read_dir_files(
     for attempt in range(attempts):
         folder = current_dir(final)
         if folder is None:
-            if backup.exists() or final.exists():
-                continue  # mid-swap between the two checks
+            if attempt == 0:
+                continue  # both looked absent: a swap may have completed between the two checks
             return None
         try:
             before = os.stat(folder)

@@ -145,3 +145,23 @@ def test_the_one_click_fine_tune_never_replaces_a_saved_adapter(trained_dir: Pat
     assert at.session_state["active_adapter"] == f"digit-{digit}-2"  # the tab that started it uses it
     assert {p.name: p.read_bytes() for p in taken.iterdir()} == before  # the saved one is untouched
     assert_clean(at)
+
+
+def test_the_whole_study_never_replaces_a_saved_adapter(trained_dir: Path) -> None:
+    """With `digit-D` saved (D the base's weakest digit), "Run the whole study" saves `digit-D-2`."""
+    metrics = json.loads((trained_dir / "adapters" / "small" / "metrics.json").read_text())
+    digit = metrics["target_digits"][0]
+    taken = trained_dir / "adapters" / f"digit-{digit}"
+    (trained_dir / "adapters" / "small").rename(taken)
+    before = {p.name: p.read_bytes() for p in taken.iterdir()}
+    at = new_app()
+    assert "never replaces a saved one" in texts(at)
+    at.number_input(key="study_steps").set_value(20)
+    click(at, "Run the whole study")
+    job = wait_for_job(at, 180)
+    assert job.status == jobs.DONE, job.error
+    assert job.result["adapter"]["name"] == f"digit-{digit}-2"
+    assert {p.name: p.read_bytes() for p in taken.iterdir()} == before
+    assert at.session_state["active_adapter"] == f"digit-{digit}-2"
+    assert any(f"digit-{digit}-2" in str(c.value) for c in at.caption)  # the headline names the new adapter
+    assert_clean(at)
