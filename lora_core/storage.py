@@ -42,7 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
+from .errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
 from .fileio import (
     FileRead,
     FileTooLarge,
@@ -357,9 +357,7 @@ class ArtifactStore:
         final = self.adapter_dir(name)
         with self.writing(f"saving adapter {name!r}"):
             if not overwrite and current_dir(final) is not None:
-                raise ConfigError(
-                    "name", f"an adapter called {name!r} already exists; choose another name or overwrite it"
-                )
+                raise AdapterExistsError(name)
             staging = new_staging_dir(final)
             try:
                 atomic_write_bytes(

@@ -142,7 +142,7 @@ def finetune_and_save_adapter(
 
 def refuse_existing_adapter(store: ArtifactStore, name: str, overwrite: bool) -> None:
     """Raise AdapterExistsError when adapter `name` is saved and replacing it was not allowed."""
-    if not overwrite and store.adapter_dir(name).exists():
+    if not overwrite and store.adapter_exists(name):
         raise AdapterExistsError(name)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_core.errors import ArtifactError, ArtifactsBusy, ConfigError
+from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy
 from lora_core.model import MLP
 from lora_core.storage import ArtifactStore
 from lora_core.study import finetune_and_save_adapter, load_base_for_lora
@@ -124,7 +124,7 @@ def test_a_name_taken_during_fine_tuning_is_refused_at_save(trained_artifacts: P
             store.save_adapter(other, "late", {"note": "saved meanwhile"}, other_base.fingerprint)
 
     config = FinetuneConfig(rank=4, alpha=8, steps=5, batch_size=64, seed=0, device="cpu")
-    with pytest.raises(ConfigError, match="'late' already exists"):
+    with pytest.raises(AdapterExistsError, match="'late' already exists"):
         finetune_and_save_adapter(store, base, lora_model, small_mnist, config, "late", progress=save_late_meanwhile)
     assert store.read_adapter("late").metrics["note"] == "saved meanwhile"
     assert sorted(p.name for p in store.adapters_dir.iterdir()) == ["late", "small"]
