@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard import charts, jobs, state
 from lora_core.errors import ConfigError
+from lora_core.numbers import pct
 from lora_core.storage import BaseModelRecord, describe_holder
 from lora_core.study import default_adapter_name
 from lora_core.train import FinetuneConfig, TrainConfig
@@ -24,13 +25,10 @@ PAGES = {
     "finetune": "views/finetune.py",
     "draw": "views/draw.py",
 }
-TRAIN_LABEL = "Train the base model (1 epoch, about 15 s)"
-FINETUNE_LABEL = "Fine-tune the weakest digit with LoRA (about 10 s)"
+# No time in the labels: how long a run takes depends on the machine (see last_run_seconds)
+TRAIN_LABEL = f"Train the base model ({TrainConfig().epochs} epoch of 60,000 images)"
+FINETUNE_LABEL = f"Fine-tune the weakest digit with LoRA ({FinetuneConfig().steps} steps)"
 NEW_NAME_NOTE = "A new adapter never replaces a saved one: if `digit-9` is taken, the new one is saved as `digit-9-2`."
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def when(iso: str | None) -> str:
@@ -232,6 +230,22 @@ def offer_finetune(base: BaseModelRecord) -> None:
         st.caption(NEW_NAME_NOTE)
         busy_note()
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
+
+
+def choose_adapter(base: BaseModelRecord, label: str, key: str, none_note: str) -> state.AdapterInfo | None:
+    """A select box of the adapters usable with `base`, on the session's active one by default; with none
+    saved, say what the page shows instead (`none_note`) and offer to fine-tune one."""
+    usable = state.usable_adapters(base.fingerprint)
+    if not usable:
+        st.info(f"There is no adapter yet: {none_note}")
+        offer_finetune(base)
+        return None
+    names = [a.name for a in usable]
+    active = state.active_adapter(base.fingerprint)
+    chosen = st.selectbox(
+        label, names, index=names.index(active) if active in names else 0, key=key, help="Defaults to the active one."
+    )
+    return usable[names.index(chosen)]
 
 
 def counts(*columns: str) -> dict[str, object]:

@@ -21,20 +21,10 @@ st.write(
 )
 
 base = ui.require_base("Draw and predict")
-usable = state.usable_adapters(base.fingerprint)
-names = [a.name for a in usable]
-active = state.active_adapter(base.fingerprint)
-chosen = None
-if names:
-    chosen = st.selectbox(
-        "Adapter to compare with the base model",
-        names,
-        index=names.index(active) if active in names else 0,
-        key="draw_adapter",
-    )
-else:
-    st.info("There is no adapter yet: only the base model predicts.")
-    ui.offer_finetune(base)
+picked = ui.choose_adapter(
+    base, "Adapter to compare with the base model", "draw_adapter", "only the base model predicts."
+)
+chosen = picked.name if picked else None
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])

@@ -19,16 +19,13 @@ st.write("Accuracy on the 10,000 MNIST test images, overall and digit by digit, 
 base = ui.require_base("Evaluation")
 base_eval = state.base_evaluation(base)
 infos = state.adapters(base.fingerprint)
-usable = [a for a in infos if a.ok]
 for a in infos:
     if not a.ok:
         st.warning(f"Adapter `{a.name}` is {a.status}: {a.message}")
 
-active = state.active_adapter(base.fingerprint)
-names = [a.name for a in usable]
 chosen = None
 after = None
-if names and not state.adapters_enabled():
+if any(a.ok for a in infos) and not state.adapters_enabled():
     # the same switch the draw page honours: a disabled adapter leaves the plain base model
     info = None
     targets = []
@@ -37,27 +34,18 @@ if names and not state.adapters_enabled():
         "is shown: a disabled adapter predicts exactly like the base. Enable it there to compare."
     )
     st.page_link(ui.PAGES["finetune"], label="Enable it on the Fine-tuning page", icon=":material/tune:")
-elif names:
-    index = names.index(active) if active in names else 0
-    chosen = st.selectbox(
-        "Adapter to compare with the base model",
-        names,
-        index=index,
-        key="eval_adapter",
-        help="Defaults to the active adapter.",
-    )
-    info = next(a for a in usable if a.name == chosen)
-    try:
-        after = state.adapter_evaluation(base, info.record)
-    except ArtifactError as exc:
-        st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
-        info = None
-    targets = info.targets if info else []
 else:
-    info = None
-    targets = []
-    st.info("There is no adapter yet, so only the base model is shown.")
-    ui.offer_finetune(base)
+    info = ui.choose_adapter(
+        base, "Adapter to compare with the base model", "eval_adapter", "only the base model is shown."
+    )
+    chosen = info.name if info else None
+    if info is not None:
+        try:
+            after = state.adapter_evaluation(base, info.record)
+        except ArtifactError as exc:
+            st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
+            info = None
+    targets = info.targets if info else []
 
 # --- overall ---------------------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)

@@ -11,6 +11,7 @@ import streamlit as st
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lora import rank_limits, validate_adapter_name
+from lora_core.numbers import pct
 from lora_core.study import default_adapter_name, disabled_equals_base
 from lora_core.train import FinetuneConfig, resolve_device
 
@@ -50,7 +51,7 @@ with c1:
         list(range(10)),
         index=weakest,
         format_func=lambda d: (
-            f"{d} (base accuracy {ui.pct(base_eval.per_digit_accuracy[d])})" + ("  ← weakest" if d == weakest else "")
+            f"{d} (base accuracy {pct(base_eval.per_digit_accuracy[d])})" + ("  ← weakest" if d == weakest else "")
         ),
         key="ft_digit",
     )
@@ -137,12 +138,12 @@ def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digit
     st.caption(title)
     r1, r2, r3 = st.columns(3)
     r1.metric(
-        "Overall accuracy", ui.pct(after["accuracy"]), f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points"
+        "Overall accuracy", pct(after["accuracy"]), f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points"
     )
     for d in digits[:1]:
         r2.metric(
             f"Digit {d}",
-            ui.pct(after["per_digit_accuracy"][d]),
+            pct(after["per_digit_accuracy"][d]),
             f"{100 * (after['per_digit_accuracy'][d] - before['per_digit_accuracy'][d]):+.2f} points",
         )
     r3.metric(

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ConfigError
+from lora_core.numbers import pct
 from lora_core.proof import RecordedCheck, recorded_check
 from lora_core.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.train import FinetuneConfig, TrainConfig
@@ -48,13 +49,13 @@ def step(number: int, title: str, done: bool, text: str, page: str, link: str) -
 
 if base is not None and base_eval is not None:
     weakest = base_eval.weakest_digit
-    step(1, "Train the base model", True, f"Test accuracy {ui.pct(base_eval.accuracy)}.", "training", "Training")
+    step(1, "Train the base model", True, f"Test accuracy {pct(base_eval.accuracy)}.", "training", "Training")
     step(
         2,
         "Evaluate it digit by digit",
         True,
-        f"Per-digit accuracy from {ui.pct(min(base_eval.per_digit_accuracy))} to "
-        f"{ui.pct(max(base_eval.per_digit_accuracy))} on the 10,000 test images.",
+        f"Per-digit accuracy from {pct(min(base_eval.per_digit_accuracy))} to "
+        f"{pct(max(base_eval.per_digit_accuracy))} on the 10,000 test images.",
         "evaluation",
         "Evaluation",
     )
@@ -62,7 +63,7 @@ if base is not None and base_eval is not None:
         3,
         "Find the weakest digit",
         True,
-        f"Digit **{weakest}**: {ui.pct(base_eval.per_digit_accuracy[weakest])} "
+        f"Digit **{weakest}**: {pct(base_eval.per_digit_accuracy[weakest])} "
         f"({base_eval.wrong_counts[weakest]} of {base_eval.support[weakest]} wrong).",
         "evaluation",
         "Evaluation",
@@ -92,8 +93,15 @@ else:
 st.header("Run the whole study")
 st.write(
     "One click does every step: trains the base model (or reuses the saved one), evaluates it, fine-tunes "
-    "an adapter on its weakest digit, and checks that the base weights did not change. About half a minute."
+    "an adapter on its weakest digit, and checks that the base weights did not change."
 )
+timings = []  # measured here, by the runs that made the saved work (no guesses)
+if base is not None and isinstance(base.meta.get("training", {}).get("seconds"), int | float):
+    timings.append(f"the saved base model trained in {base.meta['training']['seconds']:.1f} s")
+if active_info is not None and isinstance((active_info.record.metrics or {}).get("seconds"), int | float):
+    timings.append(f"adapter `{active_info.name}` fine-tuned in {active_info.record.metrics['seconds']:.1f} s")
+if timings:
+    st.caption("On this machine " + " and ".join(timings) + ".")
 st.caption(ui.NEW_NAME_NOTE)
 t_defaults, f_defaults = TrainConfig(), FinetuneConfig()
 with st.expander("Study settings (the defaults are the study's)"):
@@ -149,21 +157,21 @@ else:
     before, after = figures.per_digit_before[d], figures.per_digit_after[d]
     st.caption(f"From {figures.source}; every number is measured on the 10,000 MNIST test images.")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Base accuracy", ui.pct(figures.base_accuracy))
+    m1.metric("Base accuracy", pct(figures.base_accuracy))
     m2.metric(
         "Adapter's target digit",
         ", ".join(map(str, figures.digits)),
-        f"{ui.pct(before)} before",
+        f"{pct(before)} before",
         delta_color="off",
         delta_arrow="off",
     )
-    m3.metric(f"Digit {d} after LoRA", ui.pct(after), f"{100 * (after - before):+.2f} points")
+    m3.metric(f"Digit {d} after LoRA", pct(after), f"{100 * (after - before):+.2f} points")
     m4.metric(
         "Overall after LoRA",
-        ui.pct(figures.adapted_accuracy),
+        pct(figures.adapted_accuracy),
         f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points",
     )
-    weakest_note = f"The base model's weakest digit is {weakest} ({ui.pct(figures.per_digit_before[weakest])})"
+    weakest_note = f"The base model's weakest digit is {weakest} ({pct(figures.per_digit_before[weakest])})"
     if weakest in figures.digits:
         st.caption(f"{weakest_note}: the adapter's target.")
     else:

@@ -22,24 +22,17 @@ st.write(
 )
 
 base = ui.require_base("Parameter inspection")
-usable = state.usable_adapters(base.fingerprint)
-names = [a.name for a in usable]
-active = state.active_adapter(base.fingerprint)
-chosen = None
+picked = ui.choose_adapter(base, "Adapter", "params_adapter", "the table shows the base model only.")
+chosen = picked.name if picked else None
 model = None
 config = None
-if names:
-    chosen = st.selectbox("Adapter", names, index=names.index(active) if active in names else 0, key="params_adapter")
-    info = next(a for a in usable if a.name == chosen)
+if picked is not None:
     try:
-        model = state.load_into_session(base, chosen)
-        config = info.record.config
+        model = state.load_into_session(base, picked.name)
+        config = picked.record.config
     except ArtifactError as exc:
-        st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
+        st.error(f"Adapter `{picked.name}` cannot be loaded: {exc}")
         chosen = None
-else:
-    st.info("There is no adapter yet: the table shows the base model only.")
-    ui.offer_finetune(base)
 
 # --- the table ---------------------------------------------------------------------------------------------------
 st.header("Layers: W, b, A and B")
@@ -69,7 +62,7 @@ st.subheader("Recorded by the fine-tune run")
 if chosen is None:
     st.info("Fine-tune an adapter: the run records a hash of every base tensor before and after training.")
 else:
-    check = recorded_check(info.record.metrics, base.model)
+    check = recorded_check(picked.record.metrics, base.model)
     st.write(
         f"While adapter `{chosen}` was fine-tuned, the run hashed (sha256) every base tensor before its first "
         "step and after its last one. Both must be equal, and equal to the base model loaded now."

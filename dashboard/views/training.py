@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ConfigError
 from lora_core.model import MLP
+from lora_core.numbers import pct
 from lora_core.params import parameter_table
 from lora_core.train import DEVICES, SCHEDULES, TrainConfig, resolve_device
 
@@ -94,7 +95,7 @@ else:
     training = meta.get("training", {})
     evaluation = state.base_evaluation(status.record)
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Test accuracy", ui.pct(evaluation.accuracy))
+    m1.metric("Test accuracy", pct(evaluation.accuracy))
     m2.metric("Parameters", f"{meta.get('parameters', 0):,}")
     m3.metric("Training time", f"{training.get('seconds', 0):.1f} s")
     m4.metric("Samples per second", f"{training.get('samples_per_s', 0):,.0f}")

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import PAGES, assert_clean, new_app, texts, visit
 
-from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL, pct
+from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
 from lora_core.data import MnistData
 from lora_core.evaluate import evaluate
 from lora_core.lora import LoraModel
+from lora_core.numbers import pct
 from lora_core.storage import ArtifactStore
 
 TITLES = {
