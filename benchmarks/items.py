@@ -16,12 +16,13 @@ import torch
 
 from lora_core.evaluate import evaluate
 from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MLP, count_parameters
+from lora_core.numbers import pct
 from lora_core.train import TrainConfig, adam, train_base
 
 from .baselines import parametrized_lora, torchvision_root, tutorial_train
 from .context import Context
 from .machine import matmul_peak
-from .report import Row, judged, ms, pct, rate, times, us
+from .report import Row, judged, ms, rate, times, us
 from .timing import compare, percentile
 from .workloads import (
     CPU,

@@ -101,10 +101,6 @@ def rate(samples_per_s: float) -> str:
     return f"{samples_per_s:,.0f} samples/s"
 
 
-def pct(fraction: float) -> str:
-    return f"{100 * fraction:.2f}%"
-
-
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs" if seconds < 1e-3 else ms(seconds)
 

@@ -33,7 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from lora_core.data import MnistData, load_mnist
-from lora_core.errors import ArtifactError, LoraCoreError
+from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation, evaluate
 from lora_core.lora import LoraModel
 from lora_core.model import MLP
@@ -74,6 +74,14 @@ def _worker(
         with store.writing(label):
             result = target(*args, progress=progress, stop=stop)
         messages.put(("done", result))
+    except AdapterExistsError as exc:  # saved by someone else while this run trained: nothing is replaced
+        text = (
+            f"an adapter called {exc.name!r} was saved by another run meanwhile, and it was kept. Fine-tune again "
+            "with another name, or tick “Overwrite an adapter with the same name” on the Fine-tuning page"
+        )
+        messages.put(("error", type(exc).__name__, text, None))
+    except ConfigError as exc:  # the page validated its settings; say what is wrong without internal names
+        messages.put(("error", type(exc).__name__, exc.reason, None))
     except LoraCoreError as exc:
         messages.put(("error", type(exc).__name__, str(exc), None))
     except BaseException as exc:  # a worker must never die silently: report it on the page
@@ -236,8 +244,12 @@ class JobRegistry:
             current = self._jobs.get(job.root)
             if current is not None and current.running:
                 raise RunInProgress(current)
+            try:
+                job.start()
+            except BaseException:  # no worker came up: leave no "running" job that nothing will end
+                job.stop()
+                raise
             self._jobs[job.root] = job
-            job.start()
         return job
 
 

@@ -80,6 +80,9 @@ def start_job(start: Callable[..., jobs.Job], *args: Any) -> None:
     except jobs.RunInProgress as exc:
         st.warning(f"Not started: {exc.job.title} started at {exc.job.since} is still running.")
         return
+    except OSError as exc:  # the worker process could not be started (out of processes, files, memory)
+        st.error(f"The run could not be started: {exc}. Nothing was changed; free some resources and try again.")
+        return
     _ids(_SEEN_KEY).add(job.id)
     st.session_state[JOB_KEY] = job
     st.rerun()

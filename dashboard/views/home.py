@@ -12,6 +12,8 @@ from lora_core.proof import RecordedCheck, recorded_check
 from lora_core.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.train import FinetuneConfig, TrainConfig
 
+STUDY_FIELDS = {"hidden": "Hidden size", "epochs": "Epochs", "steps": "Fine-tuning steps"}
+
 st.title("LoRA on MNIST: see it work")
 st.markdown(
     "A small network learns to read handwritten digits. Then we improve its weakest digit with **LoRA** "
@@ -120,7 +122,8 @@ if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run
         train_config.validate()
         ft_config.validate()
     except ConfigError as exc:
-        st.error(f"{exc.field}: {exc.reason}. Change it in the study settings; nothing was run.")
+        label = STUDY_FIELDS.get(exc.field, exc.field)
+        st.error(f"**{label}**: {exc.reason}. Change it in the study settings; nothing was run.")
     else:
         ui.start_job(jobs.start_study, state.store(), train_config, ft_config, retrain)
 ui.busy_note()

@@ -12,7 +12,7 @@ from ..errors import ConfigError, ImageError, LoraCoreError
 from ..fileio import atomic_write_json
 from ..numbers import pct
 from ..train import FinetuneConfig, TrainConfig
-from .parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, usage_error
+from .parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, UsageError, usage_error
 from .render import (
     ProgressBar,
     _live_check_tables,
@@ -26,6 +26,7 @@ from .render import (
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_PROVE_STEPS = 10_000  # the check is meant to take seconds
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -280,6 +281,8 @@ def cmd_prove(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     from ..proof import live_check
     from ..study import load_base_for_lora
 
+    if isinstance(args.steps, bool) or not 1 <= args.steps <= MAX_PROVE_STEPS:  # before any loading
+        raise UsageError(f"--steps: must be a whole number from 1 to {MAX_PROVE_STEPS}, got {args.steps}")
     store = _store(args)
     base, _ = load_base_for_lora(store, args.device)
     data = _data(args)

@@ -79,6 +79,8 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("--seed",),
     "hidden": ("--hidden",),
 }
+# evaluate, inspect and predict name an adapter with --adapter
+ADAPTER_FLAGS: dict[str, tuple[str, ...]] = {"name": ("--adapter",)}
 # study: the base model's options carry a --train- prefix, beside the adapter's --ft- ones
 STUDY_TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
     field: ("--train-" + flags[0].removeprefix("--"),) for field, flags in TRAIN_FLAGS.items()
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="per-digit accuracy of the base model and an adapter")
     _adapter_choice(p, "evaluate beside the base model")
-    p.set_defaults(handler=commands.cmd_evaluate, flags={})
+    p.set_defaults(handler=commands.cmd_evaluate, flags=ADAPTER_FLAGS)
 
     p = sub.add_parser("finetune", parents=[common], help="fine-tune and save a LoRA adapter")
     _finetune_options(p)
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, recorded base-tensor hashes")
     _adapter_choice(p, "inspect")
-    p.set_defaults(handler=commands.cmd_inspect, flags={})
+    p.set_defaults(handler=commands.cmd_inspect, flags=ADAPTER_FLAGS)
 
     p = sub.add_parser(
         "prove",
@@ -248,13 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="dark ink on light paper: auto-detected from the border by default",
     )
-    p.set_defaults(handler=commands.cmd_predict, flags={})
+    p.set_defaults(handler=commands.cmd_predict, flags=ADAPTER_FLAGS)
 
     p = sub.add_parser(
         "study",
         parents=[common],
         help="the whole study, end to end",
-        description="Train (or reuse) the base model, fine-tune its weakest digit, prove the base unchanged. "
+        description="Train (or reuse) the base model, fine-tune its weakest digit, and compare the base tensors of "
+        "the model really fine-tuned with the checkpoint. "
         "--train-* options set the base model's training (used only when one is trained: no saved base, "
         "or --retrain); --ft-* and the other options set the adapter's.",
     )

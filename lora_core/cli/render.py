@@ -158,7 +158,9 @@ def study_report(result: dict[str, Any], root: str) -> None:
         f"\n1. Base model: {tm['epochs']} epoch(s), batch {tm['batch_size']}, lr {tm['lr']:g}, "
         f"{tm['seconds']:.1f} s at {tm['samples_per_s']:,.0f} samples/s, final loss {tm['final_loss']:.4f}"
     )
-    say(f"   Test accuracy {pct(base['accuracy'])}; weakest digit {d} at {pct(base['per_digit_accuracy'][d])}")
+    per_digit = base["per_digit_accuracy"]
+    weakest = min(range(len(per_digit)), key=per_digit.__getitem__)
+    say(f"   Test accuracy {pct(base['accuracy'])}; weakest digit {weakest} at {pct(per_digit[weakest])}")
     say(
         f"\n2. LoRA adapter {adapter['name']!r} on digit {d}: rank {adapter['rank']}, alpha {adapter['alpha']:g}, "
         f"replay {adapter['finetune']['replay']:g}, {adapter['finetune']['steps']} steps, {adapter['seconds']:.1f} s"
