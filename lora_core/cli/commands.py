@@ -274,7 +274,7 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
 
 
 class CheckFailed(LoraCoreError):
-    """`prove` ran and its verdict is not PASS (the tables are printed): exit status 1."""
+    """A check ran and failed (`prove` not PASS, or the study's weights comparison): exit status 1."""
 
 
 def cmd_prove(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
@@ -371,4 +371,8 @@ def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
         bar.close()
     result["seconds"]["total"] = time.perf_counter() - started
     study_report(result, str(store.root))
+    if not (result["base_weights_unchanged"] and result["disabled_adapter_equals_base"]):
+        if args.json is not None:  # main writes the JSON of successful commands only
+            atomic_write_json(args.json, result)
+        raise CheckFailed("the study's own checks failed (see step 5 above); the adapter was saved as trained")
     return result

@@ -1,4 +1,5 @@
-"""The one honest full-size run: `python -m lora_core study` with its defaults on the whole of MNIST."""
+"""The study: one honest full-size run of `python -m lora_core study`, and small runs showing that its checks
+of the base weights and of the disabled adapter can fail."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,3 +64,103 @@ def test_full_study_end_to_end(full_study):
     assert adapted["per_digit_accuracy"][digit] >= base["per_digit_accuracy"][digit] + 0.02
     assert adapted["accuracy"] >= base["accuracy"]
     assert "UNCHANGED" in proc.stdout
+
+
+# --- the study's own comparison of the fine-tuned model against the checkpoint must be able to fail -------
+SMALL_STUDY_ARGS = [
+    *("--train-hidden", "32", "16", "--train-batch-size", "512"),
+    *("--steps", "5", "--ft-batch-size", "32", "--rank", "2", "--device", "cpu"),
+]
+
+
+@pytest.mark.parametrize("corrupted", [False, True], ids=["real-loop", "loop-trains-w"])
+def test_study_weights_comparison_follows_the_training_loop(
+    corrupted: bool,
+    small_mnist,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    corrupt_training,
+) -> None:
+    from lora_core.cli import main
+    from lora_core.storage import ArtifactStore
+    from lora_core.study import headline_from_study, run_study
+    from lora_core.train import FinetuneConfig, TrainConfig
+
+    if corrupted:
+        corrupt_training(monkeypatch)  # the LoRA loop also trains W and the biases
+    # tests/conftest.py's small settings, with a narrow base so that the two studies take seconds
+    train = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu", hidden=(32, 16))
+    finetune = FinetuneConfig(rank=2, alpha=8, steps=5, batch_size=64, seed=0, device="cpu")
+    result = run_study(ArtifactStore(tmp_path / "library"), small_mnist, train, finetune)
+
+    assert result["base_weights_unchanged"] is (not corrupted)
+    assert len(result["weights_proof"]) == 6
+    if corrupted:
+        assert not any(p["identical"] for p in result["weights_proof"])
+        assert all(p["max_abs_diff"] > 0 for p in result["weights_proof"])
+        assert result["recorded_check"]["status"] == "changed" and result["recorded_check"]["passed"] is False
+    else:
+        assert all(p["identical"] and p["max_abs_diff"] == 0 for p in result["weights_proof"])
+        assert result["recorded_check"]["status"] == "unchanged" and result["recorded_check"]["passed"] is True
+    headline = headline_from_study(result)
+    assert headline.weights_unchanged is (not corrupted)
+    expected_note = "Base weights CHANGED" if corrupted else "Base weights unchanged"
+    assert headline.weights_note.startswith(expected_note), headline.weights_note
+
+    capsys.readouterr()
+    code = main(["study", "--artifacts", str(tmp_path / "cli"), *SMALL_STUDY_ARGS])
+    out = capsys.readouterr().out
+    assert code == (1 if corrupted else 0), out[-2000:]  # a failed check is a failed command
+    verdict = "Base weights CHANGED" if corrupted else "Base weights UNCHANGED"
+    assert verdict in out, out[-2000:]
+    table = out.split("5. Base weights after fine-tuning")[1].split("Base weights")[0]
+    assert table.count(" NO") == (6 if corrupted else 0) and table.count(" yes") == (0 if corrupted else 6), table
+
+
+# --- "adapter disabled gives the base logits exactly" must be able to fail --------------------------------
+def plant_disable_leak(leak: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug that lets the adapter act while it is meant to be disabled."""
+    from contextlib import contextmanager
+
+    from lora_core.lora import LoraLinear, LoraModel
+
+    if leak == "no-op-context":  # adapters_disabled() forgets to disable anything
+
+        @contextmanager
+        def not_disabled(self: LoraModel):  # noqa: ANN202 - a context manager
+            yield
+
+        monkeypatch.setattr(LoraModel, "adapters_disabled", not_disabled)
+    elif leak == "layer-ignores-switch":  # every LoRA layer adds B·A whatever its switch says
+        forward = LoraLinear.forward
+
+        def leaky_forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+            enabled, self.adapters_enabled = self.adapters_enabled, True
+            try:
+                return forward(self, x)
+            finally:
+                self.adapters_enabled = enabled
+
+        monkeypatch.setattr(LoraLinear, "forward", leaky_forward)
+    else:
+        raise ValueError(leak)
+
+
+@pytest.mark.parametrize("leak", [None, "no-op-context", "layer-ignores-switch"])
+def test_disabled_equals_base_fails_when_the_adapter_leaks(
+    leak: str | None, trained_artifacts: Path, small_mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_core.lora import LoraModel
+    from lora_core.storage import ArtifactStore
+    from lora_core.study import disabled_equals_base
+
+    store = ArtifactStore(trained_artifacts)
+    base = store.load_base("cpu")
+    model = LoraModel(base.model)
+    store.load_adapter(model, "small", base.fingerprint)
+    model.set_adapter("small")
+    if leak is not None:
+        plant_disable_leak(leak, monkeypatch)
+    assert disabled_equals_base(model, small_mnist.test_x) is (leak is None)
+    assert model.active_adapter == "small"  # the check leaves the adapter as it found it

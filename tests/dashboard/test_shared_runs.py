@@ -59,7 +59,9 @@ def test_a_second_tab_sees_the_run_and_cannot_start_another(trained_dir: Path) -
             if key:
                 assert second.button(key=key).disabled
             else:
-                assert all(b.disabled for b in second.get("form_submit_button"))
+                submits = second.get("form_submit_button")
+                assert submits, "the Training page shows no start button"
+                assert all(b.disabled for b in submits), [(b.label, b.disabled) for b in submits]
         # even past the disabled buttons, the registry refuses a second run of the same folder
         try:
             jobs.start_training(ArtifactStore(trained_dir), TrainConfig(hidden=(32, 32)))

@@ -24,10 +24,13 @@ CONFIG = LoraConfig(r=2, alpha=2, target_modules=("linear1", "linear3"))
 # Polls the folder until told to stop. Every call that could write (rename, replace, delete, create) is
 # recorded and refused, so a reader that tried to "repair" a folder mid-swap would be caught. Each load
 # checks that the adapter's weights and its metrics.json come from the same save (B is filled with the
-# save's number).
+# save's number). A read counts as made during the saves when the marker file (present from just before
+# the first save to just after the last) exists both when it starts and when it ends. The reader prints
+# "polling" after its first complete read, so the saves start only once it really polls.
 READER = """
 import json, os, shutil, sys, time, pathlib
 root, stop_file, report = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+saving = pathlib.Path(sys.argv[4])
 from lora_core.lora import LoraModel
 from lora_core.storage import ArtifactStore
 writes = []
@@ -47,9 +50,10 @@ def guarded_open(path, flags, *args, **kwargs):
     return real_open(path, flags, *args, **kwargs)
 os.open = guarded_open
 store = ArtifactStore(root)
-reads, errors = 0, []
+reads, reads_during_saves, errors = 0, 0, []
 while not stop_file.exists():
     try:
+        started_during_saves = saving.exists()
         assert store.has_base(), "has_base() was False"
         names = [r.name for r in store.list_adapters() if not r.error]
         assert names == ["a"], f"list_adapters() gave {names}"
@@ -61,9 +65,14 @@ while not stop_file.exists():
         assert float(b.flatten()[0]) == loaded.metrics["version"], "weights and metrics.json of different saves"
         assert record.metrics["version"] <= loaded.metrics["version"]
         reads += 1
+        if reads == 1:
+            print("polling", flush=True)
+        if started_during_saves and saving.exists():
+            reads_during_saves += 1
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
-result = {"reads": reads, "errors": errors[:20], "n_errors": len(errors), "writes": writes[:20]}
+result = {"reads": reads, "reads_during_saves": reads_during_saves}
+result.update(errors=errors[:20], n_errors=len(errors), writes=writes[:20])
 os.open = real_open
 with open(report, "w") as fh:
     json.dump(result, fh)
@@ -87,13 +96,18 @@ def test_a_polling_reader_never_breaks_20_saves_and_never_writes(tmp_path: Path)
     base = MLP(64, 64)
     sha = store.save_base(base, {})["sha256"]
     store.save_adapter(adapter_version(base, 0), "a", {"version": 0}, sha)
-    stop_file, report = tmp_path / "stop", tmp_path / "report.json"
+    stop_file, report, saving = tmp_path / "stop", tmp_path / "report.json", tmp_path / "saving"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(root), str(stop_file), str(report)], cwd=ROOT, env={**os.environ}
+        [sys.executable, "-c", READER, str(root), str(stop_file), str(report), str(saving)],
+        cwd=ROOT,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    saved: list[int] = []
     try:
-        time.sleep(3.0)  # the reader is polling before the first save
-        saved = []
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "polling"
+        saving.touch()  # from here to the end of the last save, the reader's reads count as concurrent
         for version in range(1, SAVES + 1):
             if version % 2:  # the same base model again: a real folder swap, same fingerprint
                 assert store.save_base(base, {"version": version})["sha256"] == sha
@@ -101,6 +115,7 @@ def test_a_polling_reader_never_breaks_20_saves_and_never_writes(tmp_path: Path)
                 store.save_adapter(adapter_version(base, version), "a", {"version": version}, sha)
             saved.append(version)
             time.sleep(0.05)
+        saving.unlink()
         time.sleep(0.5)
     finally:
         stop_file.touch()
@@ -109,7 +124,8 @@ def test_a_polling_reader_never_breaks_20_saves_and_never_writes(tmp_path: Path)
     result = json.loads(report.read_text())
     assert result["writes"] == [], result["writes"]
     assert result["n_errors"] == 0, result["errors"]
-    assert result["reads"] >= 10, result  # it really polled during the saves
+    assert result["reads_during_saves"] >= 10, result  # it really polled while the folders were swapped
+    assert result["reads"] > result["reads_during_saves"]  # and before and after them
     # the final state is the last save of each folder, complete, with nothing left behind
     assert store.base_meta()["version"] == SAVES - 1
     model = LoraModel(store.load_base().model)
