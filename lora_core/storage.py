@@ -349,7 +349,7 @@ class ArtifactStore:
 
     # --- adapters ------------------------------------------------------------------------------
     def save_adapter(
-        self, lora_model: LoraModel, name: str, metrics: dict[str, Any], base_sha256: str, *, overwrite: bool = True
+        self, lora_model: LoraModel, name: str, metrics: dict[str, Any], base_sha256: str, *, overwrite: bool = False
     ) -> Path:
         """Save adapter `name`; with overwrite=False, refuse if it exists now (checked under the lock)."""
         config = lora_model.adapter_config(name)

@@ -16,7 +16,7 @@ from core_helpers import file_bytes, random_mlp, randomize_b
 from safetensors.torch import load_file, save_file
 
 from lora_core import fileio
-from lora_core.errors import ArtifactError, ConfigError, StaleAdapterError
+from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, StaleAdapterError
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.storage import ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore, sha256_bytes
 
@@ -462,11 +462,20 @@ def test_rename_delete_and_zip(store):
 def test_saving_over_an_adapter_replaces_it_whole(store):
     lora_model, fingerprint = fresh_lora(store)
     lora_model.add_adapter("a", LoraConfig(r=2, target_modules=("linear2",)), seed=1)
-    store.save_adapter(lora_model, "a", {}, fingerprint)
+    store.save_adapter(lora_model, "a", {}, fingerprint, overwrite=True)
     lm, _ = fresh_lora(store)
     record = store.load_adapter(lm, "a", fingerprint)
     assert record.config.r == 2 and record.config.target_modules == ("linear2",)
     assert sorted(p.name for p in store.adapters_dir.iterdir()) == ["a"]
+
+
+def test_saving_over_an_adapter_needs_overwrite(store):
+    lora_model, fingerprint = fresh_lora(store)
+    lora_model.add_adapter("a", LoraConfig(r=2, target_modules=("linear2",)), seed=1)
+    before = file_bytes(store.adapter_dir("a"))
+    with pytest.raises(AdapterExistsError, match="'a'"):
+        store.save_adapter(lora_model, "a", {}, fingerprint)
+    assert file_bytes(store.adapter_dir("a")) == before
 
 
 # --- atomic writes -------------------------------------------------------------------------------
@@ -529,7 +538,7 @@ def test_failed_adapter_save_keeps_the_previous_adapter(store, monkeypatch):
 
     monkeypatch.setattr(fileio.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        store.save_adapter(lora_model, "a", {}, fingerprint)
+        store.save_adapter(lora_model, "a", {}, fingerprint, overwrite=True)
     monkeypatch.undo()
     assert file_bytes(store.adapter_dir("a")) == before
     assert store.adapter_names() == ["a"]

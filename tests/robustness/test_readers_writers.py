@@ -112,7 +112,7 @@ def test_a_polling_reader_never_breaks_20_saves_and_never_writes(tmp_path: Path)
             if version % 2:  # the same base model again: a real folder swap, same fingerprint
                 assert store.save_base(base, {"version": version})["sha256"] == sha
             else:
-                store.save_adapter(adapter_version(base, version), "a", {"version": version}, sha)
+                store.save_adapter(adapter_version(base, version), "a", {"version": version}, sha, overwrite=True)
             saved.append(version)
             time.sleep(0.05)
         saving.unlink()
