@@ -203,3 +203,34 @@ def test_cli_finetune_says_and_records_the_precision(capsys, artifacts_copy, tmp
     metrics = json.loads((artifacts_copy / "adapters" / "cli-bf16" / ADAPTER_METRICS).read_text())
     assert metrics["finetune"]["precision_used"] == "bf16"
     shutil.rmtree(artifacts_copy / "adapters" / "cli-bf16")
+
+
+def test_lora_update_is_not_rounded_away_under_bf16_autocast():
+    """A small adapter update survives bfloat16 autocast: the side path and the sum run in float32
+    (in bfloat16, an update of 1e-4 on logits of size ~1 would round to nothing)."""
+    from core_helpers import random_mlp, randomize_b
+
+    from lora_core.lora import LoraConfig
+
+    x = torch.randn(64, 784, generator=torch.Generator().manual_seed(0))
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8.0, target_modules=("linear3",)), seed=0)
+    randomize_b(lora_model, "a", std=1e-5)
+    params = lora_model.mark_only_lora_trainable("a")
+    lora_model.train()
+
+    def effect(bf16: bool) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            adapted = lora_model(x)
+            with lora_model.adapters_disabled():
+                plain = lora_model(x)
+        assert adapted.dtype == torch.float32
+        return (adapted - plain.float()).detach()
+
+    in_fp32, in_bf16 = effect(False), effect(True)
+    assert in_fp32.abs().max() > 0
+    torch.testing.assert_close(in_bf16, in_fp32, rtol=0.05, atol=in_fp32.abs().max().item() * 0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(lora_model(x), torch.arange(64) % 10)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
