@@ -253,8 +253,28 @@ class LoraLinear(nn.Module):
         if self._merged_weight is not None:
             return F.linear(x, self._merged_weight, self.base_layer.bias)
         out = self.base_layer(x)
-        side = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x)))
-        return out + side * self.scaling[name]
+        dropout = self.lora_dropout[name]
+        # with dropout 0 the side path reads x itself: no Identity call, no copy
+        x_side = dropout(x) if isinstance(dropout, nn.Dropout) else x
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        scale = self.scaling[name]
+        if not torch.is_grad_enabled():
+            # evaluation and prediction: PEFT's own order of operations, so that logits agree with PEFT's
+            # to the last bit and every reported accuracy is unchanged
+            return out + F.linear(F.linear(x_side, a), b) * scale
+        # training: (x A^T) B^T * scale is added into the base output by the matmul itself (beta = 1,
+        # alpha = scale), in place: no separate product, scaling, sum or copy over the (batch, out_features)
+        # output, forward or backward. Only the rounding order differs from the sum above.
+        if out.dtype != b.dtype:
+            # bfloat16 autocast: the base matmul ran in bfloat16, the side path and the sum stay float32.
+            # The adapter's update is small beside the base output, and in bfloat16 (8 significant bits)
+            # the sum would round most of it away.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._add_side(out.to(b.dtype), F.linear(x_side.to(a.dtype), a), b, scale)
+        return self._add_side(out, F.linear(x_side, a), b, scale)
+
+    def _add_side(self, out: torch.Tensor, xa: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+        return out.view(-1, self.out_features).addmm_(xa.view(-1, xa.shape[-1]), b.t(), alpha=scale).view(out.shape)
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.lora_A)}, active={self.active_adapter!r}"

@@ -24,7 +24,7 @@ from .model import MLP
 from .params import parameter_table, weights_unchanged
 from .proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
 from .storage import ArtifactStore, BaseModelRecord, writes
-from .train import FinetuneConfig, ProgressCallback, TrainConfig, finetune, resolve_device, train_base
+from .train import FinetuneConfig, ProgressCallback, RunResult, TrainConfig, finetune, resolve_device, train_base
 
 
 def default_adapter_name(digits: tuple[int, ...]) -> str:
@@ -51,6 +51,7 @@ def train_and_save_base(
             "seconds": run.seconds,
             "samples_per_s": run.samples_per_s,
             "final_loss": run.losses[-1] if run.losses else None,
+            **_precision_fields(run),
         },
         "normalization": {"mean": 0.1307, "std": 0.3081},
         "seed": config.seed,
@@ -59,6 +60,14 @@ def train_and_save_base(
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
     }
     return store.save_base(model.cpu(), meta)
+
+
+def _precision_fields(run: RunResult) -> dict[str, Any]:
+    """The precision actually trained in and why, beside the requested `precision` of the config."""
+    choice = run.precision
+    if choice is None:
+        return {}
+    return {"precision_used": choice.used, "precision_reason": choice.reason}
 
 
 @dataclass
@@ -124,7 +133,7 @@ def finetune_and_save_adapter(
     table = parameter_table(lora_model, config.lora_config())
     metrics = {
         "target_digits": list(digits),
-        "finetune": config.to_dict(),
+        "finetune": {**config.to_dict(), **_precision_fields(run)},
         "seconds": run.seconds,
         "samples_per_s": run.samples_per_s,
         "final_loss": run.losses[-1] if run.losses else None,

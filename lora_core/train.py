@@ -6,6 +6,7 @@ a live chart), stop cleanly when asked, and refuse to go on when the loss stops 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ from .errors import ConfigError, RunStopped, TrainingDiverged
 from .lora import LoraConfig, LoraModel, validate_adapter_name
 from .model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
 from .numbers import is_finite_number
+from .precision import PrecisionChoice, autocast, check_precision, resolve_precision
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -60,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     hidden: tuple[int, int] = DEFAULT_HIDDEN
+    precision: str = "auto"  # "fp32", "bf16", or "auto": bf16 where measured faster (lora_core.precision)
 
     def validate(self) -> None:
         _check_int("epochs", self.epochs, 1, 1000)
@@ -68,6 +71,7 @@ class TrainConfig:
         _check_schedule(self.lr_schedule)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
+        check_precision(self.precision)
         if len(self.hidden) != 2:
             raise ConfigError("hidden", f"give two hidden sizes, got {self.hidden!r}")
         for h in self.hidden:
@@ -101,6 +105,7 @@ class FinetuneConfig:
     init: str = "kaiming"
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # as TrainConfig.precision
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -132,6 +137,7 @@ class FinetuneConfig:
             raise ConfigError("replay", f"must be a fraction from 0 to 1, got {self.replay!r}")
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
+        check_precision(self.precision)
         self.lora_config().validate(model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +152,7 @@ class RunResult:
     seconds: float
     samples_per_s: float
     losses: list[float] = field(default_factory=list)
+    precision: PrecisionChoice | None = None
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -248,6 +255,7 @@ def train_base(
     config = config or TrainConfig()
     config.validate()
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # the layers' initial weights come from the global generator
     model = MLP(*config.hidden).to(device)
     x, y = data.train_x.to(device), data.train_y.to(device)
@@ -263,7 +271,8 @@ def train_base(
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with autocast(precision, device):  # the forward pass and the loss; backward and Adam stay fp32
+                loss = F.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -271,7 +280,7 @@ def train_base(
             step += 1
             reporter.step(step, loss.detach(), idx.numel(), epoch)
     model.eval()
-    return model, reporter.result()
+    return model, dataclasses.replace(reporter.result(), precision=precision)
 
 
 def finetune(
@@ -293,13 +302,15 @@ def finetune(
     if config.digits is None:
         raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
     device = next(lora_model.model.parameters()).device
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # dropout masks come from the global generator
     lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
     try:
-        return _finetune_loop(lora_model, name, data, config.digits, config, device, progress, stop)
+        run = _finetune_loop(lora_model, name, data, config.digits, config, device, precision, progress, stop)
     except BaseException:
         lora_model.delete_adapter(name)
         raise
+    return dataclasses.replace(run, precision=precision)
 
 
 def _finetune_loop(
@@ -309,6 +320,7 @@ def _finetune_loop(
     digits: tuple[int, ...],
     config: FinetuneConfig,
     device: torch.device,
+    precision: PrecisionChoice,
     progress: ProgressCallback | None,
     stop: threading.Event | None,
 ) -> RunResult:
@@ -334,7 +346,8 @@ def _finetune_loop(
             if n_other:
                 picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
             idx = torch.cat(picks)
-            loss = F.cross_entropy(lora_model(x[idx]), y[idx])
+            with autocast(precision, device):
+                loss = F.cross_entropy(lora_model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -64,7 +64,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         "seed": args.seed,
         "hidden": tuple(args.hidden) if args.hidden is not None else None,
     }
-    return TrainConfig(device=args.device, **{k: v for k, v in given.items() if v is not None})
+    return TrainConfig(
+        device=args.device, precision=args.precision, **{k: v for k, v in given.items() if v is not None}
+    )
 
 
 def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
@@ -83,7 +85,20 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         init=args.init,
         seed=args.ft_seed,
         device=args.device,
+        precision=args.precision,
     )
+
+
+def _say_precision(requested: str, device: str, flags: dict[str, tuple[str, ...]], args: argparse.Namespace) -> None:
+    """Print the precision training will use and why (auto's probe runs here, once per process)."""
+    from ..precision import resolve_precision
+    from ..train import resolve_device
+
+    try:
+        choice = resolve_precision(requested, resolve_device(device))
+    except ConfigError as exc:
+        raise usage_error(exc, flags, args.argv) from exc
+    say(f"Precision: {choice.reason} (--precision {requested})")
 
 
 def _check_name(args: argparse.Namespace) -> None:
@@ -149,6 +164,7 @@ def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     config = _validated(_train_config(args), TRAIN_FLAGS, args)
     store = _store(args)
     data = _data(args)
+    _say_precision(config.precision, config.device, TRAIN_FLAGS, args)
     bar = ProgressBar()
     try:
         meta = train_and_save_base(store, data, config, bar, stop)
@@ -204,6 +220,7 @@ def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
     base, lora_model = load_base_for_lora(store, args.device)
     _validated(config, args.flags, args, lora_model.model)
     data = _data(args)
+    _say_precision(config.precision, config.device, args.flags, args)
     bar = ProgressBar()
     try:
         outcome = finetune_and_save_adapter(store, base, lora_model, data, config, args.name, args.overwrite, bar, stop)
@@ -352,6 +369,7 @@ def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
             f"{store.base_dir} is reused. Add --retrain to train a new one with {'it' if len(given) == 1 else 'them'}."
         )
     data = _data(args)
+    _say_precision(ft_config.precision, ft_config.device, args.flags, args)
     bar = ProgressBar()
     started = time.perf_counter()
     try:

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from ..errors import ConfigError
 from ..model import LAYER_NAMES
+from ..precision import PRECISIONS
 from ..train import DEVICES, SCHEDULES, FinetuneConfig, TrainConfig
 
 EXIT_USAGE = 2
@@ -67,6 +68,7 @@ def _float_arg(text: str) -> float:
 # spellings (finetune's --batch-size and --ft-batch-size), an error names the one the user typed.
 COMMON_FLAGS: dict[str, tuple[str, ...]] = {
     "device": ("--device",),
+    "precision": ("--precision",),
     "adapter": ("--adapter",),
     "name": ("--name",),
     "json": ("--json",),
@@ -192,6 +194,18 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PRECISION_HELP = (
+    "arithmetic of the training steps: fp32, bf16 (forward pass and loss under bfloat16 autocast; weights, "
+    "gradients, Adam and saved files stay float32), or auto (default): bf16 where a quick matmul probe "
+    "measures it faster on this device, else fp32. Evaluation always runs in fp32."
+)
+
+
+def _precision_option(parser: argparse.ArgumentParser, study: bool = False) -> None:
+    both = " Under study it applies to both the base model's training and the adapter's." if study else ""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + both)
+
+
 def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--adapter", help=f"adapter to {what} (default: the newest saved one that fits the base)")
@@ -212,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train and save the base model")
     _train_options(p, TRAIN_FLAGS, study=False)
+    _precision_option(p)
     p.set_defaults(handler=commands.cmd_train, flags=TRAIN_FLAGS)
 
     p = sub.add_parser("evaluate", parents=[common], help="per-digit accuracy of the base model and an adapter")
@@ -226,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", dest="ft_lr", type=_float_arg, default=d.lr)
     p.add_argument("--lr-schedule", dest="ft_lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
     p.add_argument("--seed", dest="ft_seed", type=_int_arg, default=d.seed)
+    _precision_option(p)
     p.set_defaults(handler=commands.cmd_finetune, flags=FINETUNE_FLAGS)
 
     p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, recorded base-tensor hashes")
@@ -264,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(p, STUDY_TRAIN_FLAGS, study=True)
     _finetune_options(p)
     p.add_argument("--retrain", action="store_true", help="train a new base model even if one is saved")
+    _precision_option(p, study=True)
     p.set_defaults(handler=commands.cmd_study, flags=STUDY_FINETUNE_FLAGS)
     return parser
 

@@ -130,6 +130,37 @@ def test_forward_equals_base_plus_scaled_low_rank_update(r, alpha, rslora, targe
     assert (out - plain).abs().max() > 1e-3  # the update really does something
 
 
+@pytest.mark.parametrize("targets", [("linear1", "linear2", "linear3"), ("linear2",), ("linear1", "linear3")])
+def test_training_forward_and_gradients_match_the_plain_sum(targets, x):
+    """Training adds the side path inside the matmul (addmm_); its logits and every gradient must be
+    those of the plain sum x W^T + b + (x A^T) B^T * scale differentiated by autograd."""
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8.0, target_modules=targets), seed=0)
+    randomize_b(lora_model, "a")
+    params = lora_model.mark_only_lora_trainable("a")
+    lora_model.train()
+    y = torch.arange(x.shape[0]) % 10
+    loss = torch.nn.functional.cross_entropy(lora_model(x), y)
+    loss.backward()
+    fast = [p.grad.clone() for p in params]
+    with torch.no_grad():
+        eval_logits = lora_model(x)  # the no-grad path: PEFT's order of operations
+
+    reference = {
+        name: (a.clone().requires_grad_(True), b.clone().requires_grad_(True), s)
+        for name, (a, b, s) in adapter_deltas(lora_model, "a").items()
+    }
+    logits = manual_forward(lora_model.model, x, reference)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    expected = [g for name in reference for g in (reference[name][0].grad, reference[name][1].grad)]
+    torch.testing.assert_close(logits.detach(), eval_logits, atol=1e-5, rtol=1e-5)
+    assert len(fast) == len(expected) == 2 * len(targets)
+    for got, want in zip(fast, expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+        assert torch.count_nonzero(got) > 0
+    assert all(p.grad is None for p in lora_model.model.parameters() if not p.requires_grad)
+
+
 def test_rslora_scale_is_alpha_over_sqrt_r():
     assert LoraConfig(r=16, alpha=8, use_rslora=True).scale == pytest.approx(2.0)
     assert LoraConfig(r=16, alpha=8, use_rslora=False).scale == pytest.approx(0.5)
