@@ -196,14 +196,14 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
 
 PRECISION_HELP = (
     "arithmetic of the training steps: fp32, bf16 (forward pass and loss under bfloat16 autocast; weights, "
-    "gradients, Adam and saved files stay float32), or auto (default): bf16 where a quick matmul probe "
+    "gradients, Adam and saved files stay float32), or auto: bf16 where a quick matmul probe "
     "measures it faster on this device, else fp32. Evaluation always runs in fp32."
 )
 
 
 def _precision_option(parser: argparse.ArgumentParser, study: bool = False) -> None:
     both = " Under study it applies to both the base model's training and the adapter's." if study else ""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + both)
+    parser.add_argument("--precision", choices=PRECISIONS, default=TrainConfig().precision, help=PRECISION_HELP + both)
 
 
 def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
