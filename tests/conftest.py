@@ -6,13 +6,14 @@ Unit tests train on a 6,000-image subset to stay fast; the CLI test runs one hon
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from lora_core.data import MnistData, load_mnist
-from lora_core.lora import LoraModel
+from lora_core.lora import LoraLinear, LoraModel
 from lora_core.storage import ArtifactStore
 from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.train import FinetuneConfig, TrainConfig
@@ -122,3 +123,33 @@ def corrupt_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:
 def corrupt_training():
     """`corrupt_training(monkeypatch)` plants the bug of corrupt_the_training_loop until it is undone."""
     return corrupt_the_training_loop
+
+
+def leak_the_disabled_adapter(leak: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug that lets the adapter act while it is meant to be disabled."""
+    if leak == "no-op-context":  # adapters_disabled() forgets to disable anything
+
+        @contextmanager
+        def not_disabled(self: LoraModel):  # noqa: ANN202 - a context manager
+            yield
+
+        monkeypatch.setattr(LoraModel, "adapters_disabled", not_disabled)
+    elif leak == "layer-ignores-switch":  # every LoRA layer adds B·A whatever its switch says
+        forward = LoraLinear.forward
+
+        def leaky_forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+            enabled, self.adapters_enabled = self.adapters_enabled, True
+            try:
+                return forward(self, x)
+            finally:
+                self.adapters_enabled = enabled
+
+        monkeypatch.setattr(LoraLinear, "forward", leaky_forward)
+    else:
+        raise ValueError(leak)
+
+
+@pytest.fixture
+def disabled_adapter_leak():
+    """`disabled_adapter_leak(leak, monkeypatch)` plants a bug that lets a disabled adapter act."""
+    return leak_the_disabled_adapter

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import torch
 
 from lora_core.lora import LoraModel
@@ -58,3 +62,15 @@ def adapter_deltas(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.Te
         for layer_name, layer in lora_model.lora_layers().items()
         if name in layer.lora_A
     }
+
+
+def import_peft() -> ModuleType:
+    """PEFT itself must read our adapters for the format to be proven: under CI=true a missing PEFT fails
+    the run; elsewhere (a venv set up by `make run` only) these tests are skipped with the reason."""
+    reason = "the PEFT interoperability tests need peft (pip install -r requirements-test.txt)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        try:
+            return importlib.import_module("peft")
+        except ImportError as exc:
+            pytest.fail(f"{reason}; CI=true: .ci/run must install it ({exc})", pytrace=False)
+    return pytest.importorskip("peft", reason=reason)

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-from types import ModuleType
 
 import pytest
 import torch
-from core_helpers import random_mlp, randomize_b
+from core_helpers import import_peft, random_mlp, randomize_b
 from safetensors.torch import load_file
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import MLP
 from lora_core.storage import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 
-
-def _import_peft() -> ModuleType:
-    """PEFT itself must read our adapters for the format to be proven: under CI=true a missing PEFT fails
-    the run; elsewhere (a venv set up by `make run` only) these tests are skipped with the reason."""
-    reason = "the PEFT interoperability tests need peft (pip install -r requirements-test.txt)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        try:
-            return importlib.import_module("peft")
-        except ImportError as exc:
-            pytest.fail(f"{reason}; CI=true: .ci/run must install it ({exc})", pytrace=False)
-    return pytest.importorskip("peft", reason=reason)
-
-
-peft = _import_peft()
+peft = import_peft()
 
 
 def test_peft_loads_our_trained_adapter_with_the_same_logits(trained_artifacts, small_mnist):

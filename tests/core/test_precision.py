@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from core_helpers import import_peft
 from safetensors.torch import load_file
 
 from lora_core import precision as precision_module
@@ -120,18 +119,8 @@ def test_bf16_where_unsupported_is_refused_and_auto_falls_back(monkeypatch):
 
 
 # --- fine-tuning in bf16: float32 adapter files that PEFT reads ----------------------------------------
-def _import_peft():
-    reason = "the PEFT interoperability tests need peft (pip install -r requirements-test.txt)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        try:
-            return importlib.import_module("peft")
-        except ImportError as exc:
-            pytest.fail(f"{reason}; CI=true: .ci/run must install it ({exc})", pytrace=False)
-    return pytest.importorskip("peft", reason=reason)
-
-
 def test_bf16_finetuned_adapter_is_float32_and_peft_reads_it(artifacts_copy, small_mnist):
-    peft = _import_peft()
+    peft = import_peft()
     store = ArtifactStore(artifacts_copy)
     base, lora_model = load_base_for_lora(store, "cpu")
     config = dataclasses.replace(TINY_FINETUNE, precision="bf16")

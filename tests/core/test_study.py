@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,37 +118,9 @@ def test_study_weights_comparison_follows_the_training_loop(
 
 
 # --- "adapter disabled gives the base logits exactly" must be able to fail --------------------------------
-def plant_disable_leak(leak: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plant a bug that lets the adapter act while it is meant to be disabled."""
-    from contextlib import contextmanager
-
-    from lora_core.lora import LoraLinear, LoraModel
-
-    if leak == "no-op-context":  # adapters_disabled() forgets to disable anything
-
-        @contextmanager
-        def not_disabled(self: LoraModel):  # noqa: ANN202 - a context manager
-            yield
-
-        monkeypatch.setattr(LoraModel, "adapters_disabled", not_disabled)
-    elif leak == "layer-ignores-switch":  # every LoRA layer adds B·A whatever its switch says
-        forward = LoraLinear.forward
-
-        def leaky_forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
-            enabled, self.adapters_enabled = self.adapters_enabled, True
-            try:
-                return forward(self, x)
-            finally:
-                self.adapters_enabled = enabled
-
-        monkeypatch.setattr(LoraLinear, "forward", leaky_forward)
-    else:
-        raise ValueError(leak)
-
-
 @pytest.mark.parametrize("leak", [None, "no-op-context", "layer-ignores-switch"])
 def test_disabled_equals_base_fails_when_the_adapter_leaks(
-    leak: str | None, trained_artifacts: Path, small_mnist, monkeypatch: pytest.MonkeyPatch
+    leak: str | None, trained_artifacts: Path, small_mnist, monkeypatch: pytest.MonkeyPatch, disabled_adapter_leak
 ) -> None:
     from lora_core.lora import LoraModel
     from lora_core.storage import ArtifactStore
@@ -161,6 +132,6 @@ def test_disabled_equals_base_fails_when_the_adapter_leaks(
     store.load_adapter(model, "small", base.fingerprint)
     model.set_adapter("small")
     if leak is not None:
-        plant_disable_leak(leak, monkeypatch)
+        disabled_adapter_leak(leak, monkeypatch)
     assert disabled_equals_base(model, small_mnist.test_x) is (leak is None)
     assert model.active_adapter == "small"  # the check leaves the adapter as it found it

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import assert_clean, click, new_app, texts, visit
-
-from lora_core.lora import LoraLinear
 
 
 def _set_enabled(at, enabled: bool) -> None:
@@ -46,19 +43,10 @@ def test_evaluation_and_draw_follow_the_enabled_switch(trained_dir: Path) -> Non
 
 @pytest.mark.parametrize("leaks", [False, True], ids=["real-switch", "adapter-leaks"])
 def test_the_disabled_check_on_the_finetune_page_can_fail(
-    leaks: bool, trained_dir: Path, monkeypatch: pytest.MonkeyPatch
+    leaks: bool, trained_dir: Path, monkeypatch: pytest.MonkeyPatch, disabled_adapter_leak
 ) -> None:
-    if leaks:  # plant a bug: every LoRA layer adds B·A whatever its switch says
-        forward = LoraLinear.forward
-
-        def leaky_forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
-            enabled, self.adapters_enabled = self.adapters_enabled, True
-            try:
-                return forward(self, x)
-            finally:
-                self.adapters_enabled = enabled
-
-        monkeypatch.setattr(LoraLinear, "forward", leaky_forward)
+    if leaks:
+        disabled_adapter_leak("layer-ignores-switch", monkeypatch)
     at = new_app()
     _set_enabled(at, False)
     passed = "With `small` disabled, all 10,000 test logits equal the base model's exactly."
