@@ -13,9 +13,10 @@ import streamlit as st
 from dashboard import charts, jobs, state
 from lora_core.errors import ConfigError
 from lora_core.numbers import pct
+from lora_core.precision import resolve_precision
 from lora_core.storage import BaseModelRecord, describe_holder
 from lora_core.study import default_adapter_name
-from lora_core.train import FinetuneConfig, TrainConfig
+from lora_core.train import FinetuneConfig, TrainConfig, resolve_device
 
 PAGES = {
     "home": "views/home.py",
@@ -272,6 +273,33 @@ class FieldSlots:
         text = f"**{label or exc.field}**: {exc.reason}. Change it and try again; nothing was saved."
         slot = self.slots.get(exc.field)
         (slot if slot is not None else st).error(text)
+
+
+# --- precision ---------------------------------------------------------------------------------------
+PRECISION_HELP = (
+    "fp32: everything in float32. "
+    "bf16: the forward pass and the loss run under bfloat16 autocast (about 2x faster on hardware with fast "
+    "bfloat16 matmuls); weights, gradients, Adam's states and the saved files stay float32. "
+    "auto: bf16 only where a quick matmul probe measures it faster on this device, fp32 elsewhere. "
+    "Evaluation always runs in float32."
+)
+
+
+def check_precision_available(precision: str, device: str) -> None:
+    """Refuse a forced bf16 before the run starts where this device cannot run it (a ConfigError for the
+    field); "auto" falls back to fp32 by itself, and its probe is left to the run."""
+    if precision == "bf16":
+        resolve_precision(precision, resolve_device(device))
+
+
+def precision_note(record: dict[str, Any]) -> str:
+    """The precision a saved run used and why, from model.json's `training` or metrics.json's `finetune`."""
+    used = record.get("precision_used")
+    if not used:
+        return "fp32 (not recorded)"  # saved before the precision setting existed: always float32
+    reason = str(record.get("precision_reason") or "")
+    reason = reason.removeprefix(f"{used}: ")
+    return f"{used} — {reason}" if reason else str(used)
 
 
 # --- sidebar -------------------------------------------------------------------------------------------

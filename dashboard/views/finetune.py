@@ -12,6 +12,7 @@ from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lora import rank_limits, validate_adapter_name
 from lora_core.numbers import pct
+from lora_core.precision import PRECISIONS
 from lora_core.study import default_adapter_name, disabled_equals_base
 from lora_core.train import FinetuneConfig, resolve_device
 
@@ -26,6 +27,7 @@ FIELD_LABELS = {
     "replay": "Replay fraction",
     "name": "Adapter name",
     "device": "Device",
+    "precision": "Precision",
 }
 
 st.title("LoRA fine-tuning")
@@ -88,6 +90,10 @@ with c2:
         "Learning rate", min_value=0.0, max_value=1.0, value=defaults.lr, step=1e-4, format="%.5f", key="ft_lr"
     )
     slots.add("lr")
+    precision = st.selectbox(
+        "Precision", PRECISIONS, index=PRECISIONS.index(defaults.precision), key="ft_precision", help=ui.PRECISION_HELP
+    )
+    slots.add("precision")
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(
@@ -115,12 +121,14 @@ config = FinetuneConfig(
     batch_size=int(batch),
     lr=float(lr),
     replay=float(replay),
+    precision=str(precision),
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:
         validate_adapter_name(name)
         config.validate(base.model)
         resolve_device(config.device)
+        ui.check_precision_available(config.precision, config.device)
         if name in existing and not overwrite:
             raise ConfigError("name", f"{name!r} already exists; choose another name or tick overwrite")
     except ConfigError as exc:
@@ -204,6 +212,7 @@ for a in infos:
             "layers": ", ".join(cfg.target_modules) if cfg else "",
             "accuracy before %": round(100 * before["accuracy"], 2) if "accuracy" in before else None,
             "accuracy after %": round(100 * after["accuracy"], 2) if "accuracy" in after else None,
+            "precision": m.get("finetune", {}).get("precision_used", ""),
             "saved": ui.when(m.get("created")) if m else "",
         }
     )

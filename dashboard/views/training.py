@@ -10,6 +10,7 @@ from lora_core.errors import ConfigError
 from lora_core.model import MLP
 from lora_core.numbers import pct
 from lora_core.params import parameter_table
+from lora_core.precision import PRECISIONS
 from lora_core.train import DEVICES, SCHEDULES, TrainConfig, resolve_device
 
 FIELD_LABELS = {
@@ -20,6 +21,7 @@ FIELD_LABELS = {
     "lr_schedule": "Learning-rate schedule",
     "seed": "Seed",
     "device": "Device",
+    "precision": "Precision",
 }
 
 st.title("Training the base model")
@@ -60,6 +62,14 @@ with st.form("train_form"):
         slots.add("seed")
         device = st.selectbox("Device", DEVICES, index=DEVICES.index(defaults.device), key="train_device")
         slots.add("device")
+        precision = st.selectbox(
+            "Precision",
+            PRECISIONS,
+            index=PRECISIONS.index(defaults.precision),
+            key="train_precision",
+            help=ui.PRECISION_HELP,
+        )
+        slots.add("precision")
     submitted = st.form_submit_button("Train the base model", type="primary", disabled=ui.busy())
 
 if submitted:
@@ -71,10 +81,12 @@ if submitted:
         seed=int(seed),
         device=str(device),
         hidden=(int(h1), int(h2)),
+        precision=str(precision),
     )
     try:
         config.validate()
         resolve_device(config.device)
+        ui.check_precision_available(config.precision, config.device)
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS.get(exc.field))
     else:
@@ -104,6 +116,7 @@ else:
         f"{training.get('batch_size')}, lr {training.get('lr')}, seed {training.get('seed')}, "
         f"on {training.get('device_used')} · sha256 {status.record.fingerprint[:12]}"
     )
+    st.caption(f"Precision: {ui.precision_note(training)}")
     st.plotly_chart(
         charts.per_digit_bars(evaluation.per_digit_accuracy, title="Per-digit test accuracy"), width="stretch"
     )
