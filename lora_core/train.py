@@ -107,7 +107,7 @@ class FinetuneConfig:
     init: str = "kaiming"
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # as TrainConfig.precision
+    precision: str = "fp32"  # as TrainConfig.precision
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
