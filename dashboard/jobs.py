@@ -17,7 +17,6 @@ exclude each other. A stopped or failed run saves nothing: lora_core writes only
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -28,19 +27,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import torch
 import torch.multiprocessing as mp
 
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
-from lora_core.evaluate import Evaluation, evaluate
-from lora_core.lora import LoraModel
-from lora_core.model import MLP
+from lora_core.evaluate import Evaluation
 from lora_core.paths import default_data_dir
 from lora_core.storage import ArtifactStore, BaseModelRecord
 from lora_core.study import (
-    default_adapter_name,
+    AdapterOutcome,
     finetune_and_save_adapter,
     load_base_for_lora,
     run_study,
@@ -269,29 +264,6 @@ def start_training(store: ArtifactStore, config: TrainConfig, owner: str | None 
     return REGISTRY.start(Job("train", KIND_TITLES["train"], _train, (store, config), owner))
 
 
-@dataclass
-class FinetuneResult:
-    """What the worker hands back: the outcome, and the fine-tuned model's weights as plain arrays
-    (tensors sent through a queue live in the sender's shared memory, which ends with the worker)."""
-
-    outcome: Any  # lora_core.study.AdapterOutcome
-    base_weights: dict[str, np.ndarray]  # the base tensors as the worker held them after fine-tuning
-    adapter_weights: dict[str, np.ndarray]
-    hidden: tuple[int, int]
-
-    @functools.cached_property
-    def lora_model(self) -> LoraModel:
-        """The fine-tuned model, rebuilt in this process (its base weights can be checked)."""
-        base = MLP(*self.hidden)
-        base.load_state_dict({k: torch.from_numpy(v) for k, v in self.base_weights.items()})
-        model = LoraModel(base)
-        name = self.outcome.name
-        tensors = {k: torch.from_numpy(v) for k, v in self.adapter_weights.items()}
-        model.load_adapter_tensors(name, self.outcome.config.lora_config(), tensors)
-        model.set_adapter(name)
-        return model
-
-
 def _finetune(
     store: ArtifactStore,
     base_sha256: str,
@@ -301,12 +273,12 @@ def _finetune(
     base_eval: Evaluation | None,
     progress: Any,
     stop: Any,
-) -> FinetuneResult:
+) -> AdapterOutcome:
     # the worker holds the writer lock already: the base cannot change between this load and the save
     base, lora_model = load_base_for_lora(store, "cpu")
     if base.fingerprint != base_sha256:
         raise ArtifactError("the base model was replaced while this run was starting; start it again")
-    outcome = finetune_and_save_adapter(
+    return finetune_and_save_adapter(
         store,
         base,
         lora_model,
@@ -317,12 +289,6 @@ def _finetune(
         progress=progress,
         stop=stop,
         base_eval=base_eval,
-    )
-    return FinetuneResult(
-        outcome,
-        {k: v.detach().cpu().numpy().copy() for k, v in lora_model.base_state_dict().items()},
-        {k: v.cpu().numpy().copy() for k, v in lora_model.adapter_state_dict(outcome.name).items()},
-        lora_model.model.hidden,
     )
 
 
@@ -355,24 +321,10 @@ def _study(
     progress: Any,
     stop: Any,
 ) -> dict[str, Any]:
-    """The whole study; its adapter never replaces a saved one: digit-9 taken, it is saved as digit-9-2.
-
-    The name depends on the weakest digit, known only once the base model is trained: so a new base is
-    trained first (under the worker's writer lock, as run_study would), then run_study reuses it.
-    """
-    data = _data()
-    started = time.perf_counter()
-    if retrain or not store.has_base():
-        train_and_save_base(store, data, train_config, progress, stop)
-    train_seconds = time.perf_counter() - started
-    digits = finetune_config.digits
-    if not digits:
-        base = store.load_base("cpu")
-        digits = (evaluate(base.model, data.test_x, data.test_y).weakest_digit,)
-    name = store.unused_adapter_name(default_adapter_name(tuple(digits)))
-    result = run_study(store, data, train_config, finetune_config, name, retrain=False, progress=progress, stop=stop)
-    result["seconds"]["train"] = train_seconds
-    return result
+    """The whole study; its adapter never replaces a saved one (digit-9 taken: saved as digit-9-2)."""
+    return run_study(
+        store, _data(), train_config, finetune_config, retrain=retrain, progress=progress, stop=stop, fresh_name=True
+    )
 
 
 def start_study(

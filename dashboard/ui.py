@@ -103,7 +103,7 @@ def finish_jobs() -> None:
     if job.status != jobs.DONE:
         return
     if job.kind == "finetune":
-        state.set_active_adapter(job.result.outcome.name)
+        state.set_active_adapter(job.result.name)
     elif job.kind == "study":
         state.set_active_adapter(job.result["adapter"]["name"])
 

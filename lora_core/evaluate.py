@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,11 @@ import torch
 from torch import nn
 
 from .model import NUM_CLASSES
+
+
+def weakest_digit(per_digit_accuracy: Sequence[float]) -> int:
+    """The digit with the lowest accuracy (the smaller digit on ties)."""
+    return min(range(len(per_digit_accuracy)), key=lambda d: (per_digit_accuracy[d], d))
 
 
 @dataclass
@@ -23,7 +29,7 @@ class Evaluation:
 
     @property
     def weakest_digit(self) -> int:
-        return min(range(NUM_CLASSES), key=lambda d: (self.per_digit_accuracy[d], d))
+        return weakest_digit(self.per_digit_accuracy)
 
     def summary(self, misclassified: bool = True) -> dict[str, Any]:
         """Everything but the 10,000 predictions, for JSON files (the one summariser of results);

@@ -407,11 +407,7 @@ class LoraModel(nn.Module):
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base MLP's weights under its own keys (linear1.weight, ...), without any adapter."""
-        return {
-            key.replace(".base_layer.", "."): value
-            for key, value in self.model.state_dict().items()
-            if ".lora_" not in key
-        }
+        return base_state_dict(self.model)
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """Adapter `name`'s tensors under Hugging Face PEFT's keys."""
@@ -454,6 +450,12 @@ class LoraModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's base weights under the plain MLP's keys (linear1.weight, ...): LoRA-wrapped layers'
+    base_layer tensors renamed back, adapter tensors left out."""
+    return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
 
 
 def validate_adapter_name(name: str) -> None:

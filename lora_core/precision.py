@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .threads import torch_threads
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # (batch, in, out): the base MLP's two large layers. At half the default batch each matmul is short, so
@@ -110,12 +111,8 @@ def _probe(device_name: str) -> MatmulProbe:
     # On a CPU the probe runs on one thread: the ratio it measures is the cores' own (bf16 units or not),
     # which holds for any thread count, while two threads on a busy machine mostly measure the other
     # processes (measured here under load 6 on 2 cores: 0.6x on two threads, 2.0-2.7x on one).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run_probe(device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_probe(device: torch.device) -> MatmulProbe:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,10 +22,11 @@ import torch
 from torch import nn
 
 from .data import MnistData
-from .lora import LoraModel
+from .lora import LoraModel, base_state_dict
 from .model import MLP
 from .params import WeightCheck, weights_unchanged
 from .storage import now_iso
+from .threads import torch_threads
 from .train import FinetuneConfig, adam, finetune
 
 RECORDED_BY = "fine-tune run"
@@ -42,8 +42,7 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 def base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base MLP's tensors under their own keys (linear1.weight, ...), whether `model` is an MLP, an
     MLP whose layers LoRA wrapped, or a LoraModel; adapter tensors are left out."""
-    inner = model.model if isinstance(model, LoraModel) else model
-    return {key.replace(".base_layer.", "."): value for key, value in inner.state_dict().items() if ".lora_" not in key}
+    return base_state_dict(model.model if isinstance(model, LoraModel) else model)
 
 
 def base_tensor_hashes(model: nn.Module) -> dict[str, str]:
@@ -286,9 +285,6 @@ def _adapter_weights(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.
     }
 
 
-_THREADS_LOCK = threading.Lock()
-
-
 def live_check(
     base_model: nn.Module,
     data: MnistData,
@@ -306,14 +302,8 @@ def live_check(
     on 2 cores shared with other busy processes, batch-64 steps measured 1.3 s on one thread against
     6-11 s on two (threads waiting for each other); on an idle machine two took 0.45 s.
     """
-    with _THREADS_LOCK:  # the thread count is per process: two checks at once must not restore each other's
-        previous_threads = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            return _live_check(base_model, data, steps, batch_size, lr, rank, seed)
-        finally:
-            torch.set_num_threads(previous_threads)
+    with torch_threads(threads):
+        return _live_check(base_model, data, steps, batch_size, lr, rank, seed)
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import torch
 
 from .data import MnistData
 from .errors import AdapterExistsError
-from .evaluate import Evaluation, compare, evaluate, predict
+from .evaluate import Evaluation, compare, evaluate, predict, weakest_digit
 from .lora import LoraModel
 from .model import MLP
 from .params import parameter_table, weights_unchanged
@@ -177,16 +177,19 @@ def run_study(
     stop: threading.Event | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     overwrite: bool = False,
+    fresh_name: bool = False,
 ) -> dict[str, Any]:
     """Train (or reuse) the base model, fine-tune its weakest digit, and measure everything.
 
     An existing adapter of the same name is replaced only with overwrite=True; when the name is known
-    up front (given, or fixed by the target digits) that is checked before any training.
+    up front (given, or fixed by the target digits) that is checked before any training. With
+    fresh_name and no name, the adapter never replaces a saved one: digit-9 taken, it becomes digit-9-2.
     """
     seconds: dict[str, float] = {}
     train_config.validate()
     finetune_config.validate()
-    if name is not None or finetune_config.digits is not None:
+    fresh_name = fresh_name and name is None
+    if not fresh_name and (name is not None or finetune_config.digits is not None):
         refuse_existing_adapter(store, name or default_adapter_name(finetune_config.digits or ()), overwrite)
     t = time.perf_counter()
     if retrain or not store.has_base():
@@ -201,6 +204,8 @@ def run_study(
     base_eval = evaluate(base.model, data.test_x, data.test_y)
     seconds["evaluate_base"] = time.perf_counter() - t
     log(f"Base accuracy {base_eval.accuracy:.2%}; weakest digit {base_eval.weakest_digit}")
+    if fresh_name:
+        name = store.unused_adapter_name(default_adapter_name(finetune_config.digits or (base_eval.weakest_digit,)))
     t = time.perf_counter()
     outcome = finetune_and_save_adapter(
         store,
@@ -277,7 +282,7 @@ class Headline:
     @property
     def weakest_digit(self) -> int:
         """The base model's weakest digit (the lowest accuracy, the smaller digit on ties)."""
-        return min(range(len(self.per_digit_before)), key=lambda d: (self.per_digit_before[d], d))
+        return weakest_digit(self.per_digit_before)
 
 
 def headline_from_study(result: dict[str, Any]) -> Headline:
@@ -310,7 +315,7 @@ def headline_from_adapter(name: str, metrics: dict[str, Any], base_params: int, 
     """From a saved adapter: the before/after it recorded in metrics.json and its recorded check."""
     before, after = metrics["before"], metrics["after"]
     lora_params = int(metrics.get("trainable_params") or 0)
-    digits = list(metrics.get("target_digits") or [min(range(10), key=lambda d: before["per_digit_accuracy"][d])])
+    digits = list(metrics.get("target_digits") or [weakest_digit(before["per_digit_accuracy"])])
     return Headline(
         source=f"the active adapter `{name}` (figures recorded when it was saved)",
         adapter=name,

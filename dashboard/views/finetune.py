@@ -167,7 +167,7 @@ def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digit
 
 
 if job is not None and job.status == jobs.DONE:
-    outcome = job.result.outcome
+    outcome = job.result
     show_result(
         f"Adapter `{outcome.name}`, just fine-tuned in {outcome.seconds:.1f} s.",
         {"accuracy": outcome.before.accuracy, "per_digit_accuracy": outcome.before.per_digit_accuracy},

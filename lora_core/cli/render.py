@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..evaluate import weakest_digit
 from ..numbers import pct
 from ..train import Progress
 
@@ -159,7 +160,7 @@ def study_report(result: dict[str, Any], root: str) -> None:
         f"{tm['seconds']:.1f} s at {tm['samples_per_s']:,.0f} samples/s, final loss {tm['final_loss']:.4f}"
     )
     per_digit = base["per_digit_accuracy"]
-    weakest = min(range(len(per_digit)), key=per_digit.__getitem__)
+    weakest = weakest_digit(per_digit)
     say(f"   Test accuracy {pct(base['accuracy'])}; weakest digit {weakest} at {pct(per_digit[weakest])}")
     say(
         f"\n2. LoRA adapter {adapter['name']!r} on digit {d}: rank {adapter['rank']}, alpha {adapter['alpha']:g}, "
