@@ -8,6 +8,7 @@ separate tensor used for inference; unmerging drops that tensor, so W stays bit-
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,6 +184,97 @@ def _adapter_name(key: str) -> str:
     return key.removeprefix("%").replace("%2E", ".")
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast switched off where it is on (entering torch.autocast costs more than the small ops it wraps)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _FrozenBaseLoraFunction(torch.autograd.Function):
+    """y = x W^T + b + (s A^T) B^T * scale with W and b frozen, s = dropout(x) (or x itself), for training.
+
+    Autograd through the plain formula spends a step's time on work a frozen base does not need: the
+    in-place sum of the side path into a view of the output is replayed backward by copying and zeroing
+    the whole (batch, out_features) gradient, the scale multiplies full-size tensors, and the input's
+    gradient from the side path is a second (batch, in_features) tensor added to the base's. Here the
+    backward computes only the matmuls that must run:
+        dB = scale g^T (s A^T)                         (out x r; s A^T saved from the forward)
+        dA = scale (g B)^T s                           (r x in)
+        dx = g W + scale (g B) A                       one addmm, only where x needs a gradient
+    and never a gradient for W or b. `weight` and `bias` arrive already in the dtype the base matmuls run
+    in (under autocast, bfloat16 copies that LoraLinear keeps while W is unchanged); the side path, the sum
+    and every gradient stay in the adapter's dtype (float32): in bfloat16 the small update would round away
+    beside the base output.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        x_side: torch.Tensor | None,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        with _autocast_off(x.device.type):
+            out = F.linear(x if x.dtype == weight.dtype else x.to(weight.dtype), weight, bias)
+            if out.dtype != b.dtype:
+                out = out.to(b.dtype)
+            side = x if x_side is None else x_side
+            if side.dtype != a.dtype:
+                side = side.to(a.dtype)
+            # the skinny products are taken in the orientation whose result is (r, ...) and read through
+            # a transposed view: measured 2-4x faster here than the (..., r) orientation
+            xa = torch.mm(a, side.t()).t()
+            out.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(side, xa, weight, a, b)
+        ctx.scale = scale
+        ctx.x_dtype = x.dtype
+        ctx.side_dtype = None if x_side is None else x_side.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        side, xa, weight, a, b = ctx.saved_tensors
+        scale = ctx.scale
+        need_x, need_side, _, _, need_a, need_b = ctx.needs_input_grad[:6]
+        grad_x = grad_side = grad_a = grad_b = None
+        with _autocast_off(grad.device.type):
+            if grad.dtype != b.dtype:
+                grad = grad.to(b.dtype)
+            if need_b:
+                grad_b = torch.mm(xa.t(), grad).t().mul_(scale)
+            grad_xa = torch.mm(b.t(), grad.t()).t().mul_(scale)  # (batch, r): scaling it here is cheap
+            if need_a:
+                grad_a = torch.mm(grad_xa.t(), side)
+            if need_x:
+                grad_x = torch.mm(grad if grad.dtype == weight.dtype else grad.to(weight.dtype), weight)
+                if grad_x.dtype != a.dtype:
+                    grad_x = grad_x.to(a.dtype)
+                if ctx.side_dtype is None:  # the side path read x itself: its gradient joins the same sum
+                    grad_x.addmm_(grad_xa, a)
+                if grad_x.dtype != ctx.x_dtype:
+                    grad_x = grad_x.to(ctx.x_dtype)
+            if need_side:
+                grad_side = torch.mm(grad_xa, a)
+                if grad_side.dtype != ctx.side_dtype:
+                    grad_side = grad_side.to(ctx.side_dtype)
+        return grad_x, grad_side, None, None, grad_a, grad_b, None
+
+
+@dataclass
+class _BaseCast:
+    """A frozen base layer's W and b cast to `dtype`, with what they were made from."""
+
+    dtype: torch.dtype
+    sources: list[tuple[torch.Tensor, int, int]]  # (tensor, data_ptr, version) of W, then b
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 class LoraLinear(nn.Module):
     """nn.Linear plus any number of named low-rank adapters, at most one active at a time."""
 
@@ -198,6 +290,7 @@ class LoraLinear(nn.Module):
         self.active_adapter: str | None = None
         self.adapters_enabled = True
         self._merged_weight: torch.Tensor | None = None
+        self._base_cast: _BaseCast | None = None  # W and b in autocast's dtype while training; _frozen_base_as
 
     def add_adapter(self, name: str, config: LoraConfig, generator: torch.Generator | None = None) -> None:
         w = self.base_layer.weight
@@ -252,29 +345,69 @@ class LoraLinear(nn.Module):
             return self.base_layer(x)
         if self._merged_weight is not None:
             return F.linear(x, self._merged_weight, self.base_layer.bias)
-        out = self.base_layer(x)
         dropout = self.lora_dropout[name]
         # with dropout 0 the side path reads x itself: no Identity call, no copy
-        x_side = dropout(x) if isinstance(dropout, nn.Dropout) else x
+        x_side = dropout(x) if isinstance(dropout, nn.Dropout) else None
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         scale = self.scaling[name]
-        if not torch.is_grad_enabled():
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        base_trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
+        if not torch.is_grad_enabled() or base_trainable:
             # evaluation and prediction: PEFT's own order of operations, so that logits agree with PEFT's
-            # to the last bit and every reported accuracy is unchanged
-            return out + F.linear(F.linear(x_side, a), b) * scale
-        # training: (x A^T) B^T * scale is added into the base output by the matmul itself (beta = 1,
-        # alpha = scale), in place: no separate product, scaling, sum or copy over the (batch, out_features)
-        # output, forward or backward. Only the rounding order differs from the sum above.
-        if out.dtype != b.dtype:
-            # bfloat16 autocast: the base matmul ran in bfloat16, the side path and the sum stay float32.
-            # The adapter's update is small beside the base output, and in bfloat16 (8 significant bits)
-            # the sum would round most of it away.
-            with torch.autocast(x.device.type, enabled=False):
-                return self._add_side(out.to(b.dtype), F.linear(x_side.to(a.dtype), a), b, scale)
-        return self._add_side(out, F.linear(x_side, a), b, scale)
+            # to the last bit and every reported accuracy is unchanged. A base layer left trainable (a
+            # LoraLinear used on its own) also takes this path: plain autograd gives W and b their gradients.
+            out = self.base_layer(x)
+            side = x if x_side is None else x_side
+            if out.dtype != b.dtype:  # bfloat16 autocast: the side path and the sum in float32, as below
+                with torch.autocast(x.device.type, enabled=False):
+                    return out.to(b.dtype) + F.linear(F.linear(side.to(a.dtype), a), b) * scale
+            return out + F.linear(F.linear(side, a), b) * scale
+        # training with a frozen base: one autograd node for the whole layer, which adds the side path into
+        # the base output in place and computes no gradient for W or b (see _FrozenBaseLoraFunction)
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type) and weight.is_floating_point():
+            weight, bias = self._frozen_base_as(torch.get_autocast_dtype(device_type))
+        lead = x.shape[:-1]
+        out = _FrozenBaseLoraFunction.apply(
+            x.reshape(-1, self.in_features),
+            None if x_side is None else x_side.reshape(-1, self.in_features),
+            weight,
+            bias,
+            a,
+            b,
+            scale,
+        )
+        return out.view(*lead, self.out_features)
 
-    def _add_side(self, out: torch.Tensor, xa: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-        return out.view(-1, self.out_features).addmm_(xa.view(-1, xa.shape[-1]), b.t(), alpha=scale).view(out.shape)
+    def _frozen_base_as(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen W and b cast to `dtype` for autocast's base matmuls, made once while they are unchanged.
+
+        Autocast casts W again on every forward (2M float32 values read, 2M bfloat16 written for linear2,
+        measured at over 10% of a bfloat16 LoRA step here). W and b are frozen, so the copy is kept and
+        made again only when either changes: another tensor, new storage, or an in-place write, which bumps
+        the tensor's version counter. The copy lives while training and is dropped by eval().
+        """
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        if weight.dtype == dtype:
+            return weight, bias
+        # the sources are held (not only their addresses), so a new tensor can never reuse a cached one's
+        state = [(t, t.data_ptr(), t._version) for t in (weight, bias) if t is not None]
+        cached = self._base_cast
+        if (
+            cached is None
+            or cached.dtype != dtype
+            or len(cached.sources) != len(state)
+            or any(t is not c or p != cp or v != cv for (t, p, v), (c, cp, cv) in zip(state, cached.sources))
+        ):
+            with torch.no_grad():
+                cast_bias = None if bias is None else bias.detach().to(dtype)
+                cached = self._base_cast = _BaseCast(dtype, state, weight.detach().to(dtype), cast_bias)
+        return cached.weight, cached.bias
+
+    def train(self, mode: bool = True) -> LoraLinear:
+        if not mode:
+            self._base_cast = None
+        return super().train(mode)
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.lora_A)}, active={self.active_adapter!r}"

@@ -450,3 +450,217 @@ def test_escaped_keys_cannot_collide():
 def test_path_tricks_are_still_refused(name):
     with pytest.raises(ConfigError, match="letters, digits"):
         validate_adapter_name(name)
+
+
+# --- training's own autograd node (lora._FrozenBaseLoraFunction) ----------------------------------------
+def frozen_lora_layer(
+    in_features: int = 20,
+    out_features: int = 30,
+    dtype: torch.dtype = torch.float32,
+    **config: object,
+) -> LoraLinear:
+    """A LoraLinear with a frozen base, one active adapter "a" with a non-zero B, in training mode."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(in_features, out_features, dtype=dtype)).train()
+    layer.base_layer.requires_grad_(False)
+    layer.add_adapter("a", LoraConfig(**{"r": 4, "alpha": 8.0, **config}), torch.Generator().manual_seed(1))
+    layer.set_adapter("a")
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+    return layer
+
+
+def plain_autograd_lora(layer: LoraLinear, x: torch.Tensor, dropout: float) -> torch.Tensor:
+    """The textbook formula on the same tensors, differentiated by autograd:
+    base(x) + (dropout(x) @ A.T) @ B.T * scale, the base matmul in bfloat16 under bfloat16 autocast and
+    the side path and the sum in float32 (the dtype policy the fast path promises)."""
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    side = torch.nn.functional.dropout(x, dropout) if dropout else x
+    base = layer.base_layer(x)
+    with torch.autocast("cpu", enabled=False):
+        return base.float() + (side.float() @ a.T) @ b.T * layer.scaling["a"]
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"dropout": 0.3},
+        {"use_rslora": True, "init": "gaussian"},
+        {"use_rslora": True, "dropout": 0.5, "r": 7, "alpha": 3.0},
+    ],
+    ids=["plain", "dropout", "rslora-gaussian", "rslora-dropout"],
+)
+def test_fast_training_path_matches_plain_autograd(config, bf16):
+    """Output and the gradients of A, B and the input from the custom backward equal those of the plain
+    formula differentiated by autograd; the same seed gives both the same dropout mask."""
+    layer = frozen_lora_layer(**config)
+    dropout = float(config.get("dropout", 0.0))
+    x = torch.randn(3, 16, 20, generator=torch.Generator().manual_seed(3))  # a leading batch shape too
+    upstream = torch.randn(3, 16, 30, generator=torch.Generator().manual_seed(4))
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    results = []
+    for run in (lambda xi: layer(xi), lambda xi: plain_autograd_lora(layer, xi, dropout)):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(5)  # the dropout mask
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = run(xi)
+        assert out.dtype == torch.float32 and out.shape == (3, 16, 30)
+        (grad_a, grad_b, grad_x) = torch.autograd.grad(out, (a, b, xi), upstream)
+        results.append((out.detach(), grad_a, grad_b, grad_x))
+    (out, grad_a, grad_b, grad_x), (want_out, want_a, want_b, want_x) = results
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(grad_a, want_a)
+    torch.testing.assert_close(grad_b, want_b)
+    # under autocast g W runs in bfloat16 in both (one rounding of 2^-8 may land differently)
+    torch.testing.assert_close(grad_x, want_x, **({"rtol": 1.6e-2, "atol": 1e-5} if bf16 else {}))
+    assert torch.count_nonzero(grad_a) > 0 and torch.count_nonzero(grad_b) > 0
+    assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
+    if bf16:  # the base matmul really ran in bfloat16: far from the float32 result
+        torch.manual_seed(5)
+        with torch.no_grad():
+            assert (out - plain_autograd_lora(layer, x, dropout)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_fast_training_path_passes_gradcheck_in_float64(dropout):
+    """Finite differences in float64 against the custom backward, for the input, A and B."""
+    layer = frozen_lora_layer(6, 5, dtype=torch.float64, r=3, alpha=5.0, dropout=dropout)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    a = layer.lora_A["a"].weight.detach().clone().requires_grad_(True)
+    b = layer.lora_B["a"].weight.detach().clone().requires_grad_(True)
+
+    def run(xi: torch.Tensor, ai: torch.Tensor, bi: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(7)  # the same dropout mask on every evaluation
+        return torch.func.functional_call(layer, {"lora_A.a.weight": ai, "lora_B.a.weight": bi}, (xi,))
+
+    assert torch.autograd.gradcheck(run, (x, a, b))
+
+
+def test_fast_training_path_skips_what_a_frozen_base_does_not_need():
+    """The backward of a LoRA step never computes a gradient for any base weight (no (out, in) matmul
+    result) and no gradient for linear1's input (no (batch, 784) result): only the side path's small
+    products and the frozen layers' input gradients that the earlier adapters need, each with the side
+    path's share added in place by the same addmm_, not by a separate sum."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulShapes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                self.ops.append((func.overloadpacket.__name__, tuple(out.shape)))
+            return out
+
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.mark_only_lora_trainable("a")
+    lora_model.train()
+    x = torch.randn(32, 784, generator=torch.Generator().manual_seed(1))
+    loss = torch.nn.functional.cross_entropy(lora_model(x), torch.arange(32) % 10)
+    recorder = MatmulShapes()
+    with recorder:
+        loss.backward()
+    shapes = {shape for _, shape in recorder.ops}
+    weight_shapes = {tuple(p.shape) for p in lora_model.base_state_dict().values()}
+    assert not weight_shapes & shapes, recorder.ops
+    assert (32, 784) not in shapes, recorder.ops
+    # the input gradients of linear3 and linear2 (needed by linear2's and linear1's adapters): one mm
+    # each, the side path's share added into it by addmm_; ReLU's backward between them
+    matmuls = sorted(op for op in recorder.ops if op[0] in ("mm", "addmm", "addmm_", "add", "add_") and 4 not in op[1])
+    assert matmuls == [("addmm_", (32, 1000)), ("addmm_", (32, 2000)), ("mm", (32, 1000)), ("mm", (32, 2000))]
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_base_weights_get_no_gradient_and_stay_bit_identical_while_training(bf16):
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8, dropout=0.1), seed=0)
+    params = lora_model.mark_only_lora_trainable("a")
+    clones = base_clones(lora_model)
+    a_before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    lora_model.train()
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.rand(16, 784, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(lora_model(x), torch.arange(16) % 10)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, p in lora_model.model.named_parameters():
+            if ".lora_" not in name:
+                assert p.grad is None, name
+    assert all(not torch.equal(p, before) for p, before in zip(params, a_before))  # the adapter did learn
+    for key, value in lora_model.base_state_dict().items():
+        assert torch.equal(value, clones[key]), key
+
+
+def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes():
+    layer = frozen_lora_layer()
+    x = torch.randn(8, 20, generator=torch.Generator().manual_seed(3))
+
+    def step() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+            want = plain_autograd_lora(layer, x, 0.0)  # autocast's own cast of W and b, made afresh
+        torch.testing.assert_close(out, want)
+        return out
+
+    first = step()
+    cast = layer._base_cast
+    assert cast is not None and cast.weight.dtype == torch.bfloat16 and cast.bias.dtype == torch.bfloat16
+    assert torch.equal(step(), first) and layer._base_cast is cast  # made once, reused
+    with torch.no_grad():  # an in-place change of W (load_state_dict does the same) is seen
+        layer.base_layer.weight.mul_(2.0)
+    assert not torch.equal(step(), first) and layer._base_cast is not cast
+    cast = layer._base_cast
+    layer.base_layer.bias = torch.nn.Parameter(torch.ones(30), requires_grad=False)  # a new tensor too
+    step()
+    assert layer._base_cast is not cast and torch.equal(layer._base_cast.bias, torch.ones(30, dtype=torch.bfloat16))
+    layer.eval()
+    assert layer._base_cast is None
+
+
+def test_lora_linear_with_a_trainable_base_trains_it_with_plain_autograd():
+    """A LoraLinear used on its own keeps nn.Linear's trainable weight: that must get its gradient."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5)).train()
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4))
+    layer.set_adapter("a")
+    x = torch.randn(3, 6)
+    layer(x).square().sum().backward()
+    w, bias = layer.base_layer.weight, layer.base_layer.bias
+    assert w.grad is not None and bias.grad is not None
+    wr, br = w.detach().clone().requires_grad_(True), bias.detach().clone().requires_grad_(True)
+    a, b = layer.lora_A["a"].weight.detach(), layer.lora_B["a"].weight.detach()
+    (x @ wr.T + br + (x @ a.T) @ b.T * 2.0).square().sum().backward()
+    torch.testing.assert_close(w.grad, wr.grad)
+    torch.testing.assert_close(bias.grad, br.grad)
+
+
+def test_disabled_or_inactive_adapters_train_nothing(x):
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.add_adapter("b", LoraConfig(r=2, alpha=2, target_modules=("linear2",)), seed=1)
+    randomize_b(lora_model, "b", seed=2)
+    params_b = lora_model.mark_only_lora_trainable("b")
+    lora_model.train()
+    with torch.no_grad():
+        base_out = manual_forward(lora_model.model, x)
+        b_out = manual_forward(lora_model.model, x, adapter_deltas(lora_model, "b"))
+    torch.testing.assert_close(lora_model(x), b_out)  # "b" is active: its own update only
+    with lora_model.adapters_disabled():
+        out = lora_model(x)
+        assert not out.requires_grad
+        torch.testing.assert_close(out, base_out)
+    lora_model.set_adapter("a")  # "b" is trainable but not active: nothing reaches it
+    out = lora_model(x)
+    assert not out.requires_grad
+    assert all(p.grad is None for p in params_b)
