@@ -308,9 +308,10 @@ class FieldSlots:
 # --- precision ---------------------------------------------------------------------------------------
 PRECISION_HELP = (
     "fp32: everything in float32. "
-    "bf16: the forward pass and the loss run under bfloat16 autocast (about 2x faster on hardware with fast "
+    "bf16: the forward pass and the loss run under bfloat16 autocast (faster only on hardware with fast "
     "bfloat16 matmuls); weights, gradients, Adam's states and the saved files stay float32. "
-    "auto: bf16 only where a quick matmul probe measures it faster on this device, fp32 elsewhere. "
+    "auto: bf16 only where a quick matmul probe measures it faster on this device, fp32 elsewhere; a saved "
+    "run records the choice and the speed-up measured. "
     "Evaluation always runs in float32."
 )
 
