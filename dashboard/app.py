@@ -19,19 +19,19 @@ def main() -> None:
     from dashboard import state, ui
 
     st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
-    nav = st.navigation(
-        [
-            st.Page(ui.PAGES["home"], title="Home: the study", icon=":material/home:", default=True),
-            st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
-            st.Page(ui.PAGES["evaluation"], title="Evaluation", icon=":material/bar_chart:"),
-            st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
-            st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
-            st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
-        ]
-    )
+    pages = {
+        "home": st.Page(ui.PAGES["home"], title="Home: the study", icon=":material/home:", default=True),
+        "training": st.Page(ui.PAGES["training"], title="Training", icon=":material/model_training:"),
+        "evaluation": st.Page(ui.PAGES["evaluation"], title="Evaluation", icon=":material/bar_chart:"),
+        "parameters": st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
+        "finetune": st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
+        "draw": st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
+    }
+    nav = st.navigation(list(pages.values()))
+    shown = next((key for key, page in pages.items() if page.title == nav.title), None)
     state.warm_up_torch()
     ui.finish_jobs()
-    ui.sidebar()
+    ui.sidebar(shown)
     nav.run()
 
 

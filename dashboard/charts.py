@@ -78,17 +78,36 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: b
     return _layout(fig, title, height=420)
 
 
-def loss_curve(losses: Sequence[float], phases: Sequence[str] | None = None, title: str = "Training loss") -> go.Figure:
-    """Loss per optimisation step; one line per phase (train, finetune) when phases are given."""
+def loss_curve(
+    losses: Sequence[float],
+    phases: Sequence[str] | None = None,
+    title: str = "Training loss",
+    max_points: int | None = None,
+) -> go.Figure:
+    """Loss per optimisation step; one line per phase (train, finetune) when phases are given.
+
+    With `max_points`, a phase with more steps is drawn as the means of consecutive equal buckets of
+    steps (at each bucket's last step): the curve keeps its shape while the chart stays small enough
+    to redraw live without taking CPU from the training it shows.
+    """
     fig = go.Figure()
     phases = list(phases) if phases is not None else ["loss"] * len(losses)
     order: list[str] = []
     for p in phases:
         if p not in order:
             order.append(p)
+    values = np.asarray(losses, dtype=float)
     for phase in order:
-        steps = [i + 1 for i, p in enumerate(phases) if p == phase]
-        fig.add_scatter(x=steps, y=[losses[i - 1] for i in steps], mode="lines", name=phase, line={"width": 1.5})
+        steps = np.flatnonzero(np.asarray(phases) == phase) + 1
+        ys = values[steps - 1]
+        if max_points is not None and steps.size > max_points:
+            size = -(-steps.size // max_points)  # ceil: at most max_points buckets
+            ends = np.arange(size, steps.size + size, size).clip(max=steps.size)
+            starts = ends - size
+            sums = np.concatenate(([0.0], np.cumsum(ys)))
+            ys = (sums[ends] - sums[starts.clip(min=0)]) / (ends - starts.clip(min=0))
+            steps = steps[ends - 1]
+        fig.add_scatter(x=steps.tolist(), y=ys.tolist(), mode="lines", name=phase, line={"width": 1.5})
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="cross-entropy loss", rangemode="tozero")
     return _layout(fig, title, height=300)

@@ -45,6 +45,21 @@ def when(iso: str | None) -> str:
 # The run itself is server-wide (jobs.REGISTRY): every tab shows it while it runs and can stop it. What
 # each tab remembers is only which ended runs to show: those it started or watched while they ran,
 # until it dismisses them. The tab that started a run also gets its result (a new adapter made active).
+# While a run goes on, every open tab re-runs its progress fragments on these periods. Measured with the
+# study running and the page open in Chromium (issue 9): redrawing the Plotly chart took the browser about
+# 110 ms each time, most of its CPU, so the chart refreshes less often than the progress line.
+PROGRESS_REFRESH_S = 0.5
+CHART_REFRESH_S = 3.0
+LIVE_CHART_POINTS = 300  # per phase; the finished run's chart shows every step
+
+# The kinds of run whose live panel each page shows (the pages pass these to job_panel). On such a page the
+# sidebar names the run without refreshing it as well: one live fragment per tab, not two.
+JOB_PANELS: dict[str, tuple[str, ...]] = {
+    "home": ("study",),
+    "training": tuple(jobs.KIND_TITLES),
+    "finetune": ("finetune",),
+}
+
 JOB_KEY = "job"  # the Job this tab shows now (None if none), kept for the pages and the tests
 _SEEN_KEY = "_jobs_seen"
 _ANNOUNCED_KEY = "_jobs_announced"
@@ -108,12 +123,13 @@ def finish_jobs() -> None:
         state.set_active_adapter(job.result["adapter"]["name"])
 
 
-def job_panel(kinds: tuple[str, ...] | None = None) -> jobs.Job | None:
+def job_panel(kinds: tuple[str, ...]) -> jobs.Job | None:
     """Show the run (if any, and of one of `kinds`): live while it runs, then its outcome."""
     job = current_job()
-    if job is None or (kinds is not None and job.kind not in kinds):
+    if job is None or job.kind not in kinds:
         return None
-    st.fragment(run_every=0.5 if job.running else None)(_job_view)(job)
+    st.fragment(run_every=PROGRESS_REFRESH_S if job.running else None)(_job_view)(job)
+    st.fragment(run_every=CHART_REFRESH_S if job.running else None)(_job_chart)(job)
     return job
 
 
@@ -143,9 +159,6 @@ def _job_view(job: jobs.Job) -> None:
             if st.button("Stop", key=f"stop-{job.id}", type="secondary"):
                 job.stop()
                 st.info("Stopping after the current step...")
-        losses, phases = job.history()
-        if losses:
-            st.plotly_chart(charts.loss_curve(losses, phases, title="Loss (live)"), width="stretch")
         if job.running:
             return
         _announce_end(job)
@@ -164,6 +177,16 @@ def _job_view(job: jobs.Job) -> None:
             st.rerun()
 
 
+def _job_chart(job: jobs.Job) -> None:
+    """The run's loss curve: redrawn less often than the progress line, and with a bounded number of
+    points, because redrawing a Plotly chart costs the browser far more than a line of text."""
+    losses, phases = job.history()
+    if losses:
+        title = "Loss (live)" if job.running else "Loss"
+        points = LIVE_CHART_POINTS if job.running else None
+        st.plotly_chart(charts.loss_curve(losses, phases, title=title, max_points=points), width="stretch")
+
+
 def _sidebar_job(job: jobs.Job) -> None:
     """The run in the sidebar of every page: the same phase and fraction as the panel, and a Stop button."""
     if not job.running:
@@ -171,6 +194,13 @@ def _sidebar_job(job: jobs.Job) -> None:
         return
     st.info(f"{job.title} ({_started_by(job)}): {job.step_text()}, {100 * job.fraction():.0f}%")
     st.progress(job.fraction())
+    if st.button("Stop this run", key=f"sidebar-stop-{job.id}"):
+        job.stop()
+
+
+def _sidebar_job_named(job: jobs.Job) -> None:
+    """The run in the sidebar of a page whose own panel shows its live progress."""
+    st.info(f"{job.title} ({_started_by(job)}): its progress is on this page.")
     if st.button("Stop this run", key=f"sidebar-stop-{job.id}"):
         job.stop()
 
@@ -278,9 +308,10 @@ class FieldSlots:
 # --- precision ---------------------------------------------------------------------------------------
 PRECISION_HELP = (
     "fp32: everything in float32. "
-    "bf16: the forward pass and the loss run under bfloat16 autocast (about 2x faster on hardware with fast "
+    "bf16: the forward pass and the loss run under bfloat16 autocast (faster only on hardware with fast "
     "bfloat16 matmuls); weights, gradients, Adam's states and the saved files stay float32. "
-    "auto: bf16 only where a quick matmul probe measures it faster on this device, fp32 elsewhere. "
+    "auto: bf16 only where a quick matmul probe measures it faster on this device, fp32 elsewhere; a saved "
+    "run records the choice and the speed-up measured. "
     "Evaluation always runs in float32."
 )
 
@@ -303,8 +334,9 @@ def precision_note(record: dict[str, Any]) -> str:
 
 
 # --- sidebar -------------------------------------------------------------------------------------------
-def sidebar() -> None:
-    """What exists: the base model, the adapters, which one is active, and any running job."""
+def sidebar(page: str | None = None) -> None:
+    """What exists: the base model, the adapters, which one is active, and any running job (live, unless
+    `page`, the key of the page shown, has a live panel of its own for it)."""
     with st.sidebar:
         st.subheader("Saved work")
         status = state.base_status()
@@ -343,8 +375,10 @@ def sidebar() -> None:
         else:
             st.caption("Active adapter: none (the plain base model)")
         job = current_job()
-        if job is not None:
-            st.fragment(run_every=0.5 if job.running else None)(_sidebar_job)(job)
+        if job is not None and job.running and job.kind in JOB_PANELS.get(page or "", ()):
+            _sidebar_job_named(job)
+        elif job is not None:
+            st.fragment(run_every=PROGRESS_REFRESH_S if job.running else None)(_sidebar_job)(job)
         else:
             holder = state.store().writer()
             if holder is not None:

@@ -136,7 +136,7 @@ if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="f
     else:
         ui.start_job(jobs.start_finetune, state.store(), base, config, name, overwrite, base_eval)
 ui.busy_note()
-job = ui.job_panel(("finetune",))
+job = ui.job_panel(ui.JOB_PANELS["finetune"])
 
 # --- result ---------------------------------------------------------------------------------------------------------
 st.header("Result")

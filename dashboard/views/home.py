@@ -114,7 +114,7 @@ with st.expander("Study settings (the defaults are the study's)"):
     steps = s4.number_input("Fine-tuning steps", 1, 1_000_000, f_defaults.steps, key="study_steps")
     retrain = st.checkbox("Train a new base model even if one is saved", value=base is None, key="study_retrain")
 
-job = ui.job_panel(("study",))
+job = ui.job_panel(ui.JOB_PANELS["home"])
 if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run_study"):
     train_config = TrainConfig(hidden=(int(h1), int(h2)), epochs=int(epochs))
     ft_config = FinetuneConfig(steps=int(steps))

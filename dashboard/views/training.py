@@ -93,7 +93,7 @@ if submitted:
         ui.start_job(jobs.start_training, state.store(), config)
 
 ui.busy_note()
-ui.job_panel()
+ui.job_panel(ui.JOB_PANELS["training"])
 
 # --- what is saved ---------------------------------------------------------------------------------------------
 st.header("The saved base model")

@@ -50,6 +50,20 @@ def test_loss_curve_splits_phases() -> None:
     assert len(charts.loss_curve([]).data) == 0
 
 
+def test_a_long_live_loss_curve_is_drawn_as_bucket_means() -> None:
+    losses = [float(i) for i in range(1, 1001)] + [5.0] * 10
+    phases = ["train"] * 1000 + ["finetune"] * 10
+    fig = charts.loss_curve(losses, phases, max_points=300)
+    train, finetune = fig.data
+    assert len(train.x) <= 300 and train.x[-1] == 1000  # the last step is always drawn
+    size = train.x[0]  # steps 1..size form the first bucket
+    assert train.y[0] == sum(range(1, size + 1)) / size
+    assert abs(sum(train.y[:-1]) * size + train.y[-1] * (1000 - size * (len(train.x) - 1)) - sum(losses[:1000])) < 1e-6
+    assert list(finetune.x) == list(range(1001, 1011))  # short phases keep every step
+    assert charts.loss_curve(losses, phases).data[0].x[-1] == 1000
+    assert len(charts.loss_curve(losses, phases).data[0].x) == 1000
+
+
 def test_probability_bars_highlight_the_top_prediction() -> None:
     probs = np.full(10, 0.02)
     probs[7] = 0.82

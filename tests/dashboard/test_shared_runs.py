@@ -93,7 +93,7 @@ def test_the_sidebar_and_the_panel_show_the_same_progress(fresh_dir: Path) -> No
     try:
         os.kill(job.process.pid, signal.SIGSTOP)  # freeze the worker so both displays read one state
         time.sleep(1.5)  # the server's listener has moved every message already sent into the Job
-        at.run()
+        visit(at, "evaluation")  # no base model yet: the page offers training and shows its panel
         panel = [str(c.value) for c in at.caption if "step" in str(c.value)]
         assert panel and panel[0].startswith(job.step_text()), (panel, job.step_text())
         assert f"{job.step_text()}, {100 * job.fraction():.0f}%" in sidebar_text(at)
@@ -103,6 +103,29 @@ def test_the_sidebar_and_the_panel_show_the_same_progress(fresh_dir: Path) -> No
         job.stop()
         job.join(60)
     assert job.status == jobs.STOPPED
+
+
+def test_a_page_with_its_own_panel_keeps_one_live_refresh(fresh_dir: Path) -> None:
+    """The Training page's panel shows the run live; its sidebar names the run and can stop it, but does not
+    poll it a second time (each live fragment costs the browser a re-render every refresh)."""
+    at = new_app()
+    job = start_long_training(at)
+    try:
+        at.run()
+        assert any(str(c.value).startswith("train: step") for c in at.caption)  # the panel: live
+        assert "its progress is on this page" in sidebar_text(at)
+        assert "train: step" not in sidebar_text(at)
+        visit(at, "draw")  # a page without a panel for it: the sidebar is the live display
+        assert "train: step" in sidebar_text(at)
+        visit(at, "training")
+        stop = [b for b in at.sidebar.button if b.label == "Stop this run"]
+        assert stop, [b.label for b in at.sidebar.button]
+        stop[0].click().run()
+        job.join(60)
+        assert job.status == jobs.STOPPED
+    finally:
+        job.stop()
+        job.join(60)
 
 
 def test_a_reloaded_tab_reattaches_to_the_run_and_can_stop_it(fresh_dir: Path) -> None:

@@ -1,0 +1,196 @@
+"""Item 8: the whole study started from the dashboard's page, in a real browser, against the same study
+from the command line.
+
+A user's laptop runs the Streamlit server, the browser showing the live progress and the training
+worker on the same cores, so "as fast as the CLI" is only true when measured that way: a real
+`streamlit run`, Debian's Chromium driven by Playwright with the Home page open the whole time, the
+"Run the whole study" button clicked, and the clock stopped when the page shows "Finished in". Each
+run gets a fresh artifacts folder (so both train a new base model) and the same MNIST folder. CLI and
+page runs alternate, CLI first then page, round by round, and the ratio is the median of the rounds'.
+
+Needs the test packages (Playwright) and Chromium at $CHROMIUM_PATH or /usr/bin/chromium, like the
+browser tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .context import Context
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _env(data_dir: Path, artifacts: Path) -> dict[str, str]:
+    return {**os.environ, "LORA_DATA_DIR": str(data_dir), "LORA_ARTIFACTS_DIR": str(artifacts)}
+
+
+def _cli_args(settings: dict[str, int]) -> list[str]:
+    """The CLI flags that mean the same as the page's "Study settings" fields in `settings`."""
+    args: list[str] = []
+    if settings:
+        args += ["--train-hidden", str(settings["Hidden size 1"]), str(settings["Hidden size 2"])]
+        args += ["--steps", str(settings["Fine-tuning steps"])]
+    return args
+
+
+def cli_study(data_dir: Path, settings: dict[str, int], timeout: float) -> float:
+    """Wall seconds of `python -m lora_core study` in a fresh artifacts folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as artifacts:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "lora_core", "study", *_cli_args(settings)],
+            cwd=ROOT,
+            env=_env(data_dir, Path(artifacts)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"`python -m lora_core study` failed: {done.stdout[-1000:]}{done.stderr[-1000:]}")
+    return seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: float) -> dict[str, float]:
+    """Wall seconds from the click on "Run the whole study" to "Finished in" on the page, with a fresh
+    artifacts folder, and the CPU seconds the server (without its worker) and the browser used meanwhile."""
+    from playwright.sync_api import expect
+
+    artifacts = Path(tempfile.mkdtemp(prefix="bench-page-"))
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "dashboard/app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=_env(data_dir, artifacts),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    page = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.2)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        button = page.get_by_role("button", name="Run the whole study")
+        expect(button).to_be_enabled(timeout=120_000)
+        if settings:
+            page.get_by_text("Study settings").click()
+            for label, value in settings.items():
+                field = page.get_by_label(label, exact=True)
+                field.fill(str(value))
+                field.press("Enter")
+                page.wait_for_timeout(500)
+            expect(button).to_be_enabled(timeout=60_000)
+        server_process = psutil.Process(server.pid)
+        browser_processes = [p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
+        server_cpu, browser_cpu = _cpu_seconds([server_process]), _cpu_seconds(browser_processes)
+        start = time.perf_counter()
+        button.click()
+        expect(page.get_by_text("Finished in").first).to_be_visible(timeout=timeout * 1000)
+        seconds = time.perf_counter() - start
+        return {
+            "seconds": seconds,
+            "server_cpu_s": _cpu_seconds([server_process]) - server_cpu,
+            "browser_cpu_s": _cpu_seconds(browser_processes) - browser_cpu,
+        }
+    finally:
+        if page is not None:
+            page.close()
+        for child in psutil.Process(server.pid).children(recursive=True):
+            child.kill()
+        server.kill()
+        server.wait()
+        shutil.rmtree(artifacts, ignore_errors=True)
+
+
+def measure_page_vs_cli(ctx: Context) -> dict[str, Any]:
+    """Alternate CLI and page studies for ctx.sizes.page_rounds rounds."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        raise RuntimeError(f"item 8 needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    settings = dict(ctx.sizes.page_study_settings)
+    timeout = ctx.sizes.study_timeout_s
+    rounds: list[dict[str, float]] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            for i in range(ctx.sizes.page_rounds):
+                ctx.log(f"round {i + 1}: `python -m lora_core study`")
+                cli = cli_study(ctx.data_dir, settings, timeout)
+                ctx.log(f"round {i + 1}: the Home page's “Run the whole study” in Chromium")
+                page = page_study(browser, ctx.data_dir, settings, timeout)
+                rounds.append({"cli_s": cli, **{f"page_{k}": v for k, v in page.items()}})
+        finally:
+            browser.close()
+    return {
+        "rounds": rounds,
+        "settings": settings,
+        "ratio": statistics.median(r["cli_s"] / r["page_seconds"] for r in rounds),
+        "cli_s": statistics.median(r["cli_s"] for r in rounds),
+        "page_s": statistics.median(r["page_seconds"] for r in rounds),
+    }
