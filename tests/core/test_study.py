@@ -135,3 +135,33 @@ def test_disabled_equals_base_fails_when_the_adapter_leaks(
         disabled_adapter_leak(leak, monkeypatch)
     assert disabled_equals_base(model, small_mnist.test_x) is (leak is None)
     assert model.active_adapter == "small"  # the check leaves the adapter as it found it
+
+
+# --- the base model is evaluated once, and what the study reports is the saved checkpoint's evaluation ------
+def test_the_study_reports_the_saved_base_models_own_evaluation(
+    small_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lora_core.study as study
+    from lora_core.evaluate import evaluate
+    from lora_core.storage import ArtifactStore
+    from lora_core.train import FinetuneConfig, TrainConfig
+
+    train = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu", hidden=(32, 16))
+    finetune = FinetuneConfig(rank=2, alpha=8, steps=3, batch_size=64, seed=0, device="cpu")
+    evaluated: list[str] = []
+
+    def counting_evaluate(model, x, y):
+        evaluated.append(type(model).__name__)
+        return evaluate(model, x, y)
+
+    monkeypatch.setattr(study, "evaluate", counting_evaluate)
+    store = ArtifactStore(tmp_path)
+    trained = study.run_study(store, small_mnist, train, finetune)
+    checkpoint = evaluate(store.load_base("cpu").model, small_mnist.test_x, small_mnist.test_y)
+    assert trained["base"] == checkpoint.summary(misclassified=False) == store.base_meta()["metrics"]
+    assert evaluated == ["MLP", "LoraModel"]  # the trained base once (before saving), the adapted model once
+
+    evaluated.clear()
+    reused = study.run_study(store, small_mnist, train, finetune, name="again")  # the saved base, reused
+    assert reused["base"] == trained["base"]
+    assert evaluated == ["MLP", "LoraModel"]
