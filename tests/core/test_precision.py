@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,37 @@ def test_auto_trains_in_the_precision_the_probe_chose(monkeypatch, tiny_bases, t
     expected = store.load_base("cpu").model.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize(("speedup", "used"), [(2.5, "bf16"), (0.6, "fp32")])
+def test_default_precision_is_auto_and_model_json_records_its_choice(monkeypatch, tmp_path, tiny_mnist, speedup, used):
+    """The README's default: `auto`, for training and fine-tuning; a default run says what it chose and why."""
+    assert TrainConfig().precision == FinetuneConfig().precision == "auto"
+    monkeypatch.setattr(precision_module, "probe_bf16", lambda device: fake_probe(speedup))
+    meta = train_and_save_base(ArtifactStore(tmp_path), tiny_mnist, TrainConfig(device="cpu"))
+    training = json.loads((tmp_path / "base" / "model.json").read_text())["training"]
+    assert training == meta["training"]
+    assert (training["precision"], training["precision_used"]) == ("auto", used)
+    assert training["precision_reason"] == resolve_precision("auto", CPU).reason
+    assert training["precision_reason"].startswith(f"{used}: ") and f"{speedup:.1f}" in training["precision_reason"]
+
+
+def test_readme_defaults_table_names_the_defaults():
+    """README's "Choosing the defaults" table says what was chosen; the dataclasses must agree with it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Choosing the defaults", 1)[1].split("\n## ", 1)[0]
+    chosen = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("setting", "---"):
+            chosen[cells[0].split(" (")[0]] = re.match(r"[\w.+-]*", cells[2].strip("`")).group()  # "`auto`: ..."
+    train, ft = TrainConfig(), FinetuneConfig()
+    assert chosen["training precision"] == train.precision == ft.precision
+    assert int(chosen["base batch size"]) == int(chosen["base batch size in bf16"]) == train.batch_size
+    assert float(chosen["base learning rate"]) == train.lr and train.lr_schedule == "linear"
+    assert float(chosen["fine-tuning replay"]) == ft.replay
+    assert float(chosen["fine-tuning learning rate"]) == ft.lr and ft.lr_schedule == "linear"
+    assert ft.rank == 8 and ft.steps == 600 and ft.batch_size == 128  # the fine-tuning rows' setting
 
 
 def test_probe_measures_both_precisions_once_per_process():
