@@ -54,7 +54,7 @@ class TrainConfig:
     lr 2e-3 decayed linearly to 0 over the run reaches 97.5-97.7% test accuracy in one epoch at batch 256,
     in fp32 and in bf16 alike (constant 1e-3: 96.4-96.8%). bf16 makes larger batches faster, but not
     better: in one epoch batch 512 loses about half a point and 1024 two, at any learning rate tried;
-    batch 128 gains 0.1-0.2 points for about a fifth more time, so 256 stays.
+    batch 128 gains 0.1-0.3 points for about a fifth more time, so 256 stays.
     """
 
     epochs: int = 1
@@ -65,7 +65,7 @@ class TrainConfig:
     device: str = "auto"
     hidden: tuple[int, int] = DEFAULT_HIDDEN
     # "fp32", "bf16", or "auto": bf16 where a quick probe measures its matmuls faster on this device
-    # (lora_core.precision), fp32 elsewhere. Measured in bf16 at these defaults: about 2x the throughput,
+    # (lora_core.precision), fp32 elsewhere. Measured in bf16 at these defaults: 1.8-1.9x the throughput,
     # test accuracy within 0.1 points of fp32 (seeds 0-2); a CPU without fast bf16 keeps fp32's figures.
     precision: str = "auto"
 
