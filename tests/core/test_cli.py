@@ -45,7 +45,9 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "study-old-option": (["study", "--batch-size", "64"], "trained", ["--train-batch-size", "--ft-batch-size"]),
     "unknown-command": (["tran"], "empty", ["tran", "train"]),
     # one rule for an existing adapter name, and the refusal names the flags that get past it
-    "finetune-existing-name": (["finetune", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
+    # its own copy of the folder: it holds the writer lock while it evaluates the base model before refusing,
+    # and the studies below, run beside it, would find the folder busy instead of the name taken
+    "finetune-existing-name": (["finetune", "--name", "small", "--steps", "1"], "names", ["'small'", "--overwrite"]),
     "study-existing-name": (["study", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
     "predict-folder-without-pictures": (["predict", "{no_pictures}"], "trained", ["folder", "PNG"]),
     "predict-missing-file": (["predict", "{pictures}/nosuch.png"], "trained", ["nosuch.png", "no such file"]),
@@ -76,9 +78,14 @@ class Result:
 def cli_runs(trained_artifacts, tmp_path_factory, mnist):
     """Run every CLI case once, four at a time, against a copy of `trained_artifacts` or an empty folder."""
     root = tmp_path_factory.mktemp("cli")
-    folders = {"trained": root / "artifacts", "empty": root / "empty", "writable": root / "writable"}
-    shutil.copytree(trained_artifacts, folders["trained"])
-    shutil.copytree(trained_artifacts, folders["writable"])
+    folders = {
+        "trained": root / "artifacts",
+        "empty": root / "empty",
+        "writable": root / "writable",
+        "names": root / "names",
+    }
+    for which in ("trained", "writable", "names"):
+        shutil.copytree(trained_artifacts, folders[which])
     folders["empty"].mkdir()
     out = root / "out"
     out.mkdir()
