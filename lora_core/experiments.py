@@ -14,17 +14,18 @@ Where things go:
     <artifacts>/bases/unseen-8-9/adapters/         with its adapters, so all the storage code works on it as is
     <artifacts>/experiments/<slug>-<time>.json     ExperimentResult.to_dict(), written atomically
 
-Peak memory: on CUDA the allocator's peak; on the CPU (where PyTorch keeps no allocator statistics) the
-process's peak resident set size above its size at the start of the method, the kernel's high-water mark
-VmHWM reset through /proc/self/clear_refs; without that, getrusage's ru_maxrss delta, which stays 0 while a
-run remains under the process's earlier peak. `memory_measure` in each result says which. Memory the C
-allocator kept from an earlier method can be reused unseen, so the deterministic `train_state_bytes`
-(trainable weights, their gradients and Adam's two moments, 4 bytes each) is reported beside it.
+Peak memory of a method's training, from its set-up to its last step (evaluation and saving left out):
+on CUDA the allocator's peak; on the CPU (where PyTorch keeps no allocator statistics) the process's peak
+resident set size above its size at the start of the method, the kernel's high-water mark VmHWM reset
+through /proc/self/clear_refs; without that, getrusage's ru_maxrss delta, which stays 0 while a run
+remains under the process's earlier peak. `memory_measure` in each result says which. Before each
+method the C allocator is asked to return freed memory (glibc malloc_trim), else a method would reuse
+memory an earlier one freed without raising the RSS. The deterministic `train_state_bytes` (trainable
+weights, their gradients and Adam's two moments, 4 bytes each) is reported beside it.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import os
@@ -54,6 +55,7 @@ from .study import disabled_equals_base, finetune_and_save_adapter, load_base_fo
 from .tasks import Task, accuracy_on, without_digits
 from .train import (
     FinetuneConfig,
+    Progress,
     ProgressCallback,
     RunResult,
     TrainConfig,
@@ -347,9 +349,11 @@ class PeakMemory:
         self.device = device
         self.peak_bytes = 0
         self.measure = ""
+        self._marked: int | None = None
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
+        _return_free_memory()  # else the next method reuses memory the C allocator kept, unseen by RSS
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -363,15 +367,42 @@ class PeakMemory:
             self.measure = "getrusage ru_maxrss delta (0 while the run stays under the process's earlier peak)"
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _peak(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.measure.startswith("peak resident"):
-            peak = _proc_status_bytes("VmHWM")
-        else:
-            peak = _ru_maxrss_bytes()
+            return torch.cuda.max_memory_allocated(self.device)
+        if self.measure.startswith("peak resident"):
+            return _proc_status_bytes("VmHWM")
+        return _ru_maxrss_bytes()
+
+    def mark(self) -> None:
+        """Take the peak now (at the last training step), so that what follows is left out."""
+        self._marked = self._peak()
+
+    def __exit__(self, *exc: object) -> None:
+        peak = self._marked if self._marked is not None else self._peak()
         self.peak_bytes = max(0, peak - self._start)
+
+    def progress(self, callback: ProgressCallback | None) -> ProgressCallback:
+        """`callback`, which also marks the peak at the last step of the run."""
+
+        def report(p: Progress) -> None:
+            if p.step == p.total_steps:
+                self.mark()
+            if callback is not None:
+                callback(p)
+
+        return report
+
+
+def _return_free_memory() -> None:
+    """glibc's malloc_trim(0): hand freed heap memory back to the system (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_high_water_mark() -> bool:
@@ -488,6 +519,7 @@ def prepare_task(
     before_plain = evaluate(base.model, data.test_x, data.test_y)
     before_task = before_plain if task_data is data else evaluate(base.model, task_data.test_x, task_data.test_y)
     targets = task.target_digits(before_plain.weakest_digit)
+    _warm_up(base_state, task_data, settings.batch_size, next(base.model.parameters()).device)
     return TaskContext(
         task,
         base_store_used,
@@ -501,6 +533,17 @@ def prepare_task(
         before_plain,
         base_name,
     )
+
+
+def _warm_up(state: dict[str, torch.Tensor], data: MnistData, batch_size: int, device: torch.device) -> None:
+    """One untimed training step on a throwaway copy, so that the first method timed does not pay for
+    PyTorch's one-time set-up (kernel selection, the first large allocations)."""
+    hidden = state["linear1.weight"].shape[0], state["linear2.weight"].shape[0]
+    model = MLP(*hidden).to(device)
+    model.load_state_dict(state)
+    batch = min(batch_size, data.train_x.shape[0])
+    loss = F.cross_entropy(model(data.train_x[:batch].to(device)), data.train_y[:batch].to(device))
+    loss.backward()
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
@@ -543,7 +586,7 @@ def _run_lora(
     config = settings.finetune_config(ctx.target_digits, "lora")
     name = adapter_name or ctx.store.unused_adapter_name(ctx.task.adapter_name(ctx.target_digits))
     device = next(ctx.lora_model.model.parameters()).device
-    with PeakMemory(device) as memory:  # training, its evaluation on the task's test set, and saving
+    with PeakMemory(device) as memory:  # marked at the last step: evaluation and saving left out
         outcome = finetune_and_save_adapter(
             ctx.store,
             ctx.base,
@@ -552,7 +595,7 @@ def _run_lora(
             config,
             name,
             overwrite,
-            progress,
+            memory.progress(progress),
             stop,
             base_eval=ctx.before_task,
             extra_metrics={"task": ctx.task.describe(ctx.before_plain.weakest_digit)},
@@ -607,13 +650,15 @@ def _run_copy(
     device = next(ctx.lora_model.model.parameters()).device
     with PeakMemory(device) as memory:
         model = MLP(*ctx.base.model.hidden)
-        model.load_state_dict(copy.deepcopy(ctx.base_state))
+        model.load_state_dict(ctx.base_state)  # copies into the new model's own tensors
         model.to(device)
         for name, p in model.named_parameters():
             p.requires_grad_(method == "full" or name.startswith(HEAD_LAYER + "."))
         params = [p for p in model.parameters() if p.requires_grad]
-        run = train_parameters(model, params, ctx.task_data, config, phase=method, progress=progress, stop=stop)
-        task_eval = evaluate(model, ctx.task_data.test_x, ctx.task_data.test_y)  # measured, as LoRA's is
+        run = train_parameters(
+            model, params, ctx.task_data, config, phase=method, progress=memory.progress(progress), stop=stop
+        )
+    task_eval = evaluate(model, ctx.task_data.test_x, ctx.task_data.test_y)
     trainable = sum(p.numel() for p in params)
     kept = {k: v for k, v in model.state_dict().items() if method == "full" or k.startswith(HEAD_LAYER + ".")}
     task_summary = task_eval.summary(misclassified=False)
