@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import platform
 import resource
@@ -64,6 +65,7 @@ from .train import (
     _Reporter,
     _scheduler,
     adam,
+    finetune,
     resolve_device,
 )
 
@@ -314,8 +316,6 @@ def list_experiments(store: ArtifactStore) -> list[Path]:
 
 
 def load_experiment(path: Path | str) -> ExperimentResult:
-    import json
-
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -428,9 +428,8 @@ def _ru_maxrss_bytes() -> int:
 
 def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
     """Bytes of the safetensors file these tensors would make (float32, as the store saves them)."""
-    return len(
-        save_safetensors_bytes({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()})
-    )
+    plain = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    return len(save_safetensors_bytes(plain, metadata={"format": "pt"}))
 
 
 def environment() -> dict[str, Any]:
@@ -554,17 +553,19 @@ def run_method(
     *,
     adapter_name: str | None = None,
     overwrite: bool = False,
+    save_adapter: bool = True,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> MethodResult:
-    """Train and judge one method on the task. LoRA saves its adapter (under the task's base store);
-    the full and head copies are thrown away once measured."""
+    """Train and judge one method on the task. LoRA saves its adapter (under the task's base store)
+    unless save_adapter=False (a sweep's many points: the adapter is measured, its would-be file size
+    computed, and dropped); the full and head copies are thrown away once measured."""
     if method not in METHODS:
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     named = _named_progress(progress, method)
     started = time.perf_counter()
     if method == "lora":
-        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started)
+        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter)
     return _run_copy(ctx, method, settings, named, stop, started)
 
 
@@ -582,27 +583,47 @@ def _run_lora(
     progress: ProgressCallback | None,
     stop: threading.Event | None,
     started: float,
+    save_adapter: bool = True,
 ) -> MethodResult:
     config = settings.finetune_config(ctx.target_digits, "lora")
-    name = adapter_name or ctx.store.unused_adapter_name(ctx.task.adapter_name(ctx.target_digits))
-    device = next(ctx.lora_model.model.parameters()).device
-    with PeakMemory(device) as memory:  # marked at the last step: evaluation and saving left out
-        outcome = finetune_and_save_adapter(
-            ctx.store,
-            ctx.base,
-            ctx.lora_model,
-            ctx.task_data,
-            config,
-            name,
-            overwrite,
-            memory.progress(progress),
-            stop,
-            base_eval=ctx.before_task,
-            extra_metrics={"task": ctx.task.describe(ctx.before_plain.weakest_digit)},
-        )
     lora_model = ctx.lora_model
-    lora_model.set_adapter(outcome.name)
-    task_summary = outcome.after.summary(misclassified=False)
+    device = next(lora_model.model.parameters()).device
+    if save_adapter:  # exactly the study's fine-tune-and-save
+        name = adapter_name or ctx.store.unused_adapter_name(ctx.task.adapter_name(ctx.target_digits))
+        with PeakMemory(device) as memory:  # marked at the last step: evaluation and saving left out
+            outcome = finetune_and_save_adapter(
+                ctx.store,
+                ctx.base,
+                lora_model,
+                ctx.task_data,
+                config,
+                name,
+                overwrite,
+                memory.progress(progress),
+                stop,
+                base_eval=ctx.before_task,
+                extra_metrics={"task": ctx.task.describe(ctx.before_plain.weakest_digit)},
+            )
+        trainable, seconds, path = outcome.trainable_params, outcome.seconds, outcome.path
+        samples_per_s, final_loss = (
+            float(outcome.metrics.get("samples_per_s") or 0.0),
+            outcome.metrics.get("final_loss"),
+        )
+        task_summary = outcome.after.summary(misclassified=False)
+        stored = sum((Path(path) / f).stat().st_size for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
+    else:  # a sweep's point: the same training, measured, then dropped
+        name, path = adapter_name or f"unsaved-{ctx.task.slug}", None
+        if name in lora_model.adapters:
+            lora_model.delete_adapter(name)
+        with PeakMemory(device) as memory:
+            run = finetune(lora_model, name, ctx.task_data, config, progress=memory.progress(progress), stop=stop)
+        trainable = sum(t.numel() for t in lora_model.adapter_state_dict(name).values())
+        seconds, samples_per_s = run.seconds, run.samples_per_s
+        final_loss = run.losses[-1] if run.losses else None
+        task_summary = evaluate(lora_model, ctx.task_data.test_x, ctx.task_data.test_y).summary(misclassified=False)
+        config_bytes = len((json.dumps(config.lora_config().to_peft(), indent=2) + "\n").encode())
+        stored = safetensors_size(lora_model.adapter_state_dict(name)) + config_bytes
+    lora_model.set_adapter(name)
     plain_summary = (
         task_summary
         if ctx.task_data is ctx.plain_data
@@ -611,27 +632,26 @@ def _run_lora(
     with lora_model.adapters_disabled():
         off = evaluate(lora_model, ctx.plain_data.test_x, ctx.plain_data.test_y).summary(misclassified=False)
     off_equals_base = disabled_equals_base(lora_model, ctx.plain_data.test_x)
-    folder = Path(outcome.path)
-    stored = sum((folder / f).stat().st_size for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
-    metrics = outcome.metrics
+    if not save_adapter:
+        lora_model.delete_adapter(name)
     return MethodResult(
         method="lora",
         lr=config.lr,
-        trainable_params=outcome.trainable_params,
+        trainable_params=trainable,
         stored_bytes=stored,
         stored_what=f"{ADAPTER_WEIGHTS} + {ADAPTER_CONFIG}",
-        seconds=outcome.seconds,
+        seconds=seconds,
         wall_seconds=time.perf_counter() - started,
-        samples_per_s=float(metrics.get("samples_per_s") or 0.0),
-        final_loss=metrics.get("final_loss"),
+        samples_per_s=samples_per_s,
+        final_loss=final_loss,
         peak_memory_bytes=memory.peak_bytes,
         memory_measure=memory.measure,
-        train_state_bytes=outcome.trainable_params * BYTES_PER_TRAINED_PARAM,
+        train_state_bytes=trainable * BYTES_PER_TRAINED_PARAM,
         task=task_summary,
         plain=plain_summary,
         **ctx.scores(task_summary, plain_summary),
-        adapter=outcome.name,
-        adapter_path=outcome.path,
+        adapter=name if save_adapter else None,
+        adapter_path=path,
         adapter_off_plain=off,
         adapter_off_equals_base=off_equals_base,
     )

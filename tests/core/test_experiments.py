@@ -161,6 +161,12 @@ def test_unseen_base_never_sees_the_digits_and_sits_beside_the_main_one(artifact
     ctx = prepare_task(store, tiny_mnist, task, settings, base_config=SMALL_BASE)
     assert ctx.base.fingerprint == meta["sha256"] and file_bytes(sub.root / "base") == sub_before
     assert run_method(ctx, "head", settings).trainable_params == 20_010
+    # a sweep's point: measured like the saved one, then dropped; its would-be files weigh what the saved ones do
+    quick = ExperimentSettings(steps=2, batch_size=32, rank=2, device="cpu")
+    unsaved = run_method(ctx, "lora", quick, save_adapter=False)
+    assert unsaved.adapter is None and unsaved.adapter_path is None and unsaved.adapter_off_equals_base is True
+    assert unsaved.stored_bytes == lora.stored_bytes and unsaved.trainable_params == lora.trainable_params
+    assert sub.adapter_names() == ["unseen-8-9"] and list(ctx.lora_model.adapters) == []
 
 
 def test_a_digit_task_judges_the_target_digits_and_the_others(artifacts_copy, tiny_mnist):
