@@ -255,7 +255,7 @@ def _methods_arg(text: str) -> tuple[str, ...]:
 
 
 def _experiment_options(parser: argparse.ArgumentParser) -> None:
-    from ..experiments import METHODS, ExperimentSettings
+    from ..experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings
     from ..tasks import TASK_FORMS
 
     d = ExperimentSettings()
@@ -279,8 +279,9 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replay",
         type=_float_arg,
-        default=d.replay,
-        help="digit tasks and unseen: share of each batch drawn from the other digits",
+        default=None,
+        help="digit tasks and unseen: share of each batch drawn from the other digits "
+        f"(default: {UNSEEN_REPLAY:g} for unseen, {FinetuneConfig().replay:g} for the digit tasks)",
     )
     parser.add_argument("--name", help="the LoRA adapter's name (default: from the task, e.g. rotate-45)")
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter of that --name (else refused)")
