@@ -151,6 +151,7 @@ def test_unseen_base_never_sees_the_digits_and_sits_beside_the_main_one(artifact
     assert meta["train_samples"] == int((tiny_mnist.train_y < 8).sum())  # its training set lacked them
     assert meta["metrics"]["per_digit_accuracy"][8] == 0.0 and meta["metrics"]["per_digit_accuracy"][9] == 0.0
     assert result.base["name"] == "unseen-8-9" and result.base["sha256"] == meta["sha256"]
+    assert result.settings["replay_used"] == 0.75  # unseen's default replay
     assert result.base["task_accuracy"] == 0.0 and result.base["kept_accuracy"] > 0.3
     lora = result.method("lora")
     assert sub.adapter_names() == ["unseen-8-9"] and lora.adapter == "unseen-8-9"
@@ -209,3 +210,12 @@ def test_adapter_switch_gives_base_logits(rotate_run, tiny_mnist):
         assert torch.equal(predict(lora_model, x), predict(plain, x))
     lora_model.set_adapter("rotate-45")
     assert not torch.equal(predict(lora_model, x), predict(plain, x))
+
+
+def test_replay_defaults_by_task():
+    settings = ExperimentSettings()
+    assert settings.replay_for("unseen") == 0.75 and settings.replay_for("digits") == 0.5
+    assert ExperimentSettings(replay=0.2).replay_for("unseen") == 0.2
+    assert settings.finetune_config((8, 9), "full", "unseen").replay == 0.75
+    with pytest.raises(ConfigError, match="replay"):
+        ExperimentSettings(replay=1.5).validate()
