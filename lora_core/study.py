@@ -38,9 +38,12 @@ def train_and_save_base(
     config: TrainConfig,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and save the base model; a stopped or failed run saves nothing."""
-    meta, _evaluation = _train_evaluate_and_save(store, data, config, progress, stop)
+    """Train, evaluate and save the base model; a stopped or failed run saves nothing.
+
+    `extra_meta` adds keys to model.json (an experiment's base records the digits it left out)."""
+    meta, _evaluation = _train_evaluate_and_save(store, data, config, progress, stop, extra_meta)
     return meta
 
 
@@ -50,6 +53,7 @@ def _train_evaluate_and_save(
     config: TrainConfig,
     progress: ProgressCallback | None,
     stop: threading.Event | None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TrainedEvaluation]:
     """train_and_save_base, also returning its evaluation so that run_study need not evaluate again."""
     model, run = train_base(data, config, progress, stop)
@@ -70,6 +74,7 @@ def _train_evaluate_and_save(
         "metrics": evaluation.summary(misclassified=False),
         "data": {"source": data.source, "md5": data.md5},
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
+        **(extra_meta or {}),
     }
     device = str(next(model.parameters()).device)
     return store.save_base(model.cpu(), meta), TrainedEvaluation(evaluation, device)
@@ -140,8 +145,11 @@ def finetune_and_save_adapter(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     base_eval: Evaluation | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> AdapterOutcome:
-    """Fine-tune an adapter (default target: the base model's weakest digit), evaluate it, save it."""
+    """Fine-tune an adapter (default target: the base model's weakest digit), evaluate it, save it.
+
+    `extra_metrics` adds keys to metrics.json (an experiment's adapter records its task)."""
     config.validate(lora_model.model)
     with lora_model.adapters_disabled():
         before = base_eval or evaluate(lora_model, data.test_x, data.test_y)
@@ -168,6 +176,7 @@ def finetune_and_save_adapter(
         "after": after.summary(misclassified=False),
         "difference": {k: v for k, v in compare(before, after).items() if k not in ("fixed", "broken")},
         "base_tensors": base_tensor_record(hashes_before, hashes_after),
+        **(extra_metrics or {}),
     }
     path = store.save_adapter(lora_model, name, metrics, base.fingerprint, overwrite=overwrite)
     return AdapterOutcome(

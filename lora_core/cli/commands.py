@@ -394,3 +394,51 @@ def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
             atomic_write_json(args.json, result)
         raise CheckFailed("the study's own checks failed (see step 5 above); the adapter was saved as trained")
     return result
+
+
+def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..experiments import ExperimentSettings, run_experiment
+    from .render import experiment_report
+
+    _check_name(args)
+    settings = ExperimentSettings(
+        methods=args.methods,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(args.targets),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lora_lr=args.lora_lr,
+        full_lr=args.full_lr,
+        head_lr=args.head_lr,
+        replay=args.replay,
+        lr_schedule=args.lr_schedule,
+        precision=args.precision,
+        device=args.device,
+    )
+    _validated(settings, args.flags, args)
+    store = _store(args)
+    if args.task.base_name is None and not store.has_base():
+        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
+    data = _data(args)
+    _say_precision(settings.precision, settings.device, args.flags, args)
+    bar = ProgressBar()
+    try:
+        result = run_experiment(
+            store,
+            data,
+            args.task,
+            settings,
+            adapter_name=args.name,
+            overwrite=args.overwrite,
+            base_config=TrainConfig(device=args.device, precision=args.precision),
+            retrain_base=args.retrain_base,
+            progress=bar,
+            stop=stop,
+            log=lambda m: (bar.close(), say(m)),
+        )
+    finally:
+        bar.close()
+    experiment_report(result)
+    return result.to_dict()

@@ -108,6 +108,24 @@ STUDY_FINETUNE_FLAGS = {
     "lr_schedule": ("--ft-lr-schedule",),
     "seed": ("--ft-seed",),
 }
+# experiment: the task is a positional argument; each method has its own learning rate
+EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
+    "task": ("TASK",),
+    "digit": ("TASK",),
+    "methods": ("--methods",),
+    "rank": ("--rank",),
+    "alpha": ("--alpha",),
+    "targets": ("--targets",),
+    "steps": ("--steps",),
+    "batch_size": ("--batch-size",),
+    "seed": ("--seed",),
+    "lr": ("--lora-lr",),
+    "lora_lr": ("--lora-lr",),
+    "full_lr": ("--full-lr",),
+    "head_lr": ("--head-lr",),
+    "replay": ("--replay",),
+    "lr_schedule": ("--lr-schedule",),
+}
 # options that other commands spell differently, with what to use under study instead
 STUDY_RENAMED = {
     flags[0]: f"{STUDY_TRAIN_FLAGS[field][0]} for the base model"
@@ -212,6 +230,69 @@ def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--base-only", action="store_true", help="the base model alone, without any adapter")
 
 
+def _task_arg(text: str) -> Any:
+    from ..tasks import parse_task
+
+    try:
+        return parse_task(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
+def _methods_arg(text: str) -> tuple[str, ...]:
+    from ..experiments import METHODS
+
+    methods = tuple(m.strip().lower() for m in text.split(","))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(METHODS)}, got {text!r}"
+            + (f" (unknown: {', '.join(repr(m) for m in unknown)})" if unknown and text.strip() else "")
+        )
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"lists a method twice: {text!r}")
+    return methods
+
+
+def _experiment_options(parser: argparse.ArgumentParser) -> None:
+    from ..experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings
+    from ..tasks import TASK_FORMS
+
+    d = ExperimentSettings()
+    parser.add_argument("task", metavar="TASK", type=_task_arg, help=f"what to learn: {TASK_FORMS}")
+    parser.add_argument(
+        "--methods",
+        type=_methods_arg,
+        default=d.methods,
+        help=f"comma-separated, run in this order (default: {','.join(METHODS)})",
+    )
+    parser.add_argument("--rank", type=_int_arg, default=d.rank, help="LoRA's rank")
+    parser.add_argument("--alpha", type=_float_arg, default=None, help="LoRA's alpha (default: 2 x rank)")
+    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets), help="LoRA's layers")
+    parser.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of every method")
+    parser.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size)
+    parser.add_argument("--seed", type=_int_arg, default=d.seed)
+    parser.add_argument("--lora-lr", dest="lora_lr", type=_float_arg, default=d.lora_lr)
+    parser.add_argument("--full-lr", dest="full_lr", type=_float_arg, default=d.full_lr)
+    parser.add_argument("--head-lr", dest="head_lr", type=_float_arg, default=d.head_lr)
+    parser.add_argument("--lr-schedule", dest="lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
+    parser.add_argument(
+        "--replay",
+        type=_float_arg,
+        default=None,
+        help="digit tasks and unseen: share of each batch drawn from the other digits "
+        f"(default: {UNSEEN_REPLAY:g} for unseen, {FinetuneConfig().replay:g} for the digit tasks)",
+    )
+    parser.add_argument("--name", help="the LoRA adapter's name (default: from the task, e.g. rotate-45)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an adapter of that --name (else refused)")
+    parser.add_argument(
+        "--retrain-base",
+        dest="retrain_base",
+        action="store_true",
+        help="unseen: train the base model without those digits again, even if one is saved",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
@@ -282,6 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train a new base model even if one is saved")
     _precision_option(p, study=True)
     p.set_defaults(handler=commands.cmd_study, flags=STUDY_FINETUNE_FLAGS)
+
+    p = sub.add_parser(
+        "experiment",
+        parents=[common],
+        help="LoRA, full fine-tuning and the last layer side by side on a task",
+        description="Train each method with the same steps, batches and seed on the task, and compare trainable "
+        "parameters, bytes stored per task, time, peak memory, and accuracy on the task and on plain MNIST. "
+        "The LoRA adapter is saved as a normal adapter; the results go to <artifacts>/experiments/.",
+    )
+    _experiment_options(p)
+    _precision_option(p)
+    p.set_defaults(handler=commands.cmd_experiment, flags=EXPERIMENT_FLAGS)
     return parser
 
 

@@ -182,3 +182,84 @@ def study_report(result: dict[str, Any], root: str) -> None:
         f"{'yes' if result['disabled_adapter_equals_base'] else 'NO'}"
     )
     say(f"\nArtifacts in {root}; {result['seconds']['total']:.1f} s in all")
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as file browsers show sizes)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
+
+
+def experiment_report(result: Any) -> None:
+    """The methods side by side, from lora_core.experiments.ExperimentResult."""
+    task, base, settings = result.task, result.base, result.settings
+    domain = bool(task["domain"])
+    targets = task["target_digits"] or []
+    say(f"\nTask {task['spec']}: {task['label']}" + (" (training and test images alike)" if domain else ""))
+    base_line = f"Base model {base['name']!r} (sha256 {base['sha256'][:12]}"
+    if base.get("left_out_digits"):
+        base_line += f", trained without digits {', '.join(map(str, base['left_out_digits']))}"
+    say(base_line + ")")
+    say(
+        f"Every method: {settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}; "
+        f"LoRA rank {settings['rank']} (alpha {settings['alpha']:g}) on {', '.join(settings['targets'])}"
+    )
+    task_header = "task test set" if domain else f"digit{'s' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+    headers = ["method", "lr", "trainable", "% of full", "stored per task", "train s", "peak memory"]
+    headers += [task_header, "plain MNIST"] + ([] if domain else ["other digits"])
+    full = result.method("full")
+
+    def accuracies(row: dict[str, Any] | Any) -> list[Any]:
+        get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+        return [pct(get("task_accuracy")), pct(get("plain_accuracy"))] + ([] if domain else [pct(get("kept_accuracy"))])
+
+    rows: list[list[Any]] = [["base", None, None, None, None, None, None, *accuracies(base)]]
+    for m in result.methods:
+        share = f"{100 * m.trainable_params / full.trainable_params:.2f}%" if full else None
+        rows.append(
+            [
+                m.method,
+                m.lr,
+                m.trainable_params,
+                share,
+                human_bytes(m.stored_bytes),
+                round(m.seconds, 1),
+                human_bytes(m.peak_memory_bytes),
+                *accuracies(m),
+            ]
+        )
+    say(table(headers, rows))
+    lora = result.method("lora")
+    if lora is not None:
+        same = "yes" if lora.adapter_off_equals_base else "NO"
+        say(
+            f"LoRA adapter switched off: plain MNIST {pct(lora.adapter_off_plain['accuracy'])} "
+            f"(base {pct(base['plain_accuracy'])}); the base model's logits exactly: {same}"
+        )
+        gain, params = result.gain_share("lora"), result.param_share("lora")
+        if gain is not None and params is not None:
+            say(
+                f"LoRA reaches {100 * gain:.1f}% of full fine-tuning's gain on the task with "
+                f"{100 * params:.2f}% of its trainable parameters."
+            )
+    names = ["base", *(m.method for m in result.methods)]
+    say(f"\nPer digit, {'the task test set' if domain else 'MNIST test set'}:")
+    say(table(["digit", *names], _per_digit_rows(base["task"], [m.task for m in result.methods])))
+    if domain:
+        say("\nPer digit, plain MNIST (the method applied):")
+        say(table(["digit", *names], _per_digit_rows(base["plain"], [m.plain for m in result.methods])))
+    if lora is not None:
+        say(f"\nAdapter {lora.adapter!r} saved to {lora.adapter_path}")
+    if result.path:
+        say(f"Results saved to {result.path}")
+    load = result.environment.get("loadavg")
+    load_text = f" (load average {' '.join(f'{v:.2f}' for v in load)})" if load else ""
+    measure = result.methods[0].memory_measure if result.methods else "-"
+    say(f"{result.seconds:.1f} s in all{load_text}; peak memory: {measure}")
+
+
+def _per_digit_rows(base: dict[str, Any], others: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[d, *(pct(s["per_digit_accuracy"][d]) for s in (base, *others))] for d in range(10)]

@@ -1,0 +1,113 @@
+"""`python -m lora_core experiment`, run in subprocesses (several at once, to save time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from core_helpers import file_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(900)  # two short real comparisons on full MNIST, beside other sessions' work
+
+# name: (arguments, which artifacts folder, words the one-line message must contain)
+ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
+    "unknown-task": (["experiment", "rot:45"], "trained", ["TASK:", "unknown task", "'rot:45'", "rotate:DEG"]),
+    "angle-not-a-number": (["experiment", "rotate:abc"], "trained", ["TASK:", "angle", "'abc'"]),
+    "digit-12": (["experiment", "digits:1,12"], "trained", ["TASK:", "'12' is not a digit"]),
+    "no-task": (["experiment"], "trained", ["TASK"]),
+    "unknown-method": (["experiment", "invert", "--methods", "lora,fool"], "trained", ["--methods:", "'fool'"]),
+    "full-lr-0": (["experiment", "invert", "--full-lr", "0"], "trained", ["--full-lr:", "0"]),
+    "steps-0": (["experiment", "invert", "--steps", "0"], "trained", ["--steps:", "0"]),
+    "rank-11": (["experiment", "invert", "--rank", "11"], "trained", ["--rank:", "linear3"]),
+    "existing-name": (["experiment", "invert", "--name", "small"], "trained", ["'small'", "--overwrite"]),
+    "no-base-model": (["experiment", "invert"], "empty", ["no base model"]),
+}
+RUN = ["--steps", "3", "--batch-size", "16", "--rank", "2"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(trained_artifacts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-experiment")
+    folders = {name: root / name for name in ("trained", "empty", "three", "head")}
+    for name in ("trained", "three", "head"):
+        shutil.copytree(trained_artifacts, folders[name])
+    folders["empty"].mkdir()
+    out = root / "out"
+    out.mkdir()
+    env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
+    jobs = {name: [*args, "--artifacts", str(folders[which])] for name, (args, which, _) in ERROR_CASES.items()}
+    jobs["three"] = ["experiment", "shift:2", *RUN, "--artifacts", str(folders["three"]), "--json", str(out / "3.json")]
+    jobs["head"] = ["experiment", "digits:3", "--methods", "head", *RUN, "--artifacts", str(folders["head"])]
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    return {"results": results, "folders": folders, "out": out, "root": root}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_input_exits_2_with_one_line(cli_runs, case):
+    result = cli_runs["results"][case]
+    detail = f"stdout={result.stdout[-2000:]!r} stderr={result.stderr[-2000:]!r}"
+    assert result.returncode == 2, detail
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), detail
+    for word in ERROR_CASES[case][2]:
+        assert word in lines[0], detail
+
+
+def test_refusals_wrote_nothing(cli_runs, trained_artifacts):
+    assert file_bytes(cli_runs["folders"]["trained"]) == file_bytes(trained_artifacts)
+    assert list(cli_runs["folders"]["empty"].iterdir()) == []
+    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
+
+
+def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artifacts):
+    result = cli_runs["results"]["three"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    out = result.stdout
+    assert "Task shift:2: digits moved 2 px right" in out
+    rows = {
+        line.split()[0]: line
+        for line in out.splitlines()
+        if line.strip().split()[:1] in (["lora"], ["full"], ["head"], ["base"])
+    }
+    assert "13,588" in rows["lora"] and "2,807,010" in rows["full"] and "20,010" in rows["head"]
+    assert "11.2 MB" in rows["full"] and "80.2 KB" in rows["head"]
+    assert "the base model's logits exactly: yes" in out
+    assert "Per digit, plain MNIST" in out
+    assert "lora" in result.stderr and "full" in result.stderr  # the progress bars go to stderr
+    data = json.loads((cli_runs["out"] / "3.json").read_text())
+    assert data["task"]["spec"] == "shift:2" and [m["method"] for m in data["methods"]] == ["lora", "full", "head"]
+    assert data["settings"]["steps"] == 3 and data["settings"]["rank"] == 2
+    folder = cli_runs["folders"]["three"]
+    saved = list((folder / "experiments").glob("shift-2-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == data
+    assert (folder / "adapters" / "shift-2" / "adapter_model.safetensors").is_file()
+    assert file_bytes(folder / "base") == file_bytes(trained_artifacts / "base")
+
+
+def test_one_method_alone(cli_runs):
+    result = cli_runs["results"]["head"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.strip().startswith("head ") for line in lines)
+    assert not any(line.strip().startswith(("lora ", "full ")) for line in lines)
+    assert "digit 3" in result.stdout and "other digits" in result.stdout
+    folder = cli_runs["folders"]["head"]
+    assert sorted(p.name for p in (folder / "adapters").iterdir()) == ["small"]  # no adapter for head alone
+    assert len(list((folder / "experiments").glob("digits-3-*.json"))) == 1

@@ -1,0 +1,221 @@
+"""Methods side by side on small settings: real training on a MNIST subset, a few steps."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from core_helpers import file_bytes
+
+from lora_core.errors import AdapterExistsError, ConfigError
+from lora_core.evaluate import evaluate, predict
+from lora_core.experiments import (
+    ExperimentSettings,
+    base_store,
+    list_experiments,
+    load_experiment,
+    prepare_task,
+    run_experiment,
+    run_method,
+    train_parameters,
+)
+from lora_core.model import MLP
+from lora_core.storage import ArtifactStore
+from lora_core.tasks import parse_task
+from lora_core.train import TrainConfig
+
+SETTINGS = ExperimentSettings(steps=4, batch_size=32, rank=2, seed=0, device="cpu")
+SMALL_BASE = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu")
+LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10) for A and B of every layer
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tiny_mnist):
+    """tests/core's tiny_mnist (2,000 training images) with the first 2,000 test images: every method
+    is evaluated several times, and the machine runs other tests beside these."""
+    import dataclasses
+
+    return dataclasses.replace(tiny_mnist, test_x=tiny_mnist.test_x[:2000], test_y=tiny_mnist.test_y[:2000])
+
+
+@pytest.fixture(scope="module")
+def rotate_run(trained_artifacts, tiny_mnist, tmp_path_factory):
+    """rotate:45 with all three methods on a copy of the small trained artifacts."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("experiment") / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    store = ArtifactStore(root)
+    base_before = file_bytes(root / "base")
+    result = run_experiment(store, tiny_mnist, parse_task("rotate:45"), SETTINGS)
+    return store, result, base_before
+
+
+def test_methods_report_their_parameters_and_bytes(rotate_run):
+    _, result, _ = rotate_run
+    lora, full, head = (result.method(m) for m in ("lora", "full", "head"))
+    assert lora.trainable_params == 2 * LORA_PARAMS_PER_RANK
+    assert full.trainable_params == 2_807_010
+    assert head.trainable_params == 20_010
+    # what must be stored per task: float32 tensors plus a small safetensors header
+    assert 4 * 2_807_010 < full.stored_bytes < 4 * 2_807_010 + 4096
+    assert 4 * 20_010 < head.stored_bytes < 4 * 20_010 + 4096
+    assert 4 * lora.trainable_params < lora.stored_bytes < 4 * lora.trainable_params + 8192
+    assert lora.train_state_bytes == 16 * lora.trainable_params
+    for m in (lora, full, head):
+        assert m.seconds > 0 and m.wall_seconds >= m.seconds and m.final_loss is not None
+        assert 0.0 <= m.task_accuracy <= 1.0 and 0.0 <= m.plain_accuracy <= 1.0
+        assert m.memory_measure
+
+
+def test_full_fine_tuning_peak_memory_holds_its_optimizer(rotate_run):
+    full = rotate_run[1].method("full")
+    if full.memory_measure.startswith("peak resident"):  # Linux: gradients and Adam's moments are new memory
+        assert full.peak_memory_bytes > 2 * 4 * 2_807_010
+
+
+def test_lora_adapter_off_is_the_base_exactly(rotate_run, tiny_mnist):
+    store, result, base_before = rotate_run
+    lora = result.method("lora")
+    assert lora.adapter_off_equals_base is True
+    assert lora.adapter_off_plain == result.base["plain"]
+    assert file_bytes(store.root / "base") == base_before  # the main base model untouched
+
+
+def test_the_base_figures_are_the_base_on_the_rotated_test_set(rotate_run, tiny_mnist):
+    store, result, _ = rotate_run
+    base = store.load_base("cpu").model
+    rotated = parse_task("rotate:45").apply(tiny_mnist)
+    assert result.base["task"]["accuracy"] == evaluate(base, rotated.test_x, rotated.test_y).accuracy
+    assert result.base["plain"]["accuracy"] == evaluate(base, tiny_mnist.test_x, tiny_mnist.test_y).accuracy
+    assert result.base["task_accuracy"] < result.base["plain_accuracy"] - 0.2  # rotation hurts the base
+    assert result.method("full").task_accuracy > result.base["task_accuracy"]  # and training helps
+
+
+def test_the_adapter_is_a_normal_adapter_and_the_result_is_saved(rotate_run):
+    store, result, _ = rotate_run
+    lora = result.method("lora")
+    assert lora.adapter == "rotate-45"
+    record = store.read_adapter("rotate-45")
+    assert record.metrics["task"]["spec"] == "rotate:45"
+    assert record.base_sha256 == result.base["sha256"]
+    assert record.config.r == 2
+    assert [p.name for p in list_experiments(store)] == [result.path.rsplit("/", 1)[-1]]
+    saved = json.loads(Path(result.path).read_text())
+    assert saved["format"] == "lora_core.experiment.v1" and saved["task"]["spec"] == "rotate:45"
+    assert [m["method"] for m in saved["methods"]] == ["lora", "full", "head"]
+    assert load_experiment(result.path).to_dict() == saved == result.to_dict()
+
+
+def test_every_method_sees_the_same_batches(trained_artifacts, tiny_mnist):
+    """The full and head loops draw LoRA's batches: with the same model they would reach the same loss."""
+    base = ArtifactStore(trained_artifacts).load_base("cpu").model
+    config = SETTINGS.finetune_config((3,), "full")
+    losses = []
+    for _ in range(2):
+        model = copy.deepcopy(base)
+        run = train_parameters(model, list(model.parameters()), tiny_mnist, config, phase="full")
+        losses.append(run.losses)
+    assert losses[0] == losses[1] and len(losses[0]) == SETTINGS.steps
+
+
+def test_head_trains_only_the_last_layer(trained_artifacts, tiny_mnist):
+    base = ArtifactStore(trained_artifacts).load_base("cpu").model
+    model = copy.deepcopy(base)
+    params = list(model.linear3.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    train_parameters(model, params, tiny_mnist, SETTINGS.finetune_config((3,), "head"), phase="head")
+    for name in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
+        assert torch.equal(model.state_dict()[name], base.state_dict()[name])
+    assert not torch.equal(model.linear3.weight, base.linear3.weight)
+
+
+def test_unseen_base_never_sees_the_digits_and_sits_beside_the_main_one(artifacts_copy, tiny_mnist):
+    store = ArtifactStore(artifacts_copy)
+    main_before = file_bytes(artifacts_copy / "base")
+    task = parse_task("unseen:8,9")
+    # enough steps for a first 8 or 9 to be read: the base model's logits for them start far below the rest
+    settings = ExperimentSettings(methods=("lora",), steps=40, batch_size=32, rank=2, lora_lr=1e-2, device="cpu")
+    result = run_experiment(store, tiny_mnist, task, settings, base_config=SMALL_BASE)
+    assert file_bytes(artifacts_copy / "base") == main_before  # never replaced
+    sub = base_store(store, "unseen-8-9")
+    assert sub.root == artifacts_copy / "bases" / "unseen-8-9"
+    meta = sub.base_meta()
+    assert meta["left_out_digits"] == [8, 9]
+    assert meta["train_samples"] == int((tiny_mnist.train_y < 8).sum())  # its training set lacked them
+    assert meta["metrics"]["per_digit_accuracy"][8] == 0.0 and meta["metrics"]["per_digit_accuracy"][9] == 0.0
+    assert result.base["name"] == "unseen-8-9" and result.base["sha256"] == meta["sha256"]
+    assert result.settings["replay_used"] == 0.75  # unseen's default replay
+    assert result.base["task_accuracy"] == 0.0 and result.base["kept_accuracy"] > 0.3
+    lora = result.method("lora")
+    assert sub.adapter_names() == ["unseen-8-9"] and lora.adapter == "unseen-8-9"
+    assert "unseen-8-9" not in store.adapter_names()  # it belongs to the other base
+    assert lora.task_accuracy > 0.0 and lora.adapter_off_equals_base is True
+    # a second run reuses that base rather than training it again
+    sub_before = file_bytes(sub.root / "base")
+    ctx = prepare_task(store, tiny_mnist, task, settings, base_config=SMALL_BASE)
+    assert ctx.base.fingerprint == meta["sha256"] and file_bytes(sub.root / "base") == sub_before
+    assert run_method(ctx, "head", settings).trainable_params == 20_010
+    # a sweep's point: measured like the saved one, then dropped; its would-be files weigh what the saved ones do
+    quick = ExperimentSettings(steps=2, batch_size=32, rank=2, device="cpu")
+    unsaved = run_method(ctx, "lora", quick, save_adapter=False)
+    assert unsaved.adapter is None and unsaved.adapter_path is None and unsaved.adapter_off_equals_base is True
+    assert unsaved.stored_bytes == lora.stored_bytes and unsaved.trainable_params == lora.trainable_params
+    assert sub.adapter_names() == ["unseen-8-9"] and list(ctx.lora_model.adapters) == []
+
+
+def test_a_digit_task_judges_the_target_digits_and_the_others(artifacts_copy, tiny_mnist):
+    store = ArtifactStore(artifacts_copy)
+    settings = ExperimentSettings(methods=("lora",), steps=4, batch_size=32, rank=2, device="cpu")
+    result = run_experiment(store, tiny_mnist, parse_task("weakest"), settings, save=False)
+    weakest = result.task["target_digits"]
+    assert weakest == [int(torch.tensor(result.base["plain"]["per_digit_accuracy"]).argmin())]
+    lora = result.method("lora")
+    assert lora.adapter == f"digit-{weakest[0]}"
+    assert lora.task_accuracy == lora.plain["per_digit_accuracy"][weakest[0]]
+    assert lora.task == lora.plain and result.path is None and list_experiments(store) == []
+
+
+def test_settings_are_checked_before_any_work(artifacts_copy, tiny_mnist):
+    store = ArtifactStore(artifacts_copy)
+    with pytest.raises(ConfigError, match="methods"):
+        ExperimentSettings(methods=("lora", "fool")).validate()
+    with pytest.raises(ConfigError) as info:
+        ExperimentSettings(full_lr=0.0).validate()
+    assert info.value.field == "full_lr"
+    with pytest.raises(ConfigError, match="linear3"):
+        run_experiment(store, tiny_mnist, parse_task("invert"), ExperimentSettings(rank=11, device="cpu"))
+    with pytest.raises(AdapterExistsError):
+        run_experiment(store, tiny_mnist, parse_task("invert"), SETTINGS, adapter_name="small")
+    assert store.adapter_names() == ["small"] and list_experiments(store) == []
+
+
+def test_adapter_switch_gives_base_logits(rotate_run, tiny_mnist):
+    """With the saved adapter loaded and switched off, the model is the plain base, bit for bit."""
+    from lora_core.study import load_base_for_lora
+
+    store, result, _ = rotate_run
+    base, lora_model = load_base_for_lora(store, "cpu")
+    store.load_adapter(lora_model, "rotate-45", base.fingerprint)
+    plain = MLP(*lora_model.model.hidden)
+    plain.load_state_dict(lora_model.base_state_dict())
+    x = tiny_mnist.test_x[:500]
+    with lora_model.adapters_disabled():
+        assert torch.equal(predict(lora_model, x), predict(plain, x))
+    lora_model.set_adapter("rotate-45")
+    assert not torch.equal(predict(lora_model, x), predict(plain, x))
+
+
+def test_replay_defaults_by_task():
+    settings = ExperimentSettings()
+    assert settings.replay_for("unseen") == 0.75 and settings.replay_for("digits") == 0.5
+    assert ExperimentSettings(replay=0.2).replay_for("unseen") == 0.2
+    assert settings.finetune_config((8, 9), "full", "unseen").replay == 0.75
+    with pytest.raises(ConfigError, match="replay"):
+        ExperimentSettings(replay=1.5).validate()
