@@ -4,13 +4,18 @@ charts, each read in a sentence, and again in a new session."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import torch
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import jobs, ui
+from lora_core.data import MnistData
 from lora_core.experiments import list_experiments, load_experiment
+from lora_core.lora import LoraModel
 from lora_core.storage import ArtifactStore
+from lora_core.tasks import parse_task
 
 
 def images(at) -> list:  # noqa: ANN001 - AppTest
@@ -56,7 +61,9 @@ def test_a_task_is_previewed_and_a_bad_one_is_refused_naming_the_field(trained_d
     assert not at.error and len(images(at)) == 1
 
 
-def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(trained_dir: Path) -> None:
+def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
+    trained_dir: Path, mnist: MnistData
+) -> None:
     at = visit(new_app(), "experiments")
     small_settings(at, "invert")
     click(at, "Run the comparison")
@@ -90,6 +97,27 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(t
     assert_clean(restarted)
     assert restarted.session_state["job"] is None or restarted.session_state["job"].id != job.id
     check_results(restarted)
+
+    # the task's adapter on the draw page: the digit is shown inverted, and both models predict the inverted one
+    visit(restarted, "draw")
+    restarted.selectbox(key="draw_adapter").set_value("invert").run()
+    next(b for b in restarted.button if b.label == "Random test digit").click().run()
+    assert_clean(restarted)
+    assert len(restarted.image) == 2, "the digit as it is, and as the task shows it"
+    index = int(re.fullmatch(r"MNIST test image #(\d+): a \d", restarted.image[0].captions[0])[1])
+    assert "invert" in restarted.image[1].captions[0]
+    x = parse_task("invert").transform_normalized(mnist.test_x[index : index + 1])
+    store = ArtifactStore(trained_dir)
+    record = store.load_base("cpu")
+    adapted = LoraModel(store.load_base("cpu").model)
+    store.load_adapter(adapted, "invert", record.fingerprint)
+    adapted.set_adapter("invert")
+    with torch.no_grad():
+        base_says, adapter_says = int(record.model(x).argmax()), int(adapted(x).argmax())
+    values = {m.label: m.value for m in restarted.metric}
+    assert values == {"Base model says": str(base_says), "With invert says": str(adapter_says)}
+    restarted.toggle(key="draw_task_transform").set_value(False).run()
+    assert len(restarted.image) == 1  # switched off: the digit as it is
 
 
 def test_a_stopped_comparison_saves_nothing(trained_dir: Path) -> None:
