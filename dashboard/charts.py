@@ -246,34 +246,39 @@ def learned_vs_forgot(
     base: tuple[float, float] | None = None,
     kept_label: str = "plain MNIST accuracy with the method applied (%)",
     title: str = "Learned vs forgot",
+    base_label: str = METHOD_NAMES["base"],
 ) -> go.Figure:
     """One point per method: what it learned (task accuracy, y) against what it kept of the original task
-    (x; further left = forgot more). `base` = (task, kept) of the base model, drawn as a reference."""
+    (x; further left = forgot more). `base` = (task, kept) of the base model, drawn as a reference and
+    named `base_label`. Points are named in the legend (below the chart): close points would hide labels."""
     fig = go.Figure()
     if base is not None:
         fig.add_scatter(
             x=[100 * base[1]],
             y=[100 * base[0]],
-            mode="markers+text",
-            name=METHOD_NAMES["base"],
-            text=[METHOD_NAMES["base"]],
-            textposition="bottom center",
-            marker={"color": BASE_COLOR, "size": 12, "symbol": "x"},
+            mode="markers",
+            name=base_label,
+            marker={"color": BASE_COLOR, "size": 13, "symbol": "x"},
         )
     for method, task, kept in zip(methods, task_accuracy, kept_accuracy, strict=True):
-        name = METHOD_NAMES.get(method, method)
         fig.add_scatter(
             x=[100 * kept],
             y=[100 * task],
-            mode="markers+text",
-            name=name,
-            text=[name],
-            textposition="top center",
-            marker={"color": METHOD_COLORS.get(method, TARGET_COLOR), "size": 14},
+            mode="markers",
+            name=METHOD_NAMES.get(method, method),
+            marker={
+                "color": METHOD_COLORS.get(method, TARGET_COLOR),
+                "size": 14,
+                "line": {"width": 1, "color": "white"},
+            },
         )
+    fig.update_traces(hovertemplate="%{fullData.name}: learned %{y:.2f}%, kept %{x:.2f}%<extra></extra>")
     fig.update_xaxes(title_text=kept_label)
     fig.update_yaxes(title_text="task accuracy (%): learned")
-    return _layout(fig, title, height=400)
+    _layout(fig, title, height=400)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"b": 120})
+    return fig
 
 
 def _share(value: float) -> str:
@@ -342,4 +347,4 @@ def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[fl
         sentence = f"{name(most)} learned the most ({learned}); {name(least)} forgot the least ({kept(least)})"
     if worst != least:
         sentence += f"; {name(worst)} forgot the most ({kept(worst)})"
-    return sentence + "."
+    return sentence[0].upper() + sentence[1:] + "."

@@ -135,7 +135,12 @@ st.header("Methods and settings")
 c1, c2, c3 = st.columns(3)
 with c1:
     methods = st.multiselect(
-        "Methods", list(METHODS), default=list(METHODS), format_func=lambda m: METHOD_LABELS[m], key="exp_methods"
+        "Methods",
+        list(METHODS),
+        default=list(METHODS),
+        format_func=charts.METHOD_NAMES.get,
+        key="exp_methods",
+        help="; ".join(f"{charts.METHOD_NAMES[m]}: {METHOD_LABELS[m]}" for m in METHODS),
     )
     slots.add("methods")
 with c2:
@@ -179,7 +184,7 @@ def method_rows(result: ExperimentResult) -> pd.DataFrame:
     """The table: one row per method, the base model first."""
     domain = bool(result.task["domain"])
     task_col = "task accuracy"
-    plain_col = "plain MNIST, method applied"
+    plain_col = "plain MNIST (applied)"
     rows: list[dict[str, Any]] = [
         {
             "method": "base model (reference)",
@@ -189,7 +194,7 @@ def method_rows(result: ExperimentResult) -> pd.DataFrame:
             "peak memory (MB)": None,
             task_col: 100 * result.base["task_accuracy"],
             plain_col: 100 * result.base["plain_accuracy"],
-            "adapter off, plain MNIST": None,
+            "plain MNIST (adapter off)": None,
         }
     ]
     for m in result.methods:
@@ -202,7 +207,7 @@ def method_rows(result: ExperimentResult) -> pd.DataFrame:
                 "peak memory (MB)": round(m.peak_memory_bytes / 1e6, 1),
                 task_col: 100 * m.task_accuracy,
                 plain_col: 100 * m.plain_accuracy,
-                "adapter off, plain MNIST": 100 * m.adapter_off_plain["accuracy"] if m.adapter_off_plain else None,
+                "plain MNIST (adapter off)": 100 * m.adapter_off_plain["accuracy"] if m.adapter_off_plain else None,
             }
         )
     frame = pd.DataFrame(rows)
@@ -256,6 +261,8 @@ def show_methods_result(result: ExperimentResult) -> None:
             )
         )
     kept_what = "plain MNIST" if domain else "the other digits"
+    switch = lora is not None and lora.adapter_off_equals_base
+    base_label = "base model = LoRA switched off" if switch else charts.METHOD_NAMES["base"]
     with c2:
         st.plotly_chart(
             charts.learned_vs_forgot(
@@ -264,6 +271,7 @@ def show_methods_result(result: ExperimentResult) -> None:
                 [m.kept_accuracy for m in result.methods],
                 base=(result.base["task_accuracy"], result.base["kept_accuracy"]),
                 kept_label=f"accuracy on {kept_what}, method applied (%): kept",
+                base_label=base_label,
             ),
             width="stretch",
         )

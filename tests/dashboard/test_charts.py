@@ -137,8 +137,10 @@ def test_method_accuracy_bars_group_task_and_plain_accuracy_per_method() -> None
 
 
 def test_learned_vs_forgot_puts_one_point_per_method_and_the_base() -> None:
-    fig = charts.learned_vs_forgot(["lora", "full"], [0.97, 0.98], [0.96, 0.53], base=(0.47, 0.976))
-    assert [t.name for t in fig.data] == ["base model", "LoRA", "full fine-tuning"]
+    fig = charts.learned_vs_forgot(
+        ["lora", "full"], [0.97, 0.98], [0.96, 0.53], base=(0.47, 0.976), base_label="base = LoRA off"
+    )
+    assert [t.name for t in fig.data] == ["base = LoRA off", "LoRA", "full fine-tuning"]
     full = fig.data[2]
     assert abs(full.x[0] - 53.0) < 1e-9 and abs(full.y[0] - 98.0) < 1e-9  # x: kept, y: learned
 
@@ -165,7 +167,7 @@ def test_the_methods_reading_is_computed_from_the_numbers() -> None:
 def test_the_learned_vs_forgot_reading_names_who_learned_and_who_forgot() -> None:
     points = {"lora": (0.971, 0.95), "full": (0.977, 0.537), "head": (0.938, 0.80)}
     text = charts.read_learned_vs_forgot((0.468, 0.976), points, "plain MNIST")
-    assert text.startswith("full fine-tuning learned the most (task 46.80% → 97.70%)")
+    assert text.startswith("Full fine-tuning learned the most (task 46.80% → 97.70%)")
     assert "LoRA forgot the least (plain MNIST 97.60% → 95.00%)" in text
     assert "full fine-tuning forgot the most (plain MNIST 97.60% → 53.70%)" in text
     alone = charts.read_learned_vs_forgot((0.5, 0.9), {"lora": (0.8, 0.89)}, "the other digits")

@@ -85,7 +85,7 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
         lora = result.method("lora")
         assert table["trainable parameters"][1] == lora.trainable_params
         assert abs(table["task accuracy"][1] - 100 * lora.task_accuracy) < 1e-9
-        assert abs(table["adapter off, plain MNIST"][1] - 100 * lora.adapter_off_plain["accuracy"]) < 1e-9
+        assert abs(table["plain MNIST (adapter off)"][1] - 100 * lora.adapter_off_plain["accuracy"]) < 1e-9
         assert len(plotly_charts(at)) >= 2
         shown = texts(at)
         off = f"{100 * lora.adapter_off_plain['accuracy']:.2f}%"
@@ -98,6 +98,11 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     assert restarted.session_state["job"] is None or restarted.session_state["job"].id != job.id
     check_results(restarted)
 
+    # the task's adapter is a normal adapter: offered on the evaluation and parameters pages
+    for page, key in (("evaluation", "eval_adapter"), ("parameters", "params_adapter")):
+        visit(restarted, page)
+        assert_clean(restarted)
+        assert "invert" in restarted.selectbox(key=key).options
     # the task's adapter on the draw page: the digit is shown inverted, and both models predict the inverted one
     visit(restarted, "draw")
     restarted.selectbox(key="draw_adapter").set_value("invert").run()
