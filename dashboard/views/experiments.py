@@ -303,6 +303,7 @@ def show_saved_results() -> None:
         except ArtifactError as exc:
             st.warning(f"Skipped a saved result that cannot be read: {exc}")
     if not loaded:
+        st.info("No readable comparison yet: run one above.")
         return
     labels = [
         f"{r.task['spec']} · {', '.join(m.method for m in r.methods)} · {ui.when(r.created)} ({name})"

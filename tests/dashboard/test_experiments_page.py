@@ -138,3 +138,17 @@ def test_a_stopped_comparison_saves_nothing(trained_dir: Path) -> None:
     assert list_experiments(ArtifactStore(trained_dir)) == []
     assert "thick" not in ArtifactStore(trained_dir).adapter_names()
     assert "No comparison yet" in texts(at)
+
+
+def test_no_method_and_an_unreadable_result_are_explained(trained_dir: Path) -> None:
+    (trained_dir / "experiments").mkdir()
+    (trained_dir / "experiments" / "broken.json").write_text("{not json")
+    at = visit(new_app(), "experiments")
+    assert_clean(at)
+    assert any("cannot be read" in str(w.value) and "broken.json" in str(w.value) for w in at.warning)
+    assert "No readable comparison yet" in texts(at)
+    at.multiselect(key="exp_methods").set_value([]).run()
+    click(at, "Run the comparison")
+    assert any("Methods" in str(e.value) and "choose at least one" in str(e.value) for e in at.error)
+    assert at.session_state["job"] is None
+    assert list((trained_dir / "experiments").iterdir()) == [trained_dir / "experiments" / "broken.json"]
