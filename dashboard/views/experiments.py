@@ -26,7 +26,7 @@ from lora_core.experiments import (
     load_experiment,
 )
 from lora_core.numbers import pct
-from lora_core.tasks import Task, parse_task
+from lora_core.tasks import Task, accuracy_on, parse_task
 from lora_core.train import resolve_device
 
 PREVIEW_DIGITS = 10  # one test image of each digit (of the target digits for a digit task)
@@ -237,6 +237,13 @@ def show_methods_result(result: ExperimentResult) -> None:
     lora = result.method("lora")
     off = lora.adapter_off_plain["accuracy"] if lora is not None and lora.adapter_off_plain else None
     plain_what = "upright digits" if task["kind"] == "rotate" else "plain MNIST"
+    kept_acc = plain_acc  # what the reading says each method keeps of the original task
+    kept_off = off
+    if not domain:  # a digit task: what is kept is the other digits (the targets were meant to change)
+        plain_what = "the other digits"
+        kept_acc = {m.method: m.kept_accuracy for m in result.methods}
+        others = [d for d in range(10) if d not in (task["target_digits"] or [])]
+        kept_off = accuracy_on(lora.adapter_off_plain, others) if lora is not None and lora.adapter_off_plain else None
     c1, c2 = st.columns(2)
     with c1:
         st.plotly_chart(
@@ -254,9 +261,9 @@ def show_methods_result(result: ExperimentResult) -> None:
             charts.read_methods(
                 result.base["task_accuracy"],
                 task_acc,
-                plain_acc,
+                kept_acc,
                 {m.method: m.trainable_params for m in result.methods},
-                off,
+                kept_off,
                 plain_what,
             )
         )
