@@ -1,6 +1,6 @@
 """Entry point of the dashboard: `streamlit run dashboard/app.py`.
 
-Sets up the page, the navigation between the six pages, and the sidebar that shows what is saved.
+Sets up the page, the navigation between the pages, and the sidebar that shows what is saved.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
         "parameters": st.Page(ui.PAGES["parameters"], title="Parameters", icon=":material/search:"),
         "finetune": st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
         "draw": st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
+        "experiments": st.Page(ui.PAGES["experiments"], title="Experiments", icon=":material/science:"),
     }
     nav = st.navigation(list(pages.values()))
     shown = next((key for key, page in pages.items() if page.title == nav.title), None)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from lora_core.numbers import pct
+
 BASE_COLOR = "#8c9bb5"
 ADAPTED_COLOR = "#e4572e"
 TARGET_COLOR = "#f4b400"
@@ -180,3 +182,169 @@ def digit_image(pixels: np.ndarray, scale: int = 6) -> np.ndarray:
     p = np.clip(np.asarray(pixels, dtype=float), 0.0, 1.0)
     big = np.kron(p, np.ones((scale, scale)))
     return (big * 255).round().astype(np.uint8)
+
+
+# --- experiments: methods side by side --------------------------------------------------------------------
+METHOD_NAMES = {"base": "base model", "lora": "LoRA", "full": "full fine-tuning", "head": "last layer only"}
+METHOD_COLORS = {"base": BASE_COLOR, "lora": ADAPTED_COLOR, "full": "#2e86ab", "head": "#6a994e"}
+PLAIN_COLOR = "#5b5f97"
+
+
+def digit_grid(rows: Sequence[np.ndarray], scale: int = 3, gap: int = 2) -> np.ndarray:
+    """Rows of 28x28 digits in 0..1 (each row an (N, 28, 28) array, all N equal) tiled into one uint8
+    image with `gap` grey pixels between digits, for st.image: e.g. originals above, transformed below."""
+    arrays = [np.clip(np.asarray(r, dtype=float), 0.0, 1.0) for r in rows]
+    if not arrays or any(a.ndim != 3 or a.shape[1:] != (28, 28) for a in arrays):
+        raise ValueError("digit_grid needs rows of (N, 28, 28) arrays")
+    n = arrays[0].shape[0]
+    if any(a.shape[0] != n for a in arrays) or n == 0:
+        raise ValueError("every row of digit_grid needs the same, non-zero number of digits")
+    cell = 28 * scale
+    out = np.full((len(arrays) * (cell + gap) - gap, n * (cell + gap) - gap), 0.35)
+    for i, row in enumerate(arrays):
+        for j, digit in enumerate(row):
+            y, x = i * (cell + gap), j * (cell + gap)
+            out[y : y + cell, x : x + cell] = np.kron(digit, np.ones((scale, scale)))
+    return (out * 255).round().astype(np.uint8)
+
+
+def method_accuracy_bars(
+    methods: Sequence[str],
+    task_accuracy: Sequence[float],
+    plain_accuracy: Sequence[float],
+    task_label: str = "task test set",
+    plain_label: str = "plain MNIST",
+    title: str = "Accuracy per method",
+) -> go.Figure:
+    """Grouped bars per method (fractions 0..1): accuracy on the task and on plain MNIST with the method
+    applied. `methods` are keys of METHOD_NAMES ("base" first for the reference) or any label."""
+    names = [METHOD_NAMES.get(m, m) for m in methods]
+    fig = go.Figure()
+    for label, values, color in (
+        (task_label, task_accuracy, ADAPTED_COLOR),
+        (plain_label, plain_accuracy, PLAIN_COLOR),
+    ):
+        fig.add_bar(
+            x=names,
+            y=[100 * v for v in values],
+            name=label,
+            marker_color=color,
+            text=[f"{100 * v:.1f}" for v in values],
+        )
+    values = [*task_accuracy, *plain_accuracy]
+    low = max(0.0, min(100 * v for v in values) - 5.0) if values else 0.0
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="accuracy (%)", range=[low, 101])
+    return _layout(fig, title)
+
+
+def learned_vs_forgot(
+    methods: Sequence[str],
+    task_accuracy: Sequence[float],
+    kept_accuracy: Sequence[float],
+    base: tuple[float, float] | None = None,
+    kept_label: str = "plain MNIST accuracy with the method applied (%)",
+    title: str = "Learned vs forgot",
+    base_label: str = METHOD_NAMES["base"],
+) -> go.Figure:
+    """One point per method: what it learned (task accuracy, y) against what it kept of the original task
+    (x; further left = forgot more). `base` = (task, kept) of the base model, drawn as a reference and
+    named `base_label`. Points are named in the legend (below the chart): close points would hide labels."""
+    fig = go.Figure()
+    if base is not None:
+        fig.add_scatter(
+            x=[100 * base[1]],
+            y=[100 * base[0]],
+            mode="markers",
+            name=base_label,
+            marker={"color": BASE_COLOR, "size": 13, "symbol": "x"},
+        )
+    for method, task, kept in zip(methods, task_accuracy, kept_accuracy, strict=True):
+        fig.add_scatter(
+            x=[100 * kept],
+            y=[100 * task],
+            mode="markers",
+            name=METHOD_NAMES.get(method, method),
+            marker={
+                "color": METHOD_COLORS.get(method, TARGET_COLOR),
+                "size": 14,
+                "line": {"width": 1, "color": "white"},
+            },
+        )
+    fig.update_traces(hovertemplate="%{fullData.name}: learned %{y:.2f}%, kept %{x:.2f}%<extra></extra>")
+    fig.update_xaxes(title_text=kept_label)
+    fig.update_yaxes(title_text="task accuracy (%): learned")
+    _layout(fig, title, height=400)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"b": 120})
+    return fig
+
+
+def _share(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def read_methods(
+    base_task: float,
+    task: dict[str, float],
+    plain: dict[str, float],
+    trainable: dict[str, int],
+    lora_off_plain: float | None = None,
+    plain_what: str = "plain MNIST",
+) -> str:
+    """One sentence reading the methods chart from the measured numbers (fractions 0..1): how much of full
+    fine-tuning's gain LoRA reached and with what share of its parameters, and what each leaves of the
+    original task. Methods missing from the dicts are left out of the sentence."""
+    parts: list[str] = []
+    lora, full = task.get("lora"), task.get("full")
+    if lora is not None and full is not None and full > base_task:
+        share = (lora - base_task) / (full - base_task)
+        parts.append(
+            f"LoRA recovered {_share(share)} of full fine-tuning's gain (task {pct(base_task)} → "
+            f"{pct(lora)}, full {pct(full)}) with {trainable['lora'] / trainable['full']:.1%} of its "
+            "trainable parameters"
+        )
+    elif lora is not None:
+        parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
+    elif full is not None:
+        parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
+    if "head" in task:
+        parts.append(f"the last layer alone reached {pct(task['head'])}")
+    keeps: list[str] = []
+    if lora_off_plain is not None:
+        keeps.append(f"with the adapter off the base still reads {pct(lora_off_plain)} of {plain_what}")
+    if "full" in plain:
+        keeps.append(f"the fully fine-tuned copy reads {pct(plain['full'])}")
+    elif "lora" in plain:
+        keeps.append(f"with LoRA applied it reads {pct(plain['lora'])}")
+    sentence = "; ".join(parts) if parts else f"The base model reads {pct(base_task)} of the task"
+    if keeps:
+        sentence += "; " + ", while ".join(keeps)
+    return sentence + "."
+
+
+def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str) -> str:
+    """One sentence reading the learned-vs-forgot chart: which method learned most, which forgot least (and
+    most). `base` and each point are (task accuracy, kept accuracy) as fractions; `kept_what` names the kept
+    set ("plain MNIST", "the other digits")."""
+    if not points:
+        return "No method was run."
+
+    def name(m: str) -> str:
+        return METHOD_NAMES.get(m, m)
+
+    def kept(m: str) -> str:
+        return f"{kept_what} {pct(base[1])} → {pct(points[m][1])}"
+
+    most = max(points, key=lambda m: points[m][0])
+    least = max(points, key=lambda m: points[m][1])
+    worst = min(points, key=lambda m: points[m][1])
+    learned = f"task {pct(base[0])} → {pct(points[most][0])}"
+    if most == least:
+        sentence = f"{name(most)} learned the most ({learned}) and forgot the least ({kept(least)})"
+    else:
+        sentence = f"{name(most)} learned the most ({learned}); {name(least)} forgot the least ({kept(least)})"
+    if worst != least:
+        sentence += f"; {name(worst)} forgot the most ({kept(worst)})"
+    return sentence[0].upper() + sentence[1:] + "."

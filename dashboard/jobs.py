@@ -32,6 +32,7 @@ import torch.multiprocessing as mp
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
+from lora_core.experiments import ExperimentResult, ExperimentSettings, run_experiment
 from lora_core.paths import default_data_dir
 from lora_core.storage import ArtifactStore, BaseModelRecord
 from lora_core.study import (
@@ -41,6 +42,7 @@ from lora_core.study import (
     run_study,
     train_and_save_base,
 )
+from lora_core.tasks import Task
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
 
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
@@ -49,6 +51,7 @@ KIND_TITLES = {
     "train": "Training the base model",
     "finetune": "Fine-tuning a LoRA adapter",
     "study": "Running the whole study",
+    "experiment": "Running an experiment (methods side by side)",
 }
 
 
@@ -338,3 +341,19 @@ def start_study(
     return REGISTRY.start(
         Job("study", KIND_TITLES["study"], _study, (store, train_config, finetune_config, retrain), owner)
     )
+
+
+def _experiment(
+    store: ArtifactStore, task: Task, settings: ExperimentSettings, progress: Any, stop: Any
+) -> ExperimentResult:
+    """Every chosen method on the task, saved to <artifacts>/experiments/ (a stop saves no result). An
+    unseen task trains its own base model the first time (default settings), never the main one."""
+    base_config = TrainConfig(device=settings.device, precision=settings.precision)
+    return run_experiment(store, _data(), task, settings, base_config=base_config, progress=progress, stop=stop)
+
+
+def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSettings, owner: str | None = None) -> Job:
+    """Compare the methods of `settings` on `task` in the background (settings already validated)."""
+    job = Job("experiment", f"Experiment {task.spec}", _experiment, (store, task, settings), owner)
+    job.extra["task"] = task.spec
+    return REGISTRY.start(job)

@@ -25,6 +25,7 @@ PAGES = {
     "parameters": "views/parameters.py",
     "finetune": "views/finetune.py",
     "draw": "views/draw.py",
+    "experiments": "views/experiments.py",
 }
 # No time in the labels: how long a run takes depends on the machine (see last_run_seconds)
 TRAIN_LABEL = f"Train the base model ({TrainConfig().epochs} epoch of 60,000 images)"
@@ -58,6 +59,7 @@ JOB_PANELS: dict[str, tuple[str, ...]] = {
     "home": ("study",),
     "training": tuple(jobs.KIND_TITLES),
     "finetune": ("finetune",),
+    "experiments": ("experiment",),
 }
 
 JOB_KEY = "job"  # the Job this tab shows now (None if none), kept for the pages and the tests

@@ -9,8 +9,10 @@ import numpy as np
 import streamlit as st
 
 from dashboard import charts, state, ui
-from lora_core.errors import ArtifactError
+from lora_core.data import denormalize
+from lora_core.errors import ArtifactError, ConfigError
 from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
+from lora_core.tasks import Task, parse_task
 
 CANVAS_SIZE = 280
 
@@ -25,6 +27,32 @@ picked = ui.choose_adapter(
     base, "Adapter to compare with the base model", "draw_adapter", "only the base model predicts."
 )
 chosen = picked.name if picked else None
+
+
+def adapter_task(info: state.AdapterInfo | None) -> Task | None:
+    """The domain task (rotate, invert...) an Experiments adapter was trained on, from its metrics; None for
+    a digit adapter, or a task this version cannot read."""
+    spec = ((info.record.metrics or {}).get("task") or {}).get("spec") if info is not None else None
+    try:
+        task = parse_task(spec) if spec else None
+    except ConfigError:
+        return None
+    return task if task is not None and task.is_domain else None
+
+
+def transformed(task: Task, digit: PreparedDigit) -> PreparedDigit:
+    """The digit as the task shows it: the exact transform its adapter was trained on (lora_core.tasks)."""
+    tensor = task.transform_normalized(digit.tensor)
+    return PreparedDigit(pixels=denormalize(tensor).reshape(28, 28).numpy(), tensor=tensor, inverted=digit.inverted)
+
+
+task = adapter_task(picked)
+use_task = task is not None and st.toggle(
+    f"Show the digit as the adapter's task does: {task.label}",
+    value=True,
+    key="draw_task_transform",
+    help="The adapter was trained on transformed digits; both models then predict the transformed digit.",
+)
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])
@@ -75,6 +103,10 @@ if test_index is not None:
     x = state.data().test_x[test_index : test_index + 1]
     prepared = PreparedDigit(pixels=state.test_pixels(test_index), tensor=x, inverted=False)
     true_label = int(state.data().test_y[test_index])
+original = prepared
+if prepared is not None and use_task:
+    assert task is not None
+    prepared = transformed(task, prepared)
 
 with mid:
     st.subheader("What the model sees")
@@ -84,7 +116,15 @@ with mid:
         caption = "28 × 28, centred by mass"
         if true_label is not None:
             caption = f"MNIST test image #{test_index}: a {true_label}"
-        st.image(charts.digit_image(prepared.pixels, scale=6), caption=caption)
+        if prepared is original:
+            st.image(charts.digit_image(prepared.pixels, scale=6), caption=caption)
+        else:
+            assert original is not None and task is not None
+            st.image(charts.digit_image(original.pixels, scale=4), caption=caption)
+            st.image(
+                charts.digit_image(prepared.pixels, scale=6),
+                caption=f"With the task `{task.spec}`: both models see this",
+            )
 
 with right:
     st.subheader("Predictions")

@@ -15,6 +15,7 @@ PAGES = {
     "parameters": "parameters",
     "finetune": "finetune",
     "draw": "draw",
+    "experiments": "experiments",
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-PAGES = ["home", "training", "evaluation", "parameters", "finetune", "draw"]
+PAGES = ["home", "training", "evaluation", "parameters", "finetune", "draw", "experiments"]
 
 
 def new_app() -> AppTest:

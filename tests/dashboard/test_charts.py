@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import pytest
 
 from dashboard import charts
 
@@ -114,3 +115,62 @@ def test_charts_module_does_not_import_streamlit() -> None:
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not any(str(n).startswith("streamlit") for n in names)
+
+
+def test_digit_grid_tiles_rows_of_digits_with_gaps() -> None:
+    top = np.zeros((3, 28, 28))
+    bottom = np.ones((3, 28, 28))
+    img = charts.digit_grid([top, bottom], scale=2, gap=1)
+    assert img.dtype == np.uint8 and img.shape == (2 * 56 + 1, 3 * 56 + 2)
+    assert img[0, 0] == 0 and img[-1, -1] == 255  # originals black, transformed white
+    assert img[56, 0] == round(0.35 * 255)  # the gap between the rows
+    with pytest.raises(ValueError, match="same"):
+        charts.digit_grid([top, bottom[:2]])
+
+
+def test_method_accuracy_bars_group_task_and_plain_accuracy_per_method() -> None:
+    fig = charts.method_accuracy_bars(["base", "lora", "full"], [0.468, 0.971, 0.977], [0.976, 0.95, 0.53])
+    assert [t.type for t in fig.data] == ["bar", "bar"] and fig.layout.barmode == "group"
+    assert list(fig.data[0].x) == ["base model", "LoRA", "full fine-tuning"]
+    assert abs(fig.data[0].y[1] - 97.1) < 1e-9 and abs(fig.data[1].y[2] - 53.0) < 1e-9
+    assert fig.layout.yaxis.range[0] == 0.468 * 100 - 5
+
+
+def test_learned_vs_forgot_puts_one_point_per_method_and_the_base() -> None:
+    fig = charts.learned_vs_forgot(
+        ["lora", "full"], [0.97, 0.98], [0.96, 0.53], base=(0.47, 0.976), base_label="base = LoRA off"
+    )
+    assert [t.name for t in fig.data] == ["base = LoRA off", "LoRA", "full fine-tuning"]
+    full = fig.data[2]
+    assert abs(full.x[0] - 53.0) < 1e-9 and abs(full.y[0] - 98.0) < 1e-9  # x: kept, y: learned
+
+
+def test_the_methods_reading_is_computed_from_the_numbers() -> None:
+    text = charts.read_methods(
+        0.468,
+        {"lora": 0.971, "full": 0.977, "head": 0.938},
+        {"lora": 0.95, "full": 0.537, "head": 0.8},
+        {"lora": 53_000, "full": 2_807_010, "head": 20_010},
+        lora_off_plain=0.9763,
+        plain_what="upright digits",
+    )
+    share = (0.971 - 0.468) / (0.977 - 0.468)
+    assert f"LoRA recovered {100 * share:.1f}% of full fine-tuning's gain" in text
+    assert f"{53_000 / 2_807_010:.1%} of its trainable parameters" in text
+    assert "the last layer alone reached 93.80%" in text
+    assert "with the adapter off the base still reads 97.63% of upright digits" in text
+    assert "the fully fine-tuned copy reads 53.70%" in text
+    other = charts.read_methods(0.5, {"lora": 0.6}, {"lora": 0.9}, {"lora": 10}, 0.97)
+    assert other.startswith("LoRA took the task from 50.00% to 60.00%") and "recovered" not in other
+
+
+def test_the_learned_vs_forgot_reading_names_who_learned_and_who_forgot() -> None:
+    points = {"lora": (0.971, 0.95), "full": (0.977, 0.537), "head": (0.938, 0.80)}
+    text = charts.read_learned_vs_forgot((0.468, 0.976), points, "plain MNIST")
+    assert text.startswith("Full fine-tuning learned the most (task 46.80% → 97.70%)")
+    assert "LoRA forgot the least (plain MNIST 97.60% → 95.00%)" in text
+    assert "full fine-tuning forgot the most (plain MNIST 97.60% → 53.70%)" in text
+    alone = charts.read_learned_vs_forgot((0.5, 0.9), {"lora": (0.8, 0.89)}, "the other digits")
+    assert (
+        alone == "LoRA learned the most (task 50.00% → 80.00%) and forgot the least (the other digits 90.00% → 89.00%)."
+    )

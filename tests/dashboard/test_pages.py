@@ -25,6 +25,7 @@ TITLES = {
     "parameters": "Parameter inspection",
     "finetune": "LoRA fine-tuning",
     "draw": "Draw and predict",
+    "experiments": "Experiments",
 }
 
 
@@ -36,7 +37,7 @@ def test_every_page_on_a_fresh_artifacts_folder(fresh_dir: Path) -> None:
         visit(at, page)
         assert_clean(at)
         assert at.title[0].value == TITLES[page]
-        if page in ("evaluation", "parameters", "finetune", "draw"):
+        if page in ("evaluation", "parameters", "finetune", "draw", "experiments"):
             assert "There is no base model yet" in texts(at)
             assert any(b.label == TRAIN_LABEL for b in at.button), page
     assert list(fresh_dir.iterdir()) == [], "looking at pages must not write anything"

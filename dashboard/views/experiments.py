@@ -1,0 +1,326 @@
+"""Experiments page: pick a task (a domain shift, chosen digits, unseen digits), preview it, compare LoRA,
+full fine-tuning and the last layer alone on it in the background, and read the saved comparisons.
+
+Sections, in order: the task, the methods and settings, the live run, the saved results. Each kind of
+experiment has its own results section fed by lora_core's saved JSON (lora_core.experiments); a sweep
+section would sit beside the methods one, with its own job kind and results reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from dashboard import charts, jobs, state, ui
+from lora_core.data import denormalize
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.experiments import (
+    METHOD_LABELS,
+    METHODS,
+    ExperimentResult,
+    ExperimentSettings,
+    list_experiments,
+    load_experiment,
+)
+from lora_core.numbers import pct
+from lora_core.tasks import Task, accuracy_on, parse_task
+from lora_core.train import resolve_device
+
+PREVIEW_DIGITS = 10  # one test image of each digit (of the target digits for a digit task)
+KIND_HELP = {
+    "rotate": ("Angle in degrees", "45", "Counter-clockwise; negative turns clockwise (from -180 to 180)."),
+    "shift": ("Pixels right (DX or DX,DY)", "3", "Whole pixels; DX,DY also moves the digits DY pixels down."),
+    "digits": ("Digits", "", "One or more digits, comma-separated: the adapter is trained on them with replay."),
+    "unseen": ("Digits the base never sees", "8,9", "A second base model is trained without them (once)."),
+}
+KIND_LABELS = {
+    "weakest": "weakest: the base model's weakest digit",
+    "digits": "digits: chosen digits",
+    "rotate": "rotate: rotated digits",
+    "invert": "invert: dark ink on white",
+    "thick": "thick: thick strokes",
+    "thin": "thin: thin strokes",
+    "shift": "shift: translated digits",
+    "unseen": "unseen: digits a base never saw",
+}
+FIELD_LABELS = {
+    "task": "Task parameter",
+    "methods": "Methods",
+    "rank": "Rank r",
+    "steps": "Steps",
+    "batch_size": "Batch size",
+    "seed": "Seed",
+    "device": "Device",
+}
+
+st.title("Experiments")
+st.write(
+    "Give the model a new task (rotated, inverted, thicker or thinner digits, shifted ones, chosen digits, "
+    "or digits a base model never saw) and compare, with the same steps, batches and seed: **LoRA** (the base "
+    "frozen, a small adapter trained), **full fine-tuning** of a copy of the base, and the **last layer** alone."
+)
+
+base = ui.require_base("An experiment")
+base_eval = state.base_evaluation(base)
+defaults = ExperimentSettings()
+slots = ui.FieldSlots()
+
+
+# --- the task ------------------------------------------------------------------------------------------------------
+def chosen_task() -> Task | None:
+    """The task the select and the parameter make, or None after an st.error saying what to change."""
+    kind = st.selectbox("Task", list(KIND_LABELS), format_func=KIND_LABELS.get, index=2, key="exp_kind")
+    value = ""
+    if kind in KIND_HELP:
+        label, default, help_text = KIND_HELP[kind]
+        default = default or str(base_eval.weakest_digit)
+        value = st.text_input(label, value=default, key=f"exp_param_{kind}", help=help_text)
+    slots.add("task")
+    spec = f"{kind}:{value.strip()}" if kind in KIND_HELP else kind
+    try:
+        return parse_task(spec)
+    except ConfigError as exc:
+        slots.show(exc, FIELD_LABELS["task"])
+        return None
+
+
+def preview(task: Task) -> None:
+    """A few test digits as they are and as the task shows them to the model."""
+    data = state.data()
+    digits = task.target_digits(base_eval.weakest_digit) if not task.is_domain else tuple(range(10))
+    if task.kind == "unseen" or not task.is_domain:
+        wanted = [digits[i % len(digits)] for i in range(min(PREVIEW_DIGITS, 5 * len(digits)))]
+    else:
+        wanted = list(range(PREVIEW_DIGITS))
+    picks, seen = [], {d: 0 for d in set(wanted)}
+    for d in wanted:  # the first, second... test image of each wanted digit
+        index = (data.test_y == d).nonzero().flatten()[seen[d]]
+        seen[d] += 1
+        picks.append(int(index))
+    pixels = denormalize(data.test_x[torch.tensor(picks)]).reshape(-1, 28, 28)
+    if task.is_domain:
+        transformed = task.transform_pixels(pixels)
+        st.image(
+            charts.digit_grid([pixels.numpy(), transformed.numpy()]),
+            caption=f"Test digits as they are (top) and as the task shows them (bottom): {task.label}.",
+        )
+        st.caption("The same transform is applied to the 60,000 training images the methods train on.")
+    else:
+        st.image(
+            charts.digit_grid([pixels.numpy()]),
+            caption=f"Test digits of the task: {task.label}. Digit tasks use MNIST as it is.",
+        )
+        if task.kind == "unseen":
+            st.caption(
+                "The first run trains a second base model without these digits (saved under bases/, never "
+                "replacing the main one); later runs reuse it. Its adapter is saved with that base."
+            )
+
+
+st.header("Task")
+left, right = st.columns([1, 2])
+with left:
+    task = chosen_task()
+    if task is not None:
+        st.caption(f"`{task.spec}`: {task.label}.")
+with right:
+    if task is not None:
+        preview(task)
+
+# --- the methods ---------------------------------------------------------------------------------------------------
+st.header("Methods and settings")
+c1, c2, c3 = st.columns(3)
+with c1:
+    methods = st.multiselect(
+        "Methods",
+        list(METHODS),
+        default=list(METHODS),
+        format_func=charts.METHOD_NAMES.get,
+        key="exp_methods",
+        help="; ".join(f"{charts.METHOD_NAMES[m]}: {METHOD_LABELS[m]}" for m in METHODS),
+    )
+    slots.add("methods")
+with c2:
+    rank = st.number_input("Rank r (LoRA)", min_value=1, max_value=1000, value=defaults.rank, key="exp_rank")
+    slots.add("rank")
+    seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, key="exp_seed")
+    slots.add("seed")
+with c3:
+    steps = st.number_input("Steps", min_value=1, max_value=1_000_000, value=defaults.steps, key="exp_steps")
+    slots.add("steps")
+    batch = st.number_input("Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="exp_batch")
+    slots.add("batch_size")
+st.caption(
+    f"Learning rates: LoRA {defaults.lora_lr:g}, full fine-tuning {defaults.full_lr:g}, last layer "
+    f"{defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
+    "The LoRA adapter is saved like any adapter (under a new name, never replacing one); the full and "
+    "last-layer copies are measured and dropped."
+)
+
+if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):
+    assert task is not None
+    settings = ExperimentSettings(
+        methods=tuple(methods), rank=int(rank), steps=int(steps), batch_size=int(batch), seed=int(seed)
+    )
+    try:
+        settings.validate(base.model)
+        resolve_device(settings.device)
+    except ConfigError as exc:
+        slots.show(exc, FIELD_LABELS.get(exc.field))
+    else:
+        ui.start_job(jobs.start_experiment, state.store(), task, settings)
+ui.busy_note()
+ui.job_panel(ui.JOB_PANELS["experiments"])
+job = st.session_state.get(ui.JOB_KEY)
+if job is not None and job.kind == "experiment" and job.status == jobs.STOPPED:
+    st.caption("A stopped comparison saves no result; a LoRA adapter finished before the stop stays saved.")
+
+
+# --- saved results -------------------------------------------------------------------------------------------------
+def method_rows(result: ExperimentResult) -> pd.DataFrame:
+    """The table: one row per method, the base model first."""
+    domain = bool(result.task["domain"])
+    task_col = "task accuracy"
+    plain_col = "plain MNIST (applied)"
+    rows: list[dict[str, Any]] = [
+        {
+            "method": "base model (reference)",
+            "trainable parameters": None,
+            "bytes stored": None,
+            "train time (s)": None,
+            "peak memory (MB)": None,
+            task_col: 100 * result.base["task_accuracy"],
+            plain_col: 100 * result.base["plain_accuracy"],
+            "plain MNIST (adapter off)": None,
+        }
+    ]
+    for m in result.methods:
+        rows.append(
+            {
+                "method": METHOD_LABELS.get(m.method, m.method),
+                "trainable parameters": m.trainable_params,
+                "bytes stored": m.stored_bytes,
+                "train time (s)": round(m.seconds, 2),
+                "peak memory (MB)": round(m.peak_memory_bytes / 1e6, 1),
+                task_col: 100 * m.task_accuracy,
+                plain_col: 100 * m.plain_accuracy,
+                "plain MNIST (adapter off)": 100 * m.adapter_off_plain["accuracy"] if m.adapter_off_plain else None,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if not domain:  # digit tasks: what happened to the digits not targeted (the forgetting measure)
+        frame["other digits"] = [100 * result.base["kept_accuracy"], *(100 * m.kept_accuracy for m in result.methods)]
+    return frame
+
+
+def show_methods_result(result: ExperimentResult) -> None:
+    task, settings = result.task, result.settings
+    domain = bool(task["domain"])
+    st.markdown(f"**{task['spec']}**: {task['label']} · base model `{result.base['name']}`")
+    st.caption(
+        f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}; LoRA rank "
+        f"{settings['rank']} (alpha {settings['alpha']:g}) on {', '.join(settings['targets'])} · "
+        f"{result.seconds:.1f} s in all · {ui.when(result.created)}"
+    )
+    percent = st.column_config.NumberColumn(format="%.2f%%")
+    frame = method_rows(result)
+    config = {c: percent for c in frame.columns if "accuracy" in c or "MNIST" in c or c == "other digits"}
+    config.update(ui.counts("trainable parameters", "bytes stored"))
+    st.dataframe(frame, hide_index=True, column_config=config, width="stretch")
+
+    names = [m.method for m in result.methods]
+    task_acc = {m.method: m.task_accuracy for m in result.methods}
+    plain_acc = {m.method: m.plain_accuracy for m in result.methods}
+    lora = result.method("lora")
+    off = lora.adapter_off_plain["accuracy"] if lora is not None and lora.adapter_off_plain else None
+    plain_what = "upright digits" if task["kind"] == "rotate" else "plain MNIST"
+    kept_acc = plain_acc  # what the reading says each method keeps of the original task
+    kept_off = off
+    if not domain:  # a digit task: what is kept is the other digits (the targets were meant to change)
+        plain_what = "the other digits"
+        kept_acc = {m.method: m.kept_accuracy for m in result.methods}
+        others = [d for d in range(10) if d not in (task["target_digits"] or [])]
+        kept_off = accuracy_on(lora.adapter_off_plain, others) if lora is not None and lora.adapter_off_plain else None
+    c1, c2 = st.columns(2)
+    with c1:
+        st.plotly_chart(
+            charts.method_accuracy_bars(
+                ["base", *names],
+                [result.base["task_accuracy"], *task_acc.values()],
+                [result.base["plain_accuracy"], *plain_acc.values()],
+                task_label=f"task: {task['spec']}",
+                plain_label="plain MNIST (method applied)",
+                title="What each method reads",
+            ),
+            width="stretch",
+        )
+        st.markdown(
+            charts.read_methods(
+                result.base["task_accuracy"],
+                task_acc,
+                kept_acc,
+                {m.method: m.trainable_params for m in result.methods},
+                kept_off,
+                plain_what,
+            )
+        )
+    kept_what = "plain MNIST" if domain else "the other digits"
+    switch = lora is not None and lora.adapter_off_equals_base
+    base_label = "base model = LoRA switched off" if switch else charts.METHOD_NAMES["base"]
+    with c2:
+        st.plotly_chart(
+            charts.learned_vs_forgot(
+                names,
+                [m.task_accuracy for m in result.methods],
+                [m.kept_accuracy for m in result.methods],
+                base=(result.base["task_accuracy"], result.base["kept_accuracy"]),
+                kept_label=f"accuracy on {kept_what}, method applied (%): kept",
+                base_label=base_label,
+            ),
+            width="stretch",
+        )
+        points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
+        st.markdown(
+            charts.read_learned_vs_forgot(
+                (result.base["task_accuracy"], result.base["kept_accuracy"]), points, kept_what
+            )
+        )
+    if lora is not None and lora.adapter:
+        where = "" if result.base["name"] == "main" else f" (with the base model `{result.base['name']}`)"
+        same = "exactly the base model's logits" if lora.adapter_off_equals_base else "NOT the base model's logits"
+        st.caption(
+            f"The LoRA adapter is saved as `{lora.adapter}`{where}; switched off it gives {same} "
+            f"({pct(off) if off is not None else '?'} on plain MNIST)."
+        )
+
+
+def show_saved_results() -> None:
+    store = state.store()
+    paths = list_experiments(store)
+    if not paths:
+        st.info("No comparison yet: run one above. Results are saved and shown here again after a restart.")
+        return
+    loaded: list[tuple[str, ExperimentResult]] = []
+    for path in paths:
+        try:
+            loaded.append((path.name, load_experiment(path)))
+        except ArtifactError as exc:
+            st.warning(f"Skipped a saved result that cannot be read: {exc}")
+    if not loaded:
+        st.info("No readable comparison yet: run one above.")
+        return
+    labels = [
+        f"{r.task['spec']} · {', '.join(m.method for m in r.methods)} · {ui.when(r.created)} ({name})"
+        for name, r in loaded
+    ]
+    pick = st.selectbox(
+        "Saved comparison (newest first)", range(len(loaded)), format_func=labels.__getitem__, key="exp_pick"
+    )
+    show_methods_result(loaded[int(pick or 0)][1])
+
+
+st.header("Results: methods side by side")
+show_saved_results()

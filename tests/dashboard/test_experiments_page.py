@@ -1,0 +1,154 @@
+"""The Experiments page: a task is chosen, previewed and validated; the methods run side by side as a
+background job on small settings (few steps of a small batch); the saved result shows as a table and two
+charts, each read in a sentence, and again in a new session."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
+
+from dashboard import jobs, ui
+from lora_core.data import MnistData
+from lora_core.experiments import list_experiments, load_experiment
+from lora_core.lora import LoraModel
+from lora_core.storage import ArtifactStore
+from lora_core.tasks import parse_task
+
+
+def images(at) -> list:  # noqa: ANN001 - AppTest
+    return list(at.image)
+
+
+def plotly_charts(at) -> list:  # noqa: ANN001 - AppTest
+    return list(at.get("plotly_chart"))
+
+
+def small_settings(at, kind: str) -> None:  # noqa: ANN001 - AppTest
+    at.selectbox(key="exp_kind").set_value(kind).run()
+    at.number_input(key="exp_steps").set_value(6)
+    at.number_input(key="exp_batch").set_value(32)
+    at.number_input(key="exp_rank").set_value(2)
+
+
+def test_without_a_base_model_the_page_offers_training(fresh_dir: Path) -> None:
+    at = visit(new_app(), "experiments")
+    assert_clean(at)
+    assert "There is no base model yet" in texts(at)
+    assert ui.TRAIN_LABEL in [b.label for b in at.button]
+
+
+def test_a_task_is_previewed_and_a_bad_one_is_refused_naming_the_field(trained_dir: Path) -> None:
+    at = visit(new_app(), "experiments")
+    assert_clean(at)
+    assert at.selectbox(key="exp_kind").value == "rotate"
+    assert len(images(at)) == 1  # originals above, rotated below
+    assert "rotated 45 degrees" in texts(at)
+    assert "No comparison yet" in texts(at)
+
+    at.text_input(key="exp_param_rotate").input("forty").run()
+    errors = [str(e.value) for e in at.error]
+    assert any("Task parameter" in e and "angle" in e and "forty" in e for e in errors), errors
+    assert not images(at)
+    assert next(b for b in at.button if b.label == "Run the comparison").disabled
+
+    at.selectbox(key="exp_kind").set_value("digits").run()
+    at.text_input(key="exp_param_digits").input("3,x").run()
+    assert any("Task parameter" in str(e.value) and "'x'" in str(e.value) for e in at.error)
+    at.text_input(key="exp_param_digits").input("3,5").run()
+    assert not at.error and len(images(at)) == 1
+
+
+def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
+    trained_dir: Path, mnist: MnistData
+) -> None:
+    at = visit(new_app(), "experiments")
+    small_settings(at, "invert")
+    click(at, "Run the comparison")
+    assert_clean(at)
+    job = wait_for_job(at)
+    assert job.kind == "experiment" and job.status == jobs.DONE, job.error
+    assert set(job.phases) == {"lora", "full", "head"}  # one progress phase per method
+    assert_clean(at)
+
+    saved = list_experiments(ArtifactStore(trained_dir))
+    assert len(saved) == 1
+    result = load_experiment(saved[0])
+    assert [m.method for m in result.methods] == ["lora", "full", "head"]
+    assert "invert" in ArtifactStore(trained_dir).adapter_names()  # the task's adapter is a normal adapter
+
+    def check_results(at) -> None:  # noqa: ANN001 - AppTest
+        table = at.dataframe[0].value
+        assert list(table["method"])[0] == "base model (reference)" and len(table) == 4
+        lora = result.method("lora")
+        assert table["trainable parameters"][1] == lora.trainable_params
+        assert abs(table["task accuracy"][1] - 100 * lora.task_accuracy) < 1e-9
+        assert abs(table["plain MNIST (adapter off)"][1] - 100 * lora.adapter_off_plain["accuracy"]) < 1e-9
+        assert len(plotly_charts(at)) >= 2
+        shown = texts(at)
+        off = f"{100 * lora.adapter_off_plain['accuracy']:.2f}%"
+        assert f"with the adapter off the base still reads {off} of plain MNIST" in shown
+        assert "learned the most" in shown and "forgot the least" in shown
+
+    check_results(at)
+    restarted = visit(new_app(), "experiments")  # a new session: read back from the saved JSON
+    assert_clean(restarted)
+    assert restarted.session_state["job"] is None or restarted.session_state["job"].id != job.id
+    check_results(restarted)
+
+    # the task's adapter is a normal adapter: offered on the evaluation and parameters pages
+    for page, key in (("evaluation", "eval_adapter"), ("parameters", "params_adapter")):
+        visit(restarted, page)
+        assert_clean(restarted)
+        assert "invert" in restarted.selectbox(key=key).options
+    # the task's adapter on the draw page: the digit is shown inverted, and both models predict the inverted one
+    visit(restarted, "draw")
+    restarted.selectbox(key="draw_adapter").set_value("invert").run()
+    next(b for b in restarted.button if b.label == "Random test digit").click().run()
+    assert_clean(restarted)
+    assert len(restarted.image) == 2, "the digit as it is, and as the task shows it"
+    index = int(re.fullmatch(r"MNIST test image #(\d+): a \d", restarted.image[0].captions[0])[1])
+    assert "invert" in restarted.image[1].captions[0]
+    x = parse_task("invert").transform_normalized(mnist.test_x[index : index + 1])
+    store = ArtifactStore(trained_dir)
+    record = store.load_base("cpu")
+    adapted = LoraModel(store.load_base("cpu").model)
+    store.load_adapter(adapted, "invert", record.fingerprint)
+    adapted.set_adapter("invert")
+    with torch.no_grad():
+        base_says, adapter_says = int(record.model(x).argmax()), int(adapted(x).argmax())
+    values = {m.label: m.value for m in restarted.metric}
+    assert values == {"Base model says": str(base_says), "With invert says": str(adapter_says)}
+    restarted.toggle(key="draw_task_transform").set_value(False).run()
+    assert len(restarted.image) == 1  # switched off: the digit as it is
+
+
+def test_a_stopped_comparison_saves_nothing(trained_dir: Path) -> None:
+    at = visit(new_app(), "experiments")
+    small_settings(at, "thick")
+    at.number_input(key="exp_steps").set_value(100_000)
+    click(at, "Run the comparison")
+    job = at.session_state["job"]
+    job.stop()
+    wait_for_job(at)
+    assert job.status == jobs.STOPPED, job.error
+    assert any("Stopped" in str(w.value) for w in at.warning)
+    assert list_experiments(ArtifactStore(trained_dir)) == []
+    assert "thick" not in ArtifactStore(trained_dir).adapter_names()
+    assert "No comparison yet" in texts(at)
+
+
+def test_no_method_and_an_unreadable_result_are_explained(trained_dir: Path) -> None:
+    (trained_dir / "experiments").mkdir()
+    (trained_dir / "experiments" / "broken.json").write_text("{not json")
+    at = visit(new_app(), "experiments")
+    assert_clean(at)
+    assert any("cannot be read" in str(w.value) and "broken.json" in str(w.value) for w in at.warning)
+    assert "No readable comparison yet" in texts(at)
+    at.multiselect(key="exp_methods").set_value([]).run()
+    click(at, "Run the comparison")
+    assert any("Methods" in str(e.value) and "choose at least one" in str(e.value) for e in at.error)
+    assert at.session_state["job"] is None
+    assert list((trained_dir / "experiments").iterdir()) == [trained_dir / "experiments" / "broken.json"]
