@@ -26,11 +26,15 @@ class Sizes:
     infer_rounds: int
     latency_runs: int
     study_args: tuple[str, ...]  # extra arguments for `python -m lora_core study`
+    finetune_check_steps: int  # steps of lora_core.train.finetune timed against the benchmark's LoRA step
     infer_batch: int = 2500  # lora_core.evaluate's batch
     ranks: tuple[int, ...] = (1, 4, 16, 64)
     rank_batch: int = 128
     scaled_hidden: tuple[int, int] = (2000, 4000)
     study_timeout_s: float = 900.0
+    precision_seeds: tuple[int, ...] = (0, 1, 2)  # bf16 against fp32: one epoch of each per seed
+    train_cli_args: tuple[str, ...] = ()  # extra arguments for `python -m lora_core train`
+    train_cli_timeout_s: float = 600.0
 
 
 FULL = Sizes(
@@ -43,6 +47,7 @@ FULL = Sizes(
     infer_rounds=15,
     latency_runs=300,
     study_args=(),
+    finetune_check_steps=40,
 )
 QUICK = Sizes(
     baseline_steps=30,
@@ -54,10 +59,13 @@ QUICK = Sizes(
     infer_rounds=2,
     latency_runs=10,
     study_args=("--train-hidden", "16", "16", "--steps", "5", "--ft-batch-size", "16", "--rank", "4"),
+    finetune_check_steps=2,
     infer_batch=256,
     rank_batch=32,
     scaled_hidden=(2000, 4000),
     study_timeout_s=240.0,
+    train_cli_args=("--hidden", "16", "16"),  # still one epoch of all 60,000 samples, through a tiny model
+    train_cli_timeout_s=240.0,
 )
 
 

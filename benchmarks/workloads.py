@@ -19,6 +19,7 @@ from torch import nn
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import LAYER_NAMES, MLP
+from lora_core.precision import PrecisionChoice, autocast, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -32,13 +33,26 @@ def gflops(params: int, samples_per_s: float) -> float:
     return 6.0 * params * samples_per_s / 1e9
 
 
+def precision_choice(precision: str) -> PrecisionChoice:
+    """lora_core's own PrecisionChoice for "fp32" or "bf16" on the CPU, as the training loops resolve it."""
+    return resolve_precision(precision, CPU)
+
+
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str = "fp32",
 ) -> Callable[[], float]:
-    """The step of lora_core's fine-tuning loop: forward, cross-entropy, zero_grad, backward, Adam."""
+    """The step of lora_core's fine-tuning loop (lora_core.train.finetune): forward and cross-entropy under
+    lora_core.precision.autocast, zero_grad, backward, Adam. The batch is fixed, so the step times the
+    model and the optimizer, not the sampling of indices; item 3 checks it against finetune itself."""
+    choice = precision_choice(precision)
 
     def step() -> float:
-        loss = F.cross_entropy(model(x), y)
+        with autocast(choice, x.device):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -139,10 +153,18 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_module_measured(module: str, args: list[str], timeout: float) -> tuple[int, int, float, str]:
-    """Run `python -m module args`; return its exit status, its peak RSS in bytes (its whole life,
-    interpreter shutdown included, as /usr/bin/time -v reports it), its wall time and its output's tail."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def run_module_measured(
+    module: str, args: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, int, float, str]:
+    """Run `python -m module args` with this benchmark's own Python (sys.executable: the same virtual
+    environment) and `env` added to the environment; return its exit status, its peak RSS in bytes (its
+    whole life, interpreter shutdown included, as /usr/bin/time -v reports it), its wall time (the
+    launcher's own start, about 30 ms, included) and its output's tail."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp, tempfile.TemporaryFile("w+") as out:
         peak_file = Path(tmp) / "peak"
         cmd = [sys.executable, "-c", _LAUNCHER, str(peak_file), sys.executable, "-m", module, *args]

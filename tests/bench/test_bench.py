@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import TARGETS
+from lora_core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
+ITEM_NUMBERS = set(range(1, 9))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,  # under the per-test limit; --quick took 66-80 s on a loaded 2-core machine
+        timeout=280,  # under the per-test limit; --quick took 80-110 s on a loaded 2-core machine
     )
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc, json.loads(json_path.read_text(encoding="utf-8")), md_path
@@ -49,7 +51,7 @@ def table_rows(text: str) -> list[list[str]]:
 def test_every_item_is_printed(quick_run: tuple[subprocess.CompletedProcess[str], dict, Path]) -> None:
     proc, _, _ = quick_run
     rows = table_rows(proc.stdout)
-    assert {int(r[0]) for r in rows} == set(range(1, 8))
+    assert {int(r[0]) for r in rows} == ITEM_NUMBERS
     assert all(len(r) == len(COLUMNS) for r in rows)
     assert not any("FAILED" in r[1] for r in rows)
     assert "Machine:" in proc.stdout and "torch" in proc.stdout
@@ -60,21 +62,70 @@ def test_json_holds_every_row_and_the_machine(quick_run: tuple[subprocess.Comple
     proc, result, _ = quick_run
     assert result["quick"] is True
     assert result["failed"] == []
-    assert {row["item"] for row in result["rows"]} == set(range(1, 8))
+    assert {row["item"] for row in result["rows"]} == ITEM_NUMBERS
     assert all(set(COLUMNS) <= set(row) for row in result["rows"])
     # every judged row is judged against the one table of targets, and every target there is used
     judged = [row for row in result["rows"] if row["met"] is not None]
-    assert {row["target"] for row in judged} == {target.text for target in TARGETS.values()}
+    assert {row["goal"] for row in judged} == set(TARGETS)
+    assert all(row["target"] == TARGETS[row["goal"]].text for row in judged)
     assert len(result["rows"]) == len(table_rows(proc.stdout))
     machine = result["machine"]
     for key in ("cpu_model", "torch_threads", "torch", "usable_cpus"):
         assert machine[key]
     raw = result["raw"]
-    assert set(raw) == {"1-2", "3", "4", "5", "6", "7"}
+    assert set(raw) == {"1-2", "3", "4", "5", "6", "7", "8"}
     assert raw["1-2"]["ours"]["samples_per_s"] > 0 and raw["1-2"]["baseline"]["samples_per_s"] > 0
-    assert raw["1-2"]["peak_gflops"] > 0
-    assert raw["6"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"] > 0
+    assert raw["1-2"]["peak_gflops"]["fp32"] > 0 and raw["1-2"]["peak_gflops"]["bf16"] > 0
+    assert raw["6"]["fresh_clone"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"] > 0
+    assert raw["6"]["data_exists"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"]
     assert [int(r) for r in raw["7"]["rank_sweep"]["extra_s"]] == [1, 4, 16, 64]
+
+
+def test_bf16_and_fp32_epochs_alternate_for_every_seed(
+    quick_run: tuple[subprocess.CompletedProcess[str], dict, Path],
+) -> None:
+    _, result, _ = quick_run
+    compared = result["raw"]["1-2"]["precision"]
+    epochs = [(e["seed"], e["precision_used"]) for e in compared["epochs"]]
+    assert epochs == [(0, "fp32"), (0, "bf16"), (1, "bf16"), (1, "fp32"), (2, "fp32"), (2, "bf16")]
+    assert all(0 < e["test_accuracy"] <= 1 for e in compared["epochs"])
+    assert len(compared["per_seed_speedup"]) == 3 and compared["speedup"] > 0
+    # item 1's own epoch runs in TrainConfig's default precision and its row says which one it used
+    ours = result["raw"]["1-2"]["ours"]
+    assert ours["precision_requested"] == TrainConfig().precision
+    assert ours["precision_used"] in ("fp32", "bf16")
+    throughput = next(r for r in result["rows"] if r["goal"] == "training speed-up over the tutorial loop")
+    assert f"precision {ours['precision_requested']} → {ours['precision_used']}" in throughput["measurement"]
+
+
+def test_lora_steps_are_timed_in_both_precisions_and_against_finetune(
+    quick_run: tuple[subprocess.CompletedProcess[str], dict, Path],
+) -> None:
+    _, result, _ = quick_run
+    raw = result["raw"]["3"]
+    for batch in (64, 256):
+        timings = raw[f"batch_{batch}"]
+        assert {"ours", "full", "parametrize", "ours_bf16", "full_bf16"} <= set(timings)
+        assert timings["ours_bf16_vs_full_bf16"] > 0
+    loop = raw["finetune_loop"]
+    assert loop["batch"] == 256 and loop["fp32"]["step_s"] > 0 and loop["bf16"]["step_s"] > 0
+    measurements = [r["measurement"] for r in result["rows"] if r["item"] == 3]
+    assert sum("lora_core.train.finetune's own loop" in m for m in measurements) == 2
+
+
+def test_whole_processes_run_as_on_a_fresh_clone(
+    quick_run: tuple[subprocess.CompletedProcess[str], dict, Path],
+) -> None:
+    _, result, _ = quick_run
+    fresh = result["raw"]["6"]["fresh_clone"]
+    # the study's empty data folder was filled: MNIST was built as on a fresh clone
+    assert "MNIST/raw/train-images-idx3-ubyte" in fresh["data_files_built"]
+    assert fresh["seconds"] > 0
+    train = result["raw"]["8"]
+    assert train["samples"] == 60_000
+    assert train["seconds"] > train["epoch_seconds"] > 0
+    assert train["precision_requested"] == TrainConfig().precision
+    assert train["speedup"] == pytest.approx(train["samples_per_s"] / train["baseline_samples_per_s"])
 
 
 def test_markdown_file_has_the_command_and_table(
@@ -83,4 +134,4 @@ def test_markdown_file_has_the_command_and_table(
     _, _, md_path = quick_run
     text = md_path.read_text(encoding="utf-8")
     assert "python -m benchmarks --quick" in text
-    assert {int(r[0]) for r in table_rows(text)} == set(range(1, 8))
+    assert {int(r[0]) for r in table_rows(text)} == ITEM_NUMBERS
