@@ -60,20 +60,9 @@ QUICK = Sizes(
     latency_runs=10,
     # tiny models, and few large batches for the epoch of 60,000: on a busy machine every step pays for
     # its threads waiting on each other, whatever the model's size
-    study_args=tuple(
-        [
-            "--train-hidden",
-            "16",
-            "16",
-            "--train-batch-size",
-            "2048",
-            "--steps",
-            "5",
-            "--ft-batch-size",
-            "16",
-            "--rank",
-            "4",
-        ]
+    study_args=(
+        *("--train-hidden", "16", "16", "--train-batch-size", "2048"),
+        *("--steps", "5", "--ft-batch-size", "16", "--rank", "4"),
     ),
     finetune_check_steps=2,
     infer_batch=256,
