@@ -1,6 +1,6 @@
 """Runs every item, prints the machine, a Markdown table and writes JSON (and optionally Markdown).
 
-python -m benchmarks                              # full run, about 6-8 minutes on 2 cores
+python -m benchmarks                              # full run, about 6-8 minutes on 2 quiet cores
 python -m benchmarks --quick --json /tmp/b.json   # tiny sizes: checks that every row is produced
 python -m benchmarks --only 3 4                   # some items only
 """
@@ -35,7 +35,7 @@ WARNING = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (under 30 s): checks it works, not speed")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (1-2 minutes): checks it works, not speed")
     parser.add_argument(
         "--json",
         type=Path,

@@ -176,6 +176,10 @@ def run_module_measured(
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the command it started
             proc.wait()
             raise RuntimeError(f"`python -m {module}` took more than {timeout:.0f} s") from None
+        except BaseException:  # Ctrl-C: the command runs in its own session, so the key never reaches it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         seconds = time.perf_counter() - start
         out.seek(0)
         tail = out.read()[-2000:]
