@@ -739,16 +739,18 @@ def measure_cli_train(ctx: Context) -> Raw:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         json_path = Path(tmp) / "train.json"
         env = {DATA_ENV: str(ctx.data_dir), ARTIFACTS_ENV: str(Path(tmp) / "artifacts")}
-        args = ["train", "--device", "cpu", "--json", str(json_path), *ctx.sizes.train_cli_args]
+        args = ["train", "--device", "cpu", *ctx.sizes.train_cli_args]
         ctx.log("train as a whole process: python -m lora_core " + " ".join(args))
-        code, rss, seconds, tail = run_module_measured("lora_core", args, ctx.sizes.train_cli_timeout_s, env)
+        code, rss, seconds, tail = run_module_measured(
+            "lora_core", [*args, "--json", str(json_path)], ctx.sizes.train_cli_timeout_s, env
+        )
         if code != 0:
             raise RuntimeError(f"`python -m lora_core train` failed with status {code}:\n{tail}")
         training = json.loads(json_path.read_text(encoding="utf-8"))["base"]["training"]
     samples = int(ctx.data.train_x.shape[0])  # one epoch of the data folder the command read
     base_rate = float(base["samples_per_s"])
     return {
-        "command": ["python", "-m", "lora_core", *args[:2], *ctx.sizes.train_cli_args],
+        "command": ["python", "-m", "lora_core", *args],
         "samples": samples,
         "seconds": seconds,
         "samples_per_s": samples / seconds,
