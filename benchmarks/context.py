@@ -35,6 +35,8 @@ class Sizes:
     precision_seeds: tuple[int, ...] = (0, 1, 2)  # bf16 against fp32: one epoch of each per seed
     train_cli_args: tuple[str, ...] = ()  # extra arguments for `python -m lora_core train`
     train_cli_timeout_s: float = 600.0
+    page_rounds: int = 2  # item 9: rounds of (CLI study, the page's study)
+    page_study_settings: tuple[tuple[str, int], ...] = ()  # the Home page's "Study settings" fields to set
 
 
 FULL = Sizes(
@@ -71,6 +73,8 @@ QUICK = Sizes(
     study_timeout_s=240.0,
     train_cli_args=("--hidden", "16", "16", "--batch-size", "2048"),  # still one epoch of all 60,000 samples
     train_cli_timeout_s=240.0,
+    page_rounds=1,
+    page_study_settings=(("Hidden size 1", 16), ("Hidden size 2", 16), ("Fine-tuning steps", 5)),
 )
 
 

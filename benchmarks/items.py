@@ -33,6 +33,7 @@ from lora_core.train import FinetuneConfig, TrainConfig, adam, finetune, train_b
 from .baselines import parametrized_lora, torchvision_root, tutorial_train
 from .context import Context
 from .machine import matmul_peak
+from .page import measure_page_vs_cli
 from .report import Row, judged, ms, rate, times, us
 from .timing import compare, percentile
 from .workloads import (
@@ -795,6 +796,38 @@ def rows_8(ctx: Context, raw: Raw) -> list[Row]:
     ]
 
 
+# --- 9: the study from the dashboard's page ----------------------------------------------------------
+def rows_9(ctx: Context, raw: Raw) -> list[Row]:
+    """Item 9: the Home page's "Run the whole study" in Chromium against `python -m lora_core study`."""
+    settings = ", ".join(f"{k} {v}" for k, v in raw["settings"].items()) or "the default settings"
+    rounds = raw["rounds"]
+    page_s = raw["page_s"]
+    server_cpu = statistics.median(r["page_server_cpu_s"] for r in rounds)
+    browser_cpu = statistics.median(r["page_browser_cpu_s"] for r in rounds)
+    return [
+        judged(
+            9,
+            f"whole study ({settings}), fresh artifacts: the Home page's button in Chromium with the page open "
+            f"showing live progress (click to “Finished in”) vs `python -m lora_core study` (start to exit); "
+            f"ratio = CLI wall / page wall, median of {len(rounds)} alternating rounds",
+            f"{page_s:.1f} s",
+            f"{raw['cli_s']:.1f} s",
+            times(raw["ratio"]),
+            "study from the page vs from the CLI (speed)",
+            raw["ratio"],
+        ),
+        Row(
+            9,
+            "CPU the page's run cost besides training: the Streamlit server (without its worker) and the browser, "
+            "in cores on average over the run",
+            f"server {server_cpu / page_s:.3f}, browser {browser_cpu / page_s:.3f}",
+            "-",
+            "-",
+            "report",
+        ),
+    ]
+
+
 # Each measurement (its key names it in the JSON and for --only) and the row functions of its items.
 MEASUREMENTS: dict[str, tuple[Measure, tuple[RowsOf, ...]]] = {
     "1-2": (measure_training, (rows_1, rows_2)),
@@ -804,4 +837,5 @@ MEASUREMENTS: dict[str, tuple[Measure, tuple[RowsOf, ...]]] = {
     "6": (measure_study, (rows_6,)),
     "7": (measure_scaling, (rows_7,)),
     "8": (measure_cli_train, (rows_8,)),
+    "9": (measure_page_vs_cli, (rows_9,)),
 }

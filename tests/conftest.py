@@ -22,8 +22,9 @@ SMALL_TRAIN = 6000
 
 # Per-test limits (seconds) above pyproject's default of 300 for tests that legitimately wait longer; the
 # limit covers fixture setup, and the first test to use `full_study` pays for its subprocess (capped at
-# 900 s below). A browser test waits up to 60 s for the server and up to 240 s per background run.
-LONG_TIMEOUTS = {"full_study": 1200, "browser": 600}
+# 900 s below). A browser test waits up to 60 s for the server and up to 240 s per background run; the
+# benchmark's quick run (tests/bench) runs every item, the page's study in a browser included.
+LONG_TIMEOUTS = {"full_study": 1200, "browser": 600, "quick_run": 600}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
