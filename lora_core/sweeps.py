@@ -161,6 +161,13 @@ def _pts(x: float) -> str:
 def _rank_reading(points: list[SweepPoint], marked: float) -> str:
     best = max(points, key=lambda p: p.task_accuracy)
     chosen = next(p for p in points if p.value == marked)
+    if chosen is best:
+        smaller = any(p.value < marked for p in points)
+        tail = f"no smaller rank comes within {WITHIN_POINTS:g} points of it" if smaller else "the smallest rank tried"
+        return (
+            f"The best task accuracy is {100 * best.task_accuracy:.2f}% at rank {best.value:g} "
+            f"({best.trainable_params:,} trainable parameters); {tail}."
+        )
     return (
         f"The best task accuracy is {100 * best.task_accuracy:.2f}% at rank {best.value:g}; rank {marked:g} "
         f"is the smallest within {WITHIN_POINTS:g} points of it ({100 * chosen.task_accuracy:.2f}% with "

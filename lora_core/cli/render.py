@@ -281,7 +281,6 @@ def sweep_report(result: Any) -> None:
     others = "plain MNIST" if domain else "other digits"
     headers = [
         result.kind,
-        "",
         task_header,
         "gain",
         "plain MNIST",
@@ -289,9 +288,10 @@ def sweep_report(result: Any) -> None:
         "trainable",
         "stored",
         "train s",
+        "",
     ]
     rows: list[list[Any]] = [
-        ["base", "", pct(base["task_accuracy"]), None, pct(base["plain_accuracy"]), None, None, None, None]
+        ["base", pct(base["task_accuracy"]), None, pct(base["plain_accuracy"]), None, None, None, None, ""]
     ]
     for p in result.points:
         if result.kind == "rank":
@@ -306,14 +306,14 @@ def sweep_report(result: Any) -> None:
         rows.append(
             [
                 f"{p.value:g}",
-                note,
                 pct(p.task_accuracy),
                 f"{100 * p.task_gain:+.2f}",
                 pct(p.plain_accuracy),
                 f"{100 * p.kept_change:+.2f}",
                 p.trainable_params,
                 human_bytes(p.stored_bytes),
-                round(p.seconds, 1),
+                f"{p.seconds:.2f}",
+                note,
             ]
         )
     say(table(headers, rows))

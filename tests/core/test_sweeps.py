@@ -148,7 +148,7 @@ def test_rank_sweep_points(rank_sweep):
         assert 0 <= p.task_accuracy <= 1 and p.seconds > 0 and p.adapter_off_equals_base is True
         assert p.task_gain == pytest.approx(p.task_accuracy - result.base["task_accuracy"])
     assert result.marked == smallest_within_best(result.values, [p.task_accuracy for p in result.points])
-    assert f"rank {result.marked:g}" in result.reading
+    assert f"rank {result.marked:g}" in result.reading and "task accuracy" in result.reading
     assert {r.phase for r in reports} >= {"rank 1 (1/3)", "rank 2 (2/3)", "rank 16 (3/3)"}
     assert store.adapter_names() == ["small"]  # the points' adapters were dropped, not saved
 
@@ -218,10 +218,11 @@ CLI_ERRORS = {
 @pytest.fixture(scope="module")
 def cli_runs(trained_artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-sweep")
-    folder = root / "artifacts"
+    refused, folder = root / "refused", root / "artifacts"
+    shutil.copytree(trained_artifacts, refused)
     shutil.copytree(trained_artifacts, folder)
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    jobs = {name: [*args, "--artifacts", str(folder)] for name, (args, _) in CLI_ERRORS.items()}
+    jobs = {name: [*args, "--artifacts", str(refused)] for name, (args, _) in CLI_ERRORS.items()}
     run_args = ["sweep", "rank", "--values", "1", "16", "--steps", "2", "--batch-size", "16", "--device", "cpu"]
     jobs["run"] = [*run_args, "--artifacts", str(folder), "--json", str(root / "out.json")]
 
@@ -230,29 +231,29 @@ def cli_runs(trained_artifacts, tmp_path_factory):
             [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
         )
 
-    errors = {name: run(args) for name, args in jobs.items() if name != "run"}
-    before = file_bytes(folder)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        done = pool.submit(run, jobs["run"]).result()
-    return {"errors": errors, "run": done, "root": root, "folder": folder, "before": before}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    return {"results": results, "root": root, "folder": folder, "refused": refused}
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_sweep_command_bad_input_exits_2_with_one_line(cli_runs, case, trained_artifacts):
-    result = cli_runs["errors"][case]
+    result = cli_runs["results"][case]
     detail = f"stdout={result.stdout[-1500:]!r} stderr={result.stderr[-1500:]!r}"
     assert result.returncode == 2, detail
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), detail
     for word in CLI_ERRORS[case][1]:
         assert word in lines[0], detail
-    assert cli_runs["before"] == file_bytes(trained_artifacts)  # the refusals wrote nothing
+    assert file_bytes(cli_runs["refused"]) == file_bytes(trained_artifacts)  # the refusals wrote nothing
 
 
 @pytest.mark.timeout(900)
 def test_sweep_command_prints_a_table_and_saves_json(cli_runs):
-    result = cli_runs["run"]
+    result = cli_runs["results"]["run"]
+    print(result.stdout)  # the table, for whoever reads the log
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "Rank sweep on weakest" in out and "capped: linear3 10" in out and "smallest within 0.5 pt" in out
