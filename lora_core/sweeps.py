@@ -321,6 +321,7 @@ def run_sweep(
             task=task.describe(ctx.before_plain.weakest_digit),
             settings={
                 **settings.to_dict(),
+                kind: None,  # the swept setting: see values
                 "alpha": "2 x rank" if kind == "rank" and settings.alpha is None else settings.lora_alpha,
                 "values": list(ordered),
                 "replay_used": None if kind == "replay" else settings.replay_for(task.kind),
