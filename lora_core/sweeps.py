@@ -194,6 +194,13 @@ def _replay_reading(points: list[SweepPoint], default: float, domain: bool) -> s
         )
     else:
         parts.append(f"the default replay {default:g} was not among the values")
+    # the balance: what the target gains plus what the others change (a loss counts against the gain)
+    balanced = max(points, key=lambda p: p.task_gain + p.kept_change)
+    where = "the default" if balanced.value == default else f"not the default {default:g}"
+    parts.append(
+        f"the largest gain plus change is at replay {balanced.value:g} "
+        f"({_pts(balanced.task_gain + balanced.kept_change)}), {where}"
+    )
     return "; ".join(parts) + "."
 
 

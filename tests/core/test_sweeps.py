@@ -172,6 +172,8 @@ def test_replay_sweep_sets_gain_against_forgetting(artifacts_copy, tiny):
         assert p.kept_change == pytest.approx(p.kept_accuracy - result.base["kept_accuracy"])
         assert p.task_accuracy == p.plain_per_digit[3]
     assert "replay 0" in result.reading and "default 0.5" in result.reading
+    balanced = max(result.points, key=lambda p: p.task_gain + p.kept_change)
+    assert f"largest gain plus change is at replay {balanced.value:g}" in result.reading
     assert load_sweep(result.path).to_dict() == result.to_dict()
 
 
