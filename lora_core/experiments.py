@@ -322,7 +322,8 @@ def list_experiments(store: ArtifactStore) -> list[Path]:
     folder = experiments_dir(store)
     if not folder.is_dir():
         return []
-    files = [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith(".")]
+    # sweeps (lora_core.sweeps) share the folder under their own prefix and format
+    files = [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith((".", "sweep-"))]
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
@@ -639,7 +640,7 @@ def _run_lora(
         seconds, samples_per_s = run.seconds, run.samples_per_s
         final_loss = run.losses[-1] if run.losses else None
         task_summary = evaluate(lora_model, ctx.task_data.test_x, ctx.task_data.test_y).summary(misclassified=False)
-        config_bytes = len((json.dumps(config.lora_config().to_peft(), indent=2) + "\n").encode())
+        config_bytes = len((json.dumps(lora_model.adapter_config(name).to_peft(), indent=2) + "\n").encode())
         stored = safetensors_size(lora_model.adapter_state_dict(name)) + config_bytes
     lora_model.set_adapter(name)
     plain_summary = (

@@ -9,6 +9,7 @@ separate tensor used for inference; unmerging drops that tensor, so W stays bit-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +37,50 @@ class LoraConfig:
     target_modules: tuple[str, ...] = LAYER_NAMES
     use_rslora: bool = False
     init: str = "kaiming"
+    # PEFT's per-layer overrides of r and alpha, as (layer, value) pairs sorted by layer (a dict is accepted).
+    # capped_for() fills them where r is above a layer's limit; empty for every adapter that needs none.
+    rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for key in ("rank_pattern", "alpha_pattern"):
+            value = getattr(self, key)
+            pairs = value.items() if isinstance(value, dict) else value
+            object.__setattr__(self, key, tuple(sorted((str(k), v) for k, v in pairs)))
 
     @property
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def rank_for(self, layer: str) -> int:
+        """The rank of `layer`'s adapter: rank_pattern's where it names the layer, else r."""
+        return dict(self.rank_pattern).get(layer, self.r)
+
+    def scale_for(self, layer: str) -> float:
+        """`layer`'s scale as PEFT computes it: its alpha (alpha_pattern's or alpha) over its rank (or sqrt)."""
+        alpha, r = dict(self.alpha_pattern).get(layer, self.alpha), self.rank_for(layer)
+        return alpha / (math.sqrt(r) if self.use_rslora else r)
+
+    def capped_for(self, model: nn.Module) -> LoraConfig:
+        """This config with r capped at min(in, out) on each layer that cannot hold it, the way PEFT says so:
+        rank_pattern gives the capped rank, and alpha_pattern an alpha that keeps the layer's scale alpha/r
+        (alpha/sqrt(r) with rsLoRA). Without it PEFT would scale the capped layer by alpha/r', which with the
+        usual alpha = 2r grows with r (12.8 on linear3 at r=64): the layer would train at another learning
+        rate, not just with fewer dimensions. Layers rank_pattern already names are left as they are (validate
+        refuses them above the limit); a config that needs no cap is returned itself."""
+        limits = rank_limits(model)
+        ranks, alphas = dict(self.rank_pattern), dict(self.alpha_pattern)
+        for name in self.target_modules:
+            limit = limits.get(name)
+            if name in ranks or limit is None or self.r <= limit:
+                continue
+            ratio = limit / self.r
+            ranks[name] = limit
+            alphas[name] = alphas.get(name, self.alpha) * (math.sqrt(ratio) if self.use_rslora else ratio)
+        if ranks == dict(self.rank_pattern):
+            return self
+        return dataclasses.replace(self, rank_pattern=ranks, alpha_pattern=alphas)
 
     def validate(self, model: nn.Module | None = None) -> None:
         """Raise ConfigError for any value that cannot make a sensible adapter on `model`."""
@@ -58,6 +96,16 @@ class LoraConfig:
             raise ConfigError("targets", "choose at least one layer to adapt")
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ConfigError("targets", f"lists a layer twice: {', '.join(self.target_modules)}")
+        for name, r in self.rank_pattern:
+            if name not in self.target_modules:
+                raise ConfigError("rank", f"rank_pattern names {name!r}, which is not one of the target layers")
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ConfigError("rank", f"rank_pattern: {name} must be a whole number of at least 1, got {r!r}")
+        for name, alpha in self.alpha_pattern:
+            if name not in self.target_modules:
+                raise ConfigError("alpha", f"alpha_pattern names {name!r}, which is not one of the target layers")
+            if not is_finite_number(alpha) or alpha <= 0:
+                raise ConfigError("alpha", f"alpha_pattern: {name} must be a positive number, got {alpha!r}")
         if model is None:
             return
         layers = dict(_linear_layers(model))
@@ -65,13 +113,15 @@ class LoraConfig:
             if name not in layers:
                 known = ", ".join(layers)
                 raise ConfigError("targets", f"unknown layer {name!r}; the model has {known}")
+        # r itself may exceed a layer's limit: capped_for caps it there. A rank rank_pattern gives is exact.
+        for name, r in self.rank_pattern:
             layer = layers[name]
             limit = min(layer.in_features, layer.out_features)
-            if self.r > limit:
+            if r > limit:
                 raise ConfigError(
                     "rank",
-                    f"{self.r} is larger than {name} allows ({layer.in_features} -> "
-                    f"{layer.out_features}: at most {limit}); lower the rank or drop {name}",
+                    f"rank_pattern gives {name} rank {r}, larger than it allows ({layer.in_features} -> "
+                    f"{layer.out_features}: at most {limit})",
                 )
 
     def to_peft(self) -> dict[str, Any]:
@@ -90,6 +140,9 @@ class LoraConfig:
             "init_lora_weights": True if self.init == "kaiming" else "gaussian",
             "inference_mode": True,
             "modules_to_save": None,
+            # only where a layer differs from r and alpha, so that every other adapter's file stays as it was
+            **({"rank_pattern": dict(self.rank_pattern)} if self.rank_pattern else {}),
+            **({"alpha_pattern": dict(self.alpha_pattern)} if self.alpha_pattern else {}),
         }
 
     @classmethod
@@ -106,6 +159,12 @@ class LoraConfig:
         if isinstance(targets, str) or not isinstance(targets, list):
             raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
         init = "gaussian" if data.get("init_lora_weights") == "gaussian" else "kaiming"
+        patterns = {}
+        for key in ("rank_pattern", "alpha_pattern"):
+            value = data.get(key) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"must map layer names to values, got {value!r}")
+            patterns[key] = value
         cfg = cls(
             r=data["r"],
             alpha=data["lora_alpha"],
@@ -113,6 +172,7 @@ class LoraConfig:
             target_modules=tuple(targets),
             use_rslora=bool(data.get("use_rslora", False)),
             init=init,
+            **patterns,
         )
         cfg.validate()
         return cfg
@@ -120,6 +180,11 @@ class LoraConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        for key in ("rank_pattern", "alpha_pattern"):  # as in to_peft: only where a layer differs
+            if getattr(self, key):
+                d[key] = dict(getattr(self, key))
+            else:
+                del d[key]
         return d
 
 
@@ -292,13 +357,17 @@ class LoraLinear(nn.Module):
         self._merged_weight: torch.Tensor | None = None
         self._base_cast: _BaseCast | None = None  # W and b in autocast's dtype while training; _frozen_base_as
 
-    def add_adapter(self, name: str, config: LoraConfig, generator: torch.Generator | None = None) -> None:
+    def add_adapter(
+        self, name: str, config: LoraConfig, generator: torch.Generator | None = None, layer: str | None = None
+    ) -> None:
+        """Add adapter `name`; `layer` (this layer's name in the model) picks its rank_pattern/alpha_pattern."""
         w = self.base_layer.weight
-        a = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=w.dtype)
-        b = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        r = config.rank_for(layer) if layer else config.r
+        a = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)
+        b = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             if config.init == "gaussian":  # PEFT's init_lora_weights="gaussian": N(0, 1/r)
-                a.weight.normal_(0.0, 1.0 / config.r, generator=generator)
+                a.weight.normal_(0.0, 1.0 / r, generator=generator)
             else:  # PEFT's and nn.Linear's default: Kaiming-uniform with a = sqrt(5)
                 bound = 1.0 / math.sqrt(self.in_features)
                 a.weight.uniform_(-bound, bound, generator=generator)
@@ -306,7 +375,7 @@ class LoraLinear(nn.Module):
         self.lora_A[name] = a
         self.lora_B[name] = b
         self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.scaling[name] = config.scale
+        self.scaling[name] = config.scale_for(layer) if layer else config.scale
 
     def delete_adapter(self, name: str) -> None:
         if self.active_adapter == name:
@@ -441,9 +510,11 @@ class LoraModel(nn.Module):
         seed: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        """Add a fresh adapter (B = 0, so the model's outputs do not change) and make it active."""
+        """Add a fresh adapter (B = 0, so the model's outputs do not change) and make it active. A rank
+        above a layer's limit is capped there (LoraConfig.capped_for); adapter_config(name) says so."""
         validate_adapter_name(name)
         config.validate(self.model)
+        config = config.capped_for(self.model)
         if name in self.adapters:
             raise ConfigError("name", f"an adapter called {name!r} is already loaded")
         device = next(self.model.parameters()).device
@@ -456,7 +527,7 @@ class LoraModel(nn.Module):
             if not isinstance(layer, LoraLinear):
                 layer = LoraLinear(layer)
                 setattr(self.model, layer_name, layer)
-            layer.add_adapter(name, config, generator)
+            layer.add_adapter(name, config, generator, layer=layer_name)
         self.adapters[name] = _AdapterEntry(config, dict(meta or {}))
         self.set_adapter(name)
 
@@ -556,11 +627,13 @@ class LoraModel(nn.Module):
     def expected_adapter_shapes(self, config: LoraConfig) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
         layers = dict(_linear_layers(self.model))
+        config = config.capped_for(self.model)
         for layer_name in config.target_modules:
             layer = layers[layer_name]
             prefix = f"base_model.model.{layer_name}"
-            shapes[f"{prefix}.lora_A.weight"] = (config.r, layer.in_features)
-            shapes[f"{prefix}.lora_B.weight"] = (layer.out_features, config.r)
+            r = config.rank_for(layer_name)
+            shapes[f"{prefix}.lora_A.weight"] = (r, layer.in_features)
+            shapes[f"{prefix}.lora_B.weight"] = (layer.out_features, r)
         return shapes
 
     def load_adapter_tensors(

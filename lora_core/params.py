@@ -133,17 +133,22 @@ def _shape(shape: tuple[int, ...] | None, times: str, none: str) -> str:
 
 
 def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) -> ParameterTable:
-    """Per layer: W and b shapes, and the A (r x in) and B (out x r) an adapter `config` adds."""
+    """Per layer: W and b shapes, and the A (r x in) and B (out x r) an adapter `config` adds (r capped at
+    min(in, out) per layer, as LoraModel.add_adapter caps it)."""
     rows = []
-    for name, layer in linear_layers(model.model if hasattr(model, "lora_layers") else model).items():
+    plain = model.model if hasattr(model, "lora_layers") else model
+    if config is not None:  # a rank above a layer's limit is capped there, as add_adapter does
+        config = config.capped_for(plain)
+    for name, layer in linear_layers(plain).items():
         adapted = config is not None and name in config.target_modules
+        r = config.rank_for(name) if config is not None else 0
         rows.append(
             LayerParams(
                 layer=name,
                 weight_shape=(layer.out_features, layer.in_features),
                 bias_shape=(layer.out_features,),
-                a_shape=(config.r, layer.in_features) if adapted and config else None,
-                b_shape=(layer.out_features, config.r) if adapted and config else None,
+                a_shape=(r, layer.in_features) if adapted else None,
+                b_shape=(layer.out_features, r) if adapted else None,
             )
         )
     return ParameterTable(rows)

@@ -442,3 +442,75 @@ def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str,
         bar.close()
     experiment_report(result)
     return result.to_dict()
+
+
+def _sweep_values(kind: str, given: list[list[str]] | None) -> tuple[Any, ...]:
+    """--values as numbers of the sweep's kind (checked again, with the ranges, by lora_core.sweeps)."""
+    from ..sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS
+
+    if given is None:
+        return DEFAULT_RANKS if kind == "rank" else DEFAULT_REPLAYS
+    values: list[Any] = []
+    for text in (piece for group in given for piece in group):
+        try:
+            values.append(int(text) if kind == "rank" else float(text))
+        except ValueError:
+            what = "whole numbers (ranks)" if kind == "rank" else "numbers from 0 to below 1 (replay shares)"
+            raise UsageError(f"--values: expected {what}, got {text!r}") from None
+    return tuple(values)
+
+
+def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..experiments import ExperimentSettings
+    from ..sweeps import check_values, run_sweep
+    from ..tasks import parse_task
+    from .render import sweep_report
+
+    task = args.task or parse_task("weakest")
+    values = _sweep_values(args.kind, args.values)
+    settings = ExperimentSettings(
+        methods=("lora",),
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(args.targets),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lora_lr=args.lora_lr,
+        replay=args.replay,
+        lr_schedule=args.lr_schedule,
+        precision=args.precision,
+        device=args.device,
+    )
+    _validated(settings, args.flags, args)
+    try:
+        check_values(args.kind, values)
+        if args.kind == "replay" and task.is_domain:
+            raise ConfigError(
+                "task", f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...), not {task.spec}"
+            )
+    except ConfigError as exc:
+        raise usage_error(exc, args.flags, args.argv) from exc
+    store = _store(args)
+    if task.base_name is None and not store.has_base():
+        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
+    data = _data(args)
+    _say_precision(settings.precision, settings.device, args.flags, args)
+    bar = ProgressBar()
+    try:
+        result = run_sweep(
+            store,
+            data,
+            task,
+            args.kind,
+            values,
+            settings,
+            base_config=TrainConfig(device=args.device, precision=args.precision),
+            progress=bar,
+            stop=stop,
+            log=lambda m: (bar.close(), say(m)),
+        )
+    finally:
+        bar.close()
+    sweep_report(result)
+    return result.to_dict()

@@ -126,6 +126,14 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "replay": ("--replay",),
     "lr_schedule": ("--lr-schedule",),
 }
+# sweep: the swept values and the task are options; the rest as for experiment
+SWEEP_FLAGS: dict[str, tuple[str, ...]] = {
+    **EXPERIMENT_FLAGS,
+    "task": ("--task",),
+    "digit": ("--task",),
+    "values": ("--values",),
+    "kind": ("KIND",),
+}
 # options that other commands spell differently, with what to use under study instead
 STUDY_RENAMED = {
     flags[0]: f"{STUDY_TRAIN_FLAGS[field][0]} for the base model"
@@ -293,6 +301,45 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _values_arg(text: str) -> list[str]:
+    """--values 1,2,4 or --values 1 2 4: each piece checked once the sweep's kind is known."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got {text!r}")
+    return parts
+
+
+def _sweep_options(parser: argparse.ArgumentParser) -> None:
+    from ..experiments import ExperimentSettings
+    from ..sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS, SWEEP_KINDS
+    from ..tasks import TASK_FORMS
+
+    d = ExperimentSettings()
+    parser.add_argument("kind", metavar="KIND", choices=SWEEP_KINDS, help="what to sweep: rank or replay")
+    parser.add_argument("--task", type=_task_arg, default=None, help=f"what to learn: {TASK_FORMS} (default: weakest)")
+    parser.add_argument(
+        "--values",
+        nargs="+",
+        type=_values_arg,
+        default=None,
+        help=f"the values to try (default: rank {','.join(map(str, DEFAULT_RANKS))}; "
+        f"replay {','.join(f'{v:g}' for v in DEFAULT_REPLAYS)})",
+    )
+    parser.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of every point")
+    parser.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size)
+    parser.add_argument("--seed", type=_int_arg, default=d.seed)
+    parser.add_argument("--rank", type=_int_arg, default=d.rank, help="LoRA's rank (replay sweep)")
+    parser.add_argument(
+        "--alpha", type=_float_arg, default=None, help="LoRA's alpha (default: 2 x rank, so every rank has scale 2)"
+    )
+    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets), help="LoRA's layers")
+    parser.add_argument("--lora-lr", dest="lora_lr", type=_float_arg, default=d.lora_lr)
+    parser.add_argument("--lr-schedule", dest="lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
+    parser.add_argument(
+        "--replay", type=_float_arg, default=None, help="rank sweep on a digit task: share of replayed other digits"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
@@ -375,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_options(p)
     _precision_option(p)
     p.set_defaults(handler=commands.cmd_experiment, flags=EXPERIMENT_FLAGS)
+
+    p = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="LoRA's rank or replay share over a list of values on a task",
+        description="Train a LoRA adapter per value with the same steps, batches and seed, and compare task "
+        "accuracy, plain-MNIST accuracy, trainable parameters, time and file size. The base is loaded once; the "
+        "adapters are measured and dropped. The results go to <artifacts>/experiments/sweep-KIND-*.json.",
+    )
+    _sweep_options(p)
+    _precision_option(p)
+    p.set_defaults(handler=commands.cmd_sweep, flags=SWEEP_FLAGS)
     return parser
 
 

@@ -263,3 +263,63 @@ def experiment_report(result: Any) -> None:
 
 def _per_digit_rows(base: dict[str, Any], others: list[dict[str, Any]]) -> list[list[Any]]:
     return [[d, *(pct(s["per_digit_accuracy"][d]) for s in (base, *others))] for d in range(10)]
+
+
+def sweep_report(result: Any) -> None:
+    """A sweep's points as a table, from lora_core.sweeps.SweepResult."""
+    task, base, settings = result.task, result.base, result.settings
+    domain = bool(task["domain"])
+    targets = task["target_digits"] or []
+    say(f"\n{result.kind.capitalize()} sweep on {task['spec']}: {task['label']}")
+    fixed = f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}"
+    if result.kind == "rank":
+        fixed += f", alpha {settings['alpha']}"
+    else:
+        fixed += f", rank {settings['rank']} (alpha {settings['alpha']:g})"
+    say(f"Every point: {fixed}, on {', '.join(settings['targets'])}")
+    task_header = "task test set" if domain else f"digit{'s' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+    others = "plain MNIST" if domain else "other digits"
+    headers = [
+        result.kind,
+        task_header,
+        "gain",
+        "plain MNIST",
+        f"{others} change",
+        "trainable",
+        "stored",
+        "train s",
+        "",
+    ]
+    rows: list[list[Any]] = [
+        ["base", pct(base["task_accuracy"]), None, pct(base["plain_accuracy"]), None, None, None, None, ""]
+    ]
+    for p in result.points:
+        if result.kind == "rank":
+            capped = {k: v for k, v in p.layer_ranks.items() if v != p.value}
+            note = ("capped: " + ", ".join(f"{k} {v}" for k, v in capped.items())) if capped else ""
+        else:
+            note = ""
+        if p.value == result.marked:
+            note = ("<- " + ("smallest within 0.5 pt of best" if result.kind == "rank" else "default")) + (
+                f"; {note}" if note else ""
+            )
+        rows.append(
+            [
+                f"{p.value:g}",
+                pct(p.task_accuracy),
+                f"{100 * p.task_gain:+.2f}",
+                pct(p.plain_accuracy),
+                f"{100 * p.kept_change:+.2f}",
+                p.trainable_params,
+                human_bytes(p.stored_bytes),
+                f"{p.seconds:.2f}",
+                note,
+            ]
+        )
+    say(table(headers, rows))
+    say(result.reading)
+    if result.path:
+        say(f"Results saved to {result.path}")
+    load = result.environment.get("loadavg")
+    load_text = f" (load average {' '.join(f'{v:.2f}' for v in load)})" if load else ""
+    say(f"{result.seconds:.1f} s in all{load_text}")

@@ -25,7 +25,7 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "unknown-method": (["experiment", "invert", "--methods", "lora,fool"], "trained", ["--methods:", "'fool'"]),
     "full-lr-0": (["experiment", "invert", "--full-lr", "0"], "trained", ["--full-lr:", "0"]),
     "steps-0": (["experiment", "invert", "--steps", "0"], "trained", ["--steps:", "0"]),
-    "rank-11": (["experiment", "invert", "--rank", "11"], "trained", ["--rank:", "linear3"]),
+    "rank-0": (["experiment", "invert", "--rank", "0"], "trained", ["--rank:", "0"]),
     "existing-name": (["experiment", "invert", "--name", "small"], "trained", ["'small'", "--overwrite"]),
     "no-base-model": (["experiment", "invert"], "empty", ["no base model"]),
 }

@@ -353,9 +353,11 @@ def test_adapter_state_dict_uses_peft_keys():
         ({"target_modules": ()}, "targets"),
         ({"target_modules": ("linear1", "linear1")}, "targets"),
         ({"target_modules": ("linear4",)}, "targets"),
-        ({"r": 11}, "rank"),  # linear3 has 10 outputs
-        ({"r": 11, "target_modules": ("linear1", "linear3")}, "rank"),
-        ({"r": 1001, "target_modules": ("linear1",)}, "rank"),
+        # a rank above a layer's limit is capped there (tests/core/test_sweeps.py); rank_pattern is exact
+        ({"r": 11, "rank_pattern": {"linear3": 11}}, "rank"),  # linear3 has 10 outputs
+        ({"r": 4, "rank_pattern": {"linear4": 2}}, "rank"),
+        ({"r": 4, "rank_pattern": {"linear1": 0}}, "rank"),
+        ({"r": 4, "alpha_pattern": {"linear1": 0.0}}, "alpha"),
     ],
 )
 def test_bad_configs_are_rejected(kwargs, field):

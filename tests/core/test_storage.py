@@ -364,7 +364,11 @@ WEIGHT_CORRUPTIONS = {
         lambda s, t: _edit_json(s, ADAPTER_CONFIG, lambda d: d.update(target_modules=["linear1", "conv9"])),
         ADAPTER_CONFIG,
     ),
-    "config-rank-too-big": (lambda s, t: _edit_json(s, ADAPTER_CONFIG, lambda d: d.update(r=11)), ADAPTER_CONFIG),
+    "config-rank-too-big": (
+        lambda s, t: _edit_json(s, ADAPTER_CONFIG, lambda d: d.update(rank_pattern={"linear3": 11})),
+        ADAPTER_CONFIG,
+    ),
+    "weights-rank-differs-from-config": (lambda s, t: _edit_json(s, ADAPTER_CONFIG, lambda d: d.update(r=11)), "shape"),
     "config-missing": (lambda s, t: (s.adapter_dir("a") / ADAPTER_CONFIG).unlink(), ADAPTER_CONFIG),
     "metrics-malformed-json": (lambda s, t: (s.adapter_dir("a") / ADAPTER_METRICS).write_text("{,}"), ADAPTER_METRICS),
     "metrics-no-fingerprint": (

@@ -140,7 +140,7 @@ def test_lora_config_limits() -> None:
     LoraConfig(r=10, target_modules=("linear3",)).validate(MODEL)
     for bad in (
         LoraConfig(r=0),
-        LoraConfig(r=11, target_modules=("linear3",)),
+        LoraConfig(r=11, target_modules=("linear3",), rank_pattern={"linear3": 11}),  # plain r=11 is capped
         LoraConfig(alpha=0),
         LoraConfig(alpha=float("nan")),
         LoraConfig(target_modules=()),

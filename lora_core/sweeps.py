@@ -1,0 +1,400 @@
+"""Sweeps: one setting of LoRA varied over a list of values on one task, every other setting fixed.
+
+    result = sweep_rank(store, data, parse_task("weakest"))                   # ranks 1, 2, 4, ... 64
+    result = sweep_replay(store, data, parse_task("digits:9"), values=(0, 0.5))
+
+The task's base is loaded (or, for unseen, trained) once by lora_core.experiments.prepare_task; each point
+trains a LoRA adapter with run_method(..., save_adapter=False): measured, its would-be file size computed,
+then dropped. The whole sweep is one stoppable run under the artifacts folder's writer lock; its result goes
+to <artifacts>/experiments/sweep-<kind>-<task slug>-<time>.json, written atomically once every point is
+measured (a stop or failure saves nothing).
+
+- rank: alpha follows the rank (2 x rank, the study's ratio) unless set, so every point has the same scale
+  and only the rank changes; a rank above a layer's limit is capped there (linear3: 10), as PEFT's
+  rank_pattern says. The smallest rank within WITHIN_POINTS points of the best task accuracy is marked.
+- replay: the share of each batch drawn from the other digits (digit tasks and unseen only: a domain task
+  trains on every digit). Each point's gain on the target digits is set against the change on the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .data import MnistData
+from .errors import ArtifactError, ConfigError, RunStopped
+from .experiments import (
+    ExperimentSettings,
+    TaskContext,
+    environment,
+    experiments_dir,
+    prepare_task,
+    run_method,
+)
+from .fileio import atomic_write_json
+from .lora import LoraConfig
+from .numbers import is_finite_number
+from .storage import ArtifactStore
+from .tasks import Task
+from .train import Progress, ProgressCallback, TrainConfig, resolve_device
+
+FORMAT = "lora_core.sweep.v1"
+SWEEP_KINDS = ("rank", "replay")
+FILE_PREFIX = "sweep-"
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_REPLAYS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
+WITHIN_POINTS = 0.5  # percentage points below the best task accuracy that still count as "as good"
+MAX_RANK = 10_000
+
+
+@dataclass
+class SweepPoint:
+    """One value of the swept setting, measured."""
+
+    value: float
+    task_accuracy: float
+    plain_accuracy: float  # plain MNIST with the adapter applied
+    kept_accuracy: float  # the digits the task does not target (all ten for a domain task), adapter applied
+    task_gain: float  # task_accuracy minus the base model's, in accuracy (0.02 = 2 points)
+    kept_change: float  # kept_accuracy minus the base model's
+    plain_change: float
+    trainable_params: int
+    stored_bytes: int
+    seconds: float  # the training loop
+    wall_seconds: float  # training and evaluation
+    samples_per_s: float
+    final_loss: float | None
+    layer_ranks: dict[str, int]  # the rank each adapted layer got (capped where r is above its limit)
+    task_per_digit: list[float]
+    plain_per_digit: list[float]
+    adapter_off_equals_base: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepResult:
+    kind: str
+    task: dict[str, Any]
+    settings: dict[str, Any]
+    base: dict[str, Any]
+    points: list[SweepPoint]
+    marked: float | None  # rank: the smallest rank within WITHIN_POINTS of the best; replay: the default
+    reading: str  # one sentence read from the measured numbers
+    created: str
+    seconds: float
+    environment: dict[str, Any]
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def values(self) -> list[float]:
+        return [p.value for p in self.points]
+
+    def point(self, value: float) -> SweepPoint | None:
+        return next((p for p in self.points if p.value == value), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": f"sweep-{self.kind}",
+            "task": self.task,
+            "settings": self.settings,
+            "base": self.base,
+            "points": [p.to_dict() for p in self.points],
+            "marked": self.marked,
+            "within_points": WITHIN_POINTS if self.kind == "rank" else None,
+            "reading": self.reading,
+            "created": self.created,
+            "seconds": self.seconds,
+            "environment": self.environment,
+            "path": self.path,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepResult:
+        if data.get("format") != FORMAT:
+            raise ArtifactError(f"not a sweep result of format {FORMAT!r} (found {data.get('format')!r})")
+        kind = str(data["kind"]).removeprefix("sweep-")
+        if kind not in SWEEP_KINDS:
+            raise ArtifactError(f"unknown sweep kind {data['kind']!r}")
+        known = {f.name for f in dataclasses.fields(SweepPoint)}
+        return cls(
+            kind=kind,
+            task=data["task"],
+            settings=data["settings"],
+            base=data["base"],
+            points=[SweepPoint(**{k: v for k, v in p.items() if k in known}) for p in data["points"]],
+            marked=data["marked"],
+            reading=data["reading"],
+            created=data["created"],
+            seconds=data["seconds"],
+            environment=data["environment"],
+            path=data.get("path"),
+            notes=list(data.get("notes") or []),
+        )
+
+
+# --- reading the points ----------------------------------------------------------------------------------
+def smallest_within_best(values: Sequence[float], accuracies: Sequence[float], points: float = WITHIN_POINTS) -> float:
+    """The smallest value whose accuracy (a fraction) is within `points` percentage points of the best."""
+    if not values or len(values) != len(accuracies):
+        raise ValueError("give one accuracy per value, at least one")
+    best = max(accuracies)
+    # compared in points, rounded to 1e-9 so that 0.975 - 0.970 counts as 0.5 points, not 0.5000000001
+    return min(v for v, a in zip(values, accuracies) if round(100 * (best - a), 9) <= points)
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f} points"
+
+
+def _rank_reading(points: list[SweepPoint], marked: float) -> str:
+    best = max(points, key=lambda p: p.task_accuracy)
+    chosen = next(p for p in points if p.value == marked)
+    if chosen is best:
+        smaller = any(p.value < marked for p in points)
+        tail = f"no smaller rank comes within {WITHIN_POINTS:g} points of it" if smaller else "the smallest rank tried"
+        return (
+            f"The best task accuracy is {100 * best.task_accuracy:.2f}% at rank {best.value:g} "
+            f"({best.trainable_params:,} trainable parameters); {tail}."
+        )
+    return (
+        f"The best task accuracy is {100 * best.task_accuracy:.2f}% at rank {best.value:g}; rank {marked:g} "
+        f"is the smallest within {WITHIN_POINTS:g} points of it ({100 * chosen.task_accuracy:.2f}% with "
+        f"{chosen.trainable_params:,} trainable parameters, {chosen.trainable_params / best.trainable_params:.0%} "
+        f"of rank {best.value:g}'s)."
+    )
+
+
+def _replay_reading(points: list[SweepPoint], default: float, domain: bool) -> str:
+    others = "plain MNIST" if domain else "the other digits"
+    parts = []
+    lowest = min(points, key=lambda p: p.value)
+    parts.append(
+        f"At replay {lowest.value:g} the target gains {_pts(lowest.task_gain)} while {others} change by "
+        f"{_pts(lowest.kept_change)}"
+    )
+    chosen = next((p for p in points if p.value == default), None)
+    if chosen is not None:
+        best_gain = max(p.task_gain for p in points)
+        least_loss = max(p.kept_change for p in points)
+        parts.append(
+            f"the default {default:g} gains {_pts(chosen.task_gain)} (best {_pts(best_gain)}) and changes "
+            f"{others} by {_pts(chosen.kept_change)} (best {_pts(least_loss)})"
+        )
+    else:
+        parts.append(f"the default replay {default:g} was not among the values")
+    # the balance: what the target gains plus what the others change (a loss counts against the gain)
+    balanced = max(points, key=lambda p: p.task_gain + p.kept_change)
+    where = "the default" if balanced.value == default else f"not the default {default:g}"
+    parts.append(
+        f"the largest gain plus change is at replay {balanced.value:g} "
+        f"({_pts(balanced.task_gain + balanced.kept_change)}), {where}"
+    )
+    return "; ".join(parts) + "."
+
+
+# --- storing -------------------------------------------------------------------------------------------
+def list_sweeps(store: ArtifactStore, kind: str | None = None) -> list[Path]:
+    """Saved sweep results (of `kind`, rank or replay, or all), newest first."""
+    folder = experiments_dir(store)
+    if not folder.is_dir():
+        return []
+    prefix = FILE_PREFIX + (f"{kind}-" if kind else "")
+    files = [p for p in folder.glob(f"{prefix}*.json") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def load_sweep(path: Path | str) -> SweepResult:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} cannot be read as a sweep result ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} should hold a JSON object")
+    try:
+        return SweepResult.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path} is not a complete sweep result ({exc})") from exc
+
+
+def _save(store: ArtifactStore, task: Task, result: SweepResult) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = experiments_dir(store)
+    stem = f"{FILE_PREFIX}{result.kind}-{task.slug}-{stamp}"
+    path, n = folder / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.json"
+    result.path = str(path)
+    atomic_write_json(path, result.to_dict())
+    return path
+
+
+# --- checking the values ---------------------------------------------------------------------------------
+def check_values(kind: str, values: Sequence[Any]) -> tuple[float, ...]:
+    """The sweep's values, checked: ConfigError('values', ...) says what is wrong."""
+    if kind not in SWEEP_KINDS:
+        raise ConfigError("kind", f"must be one of {', '.join(SWEEP_KINDS)}, got {kind!r}")
+    values = tuple(values)
+    if not values:
+        raise ConfigError("values", "give at least one value")
+    for v in values:
+        if kind == "rank":
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_RANK:
+                raise ConfigError("values", f"ranks must be whole numbers from 1 to {MAX_RANK}, got {v!r}")
+        elif not is_finite_number(v) or not 0.0 <= v < 1.0:
+            raise ConfigError("values", f"replay shares must be numbers from 0 to below 1, got {v!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError("values", f"lists a value twice: {', '.join(f'{v:g}' for v in values)}")
+    return tuple(sorted(values))
+
+
+# --- running -------------------------------------------------------------------------------------------------
+def sweep_rank(
+    store: ArtifactStore,
+    data: MnistData,
+    task: Task,
+    values: Sequence[int] = DEFAULT_RANKS,
+    settings: ExperimentSettings | None = None,
+    **kwargs: Any,
+) -> SweepResult:
+    """LoRA at each rank of `values` on `task` (other settings from `settings`); see run_sweep."""
+    return run_sweep(store, data, task, "rank", values, settings, **kwargs)
+
+
+def sweep_replay(
+    store: ArtifactStore,
+    data: MnistData,
+    task: Task,
+    values: Sequence[float] = DEFAULT_REPLAYS,
+    settings: ExperimentSettings | None = None,
+    **kwargs: Any,
+) -> SweepResult:
+    """LoRA at each replay share of `values` on a digit task; see run_sweep."""
+    return run_sweep(store, data, task, "replay", values, settings, **kwargs)
+
+
+def run_sweep(
+    store: ArtifactStore,
+    data: MnistData,
+    task: Task,
+    kind: str,
+    values: Sequence[Any],
+    settings: ExperimentSettings | None = None,
+    *,
+    base_config: TrainConfig | None = None,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    save: bool = True,
+) -> SweepResult:
+    """Every value of the sweep, under the artifacts folder's writer lock; saved once all are measured."""
+    ordered = check_values(kind, values)
+    settings = dataclasses.replace(settings or ExperimentSettings(), methods=("lora",))
+    settings.validate()
+    if kind == "replay" and task.is_domain:
+        raise ConfigError(
+            "task",
+            f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...); {task.spec} trains on every digit",
+        )
+    resolve_device(settings.device)
+    started = time.perf_counter()
+    with store.writing(f"running the {kind} sweep on {task.spec}"):
+        ctx = prepare_task(store, data, task, settings, base_config=base_config, progress=progress, stop=stop, log=log)
+        before = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
+        points = []
+        for i, value in enumerate(ordered, 1):
+            if stop is not None and stop.is_set():
+                raise RunStopped(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
+            point_settings = _point_settings(settings, kind, value)
+            label = f"{kind} {value:g} ({i}/{len(ordered)})"
+            log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
+            points.append(_measure(ctx, point_settings, value, before, _relabel(progress, label), stop))
+        marked, reading = _mark(kind, points, settings, task)
+        result = SweepResult(
+            kind=kind,
+            task=task.describe(ctx.before_plain.weakest_digit),
+            settings={
+                **settings.to_dict(),
+                kind: None,  # the swept setting: see values
+                "alpha": "2 x rank" if kind == "rank" and settings.alpha is None else settings.lora_alpha,
+                "values": list(ordered),
+                "replay_used": None if kind == "replay" else settings.replay_for(task.kind),
+                "default_replay": settings.replay_for(task.kind) if kind == "replay" else None,
+            },
+            base=ctx.base_dict(),
+            points=points,
+            marked=marked,
+            reading=reading,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            seconds=time.perf_counter() - started,
+            environment={**environment(), "device": str(next(ctx.lora_model.model.parameters()).device)},
+        )
+        if save:
+            _save(store, task, result)
+    return result
+
+
+def _mark(kind: str, points: list[SweepPoint], settings: ExperimentSettings, task: Task) -> tuple[float, str]:
+    """What the sweep marks, and one sentence reading the points."""
+    if kind == "rank":
+        marked = smallest_within_best([p.value for p in points], [p.task_accuracy for p in points])
+        return marked, _rank_reading(points, marked)
+    default = settings.replay_for(task.kind)
+    return default, _replay_reading(points, default, task.is_domain)
+
+
+def _point_settings(settings: ExperimentSettings, kind: str, value: float) -> ExperimentSettings:
+    if kind == "rank":
+        return dataclasses.replace(settings, rank=int(value))
+    return dataclasses.replace(settings, replay=float(value))
+
+
+def _relabel(progress: ProgressCallback | None, label: str) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda p: progress(dataclasses.replace(p, phase=label))
+
+
+def _measure(
+    ctx: TaskContext,
+    settings: ExperimentSettings,
+    value: float,
+    before: dict[str, float],
+    progress: Callable[[Progress], None] | None,
+    stop: threading.Event | None,
+) -> SweepPoint:
+    m = run_method(ctx, "lora", settings, save_adapter=False, progress=progress, stop=stop)
+    lora = LoraConfig(r=settings.rank, alpha=settings.lora_alpha, target_modules=settings.targets)
+    capped = lora.capped_for(ctx.lora_model.model)
+    return SweepPoint(
+        value=value,
+        task_accuracy=m.task_accuracy,
+        plain_accuracy=m.plain_accuracy,
+        kept_accuracy=m.kept_accuracy,
+        task_gain=m.task_accuracy - before["task_accuracy"],
+        kept_change=m.kept_accuracy - before["kept_accuracy"],
+        plain_change=m.plain_accuracy - before["plain_accuracy"],
+        trainable_params=m.trainable_params,
+        stored_bytes=m.stored_bytes,
+        seconds=m.seconds,
+        wall_seconds=m.wall_seconds,
+        samples_per_s=m.samples_per_s,
+        final_loss=m.final_loss,
+        layer_ranks={name: capped.rank_for(name) for name in settings.targets},
+        task_per_digit=list(m.task["per_digit_accuracy"]),
+        plain_per_digit=list(m.plain["per_digit_accuracy"]),
+        adapter_off_equals_base=m.adapter_off_equals_base,
+    )
