@@ -46,11 +46,14 @@ def when(iso: str | None) -> str:
 # The run itself is server-wide (jobs.REGISTRY): every tab shows it while it runs and can stop it. What
 # each tab remembers is only which ended runs to show: those it started or watched while they ran,
 # until it dismisses them. The tab that started a run also gets its result (a new adapter made active).
-# While a run goes on, every open tab re-runs its progress fragments on these periods. Measured with the
-# study running and the page open in Chromium (issue 9): redrawing the Plotly chart took the browser about
-# 110 ms each time, most of its CPU, so the chart refreshes less often than the progress line.
-PROGRESS_REFRESH_S = 0.5
-CHART_REFRESH_S = 3.0
+# While a run goes on, every open tab re-runs its progress fragment on this period. Measured with the whole
+# study started from the Home page in Chromium on 2 cores (benchmarks item 9, issue 9): whatever the server
+# and the browser spend on refreshing is taken from the training. Without a live chart, refreshing every
+# 0.5 s left the page's study at 0.64x of the CLI's speed, 1 s at 0.71x, 2 s at 0.77x; redrawing the Plotly
+# loss curve every 3 s cost the browser about 0.5 CPU-seconds each time, hence opt-in (LIVE_CHART_KEY).
+PROGRESS_REFRESH_S = 1.0
+CHART_REFRESH_S = 5.0
+LIVE_CHART_KEY = "live_loss_curve"
 LIVE_CHART_POINTS = 300  # per phase; the finished run's chart shows every step
 
 # The kinds of run whose live panel each page shows (the pages pass these to job_panel). On such a page the
@@ -163,7 +166,6 @@ def _job_view(job: jobs.Job) -> None:
                 st.info("Stopping after the current step...")
         if job.running:
             return
-        _announce_end(job)
         if job.status == jobs.DONE:
             st.success(f"Finished in {job.seconds:.1f} s; the result is saved in the artifacts folder.")
         elif job.status == jobs.STOPPED:
@@ -173,6 +175,7 @@ def _job_view(job: jobs.Job) -> None:
             if job.extra.get("traceback"):
                 with st.expander("Details"):
                     st.code(job.extra["traceback"])
+        _announce_end(job)  # after the outcome: the tab shows it at once, then reloads the page's results
         if st.button("Dismiss", key=f"dismiss-{job.id}"):
             _ids(_SEEN_KEY).discard(job.id)
             st.session_state[JOB_KEY] = None
@@ -180,13 +183,22 @@ def _job_view(job: jobs.Job) -> None:
 
 
 def _job_chart(job: jobs.Job) -> None:
-    """The run's loss curve: redrawn less often than the progress line, and with a bounded number of
-    points, because redrawing a Plotly chart costs the browser far more than a line of text."""
+    """The run's loss curve: at the end of the run, or while it runs if the user asks for it (then redrawn
+    every CHART_REFRESH_S with at most LIVE_CHART_POINTS per phase: each redraw costs the browser CPU that
+    the training on the same machine would use)."""
     losses, phases = job.history()
-    if losses:
-        title = "Loss (live)" if job.running else "Loss"
-        points = LIVE_CHART_POINTS if job.running else None
-        st.plotly_chart(charts.loss_curve(losses, phases, title=title, max_points=points), width="stretch")
+    if job.running:
+        live = st.toggle(
+            "Draw the loss curve live",
+            key=LIVE_CHART_KEY,
+            help=f"Redrawn every {CHART_REFRESH_S:.0f} s while the run goes on. Off, it is drawn when the run "
+            "ends: drawing charts takes CPU from the training when the browser runs on the same machine.",
+        )
+        if live and losses:
+            chart = charts.loss_curve(losses, phases, title="Loss (live)", max_points=LIVE_CHART_POINTS)
+            st.plotly_chart(chart, width="stretch")
+    elif losses:
+        st.plotly_chart(charts.loss_curve(losses, phases, title="Loss"), width="stretch")
 
 
 def _sidebar_job(job: jobs.Job) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
-from dashboard import jobs
+from dashboard import jobs, ui
 from lora_core.storage import ArtifactStore
 from lora_core.train import TrainConfig
 
@@ -115,6 +115,10 @@ def test_a_page_with_its_own_panel_keeps_one_live_refresh(fresh_dir: Path) -> No
         assert any(str(c.value).startswith("train: step") for c in at.caption)  # the panel: live
         assert "its progress is on this page" in sidebar_text(at)
         assert "train: step" not in sidebar_text(at)
+        # the loss curve is drawn live only when asked for: each redraw costs the browser CPU
+        assert not at.get("plotly_chart")
+        at.toggle(key=ui.LIVE_CHART_KEY).set_value(True).run()
+        assert at.get("plotly_chart"), "no live loss curve after switching it on"
         visit(at, "draw")  # a page without a panel for it: the sidebar is the live display
         assert "train: step" in sidebar_text(at)
         visit(at, "training")
