@@ -23,11 +23,7 @@ pytestmark = pytest.mark.timeout(900)
 # name: (arguments, which artifacts folder, words the one-line message must contain)
 ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "rank-0": (["finetune", "--rank", "0"], "trained", ["rank"]),
-    "rank-11-linear3": (
-        ["finetune", "--rank", "11", "--targets", "linear1", "linear3"],
-        "trained",
-        ["rank", "linear3"],
-    ),
+    "rank-not-whole": (["finetune", "--rank", "2.5"], "trained", ["rank", "2.5"]),
     "lr-negative": (["finetune", "--lr", "-1"], "trained", ["lr"]),
     "lr-nan": (["finetune", "--lr", "nan"], "trained", ["lr", "nan"]),
     "digit-10": (["finetune", "--digit", "10"], "trained", ["digit", "10"]),
