@@ -12,6 +12,7 @@ two sessions see the same saved work.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -101,7 +102,10 @@ def base_status() -> BaseStatus:
         record = _load_base(str(s.root), str(meta["sha256"]))
     except ArtifactError as exc:
         return BaseStatus(None, None, str(exc))
-    return BaseStatus(record, record.meta, None)
+    # the cached weights may come from another folder holding the same ones (same seed and settings); what
+    # this folder's run recorded (when, how, in which precision and why) is its own model.json
+    record = dataclasses.replace(record, meta=meta, path=s.base_dir)
+    return BaseStatus(record, meta, None)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Evaluating the base model on the 10,000 test digits...")
