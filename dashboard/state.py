@@ -7,6 +7,11 @@ Per session (st.session_state):
     place, so the cached model itself is never wrapped), the active adapter and the enabled switch.
 Everything saved lives in the artifacts folder ($LORA_ARTIFACTS_DIR), read fresh on every run, so
 two sessions see the same saved work.
+
+Which base the reading pages show (Evaluation, Parameters, Draw): the main one by default, or a separate
+base of an experiment (<artifacts>/bases/unseen-8-9, with its own adapters), chosen per session
+(`chosen_view`). The functions below take that base's ArtifactStore as `where` (None: the main one); they
+only read it. Writers (runs, rename, delete) always work on the main folder, `store()`.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import torch
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
+from lora_core.experiments import separate_base_label, separate_bases
 from lora_core.lora import LoraModel
 from lora_core.paths import default_artifacts_dir, default_data_dir
 from lora_core.storage import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRecord, ArtifactStore, BaseModelRecord
+from lora_core.tasks import Task, parse_task, task_of, task_test_set
 
 ACTIVE_KEY = "active_adapter"
 ENABLED_KEY = "adapters_enabled"
@@ -92,9 +99,9 @@ class BaseStatus:
         return self.record.fingerprint if self.record else None
 
 
-def base_status() -> BaseStatus:
+def base_status(where: ArtifactStore | None = None) -> BaseStatus:
     """Read model.json (cheap) and return the cached base model for its fingerprint."""
-    s = store()
+    s = where or store()
     if not s.has_base():
         return BaseStatus(None, None, None)
     try:
@@ -114,8 +121,8 @@ def _base_evaluation(_root: str, sha256: str) -> Evaluation:
     return evaluate(record.model, _test_x(), _test_y())
 
 
-def base_evaluation(base: BaseModelRecord) -> Evaluation:
-    return _base_evaluation(str(store().root), base.fingerprint)
+def base_evaluation(base: BaseModelRecord, where: ArtifactStore | None = None) -> Evaluation:
+    return _base_evaluation(str((where or store()).root), base.fingerprint)
 
 
 def _adapter_stamp(record: AdapterRecord) -> str:
@@ -138,9 +145,44 @@ def _adapter_evaluation(_root: str, sha256: str, _name: str, stamp: str) -> Eval
     return evaluate(model, _test_x(), _test_y())
 
 
-def adapter_evaluation(base: BaseModelRecord, record: AdapterRecord) -> Evaluation:
+def adapter_evaluation(base: BaseModelRecord, record: AdapterRecord, where: ArtifactStore | None = None) -> Evaluation:
     """Live evaluation of a saved adapter on the test set (cached per saved version)."""
-    return _adapter_evaluation(str(store().root), base.fingerprint, record.name, _adapter_stamp(record))
+    return _adapter_evaluation(str((where or store()).root), base.fingerprint, record.name, _adapter_stamp(record))
+
+
+# --- a task adapter on its task's own test set (cached server-wide, like the evaluations above) ---------------
+@st.cache_resource(max_entries=4, show_spinner="Transforming the 10,000 test digits for the task...")
+def _task_test_x(spec: str) -> torch.Tensor:
+    # keyed by the task's canonical spec: the same transform for every base and adapter
+    x, _ = task_test_set(parse_task(spec), data())
+    return x
+
+
+@st.cache_resource(max_entries=8, show_spinner="Evaluating the base model on the task's test set...")
+def _task_base_evaluation(_root: str, sha256: str, spec: str) -> Evaluation:
+    return evaluate(_load_base(_root, sha256).model, _task_test_x(spec), _test_y())
+
+
+@st.cache_resource(max_entries=16, show_spinner="Evaluating the adapter on the task's test set...")
+def _task_adapter_evaluation(_root: str, sha256: str, _name: str, stamp: str, spec: str) -> Evaluation:
+    base = _load_base(_root, sha256)
+    model = LoraModel(copy.deepcopy(base.model))
+    ArtifactStore(_root).load_adapter(model, _name, sha256)
+    model.set_adapter(_name)
+    return evaluate(model, _task_test_x(spec), _test_y())
+
+
+def task_base_evaluation(base: BaseModelRecord, task: Task, where: ArtifactStore | None = None) -> Evaluation:
+    """The base model on the task's own test set (the transformed MNIST test images)."""
+    return _task_base_evaluation(str((where or store()).root), base.fingerprint, task.spec)
+
+
+def task_adapter_evaluation(
+    base: BaseModelRecord, record: AdapterRecord, task: Task, where: ArtifactStore | None = None
+) -> Evaluation:
+    """A saved adapter on the task's own test set (cached per saved version of the adapter)."""
+    root = str((where or store()).root)
+    return _task_adapter_evaluation(root, base.fingerprint, record.name, _adapter_stamp(record), task.spec)
 
 
 def _test_x() -> torch.Tensor:
@@ -175,11 +217,33 @@ class AdapterInfo:
     def targets(self) -> list[int]:
         return list((self.record.metrics or {}).get("target_digits") or [])
 
+    @property
+    def task(self) -> Task | None:
+        """The task an Experiments adapter was trained on (None for the study's and the Fine-tuning page's)."""
+        return task_of(self.record.metrics)
 
-def adapters(base_sha: str | None) -> list[AdapterInfo]:
-    """Every adapter folder, marked usable with the current base, stale, or broken."""
+    @property
+    def domain_task(self) -> Task | None:
+        """The task if it transforms the images (rotate, invert, thick, thin, shift), else None."""
+        task = self.task
+        return task if task is not None and task.is_domain else None
+
+    @property
+    def label(self) -> str:
+        """What the adapter was trained for, in a few words: 'rotate 45°', 'inverted', 'digit 4'."""
+        task = self.task
+        if task is not None and task.kind != "weakest":
+            return task.short_label
+        targets = self.targets
+        if not targets:
+            return "digit ?"
+        return f"digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
+
+
+def adapters(base_sha: str | None, where: ArtifactStore | None = None) -> list[AdapterInfo]:
+    """Every adapter folder (of the main folder, or of `where`), marked usable with its base, stale, or broken."""
     out = []
-    for rec in store().list_adapters():
+    for rec in (where or store()).list_adapters():
         if rec.error:
             out.append(AdapterInfo(rec, "broken", rec.error))
         elif base_sha is None:
@@ -193,8 +257,55 @@ def adapters(base_sha: str | None) -> list[AdapterInfo]:
     return out
 
 
-def usable_adapters(base_sha: str | None) -> list[AdapterInfo]:
-    return [a for a in adapters(base_sha) if a.ok]
+def usable_adapters(base_sha: str | None, where: ArtifactStore | None = None) -> list[AdapterInfo]:
+    return [a for a in adapters(base_sha, where) if a.ok]
+
+
+# --- which base the reading pages show ------------------------------------------------------------------
+MAIN_BASE = "main"
+BASE_VIEW_KEY = "base_view"
+
+
+@dataclass(frozen=True)
+class BaseView:
+    """A base model the reading pages can show, with its own adapters: the main one or a separate one."""
+
+    name: str  # MAIN_BASE or the folder name under <artifacts>/bases/
+    store: ArtifactStore
+    label: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.name == MAIN_BASE
+
+    @property
+    def where(self) -> ArtifactStore | None:
+        """What to pass as `where` to the functions of this module (None: the main folder)."""
+        return None if self.is_main else self.store
+
+
+def base_views() -> list[BaseView]:
+    """The main base, then each separate base saved under <artifacts>/bases/ (read only)."""
+    main = store()
+    views = [BaseView(MAIN_BASE, main, "main base model")]
+    for name, sub in separate_bases(main).items():
+        try:
+            meta = sub.base_meta()
+        except ArtifactError:
+            meta = None
+        views.append(BaseView(name, sub, separate_base_label(name, meta)))
+    return views
+
+
+def chosen_view() -> BaseView:
+    """The base this session's reading pages show: the main one unless another was chosen (and still exists)."""
+    name = st.session_state.get(BASE_VIEW_KEY, MAIN_BASE)
+    views = base_views()
+    return next((v for v in views if v.name == name), views[0])
+
+
+def set_base_view(name: str) -> None:
+    st.session_state[BASE_VIEW_KEY] = name
 
 
 # --- per session ---------------------------------------------------------------------------------------
@@ -224,30 +335,32 @@ def set_adapters_enabled(enabled: bool) -> None:
     st.session_state[ENABLED_KEY] = enabled
 
 
-def session_lora(base: BaseModelRecord) -> LoraModel:
+def session_lora(base: BaseModelRecord, where: ArtifactStore | None = None) -> LoraModel:
     """This session's own LoraModel on a deep copy of the cached base (rebuilt if the base changed)."""
     entry = st.session_state.get(LORA_KEY)
-    root = str(store().root)
+    root = str((where or store()).root)
     if entry is None or entry["sha"] != base.fingerprint or entry["root"] != root:
         entry = {"sha": base.fingerprint, "root": root, "model": LoraModel(copy.deepcopy(base.model)), "stamps": {}}
         st.session_state[LORA_KEY] = entry
     return entry["model"]
 
 
-def load_into_session(base: BaseModelRecord, name: str) -> LoraModel:
-    """Make sure adapter `name` (as saved now) is loaded in the session's LoraModel.
+def load_into_session(base: BaseModelRecord, name: str, where: ArtifactStore | None = None) -> LoraModel:
+    """Make sure adapter `name` (as saved now, in the main folder or `where`) is loaded in the session's
+    LoraModel.
 
     Raises ArtifactError / StaleAdapterError / ConfigError for adapters that cannot be used.
     """
-    model = session_lora(base)
+    source = where or store()
+    model = session_lora(base, source)
     entry = st.session_state[LORA_KEY]
-    record = store().read_adapter(name)
+    record = source.read_adapter(name)
     stamp = _adapter_stamp(record)
     if name in model.adapters and entry["stamps"].get(name) == stamp:
         return model
     if name in model.adapters:
         model.delete_adapter(name)
-    store().load_adapter(model, name, base.fingerprint)
+    source.load_adapter(model, name, base.fingerprint)
     entry["stamps"][name] = stamp
     return model
 

@@ -201,6 +201,22 @@ def _job_chart(job: jobs.Job) -> None:
         st.plotly_chart(charts.loss_curve(losses, phases, title="Loss"), width="stretch")
 
 
+def _sidebar_separate_bases() -> None:
+    """The separate bases (bases/unseen-8-9) and their adapters: not usable on the main base, so listed apart,
+    with where to see them."""
+    others = [v for v in state.base_views() if not v.is_main]
+    if not others:
+        return
+    lines = []
+    for view in others:
+        status = state.base_status(view.store)
+        infos = state.adapters(status.sha, view.store)
+        named = ", ".join(f"`{a.name}` · {a.label}" for a in infos) or "no adapter yet"
+        lines.append(f"- {view.label}: {named}")
+    st.markdown("**Other base models**  \n" + "\n".join(lines))
+    st.caption("Choose one with *Base model* on the Evaluation, Parameters and Draw pages.")
+
+
 def _sidebar_job(job: jobs.Job) -> None:
     """The run in the sidebar of every page: the same phase and fraction as the panel, and a Stop button."""
     if not job.running:
@@ -237,8 +253,11 @@ def busy_note() -> None:
 
 
 # --- needs a base model / an adapter ----------------------------------------------------------------
-def require_base(purpose: str) -> BaseModelRecord:
-    """Return the saved base model, or explain what is missing, offer to train it, and stop the page."""
+def require_base(purpose: str, view: state.BaseView | None = None) -> BaseModelRecord:
+    """Return the saved base model (the main one, or `view`'s), or explain what is missing, offer to train
+    it, and stop the page."""
+    if view is not None and not view.is_main:
+        return _require_separate_base(view)
     status = state.base_status()
     if status.record is not None:
         return status.record
@@ -250,6 +269,45 @@ def require_base(purpose: str) -> BaseModelRecord:
     offer_training()
     st.stop()
     raise AssertionError("unreachable")
+
+
+def _require_separate_base(view: state.BaseView) -> BaseModelRecord:
+    """A separate base (bases/<name>) is only read here: if it cannot be loaded, say so and point back."""
+    status = state.base_status(view.store)
+    if status.record is not None:
+        return status.record
+    st.error(
+        f"The {view.label} ({view.store.base_dir}) cannot be loaded: {status.error or 'it is not there any more'}. "
+        "Choose the main base model above, or run its experiment again on the Experiments page."
+    )
+    st.stop()
+    raise AssertionError("unreachable")
+
+
+def base_selector(key: str) -> state.BaseView:
+    """Which base model the page shows: the main one, or a separate base an experiment trained (unseen
+    digits), whose adapters belong to it alone. Shown only where such a base exists; the choice holds for
+    the session's Evaluation, Parameters and Draw pages. `key` names this page's widget."""
+    views = state.base_views()
+    if len(views) == 1:
+        return views[0]
+    names = [v.name for v in views]
+    current = state.chosen_view().name
+    labels = {v.name: v.label for v in views}
+    st.selectbox(
+        "Base model",
+        names,
+        index=names.index(current),
+        format_func=lambda n: labels[n],
+        key=key,
+        on_change=lambda: state.set_base_view(str(st.session_state[key])),
+        help="A separate base (trained by an experiment without some digits) has adapters of its own, which "
+        "only apply to it. Fine-tuning and the other runs always use the main base model.",
+    )
+    view = state.chosen_view()
+    if not view.is_main:
+        st.caption(f"Showing the {view.label} and its adapters, from {view.store.root}.")
+    return view
 
 
 def offer_training() -> None:
@@ -280,9 +338,14 @@ def offer_finetune(base: BaseModelRecord) -> None:
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
 
 
-def choose_adapter(base: BaseModelRecord, label: str, key: str, none_note: str) -> state.AdapterInfo | None:
+def choose_adapter(
+    base: BaseModelRecord, label: str, key: str, none_note: str, view: state.BaseView | None = None
+) -> state.AdapterInfo | None:
     """A select box of the adapters usable with `base`, on the session's active one by default; with none
-    saved, say what the page shows instead (`none_note`) and offer to fine-tune one."""
+    saved, say what the page shows instead (`none_note`) and offer to fine-tune one. On a separate base
+    (`view`), its own adapters, the newest first by default; the main base's active adapter is left as is."""
+    if view is not None and not view.is_main:
+        return _choose_separate_adapter(base, label, f"{key}-{view.name}", none_note, view)
     usable = state.usable_adapters(base.fingerprint)
     if not usable:
         st.info(f"There is no adapter yet: {none_note}")
@@ -291,7 +354,29 @@ def choose_adapter(base: BaseModelRecord, label: str, key: str, none_note: str) 
     names = [a.name for a in usable]
     active = state.active_adapter(base.fingerprint)
     chosen = st.selectbox(
-        label, names, index=names.index(active) if active in names else 0, key=key, help="Defaults to the active one."
+        label,
+        names,
+        index=names.index(active) if active in names else 0,
+        key=key,
+        help="Defaults to the active one.",
+    )
+    return usable[names.index(chosen)]
+
+
+def _choose_separate_adapter(
+    base: BaseModelRecord, label: str, key: str, none_note: str, view: state.BaseView
+) -> state.AdapterInfo | None:
+    usable = state.usable_adapters(base.fingerprint, view.store)
+    if not usable:
+        st.info(f"The {view.label} has no adapter yet: {none_note} Its experiment trains one (Experiments page).")
+        return None
+    usable = sorted(usable, key=lambda a: str((a.record.metrics or {}).get("created", "")), reverse=True)
+    names = [a.name for a in usable]
+    chosen = st.selectbox(
+        label,
+        names,
+        key=key,
+        help=f"The adapters trained on the {view.label}, newest first.",
     )
     return usable[names.index(chosen)]
 
@@ -378,11 +463,11 @@ def sidebar(page: str | None = None) -> None:
                 if a.status == "broken":
                     lines.append(f"- :material/warning: `{a.name}` · broken")
                     continue
-                target = ", ".join(map(str, a.targets)) or "?"
                 mark = " · **active**" if a.name == active else ""
                 stale = " · stale (other base)" if a.status == "stale" else ""
-                lines.append(f"- `{a.name}` · digit {target} · r={cfg.r if cfg else '?'}{mark}{stale}")
+                lines.append(f"- `{a.name}` · {a.label} · r={cfg.r if cfg else '?'}{mark}{stale}")
             st.markdown("\n".join(lines))
+        _sidebar_separate_bases()
         if active:
             enabled = "enabled" if state.adapters_enabled() else "disabled"
             st.caption(f"Active adapter: {active} ({enabled})")

@@ -313,6 +313,29 @@ def base_store(store: ArtifactStore, name: str) -> ArtifactStore:
     return ArtifactStore(store.root / "bases" / name)
 
 
+def separate_bases(store: ArtifactStore) -> dict[str, ArtifactStore]:
+    """The separate base models saved under <artifacts>/bases/ (unseen-8-9, ...), by name: only folders
+    holding a base model. Reads only; a base still being trained for the first time is not listed yet."""
+    folder = store.root / "bases"
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            sub = base_store(store, entry.name)
+            if sub.has_base():
+                found[entry.name] = sub
+    return found
+
+
+def separate_base_label(name: str, meta: dict[str, Any] | None) -> str:
+    """A separate base for people: 'base without digits 8, 9' from its model.json, else its folder name."""
+    left_out = (meta or {}).get("left_out_digits")
+    if isinstance(left_out, list) and left_out:
+        return f"base without digits {', '.join(map(str, left_out))}"
+    return f"base {name}"
+
+
 def experiments_dir(store: ArtifactStore) -> Path:
     return store.root / "experiments"
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,21 @@ class Task:
             "thick": "thick strokes (3x3 dilation)",
             "thin": "thin strokes (erosion by a 3x3 cross)",
         }[self.kind]
+
+    @property
+    def short_label(self) -> str:
+        """A few words for lists of adapters: 'rotate 45°', 'inverted', 'digits 8, 9 (unseen)'."""
+        if self.kind == "weakest":
+            return "weakest digit"
+        if self.kind in ("digits", "unseen"):
+            words = f"digit{'s' if len(self.digits) > 1 else ''} {', '.join(map(str, self.digits))}"
+            return f"{words} (unseen)" if self.kind == "unseen" else words
+        if self.kind == "rotate":
+            return f"rotate {self.degrees:g}°"
+        if self.kind == "shift":
+            dx, dy = self.offset
+            return f"shift {dx:+d} px" if dy == 0 else f"shift {dx:+d},{dy:+d} px"
+        return {"invert": "inverted", "thick": "thick strokes", "thin": "thin strokes"}[self.kind]
 
     def adapter_name(self, target_digits: Sequence[int]) -> str:
         """The default name of the task's adapter: digit-9 for digit tasks (as the study names them),
@@ -279,3 +294,25 @@ def accuracy_on(summary: dict[str, Any], digits: Sequence[int]) -> float:
     correct = sum(summary["confusion"][d][d] for d in digits)
     support = sum(summary["support"][d] for d in digits)
     return correct / support if support else 0.0
+
+
+def task_of(metrics: Mapping[str, Any] | None) -> Task | None:
+    """The task an adapter was trained on, from the `task` its metrics.json records (lora_core.experiments
+    writes it); None for an adapter saved without one (the study, the Fine-tuning page) or whose task this
+    version cannot read."""
+    described = (metrics or {}).get("task")
+    spec = described.get("spec") if isinstance(described, Mapping) else None
+    if not isinstance(spec, str):
+        return None
+    try:
+        return parse_task(spec)
+    except ConfigError:
+        return None
+
+
+def task_test_set(task: Task, data: MnistData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's own test set: MNIST's test images through the task's transform (as they are for a digit
+    task), with their labels. Only the test images are transformed, unlike `Task.apply`."""
+    if not task.is_domain:
+        return data.test_x, data.test_y
+    return task.transform_normalized(data.test_x), data.test_y

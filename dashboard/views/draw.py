@@ -22,9 +22,10 @@ st.write(
     "were, then both models predict it."
 )
 
-base = ui.require_base("Draw and predict")
+view = ui.base_selector("draw_base")
+base = ui.require_base("Draw and predict", view)
 picked = ui.choose_adapter(
-    base, "Adapter to compare with the base model", "draw_adapter", "only the base model predicts."
+    base, "Adapter to compare with the base model", "draw_adapter", "only the base model predicts.", view
 )
 chosen = picked.name if picked else None
 
@@ -135,7 +136,7 @@ with right:
     p_adapted = None
     if chosen is not None:
         try:
-            model = state.load_into_session(base, chosen)
+            model = state.load_into_session(base, chosen, view.where)
             model.set_adapter(chosen)
             model.enable_adapters(state.adapters_enabled())
             p_adapted = predict_probabilities(model, prepared)

@@ -7,8 +7,10 @@ import streamlit as st
 
 from dashboard import charts, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.evaluate import compare
+from lora_core.evaluate import Evaluation, compare
 from lora_core.numbers import pct
+from lora_core.storage import BaseModelRecord
+from lora_core.tasks import Task
 
 GALLERY_SIZE = 30
 GALLERY_COLUMNS = 6
@@ -16,9 +18,10 @@ GALLERY_COLUMNS = 6
 st.title("Evaluation")
 st.write("Accuracy on the 10,000 MNIST test images, overall and digit by digit, before and after LoRA.")
 
-base = ui.require_base("Evaluation")
-base_eval = state.base_evaluation(base)
-infos = state.adapters(base.fingerprint)
+view = ui.base_selector("eval_base")
+base = ui.require_base("Evaluation", view)
+base_eval = state.base_evaluation(base, view.where)
+infos = state.adapters(base.fingerprint, view.where)
 for a in infos:
     if not a.ok:
         st.warning(f"Adapter `{a.name}` is {a.status}: {a.message}")
@@ -36,16 +39,87 @@ if any(a.ok for a in infos) and not state.adapters_enabled():
     st.page_link(ui.PAGES["finetune"], label="Enable it on the Fine-tuning page", icon=":material/tune:")
 else:
     info = ui.choose_adapter(
-        base, "Adapter to compare with the base model", "eval_adapter", "only the base model is shown."
+        base, "Adapter to compare with the base model", "eval_adapter", "only the base model is shown.", view
     )
     chosen = info.name if info else None
     if info is not None:
         try:
-            after = state.adapter_evaluation(base, info.record)
+            after = state.adapter_evaluation(base, info.record, view.where)
         except ArtifactError as exc:
             st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
             info = None
     targets = info.targets if info else []
+
+
+# --- a domain task's adapter: judged on the task's own test set too ---------------------------------------------
+def task_section(
+    view: state.BaseView,
+    base: BaseModelRecord,
+    info: state.AdapterInfo,
+    task: Task,
+    plain_before: Evaluation,
+    plain_after: Evaluation,
+) -> None:
+    """The adapter was trained on transformed digits (rotated, inverted...): per digit, base vs adapter on the
+    task's own test set (the MNIST test images through the same transform), then on plain MNIST."""
+    try:
+        before = state.task_base_evaluation(base, task, view.where)
+        after = state.task_adapter_evaluation(base, info.record, task, view.where)
+    except ArtifactError as exc:
+        st.error(f"Adapter `{info.name}` cannot be evaluated on its task: {exc}")
+        return
+    st.header(f"On the task's own test set: {task.short_label}")
+    st.write(
+        f"Adapter `{info.name}` was trained on task `{task.spec}` ({task.label}). Here both models read the "
+        "10,000 MNIST test images through that same transform; further down, plain MNIST (no transform), "
+        "where the adapter's cost to the original task shows."
+    )
+    t1, t2, t3 = st.columns(3)
+    t1.metric("Base model on the task's test set", pct(before.accuracy), delta_color="off", delta_arrow="off")
+    t2.metric(
+        f"With adapter {info.name} on the task's test set",
+        pct(after.accuracy),
+        f"{100 * (after.accuracy - before.accuracy):+.2f} points",
+    )
+    t3.metric(
+        f"With adapter {info.name} on plain MNIST",
+        pct(plain_after.accuracy),
+        f"{100 * (plain_after.accuracy - plain_before.accuracy):+.2f} points vs the base",
+    )
+    st.plotly_chart(
+        charts.per_digit_bars(
+            before.per_digit_accuracy,
+            after.per_digit_accuracy,
+            labels=("Base model", f"With adapter {info.name}"),
+            title=f"Per-digit accuracy on the task's test set ({task.short_label})",
+        ),
+        width="stretch",
+    )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "digit": d,
+                    "test images": before.support[d],
+                    "task set: base %": round(100 * before.per_digit_accuracy[d], 2),
+                    "task set: adapter %": round(100 * after.per_digit_accuracy[d], 2),
+                    "plain MNIST: base %": round(100 * plain_before.per_digit_accuracy[d], 2),
+                    "plain MNIST: adapter %": round(100 * plain_after.per_digit_accuracy[d], 2),
+                }
+                for d in range(10)
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.header("On plain MNIST: the adapter applied vs the base model")
+
+
+task = info.domain_task if info is not None and after is not None else None
+if task is not None:
+    assert info is not None and after is not None
+    targets = []  # a domain task trains on every digit: none is singled out as a target
+    task_section(view, base, info, task, base_eval, after)
 
 # --- overall ---------------------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)

@@ -10,8 +10,9 @@ import streamlit as st
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lora import rank_limits, validate_adapter_name
+from lora_core.lora import LoraConfig, rank_limits, validate_adapter_name
 from lora_core.numbers import pct
+from lora_core.params import parameter_table
 from lora_core.precision import PRECISIONS
 from lora_core.study import default_adapter_name, disabled_equals_base
 from lora_core.train import FinetuneConfig, resolve_device
@@ -42,6 +43,36 @@ defaults = FinetuneConfig()
 layer_limits = rank_limits(base.model)
 existing = {a.name for a in state.adapters(base.fingerprint)}
 
+# --- rank: above a layer's limit, capped for that layer ------------------------------------------------------------
+PAGE_MAX_RANK = 64  # the rank sweep's top rank; a larger r would change only linear1 and linear2
+
+
+def rank_ceiling(targets: list[str]) -> int:
+    """The largest r offered: PAGE_MAX_RANK, or less where no chosen layer could hold more (linear3 alone: 10)."""
+    return min(PAGE_MAX_RANK, max((layer_limits[t] for t in targets), default=PAGE_MAX_RANK))
+
+
+def rank_note(rank: int, targets: list[str]) -> None:
+    """Before the run: each chosen layer's rank, capped where r is above its limit, and the real count."""
+    if not targets:
+        return
+    lora = LoraConfig(r=rank, alpha=defaults.alpha, target_modules=targets)  # alpha changes no rank
+    capped = lora.capped_for(base.model)
+    trainable = parameter_table(base.model, lora).lora_params
+    parts = []
+    for t in targets:
+        layer_rank = capped.rank_for(t)
+        parts.append(
+            f"{t} {layer_rank} (capped: its limit is {layer_limits[t]})" if layer_rank < rank else f"{t} {layer_rank}"
+        )
+    st.caption(f"Per-layer ranks with r = {rank}: {', '.join(parts)}; {trainable:,} trainable parameters.")
+    if capped is not lora:
+        st.caption(
+            "Capped layers are saved as PEFT's rank_pattern (with alpha_pattern keeping their scale α/r), so PEFT "
+            "loads the adapter as it is."
+        )
+
+
 # --- settings ------------------------------------------------------------------------------------------------------
 st.header("Settings")
 slots = ui.FieldSlots()
@@ -66,16 +97,18 @@ with c1:
         help="Layers that get an adapter; the others stay exactly as they are.",
     )
     slots.add("targets")
-    rank_max = min((layer_limits[t] for t in targets), default=max(layer_limits.values()))
+    rank_max = rank_ceiling(targets)
     if st.session_state.setdefault("ft_rank", defaults.rank) > rank_max:
         st.session_state["ft_rank"] = rank_max
-    rank = st.number_input("Rank r", min_value=1, max_value=rank_max, key="ft_rank")
-    limiting = [t for t in targets if layer_limits[t] == rank_max]
-    if limiting:
-        st.caption(
-            f"At most {rank_max}: r cannot exceed the smaller side of {', '.join(limiting)} "
-            f"({rank_max} {'outputs' if 'linear3' in limiting else 'units'})."
-        )
+    rank = st.number_input(
+        "Rank r",
+        min_value=1,
+        max_value=rank_max,
+        key="ft_rank",
+        help="A rank above a layer's limit (the smaller of its inputs and outputs) is capped for that layer "
+        "only, the way PEFT's rank_pattern does; the other layers keep r.",
+    )
+    rank_note(int(rank), targets)
     slots.add("rank")
     alpha = st.number_input(
         "Alpha", min_value=0.001, value=float(defaults.alpha), key="ft_alpha", help="The update is scaled by alpha / r."
@@ -184,7 +217,7 @@ else:
             f"The active adapter `{info.name}` as measured when it was saved ({ui.when(metrics.get('created'))}).",
             metrics["before"],
             metrics["after"],
-            info.targets,
+            [] if info.domain_task else info.targets,  # a domain task's metrics are on its transformed digits
             int(metrics.get("trainable_params", 0)),
         )
     else:
@@ -206,7 +239,7 @@ for a in infos:
             "name": a.name,
             "active": "yes" if a.name == active else "",
             "status": {"ok": "usable", "stale": "stale: other base model", "broken": "broken"}[a.status],
-            "target digit": ", ".join(map(str, a.targets)),
+            "trained for": a.label,
             "rank": cfg.r if cfg else None,
             "alpha": cfg.alpha if cfg else None,
             "layers": ", ".join(cfg.target_modules) if cfg else "",

@@ -9,7 +9,9 @@ import streamlit as st
 
 from dashboard import charts, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.params import parameter_table, update_statistics
+from lora_core.lora import LoraConfig, rank_limits
+from lora_core.model import MLP
+from lora_core.params import ParameterTable, parameter_table, update_statistics
 from lora_core.proof import FAIL, PASS, live_check, recorded_check
 from lora_core.storage import ADAPTER_WEIGHTS
 
@@ -21,14 +23,15 @@ st.write(
     "two checks that W did not move, and what the update B·A·α/r looks like."
 )
 
-base = ui.require_base("Parameter inspection")
-picked = ui.choose_adapter(base, "Adapter", "params_adapter", "the table shows the base model only.")
+view = ui.base_selector("params_base")
+base = ui.require_base("Parameter inspection", view)
+picked = ui.choose_adapter(base, "Adapter", "params_adapter", "the table shows the base model only.", view)
 chosen = picked.name if picked else None
 model = None
 config = None
 if picked is not None:
     try:
-        model = state.load_into_session(base, picked.name)
+        model = state.load_into_session(base, picked.name, view.where)
         config = picked.record.config
     except ArtifactError as exc:
         st.error(f"Adapter `{picked.name}` cannot be loaded: {exc}")
@@ -50,11 +53,44 @@ m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")
 m3.metric(
     "LoRA adds", f"{table.lora_percent:.3f}%", "of the base model's parameters", delta_color="off", delta_arrow="off"
 )
-if config is not None:
+
+
+def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> None:
+    """The config's r, and each adapted layer's real rank: r, or capped at the layer's limit (PEFT's
+    rank_pattern, with alpha_pattern keeping the scale), with its real parameter count."""
+    capped = config.capped_for(base_model)
+    limits = rank_limits(base_model)
+    counts = {layer.layer: layer.lora_count for layer in table.layers}
+    rows = []
+    for name in capped.target_modules:
+        rank = capped.rank_for(name)
+        rows.append(
+            {
+                "layer": name,
+                "rank": rank,
+                "limit min(in, out)": limits[name],
+                "capped": f"capped from r = {config.r}" if rank < config.r else "",
+                "scale α/r": capped.scale_for(name),
+                "A + B params": counts.get(name, 0),
+            }
+        )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=ui.counts("A + B params"))
+    caps = [f"{row['layer']} at {row['rank']}" for row in rows if row["capped"]]
+    note = (
+        f" r is above what {', '.join(r['layer'] for r in rows if r['capped'])} can hold, so the adapter caps "
+        f"{', '.join(caps)} (saved as PEFT's rank_pattern): {table.lora_params:,} trainable parameters in all, "
+        "the real count."
+        if caps
+        else f" Every layer holds rank {config.r}: {table.lora_params:,} trainable parameters."
+    )
     st.caption(
         f"Adapter `{chosen}`: rank r = {config.r}, α = {config.alpha:g}, scale α/r = {config.scale:g}, "
-        f"layers {', '.join(config.target_modules)}."
+        f"layers {', '.join(config.target_modules)}.{note}"
     )
+
+
+if config is not None:
+    layer_ranks(config, base.model, table)
 
 # --- did W move? ----------------------------------------------------------------------------------------------------
 st.header("Did the base weights change?")
@@ -138,11 +174,12 @@ layers = [n for n in config.target_modules if n in model.lora_layers()]
 layer_name = st.selectbox("Layer", layers, key="params_layer")
 layer = model.lora_layers()[layer_name]
 cache = st.session_state.setdefault("_svd_cache", {})
-key = (base.fingerprint, chosen, model.adapter_meta(chosen).get("created"), layer_name)
+key = (view.name, base.fingerprint, chosen, model.adapter_meta(chosen).get("created"), layer_name)
 if key not in cache:
     cache.clear()
     cache[key] = update_statistics(layer_name, layer, chosen, weight_spectrum=True)
 stats = cache[key]
+layer_rank = config.capped_for(base.model).rank_for(layer_name)
 left, right = st.columns(2)
 with left:
     st.plotly_chart(charts.update_heatmap(stats.delta.numpy(), f"Update scale·B·A of {layer_name}"), width="stretch")
@@ -150,16 +187,18 @@ with right:
     weight_sv = stats.weight_singular_values
     assert weight_sv is not None
     st.plotly_chart(
-        charts.singular_values(stats.singular_values.numpy(), weight_sv.numpy(), rank=config.r), width="stretch"
+        charts.singular_values(stats.singular_values.numpy(), weight_sv.numpy(), rank=layer_rank), width="stretch"
     )
 st.caption(
     f"{layer_name}: W is {layer.out_features} × {layer.in_features}; the update has {stats.numerical_rank} singular "
-    f"values above 10⁻⁵ of the largest (rank r = {config.r}), Frobenius norm {stats.frobenius_norm:.4g}: a "
-    f"{config.r}-dimensional change to a {min(layer.out_features, layer.in_features)}-dimensional weight."
+    f"values above 10⁻⁵ of the largest (this layer's rank {layer_rank}"
+    f"{f', capped from r = {config.r}' if layer_rank < config.r else ''}), Frobenius norm "
+    f"{stats.frobenius_norm:.4g}: a {layer_rank}-dimensional change to a "
+    f"{min(layer.out_features, layer.in_features)}-dimensional weight."
 )
 
 st.subheader("Files on disk")
-store = state.store()
+store = view.store
 try:
     adapter_bytes = (store.adapter_dir(chosen) / ADAPTER_WEIGHTS).stat().st_size
     base_bytes = (store.base_dir / "model.safetensors").stat().st_size
