@@ -75,21 +75,24 @@ def test_finetune_button_saves_and_activates_an_adapter(trained_dir: Path) -> No
     assert any("Base weights unchanged" in str(s.value) and "fine-tune run" in str(s.value) for s in at.success)
 
 
-def test_finetune_refuses_an_existing_name_and_limits_rank_for_linear3(trained_dir: Path) -> None:
+def test_finetune_refuses_an_existing_name_and_caps_rank_for_linear3(trained_dir: Path) -> None:
     at = visit(new_app(), "finetune")
     at.text_input(key="ft_name").input("small")
     click(at, "Fine-tune the adapter")
     assert any("already exists" in str(e.value) for e in at.error)
     assert "job" not in at.session_state or at.session_state["job"] is None
     at.multiselect(key="ft_targets").set_value(["linear1", "linear2"]).run()
-    assert at.number_input(key="ft_rank").max == 784
+    assert at.number_input(key="ft_rank").max == 64
     at.number_input(key="ft_rank").set_value(64).run()
     assert at.number_input(key="ft_rank").value == 64
     at.multiselect(key="ft_targets").set_value(["linear2", "linear3"]).run()
     assert_clean(at)
     rank = at.number_input(key="ft_rank")
-    assert rank.max == 10 and rank.value == 10
-    assert any("At most 10" in str(c.value) for c in at.caption)
+    assert rank.max == 64 and rank.value == 64  # above linear3's limit: capped there only
+    assert any("linear2 64, linear3 10 (capped: its limit is 10)" in str(c.value) for c in at.caption)
+    at.multiselect(key="ft_targets").set_value(["linear3"]).run()
+    rank = at.number_input(key="ft_rank")
+    assert rank.max == 10 and rank.value == 10  # no chosen layer holds more
 
 
 def test_activate_disable_rename_delete(trained_dir: Path) -> None:
