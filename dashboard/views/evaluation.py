@@ -10,7 +10,7 @@ from lora_core.errors import ArtifactError
 from lora_core.evaluate import Evaluation, compare
 from lora_core.numbers import pct
 from lora_core.storage import BaseModelRecord
-from lora_core.tasks import Task
+from lora_core.tasks import Task, accuracy_on
 
 GALLERY_SIZE = 30
 GALLERY_COLUMNS = 6
@@ -136,11 +136,20 @@ if after is not None:
         pct(after.accuracy),
         f"{100 * (after.accuracy - base_eval.accuracy):+.2f} points",
     )
-    for d in targets[:1]:
+    if len(targets) == 1:
+        d = targets[0]
         c3.metric(
             f"Target digit {d}",
             pct(after.per_digit_accuracy[d]),
             f"{100 * (after.per_digit_accuracy[d] - base_eval.per_digit_accuracy[d]):+.2f} points",
+        )
+    elif targets:  # several (unseen:8,9): over all their test images
+        on_targets = accuracy_on(after.summary(misclassified=False), targets)
+        before_targets = accuracy_on(base_eval.summary(misclassified=False), targets)
+        c3.metric(
+            f"Target digits {', '.join(map(str, targets))}",
+            pct(on_targets),
+            f"{100 * (on_targets - before_targets):+.2f} points",
         )
 
 # --- per digit -------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> N
     capped = config.capped_for(base_model)
     limits = rank_limits(base_model)
     counts = {layer.layer: layer.lora_count for layer in table.layers}
+    st.subheader("Rank per layer")
     rows = []
     for name in capped.target_modules:
         rank = capped.rank_for(name)

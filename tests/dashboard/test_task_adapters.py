@@ -172,6 +172,8 @@ def test_an_unseen_base_adapter_is_reached_by_choosing_its_base(task_dir: Path, 
     shown = metrics(at)
     assert shown["Base model accuracy"] == pct(base_eval.accuracy)
     assert shown["With adapter unseen-8-9"] == pct(after.accuracy)
+    on_targets = sum(after.confusion[d][d] for d in (8, 9)) / sum(after.support[d] for d in (8, 9))
+    assert shown["Target digits 8, 9"] == pct(on_targets)
     table = next(d.value for d in at.dataframe if "base accuracy %" in d.value.columns)
     assert table["base accuracy %"][8] == 0.0 and table["base accuracy %"][9] == 0.0  # never saw 8 and 9
     assert table["adapted accuracy %"].tolist() == [round(100 * a, 2) for a in after.per_digit_accuracy]
