@@ -354,11 +354,7 @@ def choose_adapter(
     names = [a.name for a in usable]
     active = state.active_adapter(base.fingerprint)
     chosen = st.selectbox(
-        label,
-        names,
-        index=names.index(active) if active in names else 0,
-        key=key,
-        help="Defaults to the active one.",
+        label, names, index=names.index(active) if active in names else 0, key=key, help="Defaults to the active one."
     )
     return usable[names.index(chosen)]
 

@@ -77,10 +77,12 @@ def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> N
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=ui.counts("A + B params"))
     caps = [f"{row['layer']} at {row['rank']}" for row in rows if row["capped"]]
+    # what r on every adapted layer would have cost: A (r x in) and B (out x r)
+    uncapped = sum(config.r * sum(layer.weight_shape) for layer in table.layers if layer.a_shape is not None)
     note = (
-        f" r is above what {', '.join(r['layer'] for r in rows if r['capped'])} can hold, so the adapter caps "
-        f"{', '.join(caps)} (saved as PEFT's rank_pattern): {table.lora_params:,} trainable parameters in all, "
-        "the real count."
+        f" Capped: {', '.join(caps)}, its limit (saved as PEFT's rank_pattern), so the adapter has "
+        f"{table.lora_params:,} trainable parameters, not the {uncapped:,} that rank {config.r} on every layer "
+        "would need."
         if caps
         else f" Every layer holds rank {config.r}: {table.lora_params:,} trainable parameters."
     )

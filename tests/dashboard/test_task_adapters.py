@@ -130,7 +130,8 @@ def test_the_parameters_page_shows_a_capped_layer_rank_and_the_real_count(task_d
     total = sum(t.numel() for t in saved.values())
     assert metrics(at)["Trainable (LoRA A and B)"] == f"{total:,}"
     caption = next(str(c.value) for c in at.caption if "Adapter `wide`" in str(c.value))
-    assert "rank r = 16" in caption and "linear3 at 10" in caption and f"{total:,} trainable" in caption
+    assert "rank r = 16" in caption and "Capped: linear3 at 10" in caption and f"{total:,} trainable" in caption
+    assert f"not the {16 * (784 + 1000 + 1000 + 2000 + 2000 + 10):,}" in caption
 
 
 def test_the_finetune_page_accepts_rank_16_and_shows_linear3_capped(task_dir: Path) -> None:
