@@ -1,4 +1,6 @@
-"""Evaluation page: how the base model and an adapter do on the 10,000 test digits, and what changed."""
+"""Evaluation page: how the base model and an adapter do on the 10,000 test digits, and what changed. An
+adapter trained on a domain task (rotate, invert...) is judged on the task's own test set as well; a separate
+base (trained without some digits) and its adapters are shown when chosen (ui.base_selector)."""
 
 from __future__ import annotations
 
