@@ -27,6 +27,7 @@ def main() -> None:
         "finetune": st.Page(ui.PAGES["finetune"], title="LoRA fine-tuning", icon=":material/tune:"),
         "draw": st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
         "experiments": st.Page(ui.PAGES["experiments"], title="Experiments", icon=":material/science:"),
+        "insight": st.Page(ui.PAGES["insight"], title="Insight", icon=":material/insights:"),
     }
     nav = st.navigation(list(pages.values()))
     shown = next((key for key, page in pages.items() if page.title == nav.title), None)

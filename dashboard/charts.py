@@ -348,3 +348,79 @@ def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[fl
     if worst != least:
         sentence += f"; {name(worst)} forgot the most ({kept(worst)})"
     return sentence[0].upper() + sentence[1:] + "."
+
+
+# --- insight: the LoRA paper's analysis and the memory of training (issue 12) ------------------------------------
+MEMORY_PARTS = (
+    ("weights_bytes", "weights", "#8c9bb5"),
+    ("gradient_bytes", "gradients", "#e4572e"),
+    ("adam_bytes", "Adam states", "#2e86ab"),
+    ("activation_bytes", "activations saved for backward", "#6a994e"),
+)
+
+
+def subspace_heatmap(phi: Sequence[Sequence[float]], title: str, names: tuple[str, str]) -> go.Figure:
+    """The paper's figure 3: phi(A1, A2, i, j) for i (rows, top down) and j (columns), from 0 to 1."""
+    z = np.asarray(phi, dtype=float)
+    rows, cols = z.shape if z.ndim == 2 else (0, 0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=np.arange(1, cols + 1),
+            y=np.arange(1, rows + 1),
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Viridis",
+            colorbar={"title": {"text": "φ"}},
+            hovertemplate="i=%{y}, j=%{x}: φ=%{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title_text=f"j (top directions of {names[1]})")
+    fig.update_yaxes(title_text=f"i ({names[0]})", autorange="reversed")
+    return _layout(fig, title, height=max(220, 60 + 22 * rows))
+
+
+def direction_images(images: Sequence[Sequence[Sequence[float]]], singular_values: Sequence[float]) -> go.Figure:
+    """linear1's top input directions as 28x28 pictures, diverging around 0 (red positive, blue negative)."""
+    from plotly.subplots import make_subplots
+
+    count = len(images)
+    columns = max(1, min(count, 4))
+    rows = max(1, -(-count // columns))
+    titles = [f"#{i + 1} · σ = {singular_values[i]:.3g}" for i in range(count)]
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.08)
+    for i, image in enumerate(images):
+        z = np.asarray(image, dtype=float)
+        bound = float(np.abs(z).max()) or 1.0
+        fig.add_trace(
+            go.Heatmap(z=z, zmin=-bound, zmax=bound, zmid=0.0, colorscale="RdBu_r", showscale=False),
+            row=i // columns + 1,
+            col=i % columns + 1,
+        )
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", constrain="domain")
+    for i in range(2, count + 1):  # every picture square: each y axis anchored to its own x axis
+        fig.update_layout({f"yaxis{i}": {"scaleanchor": f"x{i}"}})
+    return _layout(fig, "linear1's top input directions (rows of Vᵀ of the update)", height=60 + 200 * rows)
+
+
+def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
+    """Stacked bars of the exact bytes (weights, gradients, Adam, activations) per method and rank, in MB, with
+    each run's measured peak as a marker beside its bar."""
+    labels = [str(r["label"]) for r in rows]
+    fig = go.Figure()
+    for key, name, color in MEMORY_PARTS:
+        values = [(r[key] + (r.get("adam_step_bytes", 0) if key == "adam_bytes" else 0)) / unit for r in rows]
+        fig.add_bar(x=labels, y=values, name=name, marker_color=color)
+    peaks = [r.get("peak_bytes") for r in rows]
+    if any(p is not None for p in peaks):
+        fig.add_scatter(
+            x=labels,
+            y=[None if p is None else p / unit for p in peaks],
+            mode="markers",
+            name="measured peak",
+            marker={"symbol": "diamond", "size": 12, "color": "#222222"},
+        )
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="MB (10⁶ bytes)")
+    return _layout(fig, "Memory of training: exact parts and the measured peak", height=420)

@@ -52,6 +52,7 @@ KIND_TITLES = {
     "finetune": "Fine-tuning a LoRA adapter",
     "study": "Running the whole study",
     "experiment": "Running an experiment (methods side by side)",
+    "analysis": "Running the analysis (the adapters' subspaces, memory)",
 }
 
 
@@ -357,3 +358,16 @@ def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSetti
     job = Job("experiment", f"Experiment {task.spec}", _experiment, (store, task, settings), owner)
     job.extra["task"] = task.spec
     return REGISTRY.start(job)
+
+
+# --- the analysis (issue 12): the paper's analysis of three adapters, and the memory table ------------------------
+def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> dict[str, Any]:
+    """Train (or reuse) the three analysis adapters, analyse them, measure memory; saved to <artifacts>/analysis/."""
+    from lora_core.analysis import run_analysis
+
+    return run_analysis(store, _data(), settings, progress=progress, stop=stop)
+
+
+def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
+    """Run lora_core.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
+    return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))

@@ -26,6 +26,7 @@ PAGES = {
     "finetune": "views/finetune.py",
     "draw": "views/draw.py",
     "experiments": "views/experiments.py",
+    "insight": "views/insight.py",
 }
 # No time in the labels: how long a run takes depends on the machine (see last_run_seconds)
 TRAIN_LABEL = f"Train the base model ({TrainConfig().epochs} epoch of 60,000 images)"
@@ -63,6 +64,7 @@ JOB_PANELS: dict[str, tuple[str, ...]] = {
     "training": tuple(jobs.KIND_TITLES),
     "finetune": ("finetune",),
     "experiments": ("experiment",),
+    "insight": ("analysis",),
 }
 
 JOB_KEY = "job"  # the Job this tab shows now (None if none), kept for the pages and the tests

@@ -434,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_options(p)
     _precision_option(p)
     p.set_defaults(handler=commands.cmd_sweep, flags=SWEEP_FLAGS)
+
+    from .analyze import add_analyze_parser  # the analyze command keeps its options in its own module
+
+    add_analyze_parser(sub, common)
     return parser
 
 

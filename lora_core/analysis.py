@@ -1,0 +1,802 @@
+"""The LoRA paper's analysis (Hu et al. 2021, arXiv 2106.09685, section 7) on our adapters, and what training
+costs in memory, measured from the tensors themselves.
+
+    phi = subspace_similarity(a_r8, a_r64)        # figure 3: phi[i-1, j-1] for the top i and top j directions
+    amp = amplification(w, delta, r, "linear1")     # table 7: ||U^T W V^T||_F beside W's own and random directions
+    images, sv = input_directions(delta_linear1, 8) # linear1's top input directions as 28x28 images
+    rows = memory_rows(base, data, digits, settings)  # exact bytes per component and a measured peak, per method
+
+    result = run_analysis(store, data, settings)    # trains (or reuses) the three adapters, computes, saves JSON
+
+Where things go:
+    <artifacts>/analysis/adapters.json    similarity, amplification and directions (ADAPTERS_FORMAT)
+    <artifacts>/analysis/memory.json      the memory table (MEMORY_FORMAT)
+Both are written atomically under the artifacts folder's writer lock; readers (load_analysis) only read.
+
+The analysis adapters are the study's task (the base model's weakest digit, with replay), ranks 8 and 64 with
+seed 0 and rank 8 with seed 1, alpha = 2 x rank (scale 2 at every rank, as the sweeps). A saved adapter trained
+with exactly those settings on this base model is loaded instead of training it again (read-only); the others
+are trained in memory and not saved as adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import MnistData, as_inputs
+from .errors import ArtifactError, ConfigError
+from .evaluate import evaluate
+from .experiments import PeakMemory, environment, train_parameters
+from .fileio import atomic_write_json
+from .lora import LoraModel
+from .model import IN_FEATURES, LAYER_NAMES, MLP
+from .precision import check_precision
+from .storage import ArtifactStore, BaseModelRecord
+from .study import load_base_for_lora
+from .train import FinetuneConfig, ProgressCallback, _check_int, _check_lr, adam, finetune, resolve_device
+
+ADAPTERS_FORMAT = "lora_core.analysis.adapters.v1"
+MEMORY_FORMAT = "lora_core.analysis.memory.v1"
+ANALYSIS_DIR = "analysis"
+ADAPTERS_FILE = "adapters.json"
+MEMORY_FILE = "memory.json"
+PARTS = ("similarity", "amplification", "directions", "memory")
+ADAPTER_PARTS = ("similarity", "amplification", "directions")
+MEMORY_RANKS = (1, 2, 4, 8, 16, 32, 64)
+FULL_LR = 1e-3  # full fine-tuning's learning rate in the experiments (ExperimentSettings.full_lr)
+SIDE = 28
+MAX_READ_BYTES = 64 * 1024 * 1024
+# The float training images the measured runs draw from, made before the measurement starts: the full
+# fine-tuning loop (experiments.train_parameters) reads data.train_x, which would otherwise normalise all
+# 60,000 images (188 MB) inside the measured block and swamp the figure it is meant to measure.
+MEMORY_SUBSET = 12_000
+
+
+# --- subspace similarity (figure 3) ----------------------------------------------------------------------------
+def right_singular_vectors(a: torch.Tensor) -> torch.Tensor:
+    """The right singular vectors of A (r x in) as columns, largest singular value first: shape (in, r)."""
+    _, _, vh = torch.linalg.svd(a.detach().to("cpu", torch.float64), full_matrices=False)
+    return vh.T
+
+
+def subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """The paper's phi(A1, A2, i, j) = ||U1[:, :i]^T U2[:, :j]||_F^2 / min(i, j) for i <= r1, j <= r2, with U the
+    right singular vectors of each A (r x in): entry [i-1, j-1], in [0, 1]. 1 means the top-i directions of one
+    lie inside the top-j of the other (or the other way round); unrelated random subspaces give about
+    max(i, j) / in."""
+    if a1.ndim != 2 or a2.ndim != 2 or a1.shape[1] != a2.shape[1]:
+        raise ConfigError(
+            "adapters", f"A matrices must be r x in with the same in, got {tuple(a1.shape)} and {tuple(a2.shape)}"
+        )
+    u1, u2 = right_singular_vectors(a1), right_singular_vectors(a2)
+    # [i-1, j-1] = sum over the first i rows and j columns of (U1^T U2)^2 = ||U1[:, :i]^T U2[:, :j]||_F^2
+    overlap = (u1.T @ u2).square().cumsum(0).cumsum(1)
+    i = torch.arange(1, overlap.shape[0] + 1, dtype=torch.float64)[:, None]
+    j = torch.arange(1, overlap.shape[1] + 1, dtype=torch.float64)[None, :]
+    return (overlap / torch.minimum(i, j)).to(torch.float32)
+
+
+def similarity_summary(phi: torch.Tensor, in_features: int, k: int = 8) -> dict[str, Any]:
+    """The figures the paper reads off figure 3, with what unrelated random subspaces would give."""
+    r1, r2 = phi.shape
+    k = min(k, r1, r2)
+    return {
+        "top1": float(phi[0, 0]),
+        "k": k,
+        "top_k": float(phi[k - 1, k - 1]),
+        "top1_in_all": float(phi[0, r2 - 1]),  # the first direction of A1 inside all of A2's
+        "top_k_in_all": float(phi[k - 1, r2 - 1]),
+        "random_top1": 1 / in_features,
+        "random_top_k": k / in_features,
+        "random_top1_in_all": r2 / in_features,
+        "random_top_k_in_all": max(k, r2) / in_features,
+    }
+
+
+def similarity_reading(layer: str, names: tuple[str, str], summary: dict[str, Any]) -> str:
+    """One sentence reading figure 3's numbers for a layer."""
+    k = summary["k"]
+    return (
+        f"{layer}: the top direction of {names[0]} lies {summary['top1_in_all']:.0%} inside all of {names[1]}'s "
+        f"(random: {summary['random_top1_in_all']:.1%}) and overlaps its top direction by φ(1,1) = "
+        f"{summary['top1']:.2f} (random: {summary['random_top1']:.2g}); the top {k} directions overlap by "
+        f"φ({k},{k}) = {summary['top_k']:.2f} (random: {summary['random_top_k']:.2g})."
+    )
+
+
+# --- how the update relates to W (table 7) ---------------------------------------------------------------------
+@dataclass
+class Amplification:
+    """||U^T W V^T||_F for the update's top-r singular directions U (left) and V (right, rows), beside the same
+    projection onto W's own top-r directions and onto random orthonormal ones, and ||dW||_F."""
+
+    layer: str
+    rank: int
+    delta_norm: float  # ||dW||_F
+    projected_norm: float  # ||U^T W V^T||_F, U and V from dW
+    weight_top_norm: float  # the same with W's own top-r singular directions
+    random_norm: float  # the same with random orthonormal directions (mean over draws)
+    weight_norm: float  # ||W||_F
+
+    @property
+    def factor(self) -> float | None:
+        """The amplification factor ||dW||_F / ||U^T W V^T||_F (None where W has nothing along dW's directions)."""
+        return self.delta_norm / self.projected_norm if self.projected_norm > 0 else None
+
+    @property
+    def position(self) -> float | None:
+        """Where W's weight along dW's directions lies between random directions (0) and W's own top ones (1),
+        on a log scale; None where W's top directions carry no more than random ones."""
+        if self.projected_norm <= 0 or self.random_norm <= 0 or self.weight_top_norm <= self.random_norm * 1.0001:
+            return None
+        return math.log(self.projected_norm / self.random_norm) / math.log(self.weight_top_norm / self.random_norm)
+
+    @property
+    def emphasised(self) -> bool | None:
+        """True: dW amplifies directions W already emphasises (closer to W's top directions than to random ones)."""
+        position = self.position
+        return None if position is None else position >= 0.5
+
+    def reading(self) -> str:
+        """One sentence reading the numbers for the user."""
+        head = (
+            f"{self.layer}: along the update's top {self.rank} directions W has "
+            f"||UᵀWVᵀ||_F = {self.projected_norm:.3g}, against {self.weight_top_norm:.3g} along W's own top "
+            f"{self.rank} and {self.random_norm:.3g} along random ones"
+        )
+        factor = self.factor
+        if factor is None:
+            return head + "; the update is zero, so it amplifies nothing."
+        times_random = self.projected_norm / self.random_norm if self.random_norm > 0 else float("inf")
+        share = self.projected_norm / self.weight_top_norm if self.weight_top_norm > 0 else 0.0
+        if self.emphasised is None:
+            verdict = "W's top directions carry no more than random ones at this rank, so which it amplifies is moot"
+        elif self.emphasised:
+            verdict = (
+                f"the update amplifies directions W already emphasises ({share:.0%} of what W's top directions carry)"
+            )
+        else:
+            related = (
+                f", though {times_random:.1f}× more than random ones: they are related to W"
+                if times_random >= 2
+                else ", no more than random directions"
+            )
+            verdict = (
+                f"the update amplifies directions W barely uses ({share:.1%} of what W's top directions carry{related})"
+            )
+        return f"{head}: {verdict}, by a factor of {factor:.3g} (||ΔW||_F = {self.delta_norm:.3g})."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "factor": self.factor,
+            "position": self.position,
+            "emphasised": self.emphasised,
+            "reading": self.reading(),
+        }
+
+
+def random_orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A rows x cols matrix with orthonormal columns, uniformly random (QR of a Gaussian, signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+@torch.no_grad()
+def amplification(
+    weight: torch.Tensor, delta: torch.Tensor, rank: int, layer: str = "", draws: int = 20, seed: int = 0
+) -> Amplification:
+    """The paper's table 7 for one layer: W (out x in), its update dW = scale B A (same shape), r directions."""
+    if weight.shape != delta.shape or weight.ndim != 2:
+        raise ConfigError(
+            "delta", f"W and dW must be matrices of one shape, got {tuple(weight.shape)} and {tuple(delta.shape)}"
+        )
+    if not 1 <= rank <= min(weight.shape):
+        raise ConfigError(
+            "rank", f"must be from 1 to {min(weight.shape)} for a {tuple(weight.shape)} layer, got {rank}"
+        )
+    w = weight.detach().to("cpu", torch.float64)
+    d = delta.detach().to("cpu", torch.float64)
+    u, _, vh = torch.linalg.svd(d, full_matrices=False)
+    u, vh = u[:, :rank], vh[:rank]
+    projected = float(torch.linalg.matrix_norm(u.T @ w @ vh.T))
+    w_sv = torch.linalg.svdvals(w)
+    top = float(w_sv[:rank].square().sum().sqrt())  # ||Uw^T W Vw^T||_F = the norm of W's top-r singular values
+    generator = torch.Generator().manual_seed(seed)
+    random_norms = [
+        float(
+            torch.linalg.matrix_norm(
+                random_orthonormal(w.shape[0], rank, generator).T @ w @ random_orthonormal(w.shape[1], rank, generator)
+            )
+        )
+        for _ in range(draws)
+    ]
+    return Amplification(
+        layer=layer,
+        rank=rank,
+        delta_norm=float(torch.linalg.matrix_norm(d)),
+        projected_norm=projected,
+        weight_top_norm=top,
+        random_norm=sum(random_norms) / len(random_norms),
+        weight_norm=float(torch.linalg.matrix_norm(w)),
+    )
+
+
+def amplification_summary(rows: Sequence[Amplification]) -> str:
+    """One sentence over all layers."""
+    barely = [a.layer for a in rows if a.emphasised is False]
+    already = [a.layer for a in rows if a.emphasised]
+    parts = []
+    if barely:
+        parts.append(f"on {', '.join(barely)} the update amplifies directions W barely uses")
+    if already:
+        parts.append(f"on {', '.join(already)} it amplifies directions W already emphasises")
+    if not parts:
+        return "No layer's update could be read against W (zero updates, or W as strong in every direction)."
+    factors = ", ".join(f"{a.layer} {a.factor:.3g}" for a in rows if a.factor is not None)
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]} (amplification factors: {factors})."
+
+
+# --- linear1's input directions ------------------------------------------------------------------------------------
+@torch.no_grad()
+def input_directions(delta: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top `count` right singular vectors of linear1's update (rows of V^T, length 784) as (count, 28, 28)
+    images, each signed so that its largest-magnitude pixel is positive, and the update's singular values."""
+    if delta.ndim != 2 or delta.shape[1] != IN_FEATURES:
+        raise ConfigError("delta", f"expected linear1's update (out x {IN_FEATURES}), got {tuple(delta.shape)}")
+    _, sv, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+    rows = vh[: max(0, min(count, vh.shape[0]))]
+    peak = rows.gather(1, rows.abs().argmax(dim=1, keepdim=True))
+    rows = rows * torch.where(peak < 0, -1.0, 1.0)
+    return rows.reshape(-1, SIDE, SIDE).to(torch.float32), sv.to(torch.float32)
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+@dataclass
+class MemoryRow:
+    """What one training method holds in memory, exactly (bytes of the tensors), and a measured peak."""
+
+    method: str  # "full" or "lora"
+    rank: int | None
+    trainable_params: int
+    weights_bytes: int  # every parameter of the model: frozen base and trained ones
+    gradient_bytes: int  # .grad of the trained parameters after backward
+    adam_bytes: int  # Adam's exp_avg and exp_avg_sq
+    adam_step_bytes: int  # Adam's step counters (one scalar tensor per trained tensor)
+    activation_bytes: int  # what autograd saved for backward in one step (unique storages, parameters left out)
+    batch_size: int
+    peak_bytes: int | None = None  # measured over a real short run (None: not measured)
+    peak_measure: str = ""
+
+    @property
+    def label(self) -> str:
+        return "full fine-tuning" if self.method == "full" else f"LoRA r={self.rank}"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.gradient_bytes + self.adam_bytes + self.adam_step_bytes + self.activation_bytes
+
+    @property
+    def train_state_bytes(self) -> int:
+        """Gradients and Adam: what training adds per trained parameter."""
+        return self.gradient_bytes + self.adam_bytes + self.adam_step_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "label": self.label,
+            "total_bytes": self.total_bytes,
+            "train_state_bytes": self.train_state_bytes,
+        }
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def exact_step_memory(
+    model: nn.Module, params: Sequence[nn.Parameter], x: torch.Tensor, y: torch.Tensor, lr: float
+) -> dict[str, int]:
+    """Run one real fp32 training step (Adam as the training loops build it) and count the bytes of every
+    tensor it holds: the model's parameters, the gradients, Adam's states, and the tensors autograd saved for
+    backward (through saved_tensors_hooks; each storage once, the parameters themselves left out)."""
+    device = next(model.parameters()).device
+    optimizer = adam(params, lr, device)
+    parameters = {_storage_key(p) for p in model.parameters()}
+    saved: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in parameters and key[1] != 0:
+            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradient_bytes = sum(p.grad.nbytes for p in params if p.grad is not None)
+        optimizer.step()
+    finally:
+        model.eval()
+    moments = steps = 0
+    for p in params:
+        for key, value in optimizer.state[p].items():
+            if isinstance(value, torch.Tensor):
+                if key == "step":
+                    steps += value.nbytes
+                else:
+                    moments += value.nbytes
+    return {
+        "weights_bytes": sum(p.nbytes for p in model.parameters()),
+        "gradient_bytes": gradient_bytes,
+        "adam_bytes": moments,
+        "adam_step_bytes": steps,
+        "activation_bytes": sum(saved.values()),
+        "trainable_params": sum(p.numel() for p in params),
+    }
+
+
+def _fresh_model(base_state: dict[str, torch.Tensor], hidden: tuple[int, int], device: torch.device) -> MLP:
+    model = MLP(*hidden)
+    model.load_state_dict(base_state)
+    return model.to(device)
+
+
+def _lora_model(
+    base_state: dict[str, torch.Tensor], hidden: tuple[int, int], device: torch.device, rank: int, seed: int
+) -> tuple[LoraModel, list[nn.Parameter]]:
+    lora_model = LoraModel(_fresh_model(base_state, hidden, device))
+    lora_model.add_adapter("memory", FinetuneConfig(rank=rank, alpha=2.0 * rank).lora_config(), seed=seed)
+    return lora_model, lora_model.mark_only_lora_trainable("memory")
+
+
+def memory_rows(
+    base: MLP,
+    data: MnistData,
+    digits: tuple[int, ...],
+    settings: AnalysisSettings,
+    *,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    measure_peak: bool = True,
+) -> list[MemoryRow]:
+    """Full fine-tuning and LoRA at each of settings.memory_ranks: exact bytes from one real step on a batch of
+    settings.batch_size, then the peak of a real run of settings.memory_steps steps (PeakMemory: on CUDA the
+    allocator's peak, on the CPU the process's resident high-water mark), from an empty start: the model's
+    weights are copied inside the measured block, so the peak is comparable with the exact total."""
+    device = next(base.parameters()).device
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    hidden = base.hidden
+    n = data.train_images.shape[0]
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[: min(n, MEMORY_SUBSET)]
+    subset = dataclasses.replace(data, train_x=as_inputs(data.train_images[pick]), train_y=data.train_y[pick])
+    batch = torch.randperm(subset.train_y.shape[0], generator=torch.Generator().manual_seed(settings.seed))
+    batch = batch[: settings.batch_size]
+    x, y = subset.train_x[batch].to(device), subset.train_y[batch].to(device)
+    rows: list[MemoryRow] = []
+    methods: list[tuple[str, int | None]] = [("full", None)] + [("lora", r) for r in settings.memory_ranks]
+    for method, rank in methods:
+        if method == "full":
+            model = _fresh_model(base_state, hidden, device)
+            params = list(model.parameters())
+            exact = exact_step_memory(model, params, x, y, FULL_LR)
+        else:
+            assert rank is not None
+            lora_model, params = _lora_model(base_state, hidden, device, rank, settings.seed)
+            exact = exact_step_memory(lora_model, params, x, y, settings.lr)
+        del params
+        rows.append(MemoryRow(method=method, rank=rank, batch_size=settings.batch_size, **exact))
+    if measure_peak:
+        _warm_up(base_state, hidden, device, subset, digits, settings)
+        for row in rows:
+            row.peak_bytes, row.peak_measure = _measured_peak(
+                row, base_state, hidden, device, subset, digits, settings, progress, stop
+            )
+    return rows
+
+
+def _memory_config(
+    settings: AnalysisSettings, digits: tuple[int, ...], rank: int, lr: float, steps: int
+) -> FinetuneConfig:
+    return FinetuneConfig(
+        digits=digits,
+        rank=rank,
+        alpha=2.0 * rank,
+        steps=steps,
+        batch_size=settings.batch_size,
+        lr=lr,
+        replay=settings.replay,
+        seed=settings.seed,
+        device=settings.device,
+        precision="fp32",
+    )
+
+
+def _warm_up(
+    base_state: dict[str, torch.Tensor],
+    hidden: tuple[int, int],
+    device: torch.device,
+    data: MnistData,
+    digits: tuple[int, ...],
+    settings: AnalysisSettings,
+) -> None:
+    """Two unmeasured steps of each method first: PyTorch's one-time set-up (kernels, the autograd engine's and
+    the optimizer's first allocations) would otherwise land in the first method measured."""
+    lora_model = LoraModel(_fresh_model(base_state, hidden, device))
+    finetune(lora_model, "warm-up", data, _memory_config(settings, digits, 8, settings.lr, 2))
+    model = _fresh_model(base_state, hidden, device)
+    train_parameters(
+        model, list(model.parameters()), data, _memory_config(settings, digits, 8, FULL_LR, 2), phase="warm-up"
+    )
+
+
+def _measured_peak(
+    row: MemoryRow,
+    base_state: dict[str, torch.Tensor],
+    hidden: tuple[int, int],
+    device: torch.device,
+    data: MnistData,
+    digits: tuple[int, ...],
+    settings: AnalysisSettings,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+) -> tuple[int, str]:
+    phase = f"memory: {row.label}"
+    named = _named(progress, phase)
+    with PeakMemory(device) as memory:
+        if row.method == "full":
+            model = _fresh_model(base_state, hidden, device)
+            config = _memory_config(settings, digits, 8, FULL_LR, settings.memory_steps)
+            train_parameters(
+                model, list(model.parameters()), data, config, phase=phase, progress=memory.progress(named), stop=stop
+            )
+        else:
+            assert row.rank is not None
+            lora_model = LoraModel(_fresh_model(base_state, hidden, device))
+            config = _memory_config(settings, digits, row.rank, settings.lr, settings.memory_steps)
+            finetune(lora_model, "memory", data, config, progress=memory.progress(named), stop=stop)
+    return memory.peak_bytes, memory.measure
+
+
+def memory_ratios(rows: Sequence[MemoryRow], rank: int = 8) -> dict[str, float | None] | None:
+    """Full fine-tuning over LoRA at `rank`: in all (exact), in gradients + Adam, and in the measured peak."""
+    full = next((r for r in rows if r.method == "full"), None)
+    lora = next((r for r in rows if r.method == "lora" and r.rank == rank), None)
+    if full is None or lora is None:
+        return None
+    peak = (
+        full.peak_bytes / lora.peak_bytes
+        if full.peak_bytes is not None and lora.peak_bytes is not None and lora.peak_bytes > 0
+        else None
+    )
+    return {
+        "rank": rank,
+        "total": full.total_bytes / lora.total_bytes,
+        "train_state": full.train_state_bytes / lora.train_state_bytes,
+        "trainable_params": full.trainable_params / lora.trainable_params,
+        "peak": peak,
+    }
+
+
+# --- the settings and the whole run ----------------------------------------------------------------------------------
+@dataclass
+class AnalysisSettings:
+    """The analysis adapters (the paper's figure 3: ranks 8 and 64; a second seed at rank 8) and the memory table.
+    Adapters train as `finetune` does by default: 600 steps of batch 128, lr 3e-3, replay 0.5; alpha = 2 x rank."""
+
+    small_rank: int = 8
+    large_rank: int = 64
+    seed: int = 0
+    other_seed: int = 1
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 3e-3
+    replay: float = 0.5
+    precision: str = "auto"
+    device: str = "auto"
+    memory_ranks: tuple[int, ...] = MEMORY_RANKS
+    memory_steps: int = 20
+    directions: int = 8
+    random_draws: int = 20
+
+    def __post_init__(self) -> None:
+        self.memory_ranks = tuple(self.memory_ranks)
+
+    def finetune_config(self, rank: int, seed: int, digits: tuple[int, ...] | None) -> FinetuneConfig:
+        return FinetuneConfig(
+            digits=digits,
+            rank=rank,
+            alpha=2.0 * rank,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            replay=self.replay,
+            seed=seed,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def adapter_specs(self) -> list[tuple[str, int, int]]:
+        """(key, rank, seed) of the three analysis adapters."""
+        return [
+            (f"r{self.small_rank}-seed{self.seed}", self.small_rank, self.seed),
+            (f"r{self.large_rank}-seed{self.seed}", self.large_rank, self.seed),
+            (f"r{self.small_rank}-seed{self.other_seed}", self.small_rank, self.other_seed),
+        ]
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        _check_int("small_rank", self.small_rank, 1, 10_000)
+        _check_int("large_rank", self.large_rank, 1, 10_000)
+        if self.large_rank <= self.small_rank:
+            raise ConfigError(
+                "large_rank", f"must be larger than the small rank {self.small_rank}, got {self.large_rank}"
+            )
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("other_seed", self.other_seed, 0, 2**63 - 1)
+        if self.other_seed == self.seed:
+            raise ConfigError("other_seed", f"must differ from the seed {self.seed} (two seeds are compared)")
+        _check_int("memory_steps", self.memory_steps, 1, 10_000)
+        _check_int("directions", self.directions, 1, IN_FEATURES)
+        _check_int("random_draws", self.random_draws, 1, 10_000)
+        _check_lr(self.lr)
+        check_precision(self.precision)
+        if not self.memory_ranks:
+            raise ConfigError("memory_ranks", "give at least one rank")
+        for r in self.memory_ranks:
+            _check_int("memory_ranks", r, 1, 10_000)
+        for rank in (self.small_rank, self.large_rank):
+            self.finetune_config(rank, self.seed, (0,)).validate(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["memory_ranks"] = list(self.memory_ranks)
+        return d
+
+
+def _named(progress: ProgressCallback | None, phase: str) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda p: progress(dataclasses.replace(p, phase=phase))
+
+
+def find_saved_adapter(store: ArtifactStore, base_sha256: str, config: FinetuneConfig) -> str | None:
+    """A saved adapter of this base trained with exactly `config` (device and precision aside), or None."""
+    wanted = {k: v for k, v in config.to_dict().items() if k not in ("device", "precision")}
+    for record in store.list_adapters():
+        if record.error or record.base_sha256 != base_sha256:
+            continue
+        trained = (record.metrics or {}).get("finetune") or {}
+        if all(trained.get(key) == value for key, value in wanted.items()):
+            return record.name
+    return None
+
+
+def _obtain_adapters(
+    store: ArtifactStore,
+    base: BaseModelRecord,
+    lora_model: LoraModel,
+    data: MnistData,
+    digits: tuple[int, ...],
+    settings: AnalysisSettings,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Load or train the three analysis adapters into `lora_model` under their keys; say where each came from."""
+    sources = []
+    for key, rank, seed in settings.adapter_specs():
+        config = settings.finetune_config(rank, seed, digits)
+        saved = find_saved_adapter(store, base.fingerprint, config)
+        if saved is not None:
+            log(f"{key}: reusing the saved adapter {saved!r} (trained with these settings on this base)")
+            store.load_adapter(lora_model, saved, base.fingerprint, as_name=key)
+            sources.append({"key": key, "rank": rank, "seed": seed, "source": f"saved adapter {saved!r}"})
+            continue
+        log(f"{key}: training rank {rank}, seed {seed}, {settings.steps} steps (kept in memory, not saved)")
+        run = finetune(lora_model, key, data, config, progress=_named(progress, f"rank {rank}, seed {seed}"), stop=stop)
+        sources.append(
+            {"key": key, "rank": rank, "seed": seed, "source": "trained for the analysis", "seconds": run.seconds}
+        )
+    return sources
+
+
+def analyze_adapters(
+    lora_model: LoraModel, settings: AnalysisSettings, keys: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Similarity (small vs large rank, and small rank's two seeds), amplification (both seed-0 adapters) and
+    linear1's input directions (the small-rank seed-0 adapter) of adapters already in `lora_model`."""
+    small, large, other = keys or [k for k, _, _ in settings.adapter_specs()]
+    layers = {name: layer for name, layer in lora_model.lora_layers().items() if small in layer.lora_A}
+    pairs = {"ranks": (small, large), "seeds": (small, other)}
+    similarity: dict[str, list[dict[str, Any]]] = {}
+    for pair, (k1, k2) in pairs.items():
+        entries = []
+        for name, layer in layers.items():
+            phi = subspace_similarity(layer.lora_A[k1].weight, layer.lora_A[k2].weight)
+            summary = similarity_summary(phi, layer.in_features)
+            entries.append(
+                {
+                    "layer": name,
+                    "adapters": [k1, k2],
+                    "ranks": list(phi.shape),
+                    "phi": phi.tolist(),
+                    **summary,
+                    "reading": similarity_reading(name, (k1, k2), summary),
+                }
+            )
+        similarity[pair] = entries
+    amplifications: dict[str, dict[str, Any]] = {}
+    for key in (small, large):
+        rows = [
+            amplification(
+                layer.base_layer.weight,
+                layer.delta_weight(key),
+                layer.lora_A[key].weight.shape[0],
+                name,
+                draws=settings.random_draws,
+                seed=settings.seed,
+            )
+            for name, layer in layers.items()
+        ]
+        amplifications[key] = {"rows": [a.to_dict() for a in rows], "summary": amplification_summary(rows)}
+    directions: dict[str, Any] | None = None
+    first = layers.get(LAYER_NAMES[0])
+    if first is not None:
+        count = min(settings.directions, first.lora_A[small].weight.shape[0])
+        images, sv = input_directions(first.delta_weight(small), count)
+        directions = {
+            "layer": LAYER_NAMES[0],
+            "adapter": small,
+            "images": images.tolist(),
+            "singular_values": sv[: first.lora_A[small].weight.shape[0]].tolist(),
+        }
+    return {"similarity": similarity, "amplification": amplifications, "directions": directions}
+
+
+def _header(fmt: str, base: BaseModelRecord, settings: AnalysisSettings, device: torch.device) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_sha256": base.fingerprint,
+        "settings": settings.to_dict(),
+        "environment": {**environment(), "device": str(device)},
+    }
+
+
+def analysis_dir(store: ArtifactStore) -> Path:
+    return store.root / ANALYSIS_DIR
+
+
+def run_analysis(
+    store: ArtifactStore,
+    data: MnistData,
+    settings: AnalysisSettings | None = None,
+    parts: Sequence[str] = PARTS,
+    *,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """The analysis parts asked for, under the artifacts folder's writer lock; saved to <artifacts>/analysis/
+    (adapters.json for similarity, amplification and directions, memory.json for memory) unless save=False.
+    Returns {"adapters": ..., "memory": ...} with the groups that ran."""
+    settings = settings or AnalysisSettings()
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ConfigError(
+            "part", f"choose from {', '.join(PARTS)} (or all), got {', '.join(map(str, parts)) or 'none'}"
+        )
+    settings.validate()
+    device = resolve_device(settings.device)
+    out: dict[str, Any] = {}
+    with store.writing("running the analysis (adapters' subspaces, memory)"):
+        base, lora_model = load_base_for_lora(store, settings.device)
+        settings.validate(lora_model.model)
+        before = evaluate(base.model, data.test_x, data.test_y)
+        digits = (before.weakest_digit,)
+        log(
+            f"Task: the base model's weakest digit {digits[0]} "
+            f"({before.per_digit_accuracy[digits[0]]:.2%}), with replay"
+        )
+        if any(p in ADAPTER_PARTS for p in parts):
+            sources = _obtain_adapters(store, base, lora_model, data, digits, settings, progress, stop, log)
+            result = {
+                **_header(ADAPTERS_FORMAT, base, settings, device),
+                "target_digits": list(digits),
+                "adapters": sources,
+                **analyze_adapters(lora_model, settings),
+            }
+            if save:
+                atomic_write_json(analysis_dir(store) / ADAPTERS_FILE, result)
+            out["adapters"] = result
+        if "memory" in parts:
+            log(f"Memory: full fine-tuning and LoRA at ranks {', '.join(map(str, settings.memory_ranks))}")
+            rows = memory_rows(base.model, data, digits, settings, progress=progress, stop=stop)
+            result = {
+                **_header(MEMORY_FORMAT, base, settings, device),
+                "target_digits": list(digits),
+                "rows": [r.to_dict() for r in rows],
+                "ratio": memory_ratios(rows, settings.small_rank),
+            }
+            if save:
+                atomic_write_json(analysis_dir(store) / MEMORY_FILE, result)
+            out["memory"] = result
+    return out
+
+
+# --- reading what was saved ------------------------------------------------------------------------------------------
+@dataclass
+class SavedAnalysis:
+    adapters: dict[str, Any] | None
+    memory: dict[str, Any] | None
+    errors: list[str]
+
+
+def _read_saved(path: Path, fmt: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        size = path.stat().st_size
+        if size > MAX_READ_BYTES:
+            raise ArtifactError(f"{path} is {size / 2**20:.0f} MiB, larger than any analysis result")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} cannot be read as an analysis result ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ArtifactError(f"{path} is not an analysis result of format {fmt!r} (found {found!r})")
+    return data
+
+
+def load_analysis(store: ArtifactStore) -> SavedAnalysis:
+    """The saved analysis results (None where a part was never run), and why any could not be read. Reads only."""
+    folder = analysis_dir(store)
+    found: dict[str, dict[str, Any] | None] = {}
+    errors = []
+    for name, file, fmt in (("adapters", ADAPTERS_FILE, ADAPTERS_FORMAT), ("memory", MEMORY_FILE, MEMORY_FORMAT)):
+        try:
+            found[name] = _read_saved(folder / file, fmt)
+        except ArtifactError as exc:
+            found[name] = None
+            errors.append(str(exc))
+    return SavedAnalysis(found["adapters"], found["memory"], errors)
+
+
+__all__ = [
+    "ADAPTER_PARTS",
+    "PARTS",
+    "Amplification",
+    "AnalysisSettings",
+    "MemoryRow",
+    "SavedAnalysis",
+    "amplification",
+    "amplification_summary",
+    "analyze_adapters",
+    "exact_step_memory",
+    "find_saved_adapter",
+    "input_directions",
+    "load_analysis",
+    "memory_ratios",
+    "memory_rows",
+    "run_analysis",
+    "similarity_reading",
+    "similarity_summary",
+    "subspace_similarity",
+]

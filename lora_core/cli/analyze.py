@@ -1,0 +1,287 @@
+"""`python -m lora_core analyze [similarity|amplification|directions|memory|all]`: the LoRA paper's analysis
+(Hu et al. 2021, section 7) on this base model's adapters, and the memory training takes, as tables.
+
+Kept apart from commands.py and render.py: its options, its command and its text are all here; parser.py
+only registers it (add_analyze_parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import Any
+
+from ..errors import ConfigError
+from ..numbers import pct
+from .parser import UsageError, _float_arg, _int_arg, _precision_option, usage_error
+from .render import ProgressBar, human_bytes, say, table
+
+CHOICES = ("similarity", "amplification", "directions", "memory", "all")
+ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
+    "part": ("PART",),
+    "small_rank": ("--small-rank",),
+    "large_rank": ("--large-rank",),
+    "seed": ("--seed",),
+    "other_seed": ("--other-seed",),
+    "steps": ("--steps",),
+    "batch_size": ("--batch-size",),
+    "lr": ("--lr",),
+    "replay": ("--replay",),
+    "memory_ranks": ("--memory-ranks",),
+    "memory_steps": ("--memory-steps",),
+    "directions": ("--directions",),
+    "rank": ("--small-rank",),
+}
+SHADES = ((0.5, "#"), (0.2, "+"), (-0.2, " "), (-0.5, "-"))  # a direction's pixels, largest magnitude = 1
+
+
+def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the analyze command on the subparsers `sub` of build_parser."""
+    from ..analysis import AnalysisSettings
+
+    d = AnalysisSettings()
+    p = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="the LoRA paper's analysis on this base model's adapters, and the memory of training",
+        description="similarity: how much the top directions of a rank-8 and a rank-64 adapter (and of two rank-8 "
+        "seeds) overlap (the paper's figure 3); amplification: how the update relates to W (table 7); directions: "
+        "linear1's top input directions as 28x28 pictures; memory: bytes of weights, gradients, Adam and "
+        "activations of full fine-tuning and LoRA, exact, with the measured peak of a short run. The three "
+        "adapters are trained on the weakest digit (or reused when saved with the same settings); the results "
+        "also go to <artifacts>/analysis/ for the dashboard's Insight page.",
+    )
+    p.add_argument("part", metavar="PART", nargs="?", choices=CHOICES, default="all", help=" | ".join(CHOICES))
+    p.add_argument("--small-rank", dest="small_rank", type=_int_arg, default=d.small_rank)
+    p.add_argument("--large-rank", dest="large_rank", type=_int_arg, default=d.large_rank)
+    p.add_argument("--seed", type=_int_arg, default=d.seed, help="seed of both adapters compared across ranks")
+    p.add_argument("--other-seed", dest="other_seed", type=_int_arg, default=d.other_seed, help="the small rank's 2nd")
+    p.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of each analysis adapter")
+    p.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size, help="also the memory batch")
+    p.add_argument("--lr", type=_float_arg, default=d.lr, help="LoRA's learning rate")
+    p.add_argument("--replay", type=_float_arg, default=d.replay, help="share of each batch from the other digits")
+    p.add_argument(
+        "--memory-ranks", dest="memory_ranks", type=_int_arg, nargs="+", default=list(d.memory_ranks), help="LoRA ranks"
+    )
+    p.add_argument("--memory-steps", dest="memory_steps", type=_int_arg, default=d.memory_steps, help="measured run")
+    p.add_argument("--directions", type=_int_arg, default=d.directions, help="linear1 directions to show")
+    _precision_option(p)
+    p.set_defaults(handler=cmd_analyze, flags=ANALYZE_FLAGS)
+
+
+def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..analysis import (
+        ADAPTER_PARTS,
+        ADAPTERS_FILE,
+        MEMORY_FILE,
+        PARTS,
+        AnalysisSettings,
+        analysis_dir,
+        run_analysis,
+    )
+    from ..data import load_mnist
+    from ..storage import ArtifactStore
+
+    settings = AnalysisSettings(
+        small_rank=args.small_rank,
+        large_rank=args.large_rank,
+        seed=args.seed,
+        other_seed=args.other_seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        replay=args.replay,
+        precision=args.precision,
+        device=args.device,
+        memory_ranks=tuple(args.memory_ranks),
+        memory_steps=args.memory_steps,
+        directions=args.directions,
+    )
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        raise usage_error(exc, ANALYZE_FLAGS, args.argv) from exc
+    parts = PARTS if args.part == "all" else (args.part,)
+    store = ArtifactStore(args.artifacts)
+    if not store.has_base():  # before the writer lock, which would create the folder
+        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
+    data = load_mnist(args.data, log=say)
+    bar = ProgressBar()
+    try:
+        result = run_analysis(
+            store, data, settings, parts, progress=bar, stop=stop, log=lambda m: (bar.close(), say(m))
+        )
+    finally:
+        bar.close()
+    adapters = result.get("adapters")
+    if adapters is not None:
+        for part in ADAPTER_PARTS:
+            if part in parts:
+                {"similarity": say_similarity, "amplification": say_amplification, "directions": say_directions}[part](
+                    adapters
+                )
+    if "memory" in result:
+        say_memory(result["memory"])
+    files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
+    say(f"\nSaved to {', '.join(str(analysis_dir(store) / files[key]) for key in result)}")
+    return {"artifacts": str(store.root), "part": args.part, **result}
+
+
+# --- the text -------------------------------------------------------------------------------------------------------
+def _sources(adapters: dict[str, Any]) -> str:
+    return "; ".join(f"{s['key']}: {s['source']}" for s in adapters["adapters"])
+
+
+def say_similarity(adapters: dict[str, Any]) -> None:
+    say(
+        "\nSubspace similarity φ(A1, A2, i, j) = ||U1[:, :i]ᵀ U2[:, :j]||²_F / min(i, j), U the right singular "
+        "vectors of A (Hu et al. 2021, figure 3)."
+    )
+    say("1: the top-i directions of one adapter lie inside the top-j of the other; random subspaces: max(i, j)/in.")
+    say(f"Digit {adapters['target_digits'][0]} adapters ({_sources(adapters)})")
+    for pair, title in (("ranks", "ranks compared"), ("seeds", "seeds compared")):
+        entries = adapters["similarity"][pair]
+        if not entries:
+            continue
+        a1, a2 = entries[0]["adapters"]
+        k = entries[0]["k"]
+        say(f"\n{a1} vs {a2} ({title})")
+        rows = []
+        for e in entries:
+            r1, r2 = e["ranks"]
+            rows.append(
+                [
+                    e["layer"],
+                    f"{r1} vs {r2}",
+                    e["top1"],
+                    e["top_k"],
+                    e["top1_in_all"],
+                    e["top_k_in_all"],
+                    e["random_top1"],
+                    e["random_top_k"],
+                ]
+            )
+        say(
+            table(
+                [
+                    "layer",
+                    "ranks",
+                    "φ(1,1)",
+                    f"φ({k},{k})",
+                    "φ(1,all)",
+                    f"φ({k},all)",
+                    "random φ(1,1)",
+                    f"random φ({k},{k})",
+                ],
+                rows,
+            )
+        )
+
+
+def say_amplification(adapters: dict[str, Any]) -> None:
+    say(
+        "\nHow ΔW relates to W (Hu et al. 2021, table 7): U, V the top-r singular directions of ΔW = scale·B·A; "
+        "||UᵀWVᵀ||_F beside W's own top-r directions and random ones; factor = ||ΔW||_F / ||UᵀWVᵀ||_F."
+    )
+    for key, block in adapters["amplification"].items():
+        say(f"\nAdapter {key}")
+        say(
+            table(
+                ["layer", "r", "||ΔW||_F", "||UᵀWVᵀ||_F", "W's top r", "random", "factor", "reads as"],
+                [
+                    [
+                        a["layer"],
+                        a["rank"],
+                        a["delta_norm"],
+                        a["projected_norm"],
+                        a["weight_top_norm"],
+                        a["random_norm"],
+                        a["factor"],
+                        "-"
+                        if a["emphasised"] is None
+                        else "already emphasised"
+                        if a["emphasised"]
+                        else "barely used by W",
+                    ]
+                    for a in block["rows"]
+                ],
+            )
+        )
+        for a in block["rows"]:
+            say(f"  {a['reading']}")
+        say(f"  In short: {block['summary']}")
+
+
+def ascii_direction(image: list[list[float]]) -> list[str]:
+    """A 28x28 direction as text, each pixel by its sign and size relative to the largest one."""
+    peak = max((abs(v) for row in image for v in row), default=0.0) or 1.0
+    lines = []
+    for row in image:
+        chars = []
+        for v in row:
+            x = v / peak
+            chars.append(next((c for limit, c in SHADES if x >= limit), "="))
+        lines.append("".join(chars))
+    return lines
+
+
+def say_directions(adapters: dict[str, Any]) -> None:
+    d = adapters.get("directions")
+    if not d:
+        say("\nThe adapter has no linear1 update: no input directions to show.")
+        return
+    sv = d["singular_values"]
+    energy = sum(v * v for v in sv) or 1.0
+    say(
+        f"\nlinear1's top input directions of adapter {d['adapter']} (rows of Vᵀ of ΔW, 784 = 28x28 pixels of the "
+        "normalised input): the input patterns the update reacts to."
+    )
+    say(
+        table(
+            ["direction", "singular value", "share of ||ΔW||²_F"],
+            [[i + 1, sv[i], pct(sv[i] ** 2 / energy, 1)] for i in range(len(d["images"]))],
+        )
+    )
+    shown = d["images"][:3]
+    say("\nThe top ones as pictures: '#' and '+' strong and weak positive pixels, '=' and '-' negative ones.")
+    pictures = [ascii_direction(img) for img in shown]
+    say("   ".join(f"{i + 1:<28}" for i in range(len(pictures))))
+    for lines in zip(*pictures):
+        say("   ".join(lines))
+
+
+def say_memory(memory: dict[str, Any]) -> None:
+    rows = memory["rows"]
+    batch = rows[0]["batch_size"] if rows else 0
+    say(
+        f"\nMemory of training (fp32, batch {batch}): exact bytes of the tensors after one real step, and the "
+        "measured peak of a short real run"
+    )
+    say(
+        table(
+            ["method", "trainable", "weights", "gradients", "Adam", "activations", "total (exact)", "measured peak"],
+            [
+                [
+                    r["label"],
+                    r["trainable_params"],
+                    human_bytes(r["weights_bytes"]),
+                    human_bytes(r["gradient_bytes"]),
+                    human_bytes(r["adam_bytes"] + r["adam_step_bytes"]),
+                    human_bytes(r["activation_bytes"]),
+                    human_bytes(r["total_bytes"]),
+                    "-" if r["peak_bytes"] is None else human_bytes(r["peak_bytes"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    if rows and rows[0].get("peak_measure"):
+        say(f"Peak: {rows[0]['peak_measure']}.")
+    ratio = memory.get("ratio")
+    if ratio:
+        peak = f", {ratio['peak']:.2f}x in the measured peak" if ratio.get("peak") else ""
+        say(
+            f"Full fine-tuning / LoRA r={ratio['rank']}: {ratio['total']:.2f}x the memory in all (exact), "
+            f"{ratio['train_state']:.1f}x in gradients and Adam, {ratio['trainable_params']:.1f}x the trainable "
+            f"parameters{peak}."
+        )
