@@ -40,7 +40,7 @@ from .errors import ArtifactError, ConfigError
 from .evaluate import evaluate
 from .experiments import PeakMemory, environment, train_parameters
 from .fileio import atomic_write_json
-from .lora import LoraModel
+from .lora import LoraModel, base_state_dict
 from .model import IN_FEATURES, LAYER_NAMES, MLP
 from .precision import check_precision
 from .storage import ArtifactStore, BaseModelRecord
@@ -55,6 +55,7 @@ MEMORY_FILE = "memory.json"
 PARTS = ("similarity", "amplification", "directions", "memory")
 ADAPTER_PARTS = ("similarity", "amplification", "directions")
 MEMORY_RANKS = (1, 2, 4, 8, 16, 32, 64)
+RATIO_RANK = 8  # the rank the memory ratio full / LoRA is stated at (the first rank measured if 8 is not)
 FULL_LR = 1e-3  # full fine-tuning's learning rate in the experiments (ExperimentSettings.full_lr)
 SIDE = 28
 MAX_READ_BYTES = 64 * 1024 * 1024
@@ -86,6 +87,14 @@ def subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
     i = torch.arange(1, overlap.shape[0] + 1, dtype=torch.float64)[:, None]
     j = torch.arange(1, overlap.shape[1] + 1, dtype=torch.float64)[None, :]
     return (overlap / torch.minimum(i, j)).to(torch.float32)
+
+
+@torch.no_grad()
+def update_input_basis(delta: torch.Tensor, rank: int) -> torch.Tensor:
+    """The update's top `rank` right singular vectors as rows, each scaled by its singular value (rank x in): a
+    matrix whose right singular vectors, in order, are the update's, for subspace_similarity."""
+    _, sv, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+    return sv[:rank, None] * vh[:rank]
 
 
 def similarity_summary(phi: torch.Tensor, in_features: int, k: int = 8) -> dict[str, Any]:
@@ -381,7 +390,8 @@ def memory_rows(
     allocator's peak, on the CPU the process's resident high-water mark), from an empty start: the model's
     weights are copied inside the measured block, so the peak is comparable with the exact total."""
     device = next(base.parameters()).device
-    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    # the plain MLP's keys even where LoRA wraps the layers (run_analysis hands in the model it analysed)
+    base_state = {k: v.detach().clone() for k, v in base_state_dict(base).items()}
     hidden = base.hidden
     n = data.train_images.shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[: min(n, MEMORY_SUBSET)]
@@ -624,23 +634,32 @@ def analyze_adapters(
     small, large, other = keys or [k for k, _, _ in settings.adapter_specs()]
     layers = {name: layer for name, layer in lora_model.lora_layers().items() if small in layer.lora_A}
     pairs = {"ranks": (small, large), "seeds": (small, other)}
-    similarity: dict[str, list[dict[str, Any]]] = {}
-    for pair, (k1, k2) in pairs.items():
-        entries = []
-        for name, layer in layers.items():
-            phi = subspace_similarity(layer.lora_A[k1].weight, layer.lora_A[k2].weight)
-            summary = similarity_summary(phi, layer.in_features)
-            entries.append(
-                {
-                    "layer": name,
-                    "adapters": [k1, k2],
-                    "ranks": list(phi.shape),
-                    "phi": phi.tolist(),
-                    **summary,
-                    "reading": similarity_reading(name, (k1, k2), summary),
-                }
-            )
-        similarity[pair] = entries
+    # "A": the paper's definition, the right singular vectors of A. "update": those of the update scale·B·A,
+    # whose row space lies inside A's; they leave out what A still holds of its random initialisation that B
+    # does not use (in linear1, e.g., the border pixels MNIST never inks, whose A columns never get a gradient).
+    bases: dict[str, Callable[[Any, str], torch.Tensor]] = {
+        "A": lambda layer, key: layer.lora_A[key].weight,
+        "update": lambda layer, key: update_input_basis(layer.delta_weight(key), layer.lora_A[key].weight.shape[0]),
+    }
+    similarity: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for basis, matrix in bases.items():
+        similarity[basis] = {}
+        for pair, (k1, k2) in pairs.items():
+            entries = []
+            for name, layer in layers.items():
+                phi = subspace_similarity(matrix(layer, k1), matrix(layer, k2))
+                summary = similarity_summary(phi, layer.in_features)
+                entries.append(
+                    {
+                        "layer": name,
+                        "adapters": [k1, k2],
+                        "ranks": list(phi.shape),
+                        "phi": phi.tolist(),
+                        **summary,
+                        "reading": similarity_reading(name, (k1, k2), summary),
+                    }
+                )
+            similarity[basis][pair] = entries
     amplifications: dict[str, dict[str, Any]] = {}
     for key in (small, large):
         rows = [
@@ -733,7 +752,9 @@ def run_analysis(
                 **_header(MEMORY_FORMAT, base, settings, device),
                 "target_digits": list(digits),
                 "rows": [r.to_dict() for r in rows],
-                "ratio": memory_ratios(rows, settings.small_rank),
+                "ratio": memory_ratios(
+                    rows, RATIO_RANK if RATIO_RANK in settings.memory_ranks else settings.memory_ranks[0]
+                ),
             }
             if save:
                 atomic_write_json(analysis_dir(store) / MEMORY_FILE, result)
@@ -798,5 +819,6 @@ __all__ = [
     "run_analysis",
     "similarity_reading",
     "similarity_summary",
+    "update_input_basis",
     "subspace_similarity",
 ]

@@ -26,6 +26,7 @@ FIELD_LABELS = {
     "seed": "Seed",
     "other_seed": "Second seed",
 }
+BASIS_LABELS = {"A": "of A (the paper)", "update": "of the update scale·B·A"}
 PAIR_TITLES = {
     "ranks": "Two ranks, one seed: do the small adapter's top directions lie inside the large one's?",
     "seeds": "One rank, two seeds: do two trainings find the same directions?",
@@ -108,7 +109,17 @@ else:
     )
     sources = ", ".join(f"`{s['key']}` ({s['source']})" for s in adapters["adapters"])
     st.caption(f"Adapters on digit {adapters['target_digits'][0]}: {sources}.")
-    for pair, entries in adapters["similarity"].items():
+    bases = list(adapters["similarity"])
+    basis = st.radio(
+        "Directions compared",
+        bases,
+        format_func=lambda b: BASIS_LABELS.get(b, b),
+        horizontal=True,
+        key="insight_basis",
+        help="The paper compares the right singular vectors of A. A still holds much of its random start where "
+        "B does not use it; the update's own input directions (inside A's row space) leave that out.",
+    )
+    for pair, entries in adapters["similarity"][basis].items():
         if not entries:
             continue
         names = tuple(entries[0]["adapters"])
@@ -119,7 +130,7 @@ else:
                 st.plotly_chart(
                     charts.subspace_heatmap(entry["phi"], f"{entry['layer']}: {names[0]} vs {names[1]}", names),
                     width="stretch",
-                    key=f"phi-{pair}-{entry['layer']}",
+                    key=f"phi-{basis}-{pair}-{entry['layer']}",
                 )
         k = entries[0]["k"]
         st.dataframe(

@@ -32,6 +32,10 @@ ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
     "directions": ("--directions",),
     "rank": ("--small-rank",),
 }
+BASIS_TITLES = {
+    "A": "directions of A (the paper's definition)",
+    "update": "input directions of the update scale·B·A",
+}
 SHADES = ((0.5, "#"), (0.2, "+"), (-0.2, " "), (-0.5, "-"))  # a direction's pixels, largest magnitude = 1
 
 
@@ -139,13 +143,13 @@ def say_similarity(adapters: dict[str, Any]) -> None:
     )
     say("1: the top-i directions of one adapter lie inside the top-j of the other; random subspaces: max(i, j)/in.")
     say(f"Digit {adapters['target_digits'][0]} adapters ({_sources(adapters)})")
-    for pair, title in (("ranks", "ranks compared"), ("seeds", "seeds compared")):
-        entries = adapters["similarity"][pair]
+    for basis, pair in ((b, p) for b in adapters["similarity"] for p in ("ranks", "seeds")):
+        entries = adapters["similarity"][basis].get(pair) or []
         if not entries:
             continue
         a1, a2 = entries[0]["adapters"]
         k = entries[0]["k"]
-        say(f"\n{a1} vs {a2} ({title})")
+        say(f"\n{a1} vs {a2} ({pair} compared), {BASIS_TITLES.get(basis, basis)}")
         rows = []
         for e in entries:
             r1, r2 = e["ranks"]
