@@ -89,11 +89,41 @@ def subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
     return (overlap / torch.minimum(i, j)).to(torch.float32)
 
 
-@torch.no_grad()
-def update_input_basis(delta: torch.Tensor, rank: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class LowRankUpdate:
+    """An adapter's update scale·B·A kept as its factors: its SVD then costs two thin QRs and an r x r SVD
+    instead of the SVD of a dense out x in matrix (2000 x 1000 for linear2), with the same result."""
+
+    b: torch.Tensor  # out x r
+    a: torch.Tensor  # r x in
+    scale: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.b.shape[0], self.a.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        return (self.b.detach().double() @ self.a.detach().double()) * self.scale
+
+
+Update = torch.Tensor | LowRankUpdate
+
+
+def update_svd(delta: Update) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, S, Vh of an update (float64, largest first): of the dense matrix, or from its factors."""
+    with torch.no_grad():
+        if isinstance(delta, LowRankUpdate):
+            qb, rb = torch.linalg.qr(delta.b.detach().to("cpu", torch.float64))
+            qa, ra = torch.linalg.qr(delta.a.detach().to("cpu", torch.float64).T)
+            um, sv, vmh = torch.linalg.svd(delta.scale * rb @ ra.T)  # scale·B·A = Qb (scale Rb Raᵀ) Qaᵀ
+            return qb @ um, sv, vmh @ qa.T
+        return torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+
+
+def update_input_basis(delta: Update, rank: int) -> torch.Tensor:
     """The update's top `rank` right singular vectors as rows, each scaled by its singular value (rank x in): a
     matrix whose right singular vectors, in order, are the update's, for subspace_similarity."""
-    _, sv, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+    _, sv, vh = update_svd(delta)
     return sv[:rank, None] * vh[:rank]
 
 
@@ -205,10 +235,17 @@ def random_orthonormal(rows: int, cols: int, generator: torch.Generator) -> torc
 
 @torch.no_grad()
 def amplification(
-    weight: torch.Tensor, delta: torch.Tensor, rank: int, layer: str = "", draws: int = 20, seed: int = 0
+    weight: torch.Tensor,
+    delta: Update,
+    rank: int,
+    layer: str = "",
+    draws: int = 20,
+    seed: int = 0,
+    weight_singular_values: torch.Tensor | None = None,
 ) -> Amplification:
-    """The paper's table 7 for one layer: W (out x in), its update dW = scale B A (same shape), r directions."""
-    if weight.shape != delta.shape or weight.ndim != 2:
+    """The paper's table 7 for one layer: W (out x in), its update dW = scale B A (same shape), r directions.
+    `weight_singular_values` (W's, largest first) saves computing them again for another adapter."""
+    if tuple(weight.shape) != tuple(delta.shape) or weight.ndim != 2:
         raise ConfigError(
             "delta", f"W and dW must be matrices of one shape, got {tuple(weight.shape)} and {tuple(delta.shape)}"
         )
@@ -217,11 +254,12 @@ def amplification(
             "rank", f"must be from 1 to {min(weight.shape)} for a {tuple(weight.shape)} layer, got {rank}"
         )
     w = weight.detach().to("cpu", torch.float64)
-    d = delta.detach().to("cpu", torch.float64)
-    u, _, vh = torch.linalg.svd(d, full_matrices=False)
+    u, sv, vh = update_svd(delta)
     u, vh = u[:, :rank], vh[:rank]
-    projected = float(torch.linalg.matrix_norm(u.T @ w @ vh.T))
-    w_sv = torch.linalg.svdvals(w)
+    delta_norm = float(sv.square().sum().sqrt())
+    # a zero update has no directions (its singular vectors would be arbitrary): nothing of W lies along them
+    projected = float(torch.linalg.matrix_norm(u.T @ w @ vh.T)) if delta_norm > 0 else 0.0
+    w_sv = torch.linalg.svdvals(w) if weight_singular_values is None else weight_singular_values.double()
     top = float(w_sv[:rank].square().sum().sqrt())  # ||Uw^T W Vw^T||_F = the norm of W's top-r singular values
     generator = torch.Generator().manual_seed(seed)
     random_norms = [
@@ -235,7 +273,7 @@ def amplification(
     return Amplification(
         layer=layer,
         rank=rank,
-        delta_norm=float(torch.linalg.matrix_norm(d)),
+        delta_norm=delta_norm,
         projected_norm=projected,
         weight_top_norm=top,
         random_norm=sum(random_norms) / len(random_norms),
@@ -261,12 +299,12 @@ def amplification_summary(rows: Sequence[Amplification]) -> str:
 
 # --- linear1's input directions ------------------------------------------------------------------------------------
 @torch.no_grad()
-def input_directions(delta: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def input_directions(delta: Update, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top `count` right singular vectors of linear1's update (rows of V^T, length 784) as (count, 28, 28)
     images, each signed so that its largest-magnitude pixel is positive, and the update's singular values."""
-    if delta.ndim != 2 or delta.shape[1] != IN_FEATURES:
+    if len(delta.shape) != 2 or delta.shape[1] != IN_FEATURES:
         raise ConfigError("delta", f"expected linear1's update (out x {IN_FEATURES}), got {tuple(delta.shape)}")
-    _, sv, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+    _, sv, vh = update_svd(delta)
     rows = vh[: max(0, min(count, vh.shape[0]))]
     peak = rows.gather(1, rows.abs().argmax(dim=1, keepdim=True))
     rows = rows * torch.where(peak < 0, -1.0, 1.0)
@@ -634,12 +672,16 @@ def analyze_adapters(
     small, large, other = keys or [k for k, _, _ in settings.adapter_specs()]
     layers = {name: layer for name, layer in lora_model.lora_layers().items() if small in layer.lora_A}
     pairs = {"ranks": (small, large), "seeds": (small, other)}
+
     # "A": the paper's definition, the right singular vectors of A. "update": those of the update scale·B·A,
     # whose row space lies inside A's; they leave out what A still holds of its random initialisation that B
     # does not use (in linear1, e.g., the border pixels MNIST never inks, whose A columns never get a gradient).
+    def update(layer: Any, key: str) -> LowRankUpdate:
+        return LowRankUpdate(layer.lora_B[key].weight, layer.lora_A[key].weight, layer.scaling[key])
+
     bases: dict[str, Callable[[Any, str], torch.Tensor]] = {
         "A": lambda layer, key: layer.lora_A[key].weight,
-        "update": lambda layer, key: update_input_basis(layer.delta_weight(key), layer.lora_A[key].weight.shape[0]),
+        "update": lambda layer, key: update_input_basis(update(layer, key), layer.lora_A[key].weight.shape[0]),
     }
     similarity: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for basis, matrix in bases.items():
@@ -661,15 +703,20 @@ def analyze_adapters(
                 )
             similarity[basis][pair] = entries
     amplifications: dict[str, dict[str, Any]] = {}
+    weight_sv = {
+        name: torch.linalg.svdvals(layer.base_layer.weight.detach().to("cpu", torch.float64))
+        for name, layer in layers.items()
+    }
     for key in (small, large):
         rows = [
             amplification(
                 layer.base_layer.weight,
-                layer.delta_weight(key),
+                update(layer, key),
                 layer.lora_A[key].weight.shape[0],
                 name,
                 draws=settings.random_draws,
                 seed=settings.seed,
+                weight_singular_values=weight_sv[name],
             )
             for name, layer in layers.items()
         ]
@@ -678,7 +725,7 @@ def analyze_adapters(
     first = layers.get(LAYER_NAMES[0])
     if first is not None:
         count = min(settings.directions, first.lora_A[small].weight.shape[0])
-        images, sv = input_directions(first.delta_weight(small), count)
+        images, sv = input_directions(update(first, small), count)
         directions = {
             "layer": LAYER_NAMES[0],
             "adapter": small,
@@ -804,6 +851,7 @@ __all__ = [
     "ADAPTER_PARTS",
     "PARTS",
     "Amplification",
+    "LowRankUpdate",
     "AnalysisSettings",
     "MemoryRow",
     "SavedAnalysis",
@@ -821,4 +869,5 @@ __all__ = [
     "similarity_summary",
     "update_input_basis",
     "subspace_similarity",
+    "update_svd",
 ]

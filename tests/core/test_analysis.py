@@ -1,0 +1,289 @@
+"""lora_core.analysis: the LoRA paper's subspace similarity and amplification, linear1's input directions, and
+the memory of training counted from the real tensors; the whole run on small settings, saved and read back."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from core_helpers import file_bytes, random_mlp
+
+from lora_core.analysis import (
+    AnalysisSettings,
+    LowRankUpdate,
+    amplification,
+    find_saved_adapter,
+    input_directions,
+    load_analysis,
+    memory_ratios,
+    memory_rows,
+    run_analysis,
+    subspace_similarity,
+    update_input_basis,
+    update_svd,
+)
+from lora_core.data import MnistData
+from lora_core.errors import ConfigError
+from lora_core.lora import LoraModel
+from lora_core.model import count_parameters
+from lora_core.storage import ArtifactStore
+
+IN = 784
+LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10) per unit of rank, up to linear3's cap
+FULL_PARAMS = count_parameters()  # 2,807,010
+
+
+def gaussian(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- subspace similarity ------------------------------------------------------------------------------------------
+def test_phi_of_an_adapter_with_itself_is_one_on_the_diagonal_and_ignores_mixing_its_rows() -> None:
+    a = gaussian(8, IN, seed=0)
+    phi = subspace_similarity(a, a)
+    assert phi.shape == (8, 8)
+    assert torch.allclose(phi.diagonal(), torch.ones(8), atol=1e-5)
+    assert float(phi.min()) >= 0.0 and float(phi.max()) <= 1.0 + 1e-6
+    # another basis of the same row space (an invertible mix of A's rows): all 8 directions are shared
+    mixed = gaussian(8, 8, seed=1) @ a
+    assert float(subspace_similarity(a, mixed)[7, 7]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_phi_with_unrelated_random_adapters_is_about_max_i_j_over_in() -> None:
+    """E||U1[:, :i]^T U2[:, :j]||^2 = i*j/in for random subspaces, so phi = i*j/(in*min(i, j)) = max(i, j)/in."""
+    phis = torch.stack(
+        [subspace_similarity(gaussian(8, IN, seed=s), gaussian(64, IN, seed=100 + s)) for s in range(30)]
+    )
+    mean = phis.mean(0)
+    for i, j in ((1, 1), (8, 8), (1, 64), (8, 64), (4, 16)):
+        assert float(mean[i - 1, j - 1]) == pytest.approx(max(i, j) / IN, rel=0.35), (i, j)
+
+
+def test_phi_sees_a_small_adapter_inside_a_large_one() -> None:
+    """A rank-64 A whose 8 strongest rows are the rank-8 A: every top-i direction of the small one lies inside
+    the large one's top 8 (phi(i, 8) = 1), and not inside an unrelated one."""
+    small = gaussian(8, IN, seed=2)
+    large = torch.cat([10 * small, gaussian(56, IN, seed=3)])
+    phi = subspace_similarity(small, large)
+    assert phi.shape == (8, 64)
+    assert torch.allclose(phi[:, 7], torch.ones(8), atol=1e-4)
+    assert torch.allclose(phi[:, 63], torch.ones(8), atol=1e-4)
+    assert float(subspace_similarity(small, gaussian(64, IN, seed=4))[7, 7]) < 0.1
+
+
+def test_phi_refuses_matrices_of_different_inputs() -> None:
+    with pytest.raises(ConfigError, match="same in"):
+        subspace_similarity(gaussian(8, IN, seed=0), gaussian(8, 1000, seed=0))
+
+
+def test_the_update_basis_has_the_update_s_input_directions_in_order() -> None:
+    delta = gaussian(1000, 8, seed=5) @ gaussian(8, IN, seed=6)
+    basis = update_input_basis(delta, 8)
+    assert basis.shape == (8, IN)
+    assert float(subspace_similarity(basis, delta[:8])[7, 7]) == pytest.approx(1.0, abs=1e-6)
+
+
+# --- amplification -------------------------------------------------------------------------------------------------
+def layer_weight(seed: int = 0) -> torch.Tensor:
+    """A 300 x 200 weight with a decaying spectrum, like a trained layer's (small: the test stays fast)."""
+    u, _ = torch.linalg.qr(gaussian(300, 200, seed=seed).double())  # float64: the small singular values exact
+    v, _ = torch.linalg.qr(gaussian(200, 200, seed=seed + 1).double())
+    sv = 10.0 * torch.exp(-torch.arange(200, dtype=torch.float64) / 15.0)
+    return u @ torch.diag(sv) @ v.T
+
+
+def test_amplification_recognises_an_update_along_w_own_top_directions() -> None:
+    w = layer_weight()
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    along_top = 0.1 * u[:, :8] @ vh[:8]
+    a = amplification(w, along_top, 8, "linear1")
+    assert a.projected_norm == pytest.approx(a.weight_top_norm, rel=1e-6)
+    assert a.weight_top_norm == pytest.approx(float(sv[:8].square().sum().sqrt()), rel=1e-6)
+    assert a.factor == pytest.approx(math.sqrt(8) * 0.1 / a.weight_top_norm, rel=1e-6)
+    assert a.emphasised is True and "already emphasises" in a.reading()
+    assert a.random_norm < 0.5 * a.weight_top_norm
+
+
+def test_amplification_recognises_directions_w_barely_uses() -> None:
+    w = layer_weight()
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    along_weak = u[:, 150:158] @ vh[150:158]  # W's singular values there are 10 e^-10: next to nothing
+    a = amplification(w, along_weak, 8, "linear2")
+    assert a.projected_norm == pytest.approx(float(sv[150:158].square().sum().sqrt()), rel=1e-5)
+    assert a.emphasised is False and "barely uses" in a.reading()
+    assert a.factor == pytest.approx(math.sqrt(8) / a.projected_norm, rel=1e-6)
+    assert a.factor > 1e3
+    zero = amplification(w, torch.zeros_like(w), 8, "linear3")
+    assert zero.factor is None and "zero" in zero.reading()
+    with pytest.raises(ConfigError, match="rank"):
+        amplification(w, along_weak, 0)
+
+
+def test_an_update_kept_as_factors_gives_what_the_dense_matrix_gives() -> None:
+    update = LowRankUpdate(gaussian(300, 8, seed=9), gaussian(8, 200, seed=10), 2.0)
+    dense = update.dense()
+    w = layer_weight()
+    factored, full = amplification(w, update, 8), amplification(w, dense, 8)
+    for field in ("delta_norm", "projected_norm", "weight_top_norm", "random_norm"):
+        assert getattr(factored, field) == pytest.approx(getattr(full, field), rel=1e-9), field
+    assert float(subspace_similarity(update_input_basis(update, 8), update_input_basis(dense, 8))[7, 7]) == (
+        pytest.approx(1.0, abs=1e-9)
+    )
+    _, sv, _ = update_svd(update)
+    assert torch.allclose(sv, torch.linalg.svdvals(dense)[:8], rtol=1e-9)
+
+
+# --- linear1's input directions ---------------------------------------------------------------------------------------
+def test_input_directions_are_the_update_s_right_singular_vectors_as_pictures() -> None:
+    v, _ = torch.linalg.qr(gaussian(IN, 3, seed=7))
+    u, _ = torch.linalg.qr(gaussian(1000, 3, seed=8))
+    delta = u @ torch.diag(torch.tensor([3.0, 2.0, 1.0])) @ v.T
+    images, sv = input_directions(delta, 2)
+    assert images.shape == (2, 28, 28)
+    assert torch.allclose(sv[:3], torch.tensor([3.0, 2.0, 1.0]), atol=1e-5)
+    for k in range(2):
+        flat = images[k].flatten()
+        assert abs(float(flat @ v[:, k])) == pytest.approx(1.0, abs=1e-5)  # the k-th direction, up to sign
+        assert float(flat[flat.abs().argmax()]) > 0  # signed so that its strongest pixel is positive
+
+
+# --- memory -------------------------------------------------------------------------------------------------------
+def lora_trainable(rank: int) -> int:
+    """A and B of every layer; linear3 (10 outputs) caps its rank at 10."""
+    return (784 + 1000) * rank + (1000 + 2000) * rank + (2000 + 10) * min(rank, 10)
+
+
+def test_memory_byte_counts_equal_hand_computed_values(small_mnist: MnistData) -> None:
+    ranks = (1, 8, 16)
+    rows = {}
+    for batch in (16, 32):
+        settings = AnalysisSettings(memory_ranks=ranks, batch_size=batch, device="cpu")
+        rows[batch] = {r.label: r for r in memory_rows(random_mlp(), small_mnist, (4,), settings, measure_peak=False)}
+    full = rows[32]["full fine-tuning"]
+    assert full.trainable_params == FULL_PARAMS
+    assert full.weights_bytes == full.gradient_bytes == FULL_PARAMS * 4
+    assert full.adam_bytes == 2 * FULL_PARAMS * 4
+    assert full.adam_step_bytes == 6 * 4  # one float32 step counter per trained tensor (3 weights, 3 biases)
+    for r in ranks:
+        lora = rows[32][f"LoRA r={r}"]
+        assert lora.trainable_params == lora_trainable(r)
+        assert lora.gradient_bytes == lora_trainable(r) * 4
+        assert lora.weights_bytes == (FULL_PARAMS + lora_trainable(r)) * 4
+        assert lora.adam_bytes == 2 * lora.gradient_bytes
+        if r <= 10:
+            assert lora.gradient_bytes == r * LORA_PARAMS_PER_RANK * 4
+        # LoRA saves what full fine-tuning saves, plus x·Aᵀ (batch x r) in each layer
+        assert lora.activation_bytes - full.activation_bytes == 32 * 4 * (r + r + min(r, 10))
+    # 16 more images: 16 x (784 inputs + 1000 + 2000 ReLU outputs + 10 log-probabilities) float32, 16 int64 labels
+    extra = rows[32]["full fine-tuning"].activation_bytes - rows[16]["full fine-tuning"].activation_bytes
+    assert extra == 16 * (784 + 1000 + 2000 + 10) * 4 + 16 * 8
+    ratio = memory_ratios(list(rows[32].values()), 8)
+    assert ratio is not None
+    assert ratio["trainable_params"] == pytest.approx(FULL_PARAMS / (8 * LORA_PARAMS_PER_RANK))
+    assert ratio["train_state"] == pytest.approx((FULL_PARAMS * 12 + 24) / (8 * LORA_PARAMS_PER_RANK * 12 + 24))
+
+
+def test_the_measured_peak_of_full_fine_tuning_is_above_lora_s(small_mnist: MnistData) -> None:
+    """A real short run per method, measured from an empty start: full fine-tuning holds gradients and Adam for
+    2.8M parameters (about 34 MB more than LoRA at rank 8), which a measurement must see."""
+    settings = AnalysisSettings(memory_ranks=(8,), batch_size=64, memory_steps=3, device="cpu")
+    full, lora = memory_rows(random_mlp(), small_mnist, (4,), settings)
+    assert full.peak_bytes is not None and lora.peak_bytes is not None and full.peak_measure
+    assert full.peak_bytes > lora.peak_bytes + 20e6, (full.peak_bytes, lora.peak_bytes)
+    assert full.peak_bytes > 0.5 * full.total_bytes
+
+
+# --- the whole run ---------------------------------------------------------------------------------------------------
+SMALL = dict(small_rank=4, large_rank=8, steps=40, batch_size=64, memory_ranks=(2, 4), memory_steps=2, device="cpu")
+
+
+def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
+    artifacts_copy: Path, small_mnist: MnistData
+) -> None:
+    """trained_artifacts' adapter 'small' (rank 4, alpha 8, seed 0, 40 steps of 64) is exactly the rank-4 seed-0
+    analysis adapter: it is loaded, not trained again, and not changed."""
+    store = ArtifactStore(artifacts_copy)
+    adapters_before = file_bytes(store.adapters_dir)
+    base_before = file_bytes(store.base_dir)
+    settings = AnalysisSettings(**SMALL)
+    result = run_analysis(store, small_mnist, settings)
+    assert file_bytes(store.adapters_dir) == adapters_before and file_bytes(store.base_dir) == base_before
+
+    adapters = result["adapters"]
+    sources = {s["key"]: s["source"] for s in adapters["adapters"]}
+    assert sources == {
+        "r4-seed0": "saved adapter 'small'",
+        "r8-seed0": "trained for the analysis",
+        "r4-seed1": "trained for the analysis",
+    }
+    # the saved adapter's own A gives the phi recorded for it
+    base = store.load_base("cpu")
+    lora_model = LoraModel(base.model)
+    store.load_adapter(lora_model, "small", base.fingerprint)
+    a_small = lora_model.lora_layers()["linear2"].lora_A["small"].weight
+    ranks = {e["layer"]: e for e in adapters["similarity"]["A"]["ranks"]}
+    assert [e["layer"] for e in adapters["similarity"]["A"]["ranks"]] == ["linear1", "linear2", "linear3"]
+    assert ranks["linear2"]["ranks"] == [4, 8]
+    phi = torch.tensor(ranks["linear2"]["phi"])
+    assert phi.shape == (4, 8) and ranks["linear2"]["top1"] == pytest.approx(float(phi[0, 0]))
+    # the rank-8 adapter is not saved: its phi against the saved one's A is checked through another pair, the
+    # saved adapter against itself under another key, which must be 1 on the diagonal
+    seeds = {e["layer"]: e for e in adapters["similarity"]["A"]["seeds"]}
+    assert seeds["linear2"]["adapters"] == ["r4-seed0", "r4-seed1"]
+    assert torch.allclose(subspace_similarity(a_small, a_small).diagonal(), torch.ones(4), atol=1e-5)
+    assert {e["ranks"][1] for e in adapters["similarity"]["update"]["seeds"]} == {4}
+    amp = adapters["amplification"]["r4-seed0"]["rows"]
+    assert [a["layer"] for a in amp] == ["linear1", "linear2", "linear3"] and all(a["reading"] for a in amp)
+    assert len(adapters["directions"]["images"]) == 4  # min(directions 8, rank 4)
+
+    memory = result["memory"]
+    assert [r["label"] for r in memory["rows"]] == ["full fine-tuning", "LoRA r=2", "LoRA r=4"]
+    assert memory["ratio"]["rank"] == 2  # 8 is not among the ranks measured: the first one
+
+    saved = load_analysis(store)
+    assert saved.errors == []
+    assert saved.adapters == json.loads(json.dumps(adapters)) and saved.memory == json.loads(json.dumps(memory))
+    assert saved.adapters["base_sha256"] == base.fingerprint
+
+
+def test_find_saved_adapter_needs_every_training_setting_to_match(trained_artifacts: Path) -> None:
+    store = ArtifactStore(trained_artifacts)
+    base_sha = store.base_meta()["sha256"]
+    settings = AnalysisSettings(**SMALL)
+    digit = store.read_adapter("small").metrics["target_digits"][0]
+    assert find_saved_adapter(store, base_sha, settings.finetune_config(4, 0, (digit,))) == "small"
+    assert find_saved_adapter(store, base_sha, settings.finetune_config(4, 1, (digit,))) is None
+    assert find_saved_adapter(store, base_sha, settings.finetune_config(8, 0, (digit,))) is None
+    assert find_saved_adapter(store, "0" * 64, settings.finetune_config(4, 0, (digit,))) is None
+
+
+def test_a_broken_saved_result_is_reported_not_raised(trained_artifacts: Path, tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    folder = root / "analysis"
+    folder.mkdir()
+    (folder / "adapters.json").write_text("{not json")
+    (folder / "memory.json").write_text(json.dumps({"format": "something else"}))
+    saved = load_analysis(ArtifactStore(root))
+    assert saved.adapters is None and saved.memory is None
+    assert len(saved.errors) == 2 and "adapters.json" in saved.errors[0] and "memory.json" in saved.errors[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"large_rank": 4}, "large_rank"),
+        ({"other_seed": 0}, "other_seed"),
+        ({"memory_ranks": ()}, "memory_ranks"),
+        ({"steps": 0}, "steps"),
+        ({"memory_steps": 0}, "memory_steps"),
+    ],
+)
+def test_bad_settings_name_their_field(change: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        AnalysisSettings(**{**SMALL, **change}).validate()
+    assert info.value.field == field
