@@ -144,15 +144,26 @@ def similarity_summary(phi: torch.Tensor, in_features: int, k: int = 8) -> dict[
     }
 
 
-def similarity_reading(layer: str, names: tuple[str, str], summary: dict[str, Any]) -> str:
-    """One sentence reading figure 3's numbers for a layer."""
+def similarity_reading(
+    layer: str, names: tuple[str, str], summary: dict[str, Any], init: dict[str, Any] | None = None
+) -> str:
+    """One sentence reading figure 3's numbers for a layer; with `init` (the same figures for the two adapters'
+    A before training), what training changed."""
     k = summary["k"]
-    return (
+    text = (
         f"{layer}: the top direction of {names[0]} lies {summary['top1_in_all']:.0%} inside all of {names[1]}'s "
         f"(random: {summary['random_top1_in_all']:.1%}) and overlaps its top direction by φ(1,1) = "
         f"{summary['top1']:.2f} (random: {summary['random_top1']:.2g}); the top {k} directions overlap by "
         f"φ({k},{k}) = {summary['top_k']:.2f} (random: {summary['random_top_k']:.2g})."
     )
+    if init is not None:
+        text += (
+            f" Before training, their random A gave φ(1, all) = {init['top1_in_all']:.2f} and φ({k},{k}) = "
+            f"{init['top_k']:.2f}"
+            + (" (the same seed draws the same first rows)" if init["top_k_in_all"] > 0.99 else "")
+            + "."
+        )
+    return text
 
 
 # --- how the update relates to W (table 7) ---------------------------------------------------------------------
@@ -645,11 +656,14 @@ def _obtain_adapters(
     progress: ProgressCallback | None,
     stop: threading.Event | None,
     log: Callable[[str], None],
+    initial: dict[str, dict[str, torch.Tensor]],
 ) -> list[dict[str, Any]]:
-    """Load or train the three analysis adapters into `lora_model` under their keys; say where each came from."""
+    """Load or train the three analysis adapters into `lora_model` under their keys; say where each came from.
+    `initial` receives each one's A before training (initial_a), by key and layer."""
     sources = []
     for key, rank, seed in settings.adapter_specs():
         config = settings.finetune_config(rank, seed, digits)
+        initial[key] = initial_a(lora_model.model, config)
         saved = find_saved_adapter(store, base.fingerprint, config)
         if saved is not None:
             log(f"{key}: reusing the saved adapter {saved!r} (trained with these settings on this base)")
@@ -664,11 +678,28 @@ def _obtain_adapters(
     return sources
 
 
+def initial_a(model: nn.Module, config: FinetuneConfig) -> dict[str, torch.Tensor]:
+    """Each layer's A as `finetune` initialises it for `config` on `model`'s device, before any step: the seed
+    draws the layers' A in order, so the same seed at two ranks starts linear1 with the same first rows."""
+    device = next(model.parameters()).device
+    hidden = getattr(model, "hidden", None)
+    if hidden is None:
+        raise ConfigError("model", "expected the study's MLP (its hidden sizes)")
+    scratch = LoraModel(MLP(*hidden).to(device))
+    scratch.add_adapter("init", config.lora_config(), seed=config.seed)
+    return {name: layer.lora_A["init"].weight.detach().clone() for name, layer in scratch.lora_layers().items()}
+
+
 def analyze_adapters(
-    lora_model: LoraModel, settings: AnalysisSettings, keys: Sequence[str] | None = None
+    lora_model: LoraModel,
+    settings: AnalysisSettings,
+    keys: Sequence[str] | None = None,
+    initial: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Similarity (small vs large rank, and small rank's two seeds), amplification (both seed-0 adapters) and
-    linear1's input directions (the small-rank seed-0 adapter) of adapters already in `lora_model`."""
+    linear1's input directions (the small-rank seed-0 adapter) of adapters already in `lora_model`. With
+    `initial` (each adapter's A before training, by key and layer), the similarity of the initial A's beside
+    the trained ones, and how far training moved each A (||A - A0||_F / ||A0||_F)."""
     small, large, other = keys or [k for k, _, _ in settings.adapter_specs()]
     layers = {name: layer for name, layer in lora_model.lora_layers().items() if small in layer.lora_A}
     pairs = {"ranks": (small, large), "seeds": (small, other)}
@@ -691,6 +722,14 @@ def analyze_adapters(
             for name, layer in layers.items():
                 phi = subspace_similarity(matrix(layer, k1), matrix(layer, k2))
                 summary = similarity_summary(phi, layer.in_features)
+                init = None
+                if initial is not None and basis == "A" and k1 in initial and k2 in initial:
+                    init_phi = subspace_similarity(initial[k1][name], initial[k2][name])
+                    init = {
+                        key: value
+                        for key, value in similarity_summary(init_phi, layer.in_features).items()
+                        if key in ("top1", "top_k", "top1_in_all", "top_k_in_all")
+                    }
                 entries.append(
                     {
                         "layer": name,
@@ -698,7 +737,8 @@ def analyze_adapters(
                         "ranks": list(phi.shape),
                         "phi": phi.tolist(),
                         **summary,
-                        "reading": similarity_reading(name, (k1, k2), summary),
+                        "init": init,
+                        "reading": similarity_reading(name, (k1, k2), summary, init),
                     }
                 )
             similarity[basis][pair] = entries
@@ -732,7 +772,23 @@ def analyze_adapters(
             "images": images.tolist(),
             "singular_values": sv[: first.lora_A[small].weight.shape[0]].tolist(),
         }
-    return {"similarity": similarity, "amplification": amplifications, "directions": directions}
+    moved = {
+        key: {
+            name: float(
+                torch.linalg.matrix_norm(layer.lora_A[key].weight.detach().cpu().double() - a0[name].cpu().double())
+                / torch.linalg.matrix_norm(a0[name].cpu().double())
+            )
+            for name, layer in layers.items()
+            if name in a0 and key in layer.lora_A
+        }
+        for key, a0 in (initial or {}).items()
+    }
+    return {
+        "similarity": similarity,
+        "amplification": amplifications,
+        "directions": directions,
+        "a_moved": moved,
+    }
 
 
 def _header(fmt: str, base: BaseModelRecord, settings: AnalysisSettings, device: torch.device) -> dict[str, Any]:
@@ -782,12 +838,13 @@ def run_analysis(
             f"({before.per_digit_accuracy[digits[0]]:.2%}), with replay"
         )
         if any(p in ADAPTER_PARTS for p in parts):
-            sources = _obtain_adapters(store, base, lora_model, data, digits, settings, progress, stop, log)
+            initial: dict[str, dict[str, torch.Tensor]] = {}
+            sources = _obtain_adapters(store, base, lora_model, data, digits, settings, progress, stop, log, initial)
             result = {
                 **_header(ADAPTERS_FORMAT, base, settings, device),
                 "target_digits": list(digits),
                 "adapters": sources,
-                **analyze_adapters(lora_model, settings),
+                **analyze_adapters(lora_model, settings, initial=initial),
             }
             if save:
                 atomic_write_json(analysis_dir(store) / ADAPTERS_FILE, result)
@@ -860,6 +917,7 @@ __all__ = [
     "analyze_adapters",
     "exact_step_memory",
     "find_saved_adapter",
+    "initial_a",
     "input_directions",
     "load_analysis",
     "memory_ratios",

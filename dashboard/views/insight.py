@@ -145,6 +145,11 @@ else:
                         f"φ({k}, all)": e["top_k_in_all"],
                         "random φ(1,1)": e["random_top1"],
                         f"random φ({k},{k})": e["random_top_k"],
+                        **(
+                            {"φ(1, all) at init": e["init"]["top1_in_all"], f"φ({k},{k}) at init": e["init"]["top_k"]}
+                            if e.get("init")
+                            else {}
+                        ),
                     }
                     for e in entries
                 ]
@@ -154,6 +159,18 @@ else:
         )
         for e in entries:
             st.markdown(f"- {e['reading']}")
+
+    moved = adapters.get("a_moved") or {}
+    if moved:
+        st.caption(
+            "How far training moved each A from its random start, ‖A − A₀‖_F / ‖A₀‖_F (the similarity at "
+            "initialisation, in the table, is what the same random start alone would give):"
+        )
+        st.dataframe(
+            pd.DataFrame([{"adapter": key, **values} for key, values in moved.items()]),
+            hide_index=True,
+            width="stretch",
+        )
 
     st.header("How the update relates to W (the paper's table 7)")
     st.write(

@@ -150,9 +150,11 @@ def say_similarity(adapters: dict[str, Any]) -> None:
         a1, a2 = entries[0]["adapters"]
         k = entries[0]["k"]
         say(f"\n{a1} vs {a2} ({pair} compared), {BASIS_TITLES.get(basis, basis)}")
+        with_init = all(e.get("init") for e in entries)
         rows = []
         for e in entries:
             r1, r2 = e["ranks"]
+            init = [e["init"]["top1_in_all"], e["init"]["top_k"]] if with_init else []
             rows.append(
                 [
                     e["layer"],
@@ -163,23 +165,17 @@ def say_similarity(adapters: dict[str, Any]) -> None:
                     e["top_k_in_all"],
                     e["random_top1"],
                     e["random_top_k"],
+                    *init,
                 ]
             )
-        say(
-            table(
-                [
-                    "layer",
-                    "ranks",
-                    "φ(1,1)",
-                    f"φ({k},{k})",
-                    "φ(1,all)",
-                    f"φ({k},all)",
-                    "random φ(1,1)",
-                    f"random φ({k},{k})",
-                ],
-                rows,
-            )
-        )
+        headers = ["layer", "ranks", "φ(1,1)", f"φ({k},{k})", "φ(1,all)", f"φ({k},all)", "random φ(1,1)"]
+        headers += [f"random φ({k},{k})"] + (["φ(1,all) at init", f"φ({k},{k}) at init"] if with_init else [])
+        say(table(headers, rows))
+    moved = adapters.get("a_moved") or {}
+    if moved:
+        say("\nHow far training moved each A from its random start, ||A - A0||_F / ||A0||_F:")
+        layers = list(next(iter(moved.values())))
+        say(table(["adapter", *layers], [[key, *(m.get(n) for n in layers)] for key, m in moved.items()]))
 
 
 def say_amplification(adapters: dict[str, Any]) -> None:

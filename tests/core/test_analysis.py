@@ -3,6 +3,8 @@ the memory of training counted from the real tensors; the whole run on small set
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -17,6 +19,7 @@ from lora_core.analysis import (
     LowRankUpdate,
     amplification,
     find_saved_adapter,
+    initial_a,
     input_directions,
     load_analysis,
     memory_ratios,
@@ -31,6 +34,7 @@ from lora_core.errors import ConfigError
 from lora_core.lora import LoraModel
 from lora_core.model import count_parameters
 from lora_core.storage import ArtifactStore
+from lora_core.train import FinetuneConfig
 
 IN = 784
 LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10) per unit of rank, up to linear3's cap
@@ -236,6 +240,12 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     assert seeds["linear2"]["adapters"] == ["r4-seed0", "r4-seed1"]
     assert torch.allclose(subspace_similarity(a_small, a_small).diagonal(), torch.ones(4), atol=1e-5)
     assert {e["ranks"][1] for e in adapters["similarity"]["update"]["seeds"]} == {4}
+    # linear1's A of both seed-0 adapters start with the same 4 rows (one seed, drawn in order), linear2's do not
+    assert ranks["linear1"]["init"]["top_k_in_all"] == pytest.approx(1.0, abs=1e-5)
+    assert ranks["linear2"]["init"]["top_k_in_all"] < 0.5
+    assert all(e["init"] is None for e in adapters["similarity"]["update"]["ranks"])
+    moved = adapters["a_moved"]
+    assert set(moved) == set(sources) and all(0 < v < 100 for m in moved.values() for v in m.values())
     amp = adapters["amplification"]["r4-seed0"]["rows"]
     assert [a["layer"] for a in amp] == ["linear1", "linear2", "linear3"] and all(a["reading"] for a in amp)
     assert len(adapters["directions"]["images"]) == 4  # min(directions 8, rank 4)
@@ -248,6 +258,18 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     assert saved.errors == []
     assert saved.adapters == json.loads(json.dumps(adapters)) and saved.memory == json.loads(json.dumps(memory))
     assert saved.adapters["base_sha256"] == base.fingerprint
+
+
+def test_initial_a_is_where_finetune_starts(small_base_record) -> None:  # noqa: ANN001 - fixture
+    config = FinetuneConfig(rank=4, alpha=8.0, seed=3)
+    init = initial_a(small_base_record.model, config)
+    lora_model = LoraModel(copy.deepcopy(small_base_record.model))
+    lora_model.add_adapter("fresh", config.lora_config(), seed=config.seed)
+    for name, layer in lora_model.lora_layers().items():
+        assert torch.equal(layer.lora_A["fresh"].weight, init[name])
+    larger = initial_a(small_base_record.model, dataclasses.replace(config, rank=8, alpha=16.0))
+    assert torch.equal(larger["linear1"][:4], init["linear1"])  # the same seed draws the same first rows
+    assert not torch.equal(larger["linear2"][:4], init["linear2"])
 
 
 def test_find_saved_adapter_needs_every_training_setting_to_match(trained_artifacts: Path) -> None:
