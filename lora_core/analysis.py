@@ -673,7 +673,15 @@ def _obtain_adapters(
         log(f"{key}: training rank {rank}, seed {seed}, {settings.steps} steps (kept in memory, not saved)")
         run = finetune(lora_model, key, data, config, progress=_named(progress, f"rank {rank}, seed {seed}"), stop=stop)
         sources.append(
-            {"key": key, "rank": rank, "seed": seed, "source": "trained for the analysis", "seconds": run.seconds}
+            {
+                "key": key,
+                "rank": rank,
+                "seed": seed,
+                "source": "trained for the analysis",
+                "seconds": run.seconds,
+                # "auto" picks bf16 or fp32 by a timing probe: the figures depend on which (record it)
+                "precision_used": run.precision.used if run.precision else None,
+            }
         )
     return sources
 
