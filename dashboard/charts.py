@@ -377,7 +377,7 @@ def subspace_heatmap(phi: Sequence[Sequence[float]], title: str, names: tuple[st
     )
     fig.update_xaxes(title_text=f"j (top directions of {names[1]})")
     fig.update_yaxes(title_text=f"i ({names[0]})", autorange="reversed")
-    return _layout(fig, title, height=max(220, 60 + 22 * rows))
+    return _layout(fig, title, height=max(260, 80 + 22 * rows))
 
 
 def direction_images(images: Sequence[Sequence[Sequence[float]]], singular_values: Sequence[float]) -> go.Figure:

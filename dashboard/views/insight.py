@@ -212,6 +212,12 @@ else:
             "784 values as 28×28 pixels of the normalised input): the update responds most to inputs shaped like "
             "these (red positive, blue negative), scaled by each singular value σ."
         )
+        start = (adapters.get("a_moved") or {}).get(directions["adapter"], {}).get("linear1")
+        if start is not None:
+            st.caption(
+                "The speckle is partly A's random start: B·A keeps whatever of it B multiplies, and training moved "
+                f"linear1's A by ‖A − A₀‖_F / ‖A₀‖_F = {start:.2f} from it; strokes are what training added."
+            )
         st.plotly_chart(
             charts.direction_images(directions["images"], directions["singular_values"]),
             width="stretch",
