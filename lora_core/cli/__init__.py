@@ -8,6 +8,7 @@
     python -m lora_core prove --steps 20        # live check: LoRA steps leave W bit-identical, a control moves it
     python -m lora_core predict my-digits/    # every PNG/JPEG in the folder
     python -m lora_core experiment rotate:45  # LoRA, full fine-tuning and the last layer side by side on a task
+    python -m lora_core analyze               # the LoRA paper's analysis of three adapters, and training's memory
 
 Every command takes --json PATH. A mistake prints one line, `error: <option>: <what is wrong>`, and exits
 with status 2. parser.py holds the options, commands.py what each command does, render.py the text.

@@ -31,6 +31,7 @@ def test_without_a_base_model_the_page_offers_training(fresh_dir: Path) -> None:
     assert_clean(at)
     assert "There is no base model yet" in texts(at)
     assert ui.TRAIN_LABEL in [b.label for b in at.button]
+    assert list(fresh_dir.iterdir()) == [], "looking at the page must not write anything"
 
 
 def test_a_large_rank_not_above_the_small_one_is_refused_naming_the_field(trained_dir: Path) -> None:
