@@ -825,8 +825,9 @@ def run_analysis(
     save: bool = True,
 ) -> dict[str, Any]:
     """The analysis parts asked for, under the artifacts folder's writer lock; saved to <artifacts>/analysis/
-    (adapters.json for similarity, amplification and directions, memory.json for memory) unless save=False.
-    Returns {"adapters": ..., "memory": ...} with the groups that ran."""
+    (adapters.json for similarity, amplification and directions, memory.json for memory) unless save=False,
+    once all have run (a stop raises RunStopped and saves nothing). Returns {"adapters": ..., "memory": ...}
+    with the groups that ran."""
     settings = settings or AnalysisSettings()
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -854,8 +855,6 @@ def run_analysis(
                 "adapters": sources,
                 **analyze_adapters(lora_model, settings, initial=initial),
             }
-            if save:
-                atomic_write_json(analysis_dir(store) / ADAPTERS_FILE, result)
             out["adapters"] = result
         if "memory" in parts:
             log(f"Memory: full fine-tuning and LoRA at ranks {', '.join(map(str, settings.memory_ranks))}")
@@ -868,9 +867,11 @@ def run_analysis(
                     rows, RATIO_RANK if RATIO_RANK in settings.memory_ranks else settings.memory_ranks[0]
                 ),
             }
-            if save:
-                atomic_write_json(analysis_dir(store) / MEMORY_FILE, result)
             out["memory"] = result
+        if save:  # only once every part asked for has run: a stopped or failed run saves nothing
+            files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
+            for group, result in out.items():
+                atomic_write_json(analysis_dir(store) / files[group], result)
     return out
 
 

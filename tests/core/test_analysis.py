@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from lora_core.analysis import (
     update_svd,
 )
 from lora_core.data import MnistData
-from lora_core.errors import ConfigError
+from lora_core.errors import ConfigError, RunStopped
 from lora_core.lora import LoraModel
 from lora_core.model import count_parameters
 from lora_core.storage import ArtifactStore
@@ -258,6 +259,16 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     assert saved.errors == []
     assert saved.adapters == json.loads(json.dumps(adapters)) and saved.memory == json.loads(json.dumps(memory))
     assert saved.adapters["base_sha256"] == base.fingerprint
+
+
+def test_a_stopped_analysis_saves_nothing(artifacts_copy: Path, small_mnist: MnistData) -> None:
+    store = ArtifactStore(artifacts_copy)
+    before = file_bytes(artifacts_copy)
+    stop = threading.Event()
+    stop.set()  # as the dashboard's Stop button: the first training step ends the run
+    with pytest.raises(RunStopped):
+        run_analysis(store, small_mnist, AnalysisSettings(**{**SMALL, "small_rank": 2}), stop=stop)
+    assert file_bytes(artifacts_copy) == before and not (artifacts_copy / "analysis").exists()
 
 
 def test_initial_a_is_where_finetune_starts(small_base_record) -> None:  # noqa: ANN001 - fixture
