@@ -16,6 +16,7 @@ PAGES = {
     "finetune": "finetune",
     "draw": "draw",
     "experiments": "experiments",
+    "insight": "insight",
 }
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.ui import PAGES as dashboard_pages
+
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-PAGES = ["home", "training", "evaluation", "parameters", "finetune", "draw", "experiments"]
+PAGES = list(dashboard_pages)  # every page the app registers, so a new page is covered without listing it here
 
 
 def new_app() -> AppTest:
