@@ -4,6 +4,12 @@ The frozen weight W is never modified. An adapter adds B(A(x)) * scale on the si
     y = x W^T + b + dropout(x) A^T B^T * scale,   scale = alpha / r  (or alpha / sqrt(r), rsLoRA)
 A new adapter has B = 0, so it changes nothing until trained. Merging builds W + scale * B A into a
 separate tensor used for inference; unmerging drops that tensor, so W stays bit-for-bit what it was.
+
+Several adapters can be active at once, each with a weight (PEFT's set_adapter with a list of names, and the
+sum of updates that its add_weighted_adapter builds with combination_type="cat"):
+    y = x W^T + b + sum_k w_k * scale_k * dropout_k(x) A_k^T B_k^T
+A combination merges the same way, into a separate tensor W + sum_k w_k scale_k B_k A_k: W itself is never
+written, so unmerging leaves it bit-identical (W + dW - dW would not be, in floating point).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, StaleAdapterError
 from .model import LAYER_NAMES, MLP
 from .numbers import is_finite_number
 
@@ -353,6 +359,8 @@ class LoraLinear(nn.Module):
         self.lora_dropout = AdapterModules()
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
+        # several adapters at once: (name, weight) pairs of the ones this layer holds; None when not combining
+        self.combination: tuple[tuple[str, float], ...] | None = None
         self.adapters_enabled = True
         self._merged_weight: torch.Tensor | None = None
         self._base_cast: _BaseCast | None = None  # W and b in autocast's dtype while training; _frozen_base_as
@@ -381,15 +389,25 @@ class LoraLinear(nn.Module):
         if self.active_adapter == name:
             self.unmerge()
             self.active_adapter = None
+        if self.combination is not None and any(n == name for n, _ in self.combination):
+            self.set_combination(tuple((n, w) for n, w in self.combination if n != name))
         for store in (self.lora_A, self.lora_B, self.lora_dropout):
             if name in store:
                 del store[name]
         self.scaling.pop(name, None)
 
     def set_adapter(self, name: str | None) -> None:
-        if name != self.active_adapter:
+        if name != self.active_adapter or self.combination is not None:
             self.unmerge()
+        self.combination = None
         self.active_adapter = name if name in self.lora_A else None
+
+    def set_combination(self, weighted: Sequence[tuple[str, float]]) -> None:
+        """Activate several adapters at once, each update scaled by its weight; names this layer does not
+        hold are left out (an adapter need not cover every layer)."""
+        self.unmerge()
+        self.active_adapter = None
+        self.combination = tuple((name, float(weight)) for name, weight in weighted if name in self.lora_A)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The update scale * B A that the adapter adds to W (for inspection and merging)."""
@@ -397,9 +415,25 @@ class LoraLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if self.combination is not None:
+            self._merge_combination()
+            return
         if self.active_adapter is None:
             return
         self._merged_weight = self.base_layer.weight + self.delta_weight(self.active_adapter)
+
+    def combined_delta_weight(self) -> torch.Tensor | None:
+        """sum_k w_k * scale_k * B_k A_k of the active combination (None when no adapter of it is here)."""
+        delta = None
+        for name, weight in self.combination or ():
+            term = self.delta_weight(name) * weight
+            delta = term if delta is None else delta + term
+        return delta
+
+    def _merge_combination(self) -> None:
+        delta = self.combined_delta_weight()
+        if delta is not None:  # a separate tensor, as for one adapter: W itself is never written
+            self._merged_weight = self.base_layer.weight + delta
 
     def unmerge(self) -> None:
         self._merged_weight = None
@@ -409,6 +443,8 @@ class LoraLinear(nn.Module):
         return self._merged_weight is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.combination is not None:
+            return self._combined_forward(x)
         name = self.active_adapter
         if name is None or not self.adapters_enabled:
             return self.base_layer(x)
@@ -448,6 +484,35 @@ class LoraLinear(nn.Module):
         )
         return out.view(*lead, self.out_features)
 
+    def _combined_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus every active adapter's update times its weight, by plain autograd (combinations
+        are for evaluation and prediction). Each term is computed exactly as the single-adapter evaluation
+        path computes its one term, and a weight of 1 multiplies nothing, so that a combination of one adapter
+        at weight 1 (the others at 0) gives that adapter's logits to the last bit."""
+        if not self.adapters_enabled or not self.combination:
+            return self.base_layer(x)
+        if self._merged_weight is not None:
+            return F.linear(x, self._merged_weight, self.base_layer.bias)
+        out = self.base_layer(x)
+        first_b = self.lora_B[self.combination[0][0]].weight
+        if out.dtype != first_b.dtype:  # bfloat16 autocast: the side paths and the sum in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._add_updates(out.to(first_b.dtype), x)
+        return self._add_updates(out, x)
+
+    def _add_updates(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        for name, weight in self.combination or ():
+            if weight == 0.0:  # contributes nothing: skipped, not multiplied
+                continue
+            dropout = self.lora_dropout[name]
+            side = dropout(x) if isinstance(dropout, nn.Dropout) else x
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            if side.dtype != a.dtype:
+                side = side.to(a.dtype)
+            term = F.linear(F.linear(side, a), b) * self.scaling[name]
+            out = out + (term if weight == 1.0 else term * weight)
+        return out
+
     def _frozen_base_as(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The frozen W and b cast to `dtype` for autocast's base matmuls, made once while they are unchanged.
 
@@ -479,7 +544,8 @@ class LoraLinear(nn.Module):
         return super().train(mode)
 
     def extra_repr(self) -> str:
-        return f"adapters={list(self.lora_A)}, active={self.active_adapter!r}"
+        active = dict(self.combination) if self.combination is not None else self.active_adapter
+        return f"adapters={list(self.lora_A)}, active={active!r}"
 
 
 @dataclass
@@ -491,7 +557,8 @@ class _AdapterEntry:
 class LoraModel(nn.Module):
     """An MLP whose target layers carry named LoRA adapters; the base weights stay frozen.
 
-    One adapter is active at a time; switching is instant and never reloads the base.
+    One adapter is active at a time, or several at once with a weight each (set_adapter with a list);
+    switching is instant and never reloads the base.
     """
 
     def __init__(self, base: MLP) -> None:
@@ -499,6 +566,7 @@ class LoraModel(nn.Module):
         self.model = base
         self.adapters: dict[str, _AdapterEntry] = {}
         self._active: str | None = None
+        self._combination: tuple[tuple[str, float], ...] | None = None
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -536,20 +604,88 @@ class LoraModel(nn.Module):
         for layer in self.lora_layers().values():
             layer.delete_adapter(name)
         del self.adapters[name]
-        if self._active == name:
+        if self._active == name or any(n == name for n, _ in self._combination or ()):
             self.set_adapter(None)
 
-    def set_adapter(self, name: str | None) -> None:
-        """Make `name` the active adapter (None: the plain base model)."""
-        if name is not None:
-            self._require(name)
-        self._active = name
+    def set_adapter(self, name: str | Sequence[str] | None, weights: Sequence[float] | None = None) -> None:
+        """Make `name` the active adapter (None: the plain base model).
+
+        A list of names activates them all at once, as PEFT's set_adapter does with a list: each adds its
+        update, scaled by its weight from `weights` (1.0 each when not given), so the layers compute
+        W x + b + sum_k w_k scale_k B_k A_k x. The adapters may differ in rank, scale and layers; they must have
+        been trained on the same base model (StaleAdapterError otherwise). A list of one name at weight 1 is
+        that adapter alone, on the single-adapter path."""
+        if name is None or isinstance(name, str):
+            if weights is not None:
+                raise ConfigError("weights", "weights go with a list of adapters; give set_adapter a list of names")
+            if name is not None:
+                self._require(name)
+            self._active = name
+            self._combination = None
+            for layer in self.lora_layers().values():
+                layer.set_adapter(name)
+            return
+        weighted = self._weighted(list(name), weights)
+        if len(weighted) == 1 and weighted[0][1] == 1.0:
+            self.set_adapter(weighted[0][0])
+            return
+        self._active = None
+        self._combination = weighted
         for layer in self.lora_layers().values():
-            layer.set_adapter(name)
+            layer.set_combination(weighted)
+
+    def _weighted(self, names: list[str], weights: Sequence[float] | None) -> tuple[tuple[str, float], ...]:
+        """(name, weight) pairs, checked: known adapters, each once, finite weights, one base model."""
+        if not names:
+            raise ConfigError("adapters", "give at least one adapter to activate")
+        for name in names:
+            if not isinstance(name, str):
+                raise ConfigError("adapters", f"adapter names must be strings, got {name!r}")
+            self._require(name)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError("adapters", f"lists {', '.join(repr(n) for n in repeated)} more than once")
+        values = [1.0] * len(names) if weights is None else list(weights)
+        if len(values) != len(names):
+            raise ConfigError("weights", f"got {len(values)} weights for {len(names)} adapters; give one each")
+        for name, weight in zip(names, values):
+            if not is_finite_number(weight):
+                raise ConfigError("weights", f"the weight of {name!r} must be a finite number, got {weight!r}")
+        self.check_same_base(names)
+        return tuple((name, float(weight)) for name, weight in zip(names, values))
+
+    def check_same_base(self, names: Sequence[str]) -> None:
+        """Raise StaleAdapterError unless every adapter in `names` that records its base model's fingerprint
+        (metrics' base_sha256, as saved adapters do) records the same one: an update learned on other weights
+        means nothing added to these."""
+        seen: dict[str, str] = {}
+        for name in names:
+            sha = self._require(name).meta.get("base_sha256")
+            if isinstance(sha, str):
+                seen.setdefault(sha, name)
+        if len(seen) > 1:
+            (sha1, first), (sha2, second) = list(seen.items())[:2]
+            raise StaleAdapterError(
+                f"adapters {first!r} and {second!r} were trained on different base models (fingerprints "
+                f"{sha1[:12]} and {sha2[:12]}); only adapters of the same base model can be combined"
+            )
 
     @property
     def active_adapter(self) -> str | None:
+        """The one active adapter; None for the plain base model and while a combination is active."""
         return self._active
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The names of every active adapter (PEFT's active_adapters): none, one, or a combination's."""
+        if self._combination is not None:
+            return [name for name, _ in self._combination]
+        return [self._active] if self._active is not None else []
+
+    @property
+    def adapter_weights(self) -> dict[str, float]:
+        """Each active adapter's weight (1.0 for a single active adapter)."""
+        return dict(self._combination) if self._combination is not None else dict.fromkeys(self.active_adapters, 1.0)
 
     def adapter_config(self, name: str) -> LoraConfig:
         return self._require(name).config
@@ -587,7 +723,8 @@ class LoraModel(nn.Module):
                 layer.adapters_enabled = was
 
     def merge(self) -> None:
-        """Fold the active adapter into a separate copy of each weight for zero-overhead inference."""
+        """Fold the active adapter (or combination) into a separate copy of each weight for zero-overhead
+        inference; the base weights themselves are never written."""
         for layer in self.lora_layers().values():
             layer.merge()
 

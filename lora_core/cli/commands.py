@@ -514,3 +514,37 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
         bar.close()
     sweep_report(result)
     return result.to_dict()
+
+
+# --- combine ---------------------------------------------------------------------------------------
+def cmd_combine(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    """Several adapters at once: the base, each alone and the weighted combination, per task."""
+    from ..combine import combination_report
+    from ..study import load_base_for_lora
+
+    weighted: list[tuple[str, float]] = args.adapters
+    if len(weighted) < 2:
+        raise UsageError("--adapters: give two or more adapters to combine, e.g. digit-9:1,rotate-45:1")
+    store = _store(args)
+    base, lora_model = load_base_for_lora(store, args.device)
+    for name, _ in weighted:  # refuses an adapter of another base model (StaleAdapterError) by name
+        store.load_adapter(lora_model, name, base.fingerprint)
+    data = _data(args)
+    report = combination_report(lora_model, weighted, data, tasks=args.task)
+    say(combine_table(report))
+    combined = report.row("combined")["accuracy"]
+    for column in report.columns:
+        best = max(report.rows[1:-1], key=lambda row: row["accuracy"][column.key])
+        say(
+            f"{column.label}: combination {pct(combined[column.key])}, best single adapter {best['model']} "
+            f"{pct(best['accuracy'][column.key])}, base {pct(report.row('base')['accuracy'][column.key])}"
+        )
+    return {"artifacts": str(store.root), **report.to_dict()}
+
+
+def combine_table(report: Any) -> str:
+    """One row per model (base, each adapter alone, the combination), one column per task, in percent."""
+    headers = ["model", *[column.key for column in report.columns]]
+    rows = [[row["model"], *[pct(row["accuracy"][c.key]) for c in report.columns]] for row in report.rows]
+    legend = "; ".join(f"{c.key} = {c.label}" for c in report.columns)
+    return table(headers, rows) + f"\n({legend})"

@@ -340,6 +340,45 @@ def _sweep_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# combine: the adapters and their weights in one option, the tasks to score them on in another
+COMBINE_FLAGS: dict[str, tuple[str, ...]] = {
+    "adapters": ("--adapters",),
+    "weights": ("--adapters",),
+    "adapter": ("--adapters",),
+    "name": ("--adapters",),
+    "task": ("--task",),
+}
+
+
+def _weighted_adapters_arg(text: str) -> list[tuple[str, float]]:
+    from ..combine import parse_weighted_adapters
+
+    try:
+        return parse_weighted_adapters(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
+def _combine_options(parser: argparse.ArgumentParser) -> None:
+    from ..combine import WEIGHTED_FORM
+    from ..tasks import TASK_FORMS
+
+    parser.add_argument(
+        "--adapters",
+        type=_weighted_adapters_arg,
+        required=True,
+        metavar="NAME:WEIGHT,...",
+        help=f"two or more saved adapters and their weights: {WEIGHTED_FORM}",
+    )
+    parser.add_argument(
+        "--task",
+        type=_task_arg,
+        action="append",
+        metavar="TASK",
+        help=f"score on this task (repeatable; default: each adapter's own task): {TASK_FORMS}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
@@ -438,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .analyze import add_analyze_parser  # the analyze command keeps its options in its own module
 
     add_analyze_parser(sub, common)
+
+    p = sub.add_parser(
+        "combine",
+        parents=[common],
+        help="two or more adapters at once, each with a weight: accuracy on each adapter's task",
+        description="Activate several saved adapters at once, each update scaled by its weight (the sum "
+        "W x + b + sum_k w_k scale_k B_k A_k x, like PEFT's weighted combination), and compare the base model, "
+        "each adapter alone and the combination on plain MNIST and on each adapter's task (a digit adapter on "
+        "its digits, a domain adapter such as rotate-45 on its transformed test set).",
+    )
+    _combine_options(p)
+    p.set_defaults(handler=commands.cmd_combine, flags=COMBINE_FLAGS)
     return parser
 
 
