@@ -424,3 +424,37 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="MB (10⁶ bytes)")
     return _layout(fig, "Memory of training: exact parts and the measured peak", height=420)
+
+
+# --- several adapters at once (lora_core.combine) -----------------------------------------------------
+COMBINATION_COLOR = ADAPTED_COLOR
+ALONE_COLORS = ("#2e86ab", "#6a994e", "#9b5de5", "#f15bb5")
+
+
+def combination_bars(
+    columns: Sequence[str], models: Sequence[str], kinds: Sequence[str], accuracy: Sequence[Sequence[float]]
+) -> go.Figure:
+    """Grouped bars: one group per task column, one bar per model (base, each adapter alone, the combination).
+
+    `accuracy[m][c]` is model m's accuracy (0..1) on column c; `kinds[m]` is "base", "alone" or "combined"."""
+    fig = go.Figure()
+    alone = 0
+    for model, kind, values in zip(models, kinds, accuracy):
+        if kind == "base":
+            color = BASE_COLOR
+        elif kind == "combined":
+            color = COMBINATION_COLOR
+        else:
+            color = ALONE_COLORS[alone % len(ALONE_COLORS)]
+            alone += 1
+        fig.add_bar(
+            x=list(columns),
+            y=[100 * v for v in values],
+            name=model if kind != "alone" else f"{model} alone",
+            marker_color=color,
+            text=[f"{100 * v:.1f}" for v in values],
+        )
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 105])
+    return _layout(fig, "Each adapter alone and the combination, per task", height=400)

@@ -95,3 +95,17 @@ def architecture_dot(model: nn.Module, config: LoraConfig | None = None, adapter
             lines.append(f"  {output} -> logits;")
     lines.append("}")
     return "\n".join(lines)
+
+
+def show(model: nn.Module, config: LoraConfig | None = None, adapter: str | None = None) -> None:
+    """The diagram on a page (st.graphviz_chart renders DOT in the browser; no Graphviz install needed)."""
+    import streamlit as st
+
+    st.graphviz_chart(architecture_dot(model, config, adapter), width="stretch")
+    if config is None:
+        st.caption("Grey: the frozen layers. Choose or fine-tune an adapter to see its LoRA branches beside them.")
+    else:
+        st.caption(
+            "Grey: the frozen layers (W and b never change). Orange: the adapter's LoRA branch beside each layer "
+            "it adapts; its output, scaled by α/r, is added to the layer's."
+        )

@@ -21,7 +21,7 @@ from .data import MnistData
 from .errors import ConfigError
 from .evaluate import evaluate
 from .lora import LoraModel, validate_adapter_name
-from .numbers import is_finite_number
+from .numbers import is_finite_number, pct
 from .tasks import Task, accuracy_on, parse_task
 
 PLAIN = "plain"
@@ -96,7 +96,7 @@ def score_columns(tasks: Sequence[Task], weakest: int | None = None) -> list[Sco
     columns = [ScoreColumn(PLAIN, "plain MNIST, all digits")]
     for task in tasks:
         if task.is_domain:
-            column = ScoreColumn(task.spec, f"{task.spec}: {task.label}", task=task)
+            column = ScoreColumn(task.spec, f"whole test set, {task.label}", task=task)
         else:
             digits = task.target_digits(weakest)
             names = ",".join(map(str, digits))
@@ -147,8 +147,29 @@ class CombinationReport:
                 return row
         raise KeyError((kind, name))
 
+    def readings(self) -> list[str]:
+        """One sentence per column for people: the combination against the best adapter alone and the base."""
+        base, combined = self.row("base")["accuracy"], self.row("combined")["accuracy"]
+        alone = [row for row in self.rows if row["kind"] == "alone"]
+        out = []
+        for column in self.columns:
+            key = column.key
+            best = max(alone, key=lambda row: row["accuracy"][key])
+            gap = 100 * (combined[key] - best["accuracy"][key])
+            verdict = (
+                "keeps what the best adapter alone reaches"
+                if gap >= -0.5
+                else f"loses {-gap:.1f} points against the best adapter alone"
+            )
+            out.append(
+                f"{column.label}: the combination reads {pct(combined[key])}, {best['model']} alone "
+                f"{pct(best['accuracy'][key])}, the base {pct(base[key])}; the combination {verdict}."
+            )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "readings": self.readings(),
             "weights": [{"adapter": n, "weight": w} for n, w in self.weights],
             "combination": combination_label(self.weights),
             "columns": [c.to_dict() for c in self.columns],

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, state, ui
+from dashboard import charts, combination, state, ui
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
@@ -166,3 +166,6 @@ with right:
             st.success(f"Both models say {top_base}.")
     if true_label is not None:
         st.caption(f"The true label is {true_label}.")
+
+# --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
+combination.draw_section(base, prepared)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, state, ui
+from dashboard import charts, combination, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.evaluate import Evaluation, compare
 from lora_core.numbers import pct
@@ -226,3 +226,6 @@ for n, i in enumerate(indices[:GALLERY_SIZE]):
     if after is not None:
         caption += f" · adapted {after.predictions[i]}"
     cols[n % GALLERY_COLUMNS].image(charts.digit_image(state.test_pixels(i), scale=4), caption=caption)
+
+# --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
+combination.evaluation_section(base, chosen)

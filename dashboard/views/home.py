@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, jobs, state, ui
+from dashboard import charts, diagram, jobs, state, ui
 from lora_core.errors import ConfigError
+from lora_core.model import MLP
 from lora_core.numbers import pct
 from lora_core.proof import RecordedCheck, recorded_check
 from lora_core.study import Headline, headline_from_adapter, headline_from_study
@@ -90,6 +91,14 @@ if active_info is not None:
 else:
     step(4, "Fine-tune it with LoRA", False, "No adapter is active yet.", "finetune", "LoRA fine-tuning")
     step(5, "Compare before and after", False, "Needs an adapter.", "evaluation", "Evaluation")
+
+# --- the network as a picture (dashboard/diagram.py) -------------------------------------------------------------
+st.header("The network, and where LoRA sits")
+diagram.show(
+    base.model if base is not None else MLP(),
+    active_info.record.config if active_info is not None else None,
+    active_info.name if active_info is not None else None,
+)
 
 # --- run the whole study ---------------------------------------------------------------------------------
 st.header("Run the whole study")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, state, ui
+from dashboard import charts, diagram, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.lora import LoraConfig, rank_limits
 from lora_core.model import MLP
@@ -94,6 +94,11 @@ def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> N
 
 if config is not None:
     layer_ranks(config, base.model, table)
+
+
+# --- the network as a picture (dashboard/diagram.py) -----------------------------------------------------------------
+st.subheader("The network with this adapter's LoRA branches")
+diagram.show(base.model, config, chosen)
 
 # --- did W move? ----------------------------------------------------------------------------------------------------
 st.header("Did the base weights change?")

@@ -532,13 +532,8 @@ def cmd_combine(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     data = _data(args)
     report = combination_report(lora_model, weighted, data, tasks=args.task)
     say(combine_table(report))
-    combined = report.row("combined")["accuracy"]
-    for column in report.columns:
-        best = max(report.rows[1:-1], key=lambda row: row["accuracy"][column.key])
-        say(
-            f"{column.label}: combination {pct(combined[column.key])}, best single adapter {best['model']} "
-            f"{pct(best['accuracy'][column.key])}, base {pct(report.row('base')['accuracy'][column.key])}"
-        )
+    for sentence in report.readings():
+        say(sentence)
     return {"artifacts": str(store.root), **report.to_dict()}
 
 

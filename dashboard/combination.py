@@ -1,0 +1,212 @@
+"""Two adapters at once, each with a weight (lora_core.combine): the sections of the evaluation and draw pages.
+
+Each page calls one function from one place: evaluation_section(base) and draw_section(base, digit). Both
+run on the session's LoraModel (state.load_into_session) and put its single active adapter back afterwards,
+so the rest of the page never sees the combination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from dashboard import charts, state
+from lora_core.combine import (
+    CombinationReport,
+    adapter_task,
+    combination_label,
+    score,
+    score_columns,
+)
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lora import LoraModel
+from lora_core.numbers import pct
+from lora_core.preprocess import PreparedDigit, predict_probabilities
+from lora_core.storage import BaseModelRecord
+
+WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accepts any weight)
+SCORES_KEY = "_combination_scores"
+
+
+@dataclass
+class Choice:
+    """Two adapters and their weights, as chosen on a page."""
+
+    names: list[str]
+    weights: list[float]
+    stamps: list[str]  # when each was saved: a re-saved adapter is scored again
+
+    @property
+    def weighted(self) -> list[tuple[str, float]]:
+        return list(zip(self.names, self.weights))
+
+
+def _controls(base: BaseModelRecord, prefix: str, first: str | None) -> Choice | None:
+    """Two select boxes and a weight slider each; None (with a note) unless two adapters are usable."""
+    usable = state.usable_adapters(base.fingerprint)
+    if len(usable) < 2:
+        st.info(
+            "Combining needs two saved adapters of this base model, for example the study's digit adapter and "
+            "a task adapter from the Experiments page (rotate:45)."
+        )
+        return None
+    names = [a.name for a in usable]
+    first_index = names.index(first) if first in names else 0
+    c1, c2 = st.columns(2)
+    one = c1.selectbox("First adapter", names, index=first_index, key=f"{prefix}_combine_first")
+    others = [n for n in names if n != one]
+    two = c2.selectbox("Second adapter", others, index=0, key=f"{prefix}_combine_second")
+    low, high = WEIGHT_RANGE
+    w1 = c1.slider(f"Weight of {one}", low, high, 1.0, 0.1, key=f"{prefix}_combine_w1")
+    w2 = c2.slider(f"Weight of {two}", low, high, 1.0, 0.1, key=f"{prefix}_combine_w2")
+    info = {a.name: a for a in usable}
+    stamps = [str((info[n].record.metrics or {}).get("created", "")) for n in (one, two)]
+    return Choice([one, two], [float(w1), float(w2)], stamps)
+
+
+def _session_model(base: BaseModelRecord, choice: Choice) -> LoraModel | None:
+    """The session's LoraModel with both adapters loaded; None (with st.error) if one cannot be used."""
+    try:
+        model = None
+        for name in choice.names:
+            model = state.load_into_session(base, name)
+        return model
+    except (ArtifactError, ConfigError) as exc:
+        st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
+        return None
+
+
+@st.cache_resource(max_entries=8, show_spinner="Transforming the 10,000 test digits for the task...")
+def _task_test_x(spec: str) -> torch.Tensor:
+    from lora_core.tasks import parse_task
+
+    return parse_task(spec).transform_normalized(state.data().test_x)
+
+
+def _report(base: BaseModelRecord, model: LoraModel, choice: Choice) -> CombinationReport:
+    """lora_core.combine.combination_report's figures, with the base's and each adapter's cached per session
+    (only the combination is scored again when a weight moves)."""
+    tasks = [t for t in (adapter_task(model.adapter_meta(n)) for n in choice.names) if t is not None]
+    weakest = state.base_evaluation(base).weakest_digit
+    columns = score_columns(tasks, weakest)
+    data = state.data()
+    sets = {key: (data.test_x if key == "plain" else _task_test_x(key)) for key in scoring_sets_keys(columns)}
+    cache: dict[Any, dict[str, float]] = st.session_state.setdefault(SCORES_KEY, {})
+    if len(cache) > 64:
+        cache.clear()
+    keys = tuple(c.key for c in columns)
+    report = CombinationReport(choice.weighted, columns)
+    previous = model.active_adapter
+    try:
+        with torch.no_grad():
+            for kind, label, names, weights in (
+                ("base", "base model", [], []),
+                *[("alone", n, [n], [1.0]) for n in choice.names],
+                ("combined", combination_label(choice.weighted), choice.names, choice.weights),
+            ):
+                stamps = [choice.stamps[choice.names.index(n)] for n in names]
+                key = (base.fingerprint, keys, tuple(names), tuple(weights), tuple(stamps))
+                if key not in cache:
+                    if len(names) > 1:
+                        model.set_adapter(names, list(weights))
+                    else:
+                        model.set_adapter(names[0] if names else None)
+                    cache[key] = score(model, columns, sets, data.test_y)
+                report.rows.append(
+                    {"model": label, "kind": kind, "weights": dict(zip(names, weights)), "accuracy": cache[key]}
+                )
+    finally:
+        model.set_adapter(previous)
+    return report
+
+
+def scoring_sets_keys(columns: Sequence[Any]) -> list[str]:
+    """The test sets the columns need ('plain' and each domain task's spec), as lora_core.combine.scoring_sets
+    names them; the transformed ones come from the server-wide cache above."""
+    return ["plain", *[c.key for c in columns if c.task is not None]]
+
+
+def evaluation_section(base: BaseModelRecord, first: str | None = None) -> None:
+    """Evaluation page: per-task accuracy of each adapter alone and of their weighted sum."""
+    st.header("Combine two adapters")
+    st.write(
+        "Both adapters act at once: each layer computes W·x + b + w₁·(α/r)₁·B₁A₁·x + w₂·(α/r)₂·B₂A₂·x, the sum "
+        "of their updates with a weight each (PEFT's weighted combination). How does the pair do on both tasks?"
+    )
+    if not st.toggle("Combine two adapters", value=False, key="eval_combine_on"):
+        return
+    choice = _controls(base, "eval", first)
+    if choice is None:
+        return
+    model = _session_model(base, choice)
+    if model is None:
+        return
+    try:
+        with st.spinner("Scoring the base, each adapter and the combination on every task..."):
+            report = _report(base, model, choice)
+    except (ArtifactError, ConfigError) as exc:
+        st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
+        return
+    st.plotly_chart(
+        charts.combination_bars(
+            [c.label for c in report.columns],
+            [row["model"] for row in report.rows],
+            [row["kind"] for row in report.rows],
+            [[row["accuracy"][c.key] for c in report.columns] for row in report.rows],
+        ),
+        width="stretch",
+    )
+    table = pd.DataFrame(
+        [
+            {"model": row["model"], **{c.label: pct(row["accuracy"][c.key]) for c in report.columns}}
+            for row in report.rows
+        ]
+    )
+    st.dataframe(table, hide_index=True, width="stretch")
+    for sentence in report.readings():
+        st.caption(sentence)
+
+
+def draw_section(base: BaseModelRecord, digit: PreparedDigit | None) -> None:
+    """Draw page: what the weighted sum of two adapters predicts for the digit, beside the base model."""
+    st.subheader("Two adapters at once")
+    if not st.toggle("Combine two adapters", value=False, key="draw_combine_on"):
+        return
+    choice = _controls(base, "draw", None)
+    if choice is None or digit is None:
+        return
+    model = _session_model(base, choice)
+    if model is None:
+        return
+    previous = model.active_adapter
+    try:
+        probabilities = {}
+        for label, names, weights in (
+            *[(f"{n} alone", n, None) for n in choice.names],
+            (combination_label(choice.weighted), choice.names, choice.weights),
+        ):
+            model.set_adapter(names, weights)
+            model.enable_adapters(True)
+            probabilities[label] = predict_probabilities(model, digit)
+    except (ArtifactError, ConfigError) as exc:
+        st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
+        return
+    finally:
+        model.set_adapter(previous)
+        model.enable_adapters(state.adapters_enabled())
+    columns = st.columns(len(probabilities))
+    for column, (label, p) in zip(columns, probabilities.items()):
+        top = int(np.argmax(p))
+        combined = label == combination_label(choice.weighted)
+        with column:
+            st.metric(f"{label} says", str(top), f"{p[top]:.1%} sure", delta_color="off", delta_arrow="off")
+            st.plotly_chart(
+                charts.probability_bars(p, label, color=charts.ADAPTED_COLOR if combined else charts.BASE_COLOR),
+                width="stretch",
+            )
