@@ -1,0 +1,103 @@
+"""Two adapters at once on the evaluation and draw pages, and the architecture diagram on home and parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean, click, new_app, texts, visit
+
+from lora_core.experiments import ExperimentSettings, run_experiment
+from lora_core.storage import ArtifactStore
+from lora_core.tasks import parse_task
+
+
+@pytest.fixture(scope="module")
+def two_adapter_artifacts(trained_artifacts: Path, small_mnist, tmp_path_factory) -> Path:
+    """The small trained artifacts ('small', a digit adapter) plus a few-step rotate:45 LoRA adapter."""
+    root = tmp_path_factory.mktemp("combine-page") / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    settings = ExperimentSettings(methods=("lora",), steps=30, batch_size=64, rank=2, seed=0, device="cpu")
+    # the adapter is what matters here: its own figures are measured on the first 1,000 test images only
+    data = dataclasses.replace(small_mnist, test_x=small_mnist.test_x[:1000], test_y=small_mnist.test_y[:1000])
+    run_experiment(ArtifactStore(root), data, parse_task("rotate:45"), settings)
+    return root
+
+
+@pytest.fixture
+def two_dir(two_adapter_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "artifacts"
+    shutil.copytree(two_adapter_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    return root
+
+
+def _set(at, kind: str, key: str, value):  # noqa: ANN001, ANN202 - AppTest widgets
+    widget = next(w for w in getattr(at, kind) if w.key == key)
+    return widget.set_value(value).run()
+
+
+def _table(at) -> dict[str, dict[str, str]]:  # noqa: ANN001 - AppTest
+    frame = at.dataframe[-1].value
+    return {row["model"]: row for row in frame.to_dict("records")}
+
+
+def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
+    at = visit(new_app(), "evaluation")
+    assert_clean(at)
+    assert "Combine two adapters" in [h.value for h in at.header]
+    _set(at, "toggle", "eval_combine_on", True)
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    rows = _table(at)
+    base, first, second, combined = list(rows)
+    assert {first, second} == {"small", "rotate-45"} and (base, combined) == ("base model", f"{first} ×1 + {second} ×1")
+    rotated = next(column for column in rows[base] if "rotated 45 degrees" in column)
+    assert rows[combined][rotated] != rows[first][rotated]
+    assert "the combination reads" in texts(at)
+    # weight 0 on the second: the combination is the first adapter alone, figure for figure
+    _set(at, "slider", "eval_combine_w2", 0.0)
+    rows = _table(at)
+    scores = {model: [row[k] for k in row if k != "model"] for model, row in rows.items()}
+    assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
+
+
+def test_combining_needs_two_adapters(trained_dir: Path) -> None:
+    at = visit(new_app(), "evaluation")
+    _set(at, "toggle", "eval_combine_on", True)
+    assert_clean(at)
+    assert "Combining needs two saved adapters" in texts(at)
+
+
+def test_draw_page_shows_the_combination_beside_each_adapter(two_dir: Path) -> None:
+    at = visit(new_app(), "draw")
+    click(at, "Random test digit")
+    _set(at, "toggle", "draw_combine_on", True)
+    _set(at, "selectbox", "draw_combine_first", "small")
+    _set(at, "slider", "draw_combine_w2", 0.5)
+    assert_clean(at)
+    labels = [m.label for m in at.metric]
+    assert {"small alone says", "rotate-45 alone says", "small ×1 + rotate-45 ×0.5 says"} <= set(labels), labels
+
+
+def _dot(at) -> str:  # noqa: ANN001 - AppTest
+    charts = at.get("graphviz_chart")
+    assert charts, "no diagram on the page"
+    return charts[0].proto.spec
+
+
+def test_diagram_on_home_and_parameters_follows_the_adapter(two_dir: Path) -> None:
+    at = new_app()
+    assert_clean(at)
+    home = _dot(at)
+    assert "W: 1000 × 784 = 784,000" in home
+    visit(at, "parameters")
+    _set(at, "selectbox", "params_adapter", "small")
+    small = _dot(at)
+    _set(at, "selectbox", "params_adapter", "rotate-45")
+    rotate = _dot(at)
+    assert "A: 4 × 784 = 3,136" in small  # rank 4 (the small fine-tune's)
+    assert "A: 2 × 784 = 1,568" in rotate and "A: 4 × 784" not in rotate  # rank 2 (the experiment's)
+    assert "Adapter rotate-45: rank 2" in rotate
