@@ -61,6 +61,7 @@ def architecture_dot(model: nn.Module, config: LoraConfig | None = None, adapter
         )
         lines.append(f'  {name}_W [label={_quote(frozen)}, fillcolor="{FROZEN_FILL}"];')
         output = f"{name}_W"
+        lines.append(f"  {previous} -> {name}_W;")  # first, so that the frozen path is drawn on the left
         if layer.a_shape is not None and layer.b_shape is not None and capped is not None:
             rank = capped.rank_for(name)
             scale = capped.scale_for(name)
@@ -81,10 +82,8 @@ def architecture_dot(model: nn.Module, config: LoraConfig | None = None, adapter
                 f"  {name}_A -> {name}_B [label={_quote(f' r = {rank}')}];",
                 f'  {name}_B -> {name}_sum [label={_quote(f" × α/r = {scale:g}")}, color="{LORA_COLOR}"];',
                 f"  {name}_W -> {name}_sum;",
-                f"  {{ rank=same; {name}_W; {name}_A; }}",
             ]
             output = f"{name}_sum"
-        lines.append(f"  {previous} -> {name}_W;")
         if i < len(table.layers) - 1:
             lines.append(f'  relu{i + 1} [shape=ellipse, label="ReLU"];')
             lines.append(f"  {output} -> relu{i + 1} [label={_quote(f' {layer.weight_shape[0]:,}')}];")
