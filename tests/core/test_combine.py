@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import random_mlp, randomize_b
+from core_helpers import import_peft, random_mlp, randomize_b
 
 from lora_core.cli import main
 from lora_core.combine import adapter_task, combination_report, parse_weighted_adapters
@@ -106,6 +106,32 @@ def test_a_combination_trains_by_plain_autograd(two_adapters, x):
     layer2 = two_adapters.lora_layers()["linear2"]
     assert layer2.lora_A["b"].weight.grad is not None and layer2.lora_B["a"].weight.grad is not None
     assert layer2.base_layer.weight.grad is None
+
+
+def test_peft_computes_the_same_combination(tmp_path, x):
+    """PEFT itself, on our saved adapters: set_adapter with a list (weight 1 each), and add_weighted_adapter with
+    combination_type="cat" (the exact sum of the weighted updates, ranks may differ) give our logits."""
+    peft = import_peft()
+    store = ArtifactStore(tmp_path)
+    meta = store.save_base(random_mlp(1), {})
+    ours = LoraModel(store.load_base().model)
+    ours.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(ours, "a", seed=1, std=0.2)
+    ours.add_adapter("b", LoraConfig(r=2, alpha=6, target_modules=("linear1", "linear2")), seed=1)
+    randomize_b(ours, "b", seed=2, std=0.2)
+    folders = {name: store.save_adapter(ours, name, {}, meta["sha256"]) for name in ("a", "b")}
+    theirs = peft.PeftModel.from_pretrained(store.load_base().model, str(folders["a"]), adapter_name="a")
+    theirs.load_adapter(str(folders["b"]), adapter_name="b")
+    with torch.no_grad():
+        ours.set_adapter(["a", "b"])
+        theirs.base_model.set_adapter(["a", "b"])
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
+        theirs.add_weighted_adapter(["a", "b"], [0.7, -1.3], "ab", combination_type="cat")
+        theirs.set_adapter("ab")
+        ours.set_adapter(["a", "b"], [0.7, -1.3])
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
+        ours.set_adapter("a")
+        assert (theirs(x) - ours(x)).abs().max() > 1e-2  # the comparison can tell combinations apart
 
 
 # --- merging -------------------------------------------------------------------------------------------------------
