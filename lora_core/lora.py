@@ -654,6 +654,63 @@ class LoraModel(nn.Module):
         self.check_same_base(names)
         return tuple((name, float(weight)) for name, weight in zip(names, values))
 
+    @torch.no_grad()
+    def add_weighted_adapter(
+        self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Add adapter `adapter_name` whose update is sum_k w_k scale_k B_k A_k, as PEFT's add_weighted_adapter
+        with combination_type="cat" builds it: per layer A = [w_k scale_k A_k] stacked, B = [B_k] side by side,
+        rank the sum of the ranks, scale 1. Where that sum exceeds the layer's limit min(in, out) (rank_pattern
+        could not hold it), the update, whose rank is at most that limit, is kept as its truncated SVD at the
+        limit: the same matrix up to rounding. The active adapter is left as it was; save it like any other."""
+        weighted = self._weighted(list(adapters), weights)
+        validate_adapter_name(adapter_name)
+        if adapter_name in self.adapters:
+            raise ConfigError("name", f"an adapter called {adapter_name!r} is already loaded")
+        layers = self.lora_layers()
+        limits = rank_limits(self.model)
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer_name in LAYER_NAMES:
+            layer = layers.get(layer_name)
+            parts = [(layer, n, w) for n, w in weighted if layer is not None and n in layer.lora_A]
+            if not parts:
+                continue
+            a = torch.cat([lyr.lora_A[n].weight * (w * lyr.scaling[n]) for lyr, n, w in parts], dim=0)
+            b = torch.cat([lyr.lora_B[n].weight for lyr, n, _ in parts], dim=1)
+            if a.shape[0] > limits[layer_name]:
+                u, sv, vh = torch.linalg.svd((b.double() @ a.double()), full_matrices=False)
+                keep = limits[layer_name]
+                b, a = (u[:, :keep] * sv[:keep]).to(b.dtype), vh[:keep].to(a.dtype)
+            factors[layer_name] = (a, b)
+        ranks = {name: a.shape[0] for name, (a, _) in factors.items()}
+        r = sum(self._require(n).config.r for n, _ in weighted)
+        differs = {name: rank for name, rank in ranks.items() if rank != r}
+        config = LoraConfig(
+            r=r,
+            alpha=float(r),  # scale 1 on every layer: the weights and scales are inside A
+            target_modules=tuple(factors),
+            rank_pattern=differs,
+            alpha_pattern={name: float(rank) for name, rank in differs.items()},
+        )
+        shas = {self._require(n).meta.get("base_sha256") for n, _ in weighted} - {None}
+        combined_meta = {
+            **({"base_sha256": shas.pop()} if len(shas) == 1 else {}),
+            "combination": {"adapters": [n for n, _ in weighted], "weights": [w for _, w in weighted], "type": "cat"},
+            **(meta or {}),
+        }
+        before_names, before_weights = self.active_adapters, list(self.adapter_weights.values())
+        self.add_adapter(adapter_name, config, meta=combined_meta)
+        for layer_name, (a, b) in factors.items():
+            layer = self.lora_layers()[layer_name]
+            layer.lora_A[adapter_name].weight.copy_(a)
+            layer.lora_B[adapter_name].weight.copy_(b)
+            layer.lora_A[adapter_name].weight.requires_grad_(False)
+            layer.lora_B[adapter_name].weight.requires_grad_(False)
+        if len(before_names) > 1 or any(w != 1.0 for w in before_weights):
+            self.set_adapter(before_names, before_weights)
+        else:
+            self.set_adapter(before_names[0] if before_names else None)
+
     def check_same_base(self, names: Sequence[str]) -> None:
         """Raise StaleAdapterError unless every adapter in `names` that records its base model's fingerprint
         (metrics' base_sha256, as saved adapters do) records the same one: an update learned on other weights

@@ -134,6 +134,43 @@ def test_peft_computes_the_same_combination(tmp_path, x):
         assert (theirs(x) - ours(x)).abs().max() > 1e-2  # the comparison can tell combinations apart
 
 
+def test_add_weighted_adapter_saves_the_combination_as_one_adapter(tmp_path, x):
+    """PEFT's add_weighted_adapter (combination_type="cat"): one adapter with the combination's update, saved and
+    loaded like any other. linear3's ranks add up to 4 + 8 = 12, above its limit of 10: kept as a rank-10 SVD."""
+    store = ArtifactStore(tmp_path)
+    meta = store.save_base(random_mlp(1), {})
+    ours = LoraModel(store.load_base().model)
+    ours.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(ours, "a", seed=1, std=0.2)
+    ours.add_adapter("b", LoraConfig(r=2, alpha=6, target_modules=("linear1", "linear2")), seed=1)
+    randomize_b(ours, "b", seed=2, std=0.2)
+    ours.add_adapter("c", LoraConfig(r=8, alpha=4, target_modules=("linear1", "linear3")), seed=2)
+    randomize_b(ours, "c", seed=3, std=0.2)
+    ours.set_adapter("a")
+    ours.add_weighted_adapter(["a", "b", "c"], [0.7, -1.3, 0.4], "abc")
+    assert ours.active_adapter == "a"  # as PEFT: added, not activated
+    config = ours.adapter_config("abc")
+    assert [config.rank_for(n) for n in ("linear1", "linear2", "linear3")] == [14, 6, 10]
+    assert all(config.scale_for(n) == 1.0 for n in config.target_modules)
+    config.validate(ours.model)
+    with torch.no_grad():
+        ours.set_adapter(["a", "b", "c"], [0.7, -1.3, 0.4])
+        expected = ours(x)
+        ours.set_adapter("abc")
+        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=0)
+        ours.set_adapter("a")
+        assert (ours(x) - expected).abs().max() > 1e-2
+    store.save_adapter(ours, "abc", ours.adapter_meta("abc"), meta["sha256"])
+    again = LoraModel(store.load_base().model)
+    record = store.load_adapter(again, "abc", meta["sha256"])
+    assert record.metrics["combination"] == {"adapters": ["a", "b", "c"], "weights": [0.7, -1.3, 0.4], "type": "cat"}
+    again.set_adapter("abc")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="already loaded"):
+        ours.add_weighted_adapter(["a", "b"], [1.0, 1.0], "abc")
+
+
 # --- merging -------------------------------------------------------------------------------------------------------
 def test_merge_and_unmerge_of_a_combination_leave_w_bit_identical(two_adapters, x):
     weights = [0.7, -1.3]
