@@ -9,6 +9,7 @@
     python -m lora_core predict my-digits/    # every PNG/JPEG in the folder
     python -m lora_core experiment rotate:45  # LoRA, full fine-tuning and the last layer side by side on a task
     python -m lora_core analyze               # the LoRA paper's analysis of three adapters, and training's memory
+    python -m lora_core combine --adapters digit-9:1,rotate-45:0.5  # two adapters at once, each with a weight
 
 Every command takes --json PATH. A mistake prints one line, `error: <option>: <what is wrong>`, and exits
 with status 2. parser.py holds the options, commands.py what each command does, render.py the text.

@@ -101,3 +101,18 @@ def test_diagram_on_home_and_parameters_follows_the_adapter(two_dir: Path) -> No
     assert "A: 4 × 784 = 3,136" in small  # rank 4 (the small fine-tune's)
     assert "A: 2 × 784 = 1,568" in rotate and "A: 4 × 784" not in rotate  # rank 2 (the experiment's)
     assert "Adapter rotate-45: rank 2" in rotate
+
+
+def test_combination_bars_group_each_model_per_task() -> None:
+    from dashboard.charts import BASE_COLOR, COMBINATION_COLOR, combination_bars
+
+    fig = combination_bars(
+        ["plain", "rotate:45"],
+        ["base model", "a", "b", "a ×1 + b ×1"],
+        ["base", "alone", "alone", "combined"],
+        [[0.97, 0.46], [0.97, 0.46], [0.59, 0.97], [0.58, 0.96]],
+    )
+    assert [t.name for t in fig.data] == ["base model", "a alone", "b alone", "a ×1 + b ×1"]
+    assert fig.data[0].marker.color == BASE_COLOR and fig.data[3].marker.color == COMBINATION_COLOR
+    assert fig.data[1].marker.color != fig.data[2].marker.color
+    assert list(fig.data[2].y) == [59.0, 97.0] and list(fig.data[2].x) == ["plain", "rotate:45"]
