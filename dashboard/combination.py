@@ -49,6 +49,11 @@ class Choice:
 
 def _controls(base: BaseModelRecord, prefix: str, first: str | None) -> Choice | None:
     """Two select boxes and a weight slider each; None (with a note) unless two adapters are usable."""
+    if not state.adapters_enabled():
+        st.caption(
+            "The *Adapter enabled* switch is off: it applies to the single adapter above. Here both adapters act, "
+            "with the weights below (weight 0 leaves an adapter out)."
+        )
     usable = state.usable_adapters(base.fingerprint)
     if len(usable) < 2:
         st.info(
