@@ -28,7 +28,7 @@ from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lora import LoraModel
 from lora_core.numbers import pct
 from lora_core.preprocess import PreparedDigit, predict_probabilities
-from lora_core.storage import BaseModelRecord
+from lora_core.storage import ArtifactStore, BaseModelRecord
 
 WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accepts any weight)
 SCORES_KEY = "_combination_scores"
@@ -47,14 +47,14 @@ class Choice:
         return list(zip(self.names, self.weights))
 
 
-def _controls(base: BaseModelRecord, prefix: str, first: str | None) -> Choice | None:
+def _controls(base: BaseModelRecord, prefix: str, first: str | None, where: ArtifactStore | None) -> Choice | None:
     """Two select boxes and a weight slider each; None (with a note) unless two adapters are usable."""
     if not state.adapters_enabled():
         st.caption(
             "The *Adapter enabled* switch is off: it applies to the single adapter above. Here both adapters act, "
             "with the weights below (weight 0 leaves an adapter out)."
         )
-    usable = state.usable_adapters(base.fingerprint)
+    usable = state.usable_adapters(base.fingerprint, where)
     if len(usable) < 2:
         st.info(
             "Combining needs two saved adapters of this base model, for example the study's digit adapter and "
@@ -75,33 +75,26 @@ def _controls(base: BaseModelRecord, prefix: str, first: str | None) -> Choice |
     return Choice([one, two], [float(w1), float(w2)], stamps)
 
 
-def _session_model(base: BaseModelRecord, choice: Choice) -> LoraModel | None:
+def _session_model(base: BaseModelRecord, choice: Choice, where: ArtifactStore | None) -> LoraModel | None:
     """The session's LoraModel with both adapters loaded; None (with st.error) if one cannot be used."""
     try:
         model = None
         for name in choice.names:
-            model = state.load_into_session(base, name)
+            model = state.load_into_session(base, name, where)
         return model
     except (ArtifactError, ConfigError) as exc:
         st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
         return None
 
 
-@st.cache_resource(max_entries=8, show_spinner="Transforming the 10,000 test digits for the task...")
-def _task_test_x(spec: str) -> torch.Tensor:
-    from lora_core.tasks import parse_task
-
-    return parse_task(spec).transform_normalized(state.data().test_x)
-
-
-def _report(base: BaseModelRecord, model: LoraModel, choice: Choice) -> CombinationReport:
+def _report(base: BaseModelRecord, model: LoraModel, choice: Choice, where: ArtifactStore | None) -> CombinationReport:
     """lora_core.combine.combination_report's figures, with the base's and each adapter's cached per session
     (only the combination is scored again when a weight moves)."""
     tasks = [t for t in (adapter_task(model.adapter_meta(n)) for n in choice.names) if t is not None]
-    weakest = state.base_evaluation(base).weakest_digit
+    weakest = state.base_evaluation(base, where).weakest_digit
     columns = score_columns(tasks, weakest)
     data = state.data()
-    sets = {key: (data.test_x if key == "plain" else _task_test_x(key)) for key in scoring_sets_keys(columns)}
+    sets = {key: (data.test_x if key == "plain" else state._task_test_x(key)) for key in scoring_sets_keys(columns)}
     cache: dict[Any, dict[str, float]] = st.session_state.setdefault(SCORES_KEY, {})
     if len(cache) > 64:
         cache.clear()
@@ -137,7 +130,7 @@ def scoring_sets_keys(columns: Sequence[Any]) -> list[str]:
     return ["plain", *[c.key for c in columns if c.task is not None]]
 
 
-def evaluation_section(base: BaseModelRecord, first: str | None = None) -> None:
+def evaluation_section(base: BaseModelRecord, first: str | None = None, where: ArtifactStore | None = None) -> None:
     """Evaluation page: per-task accuracy of each adapter alone and of their weighted sum."""
     st.header("Combine two adapters")
     st.write(
@@ -146,15 +139,15 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None) -> None:
     )
     if not st.toggle("Combine two adapters", value=False, key="eval_combine_on"):
         return
-    choice = _controls(base, "eval", first)
+    choice = _controls(base, "eval", first, where)
     if choice is None:
         return
-    model = _session_model(base, choice)
+    model = _session_model(base, choice, where)
     if model is None:
         return
     try:
         with st.spinner("Scoring the base, each adapter and the combination on every task..."):
-            report = _report(base, model, choice)
+            report = _report(base, model, choice, where)
     except (ArtifactError, ConfigError) as exc:
         st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
         return
@@ -178,15 +171,15 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None) -> None:
         st.caption(sentence)
 
 
-def draw_section(base: BaseModelRecord, digit: PreparedDigit | None) -> None:
+def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:
     """Draw page: what the weighted sum of two adapters predicts for the digit, beside the base model."""
     st.subheader("Two adapters at once")
     if not st.toggle("Combine two adapters", value=False, key="draw_combine_on"):
         return
-    choice = _controls(base, "draw", None)
+    choice = _controls(base, "draw", None, where)
     if choice is None or digit is None:
         return
-    model = _session_model(base, choice)
+    model = _session_model(base, choice, where)
     if model is None:
         return
     previous = model.active_adapter

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .evaluate import evaluate
 from .lora import LoraModel, validate_adapter_name
 from .numbers import is_finite_number, pct
-from .tasks import Task, accuracy_on, parse_task
+from .tasks import Task, accuracy_on, task_of, task_test_set
 
 PLAIN = "plain"
 WEIGHTED_FORM = "NAME:WEIGHT,NAME:WEIGHT (e.g. digit-9:1.0,rotate-45:0.5; a missing weight is 1)"
@@ -59,15 +59,12 @@ def parse_weighted_adapters(text: str | Sequence[str]) -> list[tuple[str, float]
 
 def adapter_task(meta: dict[str, Any] | None) -> Task | None:
     """The task an adapter was trained for, from its saved metrics: an Experiments adapter's recorded task
-    (rotate:45, ...), else its target digits (digits:9 for the study's digit-9); None when neither is there."""
-    meta = meta or {}
-    spec = (meta.get("task") or {}).get("spec") if isinstance(meta.get("task"), dict) else None
-    if isinstance(spec, str) and spec and spec != "weakest":
-        try:
-            return parse_task(spec)
-        except ConfigError:
-            pass
-    digits = meta.get("target_digits")
+    (rotate:45, ...; lora_core.tasks.task_of), else its target digits (digits:9 for the study's digit-9); None
+    when neither is there."""
+    task = task_of(meta)
+    if task is not None and task.kind != "weakest":
+        return task
+    digits = (meta or {}).get("target_digits")
     if isinstance(digits, list) and digits and all(isinstance(d, int) and 0 <= d <= 9 for d in digits):
         return Task("digits", digits=tuple(sorted(set(digits))))
     return None
@@ -113,7 +110,7 @@ def scoring_sets(data: MnistData, columns: Sequence[ScoreColumn]) -> dict[str, t
     sets = {PLAIN: data.test_x}
     for column in columns:
         if column.task is not None and column.key not in sets:
-            sets[column.key] = column.task.transform_normalized(data.test_x)
+            sets[column.key], _ = task_test_set(column.task, data)
     return sets
 
 

@@ -168,4 +168,4 @@ with right:
         st.caption(f"The true label is {true_label}.")
 
 # --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
-combination.draw_section(base, prepared)
+combination.draw_section(base, prepared, view.where)

@@ -228,4 +228,4 @@ for n, i in enumerate(indices[:GALLERY_SIZE]):
     cols[n % GALLERY_COLUMNS].image(charts.digit_image(state.test_pixels(i), scale=4), caption=caption)
 
 # --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
-combination.evaluation_section(base, chosen)
+combination.evaluation_section(base, chosen, view.where)
