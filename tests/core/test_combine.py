@@ -88,6 +88,21 @@ def test_weights_one_and_zero_give_the_single_adapter_to_the_last_bit(two_adapte
         assert torch.equal(two_adapters(x), base_out)
 
 
+def test_under_bfloat16_autocast_the_updates_stay_float32(two_adapters, x):
+    """As for one adapter: the base matmul in bfloat16, the side paths and the sum in float32."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        two_adapters.set_adapter("a")
+        alone = two_adapters(x)
+        two_adapters.set_adapter(["a", "b"], [1.0, 0.0])
+        assert torch.equal(two_adapters(x), alone)
+        two_adapters.set_adapter(["a", "b"], [0.7, -1.3])
+        out = two_adapters(x)
+    assert out.dtype == torch.float32
+    expected = by_hand(two_adapters, x, {"a": 0.7, "b": -1.3})
+    torch.testing.assert_close(out.double(), expected, atol=0.01, rtol=0)  # bfloat16 base matmuls: ~1e-3 off
+    assert (by_hand(two_adapters, x, {"a": 1.0}) - expected).abs().max() > 0.05  # the weights move it far more
+
+
 def test_a_list_of_one_at_weight_one_is_the_single_adapter_path(two_adapters, x):
     """Training with a single adapter keeps its own autograd function (the fast path); a list of one is it."""
     two_adapters.set_adapter(["a"])
