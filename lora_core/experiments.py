@@ -34,14 +34,13 @@ import platform
 import resource
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors_bytes
 
 from .data import MnistData
@@ -50,7 +49,7 @@ from .evaluate import Evaluation, evaluate
 from .fileio import atomic_write_json
 from .lora import LoraModel
 from .model import LAYER_NAMES, MLP
-from .precision import autocast, check_precision, resolve_precision
+from .precision import check_precision
 from .storage import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore, BaseModelRecord
 from .study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from .tasks import Task, accuracy_on, without_digits
@@ -58,15 +57,12 @@ from .train import (
     FinetuneConfig,
     Progress,
     ProgressCallback,
-    RunResult,
     TrainConfig,
-    _check_int,
-    _check_lr,
-    _Reporter,
-    _scheduler,
-    adam,
+    check_int,
+    check_lr,
     finetune,
     resolve_device,
+    train_parameters,
 )
 
 FORMAT = "lora_core.experiment.v1"
@@ -149,10 +145,10 @@ class ExperimentSettings:
             raise ConfigError("methods", f"lists a method twice: {', '.join(self.methods)}")
         for method in METHODS:
             try:
-                _check_lr(self.lr(method))
+                check_lr(self.lr(method))
             except ConfigError as exc:
                 raise ConfigError(f"{method}_lr", exc.reason) from None
-        _check_int("rank", self.rank, 1, 10_000)
+        check_int("rank", self.rank, 1, 10_000)
         check_precision(self.precision)
         self.finetune_config(tuple(range(10))).validate(model)
 
@@ -748,55 +744,6 @@ def _run_copy(
         plain=plain_summary,
         **ctx.scores(task_summary, plain_summary),
     )
-
-
-def train_parameters(
-    model: torch.nn.Module,
-    params: Sequence[torch.nn.Parameter],
-    data: MnistData,
-    config: FinetuneConfig,
-    *,
-    phase: str,
-    progress: ProgressCallback | None = None,
-    stop: threading.Event | None = None,
-) -> RunResult:
-    """Train `params` of `model` with the batches lora_core.train.finetune draws for the same config
-    (same sampler, same seed: target digits plus replay), Adam, the same schedule and precision."""
-    assert config.digits is not None
-    device = next(model.parameters()).device
-    precision = resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
-    optimizer = adam(params, config.lr, device)
-    x, y = data.train_x.to(device), data.train_y.to(device)
-    is_target = torch.isin(y, torch.tensor(config.digits, device=device))
-    target_idx = is_target.nonzero().flatten()
-    other_idx = (~is_target).nonzero().flatten()
-    n_other = round(config.batch_size * config.replay) if other_idx.numel() else 0
-    n_target = config.batch_size - n_other
-    generator = torch.Generator().manual_seed(config.seed)
-    reporter = _Reporter(phase, config.steps, progress, stop)
-    scheduler = _scheduler(optimizer, config.lr_schedule, config.steps)
-    model.train()
-    try:
-        for step in range(1, config.steps + 1):
-            picks = []
-            if n_target:
-                picks.append(target_idx[torch.randint(target_idx.numel(), (n_target,), generator=generator).to(device)])
-            if n_other:
-                picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
-            idx = torch.cat(picks)
-            with autocast(precision, device):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            reporter.step(step, loss.detach(), idx.numel())
-    finally:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-    return dataclasses.replace(reporter.result(), precision=precision)
 
 
 # --- the whole comparison ------------------------------------------------------------------------------

@@ -282,7 +282,7 @@ def without_digits(data: MnistData, digits: Sequence[int]) -> MnistData:
     keep = ~torch.isin(data.train_y, torch.tensor(list(digits), dtype=data.train_y.dtype))
     return dataclasses.replace(
         data,
-        train_x=data.train_x[keep],
+        train_x=data.train_images[keep],  # as stored (uint8): train_x would build the whole float copy
         train_y=data.train_y[keep],
         source=f"{data.source}, training set without digits {_digit_list(digits)}",
     )

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,17 +70,17 @@ class TrainConfig:
     precision: str = "auto"
 
     def validate(self) -> None:
-        _check_int("epochs", self.epochs, 1, 1000)
-        _check_int("batch_size", self.batch_size, 1, 60_000)
-        _check_lr(self.lr)
+        check_int("epochs", self.epochs, 1, 1000)
+        check_int("batch_size", self.batch_size, 1, 60_000)
+        check_lr(self.lr)
         _check_schedule(self.lr_schedule)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
         check_precision(self.precision)
         if len(self.hidden) != 2:
             raise ConfigError("hidden", f"give two hidden sizes, got {self.hidden!r}")
         for h in self.hidden:
-            _check_int("hidden", h, 1, 16_384)
+            check_int("hidden", h, 1, 16_384)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,13 +134,13 @@ class FinetuneConfig:
             for d in self.digits:
                 if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 9:
                     raise ConfigError("digit", f"must be a digit from 0 to 9, got {d!r}")
-        _check_int("steps", self.steps, 1, 1_000_000)
-        _check_int("batch_size", self.batch_size, 1, 60_000)
-        _check_lr(self.lr)
+        check_int("steps", self.steps, 1, 1_000_000)
+        check_int("batch_size", self.batch_size, 1, 60_000)
+        check_lr(self.lr)
         _check_schedule(self.lr_schedule)
         if not is_finite_number(self.replay) or not 0.0 <= self.replay <= 1.0:
             raise ConfigError("replay", f"must be a fraction from 0 to 1, got {self.replay!r}")
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
         check_precision(self.precision)
         self.lora_config().validate(model)
@@ -160,12 +160,12 @@ class RunResult:
     precision: PrecisionChoice | None = None
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
+def check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high}, got {value!r}")
 
 
-def _check_lr(lr: Any) -> None:
+def check_lr(lr: Any) -> None:
     if not is_finite_number(lr) or lr <= 0 or lr > 1.0:
         raise ConfigError("lr", f"learning rate must be a number above 0 and at most 1, got {lr!r}")
 
@@ -316,33 +316,41 @@ def finetune(
     config.validate(lora_model.model)
     if config.digits is None:
         raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
-    device = next(lora_model.model.parameters()).device
-    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # dropout masks come from the global generator
     lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
     try:
-        run = _finetune_loop(lora_model, name, data, config.digits, config, device, precision, progress, stop)
+        params = lora_model.mark_only_lora_trainable(name)
+        return train_parameters(lora_model, params, data, config, phase="finetune", progress=progress, stop=stop)
     except BaseException:
         lora_model.delete_adapter(name)
         raise
-    return dataclasses.replace(run, precision=precision)
 
 
-def _finetune_loop(
-    lora_model: LoraModel,
-    name: str,
+def train_parameters(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
     data: MnistData,
-    digits: tuple[int, ...],
     config: FinetuneConfig,
-    device: torch.device,
-    precision: PrecisionChoice,
-    progress: ProgressCallback | None,
-    stop: threading.Event | None,
+    *,
+    phase: str,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
-    params = lora_model.mark_only_lora_trainable(name)
+    """Train `params` of `model` (the caller sets which require gradients) for `config.steps` batches of
+    `config.digits` plus `config.replay` of the other digits, with Adam, the config's schedule and precision.
+
+    One loop for every method (LoRA's adapter, full fine-tuning, the last layer: lora_core.experiments), so
+    the same config and seed draw the same batches. Leaves `params` frozen and the model in eval mode. The
+    batches come from a generator seeded with config.seed; anything the model draws at random (dropout)
+    comes from the global generator, which the caller seeds.
+    """
+    if config.digits is None:
+        raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
+    device = next(model.parameters()).device
+    precision = resolve_precision(config.precision, device)
     optimizer = adam(params, config.lr, device)
-    images, y = data.train_images.to(device), data.train_y.to(device)  # as in train_base
-    is_target = torch.isin(y, torch.tensor(digits, device=device))
+    images, y = data.train_images.to(device), data.train_y.to(device)  # normalised per batch, as in train_base
+    is_target = torch.isin(y, torch.tensor(config.digits, device=device))
     target_idx = is_target.nonzero().flatten()
     other_idx = (~is_target).nonzero().flatten()
     n_other = round(config.batch_size * config.replay) if other_idx.numel() else 0
@@ -350,9 +358,9 @@ def _finetune_loop(
     if n_target == 0 and n_other == 0:
         raise ConfigError("batch_size", "the batch is empty")
     generator = torch.Generator().manual_seed(config.seed)
-    reporter = _Reporter("finetune", config.steps, progress, stop)
+    reporter = _Reporter(phase, config.steps, progress, stop)
     scheduler = _scheduler(optimizer, config.lr_schedule, config.steps)
-    lora_model.train()
+    model.train()
     try:
         for step in range(1, config.steps + 1):
             picks = []
@@ -362,14 +370,14 @@ def _finetune_loop(
                 picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
             idx = torch.cat(picks)
             with autocast(precision, device):
-                loss = F.cross_entropy(lora_model(as_inputs(images[idx])), y[idx])
+                loss = F.cross_entropy(model(as_inputs(images[idx])), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             reporter.step(step, loss.detach(), idx.numel())
     finally:
-        lora_model.eval()
+        model.eval()
         for p in params:
             p.requires_grad_(False)
-    return reporter.result()
+    return dataclasses.replace(reporter.result(), precision=precision)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from core_helpers import file_bytes
 
+from lora_core.data import _TrainImages
 from lora_core.errors import AdapterExistsError, ConfigError
 from lora_core.evaluate import evaluate, predict
 from lora_core.experiments import (
@@ -35,10 +37,14 @@ LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10) for A 
 @pytest.fixture(scope="module")
 def tiny_mnist(tiny_mnist):
     """tests/core's tiny_mnist (2,000 training images) with the first 2,000 test images: every method
-    is evaluated several times, and the machine runs other tests beside these."""
-    import dataclasses
-
-    return dataclasses.replace(tiny_mnist, test_x=tiny_mnist.test_x[:2000], test_y=tiny_mnist.test_y[:2000])
+    is evaluated several times, and the machine runs other tests beside these. The training images stay
+    uint8 pixels, as load_mnist keeps them (dataclasses.replace would otherwise copy train_x's floats)."""
+    return dataclasses.replace(
+        tiny_mnist,
+        train_x=tiny_mnist.train_images,
+        test_x=tiny_mnist.test_x[:2000],
+        test_y=tiny_mnist.test_y[:2000],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +126,32 @@ def test_every_method_sees_the_same_batches(trained_artifacts, tiny_mnist):
         run = train_parameters(model, list(model.parameters()), tiny_mnist, config, phase="full")
         losses.append(run.losses)
     assert losses[0] == losses[1] and len(losses[0]) == SETTINGS.steps
+
+
+@pytest.mark.parametrize("method", ["full", "head"])
+def test_copies_train_on_uint8_pixels_bit_identically_to_normalised_floats(
+    trained_artifacts, tiny_mnist, monkeypatch, method
+):
+    """The full and head copies train on the uint8 pixels normalised batch by batch (no 188 MB float copy
+    of the training set): the same losses and weights, to the bit, as the same batches of pre-normalised floats
+    (what the loop read before it shared lora_core.train's)."""
+    base = ArtifactStore(trained_artifacts).load_base("cpu").model
+    config = SETTINGS.finetune_config((3, 5), method)
+    floats = dataclasses.replace(tiny_mnist, train_x=tiny_mnist.train_x)
+    assert tiny_mnist.train_images.dtype == torch.uint8 and floats.train_images.dtype == torch.float32
+    runs = []
+    for data in (floats, tiny_mnist):
+        if data is tiny_mnist:  # reading train_x would build the whole float copy
+            monkeypatch.setattr(_TrainImages, "__get__", lambda *_: pytest.fail("train_x was read"))
+        model = copy.deepcopy(base)
+        for name, p in model.named_parameters():
+            p.requires_grad_(method == "full" or name.startswith("linear3."))
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs.append((train_parameters(model, params, data, config, phase=method).losses, model.state_dict()))
+    (float_losses, float_weights), (pixel_losses, pixel_weights) = runs
+    assert pixel_losses == float_losses and len(pixel_losses) == SETTINGS.steps
+    assert all(torch.equal(pixel_weights[k], float_weights[k]) for k in float_weights)
+    assert not torch.equal(pixel_weights["linear3.weight"], base.linear3.weight)
 
 
 def test_head_trains_only_the_last_layer(trained_artifacts, tiny_mnist):
