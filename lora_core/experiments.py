@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors.torch import save as save_safetensors_bytes
@@ -338,35 +338,62 @@ def experiments_dir(store: ArtifactStore) -> Path:
 
 def list_experiments(store: ArtifactStore) -> list[Path]:
     """Saved experiment results, newest first."""
-    folder = experiments_dir(store)
-    if not folder.is_dir():
-        return []
     # sweeps (lora_core.sweeps) share the folder under their own prefix and format
-    files = [p for p in folder.glob("*.json") if p.is_file() and not p.name.startswith((".", "sweep-"))]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    return saved_results(store, "*.json", exclude=(".", "sweep-"))
 
 
 def load_experiment(path: Path | str) -> ExperimentResult:
+    return load_result(path, "experiment result", ExperimentResult.from_dict)
+
+
+def _save_result(store: ArtifactStore, task: Task, result: ExperimentResult) -> Path:
+    return save_result(store, task.slug, result)
+
+
+# --- saved results: experiments' and sweeps' (lora_core.sweeps) ---------------------------------------------
+class SavedResult(Protocol):
+    path: str | None
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+_Result = TypeVar("_Result", bound=SavedResult)
+
+
+def saved_results(store: ArtifactStore, pattern: str, exclude: tuple[str, ...] = (".",)) -> list[Path]:
+    """The files in <artifacts>/experiments/ matching `pattern` whose names do not start with `exclude`,
+    newest first."""
+    folder = experiments_dir(store)
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(exclude)]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def load_result(path: Path | str, what: str, from_dict: Callable[[dict[str, Any]], _Result]) -> _Result:
+    """Read a saved result; ArtifactError says why a file is not one (`what`: "sweep result", ...)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} cannot be read as an experiment result ({exc})") from exc
+        raise ArtifactError(f"{path} cannot be read as a saved {what} ({exc})") from exc
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} should hold a JSON object")
     try:
-        return ExperimentResult.from_dict(data)
+        return from_dict(data)
     except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a complete experiment result ({exc})") from exc
+        raise ArtifactError(f"{path} is not a complete {what} ({exc})") from exc
 
 
-def _save_result(store: ArtifactStore, task: Task, result: ExperimentResult) -> Path:
+def save_result(store: ArtifactStore, stem: str, result: SavedResult) -> Path:
+    """Write `result` atomically to <artifacts>/experiments/<stem>-<UTC time>.json (a second one in the
+    same second gets -2, -3 ...) and set its `path`."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = experiments_dir(store)
-    path, n = folder / f"{task.slug}-{stamp}.json", 1
+    path, n = folder / f"{stem}-{stamp}.json", 1
     while path.exists():  # two runs in one second: keep both
         n += 1
-        path = folder / f"{task.slug}-{stamp}-{n}.json"
+        path = folder / f"{stem}-{stamp}-{n}.json"
     result.path = str(path)
     atomic_write_json(path, result.to_dict())
     return path

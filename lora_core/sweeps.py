@@ -19,7 +19,6 @@ measured (a stop or failure saves nothing).
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,11 +33,12 @@ from .experiments import (
     ExperimentSettings,
     TaskContext,
     environment,
-    experiments_dir,
+    load_result,
     prepare_task,
     run_method,
+    save_result,
+    saved_results,
 )
-from .fileio import atomic_write_json
 from .lora import LoraConfig
 from .numbers import is_finite_number
 from .storage import ArtifactStore
@@ -207,39 +207,15 @@ def _replay_reading(points: list[SweepPoint], default: float, domain: bool) -> s
 # --- storing -------------------------------------------------------------------------------------------
 def list_sweeps(store: ArtifactStore, kind: str | None = None) -> list[Path]:
     """Saved sweep results (of `kind`, rank or replay, or all), newest first."""
-    folder = experiments_dir(store)
-    if not folder.is_dir():
-        return []
-    prefix = FILE_PREFIX + (f"{kind}-" if kind else "")
-    files = [p for p in folder.glob(f"{prefix}*.json") if p.is_file()]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    return saved_results(store, FILE_PREFIX + (f"{kind}-" if kind else "") + "*.json")
 
 
 def load_sweep(path: Path | str) -> SweepResult:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} cannot be read as a sweep result ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object")
-    try:
-        return SweepResult.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a complete sweep result ({exc})") from exc
+    return load_result(path, "sweep result", SweepResult.from_dict)
 
 
 def _save(store: ArtifactStore, task: Task, result: SweepResult) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = experiments_dir(store)
-    stem = f"{FILE_PREFIX}{result.kind}-{task.slug}-{stamp}"
-    path, n = folder / f"{stem}.json", 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}-{n}.json"
-    result.path = str(path)
-    atomic_write_json(path, result.to_dict())
-    return path
+    return save_result(store, f"{FILE_PREFIX}{result.kind}-{task.slug}", result)
 
 
 # --- checking the values ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from lora_core.data import MnistData
 from lora_core.lora import LoraModel
 from lora_core.model import MLP
 
@@ -74,3 +76,9 @@ def import_peft() -> ModuleType:
         except ImportError as exc:
             pytest.fail(f"{reason}; CI=true: .ci/run must install it ({exc})", pytrace=False)
     return pytest.importorskip("peft", reason=reason)
+
+
+def first_test_images(data: MnistData, n: int = 2000) -> MnistData:
+    """`data` with only its first `n` test images (for tests that evaluate many times). The training images
+    stay as stored, uint8 pixels: dataclasses.replace alone would pass train_x, the whole float copy."""
+    return dataclasses.replace(data, train_x=data.train_images, test_x=data.test_x[:n], test_y=data.test_y[:n])

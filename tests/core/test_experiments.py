@@ -5,16 +5,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import file_bytes
+from core_helpers import file_bytes, first_test_images
 
+from lora_core import experiments
 from lora_core.data import _TrainImages
-from lora_core.errors import AdapterExistsError, ConfigError
+from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import evaluate, predict
 from lora_core.experiments import (
+    ExperimentResult,
     ExperimentSettings,
     base_store,
     list_experiments,
@@ -22,6 +25,7 @@ from lora_core.experiments import (
     prepare_task,
     run_experiment,
     run_method,
+    save_result,
     train_parameters,
 )
 from lora_core.model import MLP
@@ -37,14 +41,8 @@ LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10) for A 
 @pytest.fixture(scope="module")
 def tiny_mnist(tiny_mnist):
     """tests/core's tiny_mnist (2,000 training images) with the first 2,000 test images: every method
-    is evaluated several times, and the machine runs other tests beside these. The training images stay
-    uint8 pixels, as load_mnist keeps them (dataclasses.replace would otherwise copy train_x's floats)."""
-    return dataclasses.replace(
-        tiny_mnist,
-        train_x=tiny_mnist.train_images,
-        test_x=tiny_mnist.test_x[:2000],
-        test_y=tiny_mnist.test_y[:2000],
-    )
+    is evaluated several times, and the machine runs other tests beside these."""
+    return first_test_images(tiny_mnist)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +112,41 @@ def test_the_adapter_is_a_normal_adapter_and_the_result_is_saved(rotate_run):
     assert saved["format"] == "lora_core.experiment.v1" and saved["task"]["spec"] == "rotate:45"
     assert [m["method"] for m in saved["methods"]] == ["lora", "full", "head"]
     assert load_experiment(result.path).to_dict() == saved == result.to_dict()
+
+
+def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rotate_run, tmp_path, monkeypatch):
+    """save_result and load_result, shared by experiments and sweeps."""
+    _, result, _ = rotate_run
+
+    class OneSecond(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(experiments, "datetime", OneSecond)
+    store = ArtifactStore(tmp_path / "artifacts")
+    copies = [ExperimentResult.from_dict(result.to_dict()) for _ in range(3)]
+    paths = [save_result(store, "rotate-45", c) for c in copies]
+    assert [p.name for p in paths] == [f"rotate-45-20260102T030405Z{n}.json" for n in ("", "-2", "-3")]
+    assert [Path(c.path) for c in copies] == paths
+    assert set(list_experiments(store)) == set(paths)
+    assert all(load_experiment(p).to_dict() == c.to_dict() for p, c in zip(paths, copies, strict=True))
+    bad = {
+        "not-json.json": "{",
+        "a-list.json": "[]",
+        "incomplete.json": '{"format": "lora_core.experiment.v1"}',
+        "a-sweep.json": '{"format": "lora_core.sweep.v1"}',
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ArtifactError, match="not-json.json cannot be read as a saved experiment result"):
+        load_experiment(tmp_path / "not-json.json")
+    with pytest.raises(ArtifactError, match="a-list.json should hold a JSON object"):
+        load_experiment(tmp_path / "a-list.json")
+    with pytest.raises(ArtifactError, match="incomplete.json is not a complete experiment result"):
+        load_experiment(tmp_path / "incomplete.json")
+    with pytest.raises(ArtifactError, match="not an experiment result of format"):
+        load_experiment(tmp_path / "a-sweep.json")
 
 
 def test_every_method_sees_the_same_batches(trained_artifacts, tiny_mnist):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import file_bytes, import_peft, random_mlp, randomize_b
+from core_helpers import file_bytes, first_test_images, import_peft, random_mlp, randomize_b
 
 from lora_core.errors import ConfigError, RunStopped
 from lora_core.experiments import ExperimentSettings, list_experiments
@@ -122,7 +122,7 @@ def test_smallest_within_half_a_point_of_the_best():
 # --- the sweeps on small settings ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tiny_mnist):
-    return dataclasses.replace(tiny_mnist, test_x=tiny_mnist.test_x[:2000], test_y=tiny_mnist.test_y[:2000])
+    return first_test_images(tiny_mnist)
 
 
 @pytest.fixture(scope="module")
