@@ -18,6 +18,7 @@ with status 2. parser.py holds the options, commands.py what each command does, 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -91,9 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     finally:
         signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (`... | head`): stop quietly, as Python's documentation advises
+    (signal module, "Note on SIGPIPE"): point stdout at devnull so that the flush at exit cannot fail again,
+    and exit with status 1."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 def _fail(message: str, status: int) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, ImageError, LoraCoreError
 from ..fileio import atomic_write_json
@@ -27,6 +28,7 @@ from .render import (
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PROVE_STEPS = 10_000  # the check is meant to take seconds
+_R = TypeVar("_R")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -396,36 +398,44 @@ def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     return result
 
 
-def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..experiments import ExperimentSettings, run_experiment
-    from .render import experiment_report
+def _experiment_settings(args: argparse.Namespace, **fixed: Any) -> Any:
+    """ExperimentSettings from the options experiment and sweep share (each option's dest is the field's
+    name), with `fixed` for what the command sets itself; validated, naming the option typed."""
+    import dataclasses
 
-    _check_name(args)
-    settings = ExperimentSettings(
-        methods=args.methods,
-        rank=args.rank,
-        alpha=args.alpha,
-        targets=tuple(args.targets),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        lora_lr=args.lora_lr,
-        full_lr=args.full_lr,
-        head_lr=args.head_lr,
-        replay=args.replay,
-        lr_schedule=args.lr_schedule,
-        precision=args.precision,
-        device=args.device,
-    )
-    _validated(settings, args.flags, args)
+    from ..experiments import ExperimentSettings
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentSettings) if hasattr(args, f.name)}
+    settings = ExperimentSettings(**{**given, "targets": tuple(args.targets), **fixed})
+    return _validated(settings, args.flags, args)
+
+
+def _run_on_task(args: argparse.Namespace, task: Any, settings: Any, run: Callable[..., _R]) -> _R:
+    """Load what a task's run needs and call `run(store, data, progress=..., log=...)` under a progress
+    bar. An unseen task trains its own base, so only the others need a saved one."""
     store = _store(args)
-    if args.task.base_name is None and not store.has_base():
+    if task.base_name is None and not store.has_base():
         raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
     data = _data(args)
     _say_precision(settings.precision, settings.device, args.flags, args)
     bar = ProgressBar()
     try:
-        result = run_experiment(
+        return run(store, data, progress=bar, log=lambda m: (bar.close(), say(m)))
+    finally:
+        bar.close()
+
+
+def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    from ..experiments import run_experiment
+    from .render import experiment_report
+
+    _check_name(args)
+    settings = _experiment_settings(args)
+    result = _run_on_task(
+        args,
+        args.task,
+        settings,
+        lambda store, data, **live: run_experiment(
             store,
             data,
             args.task,
@@ -434,12 +444,10 @@ def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str,
             overwrite=args.overwrite,
             base_config=TrainConfig(device=args.device, precision=args.precision),
             retrain_base=args.retrain_base,
-            progress=bar,
             stop=stop,
-            log=lambda m: (bar.close(), say(m)),
-        )
-    finally:
-        bar.close()
+            **live,
+        ),
+    )
     experiment_report(result)
     return result.to_dict()
 
@@ -461,28 +469,13 @@ def _sweep_values(kind: str, given: list[list[str]] | None) -> tuple[Any, ...]:
 
 
 def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..experiments import ExperimentSettings
     from ..sweeps import check_values, run_sweep
     from ..tasks import parse_task
     from .render import sweep_report
 
     task = args.task or parse_task("weakest")
     values = _sweep_values(args.kind, args.values)
-    settings = ExperimentSettings(
-        methods=("lora",),
-        rank=args.rank,
-        alpha=args.alpha,
-        targets=tuple(args.targets),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        lora_lr=args.lora_lr,
-        replay=args.replay,
-        lr_schedule=args.lr_schedule,
-        precision=args.precision,
-        device=args.device,
-    )
-    _validated(settings, args.flags, args)
+    settings = _experiment_settings(args, methods=("lora",))
     try:
         check_values(args.kind, values)
         if args.kind == "replay" and task.is_domain:
@@ -491,14 +484,11 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
             )
     except ConfigError as exc:
         raise usage_error(exc, args.flags, args.argv) from exc
-    store = _store(args)
-    if task.base_name is None and not store.has_base():
-        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
-    data = _data(args)
-    _say_precision(settings.precision, settings.device, args.flags, args)
-    bar = ProgressBar()
-    try:
-        result = run_sweep(
+    result = _run_on_task(
+        args,
+        task,
+        settings,
+        lambda store, data, **live: run_sweep(
             store,
             data,
             task,
@@ -506,12 +496,10 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
             values,
             settings,
             base_config=TrainConfig(device=args.device, precision=args.precision),
-            progress=bar,
             stop=stop,
-            log=lambda m: (bar.close(), say(m)),
-        )
-    finally:
-        bar.close()
+            **live,
+        ),
+    )
     sweep_report(result)
     return result.to_dict()
 

@@ -227,9 +227,10 @@ PRECISION_HELP = (
 )
 
 
-def _precision_option(parser: argparse.ArgumentParser, study: bool = False) -> None:
+def _precision_option(parser: argparse.ArgumentParser, default: str, study: bool = False) -> None:
+    """--precision, defaulting to what the command's own settings class defaults to."""
     both = " Under study it applies to both the base model's training and the adapter's." if study else ""
-    parser.add_argument("--precision", choices=PRECISIONS, default=TrainConfig().precision, help=PRECISION_HELP + both)
+    parser.add_argument("--precision", choices=PRECISIONS, default=default, help=PRECISION_HELP + both)
 
 
 def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
@@ -262,6 +263,21 @@ def _methods_arg(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _run_options(parser: argparse.ArgumentParser, d: Any, each: str) -> None:
+    """The options experiment and sweep share; each one's dest is the ExperimentSettings field it sets
+    (commands._experiment_settings relies on it), and `d` holds the defaults."""
+    parser.add_argument(
+        "--alpha", type=_float_arg, default=None, help="LoRA's alpha (default: 2 x rank, so every rank has scale 2)"
+    )
+    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets), help="LoRA's layers")
+    parser.add_argument("--steps", type=_int_arg, default=d.steps, help=f"training steps of every {each}")
+    parser.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size)
+    parser.add_argument("--seed", type=_int_arg, default=d.seed)
+    parser.add_argument("--lora-lr", dest="lora_lr", type=_float_arg, default=d.lora_lr)
+    parser.add_argument("--lr-schedule", dest="lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
+    _precision_option(parser, d.precision)
+
+
 def _experiment_options(parser: argparse.ArgumentParser) -> None:
     from ..experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings
     from ..tasks import TASK_FORMS
@@ -275,15 +291,9 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, run in this order (default: {','.join(METHODS)})",
     )
     parser.add_argument("--rank", type=_int_arg, default=d.rank, help="LoRA's rank")
-    parser.add_argument("--alpha", type=_float_arg, default=None, help="LoRA's alpha (default: 2 x rank)")
-    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets), help="LoRA's layers")
-    parser.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of every method")
-    parser.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size)
-    parser.add_argument("--seed", type=_int_arg, default=d.seed)
-    parser.add_argument("--lora-lr", dest="lora_lr", type=_float_arg, default=d.lora_lr)
+    _run_options(parser, d, "method")
     parser.add_argument("--full-lr", dest="full_lr", type=_float_arg, default=d.full_lr)
     parser.add_argument("--head-lr", dest="head_lr", type=_float_arg, default=d.head_lr)
-    parser.add_argument("--lr-schedule", dest="lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
     parser.add_argument(
         "--replay",
         type=_float_arg,
@@ -325,16 +335,8 @@ def _sweep_options(parser: argparse.ArgumentParser) -> None:
         help=f"the values to try (default: rank {','.join(map(str, DEFAULT_RANKS))}; "
         f"replay {','.join(f'{v:g}' for v in DEFAULT_REPLAYS)})",
     )
-    parser.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of every point")
-    parser.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size)
-    parser.add_argument("--seed", type=_int_arg, default=d.seed)
     parser.add_argument("--rank", type=_int_arg, default=d.rank, help="LoRA's rank (replay sweep)")
-    parser.add_argument(
-        "--alpha", type=_float_arg, default=None, help="LoRA's alpha (default: 2 x rank, so every rank has scale 2)"
-    )
-    parser.add_argument("--targets", nargs="+", choices=LAYER_NAMES, default=list(d.targets), help="LoRA's layers")
-    parser.add_argument("--lora-lr", dest="lora_lr", type=_float_arg, default=d.lora_lr)
-    parser.add_argument("--lr-schedule", dest="lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
+    _run_options(parser, d, "point")
     parser.add_argument(
         "--replay", type=_float_arg, default=None, help="rank sweep on a digit task: share of replayed other digits"
     )
@@ -393,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train and save the base model")
     _train_options(p, TRAIN_FLAGS, study=False)
-    _precision_option(p)
+    _precision_option(p, TrainConfig().precision)
     p.set_defaults(handler=commands.cmd_train, flags=TRAIN_FLAGS)
 
     p = sub.add_parser("evaluate", parents=[common], help="per-digit accuracy of the base model and an adapter")
@@ -408,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", dest="ft_lr", type=_float_arg, default=d.lr)
     p.add_argument("--lr-schedule", dest="ft_lr_schedule", choices=SCHEDULES, default=d.lr_schedule)
     p.add_argument("--seed", dest="ft_seed", type=_int_arg, default=d.seed)
-    _precision_option(p)
+    _precision_option(p, d.precision)
     p.set_defaults(handler=commands.cmd_finetune, flags=FINETUNE_FLAGS)
 
     p = sub.add_parser("inspect", parents=[common], help="parameter table, adapter update, recorded base-tensor hashes")
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(p, STUDY_TRAIN_FLAGS, study=True)
     _finetune_options(p)
     p.add_argument("--retrain", action="store_true", help="train a new base model even if one is saved")
-    _precision_option(p, study=True)
+    _precision_option(p, TrainConfig().precision, study=True)  # FinetuneConfig's default is the same
     p.set_defaults(handler=commands.cmd_study, flags=STUDY_FINETUNE_FLAGS)
 
     p = sub.add_parser(
@@ -459,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
         "The LoRA adapter is saved as a normal adapter; the results go to <artifacts>/experiments/.",
     )
     _experiment_options(p)
-    _precision_option(p)
     p.set_defaults(handler=commands.cmd_experiment, flags=EXPERIMENT_FLAGS)
 
     p = sub.add_parser(
@@ -471,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
         "adapters are measured and dropped. The results go to <artifacts>/experiments/sweep-KIND-*.json.",
     )
     _sweep_options(p)
-    _precision_option(p)
     p.set_defaults(handler=commands.cmd_sweep, flags=SWEEP_FLAGS)
 
     from .analyze import add_analyze_parser  # the analyze command keeps its options in its own module

@@ -197,7 +197,6 @@ def experiment_report(result: Any) -> None:
     """The methods side by side, from lora_core.experiments.ExperimentResult."""
     task, base, settings = result.task, result.base, result.settings
     domain = bool(task["domain"])
-    targets = task["target_digits"] or []
     say(f"\nTask {task['spec']}: {task['label']}" + (" (training and test images alike)" if domain else ""))
     base_line = f"Base model {base['name']!r} (sha256 {base['sha256'][:12]}"
     if base.get("left_out_digits"):
@@ -207,7 +206,7 @@ def experiment_report(result: Any) -> None:
         f"Every method: {settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}; "
         f"LoRA rank {settings['rank']} (alpha {settings['alpha']:g}) on {', '.join(settings['targets'])}"
     )
-    task_header = "task test set" if domain else f"digit{'s' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+    task_header = _task_header(task)
     headers = ["method", "lr", "trainable", "% of full", "stored per task", "train s", "peak memory"]
     headers += [task_header, "plain MNIST"] + ([] if domain else ["other digits"])
     full = result.method("full")
@@ -253,12 +252,25 @@ def experiment_report(result: Any) -> None:
         say(table(["digit", *names], _per_digit_rows(base["plain"], [m.plain for m in result.methods])))
     if lora is not None:
         say(f"\nAdapter {lora.adapter!r} saved to {lora.adapter_path}")
+    measure = result.methods[0].memory_measure if result.methods else "-"
+    _saved_and_timed(result, f"; peak memory: {measure}")
+
+
+def _task_header(task: dict[str, Any]) -> str:
+    """The task accuracy column's title: the target digits, or a domain task's whole test set."""
+    if task["domain"]:
+        return "task test set"
+    targets = task["target_digits"] or []
+    return f"digit{'s' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+
+
+def _saved_and_timed(result: Any, more: str = "") -> None:
+    """An experiment's or a sweep's last lines: where it was saved, how long it took, at what load."""
     if result.path:
         say(f"Results saved to {result.path}")
     load = result.environment.get("loadavg")
     load_text = f" (load average {' '.join(f'{v:.2f}' for v in load)})" if load else ""
-    measure = result.methods[0].memory_measure if result.methods else "-"
-    say(f"{result.seconds:.1f} s in all{load_text}; peak memory: {measure}")
+    say(f"{result.seconds:.1f} s in all{load_text}{more}")
 
 
 def _per_digit_rows(base: dict[str, Any], others: list[dict[str, Any]]) -> list[list[Any]]:
@@ -269,7 +281,6 @@ def sweep_report(result: Any) -> None:
     """A sweep's points as a table, from lora_core.sweeps.SweepResult."""
     task, base, settings = result.task, result.base, result.settings
     domain = bool(task["domain"])
-    targets = task["target_digits"] or []
     say(f"\n{result.kind.capitalize()} sweep on {task['spec']}: {task['label']}")
     fixed = f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}"
     if result.kind == "rank":
@@ -277,7 +288,7 @@ def sweep_report(result: Any) -> None:
     else:
         fixed += f", rank {settings['rank']} (alpha {settings['alpha']:g})"
     say(f"Every point: {fixed}, on {', '.join(settings['targets'])}")
-    task_header = "task test set" if domain else f"digit{'s' if len(targets) > 1 else ''} {','.join(map(str, targets))}"
+    task_header = _task_header(task)
     others = "plain MNIST" if domain else "other digits"
     headers = [
         result.kind,
@@ -318,8 +329,4 @@ def sweep_report(result: Any) -> None:
         )
     say(table(headers, rows))
     say(result.reading)
-    if result.path:
-        say(f"Results saved to {result.path}")
-    load = result.environment.get("loadavg")
-    load_text = f" (load average {' '.join(f'{v:.2f}' for v in load)})" if load else ""
-    say(f"{result.seconds:.1f} s in all{load_text}")
+    _saved_and_timed(result)

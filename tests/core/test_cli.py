@@ -235,3 +235,42 @@ def test_study_overwrite_replaces_the_adapter(cli_runs, trained_artifacts):
     writable = cli_runs["folders"]["writable"]
     assert json.loads((writable / "adapters" / "small" / "adapter_config.json").read_text())["r"] == 2
     assert file_bytes(writable / "base") == file_bytes(trained_artifacts / "base")  # reused, not retrained
+
+
+def test_output_closed_early_stops_quietly(trained_artifacts, tmp_path):
+    """`python -m lora_core evaluate | head -1`: once the reader is gone, the command exits with status 1 and
+    no BrokenPipeError traceback (the pipe's reading end is closed before it starts, so its first line fails)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lora_core", "evaluate", "--base-only", "--artifacts", str(trained_artifacts)],
+            cwd=REPO,
+            env={**os.environ, "LORA_ARTIFACTS_DIR": str(tmp_path / "unused")},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+
+
+def test_precision_defaults_come_from_each_commands_settings():
+    from lora_core.cli import build_parser
+    from lora_core.experiments import ExperimentSettings
+    from lora_core.train import FinetuneConfig, TrainConfig
+
+    parser = build_parser()
+    defaults = {
+        "train": TrainConfig().precision,
+        "finetune": FinetuneConfig().precision,
+        "study": TrainConfig().precision,
+        "experiment": ExperimentSettings().precision,
+        "sweep": ExperimentSettings().precision,
+    }
+    required = {"experiment": ["invert"], "sweep": ["rank"]}
+    for command, default in defaults.items():
+        assert parser.parse_args([command, *required.get(command, [])]).precision == default, command
+    assert FinetuneConfig().precision == TrainConfig().precision  # study's one --precision sets both
