@@ -20,31 +20,18 @@ import math
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from .context import Context
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from .server import CHROMIUM, CHROMIUM_FLAGS, ROOT, start_app, stop_app
 
 
 def _env(data_dir: Path, artifacts: Path) -> dict[str, str]:
@@ -78,12 +65,6 @@ def cli_study(data_dir: Path, settings: dict[str, int], timeout: float) -> float
     return seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cpu_seconds(processes: list[psutil.Process]) -> float:
     total = 0.0
     for p in processes:
@@ -100,45 +81,14 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
     artifacts folder, and the CPU seconds the server (without its worker) and the browser used meanwhile."""
     from playwright.sync_api import expect
 
-    artifacts = Path(tempfile.mkdtemp(prefix="bench-page-"))
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "dashboard/app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=_env(data_dir, artifacts),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    page = None
+    folder = Path(tempfile.mkdtemp(prefix="bench-page-"))
+    server, page = None, None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the dashboard did not start")
-            time.sleep(0.2)
+        # the file watcher stays on, as in a user's `streamlit run`
+        data = {"LORA_DATA_DIR": str(data_dir)}
+        server = start_app(folder / "artifacts", folder / "streamlit.log", env=data, watch_files=True, timeout_s=120)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(url)
+        page.goto(server.url)
         button = page.get_by_role("button", name="Run the whole study")
         expect(button).to_be_enabled(timeout=120_000)
         if settings:
@@ -149,7 +99,7 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
                 field.press("Enter")
                 page.wait_for_timeout(500)
             expect(button).to_be_enabled(timeout=60_000)
-        server_process = psutil.Process(server.pid)
+        server_process = psutil.Process(server.process.pid)
         browser_processes = [p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
         server_cpu, browser_cpu = _cpu_seconds([server_process]), _cpu_seconds(browser_processes)
         start = time.perf_counter()
@@ -169,11 +119,9 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
     finally:
         if page is not None:
             page.close()
-        for child in psutil.Process(server.pid).children(recursive=True):
-            child.kill()
-        server.kill()
-        server.wait()
-        shutil.rmtree(artifacts, ignore_errors=True)
+        if server is not None:
+            stop_app(server.process)  # its process group: the study's worker too
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def measure_page_vs_cli(ctx: Context) -> dict[str, Any]:
