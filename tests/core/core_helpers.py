@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -82,3 +86,38 @@ def first_test_images(data: MnistData, n: int = 2000) -> MnistData:
     """`data` with only its first `n` test images (for tests that evaluate many times). The training images
     stay as stored, uint8 pixels: dataclasses.replace alone would pass train_x, the whole float copy."""
     return dataclasses.replace(data, train_x=data.train_images, test_x=data.test_x[:n], test_y=data.test_y[:n])
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli_jobs(
+    jobs: dict[str, list[str]], env: dict[str, str], workers: int, timeout: float
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """`python -m lora_core ARGS` for every job (name: ARGS) from the repository root, `workers` at a time."""
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lora_core", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], words: Iterable[str]) -> str:
+    """A refusal: exit status 2, no traceback, one line `error: ...` on stderr holding every word; returns it."""
+    detail = f"stdout={result.stdout[-2000:]!r} stderr={result.stderr[-2000:]!r}"
+    assert result.returncode == 2, detail
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), detail  # one style for every mistake
+    for word in words:
+        assert word in lines[0], detail
+    return lines[0]

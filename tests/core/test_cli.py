@@ -8,12 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from core_helpers import file_bytes
+from core_helpers import assert_one_line_error, file_bytes, run_cli_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 # the first test pays for `cli_runs`: about 30 CLI runs (one a short real study), four at a time; on a
@@ -63,13 +61,6 @@ def _write_pictures(folder: Path, mnist) -> None:
     (folder / "readme.txt").write_text("not a picture")
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture(scope="module")
 def cli_runs(trained_artifacts, tmp_path_factory, mnist):
     """Run every CLI case once, four at a time, against a copy of `trained_artifacts` or an empty folder."""
@@ -110,31 +101,14 @@ def cli_runs(trained_artifacts, tmp_path_factory, mnist):
         *("--name", "small", "--overwrite", "--steps", "3", "--ft-batch-size", "16", "--rank", "2"),
         *("--artifacts", str(folders["writable"]), "--json", str(out / "study-overwrite.json")),
     ]
-
-    def run(args: list[str]) -> Result:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
-        results = {name: f.result() for name, f in futures.items()}
+    results = run_cli_jobs(jobs, env, workers=4, timeout=300)
     return {"results": results, "folders": folders, "out": out, "root": root}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_bad_input_exits_2_with_one_line(cli_runs, case):
-    result = cli_runs["results"][case]
-    detail = f"stdout={result.stdout!r} stderr={result.stderr!r}"
-    assert result.returncode == 2, detail
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, detail
-    assert lines[0].startswith("error: "), detail  # one style for every mistake
-    assert ": error:" not in lines[0] and "_size" not in lines[0], detail
-    for word in ERROR_CASES[case][2]:
-        assert word in lines[0], detail
+    line = assert_one_line_error(cli_runs["results"][case], ERROR_CASES[case][2])
+    assert ": error:" not in line and "_size" not in line, line  # argparse's prefix, a field's name
 
 
 def test_evaluate_with_adapter_writes_json(cli_runs, trained_artifacts):

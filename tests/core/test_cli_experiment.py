@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from core_helpers import file_bytes
+from core_helpers import assert_one_line_error, file_bytes, run_cli_jobs
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)  # two short real comparisons on full MNIST, beside other sessions' work
 
 # name: (arguments, which artifacts folder, words the one-line message must contain)
@@ -45,28 +40,13 @@ def cli_runs(trained_artifacts, tmp_path_factory):
     jobs = {name: [*args, "--artifacts", str(folders[which])] for name, (args, which, _) in ERROR_CASES.items()}
     jobs["three"] = ["experiment", "shift:2", *RUN, "--artifacts", str(folders["three"]), "--json", str(out / "3.json")]
     jobs["head"] = ["experiment", "digits:3", "--methods", "head", *RUN, "--artifacts", str(folders["head"])]
-
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
-        results = {name: f.result() for name, f in futures.items()}
+    results = run_cli_jobs(jobs, env, workers=3, timeout=600)
     return {"results": results, "folders": folders, "out": out, "root": root}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_bad_input_exits_2_with_one_line(cli_runs, case):
-    result = cli_runs["results"][case]
-    detail = f"stdout={result.stdout[-2000:]!r} stderr={result.stderr[-2000:]!r}"
-    assert result.returncode == 2, detail
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), detail
-    for word in ERROR_CASES[case][2]:
-        assert word in lines[0], detail
+    assert_one_line_error(cli_runs["results"][case], ERROR_CASES[case][2])
 
 
 def test_refusals_wrote_nothing(cli_runs, trained_artifacts):

@@ -6,15 +6,20 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import file_bytes, first_test_images, import_peft, random_mlp, randomize_b
+from core_helpers import (
+    assert_one_line_error,
+    file_bytes,
+    first_test_images,
+    import_peft,
+    random_mlp,
+    randomize_b,
+    run_cli_jobs,
+)
 
 from lora_core.errors import ConfigError, RunStopped
 from lora_core.experiments import ExperimentSettings, list_experiments
@@ -31,7 +36,6 @@ from lora_core.sweeps import (
 )
 from lora_core.tasks import parse_task
 
-REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ExperimentSettings(steps=3, batch_size=32, seed=0, device="cpu")
 LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10)
 
@@ -227,28 +231,14 @@ def cli_runs(trained_artifacts, tmp_path_factory):
     jobs = {name: [*args, "--artifacts", str(refused)] for name, (args, _) in CLI_ERRORS.items()}
     run_args = ["sweep", "rank", "--values", "1", "16", "--steps", "2", "--batch-size", "16", "--device", "cpu"]
     jobs["run"] = [*run_args, "--artifacts", str(folder), "--json", str(root / "out.json")]
-
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
-        results = {name: f.result() for name, f in futures.items()}
+    results = run_cli_jobs(jobs, env, workers=3, timeout=600)
     return {"results": results, "root": root, "folder": folder, "refused": refused}
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_sweep_command_bad_input_exits_2_with_one_line(cli_runs, case, trained_artifacts):
-    result = cli_runs["results"][case]
-    detail = f"stdout={result.stdout[-1500:]!r} stderr={result.stderr[-1500:]!r}"
-    assert result.returncode == 2, detail
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), detail
-    for word in CLI_ERRORS[case][1]:
-        assert word in lines[0], detail
+    assert_one_line_error(cli_runs["results"][case], CLI_ERRORS[case][1])
     assert file_bytes(cli_runs["refused"]) == file_bytes(trained_artifacts)  # the refusals wrote nothing
 
 

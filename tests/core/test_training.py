@@ -205,15 +205,20 @@ def test_nan_loss_raises_training_diverged_and_keeps_the_previous_base(artifacts
     store.load_base()  # still loads
 
 
-def test_loss_blowing_up_mid_run_raises_training_diverged(tiny_mnist, tmp_path, monkeypatch):
+def loss_becomes(value: float, at_step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training loops' loss turns into loss * `value` (inf or nan) from step `at_step` on."""
     calls = []
 
     def exploding_cross_entropy(logits, labels, *args, **kwargs):
         calls.append(1)
         loss = F.cross_entropy(logits, labels, *args, **kwargs)
-        return loss * float("inf") if len(calls) >= 5 else loss
+        return loss * value if len(calls) >= at_step else loss
 
     monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=exploding_cross_entropy))
+
+
+def test_loss_blowing_up_mid_run_raises_training_diverged(tiny_mnist, tmp_path, monkeypatch):
+    loss_becomes(float("inf"), 5, monkeypatch)
     store = ArtifactStore(tmp_path / "art")
     with pytest.raises(TrainingDiverged, match="step 5"):
         train_and_save_base(store, tiny_mnist, TINY_TRAIN)
@@ -226,14 +231,7 @@ def test_finetune_divergence_removes_the_adapter_and_saves_nothing(artifacts_cop
     store = ArtifactStore(artifacts_copy)
     base, lora_model = load_base_for_lora(store, "cpu")
     reference = clones(lora_model)
-    calls = []
-
-    def exploding_cross_entropy(logits, labels, *args, **kwargs):
-        calls.append(1)
-        loss = F.cross_entropy(logits, labels, *args, **kwargs)
-        return loss * float("nan") if len(calls) >= 3 else loss
-
-    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=exploding_cross_entropy))
+    loss_becomes(float("nan"), 3, monkeypatch)
     with pytest.raises(TrainingDiverged, match="step 3"):
         finetune_and_save_adapter(store, base, lora_model, small_mnist, dataclasses.replace(FT, digits=(7,)), name="d")
     assert "d" not in lora_model.adapters
