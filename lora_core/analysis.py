@@ -45,7 +45,7 @@ from .model import IN_FEATURES, LAYER_NAMES, MLP
 from .precision import check_precision
 from .storage import ArtifactStore, BaseModelRecord
 from .study import load_base_for_lora
-from .train import FinetuneConfig, ProgressCallback, _check_int, _check_lr, adam, finetune, resolve_device
+from .train import FinetuneConfig, ProgressCallback, adam, check_int, check_lr, finetune, resolve_device
 
 ADAPTERS_FORMAT = "lora_core.analysis.adapters.v1"
 MEMORY_FORMAT = "lora_core.analysis.memory.v1"
@@ -59,9 +59,9 @@ RATIO_RANK = 8  # the rank the memory ratio full / LoRA is stated at (the first 
 FULL_LR = 1e-3  # full fine-tuning's learning rate in the experiments (ExperimentSettings.full_lr)
 SIDE = 28
 MAX_READ_BYTES = 64 * 1024 * 1024
-# The float training images the measured runs draw from, made before the measurement starts: the full
-# fine-tuning loop (experiments.train_parameters) reads data.train_x, which would otherwise normalise all
-# 60,000 images (188 MB) inside the measured block and swamp the figure it is meant to measure.
+# The float training images the measured runs draw from, made before the measurement starts (the
+# fine-tuning loop, train.train_parameters, normalises uint8 pixels batch by batch and takes these floats
+# as they are), so that the measured block holds the training's own memory alone.
 MEMORY_SUBSET = 12_000
 
 
@@ -600,25 +600,25 @@ class AnalysisSettings:
         ]
 
     def validate(self, model: nn.Module | None = None) -> None:
-        _check_int("small_rank", self.small_rank, 1, 10_000)
-        _check_int("large_rank", self.large_rank, 1, 10_000)
+        check_int("small_rank", self.small_rank, 1, 10_000)
+        check_int("large_rank", self.large_rank, 1, 10_000)
         if self.large_rank <= self.small_rank:
             raise ConfigError(
                 "large_rank", f"must be larger than the small rank {self.small_rank}, got {self.large_rank}"
             )
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("other_seed", self.other_seed, 0, 2**63 - 1)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("other_seed", self.other_seed, 0, 2**63 - 1)
         if self.other_seed == self.seed:
             raise ConfigError("other_seed", f"must differ from the seed {self.seed} (two seeds are compared)")
-        _check_int("memory_steps", self.memory_steps, 1, 10_000)
-        _check_int("directions", self.directions, 1, IN_FEATURES)
-        _check_int("random_draws", self.random_draws, 1, 10_000)
-        _check_lr(self.lr)
+        check_int("memory_steps", self.memory_steps, 1, 10_000)
+        check_int("directions", self.directions, 1, IN_FEATURES)
+        check_int("random_draws", self.random_draws, 1, 10_000)
+        check_lr(self.lr)
         check_precision(self.precision)
         if not self.memory_ranks:
             raise ConfigError("memory_ranks", "give at least one rank")
         for r in self.memory_ranks:
-            _check_int("memory_ranks", r, 1, 10_000)
+            check_int("memory_ranks", r, 1, 10_000)
         for rank in (self.small_rank, self.large_rank):
             self.finetune_config(rank, self.seed, (0,)).validate(model)
 

@@ -69,7 +69,7 @@ def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--memory-steps", dest="memory_steps", type=_int_arg, default=d.memory_steps, help="measured run")
     p.add_argument("--directions", type=_int_arg, default=d.directions, help="linear1 directions to show")
-    _precision_option(p)
+    _precision_option(p, d.precision)
     p.set_defaults(handler=cmd_analyze, flags=ANALYZE_FLAGS)
 
 
