@@ -458,3 +458,201 @@ def combination_bars(
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 105])
     return _layout(fig, "Each adapter alone and the combination, per task", height=400)
+
+
+# --- experiments: sweeps ----------------------------------------------------------------------------------
+MARK_COLOR = "#111111"
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1000:,.1f} KB" if n < 1_000_000 else f"{n / 1e6:,.2f} MB"
+
+
+def _compact(n: float) -> str:
+    """27176 -> '27.2k', 2807010 -> '2.81M': tick labels that fit side by side."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:g}"
+
+
+def rank_sweep_accuracy(
+    ranks: Sequence[float],
+    trainable_params: Sequence[int],
+    task_accuracy: Sequence[float],
+    plain_accuracy: Sequence[float],
+    marked: float | None,
+    within_points: float,
+    base_task: float | None = None,
+    task_label: str = "task test set",
+    plain_label: str = "plain MNIST (adapter applied)",
+    title: str = "Accuracy against rank and against trainable parameters",
+) -> go.Figure:
+    """Two panels sharing the accuracy axis (fractions in, percent drawn): against the rank (log2 axis,
+    ticks at the ranks tried) and against the trainable parameters (log axis). `marked` (a rank, as the
+    sweep's result says: the smallest within `within_points` of the best) is starred in both panels;
+    `base_task` draws the base model's task accuracy as a dashed reference."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06)
+    for col, xs in ((1, list(ranks)), (2, list(trainable_params))):
+        for label, values, color in (
+            (task_label, task_accuracy, ADAPTED_COLOR),
+            (plain_label, plain_accuracy, PLAIN_COLOR),
+        ):
+            fig.add_scatter(
+                x=xs,
+                y=[100 * v for v in values],
+                mode="lines+markers",
+                name=label,
+                legendgroup=label,
+                showlegend=col == 1,
+                marker={"color": color, "size": 8},
+                line={"color": color},
+                customdata=list(ranks),
+                hovertemplate=f"{label}: %{{y:.2f}}% at rank %{{customdata:g}}<extra></extra>",
+                row=1,
+                col=col,
+            )
+        if marked is not None and marked in list(ranks):
+            i = list(ranks).index(marked)
+            name = f"rank {marked:g}: the smallest within {within_points:g} points of the best"
+            fig.add_scatter(
+                x=[xs[i]],
+                y=[100 * task_accuracy[i]],
+                mode="markers",
+                name=name,
+                legendgroup="marked",
+                showlegend=col == 1,
+                marker={"symbol": "star", "size": 18, "color": TARGET_COLOR, "line": {"width": 1, "color": MARK_COLOR}},
+                hovertemplate=f"{name}: %{{y:.2f}}%<extra></extra>",
+                row=1,
+                col=col,
+            )
+    if base_task is not None:
+        fig.add_hline(
+            y=100 * base_task,
+            line={"dash": "dot", "color": BASE_COLOR},
+            annotation_text=f"base model on the task: {100 * base_task:.1f}%",
+            annotation_position="bottom right",
+        )
+    fig.update_xaxes(
+        type="log",
+        tickvals=list(ranks),
+        ticktext=[f"{r:g}" for r in ranks],
+        title_text="rank r (log2 scale)",
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(
+        type="log",
+        tickvals=list(trainable_params),
+        ticktext=[_compact(n) for n in trainable_params],
+        title_text="trainable parameters (log scale)",
+        row=1,
+        col=2,
+    )
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    _layout(fig, title, height=420)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"b": 110})
+    return fig
+
+
+def rank_sweep_cost(
+    ranks: Sequence[float],
+    seconds: Sequence[float],
+    stored_bytes: Sequence[int],
+    marked: float | None = None,
+    title: str = "What each rank costs",
+) -> go.Figure:
+    """Training time per rank (bars, left axis, seconds) and the adapter's file size (line, right axis, KB);
+    the marked rank's bar is drawn in the mark's colour."""
+    from plotly.subplots import make_subplots
+
+    labels = [f"r={r:g}" for r in ranks]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    colors = [TARGET_COLOR if marked is not None and r == marked else BASE_COLOR for r in ranks]
+    fig.add_bar(
+        x=labels,
+        y=list(seconds),
+        name="training time (s)",
+        marker_color=colors,
+        text=[f"{s:.1f}" for s in seconds],
+        textposition="outside",
+        cliponaxis=False,
+        secondary_y=False,
+    )
+    fig.add_scatter(
+        x=labels,
+        y=[b / 1000 for b in stored_bytes],
+        mode="lines+markers",
+        name="adapter file (KB)",
+        marker={"color": ADAPTED_COLOR},
+        line={"color": ADAPTED_COLOR},
+        secondary_y=True,
+    )
+    fig.update_yaxes(title_text="training time (s)", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="adapter file (KB)", rangemode="tozero", secondary_y=True, showgrid=False)
+    fig.update_xaxes(title_text="rank")
+    return _layout(fig, title, height=320)
+
+
+def read_rank_cost(ranks: Sequence[float], seconds: Sequence[float], stored_bytes: Sequence[int]) -> str:
+    """One sentence reading the cost chart from the measured times and file sizes."""
+    if not ranks:
+        return "No rank was measured."
+    fast = min(range(len(ranks)), key=lambda i: seconds[i])
+    slow = max(range(len(ranks)), key=lambda i: seconds[i])
+    small = min(range(len(ranks)), key=lambda i: stored_bytes[i])
+    large = max(range(len(ranks)), key=lambda i: stored_bytes[i])
+    if len(ranks) == 1:
+        return f"Rank {ranks[0]:g} trained in {seconds[0]:.1f} s and its adapter file holds {_kb(stored_bytes[0])}."
+    return (
+        f"Training took from {seconds[fast]:.1f} s (rank {ranks[fast]:g}) to {seconds[slow]:.1f} s "
+        f"(rank {ranks[slow]:g}); the adapter file grows from {_kb(stored_bytes[small])} at rank "
+        f"{ranks[small]:g} to {_kb(stored_bytes[large])} at rank {ranks[large]:g} "
+        f"({stored_bytes[large] / stored_bytes[small]:.1f}x)."
+    )
+
+
+def replay_sweep_tradeoff(
+    values: Sequence[float],
+    task_gain: Sequence[float],
+    kept_change: Sequence[float],
+    default: float | None,
+    others_label: str = "the other digits",
+    title: str = "Target gain against the change on the other digits, per replay share",
+) -> go.Figure:
+    """One point per replay share (fractions in, percentage points drawn): the gain on the target digits
+    (y) against the change on `others_label` (x; left of 0 = forgotten), joined in order of the share and
+    labelled with it; the default share is starred."""
+    xs = [100 * c for c in kept_change]
+    ys = [100 * g for g in task_gain]
+    fig = go.Figure()
+    fig.add_scatter(
+        x=xs,
+        y=ys,
+        mode="lines+markers+text",
+        name="replay share",
+        text=[f"{v:g}" for v in values],
+        textposition="top center",
+        marker={"color": ADAPTED_COLOR, "size": 10},
+        line={"color": ADAPTED_COLOR, "dash": "dot"},
+        customdata=list(values),
+        hovertemplate="replay %{customdata:g}: target %{y:+.2f} points, others %{x:+.2f} points<extra></extra>",
+    )
+    if default is not None and default in list(values):
+        i = list(values).index(default)
+        fig.add_scatter(
+            x=[xs[i]],
+            y=[ys[i]],
+            mode="markers",
+            name=f"default replay {default:g}",
+            marker={"symbol": "star", "size": 20, "color": TARGET_COLOR, "line": {"width": 1, "color": MARK_COLOR}},
+            hovertemplate=f"default replay {default:g}: target %{{y:+.2f}}, others %{{x:+.2f}} points<extra></extra>",
+        )
+    fig.add_vline(x=0, line={"dash": "dash", "color": BASE_COLOR})
+    fig.add_hline(y=0, line={"dash": "dash", "color": BASE_COLOR})
+    fig.update_xaxes(title_text=f"change on {others_label} (points; left = forgotten)")
+    fig.update_yaxes(title_text="gain on the target (points)")
+    return _layout(fig, title, height=400)

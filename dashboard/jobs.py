@@ -42,6 +42,7 @@ from lora_core.study import (
     run_study,
     train_and_save_base,
 )
+from lora_core.sweeps import SweepResult, run_sweep
 from lora_core.tasks import Task
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
 
@@ -53,6 +54,7 @@ KIND_TITLES = {
     "study": "Running the whole study",
     "experiment": "Running an experiment (methods side by side)",
     "analysis": "Running the analysis (the adapters' subspaces, memory)",
+    "sweep": "Running a sweep (one LoRA setting over several values)",
 }
 
 
@@ -371,3 +373,45 @@ def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> 
 def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
     """Run lora_core.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
     return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))
+
+
+def experiment_adapter(result: ExperimentResult) -> str | None:
+    """The LoRA adapter an experiment saved, if it can be made active with the main base model: an unseen
+    task's adapter belongs to that task's own base (bases/<name>), which the other pages do not load."""
+    lora = result.method("lora")
+    if lora is None or not lora.adapter or result.base.get("name") != "main":
+        return None
+    return lora.adapter
+
+
+def _sweep(
+    store: ArtifactStore,
+    task: Task,
+    kind: str,
+    values: tuple[float, ...],
+    settings: ExperimentSettings,
+    progress: Any,
+    stop: Any,
+) -> SweepResult:
+    """Every value of the sweep on the task, each point on the base loaded once here (run_sweep keeps it and
+    trains a fresh adapter per value), saved to <artifacts>/experiments/sweep-*.json (a stop saves nothing)."""
+    base_config = TrainConfig(device=settings.device, precision=settings.precision)
+    return run_sweep(
+        store, _data(), task, kind, values, settings, base_config=base_config, progress=progress, stop=stop
+    )
+
+
+def start_sweep(
+    store: ArtifactStore,
+    task: Task,
+    kind: str,
+    values: tuple[float, ...],
+    settings: ExperimentSettings,
+    owner: str | None = None,
+) -> Job:
+    """Run a rank or replay sweep on `task` in the background (values and settings already validated)."""
+    job = Job(
+        "sweep", f"{kind.capitalize()} sweep on {task.spec}", _sweep, (store, task, kind, values, settings), owner
+    )
+    job.extra.update(task=task.spec, sweep=kind, values=list(values))
+    return REGISTRY.start(job)

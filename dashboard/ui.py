@@ -63,7 +63,7 @@ JOB_PANELS: dict[str, tuple[str, ...]] = {
     "home": ("study",),
     "training": tuple(jobs.KIND_TITLES),
     "finetune": ("finetune",),
-    "experiments": ("experiment",),
+    "experiments": ("experiment", "sweep"),
     "insight": ("analysis",),
 }
 
@@ -128,6 +128,8 @@ def finish_jobs() -> None:
         state.set_active_adapter(job.result.name)
     elif job.kind == "study":
         state.set_active_adapter(job.result["adapter"]["name"])
+    elif job.kind == "experiment" and jobs.experiment_adapter(job.result):
+        state.set_active_adapter(jobs.experiment_adapter(job.result))
 
 
 def job_panel(kinds: tuple[str, ...]) -> jobs.Job | None:

@@ -4,13 +4,15 @@ charts, each read in a sentence, and again in a new session."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import torch
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
+from streamlit import dataframe_util
 
-from dashboard import jobs, ui
+from dashboard import jobs, state, ui
 from lora_core.data import MnistData
 from lora_core.experiments import list_experiments, load_experiment
 from lora_core.lora import LoraModel
@@ -24,6 +26,13 @@ def images(at) -> list:  # noqa: ANN001 - AppTest
 
 def plotly_charts(at) -> list:  # noqa: ANN001 - AppTest
     return list(at.get("plotly_chart"))
+
+
+def shown_cells(table) -> list[list[str]]:  # noqa: ANN001 - AppTest's Table
+    """The text each cell of a table shows (the pandas Styler's display values the page sends)."""
+    display = table.proto.arrow_data.styler.display_values
+    assert display, "the table is sent without display text: Streamlit would show 'None' for empty cells"
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(display).astype(str).values.tolist()
 
 
 def small_settings(at, kind: str) -> None:  # noqa: ANN001 - AppTest
@@ -65,6 +74,7 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     trained_dir: Path, mnist: MnistData
 ) -> None:
     at = visit(new_app(), "experiments")
+    assert at.session_state[state.ACTIVE_KEY] == "small"  # the newest saved adapter, before the run
     small_settings(at, "invert")
     click(at, "Run the comparison")
     assert_clean(at)
@@ -72,20 +82,35 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     assert job.kind == "experiment" and job.status == jobs.DONE, job.error
     assert set(job.phases) == {"lora", "full", "head"}  # one progress phase per method
     assert_clean(at)
+    # the experiment's adapter is now this tab's active adapter, the page says so, and the other pages use it
+    assert at.session_state[state.ACTIVE_KEY] == "invert"
+    assert any("`invert` is now this tab's active adapter" in str(s.value) for s in at.success)
 
     saved = list_experiments(ArtifactStore(trained_dir))
     assert len(saved) == 1
     result = load_experiment(saved[0])
     assert [m.method for m in result.methods] == ["lora", "full", "head"]
     assert "invert" in ArtifactStore(trained_dir).adapter_names()  # the task's adapter is a normal adapter
+    assert jobs.experiment_adapter(result) == "invert"
+    elsewhere = dataclasses.replace(result, base={**result.base, "name": "unseen-8-9"})
+    assert jobs.experiment_adapter(elsewhere) is None  # saved with another base: never made active here
 
     def check_results(at) -> None:  # noqa: ANN001 - AppTest
-        table = at.dataframe[0].value
+        table = at.table[0].value
         assert list(table["method"])[0] == "base model (reference)" and len(table) == 4
         lora = result.method("lora")
         assert table["trainable parameters"][1] == lora.trainable_params
         assert abs(table["task accuracy"][1] - 100 * lora.task_accuracy) < 1e-9
         assert abs(table["plain MNIST (adapter off)"][1] - 100 * lora.adapter_off_plain["accuracy"]) < 1e-9
+        # numbers stay numbers; what does not apply (the base model trains and stores nothing) reads "—"
+        assert table["trainable parameters"].dtype.kind == "f" and table["bytes stored"].dtype.kind == "f"
+        cells = shown_cells(at.table[0])
+        base_row = dict(zip(table.columns, cells[0], strict=True))
+        assert not any(v in ("None", "nan", "<NA>", "") for row in cells for v in row), cells
+        assert base_row["trainable parameters"] == base_row["plain MNIST (adapter off)"] == "—"
+        assert base_row["task accuracy"] == f"{100 * result.base['task_accuracy']:.2f}%"
+        assert dict(zip(table.columns, cells[1], strict=True))["trainable parameters"] == f"{lora.trainable_params:,}"
+        assert dict(zip(table.columns, cells[2], strict=True))["plain MNIST (adapter off)"] == "—"  # full: no switch
         assert len(plotly_charts(at)) >= 2
         shown = texts(at)
         off = f"{100 * lora.adapter_off_plain['accuracy']:.2f}%"
@@ -97,6 +122,10 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     assert_clean(restarted)
     assert restarted.session_state["job"] is None or restarted.session_state["job"].id != job.id
     check_results(restarted)
+
+    visit(at, "evaluation")  # the tab that ran it: the evaluation page opens on the new adapter
+    assert_clean(at)
+    assert at.selectbox(key="eval_adapter").value == "invert"
 
     # the task's adapter is a normal adapter: offered on the evaluation and parameters pages
     for page, key in (("evaluation", "eval_adapter"), ("parameters", "params_adapter")):
