@@ -519,14 +519,19 @@ def show_saved_sweeps() -> None:
     if not loaded:
         st.info("No readable sweep yet: run one above.")
         return
+    task_spec = {name: str((r.task or {}).get("spec", "?")) for name, r in loaded}  # a hand-edited file may lack it
     labels = [
-        f"{r.kind} sweep · {r.task['spec']} · {', '.join(f'{v:g}' for v in r.values)} · {ui.when(r.created)} ({name})"
+        f"{r.kind} sweep · {task_spec[name]} · {', '.join(f'{v:g}' for v in r.values)} · {ui.when(r.created)} ({name})"
         for name, r in loaded
     ]
     pick = st.selectbox(
         "Saved sweep (newest first)", range(len(loaded)), format_func=labels.__getitem__, key="sweep_pick"
     )
-    show_sweep(loaded[int(pick or 0)][1])
+    name, result = loaded[int(pick or 0)]
+    try:
+        show_sweep(result)
+    except (KeyError, TypeError, ValueError) as exc:  # a file edited by hand: say which, never a traceback
+        st.warning(f"The saved sweep {name} is incomplete and cannot be shown ({type(exc).__name__}: {exc}).")
 
 
 st.header("Sweeps: one LoRA setting over several values")

@@ -4,6 +4,7 @@ again from the saved JSON in a new session; bad values are refused next to the f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 from dashboard import charts, jobs
 from lora_core.experiments import ExperimentSettings
 from lora_core.storage import ArtifactStore
-from lora_core.sweeps import WITHIN_POINTS, SweepResult, list_sweeps, load_sweep, smallest_within_best
+from lora_core.sweeps import WITHIN_POINTS, SweepPoint, SweepResult, list_sweeps, load_sweep, smallest_within_best
 from lora_core.tasks import parse_task
 
 
@@ -206,3 +207,22 @@ def test_the_replay_chart_plots_gain_against_change_in_points_and_stars_the_defa
     assert list(points.text) == ["0", "0.5", "0.9"]
     assert star.name == "default replay 0.5" and list(star.x) == pytest.approx([-4.0])
     assert len(charts.replay_sweep_tradeoff([0.0, 0.9], [0.1, 0.0], [-0.5, 0.0], 0.5).data) == 1  # default not run
+
+
+def test_a_hand_edited_sweep_is_named_not_a_traceback(trained_dir: Path) -> None:
+    folder = trained_dir / "experiments"
+    folder.mkdir()
+    point = {f.name: 1 for f in dataclasses.fields(SweepPoint)}  # a complete point...
+    result = {
+        "format": "lora_core.sweep.v1",
+        "kind": "sweep-rank",
+        "task": {},
+        "settings": {},
+        "base": {},
+    }  # ...no task
+    result |= {"points": [point], "marked": 1, "reading": "x", "created": "now", "seconds": 1, "environment": {}}
+    (folder / "sweep-rank-edited.json").write_text(json.dumps(result))
+    at = visit(new_app(), "experiments")
+    assert_clean(at)
+    warnings = [str(w.value) for w in at.warning]
+    assert any("sweep-rank-edited.json is incomplete" in w for w in warnings), warnings
