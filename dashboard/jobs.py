@@ -371,3 +371,19 @@ def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> 
 def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
     """Run lora_core.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
     return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))
+# --- issue 11: the personal adapter, trained on the user's own digits ("my digits") --------------------------------
+KIND_TITLES["personal"] = "Training my personal adapter"
+
+
+def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> Any:
+    """Fine-tune the personal adapter on the collection with MNIST replay; lora_core saves the adapter and its
+    result (held-out table, MNIST before/after) only when the run completes."""
+    from lora_core.mydigits import train_personal
+
+    return train_personal(store, _data(), progress=progress, stop=stop, **settings)
+
+
+def start_personal(store: ArtifactStore, settings: dict[str, Any], owner: str | None = None) -> Job:
+    """Train the personal adapter in the background; `settings` are train_personal's keyword arguments (steps,
+    rank, seed...), already checked by the page."""
+    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, dict(settings)), owner))

@@ -17,6 +17,7 @@ PAGES = {
     "draw": "draw",
     "experiments": "experiments",
     "insight": "insight",
+    "mydigits": "mydigits",
 }
 
 
