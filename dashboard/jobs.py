@@ -33,6 +33,7 @@ from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
 from lora_core.experiments import ExperimentResult, ExperimentSettings, run_experiment
+from lora_core.mydigits import PersonalResult, train_personal
 from lora_core.paths import default_data_dir
 from lora_core.storage import ArtifactStore, BaseModelRecord
 from lora_core.study import (
@@ -375,11 +376,9 @@ def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None
 KIND_TITLES["personal"] = "Training my personal adapter"
 
 
-def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> Any:
+def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> PersonalResult:
     """Fine-tune the personal adapter on the collection with MNIST replay; lora_core saves the adapter and its
     result (held-out table, MNIST before/after) only when the run completes."""
-    from lora_core.mydigits import train_personal
-
     return train_personal(store, _data(), progress=progress, stop=stop, **settings)
 
 

@@ -12,8 +12,8 @@ from dashboard import charts, combination, state, ui
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.mydigits import PERSONAL_ADAPTER, MyDigits
-from lora_core.storage import BaseModelRecord
 from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
+from lora_core.storage import BaseModelRecord
 from lora_core.tasks import Task, parse_task
 
 CANVAS_SIZE = 280

@@ -11,7 +11,6 @@ session state (`flash`).
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import uuid
 from collections.abc import Sequence
@@ -30,11 +29,11 @@ from lora_core.mydigits import (
     MyDigit,
     MyDigits,
     MyDigitsImportError,
-    NotEnoughDigitsError,
     PersonalResult,
+    PersonalSettings,
+    describe_missing,
     load_personal_result,
     missing,
-    train_personal,
 )
 from lora_core.numbers import pct
 from lora_core.preprocess import ImageError, prepare_digit
@@ -46,11 +45,7 @@ GRID_COLUMNS = 10
 GUIDED_KEY = "mydigits_guided"
 FLASH_KEY = "mydigits_flash"
 UPLOAD_VERSION_KEY = "mydigits_upload_version"
-TRAIN_DEFAULTS = {
-    name: p.default
-    for name, p in inspect.signature(train_personal).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
+FIELD_LABELS = {"steps": "Steps", "rank": "Rank r", "seed": "Seed"}
 
 
 # --- confirmations that survive the rerun after an action -----------------------------------------------------------
@@ -280,16 +275,15 @@ def transfer_section(collection: MyDigits, digits: Sequence[MyDigit], can_write:
                 st.error(f"Not imported: {exc}")
                 return
             st.session_state[UPLOAD_VERSION_KEY] = version + 1  # an empty uploader for the next import
-            flash("transfer", "success", f"Imported {len(added)} drawings from {upload.name}.")
+            flash(
+                "transfer",
+                "success",
+                f"Imported {len(added)} new drawings from {upload.name} (drawings already here were skipped).",
+            )
             st.rerun()
 
 
 # --- the personal adapter -------------------------------------------------------------------------------------------
-def needed_text(need: dict[int, int]) -> str:
-    """The library's own wording of what is missing ("draw 2 more 4s, 1 more 7")."""
-    return str(NotEnoughDigitsError(need))
-
-
 def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
     st.write(
         "A small LoRA adapter fine-tuned on your drawings, with MNIST digits replayed beside them so the model "
@@ -303,26 +297,37 @@ def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
         return
     need = missing(collection.counts())
     if need:
-        st.warning(f"Not enough drawings to train yet (at least {MIN_PER_DIGIT} of each digit): {needed_text(need)}.")
+        st.warning(
+            f"Not enough drawings to train yet (at least {MIN_PER_DIGIT} of each digit are needed): "
+            f"{describe_missing(need)}."
+        )
+    defaults = PersonalSettings()
+    slots = ui.FieldSlots()
     with st.expander("Training settings"):
         c1, c2, c3 = st.columns(3)
-        steps = c1.number_input(
-            "Steps", min_value=1, max_value=100_000, value=int(TRAIN_DEFAULTS.get("steps", 300)), key="personal_steps"
-        )
-        rank = c2.number_input(
-            "Rank r", min_value=1, max_value=1000, value=int(TRAIN_DEFAULTS.get("rank", 8)), key="personal_rank"
-        )
+        steps = c1.number_input("Steps", min_value=1, max_value=100_000, value=defaults.steps, key="personal_steps")
+        rank = c2.number_input("Rank r", min_value=1, max_value=1000, value=defaults.rank, key="personal_rank")
         seed = c3.number_input(
-            "Seed (fixes the held-out split too)",
+            "Seed (also picks the held-out drawings)",
             min_value=0,
             max_value=2**31 - 1,
-            value=int(TRAIN_DEFAULTS.get("seed", 0)),
+            value=defaults.seed,
             key="personal_seed",
         )
-        st.caption(f"Saved as the adapter `{PERSONAL_ADAPTER}`, replacing the previous personal adapter.")
+        slots.add("steps", "rank", "seed")
+        st.caption(
+            f"Each batch: {defaults.batch_size} digits, {1 - defaults.replay:.0%} of them your drawings (each moved "
+            f"a little at random) and the rest MNIST; one in {defaults.holdout_every} of each digit is held out. "
+            f"Saved as the adapter `{PERSONAL_ADAPTER}`, replacing the previous personal adapter."
+        )
     if st.button("Train my personal adapter", type="primary", disabled=ui.busy() or bool(need), key="personal_train"):
         settings = {"steps": int(steps), "rank": int(rank), "seed": int(seed)}
-        ui.start_job(jobs.start_personal, state.store(), settings)
+        try:
+            PersonalSettings(**settings).validate()
+        except ConfigError as exc:
+            slots.show(exc, FIELD_LABELS.get(exc.field))
+        else:
+            ui.start_job(jobs.start_personal, state.store(), settings)
     ui.job_panel(("personal",))
     try:
         result = load_personal_result(state.store())
@@ -372,7 +377,8 @@ def show_result(collection: MyDigits, digits: Sequence[MyDigit], result: Persona
         st.warning(f"The adapter `{result.adapter}` cannot be used now: {adapter.message}.")
     st.caption(
         f"Trained on {result.trained} of your drawings with {result.heldout} held out, in {result.seconds:.1f} s"
-        + (f" · {ui.when(created)}" if (created := result.config.get("created")) else "")
+        f" · {result.config.get('steps', '?')} steps, rank {result.config.get('rank', '?')}"
+        f" · {ui.when(result.created)}"
     )
     if len(digits) != result.trained + result.heldout:
         st.caption(f"Your collection has {len(digits)} drawings now: train again to use them all.")
