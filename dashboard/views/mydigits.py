@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
@@ -73,8 +74,12 @@ def writable() -> bool:
 
 
 # --- guided mode ----------------------------------------------------------------------------------------------------
+@st.fragment
 def guided_section(collection: MyDigits, can_write: bool) -> None:
-    """Asks for each digit in turn ("draw a 4"), `per_digit` times each, with its own canvas and progress."""
+    """Asks for each digit in turn ("draw a 4"), `per_digit` times each, with its own canvas and progress.
+
+    A fragment: each stroke and each "Save and next" reruns only this section, not the grid of every drawing
+    below (which is redrawn when the guided mode ends or stops)."""
     show_flash("guided")
     guided: dict[str, Any] | None = st.session_state.get(GUIDED_KEY)
     if guided is None:
@@ -99,6 +104,8 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
     order: list[int] = guided["order"]
     done = int(guided["done"])
     total = len(order)
+    if guided.get("last"):  # kept until the next save: a message that vanished would move the canvas mid-drawing
+        st.success(guided["last"])
     if done >= total:
         st.success(f"Guided mode finished: you saved {guided['saved']} of {total} digits; they are in your collection.")
         if st.button("Close guided mode", key="guided_close"):
@@ -115,7 +122,8 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
     with left:
         drawn = canvas(f"guided-canvas-{guided['run']}-{done}")
     with right:
-        prepared = preview(drawn)
+        with st.container(key="guided_preview"):
+            prepared = preview(drawn)
         b1, b2, b3 = st.columns(3)
         save = b1.button("Save and next", type="primary", key="guided_save", disabled=not can_write)
         skip = b2.button("Skip", key="guided_skip")
@@ -126,7 +134,7 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
         st.rerun()
     if skip:
         guided["done"] = done + 1
-        st.rerun()
+        rerun_guided()
     if save:
         if drawn is None or prepared is None:
             st.warning(f"Nothing to save yet: draw a {digit} on the canvas first.")
@@ -139,7 +147,18 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
         guided["done"] = done + 1
         guided["saved"] = int(guided["saved"]) + 1
         count = collection.counts()[digit]
-        flash("guided", "success", f"Saved your {digit}: you have {plural(count, digit)} now.")
+        guided["last"] = f"Saved your {digit}: you have {plural(count, digit)} now."
+        if guided["done"] >= len(order):
+            st.rerun()  # the whole page: the grid shows the new drawings
+        rerun_guided()
+
+
+def rerun_guided() -> None:
+    """Rerun only the guided section when it runs on its own (a click or a stroke in it, in a browser); the whole
+    page when it runs as part of it (Streamlit refuses a fragment-only rerun then, e.g. under AppTest)."""
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
         st.rerun()
 
 
@@ -191,6 +210,8 @@ def counts_table(counts: dict[int, int]) -> pd.DataFrame:
 def collection_section(collection: MyDigits, digits: Sequence[MyDigit], can_write: bool) -> None:
     """The collection as a grid, one group per digit with its count, each drawing with a delete button."""
     show_flash("collection")
+    if st.session_state.get(GUIDED_KEY) is not None:
+        st.caption("While the guided mode runs, this grid is redrawn when it ends or you stop it.")
     counts = collection.counts()
     st.dataframe(counts_table(counts), width="stretch")
     if not digits:
@@ -203,7 +224,7 @@ def collection_section(collection: MyDigits, digits: Sequence[MyDigit], can_writ
         group = [d for d in digits if d.label == digit]
         if not group:
             continue
-        st.markdown(f"**Digit {digit}** · {plural(len(group), digit)}")
+        st.markdown(f"**Digit {digit}** · {len(group)} drawing{'' if len(group) == 1 else 's'}")
         for start in range(0, len(group), GRID_COLUMNS):
             columns = st.columns(GRID_COLUMNS)
             for column, item in zip(columns, group[start : start + GRID_COLUMNS], strict=False):
@@ -248,7 +269,7 @@ def transfer_section(collection: MyDigits, digits: Sequence[MyDigit], can_write:
         if digits:
             st.download_button(
                 "Export as zip",
-                data=collection.export_zip(),
+                data=collection.export_zip,  # built when clicked, not on every rerun
                 file_name="my-digits.zip",
                 mime="application/zip",
                 key="mydigits_export",
@@ -278,7 +299,8 @@ def transfer_section(collection: MyDigits, digits: Sequence[MyDigit], can_write:
             flash(
                 "transfer",
                 "success",
-                f"Imported {len(added)} new drawings from {upload.name} (drawings already here were skipped).",
+                f"Imported {len(added)} new drawing{'' if len(added) == 1 else 's'} from {upload.name} "
+                "(drawings already in your collection were skipped).",
             )
             st.rerun()
 

@@ -61,7 +61,7 @@ def test_the_grid_shows_each_digit_with_its_count_and_deletes_one_drawing(traine
     assert_clean(at)
     assert counts_shown(at) == {**{str(d): 0 for d in range(10)}, "3": 2, "7": 1, "total": 3}
     page = texts(at)
-    assert "**Digit 3** · 2 3s" in page and "**Digit 7** · 1 7" in page
+    assert "**Digit 3** · 2 drawings" in page and "**Digit 7** · 1 drawing" in page
     assert "**Digit 0**" not in page  # digits without drawings have no group
     assert len(at.image) >= 3  # one thumbnail per drawing
     buttons = delete_buttons(at)

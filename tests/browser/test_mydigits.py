@@ -1,0 +1,166 @@
+"""Issue 11 in a real browser, drawn with the mouse: one synthetic writer (benchmarks/writers.py, a style the
+base model reads badly: 1 with a flag and a foot, 7 with a crossbar, open 4, straight-stem 9) fills the
+collection in the guided mode, stroke by stroke; the grid shows the counts; one drawing is deleted (then
+training is refused, saying which digit lacks how many); a bad zip is refused with nothing changed; the export
+taken before the delete brings the drawing back; the personal adapter trains on few steps and its held-out
+comparison shows; on the Draw page a new drawing is added to "my digits" and the personal adapter predicts it.
+
+Runs on a copy of the small session base model (tests/conftest.py `trained_artifacts`) to stay short.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from benchmarks.writers import strokes, writer
+from lora_core.mydigits import MyDigits
+from lora_core.storage import ArtifactStore
+
+from .conftest import start_app, stop_app
+from .helpers import assert_no_errors, draw_strokes, metric_value, open_page, settle, shot, wait_for_text
+
+WRITER = writer("european")
+PER_DIGIT = 3  # lora_core.mydigits.MIN_PER_DIGIT: one held out and two to train on, for every digit
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def small_app(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("browser-mydigits")
+    shutil.copytree(trained_artifacts, folder / "artifacts")
+    server = start_app(folder / "artifacts", folder / "streamlit.log")
+    yield server
+    stop_app(server.process)
+
+
+def counts(root: Path) -> dict[int, int]:
+    return MyDigits(ArtifactStore(root)).counts()
+
+
+def with_path_trick(good: bytes) -> bytes:
+    """The exported zip with one picture renamed to climb out of the folder: the import must refuse it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(buffer, "w") as dst:
+        for i, info in enumerate(src.infolist()):
+            name = "../../evil.png" if i == 1 else info.filename
+            dst.writestr(name, src.read(info))
+    return buffer.getvalue()
+
+
+def test_collect_review_export_import_and_train_my_digits(browser, small_app, screenshot_dir) -> None:
+    folder = screenshot_dir / "11-my-digits"
+    root = small_app.artifacts
+    page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    open_page(page, small_app.url, "mydigits")
+    expect(page.get_by_text("No drawings yet").first).to_be_visible()
+
+    # --- guided mode: "draw a 4", three of each digit, drawn stroke by stroke with the mouse
+    page.get_by_label("Drawings of each digit", exact=True).fill(str(PER_DIGIT))
+    page.get_by_label("Your name (optional, kept with each drawing)", exact=True).fill(WRITER.name)
+    page.get_by_label("Your name (optional, kept with each drawing)", exact=True).press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Start guided mode").click()
+    canvas = page.locator("canvas.upper-canvas").first
+    preview = page.locator(".st-key-guided_preview img")
+
+    for digit in range(10):
+        for sample in range(PER_DIGIT):
+            expect(page.get_by_role("heading", name=f"Draw a {digit}")).to_be_visible(timeout=30_000)
+            draw_strokes(page, canvas, strokes(WRITER, digit, sample), shown=preview)
+            settle(page)
+            if digit == 4 and sample == 0:
+                shot(page, folder, "0-guided-drawing-a-4")
+            page.get_by_role("button", name="Save and next").click()
+            have = f"{sample + 1} {digit}" + ("" if sample == 0 else "s")
+            wait_for_text(page, re.escape(f"Saved your {digit}: you have {have} now."), timeout=30)
+    wait_for_text(page, re.escape(f"you saved {10 * PER_DIGIT} of {10 * PER_DIGIT} digits"), timeout=30)
+    settle(page)
+    assert counts(root) == dict.fromkeys(range(10), PER_DIGIT)
+    saved = MyDigits(ArtifactStore(root)).list()
+    assert {d.source for d in saved} == {"guided"} and {d.writer for d in saved} == {WRITER.name}
+
+    # --- the grid: one group per digit with its count
+    for digit in range(10):
+        expect(page.get_by_text(f"Digit {digit} · {PER_DIGIT} drawings", exact=True)).to_be_visible()
+    expect(page.locator('[class*="st-key-mydigits-delete-"]')).to_have_count(10 * PER_DIGIT)  # one per drawing
+    assert_no_errors(page)
+    shot(page, folder, "1-collection")
+
+    # --- export (before the delete), delete one 4: training is refused, saying what is missing
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export as zip").click()
+    exported = Path(download.value.path()).read_bytes()
+    assert download.value.suggested_filename == "my-digits.zip"
+    page.locator('[class*="st-key-mydigits-delete-4-"]').first.locator("button:visible").click()
+    wait_for_text(page, re.escape("Deleted one 4: 2 4s left."), timeout=30)
+    settle(page)
+    assert counts(root)[4] == PER_DIGIT - 1
+    wait_for_text(page, re.escape("draw 1 more 4."), timeout=10)
+    expect(page.get_by_role("button", name="Train my personal adapter")).to_be_disabled()
+
+    # --- a bad zip is refused, nothing changes; the export brings the deleted drawing back
+    labels = root / "mydigits" / "labels.json"
+    before = labels.read_bytes()
+    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    uploader.set_input_files({"name": "bad.zip", "mimeType": "application/zip", "buffer": with_path_trick(exported)})
+    page.get_by_role("button", name="Import", exact=True).click()
+    wait_for_text(page, "The zip was not imported and your collection is unchanged", timeout=30)
+    assert labels.read_bytes() == before
+    assert not (root.parent / "evil.png").exists() and not (root / "evil.png").exists()
+    shot(page, folder, "2-bad-zip-refused")
+    uploader.set_input_files({"name": "my-digits.zip", "mimeType": "application/zip", "buffer": exported})
+    page.get_by_role("button", name="Import", exact=True).click()
+    wait_for_text(page, re.escape("Imported 1 new drawing from my-digits.zip"), timeout=30)
+    settle(page)
+    assert counts(root) == dict.fromkeys(range(10), PER_DIGIT)
+
+    # --- train the personal adapter on few steps: the held-out comparison shows
+    page.get_by_text("Training settings", exact=True).click()
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill(str(STEPS))
+    steps.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Train my personal adapter").click()
+    wait_for_text(page, r"Finished in", timeout=180)
+    settle(page)
+    result = json.loads((root / "mydigits" / "result.json").read_text())
+    assert result["config"]["steps"] == STEPS and result["heldout"] == 10
+    assert metric_value(page, "Personal adapter, your held-out drawings").endswith("%")
+    assert metric_value(page, "MNIST test, personal adapter").endswith("%")
+    wait_for_text(
+        page,
+        re.escape(f"the base model makes {result['base_errors']} mistakes and the personal adapter "),
+        timeout=10,
+    )
+    expect(page.locator('[data-testid="stDataFrame"]').last).to_be_visible()
+    assert_no_errors(page)
+    shot(page, folder, "3-personal-adapter")
+
+    # --- the Draw page: add a new drawing to my digits; the personal adapter predicts it beside the base
+    open_page(page, small_app.url, "draw")
+    page.get_by_label("Adapter to compare with the base model", exact=True).click()
+    page.get_by_role("option", name="small", exact=True).click()
+    settle(page)
+    seen = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    draw_strokes(page, page.locator("canvas.upper-canvas").first, strokes(WRITER, 7, PER_DIGIT), shown=seen)
+    settle(page)
+    assert metric_value(page, "Base model says").isdigit()
+    assert metric_value(page, "With small says").isdigit()
+    assert metric_value(page, "Personal adapter says").isdigit()
+    page.get_by_label("This digit is a", exact=True).click()
+    page.get_by_role("option", name="7", exact=True).click()
+    settle(page)
+    page.get_by_role("button", name="Add to my digits").click()
+    wait_for_text(page, re.escape(f"Added to my digits as a 7: you have {PER_DIGIT + 1} 7s now."), timeout=30)
+    assert counts(root)[7] == PER_DIGIT + 1
+    assert_no_errors(page)
+    shot(page, folder, "4-draw-added")
+    page.close()
