@@ -95,12 +95,14 @@ def draw_strokes(
     """Draw `strokes` (polylines in canvas pixels, 0..size, e.g. benchmarks.writers.strokes) with the mouse the
     way a person does: press, follow each polyline, release; one press per stroke.
 
-    shown: an <img> where the app shows the drawing as it read it (the 28x28 preview). After each stroke, wait
-    until it shows a new picture: the app has then received that stroke, so the next stroke or a click that
-    follows acts on the whole drawing (a click sent while the canvas is still reporting loses the last stroke).
+    Each stroke starts once the app is idle (a stroke begun while the app redraws the canvas can lose its
+    start). shown: an <img> where the app shows the drawing as it read it (the 28x28 preview); after each
+    stroke, wait until it shows a new picture and the app is idle again, as a person glances at the result:
+    the app has then taken that stroke, so a click that follows acts on the whole drawing.
     """
-    expect(canvas).to_be_visible(timeout=30_000)
+    expect(canvas).to_be_visible(timeout=timeout * 1000)
     for stroke in strokes:
+        wait_idle(page, timeout)
         box = _box(page, canvas)  # again for each stroke: the page may have moved meanwhile
         sx, sy = box["width"] / size, box["height"] / size
         before = _src(shown) if shown is not None else None
@@ -116,6 +118,17 @@ def draw_strokes(
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the app did not show the drawing after a stroke within {timeout} s")
                 page.wait_for_timeout(50)
+    if shown is not None:
+        wait_idle(page, timeout)
+
+
+def wait_idle(page: Page, timeout: float = 30.0) -> None:
+    """Until the app's script is not running (checked every 50 ms; lighter than `settle`)."""
+    deadline = time.monotonic() + timeout
+    while page.get_attribute('[data-testid="stApp"]', "data-test-script-state") == "running":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app was still running after {timeout} s")
+        page.wait_for_timeout(50)
 
 
 def _box(page: Page, element: Locator, timeout: float = 30.0) -> dict[str, float]:

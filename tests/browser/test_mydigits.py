@@ -17,10 +17,13 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from playwright.sync_api import expect
 
-from benchmarks.writers import strokes, writer
+from benchmarks.writers import CANVAS_STROKE, render, strokes, writer
 from lora_core.mydigits import MyDigits
 from lora_core.storage import ArtifactStore
 
@@ -55,6 +58,34 @@ def with_path_trick(good: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def ink(rgba: np.ndarray) -> torch.Tensor:
+    gray = rgba[..., :3].mean(-1) if rgba.ndim == 3 else rgba
+    return torch.from_numpy((gray > 127).astype(np.float32))[None, None]
+
+
+def covered(a: torch.Tensor, b: torch.Tensor, reach: int = 6) -> float:
+    """The share of a's ink within `reach` pixels of b's ink."""
+    near_b = F.max_pool2d(b, 2 * reach + 1, stride=1, padding=reach) > 0
+    return float((a * near_b).sum() / a.sum())
+
+
+def assert_drawn_whole(collection: MyDigits) -> None:
+    """Each saved drawing is one of the writer's samples, whole: its original (the 280x280 canvas as saved) and
+    the same strokes drawn offline (benchmarks.writers.render at the canvas's pen width) cover each other's ink
+    within 6 pixels (the canvas smooths the paths a little). Measured here: 1.000 for every drawing against its
+    own sample; a stroke left out scores 0.24-0.86, a stroke whose first fifth is lost 0.80-0.91 (0.99 for a 0)."""
+    expected = {
+        (d, s): ink(render(strokes(WRITER, d, s), width=CANVAS_STROKE)) for d in range(10) for s in range(PER_DIGIT)
+    }
+    for item in collection.list():
+        drawn = ink(collection.original(item.id))
+        best = max(
+            min(covered(drawn, expected[item.label, s]), covered(expected[item.label, s], drawn))
+            for s in range(PER_DIGIT)
+        )
+        assert best > 0.97, (item, best)
+
+
 def test_collect_review_export_import_and_train_my_digits(browser, small_app, screenshot_dir) -> None:
     folder = screenshot_dir / "11-my-digits"
     root = small_app.artifacts
@@ -86,6 +117,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     assert counts(root) == dict.fromkeys(range(10), PER_DIGIT)
     saved = MyDigits(ArtifactStore(root)).list()
     assert {d.source for d in saved} == {"guided"} and {d.writer for d in saved} == {WRITER.name}
+    assert_drawn_whole(MyDigits(ArtifactStore(root)))
 
     # --- the grid: one group per digit with its count
     for digit in range(10):
@@ -140,7 +172,9 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
         re.escape(f"the base model makes {result['base_errors']} mistakes and the personal adapter "),
         timeout=10,
     )
-    expect(page.locator('[data-testid="stDataFrame"]').last).to_be_visible()
+    table = page.locator('[data-testid="stDataFrame"]').last
+    table.scroll_into_view_if_needed()
+    expect(table).to_be_visible()
     assert_no_errors(page)
     shot(page, folder, "3-personal-adapter")
 
@@ -155,6 +189,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     assert metric_value(page, "Base model says").isdigit()
     assert metric_value(page, "With small says").isdigit()
     assert metric_value(page, "Personal adapter says").isdigit()
+    shot(page, folder, "4-draw-base-small-personal")
     page.get_by_label("This digit is a", exact=True).click()
     page.get_by_role("option", name="7", exact=True).click()
     settle(page)
@@ -162,5 +197,5 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     wait_for_text(page, re.escape(f"Added to my digits as a 7: you have {PER_DIGIT + 1} 7s now."), timeout=30)
     assert counts(root)[7] == PER_DIGIT + 1
     assert_no_errors(page)
-    shot(page, folder, "4-draw-added")
+    shot(page, folder, "5-draw-added")
     page.close()
