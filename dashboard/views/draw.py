@@ -83,7 +83,7 @@ def add_to_my_digits(drawn: np.ndarray | None, drawing: PreparedDigit | None) ->
         st.rerun()
     if busy:
         st.caption("A run is writing the saved work: drawings can be added when it has finished.")
-    st.page_link(ui.PAGES["mydigits"], label="Review my digits, train my personal adapter", icon=":material/edit_note:")
+    st.page_link(ui.PAGES["mydigits"], label="My digits: review them, train on them", icon=":material/edit_note:")
 
 
 def compare_personal(base_record: BaseModelRecord, digit: PreparedDigit, top_base: int, shown: str | None) -> None:

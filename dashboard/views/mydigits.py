@@ -46,6 +46,7 @@ GRID_COLUMNS = 10
 GUIDED_KEY = "mydigits_guided"
 FLASH_KEY = "mydigits_flash"
 UPLOAD_VERSION_KEY = "mydigits_upload_version"
+HELD_OUT_ROW_PX = 64
 FIELD_LABELS = {"steps": "Steps", "rank": "Rank r", "seed": "Seed"}
 
 
@@ -406,31 +407,33 @@ def show_result(collection: MyDigits, digits: Sequence[MyDigit], result: Persona
         st.caption(f"Your collection has {len(digits)} drawings now: train again to use them all.")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(
-        "Base model, your held-out drawings",
+        "Base · your held-out drawings",
         pct(result.base_heldout_accuracy),
         f"{result.base_errors} wrong",
         delta_color="off",
         delta_arrow="off",
     )
     c2.metric(
-        "Personal adapter, your held-out drawings",
+        "Personal · your held-out drawings",
         pct(result.personal_heldout_accuracy),
         f"{result.personal_errors} wrong",
         delta_color="off",
         delta_arrow="off",
     )
-    c3.metric("MNIST test, base model", pct(result.mnist_before))
+    c3.metric("Base · MNIST test", pct(result.mnist_before))
     change = 100 * (result.mnist_after - result.mnist_before)
-    c4.metric("MNIST test, personal adapter", pct(result.mnist_after), f"{change:+.2f} points")
+    c4.metric("Personal · MNIST test", pct(result.mnist_after), f"{change:+.2f} points")
     st.markdown(
-        f"On your {result.heldout} held-out drawings the base model makes **{result.base_errors}** mistakes and "
-        f"the personal adapter **{result.personal_errors}**. On MNIST's 10,000 test digits accuracy goes from "
+        f"On your {result.heldout} held-out drawings the base model makes **{result.base_errors}** "
+        f"mistake{'' if result.base_errors == 1 else 's'} and the personal adapter **{result.personal_errors}**. "
+        f"On MNIST's 10,000 test digits accuracy goes from "
         f"{pct(result.mnist_before)} to {pct(result.mnist_after)} ({change:+.2f} points)."
     )
     st.dataframe(
         heldout_frame(collection, result),
         hide_index=True,
-        row_height=64,
+        row_height=HELD_OUT_ROW_PX,
+        height=HELD_OUT_ROW_PX * (min(result.heldout, 20) + 1) + 3,  # every row shown, up to 20, then scrolled
         column_config={"drawing": st.column_config.ImageColumn("drawing", width="small")},
         width="stretch",
         key="personal_heldout",

@@ -165,11 +165,11 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     settle(page)
     result = json.loads((root / "mydigits" / "result.json").read_text())
     assert result["config"]["steps"] == STEPS and result["heldout"] == 10
-    assert metric_value(page, "Personal adapter, your held-out drawings").endswith("%")
-    assert metric_value(page, "MNIST test, personal adapter").endswith("%")
+    assert metric_value(page, "Personal · your held-out drawings").endswith("%")
+    assert metric_value(page, "Personal · MNIST test").endswith("%")
     wait_for_text(
         page,
-        re.escape(f"the base model makes {result['base_errors']} mistakes and the personal adapter "),
+        re.escape(f"the base model makes {result['base_errors']} mistake"),
         timeout=10,
     )
     table = page.locator('[data-testid="stDataFrame"]').last

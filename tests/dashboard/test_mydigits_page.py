@@ -180,9 +180,9 @@ def test_the_personal_adapter_trains_in_the_background_and_its_result_shows(
     for session in (at, visit(new_app(), "mydigits")):  # this tab, and a new session reading the saved result
         assert_clean(session)
         metrics = {m.label: m.value for m in session.metric}
-        assert metrics["Base model, your held-out drawings"].endswith("%")
-        assert metrics["Personal adapter, your held-out drawings"].endswith("%")
-        assert "MNIST test, base model" in metrics and "MNIST test, personal adapter" in metrics
+        assert metrics["Base · your held-out drawings"].endswith("%")
+        assert metrics["Personal · your held-out drawings"].endswith("%")
+        assert "Base · MNIST test" in metrics and "Personal · MNIST test" in metrics
         table = next(d.value for d in session.dataframe if "personal adapter says" in d.value.columns)
         assert len(table) == result.heldout
         assert table["drawing"].str.startswith("data:image/png;base64,").all()
@@ -190,7 +190,7 @@ def test_the_personal_adapter_trains_in_the_background_and_its_result_shows(
         shown = set(zip(table["digit"], table["base model says"], table["personal adapter says"], strict=True))
         assert shown == rows
         page = texts(session)
-        assert f"the base model makes **{result.base_errors}** mistakes" in page
+        assert f"the base model makes **{result.base_errors}** mistake" in page
         assert f"the personal adapter **{result.personal_errors}**" in page
         assert "Trained on 20 of your drawings with 10 held out" in page
 
