@@ -86,10 +86,15 @@ def add_to_my_digits(drawn: np.ndarray | None, drawing: PreparedDigit | None) ->
     st.page_link(ui.PAGES["mydigits"], label="My digits: review them, train on them", icon=":material/edit_note:")
 
 
-def compare_personal(base_record: BaseModelRecord, digit: PreparedDigit, top_base: int, shown: str | None) -> None:
+def compare_personal(
+    base_record: BaseModelRecord, digit: PreparedDigit, top_base: int, shown: str | None, where: state.BaseView
+) -> None:
     """The personal adapter's prediction beside the base model's (and the chosen adapter's), when it exists."""
     if shown == PERSONAL_ADAPTER:
         return  # already the adapter compared above
+    if not where.is_main:
+        st.caption("Your personal adapter belongs to the main base model: choose it above to compare it.")
+        return
     if PERSONAL_ADAPTER not in [a.name for a in state.usable_adapters(base_record.fingerprint)]:
         st.caption("No personal adapter yet: train one on your own drawings on the My digits page.")
         return
@@ -242,7 +247,7 @@ with right:
             st.success(f"Both models say {top_base}.")
     if true_label is not None:
         st.caption(f"The true label is {true_label}.")
-    compare_personal(base, prepared, top_base, chosen)
+    compare_personal(base, prepared, top_base, chosen, view)
 
 # --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
 combination.draw_section(base, prepared, view.where)
