@@ -372,6 +372,8 @@ def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> 
 def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
     """Run lora_core.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
     return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))
+
+
 # --- issue 11: the personal adapter, trained on the user's own digits ("my digits") --------------------------------
 KIND_TITLES["personal"] = "Training my personal adapter"
 

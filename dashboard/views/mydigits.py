@@ -314,8 +314,11 @@ def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
         "the same seed) and never trained on: the comparison below is measured on them."
     )
     status = state.base_status()
-    if status.record is None:
-        st.info("Training a personal adapter needs a base model first.")
+    if status.record is None:  # the collection above works without one; only training needs it
+        if status.error:
+            st.error(f"The saved base model cannot be loaded: {status.error}")
+        else:
+            st.warning("There is no base model yet. A personal adapter needs one; collect your drawings meanwhile.")
         ui.offer_training()
         return
     need = missing(collection.counts())

@@ -51,7 +51,7 @@ def test_an_empty_collection_says_how_to_start_and_training_needs_a_base_model(f
     page = texts(at)
     assert "No drawings yet" in page
     assert "Nothing to export yet" in page
-    assert "needs a base model first" in page
+    assert "There is no base model yet. A personal adapter needs one" in page
     assert not delete_buttons(at)
 
 
