@@ -12,6 +12,7 @@ Kept apart from commands.py so that the two grow without getting in each other's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -226,34 +227,32 @@ def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     from ..data import load_mnist
-    from ..mydigits import NotEnoughDigitsError, missing, train_personal
+    from ..mydigits import NotEnoughDigitsError, PersonalSettings, missing, train_personal
     from ..storage import ArtifactStore
 
+    settings = PersonalSettings(
+        rank=args.rank,
+        alpha=args.alpha,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        replay=args.replay,
+        seed=args.seed,
+        holdout_every=args.holdout_every,
+        device=args.device,
+        precision=args.precision,
+    )
+    settings.validate()  # a wrong option first, before what the collection lacks
     store = ArtifactStore(args.artifacts)
     collection = _collection(args)
-    lacking = missing(collection.counts())
+    lacking = missing(collection.counts(), settings.min_per_digit)
     if lacking:  # before loading MNIST: the answer is known already
         raise NotEnoughDigitsError(lacking)
     store.base_meta()  # no base model: say so before loading MNIST
     data = load_mnist(args.data, log=lambda text: _say(args, text))
     bar = None if getattr(args, "quiet", False) else ProgressBar()
     try:
-        result = train_personal(
-            store,
-            data,
-            rank=args.rank,
-            alpha=args.alpha,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            replay=args.replay,
-            seed=args.seed,
-            holdout_every=args.holdout_every,
-            device=args.device,
-            precision=args.precision,
-            progress=bar,
-            stop=stop,
-        )
+        result = train_personal(store, data, **dataclasses.asdict(settings), progress=bar, stop=stop)
     finally:
         if bar is not None:
             bar.close()
