@@ -216,8 +216,8 @@ WRITERS: list[Writer] = [
     Writer(
         "wide-thin",
         slant=0.0,
-        width_px=9,
-        aspect=1.5,
+        width_px=8,
+        aspect=1.6,
         jitter=1.0,
         styles={0: "slashed", 1: "flag", 4: "open", 5: "round_belly", 7: "hooked", 8: "two_loops", 9: "hooked"},
         seed=4,
@@ -293,10 +293,10 @@ def strokes(writer: Writer, digit: int, sample: int, size: int = CANVAS_SIZE) ->
 
 def render(strokes: list[Polyline], size: int = CANVAS_SIZE, width: float | None = None) -> np.ndarray:
     """The strokes as the canvas draws them: white round-capped, round-joined lines on black, antialiased
-    (drawn at 4x and scaled down). Returns (size, size, 4) uint8 RGBA, opaque."""
+    (drawn at 2x and scaled down). Returns (size, size, 4) uint8 RGBA, opaque."""
     from PIL import Image, ImageDraw
 
-    factor = 4
+    factor = 2
     w = (CANVAS_STROKE if width is None else width) * factor
     img = Image.new("L", (size * factor, size * factor), 0)
     draw = ImageDraw.Draw(img)
