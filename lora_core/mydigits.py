@@ -498,7 +498,7 @@ class PersonalSettings:
     10 drawings of each digit; MNIST change in points / mistakes on 100 fresh drawings of the writer):
     150 steps, lr 3e-3, replay 0.5: -0.30 to -0.45 / 0; 80 steps: -0.6 to -0.7 (more steps let the replay
     repair MNIST); replay 0.75: -0.2 to -0.35; rank 4 or distilling the base's outputs on the replay: no
-    better; 300 steps, lr 2e-3, replay 0.875: -0.01 to +0.09 / 0. Without augmentation MNIST suffers less
+    better; 300 steps, lr 2e-3, replay 0.875: +0.01 to +0.09 / 0. Without augmentation MNIST suffers less
     at replay 0.5, but real hands vary more than one synthetic writer, so it stays on."""
 
     rank: int = 8
