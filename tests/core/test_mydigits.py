@@ -387,3 +387,51 @@ def test_personal_result_json_round_trip() -> None:
     assert dataclasses.asdict(result)["heldout_rows"][0]["base"] == 7
     with pytest.raises(ValueError, match="missing"):
         md.PersonalResult.from_dict({"adapter": "personal"})
+
+
+def test_a_stopped_run_saves_nothing(artifacts_copy: Path, tiny_mnist) -> None:  # noqa: ANN001
+    import threading
+
+    from lora_core.errors import RunStopped
+
+    store = ArtifactStore(artifacts_copy)
+    fill(MyDigits(store), 3)
+    stop, phases = threading.Event(), []
+
+    def progress(p) -> None:  # noqa: ANN001
+        phases.append((p.phase, p.step, p.total_steps))
+        stop.set()
+
+    with pytest.raises(RunStopped):
+        train_personal(store, tiny_mnist, steps=50, device="cpu", progress=progress, stop=stop)
+    assert phases == [("personal", 1, 50)]
+    assert not store.adapter_exists("personal") and load_personal_result(store) is None
+
+
+def test_augment_moves_each_picture_a_little() -> None:
+    pixels = torch.from_numpy(np.stack([prepare_digit(draw(WRITERS[0], d, 0)).pixels for d in range(4)]))
+    moved = md.augment_pixels(pixels.repeat(2, 1, 1), torch.Generator().manual_seed(0))
+    assert moved.shape == (8, 28, 28) and float(moved.min()) >= 0.0 and float(moved.max()) <= 1.0
+    change = (moved - pixels.repeat(2, 1, 1)).abs().mean(dim=(1, 2))
+    assert bool((change > 0.005).all())  # every picture moved
+    assert not torch.equal(moved[:4], moved[4:])  # each copy its own way
+    # and still mostly the same picture: the ink stays where it was, near enough
+    overlap = (moved * pixels.repeat(2, 1, 1)).sum(dim=(1, 2)) / (pixels * pixels).sum(dim=(1, 2)).repeat(2)
+    assert bool((overlap > 0.3).all())
+
+
+def test_writers_are_consistent_and_vary_a_little() -> None:
+    from benchmarks.writers import render, strokes
+
+    w = writer("european")
+    first = strokes(w, 7, 0)
+    assert first == strokes(w, 7, 0)  # seeded
+    assert first != strokes(w, 7, 1)  # another sample differs
+    assert len(first) == 2  # the crossbar 7: two strokes
+    assert len(strokes(writer("neat"), 7, 0)) == 1
+    for stroke in first:
+        assert all(0 <= x <= 280 and 0 <= y <= 280 for x, y in stroke)
+    picture = render(first)
+    assert picture.shape == (280, 280, 4) and picture.dtype == np.uint8
+    assert (picture[:, :, 3] == 255).all() and picture[:, :, 0].max() == 255 and picture[0, 0, 0] == 0
+    assert len({w.name for w in WRITERS}) == len(WRITERS) >= 5
