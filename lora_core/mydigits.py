@@ -627,7 +627,7 @@ def train_personal(
     scheduler = _scheduler(optimizer, "linear", settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     mnist_images, mnist_y = data.train_images.to(device), data.train_y.to(device)
-    n_replay = round(settings.batch_size * settings.replay)
+    n_replay = min(round(settings.batch_size * settings.replay), settings.batch_size - 1)  # >= 1 of yours
     n_own = settings.batch_size - n_replay
     reporter = _Reporter("personal", settings.steps, progress, stop)
     lora_model.train()
