@@ -268,6 +268,8 @@ class MyDigits:
     def _drop_unlisted(self, keep: set[str]) -> None:
         """Under the lock: remove pictures no entry lists (left by a write that failed before labels.json)
         and temporary files of a killed writer."""
+        for leftover in self.folder.glob(".*.tmp"):  # labels.json or result.json half written
+            leftover.unlink(missing_ok=True)
         for sub in (IMAGES, ORIGINALS):
             folder = self.folder / sub
             if not folder.is_dir():

@@ -118,8 +118,10 @@ def test_a_failed_write_leaves_the_collection_intact(
     for d in kept:
         assert c.pixels(d.id).shape == (28, 28) and c.original(d.id).ndim == 3
     monkeypatch.undo()
-    # the next writer removes a picture the failed add left unlisted
+    (c.folder / ".labels.json.x1.tmp").write_text("{half")  # as a killed writer leaves it
+    # the next writer removes a picture the failed add left unlisted, and the half-written file
     c.add(draw(WRITERS[0], 6, 0), 6)
+    assert not (c.folder / ".labels.json.x1.tmp").exists()
     listed = {d.id for d in c.list()}
     assert {p.stem for p in (c.folder / "images").iterdir()} == listed
     assert {p.stem for p in (c.folder / "originals").iterdir()} == listed
