@@ -437,3 +437,12 @@ def test_writers_are_consistent_and_vary_a_little() -> None:
     assert picture.shape == (280, 280, 4) and picture.dtype == np.uint8
     assert (picture[:, :, 3] == 255).all() and picture[:, :, 0].max() == 255 and picture[0, 0, 0] == 0
     assert len({w.name for w in WRITERS}) == len(WRITERS) >= 5
+
+
+def test_a_broken_result_file_is_reported(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert load_personal_result(store) is None
+    (tmp_path / "mydigits").mkdir()
+    (tmp_path / "mydigits" / "result.json").write_text('{"adapter": "personal"}')
+    with pytest.raises(ArtifactError, match="result.json cannot be read .*missing.*train the personal adapter again"):
+        load_personal_result(store)
