@@ -489,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _combine_options(p)
     p.set_defaults(handler=commands.cmd_combine, flags=COMBINE_FLAGS)
+
+    from . import mydigits as mydigits_cli  # issue 11's commands live in their own module
+
+    mydigits_cli.add_parser(sub, _Parser, _int_arg, _float_arg)
     return parser
 
 

@@ -1,0 +1,136 @@
+"""`python -m lora_core mydigits ...`: in-process through lora_core.cli.main (exit status, stdout, stderr),
+and once in a real subprocess for the one-line error without a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.writers import WRITERS, draw
+from lora_core.cli import main
+from lora_core.mydigits import MyDigits, load_personal_result
+from lora_core.storage import ArtifactStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def picture(folder: Path, digit: int, sample: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digit}-{sample}.png"
+    Image.fromarray(draw(WRITERS[1], digit, sample)).save(path)
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = tmp_path / "art"
+    pics = [picture(tmp_path / "pics", 7, s) for s in range(2)]
+    status, out, err = run(capsys, "mydigits", "add", *pics, "--label", "7", "--writer", "me", "--artifacts", art)
+    assert status == 0, err
+    assert "added as 7-" in out and "7s: 2" in out
+    status, out, _ = run(capsys, "mydigits", "list", "--json", "--artifacts", art)
+    listed = json.loads(out)  # --json alone: nothing but the JSON on stdout
+    assert status == 0 and listed["counts"]["7"] == 2 and listed["missing"]["7"] == 1
+    assert [d["writer"] for d in listed["digits"]] == ["me", "me"]
+    status, out, _ = run(capsys, "mydigits", "list", "--artifacts", art)
+    assert status == 0 and "2 drawings" in out and "draw 3 more 0s" in out
+    first = listed["digits"][0]["id"]
+    status, out, _ = run(capsys, "mydigits", "delete", first, "--artifacts", art, "--json", tmp_path / "d.json")
+    assert status == 0 and f"Deleted {first}" in out
+    assert json.loads((tmp_path / "d.json").read_text())["deleted"] == [first]
+    assert [d.id for d in MyDigits(ArtifactStore(art)).list()] == [listed["digits"][1]["id"]]
+
+
+def test_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, zip_path = tmp_path / "a", tmp_path / "b", tmp_path / "mine.zip"
+    for d in (1, 4):
+        assert run(capsys, "mydigits", "add", picture(tmp_path / "p", d), "--label", d, "--artifacts", a)[0] == 0
+    status, out, _ = run(capsys, "mydigits", "export", zip_path, "--artifacts", a)
+    assert status == 0 and "Exported 2 drawings" in out and zip_path.is_file()
+    status, _, err = run(capsys, "mydigits", "export", zip_path, "--artifacts", a)
+    assert status == 2 and "exists already" in err and "--overwrite" in err
+    status, out, _ = run(capsys, "mydigits", "import", zip_path, "--artifacts", b)
+    assert status == 0 and "Imported 2 drawings" in out
+    assert [d.id for d in MyDigits(ArtifactStore(a)).list()] == [d.id for d in MyDigits(ArtifactStore(b)).list()]
+
+
+ERRORS = {
+    "label-12": (["add", "{pic}", "--label", "12"], 2, ["--label:", "12"]),
+    "label-text": (["add", "{pic}", "--label", "x"], 2, ["--label", "'x'"]),
+    "no-label": (["add", "{pic}"], 2, ["--label"]),
+    "missing-file": (["add", "{tmp}/nosuch.png", "--label", "3"], 2, ["nosuch.png", "no such file"]),
+    "empty-picture": (["add", "{empty}", "--label", "3"], 2, ["empty.png", "nothing is drawn"]),
+    "delete-unknown": (["delete", "nosuch"], 2, ["no drawing 'nosuch'"]),
+    "import-not-zip": (["import", "{pic}"], 1, ["not a zip archive", "nothing was imported"]),
+    "import-missing": (["import", "{tmp}/nosuch.zip"], 1, ["nosuch.zip", "no such file"]),
+    "train-too-few": (["train", "--steps", "5"], 1, ["draw 3 more 0s", "2 more 1s", "3 more 9s"]),
+    "train-bad-steps": (["train", "--steps", "0"], 2, ["--steps:", "0"]),
+    "unknown-subcommand": (["remove", "x"], 2, ["remove"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line_with_a_status(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    args, expected_status, words = ERRORS[case]
+    art = tmp_path / "art"
+    pic = picture(tmp_path, 1)
+    Image.fromarray(np.zeros((280, 280, 4), np.uint8)).save(tmp_path / "empty.png")
+    assert run(capsys, "mydigits", "add", pic, "--label", "1", "--artifacts", art)[0] == 0
+    before = sorted(p.name for p in (art / "mydigits" / "images").iterdir())
+    fields = {"pic": pic, "tmp": tmp_path, "empty": tmp_path / "empty.png"}
+    status, out, err = run(capsys, "mydigits", *[a.format(**fields) for a in args], "--artifacts", art)
+    assert status == expected_status, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0]
+    assert sorted(p.name for p in (art / "mydigits" / "images").iterdir()) == before  # nothing changed
+
+
+def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ArtifactStore(artifacts_copy)
+    collection = MyDigits(store)
+    for digit in range(10):
+        for sample in range(3):
+            collection.add(draw(WRITERS[1], digit, sample), digit)
+    status, out, err = run(
+        capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--json", "--artifacts", store.root
+    )
+    assert status == 0, err
+    result = json.loads(out)
+    assert (result["trained"], result["heldout"]) == (20, 10) and len(result["heldout_rows"]) == 10
+    assert result == {"artifacts": str(store.root), **load_personal_result(store).to_dict()}
+    assert store.adapter_exists("personal")
+    status, out, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)
+    assert status == 0, err  # the personal adapter is replaced, not refused
+    assert "Held-out drawings: base" in out and "MNIST test set: base" in out and "held-out drawing" in out
+
+
+def test_a_real_process_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: no labels.json
+    proc = subprocess.run(
+        [sys.executable, "-m", "lora_core", "mydigits", "import", str(bad), "--artifacts", str(tmp_path / "art")],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}: the zip has no labels.json; choose a zip exported from my digits; nothing was imported"
+    ]
+    assert "Traceback" not in proc.stdout + proc.stderr
