@@ -41,7 +41,7 @@ from .model import LAYER_NAMES
 from .precision import autocast, resolve_precision
 from .proof import base_tensor_hashes, base_tensor_record
 from .storage import ArtifactStore
-from .train import ProgressCallback, _check_int, _Reporter, _scheduler, adam, resolve_device
+from .train import ProgressCallback, _Reporter, _scheduler, adam, check_int, resolve_device
 
 MIN_PER_DIGIT = 3  # at least one held out and two to train on, for every digit
 PERSONAL_ADAPTER = "personal"
@@ -446,7 +446,7 @@ def split(digits: list[MyDigit], seed: int = 0, holdout_every: int = 5) -> tuple
     """(train, held out): per digit, one in `holdout_every` held out (at least one where there are two or
     more), chosen by a hash of the seed and each drawing's id, so the same drawing stays on the same side
     whatever order the collection is listed in."""
-    _check_int("holdout_every", holdout_every, 2, 1000)
+    check_int("holdout_every", holdout_every, 2, 1000)
     train: list[MyDigit] = []
     heldout: list[MyDigit] = []
     for label in range(10):
@@ -519,8 +519,8 @@ class PersonalSettings:
     def validate(self) -> None:
         from .train import FinetuneConfig
 
-        _check_int("holdout_every", self.holdout_every, 2, 1000)
-        _check_int("min_per_digit", self.min_per_digit, 2, MAX_DIGITS)
+        check_int("holdout_every", self.holdout_every, 2, 1000)
+        check_int("min_per_digit", self.min_per_digit, 2, MAX_DIGITS)
         FinetuneConfig(
             digits=tuple(range(10)),
             rank=self.rank,
