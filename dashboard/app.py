@@ -28,6 +28,7 @@ def main() -> None:
         "draw": st.Page(ui.PAGES["draw"], title="Draw and predict", icon=":material/draw:"),
         "experiments": st.Page(ui.PAGES["experiments"], title="Experiments", icon=":material/science:"),
         "insight": st.Page(ui.PAGES["insight"], title="Insight", icon=":material/insights:"),
+        "mydigits": st.Page(ui.PAGES["mydigits"], title="My digits", icon=":material/edit_note:"),
     }
     nav = st.navigation(list(pages.values()))
     shown = next((key for key, page in pages.items() if page.title == nav.title), None)

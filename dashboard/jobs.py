@@ -33,6 +33,7 @@ from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
 from lora_core.experiments import ExperimentResult, ExperimentSettings, run_experiment
+from lora_core.mydigits import PersonalResult, train_personal
 from lora_core.paths import default_data_dir
 from lora_core.storage import ArtifactStore, BaseModelRecord
 from lora_core.study import (
@@ -415,3 +416,19 @@ def start_sweep(
     )
     job.extra.update(task=task.spec, sweep=kind, values=list(values))
     return REGISTRY.start(job)
+
+
+# --- The personal adapter, trained on the user's own digits ("my digits") ---
+KIND_TITLES["personal"] = "Training my personal adapter"
+
+
+def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> PersonalResult:
+    """Fine-tune the personal adapter on the collection with MNIST replay; lora_core saves the adapter and its
+    result (held-out table, MNIST before/after) only when the run completes."""
+    return train_personal(store, _data(), progress=progress, stop=stop, **settings)
+
+
+def start_personal(store: ArtifactStore, settings: dict[str, Any], owner: str | None = None) -> Job:
+    """Train the personal adapter in the background; `settings` are train_personal's keyword arguments (steps,
+    rank, seed...), already checked by the page."""
+    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, dict(settings)), owner))

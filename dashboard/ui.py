@@ -27,6 +27,7 @@ PAGES = {
     "draw": "views/draw.py",
     "experiments": "views/experiments.py",
     "insight": "views/insight.py",
+    "mydigits": "views/mydigits.py",
 }
 # No time in the labels: how long a run takes depends on the machine (see last_run_seconds)
 TRAIN_LABEL = f"Train the base model ({TrainConfig().epochs} epoch of 60,000 images)"
@@ -65,6 +66,7 @@ JOB_PANELS: dict[str, tuple[str, ...]] = {
     "finetune": ("finetune",),
     "experiments": ("experiment", "sweep"),
     "insight": ("analysis",),
+    "mydigits": ("personal",),
 }
 
 JOB_KEY = "job"  # the Job this tab shows now (None if none), kept for the pages and the tests

@@ -10,8 +10,10 @@ import streamlit as st
 
 from dashboard import charts, combination, state, ui
 from lora_core.data import denormalize
-from lora_core.errors import ArtifactError, ConfigError
+from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
+from lora_core.mydigits import PERSONAL_ADAPTER, MyDigits
 from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
+from lora_core.storage import BaseModelRecord
 from lora_core.tasks import Task, parse_task
 
 CANVAS_SIZE = 280
@@ -45,6 +47,82 @@ def transformed(task: Task, digit: PreparedDigit) -> PreparedDigit:
     """The digit as the task shows it: the exact transform its adapter was trained on (lora_core.tasks)."""
     tensor = task.transform_normalized(digit.tensor)
     return PreparedDigit(pixels=denormalize(tensor).reshape(28, 28).numpy(), tensor=tensor, inverted=digit.inverted)
+
+
+# --- my digits (issue 11): label the drawing and keep it; compare the personal adapter ------------------------------
+MY_DIGITS_FLASH = "draw_mydigits_added"
+
+
+def add_to_my_digits(drawn: np.ndarray | None, drawing: PreparedDigit | None) -> None:
+    """Under the canvas: pick the drawing's label and add it to "my digits" (then a fresh canvas and a
+    confirmation with the count of that digit)."""
+    added = st.session_state.pop(MY_DIGITS_FLASH, None)
+    if added:
+        st.success(added)
+    if drawn is None or drawing is None:
+        return
+    version = st.session_state["canvas_version"]
+    c1, c2 = st.columns([1, 1.2], vertical_alignment="bottom")
+    label = c1.selectbox(
+        "This digit is a", list(range(10)), index=None, placeholder="pick 0-9", key=f"draw_mydigits_label-{version}"
+    )
+    busy = ui.busy()
+    if c2.button("Add to my digits", key="draw_mydigits_add", disabled=label is None or busy, icon=":material/add:"):
+        assert label is not None
+        collection = MyDigits(state.store())
+        try:
+            collection.add(np.asarray(drawn), int(label), source="draw")
+        except LoraCoreError as exc:
+            st.error(f"The drawing was not added: {exc}")
+            return
+        count = collection.counts()[int(label)]
+        st.session_state[MY_DIGITS_FLASH] = (
+            f"Added to my digits as a {label}: you have {count} {label}{'' if count == 1 else 's'} now."
+        )
+        st.session_state["canvas_version"] += 1  # a fresh canvas for the next drawing
+        st.rerun()
+    if busy:
+        st.caption("A run is writing the saved work: drawings can be added when it has finished.")
+    st.page_link(ui.PAGES["mydigits"], label="My digits: review them, train on them", icon=":material/edit_note:")
+
+
+def compare_personal(
+    base_record: BaseModelRecord, digit: PreparedDigit, top_base: int, shown: str | None, where: state.BaseView
+) -> None:
+    """The personal adapter's prediction beside the base model's (and the chosen adapter's), when it exists."""
+    if shown == PERSONAL_ADAPTER:
+        return  # already the adapter compared above
+    if not where.is_main:
+        st.caption("Your personal adapter belongs to the main base model: choose it above to compare it.")
+        return
+    if PERSONAL_ADAPTER not in [a.name for a in state.usable_adapters(base_record.fingerprint)]:
+        st.caption("No personal adapter yet: train one on your own drawings on the My digits page.")
+        return
+    try:
+        model = state.load_into_session(base_record, PERSONAL_ADAPTER)
+        model.set_adapter(PERSONAL_ADAPTER)
+        model.enable_adapters(True)
+        p_personal = predict_probabilities(model, digit)
+    except ArtifactError as exc:
+        st.error(f"Your personal adapter cannot be loaded: {exc}")
+        return
+    top = int(np.argmax(p_personal))
+    st.subheader("Your personal adapter")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.metric(
+            "Personal adapter says",
+            str(top),
+            f"{p_personal[top]:.1%} sure",
+            delta_color="off",
+            delta_arrow="off",
+        )
+        agree = "agrees with" if top == top_base else "differs from"
+        st.caption(f"It {agree} the base model ({top_base}).")
+    with c2:
+        st.plotly_chart(
+            charts.probability_bars(p_personal, "Personal adapter", color=charts.ADAPTED_COLOR), width="stretch"
+        )
 
 
 task = adapter_task(picked)
@@ -96,6 +174,9 @@ if drawing is not None:
     # Picking a random test digit also swaps in a blank canvas (new key), so ink on the canvas was
     # drawn after the pick: the drawing replaces the test digit.
     st.session_state.pop("draw_test_index", None)
+
+with left:
+    add_to_my_digits(drawn, drawing)
 
 prepared = drawing
 true_label = None
@@ -166,6 +247,7 @@ with right:
             st.success(f"Both models say {top_base}.")
     if true_label is not None:
         st.caption(f"The true label is {true_label}.")
+    compare_personal(base, prepared, top_base, chosen, view)
 
 # --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------
 combination.draw_section(base, prepared, view.where)

@@ -6,7 +6,8 @@ import re
 import time
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Locator, Page, expect
 
 PAGES = {
     "home": "",
@@ -17,6 +18,7 @@ PAGES = {
     "draw": "draw",
     "experiments": "experiments",
     "insight": "insight",
+    "mydigits": "mydigits",
 }
 
 
@@ -80,3 +82,69 @@ def metric_value(page: Page, label: str, timeout: float = 60.0) -> str:
     metric = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
     expect(metric).to_be_visible(timeout=timeout * 1000)
     return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def draw_strokes(
+    page: Page,
+    canvas: Locator,
+    strokes: list[list[tuple[float, float]]],
+    size: float = 280,
+    shown: Locator | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Draw `strokes` (polylines in canvas pixels, 0..size, e.g. benchmarks.writers.strokes) with the mouse the
+    way a person does: press, follow each polyline, release; one press per stroke.
+
+    Each stroke starts once the app is idle (a stroke begun while the app redraws the canvas can lose its
+    start). shown: an <img> where the app shows the drawing as it read it (the 28x28 preview); after each
+    stroke, wait until it shows a new picture and the app is idle again, as a person glances at the result:
+    the app has then taken that stroke, so a click that follows acts on the whole drawing.
+    """
+    expect(canvas).to_be_visible(timeout=timeout * 1000)
+    for stroke in strokes:
+        wait_idle(page, timeout)
+        box = _box(page, canvas)  # again for each stroke: the page may have moved meanwhile
+        sx, sy = box["width"] / size, box["height"] / size
+        before = _src(shown) if shown is not None else None
+        points = [(box["x"] + x * sx, box["y"] + y * sy) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point)  # the polylines are dense already (a few pixels apart)
+        page.mouse.up()
+        if shown is not None:
+            deadline = time.monotonic() + timeout
+            while _src(shown) in (before, None):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the app did not show the drawing after a stroke within {timeout} s")
+                page.wait_for_timeout(50)
+    if shown is not None:
+        wait_idle(page, timeout)
+
+
+def wait_idle(page: Page, timeout: float = 30.0) -> None:
+    """Until the app's script is not running (checked every 50 ms; lighter than `settle`)."""
+    deadline = time.monotonic() + timeout
+    while page.get_attribute('[data-testid="stApp"]', "data-test-script-state") == "running":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app was still running after {timeout} s")
+        page.wait_for_timeout(50)
+
+
+def _box(page: Page, element: Locator, timeout: float = 30.0) -> dict[str, float]:
+    """The element's box on screen, once it is in view; retried while a rerun replaces the element."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            element.scroll_into_view_if_needed(timeout=2_000)
+            box = element.bounding_box(timeout=2_000)
+            if box is not None:
+                return dict(box)
+        except PlaywrightError:
+            if time.monotonic() > deadline:
+                raise
+        page.wait_for_timeout(100)
+
+
+def _src(image: Locator) -> str | None:
+    return image.first.get_attribute("src") if image.count() else None

@@ -27,6 +27,7 @@ TITLES = {
     "draw": "Draw and predict",
     "experiments": "Experiments",
     "insight": "Insight: what the adapter learned, and what training costs",
+    "mydigits": "My digits",
 }
 
 
