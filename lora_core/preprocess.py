@@ -130,12 +130,14 @@ def load_image(path: Path | str) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # Pillow itself refuses above 2x its own limit (DecompressionBombError)
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{path}: {img.width}x{img.height} is too large for a digit picture")
             img = ImageOps.exif_transpose(img)
             mode = "RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB"
             return np.asarray(img.convert(mode))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too large for a digit picture ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 

@@ -72,6 +72,9 @@ ERRORS = {
     "no-label": (["add", "{pic}"], 2, ["--label"]),
     "missing-file": (["add", "{tmp}/nosuch.png", "--label", "3"], 2, ["nosuch.png", "no such file"]),
     "empty-picture": (["add", "{empty}", "--label", "3"], 2, ["empty.png", "nothing is drawn"]),
+    "empty-file": (["add", "{tmp}/zero.png", "--label", "3"], 2, ["zero.png", "not a readable image"]),
+    # above twice Pillow's own pixel limit Image.open raises DecompressionBombError, not an OSError
+    "huge-picture": (["add", "{tmp}/huge.png", "--label", "3"], 2, ["huge.png", "too large"]),
     "delete-unknown": (["delete", "nosuch"], 2, ["no drawing 'nosuch'"]),
     "import-not-zip": (["import", "{pic}"], 1, ["not a zip archive", "nothing was imported"]),
     "import-missing": (["import", "{tmp}/nosuch.zip"], 1, ["nosuch.zip", "no such file"]),
@@ -87,6 +90,9 @@ def test_errors_are_one_line_with_a_status(tmp_path: Path, capsys: pytest.Captur
     art = tmp_path / "art"
     pic = picture(tmp_path, 1)
     Image.fromarray(np.zeros((280, 280, 4), np.uint8)).save(tmp_path / "empty.png")
+    (tmp_path / "zero.png").write_bytes(b"")
+    if case == "huge-picture":
+        Image.new("1", (13_400, 13_400)).save(tmp_path / "huge.png")  # 180 M pixels, 22 KB
     assert run(capsys, "mydigits", "add", pic, "--label", "1", "--artifacts", art)[0] == 0
     before = sorted(p.name for p in (art / "mydigits" / "images").iterdir())
     fields = {"pic": pic, "tmp": tmp_path, "empty": tmp_path / "empty.png"}
