@@ -21,8 +21,10 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import (
@@ -67,11 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     try:
-        if args.json is not None and args.json.is_dir():
-            raise ConfigError("--json", f"{args.json} is a folder; give a file path")
+        if args.json is not None and str(args.json) != "-":  # "-": mydigits prints its JSON instead
+            _check_writable(args.json)  # before the run: a long run must not end in a file it cannot write
         result = handler(args, stop)
         if args.json is not None:
-            atomic_write_json(args.json, result)
+            try:
+                atomic_write_json(args.json, result)
+            except OSError as exc:
+                return _fail(f"--json: cannot write {args.json} ({exc.strerror or exc})", 1)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except AdapterExistsError as exc:
@@ -97,6 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a --json path that cannot be written, by creating (and removing) a file beside it."""
+    if path.is_dir():
+        raise ConfigError("--json", f"{path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError("--json", f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _output_closed() -> int:

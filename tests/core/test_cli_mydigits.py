@@ -81,6 +81,8 @@ ERRORS = {
     "train-too-few": (["train", "--steps", "5"], 1, ["draw 3 more 0s", "2 more 1s", "3 more 9s"]),
     "train-bad-steps": (["train", "--steps", "0"], 2, ["--steps:", "0"]),
     "unknown-subcommand": (["remove", "x"], 2, ["remove"]),
+    # a --json path that cannot be written is refused before the command runs (here: under a file)
+    "json-unwritable": (["add", "{pic}", "--label", "1", "--json", "{pic}/out.json"], 2, ["--json:", "cannot write"]),
 }
 
 
