@@ -121,6 +121,7 @@ def choose_adapter(args: argparse.Namespace, store: Any, base: Any) -> str | Non
     silently about the base model alone while adapters are saved.
     """
     if args.adapter:
+        check_adapter_here(store, str(args.adapter))
         return str(args.adapter)
     if args.base_only:
         say("The base model alone (--base-only).")
@@ -142,6 +143,24 @@ def choose_adapter(args: argparse.Namespace, store: Any, base: Any) -> str | Non
         "Choose another with --adapter NAME, or --base-only for the base model alone."
     )
     return newest.name
+
+
+def check_adapter_here(store: Any, name: str) -> None:
+    """Name the separate base model (<artifacts>/bases/<base>, e.g. unseen-8-9 from `experiment unseen:8,9`)
+    that holds adapter `name` when this folder has none of that name: "no adapter called ..." alone would
+    puzzle someone who has just seen it saved."""
+    from ..errors import ArtifactError
+    from ..experiments import separate_bases
+
+    if store.adapter_exists(name):
+        return
+    for base_name, other in separate_bases(store).items():
+        if other.adapter_exists(name):
+            raise ArtifactError(
+                f"adapter {name!r} belongs to the separate base model {base_name!r}, not to the base model in "
+                f"{store.root} (adapters of different base models cannot be used together); for that base "
+                f"model's adapters give --artifacts {other.root}"
+            )
 
 
 def image_paths(paths: list[Path]) -> list[Path]:
@@ -516,6 +535,7 @@ def cmd_combine(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     store = _store(args)
     base, lora_model = load_base_for_lora(store, args.device)
     for name, _ in weighted:  # refuses an adapter of another base model (StaleAdapterError) by name
+        check_adapter_here(store, name)
         store.load_adapter(lora_model, name, base.fingerprint)
     data = _data(args)
     report = combination_report(lora_model, weighted, data, tasks=args.task)

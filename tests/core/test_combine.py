@@ -351,6 +351,8 @@ def test_cli_combine_reports_each_alone_and_the_combination(combo_artifacts, tmp
         ("small:x,rotate-45", ["--adapters:", "'x'"]),
         ("small,nosuch", ["nosuch"]),
         ("small,stale", ["'stale'", "different base model"]),
+        # an adapter of a separate base (as `experiment unseen:8,9` saves them) is named with its base
+        ("small,elsewhere", ["'elsewhere'", "separate base model 'unseen-x'", "--artifacts", "bases/unseen-x"]),
     ],
 )
 def test_cli_combine_errors_are_one_line(combo_artifacts, tmp_path, capsys, adapters, words):
@@ -360,6 +362,8 @@ def test_cli_combine_errors_are_one_line(combo_artifacts, tmp_path, capsys, adap
     shutil.copytree(root / "adapters" / "rotate-45", stale)
     metrics = json.loads((stale / ADAPTER_METRICS).read_text())
     (stale / ADAPTER_METRICS).write_text(json.dumps({**metrics, "base_sha256": "0" * 64}))
+    shutil.copytree(root / "base", root / "bases" / "unseen-x" / "base")
+    shutil.copytree(root / "adapters" / "rotate-45", root / "bases" / "unseen-x" / "adapters" / "elsewhere")
     assert main(["combine", "--artifacts", str(root), "--adapters", adapters]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
