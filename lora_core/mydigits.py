@@ -605,6 +605,7 @@ def train_personal(
     lacking = missing(counts, settings.min_per_digit)
     if lacking:
         raise NotEnoughDigitsError(lacking)
+    check_personal_name_free(store)  # before training: the answer is known already
     train_set, heldout = split(digits, settings.seed, settings.holdout_every)
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
@@ -698,9 +699,27 @@ def train_personal(
         "personal": {k: v for k, v in result.to_dict().items() if k not in ("config",)},
     }
     with store.writing("saving the personal adapter"):  # adapter and result.json change together
+        check_personal_name_free(store)  # again under the lock: one may have been saved meanwhile
         store.save_adapter(lora_model, PERSONAL_ADAPTER, metrics, base.fingerprint, overwrite=True)
         atomic_write_json(collection.folder / RESULT, result.to_dict())
     return result
+
+
+def check_personal_name_free(store: ArtifactStore) -> None:
+    """Refuse to replace an adapter called 'personal' that train_personal did not make (saved by finetune
+    --name personal, say): replacing the previous personal adapter is expected, losing someone's own is not.
+    A folder that cannot be read is no saved work and may be replaced."""
+    if not store.adapter_exists(PERSONAL_ADAPTER):
+        return
+    try:
+        metrics = store.read_adapter(PERSONAL_ADAPTER).metrics or {}
+    except ArtifactError:
+        return
+    if "personal" not in metrics:
+        raise ArtifactError(
+            f"an adapter called {PERSONAL_ADAPTER!r} is saved in {store.adapters_dir} and was not trained on "
+            "your drawings; the personal adapter would replace it: rename or delete that adapter first"
+        )
 
 
 def load_personal_result(store: ArtifactStore) -> PersonalResult | None:

@@ -227,7 +227,13 @@ def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     from ..data import load_mnist
-    from ..mydigits import NotEnoughDigitsError, PersonalSettings, missing, train_personal
+    from ..mydigits import (
+        NotEnoughDigitsError,
+        PersonalSettings,
+        check_personal_name_free,
+        missing,
+        train_personal,
+    )
     from ..storage import ArtifactStore
 
     settings = PersonalSettings(
@@ -249,6 +255,7 @@ def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     if lacking:  # before loading MNIST: the answer is known already
         raise NotEnoughDigitsError(lacking)
     store.base_meta()  # no base model: say so before loading MNIST
+    check_personal_name_free(store)
     data = load_mnist(args.data, log=lambda text: _say(args, text))
     bar = None if getattr(args, "quiet", False) else ProgressBar()
     try:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from core_helpers import file_bytes
 from PIL import Image
 
 from benchmarks.writers import WRITERS, draw
 from lora_core.cli import main
-from lora_core.mydigits import MyDigits, load_personal_result
+from lora_core.data import MnistData
+from lora_core.errors import ArtifactError
+from lora_core.mydigits import MyDigits, load_personal_result, train_personal
 from lora_core.storage import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +128,23 @@ def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None
     status, out, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)
     assert status == 0, err  # the personal adapter is replaced, not refused
     assert "Held-out drawings: base" in out and "MNIST test set: base" in out and "held-out drawing" in out
+
+
+def test_train_never_replaces_an_adapter_called_personal_that_is_not_yours(
+    artifacts_copy: Path, small_mnist: MnistData, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ArtifactStore(artifacts_copy)
+    collection = MyDigits(store)
+    for digit in range(10):
+        for sample in range(3):
+            collection.add(draw(WRITERS[1], digit, sample), digit)
+    shutil.copytree(store.adapter_dir("small"), store.adapter_dir("personal"))  # as `finetune --name personal`
+    before = file_bytes(store.adapter_dir("personal"))
+    status, _, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)
+    assert status == 2 and err.count("\n") == 1 and "'personal'" in err and "rename or delete" in err, err
+    with pytest.raises(ArtifactError, match="not trained on your drawings"):  # the library refuses too
+        train_personal(store, small_mnist, steps=4, device="cpu")
+    assert file_bytes(store.adapter_dir("personal")) == before and load_personal_result(store) is None
 
 
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
