@@ -822,7 +822,7 @@ def run_experiment(
             )
         result = ExperimentResult(
             task=task.describe(ctx.before_plain.weakest_digit),
-            settings={**settings.to_dict(), "replay_used": settings.replay_for(task.kind)},
+            settings={**settings.to_dict(), "replay_used": None if task.is_domain else settings.replay_for(task.kind)},
             base=ctx.base_dict(),
             methods=results,
             created=datetime.now(UTC).isoformat(timespec="seconds"),

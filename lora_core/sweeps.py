@@ -307,7 +307,7 @@ def run_sweep(
                 kind: None,  # the swept setting: see values
                 "alpha": "2 x rank" if kind == "rank" and settings.alpha is None else settings.lora_alpha,
                 "values": list(ordered),
-                "replay_used": None if kind == "replay" else settings.replay_for(task.kind),
+                "replay_used": None if kind == "replay" or task.is_domain else settings.replay_for(task.kind),
                 "default_replay": settings.replay_for(task.kind) if kind == "replay" else None,
             },
             base=ctx.base_dict(),

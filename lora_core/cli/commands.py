@@ -449,6 +449,7 @@ def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str,
     from .render import experiment_report
 
     _check_name(args)
+    _check_replay(args, args.task)
     settings = _experiment_settings(args)
     result = _run_on_task(
         args,
@@ -469,6 +470,16 @@ def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str,
     )
     experiment_report(result)
     return result.to_dict()
+
+
+def _check_replay(args: argparse.Namespace, task: Any) -> None:
+    """--replay on a domain task would be ignored without a word (it trains on every digit: there are no
+    other digits to replay), so it is refused."""
+    if getattr(args, "replay", None) is not None and task.is_domain:
+        raise UsageError(
+            f"--replay: applies to digit tasks (weakest, digits:D,..., unseen:D,...); {task.spec} trains on "
+            "every digit, so there is nothing to replay; leave --replay out"
+        )
 
 
 def _sweep_values(kind: str, given: list[list[str]] | None) -> tuple[Any, ...]:
@@ -494,6 +505,7 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
 
     task = args.task or parse_task("weakest")
     values = _sweep_values(args.kind, args.values)
+    _check_replay(args, task)
     settings = _experiment_settings(args, methods=("lora",))
     try:
         check_values(args.kind, values)

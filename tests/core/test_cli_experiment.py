@@ -23,6 +23,8 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "rank-0": (["experiment", "invert", "--rank", "0"], "trained", ["--rank:", "0"]),
     "existing-name": (["experiment", "invert", "--name", "small"], "trained", ["'small'", "--overwrite"]),
     "no-base-model": (["experiment", "invert"], "empty", ["no base model"]),
+    # a domain task trains on every digit: --replay would be ignored without a word
+    "replay-domain": (["experiment", "invert", "--replay", "0.5"], "trained", ["--replay:", "digit tasks", "invert"]),
 }
 RUN = ["--steps", "3", "--batch-size", "16", "--rank", "2"]
 

@@ -110,6 +110,7 @@ def test_the_adapter_is_a_normal_adapter_and_the_result_is_saved(rotate_run):
     assert [p.name for p in list_experiments(store)] == [result.path.rsplit("/", 1)[-1]]
     saved = json.loads(Path(result.path).read_text())
     assert saved["format"] == "lora_core.experiment.v1" and saved["task"]["spec"] == "rotate:45"
+    assert saved["settings"]["replay_used"] is None  # a domain task trains on every digit: nothing is replayed
     assert [m["method"] for m in saved["methods"]] == ["lora", "full", "head"]
     assert load_experiment(result.path).to_dict() == saved == result.to_dict()
 

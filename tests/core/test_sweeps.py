@@ -145,6 +145,7 @@ def test_rank_sweep_points(rank_sweep):
     one, two, sixteen = result.points
     assert one.trainable_params == LORA_PARAMS_PER_RANK and two.trainable_params == 2 * LORA_PARAMS_PER_RANK
     assert sixteen.layer_ranks == {"linear1": 16, "linear2": 16, "linear3": 10}
+    assert result.settings["replay_used"] is None  # rotate:30 trains on every digit: nothing is replayed
     assert sixteen.trainable_params == 16 * (784 + 1000 + 1000 + 2000) + 10 * 2010
     assert one.stored_bytes < two.stored_bytes < sixteen.stored_bytes
     assert 4 * sixteen.trainable_params < sixteen.stored_bytes < 4 * sixteen.trainable_params + 8192
@@ -215,6 +216,7 @@ CLI_ERRORS = {
     "not-a-number": (["sweep", "rank", "--values", "1", "x"], ["--values:", "'x'"]),
     "replay-1": (["sweep", "replay", "--values", "0,1"], ["--values:", "below 1"]),
     "replay-domain": (["sweep", "replay", "--task", "invert"], ["--task:", "digit tasks"]),
+    "rank-replay-domain": (["sweep", "rank", "--task", "thick", "--replay", "0.3"], ["--replay:", "digit tasks"]),
     "bad-task": (["sweep", "rank", "--task", "rot:4"], ["--task:", "unknown task"]),
     "bad-kind": (["sweep", "alpha"], ["KIND", "'alpha'"]),
     "steps-0": (["sweep", "rank", "--steps", "0"], ["--steps:", "0"]),
