@@ -301,7 +301,9 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
         help="digit tasks and unseen: share of each batch drawn from the other digits "
         f"(default: {UNSEEN_REPLAY:g} for unseen, {FinetuneConfig().replay:g} for the digit tasks)",
     )
-    parser.add_argument("--name", help="the LoRA adapter's name (default: from the task, e.g. rotate-45)")
+    parser.add_argument(
+        "--name", help="the LoRA adapter's name (default: from the task, e.g. rotate-45; if taken, rotate-45-2, ...)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter of that --name (else refused)")
     parser.add_argument(
         "--retrain-base",
