@@ -81,6 +81,12 @@ def test_full_fine_tuning_peak_memory_holds_its_optimizer(rotate_run):
         assert full.peak_memory_bytes > 2 * 4 * 2_807_010
 
 
+def test_last_layer_peak_memory_holds_no_copy_of_the_frozen_layers(rotate_run):
+    head = rotate_run[1].method("head")
+    if head.memory_measure.startswith("peak resident"):  # the frozen layers are not new memory for "head"
+        assert head.peak_memory_bytes < 4 * 2_807_010
+
+
 def test_lora_adapter_off_is_the_base_exactly(rotate_run, tiny_mnist):
     store, result, base_before = rotate_run
     lora = result.method("lora")
