@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, ConfigError, ImageError
+from ..errors import ArtifactError, ImageError
 from ..numbers import pct
+from .parser import UsageError
 from .render import ProgressBar, say, table
 
 STDOUT = Path("-")  # `--json` without a path: the JSON goes to the standard output instead of a file
@@ -196,9 +197,9 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
     from ..fileio import atomic_write_bytes
 
     if args.zip.is_dir():
-        raise ConfigError("--zip", f"{args.zip} is a folder; give a file name such as my-digits.zip")
+        raise UsageError(f"ZIP: {args.zip} is a folder; give a file name such as my-digits.zip")
     if args.zip.exists() and not args.overwrite:
-        raise ConfigError("--zip", f"{args.zip} exists already; choose another name or add --overwrite")
+        raise UsageError(f"ZIP: {args.zip} exists already; choose another name or add --overwrite")
     collection = _collection(args)
     data = collection.export_zip()
     atomic_write_bytes(args.zip, data)

@@ -64,7 +64,9 @@ def test_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     status, out, _ = run(capsys, "mydigits", "export", zip_path, "--artifacts", a)
     assert status == 0 and "Exported 2 drawings" in out and zip_path.is_file()
     status, _, err = run(capsys, "mydigits", "export", zip_path, "--artifacts", a)
-    assert status == 2 and "exists already" in err and "--overwrite" in err
+    assert status == 2 and err.startswith("error: ZIP: ") and "exists already" in err and "--overwrite" in err
+    status, _, err = run(capsys, "mydigits", "export", tmp_path, "--artifacts", a)  # ZIP is positional: no --zip
+    assert status == 2 and err.startswith(f"error: ZIP: {tmp_path} is a folder"), err
     status, out, _ = run(capsys, "mydigits", "import", zip_path, "--artifacts", b)
     assert status == 0 and "Imported 2 drawings" in out
     assert [d.id for d in MyDigits(ArtifactStore(a)).list()] == [d.id for d in MyDigits(ArtifactStore(b)).list()]
