@@ -99,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _output_closed()
+    except OSError as exc:  # the disk is full, a folder is read-only, ...: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
     finally:
         signal.signal(signal.SIGINT, previous)
     return 0

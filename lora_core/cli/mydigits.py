@@ -202,7 +202,10 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
         raise UsageError(f"ZIP: {args.zip} exists already; choose another name or add --overwrite")
     collection = _collection(args)
     data = collection.export_zip()
-    atomic_write_bytes(args.zip, data)
+    try:
+        atomic_write_bytes(args.zip, data)
+    except OSError as exc:
+        raise UsageError(f"ZIP: cannot write {args.zip} ({exc.strerror or exc})") from None
     n = len(collection.list())
     _say(args, f"Exported {n} drawings to {args.zip} ({len(data):,} bytes)")
     return {"artifacts": str(collection.store.root), "zip": str(args.zip), "drawings": n, "bytes": len(data)}

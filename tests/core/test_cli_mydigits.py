@@ -67,6 +67,8 @@ def test_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert status == 2 and err.startswith("error: ZIP: ") and "exists already" in err and "--overwrite" in err
     status, _, err = run(capsys, "mydigits", "export", tmp_path, "--artifacts", a)  # ZIP is positional: no --zip
     assert status == 2 and err.startswith(f"error: ZIP: {tmp_path} is a folder"), err
+    status, _, err = run(capsys, "mydigits", "export", zip_path / "x.zip", "--artifacts", a)  # under a file
+    assert status == 2 and err.startswith(f"error: ZIP: cannot write {zip_path / 'x.zip'}") and "\n" not in err.strip()
     status, out, _ = run(capsys, "mydigits", "import", zip_path, "--artifacts", b)
     assert status == 0 and "Imported 2 drawings" in out
     assert [d.id for d in MyDigits(ArtifactStore(a)).list()] == [d.id for d in MyDigits(ArtifactStore(b)).list()]
@@ -111,6 +113,12 @@ def test_errors_are_one_line_with_a_status(tmp_path: Path, capsys: pytest.Captur
     for word in words:
         assert word in lines[0]
     assert sorted(p.name for p in (art / "mydigits" / "images").iterdir()) == before  # nothing changed
+
+
+def test_an_os_error_is_one_line_with_status_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pic = picture(tmp_path, 1)  # the artifacts folder would lie under a file: mkdir raises NotADirectoryError
+    status, _, err = run(capsys, "mydigits", "add", pic, "--label", "1", "--artifacts", pic / "art")
+    assert status == 1 and err == f"error: {pic / 'art'}: Not a directory\n", err
 
 
 def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
