@@ -55,7 +55,9 @@ def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "adapters are trained on the weakest digit (or reused when saved with the same settings); the results "
         "also go to <artifacts>/analysis/ for the dashboard's Insight page.",
     )
-    p.add_argument("part", metavar="PART", nargs="?", choices=CHOICES, default="all", help=" | ".join(CHOICES))
+    p.add_argument(
+        "part", metavar="PART", nargs="?", choices=CHOICES, default="all", help=f"{' | '.join(CHOICES)} (default: all)"
+    )
     p.add_argument("--small-rank", dest="small_rank", type=_int_arg, default=d.small_rank)
     p.add_argument("--large-rank", dest="large_rank", type=_int_arg, default=d.large_rank)
     p.add_argument("--seed", type=_int_arg, default=d.seed, help="seed of both adapters compared across ranks")

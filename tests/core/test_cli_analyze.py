@@ -111,3 +111,19 @@ def test_one_part_runs_only_its_group(cli_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Memory of training" in result.stdout and "Subspace similarity" not in result.stdout
     assert {p.name for p in (cli_runs["folders"]["memory"] / "analysis").iterdir()} == {"memory.json"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["analyze", "--help"], ["PART", "(default: all)"]),
+        (["experiment", "--help"], ["--name", "if taken, rotate-45-2"]),
+    ],
+)
+def test_help_states_what_happens_by_default(capsys, argv, words):
+    from lora_core.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert exit_info.value.code == 0 and all(w in text for w in words), text
