@@ -184,13 +184,14 @@ def cmd_list(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
 def cmd_delete(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     collection = _collection(args)
     known = {d.id for d in collection.list()}
-    unknown = [i for i in args.ids if i not in known]
+    ids = list(dict.fromkeys(args.ids))  # an id given twice is deleted once (the second would fail half-way)
+    unknown = [i for i in ids if i not in known]
     if unknown:  # refuse before deleting any
         raise ArtifactError(f"no drawing {unknown[0]!r} in {collection.folder} (mydigits list shows them)")
-    for digit_id in args.ids:
+    for digit_id in ids:
         collection.delete(digit_id)
         _say(args, f"Deleted {digit_id}")
-    return {"artifacts": str(collection.store.root), "deleted": list(args.ids)}
+    return {"artifacts": str(collection.store.root), "deleted": ids}
 
 
 def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:

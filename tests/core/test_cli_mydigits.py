@@ -57,6 +57,16 @@ def test_add_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert [d.id for d in MyDigits(ArtifactStore(art)).list()] == [listed["digits"][1]["id"]]
 
 
+def test_an_id_given_twice_is_deleted_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = tmp_path / "art"
+    pics = [picture(tmp_path / "pics", 2, s) for s in range(2)]
+    assert run(capsys, "mydigits", "add", *pics, "--label", "2", "--artifacts", art)[0] == 0
+    first, second = (d.id for d in MyDigits(ArtifactStore(art)).list())
+    status, out, err = run(capsys, "mydigits", "delete", first, first, "--artifacts", art)
+    assert (status, err, out.count("Deleted")) == (0, "", 1)
+    assert [d.id for d in MyDigits(ArtifactStore(art)).list()] == [second]
+
+
 def test_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b, zip_path = tmp_path / "a", tmp_path / "b", tmp_path / "mine.zip"
     for d in (1, 4):
