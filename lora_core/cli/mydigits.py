@@ -139,10 +139,14 @@ def _collection(args: argparse.Namespace) -> Any:
 
 
 def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..preprocess import load_image
+    from ..preprocess import load_image, prepare_digit
 
     collection = _collection(args)
     pictures = [(path, load_image(path)) for path in args.images]  # every file read before anything is added
+    for path, picture in pictures:  # and checked: a blank one among several must not leave the others half-added
+        if prepare_digit(picture) is None:
+            what = "; nothing was added" if len(pictures) > 1 else ""
+            raise ImageError(f"{path}: nothing is drawn: the picture is empty or has almost no ink{what}")
     added = []
     for path, picture in pictures:
         try:

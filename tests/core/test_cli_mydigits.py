@@ -90,6 +90,7 @@ ERRORS = {
     "no-label": (["add", "{pic}"], 2, ["--label"]),
     "missing-file": (["add", "{tmp}/nosuch.png", "--label", "3"], 2, ["nosuch.png", "no such file"]),
     "empty-picture": (["add", "{empty}", "--label", "3"], 2, ["empty.png", "nothing is drawn"]),
+    "one-blank-among-two": (["add", "{pic}", "{empty}", "--label", "1"], 2, ["empty.png", "nothing was added"]),
     "empty-file": (["add", "{tmp}/zero.png", "--label", "3"], 2, ["zero.png", "not a readable image"]),
     # above twice Pillow's own pixel limit Image.open raises DecompressionBombError, not an OSError
     "huge-picture": (["add", "{tmp}/huge.png", "--label", "3"], 2, ["huge.png", "too large"]),
