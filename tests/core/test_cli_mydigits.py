@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_helpers import file_bytes
+import torch
+from core_helpers import file_bytes, import_peft
 from PIL import Image
 
 from benchmarks.writers import WRITERS, draw
 from lora_core.cli import main
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError
+from lora_core.lora import LoraModel
 from lora_core.mydigits import MyDigits, load_personal_result, train_personal
 from lora_core.storage import ArtifactStore
 
@@ -146,6 +148,15 @@ def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert (result["trained"], result["heldout"]) == (20, 10) and len(result["heldout_rows"]) == 10
     assert result == {"artifacts": str(store.root), **load_personal_result(store).to_dict()}
     assert store.adapter_exists("personal")
+    # the personal adapter loads in Hugging Face PEFT to the same logits
+    base = store.load_base("cpu")
+    ours = LoraModel(base.model)
+    store.load_adapter(ours, "personal", base.fingerprint)
+    ours.set_adapter("personal")
+    x = torch.randn(32, 784, generator=torch.Generator().manual_seed(0))
+    theirs = import_peft().PeftModel.from_pretrained(store.load_base("cpu").model, str(store.adapter_dir("personal")))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
     status, out, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)
     assert status == 0, err  # the personal adapter is replaced, not refused
     assert "Held-out drawings: base" in out and "MNIST test set: base" in out and "held-out drawing" in out

@@ -175,7 +175,11 @@ def test_add_weighted_adapter_saves_the_combination_as_one_adapter(tmp_path, x):
         torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=0)
         ours.set_adapter("a")
         assert (ours(x) - expected).abs().max() > 1e-2
-    store.save_adapter(ours, "abc", ours.adapter_meta("abc"), meta["sha256"])
+    folder = store.save_adapter(ours, "abc", ours.adapter_meta("abc"), meta["sha256"])
+    # Hugging Face PEFT reads the saved combination (rank_pattern and alpha_pattern included) to the same logits
+    theirs = import_peft().PeftModel.from_pretrained(store.load_base().model, str(folder))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), expected, atol=1e-5, rtol=0)
     again = LoraModel(store.load_base().model)
     record = store.load_adapter(again, "abc", meta["sha256"])
     assert record.metrics["combination"] == {"adapters": ["a", "b", "c"], "weights": [0.7, -1.3, 0.4], "type": "cat"}
