@@ -219,8 +219,8 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     from ..mydigits import MAX_ZIP_BYTES, MyDigitsImportError
 
-    if not args.zip.is_file():
-        raise MyDigitsImportError(f"{args.zip}: no such file")
+    if not args.zip.is_file():  # a wrong argument (status 2, as `add` with a missing picture), not a bad zip
+        raise UsageError(f"{args.zip}: no such file")
     size = args.zip.stat().st_size
     if size > MAX_ZIP_BYTES:
         raise MyDigitsImportError(f"{args.zip} is {size / 2**20:.1f} MiB, more than {MAX_ZIP_BYTES // 2**20} MiB")

@@ -98,7 +98,7 @@ ERRORS = {
     "huge-picture": (["add", "{tmp}/huge.png", "--label", "3"], 2, ["huge.png", "too large"]),
     "delete-unknown": (["delete", "nosuch"], 2, ["no drawing 'nosuch'"]),
     "import-not-zip": (["import", "{pic}"], 1, ["not a zip archive", "nothing was imported"]),
-    "import-missing": (["import", "{tmp}/nosuch.zip"], 1, ["nosuch.zip", "no such file"]),
+    "import-missing": (["import", "{tmp}/nosuch.zip"], 2, ["nosuch.zip", "no such file"]),
     "train-too-few": (["train", "--steps", "5"], 1, ["draw 3 more 0s", "2 more 1s", "3 more 9s"]),
     "train-bad-steps": (["train", "--steps", "0"], 2, ["--steps:", "0"]),
     "unknown-subcommand": (["remove", "x"], 2, ["remove"]),
