@@ -57,7 +57,9 @@ def _fsync_dir(folder: Path) -> None:
 def new_staging_dir(final: Path) -> Path:
     """A hidden temporary folder beside `final`, to be filled and then swapped in by replace_dir."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    staging.chmod(0o755)  # mkdtemp makes 0700; a saved folder should open like any other (files are 0644)
+    return staging
 
 
 def _backup_path(final: Path) -> Path:

@@ -32,6 +32,7 @@ from lora_core.mydigits import (
     MyDigitsImportError,
     PersonalResult,
     PersonalSettings,
+    check_personal_name_free,
     describe_missing,
     load_personal_result,
     missing,
@@ -327,6 +328,12 @@ def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
             f"Not enough drawings to train yet (at least {MIN_PER_DIGIT} of each digit are needed): "
             f"{describe_missing(need)}."
         )
+    try:
+        check_personal_name_free(state.store())
+        name_taken = False
+    except ArtifactError as exc:
+        st.error(f"Training is off: {exc}.")
+        name_taken = True
     defaults = PersonalSettings()
     slots = ui.FieldSlots()
     with st.expander("Training settings"):
@@ -346,7 +353,8 @@ def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
             f"a little at random) and the rest MNIST; one in {defaults.holdout_every} of each digit is held out. "
             f"Saved as the adapter `{PERSONAL_ADAPTER}`, replacing the previous personal adapter."
         )
-    if st.button("Train my personal adapter", type="primary", disabled=ui.busy() or bool(need), key="personal_train"):
+    can_train = not (ui.busy() or need or name_taken)
+    if st.button("Train my personal adapter", type="primary", disabled=not can_train, key="personal_train"):
         settings = {"steps": int(steps), "rank": int(rank), "seed": int(seed)}
         try:
             PersonalSettings(**settings).validate()

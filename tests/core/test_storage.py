@@ -628,3 +628,11 @@ def test_recover_dir_drops_stale_staging_folders(tmp_path):
     fileio.recover_dir(final)
     assert final.is_dir()
     assert not stale.exists()
+
+
+def test_saved_folders_open_like_any_other_folder(store_template):
+    """A staging folder from mkdtemp is 0700; once swapped in, a saved base or adapter folder must be readable
+    by others like its 0644 files (a shared artifacts folder, a container running as another user)."""
+    store = ArtifactStore(store_template)
+    for folder in (store.base_dir, store.adapter_dir("a")):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o755), folder

@@ -161,6 +161,18 @@ def test_too_few_drawings_say_how_many_more_of_which_digit_and_nothing_trains(
     assert not (trained_dir / "adapters" / PERSONAL_ADAPTER).exists()
 
 
+def test_an_adapter_called_personal_that_is_not_from_the_drawings_is_never_replaced(
+    trained_dir: Path, mnist: MnistData
+) -> None:
+    fill(trained_dir, mnist, dict.fromkeys(range(10), 3))
+    ArtifactStore(trained_dir).rename_adapter("small", PERSONAL_ADAPTER)  # someone's own adapter, by that name
+    saved = {p.name: p.read_bytes() for p in (trained_dir / "adapters" / PERSONAL_ADAPTER).iterdir()}
+    at = visit(new_app(), "mydigits")
+    assert any("was not trained on your drawings" in str(e.value) for e in at.error), [e.value for e in at.error]
+    assert next(b for b in at.button if b.label == "Train my personal adapter").disabled
+    assert {p.name: p.read_bytes() for p in (trained_dir / "adapters" / PERSONAL_ADAPTER).iterdir()} == saved
+
+
 def test_the_personal_adapter_trains_in_the_background_and_its_result_shows(
     trained_dir: Path, mnist: MnistData
 ) -> None:
