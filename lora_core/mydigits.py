@@ -38,10 +38,10 @@ from .evaluate import evaluate, predict
 from .fileio import atomic_write_bytes, atomic_write_json
 from .lora import LoraConfig, LoraModel
 from .model import LAYER_NAMES
-from .precision import autocast, resolve_precision
+from .precision import resolve_precision
 from .proof import base_tensor_hashes, base_tensor_record
 from .storage import ArtifactStore
-from .train import ProgressCallback, _Reporter, _scheduler, adam, check_int, resolve_device
+from .train import ProgressCallback, adam, check_int, optimise, resolve_device
 
 MIN_PER_DIGIT = 3  # at least one held out and two to train on, for every digit
 PERSONAL_ADAPTER = "personal"
@@ -627,35 +627,25 @@ def train_personal(
     hashes_before = base_tensor_hashes(lora_model)
     params = lora_model.mark_only_lora_trainable(PERSONAL_ADAPTER)
     optimizer = adam(params, settings.lr, device)
-    scheduler = _scheduler(optimizer, "linear", settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     mnist_images, mnist_y = data.train_images.to(device), data.train_y.to(device)
     n_replay = min(round(settings.batch_size * settings.replay), settings.batch_size - 1)  # >= 1 of yours
     n_own = settings.batch_size - n_replay
-    reporter = _Reporter("personal", settings.steps, progress, stop)
-    lora_model.train()
-    try:
-        for step in range(1, settings.steps + 1):
-            own = torch.randint(train_pixels.shape[0], (n_own,), generator=generator).to(device)
-            own_pixels = train_pixels[own]
-            if settings.augment:
-                own_pixels = augment_pixels(own_pixels, generator)
-            x, y = _inputs(own_pixels), train_labels[own]
-            if n_replay:
-                idx = torch.randint(mnist_images.shape[0], (n_replay,), generator=generator).to(device)
-                x, y = torch.cat([x, as_inputs(mnist_images[idx])]), torch.cat([y, mnist_y[idx]])
-            with autocast(precision, device):
-                loss = F.cross_entropy(lora_model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            reporter.step(step, loss.detach(), y.numel())
-    finally:
-        lora_model.eval()
-        for p in params:
-            p.requires_grad_(False)
-    run = reporter.result()
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        own = torch.randint(train_pixels.shape[0], (n_own,), generator=generator).to(device)
+        own_pixels = train_pixels[own]
+        if settings.augment:
+            own_pixels = augment_pixels(own_pixels, generator)
+        x, y = _inputs(own_pixels), train_labels[own]
+        if n_replay:
+            idx = torch.randint(mnist_images.shape[0], (n_replay,), generator=generator).to(device)
+            x, y = torch.cat([x, as_inputs(mnist_images[idx])]), torch.cat([y, mnist_y[idx]])
+        return x, y
+
+    run = optimise(
+        lora_model, params, next_batch, optimizer, "linear", settings.steps, precision, "personal", progress, stop
+    )
     hashes_after = base_tensor_hashes(lora_model)
     personal_heldout = predict(lora_model, _inputs(heldout_pixels)).argmax(1)
     mnist_after = evaluate(lora_model, data.test_x, data.test_y)

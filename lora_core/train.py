@@ -358,24 +358,50 @@ def train_parameters(
     if n_target == 0 and n_other == 0:
         raise ConfigError("batch_size", "the batch is empty")
     generator = torch.Generator().manual_seed(config.seed)
-    reporter = _Reporter(phase, config.steps, progress, stop)
-    scheduler = _scheduler(optimizer, config.lr_schedule, config.steps)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        picks = []
+        if n_target:
+            picks.append(target_idx[torch.randint(target_idx.numel(), (n_target,), generator=generator).to(device)])
+        if n_other:
+            picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
+        idx = torch.cat(picks)
+        return as_inputs(images[idx]), y[idx]
+
+    return optimise(
+        model, params, next_batch, optimizer, config.lr_schedule, config.steps, precision, phase, progress, stop
+    )
+
+
+def optimise(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: str,
+    steps: int,
+    precision: PrecisionChoice,
+    phase: str,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """The optimisation loop every fine-tuning shares (train_parameters' methods, the personal adapter): `steps`
+    batches from `next_batch()` (inputs, labels), cross-entropy under the precision's autocast, the schedule,
+    progress and stop. Leaves `params` frozen and the model in eval mode."""
+    device = next(model.parameters()).device
+    reporter = _Reporter(phase, steps, progress, stop)
+    scheduler = _scheduler(optimizer, lr_schedule, steps)
     model.train()
     try:
-        for step in range(1, config.steps + 1):
-            picks = []
-            if n_target:
-                picks.append(target_idx[torch.randint(target_idx.numel(), (n_target,), generator=generator).to(device)])
-            if n_other:
-                picks.append(other_idx[torch.randint(other_idx.numel(), (n_other,), generator=generator).to(device)])
-            idx = torch.cat(picks)
+        for step in range(1, steps + 1):
+            x, y = next_batch()
             with autocast(precision, device):
-                loss = F.cross_entropy(model(as_inputs(images[idx])), y[idx])
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            reporter.step(step, loss.detach(), idx.numel())
+            reporter.step(step, loss.detach(), y.numel())
     finally:
         model.eval()
         for p in params:
