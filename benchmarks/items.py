@@ -27,7 +27,7 @@ from lora_core.evaluate import evaluate
 from lora_core.lora import LoraModel
 from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MLP, count_parameters
 from lora_core.numbers import pct
-from lora_core.paths import ARTIFACTS_ENV, DATA_ENV
+from lora_core.store.paths import ARTIFACTS_ENV, DATA_ENV
 from lora_core.train import FinetuneConfig, TrainConfig, adam, finetune, train_base
 
 from .baselines import parametrized_lora, torchvision_root, tutorial_train
@@ -533,7 +533,7 @@ def measure_study(ctx: Context) -> Raw:
     lora_core, for scale."""
     fresh = _run_study(ctx, fresh_clone=True)
     existing = _run_study(ctx, fresh_clone=False)
-    _, import_rss, _, _ = run_module_measured("lora_core.study", [], 120.0)  # importing it runs nothing
+    _, import_rss, _, _ = run_module_measured("lora_core.lab.study", [], 120.0)  # importing it runs nothing
     return {"fresh_clone": fresh, "data_exists": existing, "import_only_peak_rss_bytes": import_rss}
 
 

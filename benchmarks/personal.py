@@ -2,7 +2,7 @@
 
 For each writer of benchmarks/writers.py: draw N of each digit offline, add them to "my digits" in a
 temporary copy of the artifacts folder (the real trained base model), train the personal adapter exactly
-as the dashboard and the CLI do (lora_core.mydigits.train_personal), and print per writer the base model's
+as the dashboard and the CLI do (lora_core.lab.mydigits.train_personal), and print per writer the base model's
 and the personal adapter's mistakes on the held-out drawings of the split and on fresh drawings of the same
 writer (never collected), MNIST test accuracy before and after, and the training time. Without --artifacts
 a base model is trained first with the default settings.
@@ -25,10 +25,10 @@ import torch
 from benchmarks.writers import WRITERS, Writer, draw
 from lora_core.data import MnistData, load_mnist
 from lora_core.evaluate import predict
+from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits, PersonalResult, PersonalSettings, train_personal
 from lora_core.lora import LoraModel
-from lora_core.mydigits import PERSONAL_ADAPTER, MyDigits, PersonalResult, PersonalSettings, train_personal
 from lora_core.preprocess import prepare_digit
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 FRESH_SAMPLES = 10  # fresh drawings per digit, never collected: a larger test than the split's held-out part
 FRESH_OFFSET = 1000  # sample numbers of the fresh drawings (the collected ones count from 0)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_mnist()
     with tempfile.TemporaryDirectory(prefix="personal-base-") as tmp:
         if args.artifacts is None:
-            from lora_core.study import train_and_save_base
+            from lora_core.lab.study import train_and_save_base
 
             print("Training a base model with the default settings...", flush=True)
             train_and_save_base(ArtifactStore(tmp), data)

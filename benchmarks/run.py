@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.data import load_mnist
-from lora_core.paths import default_data_dir
+from lora_core.store.paths import default_data_dir
 
 from .context import FULL, QUICK, Context
 from .items import MEASUREMENTS

@@ -426,7 +426,7 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
     return _layout(fig, "Memory of training: exact parts and the measured peak", height=420)
 
 
-# --- several adapters at once (lora_core.combine) -----------------------------------------------------
+# --- several adapters at once (lora_core.lab.combine) -----------------------------------------------------
 COMBINATION_COLOR = ADAPTED_COLOR
 ALONE_COLORS = ("#2e86ab", "#6a994e", "#9b5de5", "#f15bb5")
 

@@ -1,4 +1,4 @@
-"""Two adapters at once, each with a weight (lora_core.combine): the sections of the evaluation and draw pages.
+"""Two adapters at once, each with a weight (lora_core.lab.combine): the sections of the evaluation and draw pages.
 
 Each page calls one function from one place: evaluation_section(base) and draw_section(base, digit). Both
 run on the session's LoraModel (state.load_into_session) and put its single active adapter back afterwards,
@@ -17,18 +17,18 @@ import streamlit as st
 import torch
 
 from dashboard import charts, state
-from lora_core.combine import (
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab.combine import (
     CombinationReport,
     adapter_task,
     combination_label,
     score,
     score_columns,
 )
-from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lora import LoraModel
 from lora_core.numbers import pct
 from lora_core.preprocess import PreparedDigit, predict_probabilities
-from lora_core.storage import ArtifactStore, BaseModelRecord
+from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 
 WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accepts any weight)
 SCORES_KEY = "_combination_scores"
@@ -88,7 +88,7 @@ def _session_model(base: BaseModelRecord, choice: Choice, where: ArtifactStore |
 
 
 def _report(base: BaseModelRecord, model: LoraModel, choice: Choice, where: ArtifactStore | None) -> CombinationReport:
-    """lora_core.combine.combination_report's figures, with the base's and each adapter's cached per session
+    """lora_core.lab.combine.combination_report's figures, with the base's and each adapter's cached per session
     (only the combination is scored again when a weight moves)."""
     tasks = [t for t in (adapter_task(model.adapter_meta(n)) for n in choice.names) if t is not None]
     weakest = state.base_evaluation(base, where).weakest_digit
@@ -125,7 +125,7 @@ def _report(base: BaseModelRecord, model: LoraModel, choice: Choice, where: Arti
 
 
 def scoring_sets_keys(columns: Sequence[Any]) -> list[str]:
-    """The test sets the columns need ('plain' and each domain task's spec), as lora_core.combine.scoring_sets
+    """The test sets the columns need ('plain' and each domain task's spec), as lora_core.lab.combine.scoring_sets
     names them; the transformed ones come from the server-wide cache above."""
     return ["plain", *[c.key for c in columns if c.task is not None]]
 

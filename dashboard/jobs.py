@@ -11,7 +11,7 @@ process imports it to unpickle its target).
 One run per artifacts folder per server: REGISTRY (module-level, shared by every browser tab of this
 server process) holds the latest Job of each folder and refuses to start a second one while one runs.
 Every tab reads the same Job, so each shows the same progress and can stop it. The worker holds the
-folder's writer lock (lora_core.storage) for its whole run, so a CLI run and the dashboard also
+folder's writer lock (lora_core.store.artifacts) for its whole run, so a CLI run and the dashboard also
 exclude each other. A stopped or failed run saves nothing: lora_core writes only complete results.
 """
 
@@ -32,19 +32,19 @@ import torch.multiprocessing as mp
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
-from lora_core.experiments import ExperimentResult, ExperimentSettings, run_experiment
-from lora_core.mydigits import PersonalResult, train_personal
-from lora_core.paths import default_data_dir
-from lora_core.storage import ArtifactStore, BaseModelRecord
-from lora_core.study import (
+from lora_core.lab.experiments import ExperimentResult, ExperimentSettings, run_experiment
+from lora_core.lab.mydigits import PersonalResult, train_personal
+from lora_core.lab.study import (
     AdapterOutcome,
     finetune_and_save_adapter,
     load_base_for_lora,
     run_study,
     train_and_save_base,
 )
-from lora_core.sweeps import SweepResult, run_sweep
-from lora_core.tasks import Task
+from lora_core.lab.sweeps import SweepResult, run_sweep
+from lora_core.lab.tasks import Task
+from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
+from lora_core.store.paths import default_data_dir
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
 
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
@@ -366,13 +366,13 @@ def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSetti
 # --- the analysis (issue 12): the paper's analysis of three adapters, and the memory table ------------------------
 def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> dict[str, Any]:
     """Train (or reuse) the three analysis adapters, analyse them, measure memory; saved to <artifacts>/analysis/."""
-    from lora_core.analysis import run_analysis
+    from lora_core.lab.analysis import run_analysis
 
     return run_analysis(store, _data(), settings, progress=progress, stop=stop)
 
 
 def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
-    """Run lora_core.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
+    """Run lora_core.lab.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
     return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))
 
 

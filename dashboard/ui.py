@@ -12,10 +12,10 @@ import streamlit as st
 
 from dashboard import charts, jobs, state
 from lora_core.errors import ConfigError
+from lora_core.lab.study import default_adapter_name
 from lora_core.numbers import pct
 from lora_core.precision import resolve_precision
-from lora_core.storage import BaseModelRecord, describe_holder
-from lora_core.study import default_adapter_name
+from lora_core.store.artifacts import BaseModelRecord, describe_holder
 from lora_core.train import FinetuneConfig, TrainConfig, resolve_device
 
 PAGES = {

@@ -3,7 +3,7 @@ import contextlib
 import os
 import sys
 
-from .cli import main
+from lora_core.cli import main
 
 status = main()
 # Skip the interpreter's teardown of the ~2,000 modules torch and torch.optim import: measured at 1-3 s

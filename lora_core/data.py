@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .fileio import atomic_write_bytes
-from .paths import default_data_dir
+from lora_core.errors import DataError
+from lora_core.store.fileio import atomic_write_bytes
+from lora_core.store.paths import default_data_dir
 
 MEAN = 0.1307
 STD = 0.3081

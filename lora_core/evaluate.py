@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import NUM_CLASSES
+from lora_core.model import NUM_CLASSES
 
 
 def weakest_digit(per_digit_accuracy: Sequence[float]) -> int:

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, StaleAdapterError
-from .model import LAYER_NAMES, MLP
-from .numbers import is_finite_number
+from lora_core.errors import ConfigError, StaleAdapterError
+from lora_core.model import LAYER_NAMES, MLP
+from lora_core.numbers import is_finite_number
 
 INITS = ("kaiming", "gaussian")
 

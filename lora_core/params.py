@@ -1,5 +1,5 @@
 """Parameter accounting (the W, b, A, B table), what an adapter's update looks like, and the
-per-tensor comparison of base weights that lora_core.proof builds its checks on."""
+per-tensor comparison of base weights that lora_core.lab.proof builds its checks on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .lora import LoraConfig, LoraLinear, LoraModel, linear_layers
+from lora_core.lora import LoraConfig, LoraLinear, LoraModel, linear_layers
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .threads import torch_threads
+from lora_core.errors import ConfigError
+from lora_core.threads import torch_threads
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # (batch, in, out): the base MLP's two large layers. At half the default batch each matmul is short, so

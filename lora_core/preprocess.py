@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import normalize
-from .errors import ImageError
+from lora_core.data import normalize
+from lora_core.errors import ImageError
 
 SIZE = 28
 BOX = 20

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import MnistData, as_inputs
-from .errors import ConfigError, RunStopped, TrainingDiverged
-from .lora import LoraConfig, LoraModel, validate_adapter_name
-from .model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
-from .numbers import is_finite_number
-from .precision import PrecisionChoice, autocast, check_precision, resolve_precision
+from lora_core.data import MnistData, as_inputs
+from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
+from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
+from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
+from lora_core.numbers import is_finite_number
+from lora_core.precision import PrecisionChoice, autocast, check_precision, resolve_precision
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -339,7 +339,7 @@ def train_parameters(
     """Train `params` of `model` (the caller sets which require gradients) for `config.steps` batches of
     `config.digits` plus `config.replay` of the other digits, with Adam, the config's schedule and precision.
 
-    One loop for every method (LoRA's adapter, full fine-tuning, the last layer: lora_core.experiments), so
+    One loop for every method (LoRA's adapter, full fine-tuning, the last layer: lora_core.lab.experiments), so
     the same config and seed draw the same batches. Leaves `params` frozen and the model in eval mode. The
     batches come from a generator seeded with config.seed; anything the model draws at random (dropout)
     comes from the global generator, which the caller seeds.

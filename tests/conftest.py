@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from lora_core.data import MnistData, load_mnist
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lora import LoraLinear, LoraModel
-from lora_core.storage import ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig
 
 SMALL_TRAIN = 6000

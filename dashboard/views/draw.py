@@ -11,10 +11,10 @@ import streamlit as st
 from dashboard import charts, combination, state, ui
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
-from lora_core.mydigits import PERSONAL_ADAPTER, MyDigits
+from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits
+from lora_core.lab.tasks import Task, parse_task
 from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
-from lora_core.storage import BaseModelRecord
-from lora_core.tasks import Task, parse_task
+from lora_core.store.artifacts import BaseModelRecord
 
 CANVAS_SIZE = 280
 
@@ -44,7 +44,7 @@ def adapter_task(info: state.AdapterInfo | None) -> Task | None:
 
 
 def transformed(task: Task, digit: PreparedDigit) -> PreparedDigit:
-    """The digit as the task shows it: the exact transform its adapter was trained on (lora_core.tasks)."""
+    """The digit as the task shows it: the exact transform its adapter was trained on (lora_core.lab.tasks)."""
     tensor = task.transform_normalized(digit.tensor)
     return PreparedDigit(pixels=denormalize(tensor).reshape(28, 28).numpy(), tensor=tensor, inverted=digit.inverted)
 

@@ -10,9 +10,9 @@ import streamlit as st
 from dashboard import charts, combination, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.evaluate import Evaluation, compare
+from lora_core.lab.tasks import Task, accuracy_on
 from lora_core.numbers import pct
-from lora_core.storage import BaseModelRecord
-from lora_core.tasks import Task, accuracy_on
+from lora_core.store.artifacts import BaseModelRecord
 
 GALLERY_SIZE = 30
 GALLERY_COLUMNS = 6

@@ -4,7 +4,7 @@ full fine-tuning and the last layer alone on it in the background, and read the 
 Sections, in order: the task, the methods and settings, the live run, the saved comparisons; then the
 sweeps (LoRA's rank or the replay share over several values on the same task, job kind "sweep"), their live
 run and the saved sweeps. Each kind has its own results section fed by lora_core's saved JSON
-(lora_core.experiments, lora_core.sweeps), so both show again after a restart.
+(lora_core.lab.experiments, lora_core.lab.sweeps), so both show again after a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from dashboard import charts, jobs, state, ui
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.experiments import (
+from lora_core.lab.experiments import (
     METHOD_LABELS,
     METHODS,
     ExperimentResult,
@@ -26,8 +26,7 @@ from lora_core.experiments import (
     list_experiments,
     load_experiment,
 )
-from lora_core.numbers import pct
-from lora_core.sweeps import (
+from lora_core.lab.sweeps import (
     DEFAULT_RANKS,
     DEFAULT_REPLAYS,
     SWEEP_KINDS,
@@ -37,7 +36,8 @@ from lora_core.sweeps import (
     list_sweeps,
     load_sweep,
 )
-from lora_core.tasks import Task, accuracy_on, parse_task
+from lora_core.lab.tasks import Task, accuracy_on, parse_task
+from lora_core.numbers import pct
 from lora_core.train import resolve_device
 
 PREVIEW_DIGITS = 10  # one test image of each digit (of the target digits for a digit task)

@@ -10,11 +10,11 @@ import streamlit as st
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab.study import default_adapter_name, disabled_equals_base
 from lora_core.lora import LoraConfig, rank_limits, validate_adapter_name
 from lora_core.numbers import pct
 from lora_core.params import parameter_table
 from lora_core.precision import PRECISIONS
-from lora_core.study import default_adapter_name, disabled_equals_base
 from lora_core.train import FinetuneConfig, resolve_device
 
 FIELD_LABELS = {

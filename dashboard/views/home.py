@@ -7,10 +7,10 @@ import streamlit as st
 
 from dashboard import charts, diagram, jobs, state, ui
 from lora_core.errors import ConfigError
+from lora_core.lab.proof import RecordedCheck, recorded_check
+from lora_core.lab.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.model import MLP
 from lora_core.numbers import pct
-from lora_core.proof import RecordedCheck, recorded_check
-from lora_core.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.train import FinetuneConfig, TrainConfig
 
 STUDY_FIELDS = {"hidden": "Hidden size", "epochs": "Epochs", "steps": "Fine-tuning steps"}

@@ -3,7 +3,7 @@ training costs in memory.
 
 The heavy part (training the three analysis adapters, measuring memory) runs as a background job of kind
 "analysis" (dashboard.jobs.start_analysis), which saves its results under <artifacts>/analysis/; this page only
-reads them (lora_core.analysis.load_analysis), so they show again after a restart.
+reads them (lora_core.lab.analysis.load_analysis), so they show again after a restart.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, jobs, state, ui
-from lora_core.analysis import AnalysisSettings, load_analysis
 from lora_core.errors import ConfigError
+from lora_core.lab.analysis import AnalysisSettings, load_analysis
 
 FIELD_LABELS = {
     "small_rank": "Small rank",

@@ -3,7 +3,7 @@ grouped by digit, delete single ones, export and import the collection as a zip,
 them in the background; then compare the base model and the personal adapter on your held-out drawings and on
 MNIST's test set.
 
-Everything is lora_core.mydigits: this page only draws, asks and shows. Actions that change the collection end
+Everything is lora_core.lab.mydigits: this page only draws, asks and shows. Actions that change the collection end
 with a rerun, so every section shows the collection as it is now; their confirmations survive that rerun in
 session state (`flash`).
 """
@@ -24,7 +24,7 @@ from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
-from lora_core.mydigits import (
+from lora_core.lab.mydigits import (
     MIN_PER_DIGIT,
     PERSONAL_ADAPTER,
     MyDigit,

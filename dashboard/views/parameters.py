@@ -9,11 +9,11 @@ import streamlit as st
 
 from dashboard import charts, diagram, state, ui
 from lora_core.errors import ArtifactError
+from lora_core.lab.proof import FAIL, PASS, live_check, recorded_check
 from lora_core.lora import LoraConfig, rank_limits
 from lora_core.model import MLP
 from lora_core.params import ParameterTable, parameter_table, update_statistics
-from lora_core.proof import FAIL, PASS, live_check, recorded_check
-from lora_core.storage import ADAPTER_WEIGHTS
+from lora_core.store.artifacts import ADAPTER_WEIGHTS
 
 LIVE_KEY = "_live_check"
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
+from lora_core.cli.parser import EXIT_USAGE, UsageError, build_parser, unrecognized, usage_error
+from lora_core.errors import (
     AdapterExistsError,
     ArtifactError,
     ConfigError,
@@ -37,8 +38,7 @@ from ..errors import (
     RunStopped,
     TrainingDiverged,
 )
-from ..fileio import atomic_write_json
-from .parser import EXIT_USAGE, UsageError, build_parser, unrecognized, usage_error
+from lora_core.store.fileio import atomic_write_json
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 

@@ -11,10 +11,10 @@ import argparse
 import threading
 from typing import Any
 
-from ..errors import ConfigError
-from ..numbers import pct
-from .parser import UsageError, _float_arg, _int_arg, _precision_option, usage_error
-from .render import ProgressBar, human_bytes, say, table
+from lora_core.cli.parser import UsageError, _float_arg, _int_arg, _precision_option, usage_error
+from lora_core.cli.render import ProgressBar, human_bytes, say, table
+from lora_core.errors import ConfigError
+from lora_core.numbers import pct
 
 CHOICES = ("similarity", "amplification", "directions", "memory", "all")
 ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ SHADES = ((0.5, "#"), (0.2, "+"), (-0.2, " "), (-0.5, "-"))  # a direction's pix
 
 def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register the analyze command on the subparsers `sub` of build_parser."""
-    from ..analysis import AnalysisSettings
+    from lora_core.lab.analysis import AnalysisSettings
 
     d = AnalysisSettings()
     p = sub.add_parser(
@@ -76,7 +76,8 @@ def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..analysis import (
+    from lora_core.data import load_mnist
+    from lora_core.lab.analysis import (
         ADAPTER_PARTS,
         ADAPTERS_FILE,
         MEMORY_FILE,
@@ -85,8 +86,7 @@ def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
         analysis_dir,
         run_analysis,
     )
-    from ..data import load_mnist
-    from ..storage import ArtifactStore
+    from lora_core.store.artifacts import ArtifactStore
 
     settings = AnalysisSettings(
         small_rank=args.small_rank,

@@ -9,12 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, ImageError, LoraCoreError
-from ..fileio import atomic_write_json
-from ..numbers import pct
-from ..train import FinetuneConfig, TrainConfig
-from .parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, UsageError, usage_error
-from .render import (
+from lora_core.cli.parser import STUDY_TRAIN_FLAGS, TRAIN_FLAGS, UsageError, usage_error
+from lora_core.cli.render import (
     ProgressBar,
     _live_check_tables,
     _param_table,
@@ -25,6 +21,10 @@ from .render import (
     table,
     warn,
 )
+from lora_core.errors import ConfigError, ImageError, LoraCoreError
+from lora_core.numbers import pct
+from lora_core.store.fileio import atomic_write_json
+from lora_core.train import FinetuneConfig, TrainConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PROVE_STEPS = 10_000  # the check is meant to take seconds
@@ -33,13 +33,13 @@ _R = TypeVar("_R")
 
 # --- helpers ---------------------------------------------------------------------------------------
 def _store(args: argparse.Namespace) -> Any:
-    from ..storage import ArtifactStore
+    from lora_core.store.artifacts import ArtifactStore
 
     return ArtifactStore(args.artifacts)
 
 
 def _data(args: argparse.Namespace) -> Any:
-    from ..data import load_mnist
+    from lora_core.data import load_mnist
 
     return load_mnist(args.data, log=say)
 
@@ -93,8 +93,8 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def _say_precision(requested: str, device: str, flags: dict[str, tuple[str, ...]], args: argparse.Namespace) -> None:
     """Print the precision training will use and why (auto's probe runs here, once per process)."""
-    from ..precision import resolve_precision
-    from ..train import resolve_device
+    from lora_core.precision import resolve_precision
+    from lora_core.train import resolve_device
 
     try:
         choice = resolve_precision(requested, resolve_device(device))
@@ -106,7 +106,7 @@ def _say_precision(requested: str, device: str, flags: dict[str, tuple[str, ...]
 def _check_name(args: argparse.Namespace) -> None:
     """Refuse a bad --name before any work is done."""
     if args.name is not None:
-        from ..lora import validate_adapter_name
+        from lora_core.lora import validate_adapter_name
 
         try:
             validate_adapter_name(args.name)
@@ -149,8 +149,8 @@ def check_adapter_here(store: Any, name: str) -> None:
     """Name the separate base model (<artifacts>/bases/<base>, e.g. unseen-8-9 from `experiment unseen:8,9`)
     that holds adapter `name` when this folder has none of that name: "no adapter called ..." alone would
     puzzle someone who has just seen it saved."""
-    from ..errors import ArtifactError
-    from ..experiments import separate_bases
+    from lora_core.errors import ArtifactError
+    from lora_core.lab.experiments import separate_bases
 
     if store.adapter_exists(name):
         return
@@ -180,7 +180,7 @@ def image_paths(paths: list[Path]) -> list[Path]:
 
 # --- commands --------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..study import train_and_save_base
+    from lora_core.lab.study import train_and_save_base
 
     config = _validated(_train_config(args), TRAIN_FLAGS, args)
     store = _store(args)
@@ -204,8 +204,8 @@ def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
 
 
 def cmd_evaluate(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..evaluate import compare, evaluate
-    from ..study import load_base_for_lora
+    from lora_core.evaluate import compare, evaluate
+    from lora_core.lab.study import load_base_for_lora
 
     store = _store(args)
     base, lora_model = load_base_for_lora(store, args.device)
@@ -233,7 +233,7 @@ def cmd_evaluate(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
 
 
 def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..study import finetune_and_save_adapter, load_base_for_lora
+    from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 
     _check_name(args)
     config = _validated(_finetune_config(args), args.flags, args)
@@ -261,9 +261,9 @@ def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
 
 
 def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..params import adapter_update_statistics, parameter_table
-    from ..proof import recorded_check
-    from ..study import load_base_for_lora
+    from lora_core.lab.proof import recorded_check
+    from lora_core.lab.study import load_base_for_lora
+    from lora_core.params import adapter_update_statistics, parameter_table
 
     store = _store(args)
     base, lora_model = load_base_for_lora(store, args.device)
@@ -316,8 +316,8 @@ class CheckFailed(LoraCoreError):
 
 
 def cmd_prove(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..proof import live_check
-    from ..study import load_base_for_lora
+    from lora_core.lab.proof import live_check
+    from lora_core.lab.study import load_base_for_lora
 
     if isinstance(args.steps, bool) or not 1 <= args.steps <= MAX_PROVE_STEPS:  # before any loading
         raise UsageError(f"--steps: must be a whole number from 1 to {MAX_PROVE_STEPS}, got {args.steps}")
@@ -338,8 +338,8 @@ def cmd_prove(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
 
 
 def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..preprocess import load_image, predict_probabilities, prepare_digit
-    from ..study import load_base_for_lora
+    from lora_core.lab.study import load_base_for_lora
+    from lora_core.preprocess import load_image, predict_probabilities, prepare_digit
 
     paths = image_paths(args.images)
     store = _store(args)
@@ -377,7 +377,7 @@ def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
 
 
 def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..study import run_study
+    from lora_core.lab.study import run_study
 
     _check_name(args)
     train_config = _validated(_train_config(args), STUDY_TRAIN_FLAGS, args)
@@ -422,7 +422,7 @@ def _experiment_settings(args: argparse.Namespace, **fixed: Any) -> Any:
     name), with `fixed` for what the command sets itself; validated, naming the option typed."""
     import dataclasses
 
-    from ..experiments import ExperimentSettings
+    from lora_core.lab.experiments import ExperimentSettings
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentSettings) if hasattr(args, f.name)}
     settings = ExperimentSettings(**{**given, "targets": tuple(args.targets), **fixed})
@@ -445,8 +445,8 @@ def _run_on_task(args: argparse.Namespace, task: Any, settings: Any, run: Callab
 
 
 def cmd_experiment(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..experiments import run_experiment
-    from .render import experiment_report
+    from lora_core.cli.render import experiment_report
+    from lora_core.lab.experiments import run_experiment
 
     _check_name(args)
     _check_replay(args, args.task)
@@ -483,8 +483,8 @@ def _check_replay(args: argparse.Namespace, task: Any) -> None:
 
 
 def _sweep_values(kind: str, given: list[list[str]] | None) -> tuple[Any, ...]:
-    """--values as numbers of the sweep's kind (checked again, with the ranges, by lora_core.sweeps)."""
-    from ..sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS
+    """--values as numbers of the sweep's kind (checked again, with the ranges, by lora_core.lab.sweeps)."""
+    from lora_core.lab.sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS
 
     if given is None:
         return DEFAULT_RANKS if kind == "rank" else DEFAULT_REPLAYS
@@ -499,9 +499,9 @@ def _sweep_values(kind: str, given: list[list[str]] | None) -> tuple[Any, ...]:
 
 
 def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..sweeps import check_values, run_sweep
-    from ..tasks import parse_task
-    from .render import sweep_report
+    from lora_core.cli.render import sweep_report
+    from lora_core.lab.sweeps import check_values, run_sweep
+    from lora_core.lab.tasks import parse_task
 
     task = args.task or parse_task("weakest")
     values = _sweep_values(args.kind, args.values)
@@ -538,8 +538,8 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
 # --- combine ---------------------------------------------------------------------------------------
 def cmd_combine(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     """Several adapters at once: the base, each alone and the weighted combination, per task."""
-    from ..combine import combination_report
-    from ..study import load_base_for_lora
+    from lora_core.lab.combine import combination_report
+    from lora_core.lab.study import load_base_for_lora
 
     weighted: list[tuple[str, float]] = args.adapters
     if len(weighted) < 2:

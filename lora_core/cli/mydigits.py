@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, ImageError
-from ..numbers import pct
-from .parser import UsageError
-from .render import ProgressBar, say, table
+from lora_core.cli.parser import UsageError
+from lora_core.cli.render import ProgressBar, say, table
+from lora_core.errors import ArtifactError, ImageError
+from lora_core.numbers import pct
 
 STDOUT = Path("-")  # `--json` without a path: the JSON goes to the standard output instead of a file
 
@@ -42,9 +42,9 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
 
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser], int_arg: Any, float_arg: Any) -> None:
     """The `mydigits` command and its subcommands, added to the main parser's subparsers `sub`."""
-    from ..mydigits import PersonalSettings
-    from ..precision import PRECISIONS
-    from ..train import DEVICES
+    from lora_core.lab.mydigits import PersonalSettings
+    from lora_core.precision import PRECISIONS
+    from lora_core.train import DEVICES
 
     common = parser_class(add_help=False)
     common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
@@ -132,14 +132,14 @@ def _say(args: argparse.Namespace, text: str = "") -> None:
 
 
 def _collection(args: argparse.Namespace) -> Any:
-    from ..mydigits import MyDigits
-    from ..storage import ArtifactStore
+    from lora_core.lab.mydigits import MyDigits
+    from lora_core.store.artifacts import ArtifactStore
 
     return MyDigits(ArtifactStore(args.artifacts))
 
 
 def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..preprocess import load_image, prepare_digit
+    from lora_core.preprocess import load_image, prepare_digit
 
     collection = _collection(args)
     pictures = [(path, load_image(path)) for path in args.images]  # every file read before anything is added
@@ -161,7 +161,7 @@ def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..mydigits import MIN_PER_DIGIT, describe_missing, missing
+    from lora_core.lab.mydigits import MIN_PER_DIGIT, describe_missing, missing
 
     collection = _collection(args)
     digits = collection.list()
@@ -199,7 +199,7 @@ def cmd_delete(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..fileio import atomic_write_bytes
+    from lora_core.store.fileio import atomic_write_bytes
 
     if args.zip.is_dir():
         raise UsageError(f"ZIP: {args.zip} is a folder; give a file name such as my-digits.zip")
@@ -217,7 +217,7 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..mydigits import MAX_ZIP_BYTES, MyDigitsImportError
+    from lora_core.lab.mydigits import MAX_ZIP_BYTES, MyDigitsImportError
 
     if not args.zip.is_file():  # a wrong argument (status 2, as `add` with a missing picture), not a bad zip
         raise UsageError(f"{args.zip}: no such file")
@@ -235,15 +235,15 @@ def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from ..data import load_mnist
-    from ..mydigits import (
+    from lora_core.data import load_mnist
+    from lora_core.lab.mydigits import (
         NotEnoughDigitsError,
         PersonalSettings,
         check_personal_name_free,
         missing,
         train_personal,
     )
-    from ..storage import ArtifactStore
+    from lora_core.store.artifacts import ArtifactStore
 
     settings = PersonalSettings(
         rank=args.rank,

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import ConfigError
-from ..model import LAYER_NAMES
-from ..precision import PRECISIONS
-from ..train import DEVICES, SCHEDULES, FinetuneConfig, TrainConfig
+from lora_core.errors import ConfigError
+from lora_core.model import LAYER_NAMES
+from lora_core.precision import PRECISIONS
+from lora_core.train import DEVICES, SCHEDULES, FinetuneConfig, TrainConfig
 
 EXIT_USAGE = 2
 
@@ -240,7 +240,7 @@ def _adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _task_arg(text: str) -> Any:
-    from ..tasks import parse_task
+    from lora_core.lab.tasks import parse_task
 
     try:
         return parse_task(text)
@@ -249,7 +249,7 @@ def _task_arg(text: str) -> Any:
 
 
 def _methods_arg(text: str) -> tuple[str, ...]:
-    from ..experiments import METHODS
+    from lora_core.lab.experiments import METHODS
 
     methods = tuple(m.strip().lower() for m in text.split(","))
     unknown = [m for m in methods if m not in METHODS]
@@ -279,8 +279,8 @@ def _run_options(parser: argparse.ArgumentParser, d: Any, each: str) -> None:
 
 
 def _experiment_options(parser: argparse.ArgumentParser) -> None:
-    from ..experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings
-    from ..tasks import TASK_FORMS
+    from lora_core.lab.experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings
+    from lora_core.lab.tasks import TASK_FORMS
 
     d = ExperimentSettings()
     parser.add_argument("task", metavar="TASK", type=_task_arg, help=f"what to learn: {TASK_FORMS}")
@@ -322,9 +322,9 @@ def _values_arg(text: str) -> list[str]:
 
 
 def _sweep_options(parser: argparse.ArgumentParser) -> None:
-    from ..experiments import ExperimentSettings
-    from ..sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS, SWEEP_KINDS
-    from ..tasks import TASK_FORMS
+    from lora_core.lab.experiments import ExperimentSettings
+    from lora_core.lab.sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS, SWEEP_KINDS
+    from lora_core.lab.tasks import TASK_FORMS
 
     d = ExperimentSettings()
     parser.add_argument("kind", metavar="KIND", choices=SWEEP_KINDS, help="what to sweep: rank or replay")
@@ -355,7 +355,7 @@ COMBINE_FLAGS: dict[str, tuple[str, ...]] = {
 
 
 def _weighted_adapters_arg(text: str) -> list[tuple[str, float]]:
-    from ..combine import parse_weighted_adapters
+    from lora_core.lab.combine import parse_weighted_adapters
 
     try:
         return parse_weighted_adapters(text)
@@ -364,8 +364,8 @@ def _weighted_adapters_arg(text: str) -> list[tuple[str, float]]:
 
 
 def _combine_options(parser: argparse.ArgumentParser) -> None:
-    from ..combine import WEIGHTED_FORM
-    from ..tasks import TASK_FORMS
+    from lora_core.lab.combine import WEIGHTED_FORM
+    from lora_core.lab.tasks import TASK_FORMS
 
     parser.add_argument(
         "--adapters",
@@ -384,7 +384,7 @@ def _combine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands
+    from lora_core.cli import commands
 
     parser = _Parser(prog="python -m lora_core", description="LoRA on MNIST: train, fine-tune, evaluate, inspect.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_options(p)
     p.set_defaults(handler=commands.cmd_sweep, flags=SWEEP_FLAGS)
 
-    from .analyze import add_analyze_parser  # the analyze command keeps its options in its own module
+    from lora_core.cli.analyze import add_analyze_parser  # the analyze command keeps its options in its own module
 
     add_analyze_parser(sub, common)
 
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _combine_options(p)
     p.set_defaults(handler=commands.cmd_combine, flags=COMBINE_FLAGS)
 
-    from . import mydigits as mydigits_cli  # issue 11's commands live in their own module
+    from lora_core.cli import mydigits as mydigits_cli  # issue 11's commands live in their own module
 
     mydigits_cli.add_parser(sub, _Parser, _int_arg, _float_arg)
     return parser

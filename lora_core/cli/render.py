@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..evaluate import weakest_digit
-from ..numbers import pct
-from ..train import Progress
+from lora_core.evaluate import weakest_digit
+from lora_core.numbers import pct
+from lora_core.train import Progress
 
 
 def say(text: str = "") -> None:
@@ -80,7 +80,7 @@ def digit_table(before: dict[str, Any], after: dict[str, Any] | None = None) -> 
 
 
 def _param_table(params: dict[str, Any]) -> str:
-    from ..params import ParameterTable
+    from lora_core.params import ParameterTable
 
     columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
     parameters = ParameterTable.from_dict(params)
@@ -102,7 +102,7 @@ def _proof_table(proof: list[dict[str, Any]]) -> str:
 
 
 def _recorded_table(check: Any) -> str:
-    """An adapter's recorded base-tensor hashes (a lora_core.proof.RecordedCheck)."""
+    """An adapter's recorded base-tensor hashes (a lora_core.lab.proof.RecordedCheck)."""
     if check.status == "not recorded":
         return f"Base-tensor hashes: {check.source} (nothing to check; fine-tune the adapter again)."
     rows = check.rows()
@@ -111,7 +111,7 @@ def _recorded_table(check: Any) -> str:
 
 
 def _live_check_tables(check: dict[str, Any]) -> str:
-    """lora_core.proof.LiveCheck.to_dict as tables and a verdict line."""
+    """lora_core.lab.proof.LiveCheck.to_dict as tables and a verdict line."""
     control = {c["tensor"]: c for c in check["control_run"]}
     rows = [
         [
@@ -194,7 +194,7 @@ def human_bytes(n: float) -> str:
 
 
 def experiment_report(result: Any) -> None:
-    """The methods side by side, from lora_core.experiments.ExperimentResult."""
+    """The methods side by side, from lora_core.lab.experiments.ExperimentResult."""
     task, base, settings = result.task, result.base, result.settings
     domain = bool(task["domain"])
     say(f"\nTask {task['spec']}: {task['label']}" + (" (training and test images alike)" if domain else ""))
@@ -278,7 +278,7 @@ def _per_digit_rows(base: dict[str, Any], others: list[dict[str, Any]]) -> list[
 
 
 def sweep_report(result: Any) -> None:
-    """A sweep's points as a table, from lora_core.sweeps.SweepResult."""
+    """A sweep's points as a table, from lora_core.lab.sweeps.SweepResult."""
     task, base, settings = result.task, result.base, result.settings
     domain = bool(task["domain"])
     say(f"\n{result.kind.capitalize()} sweep on {task['spec']}: {task['label']}")

@@ -13,10 +13,10 @@ import pytest
 from playwright.sync_api import expect
 
 from lora_core.data import MnistData
-from lora_core.experiments import ExperimentSettings, run_experiment
-from lora_core.storage import ArtifactStore
-from lora_core.sweeps import list_sweeps, load_sweep, sweep_rank
-from lora_core.tasks import parse_task
+from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.sweeps import list_sweeps, load_sweep, sweep_rank
+from lora_core.lab.tasks import parse_task
+from lora_core.store.artifacts import ArtifactStore
 
 from .conftest import AppServer, start_app, stop_app
 from .helpers import assert_no_errors, open_page, settle, shot, wait_for_text

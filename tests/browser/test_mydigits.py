@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from playwright.sync_api import expect
 
 from benchmarks.writers import CANVAS_STROKE, draw, render, strokes, writer
-from lora_core.mydigits import MyDigits
-from lora_core.storage import ArtifactStore
+from lora_core.lab.mydigits import MyDigits
+from lora_core.store.artifacts import ArtifactStore
 
 from .conftest import start_app, stop_app
 from .helpers import assert_no_errors, draw_strokes, metric_value, open_page, settle, shot, wait_for_text

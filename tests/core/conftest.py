@@ -11,7 +11,7 @@ import pytest
 
 from lora_core.data import MnistData
 from lora_core.model import MLP
-from lora_core.storage import ArtifactStore, BaseModelRecord
+from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 
 
 @pytest.fixture(scope="session")

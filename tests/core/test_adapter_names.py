@@ -13,7 +13,7 @@ import torch
 from lora_core.cli import main
 from lora_core.evaluate import evaluate
 from lora_core.lora import LoraModel
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 SMALL_FT = ["--steps", "5", "--rank", "2", "--ft-batch-size", "32", "--device", "cpu"]
 

@@ -1,4 +1,4 @@
-"""lora_core.analysis: the LoRA paper's subspace similarity and amplification, linear1's input directions, and
+"""lora_core.lab.analysis: the LoRA paper's subspace similarity and amplification, linear1's input directions, and
 the memory of training counted from the real tensors; the whole run on small settings, saved and read back."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pytest
 import torch
 from core_helpers import file_bytes, random_mlp
 
-from lora_core.analysis import (
+from lora_core.data import MnistData
+from lora_core.errors import ConfigError, RunStopped
+from lora_core.lab.analysis import (
     AnalysisSettings,
     LowRankUpdate,
     amplification,
@@ -30,11 +32,9 @@ from lora_core.analysis import (
     update_input_basis,
     update_svd,
 )
-from lora_core.data import MnistData
-from lora_core.errors import ConfigError, RunStopped
 from lora_core.lora import LoraModel
 from lora_core.model import count_parameters
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig
 
 IN = 784

@@ -20,9 +20,9 @@ from benchmarks.writers import WRITERS, draw
 from lora_core.cli import main
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError
+from lora_core.lab.mydigits import MyDigits, load_personal_result, train_personal
 from lora_core.lora import LoraModel
-from lora_core.mydigits import MyDigits, load_personal_result, train_personal
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,14 +15,14 @@ import torch
 from core_helpers import import_peft, random_mlp, randomize_b
 
 from lora_core.cli import main
-from lora_core.combine import adapter_task, combination_report, parse_weighted_adapters
 from lora_core.errors import ConfigError, StaleAdapterError
 from lora_core.evaluate import evaluate
-from lora_core.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.combine import adapter_task, combination_report, parse_weighted_adapters
+from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.study import load_base_for_lora
+from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraConfig, LoraModel
-from lora_core.storage import ADAPTER_METRICS, ArtifactStore
-from lora_core.study import load_base_for_lora
-from lora_core.tasks import parse_task
+from lora_core.store.artifacts import ADAPTER_METRICS, ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from lora_core.data import (
     raw_dir,
 )
 from lora_core.errors import DataError
-from lora_core.paths import default_data_dir
+from lora_core.store.paths import default_data_dir
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

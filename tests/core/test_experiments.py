@@ -12,11 +12,11 @@ import pytest
 import torch
 from core_helpers import file_bytes, first_test_images
 
-from lora_core import experiments
 from lora_core.data import _TrainImages
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import evaluate, predict
-from lora_core.experiments import (
+from lora_core.lab import experiments
+from lora_core.lab.experiments import (
     ExperimentResult,
     ExperimentSettings,
     base_store,
@@ -28,9 +28,9 @@ from lora_core.experiments import (
     save_result,
     train_parameters,
 )
+from lora_core.lab.tasks import parse_task
 from lora_core.model import MLP
-from lora_core.storage import ArtifactStore
-from lora_core.tasks import parse_task
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import TrainConfig
 
 SETTINGS = ExperimentSettings(steps=4, batch_size=32, rank=2, seed=0, device="cpu")
@@ -270,7 +270,7 @@ def test_settings_are_checked_before_any_work(artifacts_copy, tiny_mnist):
 
 def test_adapter_switch_gives_base_logits(rotate_run, tiny_mnist):
     """With the saved adapter loaded and switched off, the model is the plain base, bit for bit."""
-    from lora_core.study import load_base_for_lora
+    from lora_core.lab.study import load_base_for_lora
 
     store, result, _ = rotate_run
     base, lora_model = load_base_for_lora(store, "cpu")

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.model import MLP
-from lora_core.storage import ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 with ArtifactStore(sys.argv[1]).writing("a test holding the lock"):
     print("holding", flush=True)
     time.sleep(600)

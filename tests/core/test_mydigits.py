@@ -15,11 +15,10 @@ import pytest
 import torch
 
 from benchmarks.writers import WRITERS, draw, writer
-from lora_core import mydigits as md
 from lora_core.errors import ArtifactError, ConfigError, ImageError
 from lora_core.evaluate import predict
-from lora_core.lora import LoraModel
-from lora_core.mydigits import (
+from lora_core.lab import mydigits as md
+from lora_core.lab.mydigits import (
     MyDigit,
     MyDigits,
     MyDigitsImportError,
@@ -29,8 +28,9 @@ from lora_core.mydigits import (
     split,
     train_personal,
 )
+from lora_core.lora import LoraModel
 from lora_core.preprocess import prepare_digit
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 
 def collection(root: Path) -> MyDigits:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import MLP
-from lora_core.storage import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
+from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 
 peft = import_peft()
 

@@ -19,10 +19,10 @@ from lora_core.cli import main
 from lora_core.data import MnistData
 from lora_core.errors import ConfigError
 from lora_core.evaluate import evaluate
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lora import LoraModel
 from lora_core.precision import MatmulProbe, probe_bf16, resolve_precision
-from lora_core.storage import ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
+from lora_core.store.artifacts import ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig, finetune, train_base
 
 CPU = torch.device("cpu")

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from lora_core.cli import main
 from lora_core.data import MnistData
+from lora_core.lab.proof import FAIL, INCONCLUSIVE, PASS, live_check, recorded_check, tensor_sha256
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.model import MLP
-from lora_core.proof import FAIL, INCONCLUSIVE, PASS, live_check, recorded_check, tensor_sha256
-from lora_core.storage import ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig
 
 BASE_KEYS = [f"linear{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")]

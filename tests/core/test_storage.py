@@ -15,10 +15,10 @@ import torch
 from core_helpers import file_bytes, random_mlp, randomize_b
 from safetensors.torch import load_file, save_file
 
-from lora_core import fileio
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, StaleAdapterError
 from lora_core.lora import LoraConfig, LoraModel
-from lora_core.storage import ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore, sha256_bytes
+from lora_core.store import fileio
+from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore, sha256_bytes
 
 X = torch.randn(64, 784, generator=torch.Generator().manual_seed(3))
 CONFIG = LoraConfig(r=3, alpha=6, target_modules=("linear1", "linear3"))

@@ -82,8 +82,8 @@ def test_study_weights_comparison_follows_the_training_loop(
     corrupt_training,
 ) -> None:
     from lora_core.cli import main
-    from lora_core.storage import ArtifactStore
-    from lora_core.study import headline_from_study, run_study
+    from lora_core.lab.study import headline_from_study, run_study
+    from lora_core.store.artifacts import ArtifactStore
     from lora_core.train import FinetuneConfig, TrainConfig
 
     if corrupted:
@@ -122,9 +122,9 @@ def test_study_weights_comparison_follows_the_training_loop(
 def test_disabled_equals_base_fails_when_the_adapter_leaks(
     leak: str | None, trained_artifacts: Path, small_mnist, monkeypatch: pytest.MonkeyPatch, disabled_adapter_leak
 ) -> None:
+    from lora_core.lab.study import disabled_equals_base
     from lora_core.lora import LoraModel
-    from lora_core.storage import ArtifactStore
-    from lora_core.study import disabled_equals_base
+    from lora_core.store.artifacts import ArtifactStore
 
     store = ArtifactStore(trained_artifacts)
     base = store.load_base("cpu")
@@ -141,9 +141,9 @@ def test_disabled_equals_base_fails_when_the_adapter_leaks(
 def test_the_study_reports_the_saved_base_models_own_evaluation(
     small_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lora_core.study as study
+    import lora_core.lab.study as study
     from lora_core.evaluate import evaluate
-    from lora_core.storage import ArtifactStore
+    from lora_core.store.artifacts import ArtifactStore
     from lora_core.train import FinetuneConfig, TrainConfig
 
     train = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu", hidden=(32, 16))

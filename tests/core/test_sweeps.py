@@ -22,11 +22,8 @@ from core_helpers import (
 )
 
 from lora_core.errors import ConfigError, RunStopped
-from lora_core.experiments import ExperimentSettings, list_experiments
-from lora_core.lora import LoraConfig, LoraModel
-from lora_core.params import parameter_table
-from lora_core.storage import ADAPTER_CONFIG, ArtifactStore
-from lora_core.sweeps import (
+from lora_core.lab.experiments import ExperimentSettings, list_experiments
+from lora_core.lab.sweeps import (
     SweepResult,
     list_sweeps,
     load_sweep,
@@ -34,7 +31,10 @@ from lora_core.sweeps import (
     sweep_rank,
     sweep_replay,
 )
-from lora_core.tasks import parse_task
+from lora_core.lab.tasks import parse_task
+from lora_core.lora import LoraConfig, LoraModel
+from lora_core.params import parameter_table
+from lora_core.store.artifacts import ADAPTER_CONFIG, ArtifactStore
 
 SETTINGS = ExperimentSettings(steps=3, batch_size=32, seed=0, device="cpu")
 LORA_PARAMS_PER_RANK = 6794  # (784 + 1000) + (1000 + 2000) + (2000 + 10)

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from lora_core import tasks as tasks_module
 from lora_core.data import MEAN, STD, MnistData, denormalize
 from lora_core.errors import ConfigError
-from lora_core.tasks import Task, accuracy_on, parse_task, without_digits
+from lora_core.lab import tasks as tasks_module
+from lora_core.lab.tasks import Task, accuracy_on, parse_task, without_digits
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,10 @@ from core_helpers import file_bytes
 from lora_core import train as train_module
 from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
 from lora_core.evaluate import Evaluation, evaluate, predict
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lora import LoraModel
 from lora_core.params import parameter_table, weights_unchanged
-from lora_core.storage import ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig, finetune, resolve_device, train_base
 
 FT = FinetuneConfig(rank=4, alpha=8, steps=60, batch_size=64, seed=0, device="cpu")
@@ -379,7 +379,7 @@ def test_old_call_with_digits_beside_the_config_fails_loudly(small_base, small_m
 # --- run_study follows the same rule as finetune: an existing name is replaced only with overwrite -------
 def test_run_study_refuses_an_existing_adapter_before_training(artifacts_copy, small_mnist):
     from lora_core.errors import AdapterExistsError
-    from lora_core.study import run_study
+    from lora_core.lab.study import run_study
 
     store = ArtifactStore(artifacts_copy)
     saved = file_bytes(artifacts_copy)

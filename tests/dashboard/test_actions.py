@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import assert_clean, click, new_app, visit, wait_for_job
 
 from dashboard import jobs
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 
 def small_training(at) -> None:  # noqa: ANN001 - AppTest

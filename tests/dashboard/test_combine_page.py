@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean, click, new_app, texts, visit
 
-from lora_core.experiments import ExperimentSettings, run_experiment
-from lora_core.storage import ArtifactStore
-from lora_core.tasks import parse_task
+from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.tasks import parse_task
+from lora_core.store.artifacts import ArtifactStore
 
 
 @pytest.fixture(scope="module")

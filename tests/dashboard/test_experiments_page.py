@@ -14,10 +14,10 @@ from streamlit import dataframe_util
 
 from dashboard import jobs, state, ui
 from lora_core.data import MnistData
-from lora_core.experiments import list_experiments, load_experiment
+from lora_core.lab.experiments import list_experiments, load_experiment
+from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraModel
-from lora_core.storage import ArtifactStore
-from lora_core.tasks import parse_task
+from lora_core.store.artifacts import ArtifactStore
 
 
 def images(at) -> list:  # noqa: ANN001 - AppTest

@@ -16,7 +16,7 @@ from lora_core.data import MnistData
 from lora_core.evaluate import evaluate
 from lora_core.lora import LoraModel
 from lora_core.numbers import pct
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 TITLES = {
     "home": "LoRA on MNIST: see it work",

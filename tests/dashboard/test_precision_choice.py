@@ -13,7 +13,7 @@ from test_actions import small_training
 from dashboard import jobs, state
 from lora_core import precision
 from lora_core.precision import bf16_unsupported_reason
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig, resolve_device
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean, click, new_app, texts, visit
 
-from lora_core.storage import ArtifactStore
-from lora_core.study import finetune_and_save_adapter, load_base_for_lora
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig
 
 LIVE = "Run the live check"

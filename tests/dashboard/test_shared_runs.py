@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import jobs, ui
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import TrainConfig
 
 LONG_TRAINING = TrainConfig(hidden=(64, 64), batch_size=512, epochs=200)  # stopped long before it ends

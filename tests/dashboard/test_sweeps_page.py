@@ -12,10 +12,10 @@ import pytest
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import charts, jobs
-from lora_core.experiments import ExperimentSettings
-from lora_core.storage import ArtifactStore
-from lora_core.sweeps import WITHIN_POINTS, SweepPoint, SweepResult, list_sweeps, load_sweep, smallest_within_best
-from lora_core.tasks import parse_task
+from lora_core.lab.experiments import ExperimentSettings
+from lora_core.lab.sweeps import WITHIN_POINTS, SweepPoint, SweepResult, list_sweeps, load_sweep, smallest_within_best
+from lora_core.lab.tasks import parse_task
+from lora_core.store.artifacts import ArtifactStore
 
 
 def figures(at) -> list[dict]:  # noqa: ANN001 - AppTest

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lora_core.model import MLP
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ hooked("rename")
 if what == ["save"]:
     import torch
     from lora_core.model import MLP
-    from lora_core.storage import ArtifactStore
+    from lora_core.store.artifacts import ArtifactStore
     torch.manual_seed(12345)
     ArtifactStore(root).save_base(MLP(32, 32), {"note": "new"})
 else:

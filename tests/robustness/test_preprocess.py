@@ -13,7 +13,7 @@ from PIL import Image
 from lora_core.data import MnistData, denormalize
 from lora_core.errors import ImageError
 from lora_core.preprocess import load_image, predict_probabilities, prepare_digit
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 
 def _digit(mnist: MnistData, i: int) -> np.ndarray:

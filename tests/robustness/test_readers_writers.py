@@ -15,7 +15,7 @@ import torch
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import MLP
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SAVES = 20
@@ -32,7 +32,7 @@ import json, os, shutil, sys, time, pathlib
 root, stop_file, report = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
 saving = pathlib.Path(sys.argv[4])
 from lora_core.lora import LoraModel
-from lora_core.storage import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore
 writes = []
 def refuse(name):
     def call(*args, **kwargs):

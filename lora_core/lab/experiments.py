@@ -43,17 +43,17 @@ from typing import Any, Protocol, TypeVar
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
-from .data import MnistData
-from .errors import AdapterExistsError, ArtifactError, ConfigError
-from .evaluate import Evaluation, evaluate
-from .fileio import atomic_write_json
-from .lora import LoraModel
-from .model import LAYER_NAMES, MLP
-from .precision import check_precision
-from .storage import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore, BaseModelRecord
-from .study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
-from .tasks import Task, accuracy_on, without_digits
-from .train import (
+from lora_core.data import MnistData
+from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
+from lora_core.evaluate import Evaluation, evaluate
+from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
+from lora_core.lab.tasks import Task, accuracy_on, without_digits
+from lora_core.lora import LoraModel
+from lora_core.model import LAYER_NAMES, MLP
+from lora_core.precision import check_precision
+from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore, BaseModelRecord
+from lora_core.store.fileio import atomic_write_json
+from lora_core.train import (
     FinetuneConfig,
     Progress,
     ProgressCallback,
@@ -338,7 +338,7 @@ def experiments_dir(store: ArtifactStore) -> Path:
 
 def list_experiments(store: ArtifactStore) -> list[Path]:
     """Saved experiment results, newest first."""
-    # sweeps (lora_core.sweeps) share the folder under their own prefix and format
+    # sweeps (lora_core.lab.sweeps) share the folder under their own prefix and format
     return saved_results(store, "*.json", exclude=(".", "sweep-"))
 
 
@@ -350,7 +350,7 @@ def _save_result(store: ArtifactStore, task: Task, result: ExperimentResult) -> 
     return save_result(store, task.slug, result)
 
 
-# --- saved results: experiments' and sweeps' (lora_core.sweeps) ---------------------------------------------
+# --- saved results: experiments' and sweeps' (lora_core.lab.sweeps) ---------------------------------------------
 class SavedResult(Protocol):
     path: str | None
 

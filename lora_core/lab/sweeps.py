@@ -3,7 +3,7 @@
     result = sweep_rank(store, data, parse_task("weakest"))                   # ranks 1, 2, 4, ... 64
     result = sweep_replay(store, data, parse_task("digits:9"), values=(0, 0.5))
 
-The task's base is loaded (or, for unseen, trained) once by lora_core.experiments.prepare_task; each point
+The task's base is loaded (or, for unseen, trained) once by lora_core.lab.experiments.prepare_task; each point
 trains a LoRA adapter with run_method(..., save_adapter=False): measured, its would-be file size computed,
 then dropped. The whole sweep is one stoppable run under the artifacts folder's writer lock; its result goes
 to <artifacts>/experiments/sweep-<kind>-<task slug>-<time>.json, written atomically once every point is
@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .data import MnistData
-from .errors import ArtifactError, ConfigError, RunStopped
-from .experiments import (
+from lora_core.data import MnistData
+from lora_core.errors import ArtifactError, ConfigError, RunStopped
+from lora_core.lab.experiments import (
     ExperimentSettings,
     TaskContext,
     environment,
@@ -39,11 +39,11 @@ from .experiments import (
     save_result,
     saved_results,
 )
-from .lora import LoraConfig
-from .numbers import is_finite_number
-from .storage import ArtifactStore
-from .tasks import Task
-from .train import Progress, ProgressCallback, TrainConfig, resolve_device
+from lora_core.lab.tasks import Task
+from lora_core.lora import LoraConfig
+from lora_core.numbers import is_finite_number
+from lora_core.store.artifacts import ArtifactStore
+from lora_core.train import Progress, ProgressCallback, TrainConfig, resolve_device
 
 FORMAT = "lora_core.sweep.v1"
 SWEEP_KINDS = ("rank", "replay")

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import MnistData
-from .lora import LoraModel, base_state_dict
-from .model import MLP
-from .params import WeightCheck, weights_unchanged
-from .storage import now_iso
-from .threads import torch_threads
-from .train import FinetuneConfig, adam, finetune
+from lora_core.data import MnistData
+from lora_core.lora import LoraModel, base_state_dict
+from lora_core.model import MLP
+from lora_core.params import WeightCheck, weights_unchanged
+from lora_core.store.artifacts import now_iso
+from lora_core.threads import torch_threads
+from lora_core.train import FinetuneConfig, adam, finetune
 
 RECORDED_BY = "fine-tune run"
 

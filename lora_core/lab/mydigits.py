@@ -32,16 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import MEAN, STD, MnistData, as_inputs
-from .errors import ArtifactError, ConfigError, ImageError, LoraCoreError
-from .evaluate import evaluate, predict
-from .fileio import atomic_write_bytes, atomic_write_json
-from .lora import LoraConfig, LoraModel
-from .model import LAYER_NAMES
-from .precision import resolve_precision
-from .proof import base_tensor_hashes, base_tensor_record
-from .storage import ArtifactStore
-from .train import ProgressCallback, adam, check_int, optimise, resolve_device
+from lora_core.data import MEAN, STD, MnistData, as_inputs
+from lora_core.errors import ArtifactError, ConfigError, ImageError, LoraCoreError
+from lora_core.evaluate import evaluate, predict
+from lora_core.lab.proof import base_tensor_hashes, base_tensor_record
+from lora_core.lora import LoraConfig, LoraModel
+from lora_core.model import LAYER_NAMES
+from lora_core.precision import resolve_precision
+from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.fileio import atomic_write_bytes, atomic_write_json
+from lora_core.train import ProgressCallback, adam, check_int, optimise, resolve_device
 
 MIN_PER_DIGIT = 3  # at least one held out and two to train on, for every digit
 PERSONAL_ADAPTER = "personal"
@@ -280,7 +280,7 @@ class MyDigits:
 
     def add(self, drawing: np.ndarray, label: int, source: str = "draw", writer: str | None = None) -> MyDigit:
         """Prepare the drawing like MNIST (preprocess.prepare_digit) and add it with its label."""
-        from .preprocess import prepare_digit
+        from lora_core.preprocess import prepare_digit
 
         label = _check_label(label)
         if source not in SOURCES:
@@ -517,7 +517,7 @@ class PersonalSettings:
     precision: str = "auto"
 
     def validate(self) -> None:
-        from .train import FinetuneConfig
+        from lora_core.train import FinetuneConfig
 
         check_int("holdout_every", self.holdout_every, 2, 1000)
         check_int("min_per_digit", self.min_per_digit, 2, MAX_DIGITS)

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from .data import MnistData
-from .errors import ConfigError
-from .evaluate import evaluate
-from .lora import LoraModel, validate_adapter_name
-from .numbers import is_finite_number, pct
-from .tasks import Task, accuracy_on, task_of, task_test_set
+from lora_core.data import MnistData
+from lora_core.errors import ConfigError
+from lora_core.evaluate import evaluate
+from lora_core.lab.tasks import Task, accuracy_on, task_of, task_test_set
+from lora_core.lora import LoraModel, validate_adapter_name
+from lora_core.numbers import is_finite_number, pct
 
 PLAIN = "plain"
 WEIGHTED_FORM = "NAME:WEIGHT,NAME:WEIGHT (e.g. digit-9:1.0,rotate-45:0.5; a missing weight is 1)"
@@ -59,7 +59,7 @@ def parse_weighted_adapters(text: str | Sequence[str]) -> list[tuple[str, float]
 
 def adapter_task(meta: dict[str, Any] | None) -> Task | None:
     """The task an adapter was trained for, from its saved metrics: an Experiments adapter's recorded task
-    (rotate:45, ...; lora_core.tasks.task_of), else its target digits (digits:9 for the study's digit-9); None
+    (rotate:45, ...; lora_core.lab.tasks.task_of), else its target digits (digits:9 for the study's digit-9); None
     when neither is there."""
     task = task_of(meta)
     if task is not None and task.kind != "weakest":

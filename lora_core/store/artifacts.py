@@ -13,7 +13,7 @@ Writers and readers:
   fcntl.flock on the artifacts folder itself, so the CLI, `make study` and the dashboard's worker
   processes exclude each other, and the lock goes with the process if it dies. `<artifacts>/.lock`
   says who holds it (removed on release). A second writer waits LOCK_WAIT_S, then gets ArtifactsBusy
-  naming the holder and since when. The workflows in lora_core.study hold it for their whole run.
+  naming the holder and since when. The workflows in lora_core.lab.study hold it for their whole run.
 - Only a writer repairs what a killed writer left (an interrupted swap, staging folders), right after
   taking the lock. Readers never rename, delete or create anything: they read a folder's backup while
   a swap is in progress and re-read when the folder changed under them (fileio.read_dir_files).
@@ -42,8 +42,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
-from .fileio import (
+from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
+from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
+from lora_core.model import IN_FEATURES, LAYER_NAMES, MLP, NUM_CLASSES
+from lora_core.store.fileio import (
     FileRead,
     FileTooLarge,
     FolderKeptChanging,
@@ -55,9 +57,7 @@ from .fileio import (
     recover_dir,
     replace_dir,
 )
-from .lora import LoraConfig, LoraModel, validate_adapter_name
-from .model import IN_FEATURES, LAYER_NAMES, MLP, NUM_CLASSES
-from .paths import default_artifacts_dir
+from lora_core.store.paths import default_artifacts_dir
 
 BASE_FORMAT = "lora_core.base.v1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

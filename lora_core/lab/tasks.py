@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import MEAN, STD, MnistData
-from .errors import ConfigError
+from lora_core.data import MEAN, STD, MnistData
+from lora_core.errors import ConfigError
 
 DIGIT_KINDS = ("weakest", "digits", "unseen")
 DOMAIN_KINDS = ("rotate", "invert", "thick", "thin", "shift")
@@ -297,7 +297,7 @@ def accuracy_on(summary: dict[str, Any], digits: Sequence[int]) -> float:
 
 
 def task_of(metrics: Mapping[str, Any] | None) -> Task | None:
-    """The task an adapter was trained on, from the `task` its metrics.json records (lora_core.experiments
+    """The task an adapter was trained on, from the `task` its metrics.json records (lora_core.lab.experiments
     writes it); None for an adapter saved without one (the study, the Fine-tuning page) or whose task this
     version cannot read."""
     described = (metrics or {}).get("task")

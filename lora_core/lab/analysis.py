@@ -35,17 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import MnistData, as_inputs
-from .errors import ArtifactError, ConfigError
-from .evaluate import evaluate
-from .experiments import PeakMemory, environment, train_parameters
-from .fileio import atomic_write_json
-from .lora import LoraModel, base_state_dict
-from .model import IN_FEATURES, LAYER_NAMES, MLP
-from .precision import check_precision
-from .storage import ArtifactStore, BaseModelRecord
-from .study import load_base_for_lora
-from .train import FinetuneConfig, ProgressCallback, adam, check_int, check_lr, finetune, resolve_device
+from lora_core.data import MnistData, as_inputs
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.evaluate import evaluate
+from lora_core.lab.experiments import PeakMemory, environment, train_parameters
+from lora_core.lab.study import load_base_for_lora
+from lora_core.lora import LoraModel, base_state_dict
+from lora_core.model import IN_FEATURES, LAYER_NAMES, MLP
+from lora_core.precision import check_precision
+from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
+from lora_core.store.fileio import atomic_write_json
+from lora_core.train import FinetuneConfig, ProgressCallback, adam, check_int, check_lr, finetune, resolve_device
 
 ADAPTERS_FORMAT = "lora_core.analysis.adapters.v1"
 MEMORY_FORMAT = "lora_core.analysis.memory.v1"

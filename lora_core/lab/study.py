@@ -16,15 +16,23 @@ from typing import Any
 
 import torch
 
-from .data import MnistData
-from .errors import AdapterExistsError
-from .evaluate import Evaluation, compare, evaluate, predict, weakest_digit
-from .lora import LoraModel
-from .model import MLP
-from .params import parameter_table, weights_unchanged
-from .proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
-from .storage import ArtifactStore, BaseModelRecord, writes
-from .train import FinetuneConfig, ProgressCallback, RunResult, TrainConfig, finetune, resolve_device, train_base
+from lora_core.data import MnistData
+from lora_core.errors import AdapterExistsError
+from lora_core.evaluate import Evaluation, compare, evaluate, predict, weakest_digit
+from lora_core.lab.proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
+from lora_core.lora import LoraModel
+from lora_core.model import MLP
+from lora_core.params import parameter_table, weights_unchanged
+from lora_core.store.artifacts import ArtifactStore, BaseModelRecord, writes
+from lora_core.train import (
+    FinetuneConfig,
+    ProgressCallback,
+    RunResult,
+    TrainConfig,
+    finetune,
+    resolve_device,
+    train_base,
+)
 
 
 def default_adapter_name(digits: tuple[int, ...]) -> str:

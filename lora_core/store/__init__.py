@@ -1,0 +1,1 @@
+"""Storage: the artifacts folder and its writer lock (artifacts), atomic file I/O (fileio), default paths."""
