@@ -4,10 +4,12 @@
     python -m tools.screenshots --artifacts artifacts    # photograph a copy of existing work instead
 
 The work the pages show is made with the command line, as a user would: the study (a base model and an
-adapter on its weakest digit), an experiment (rotate:45, LoRA against full fine-tuning and the last layer)
-and the paper's analysis for the Insight page. The dashboard then runs under `streamlit run` on a free
-local port, and headless Chromium (Debian's, never a downloaded one) opens each page, waits until the app
-has finished its run, and saves the window as <page>.png. Run it from the repository root.
+adapter on its weakest digit, at its defaults), an experiment (rotate:45, LoRA against full fine-tuning
+and the last layer) and the paper's analysis for the Insight page; those two train --steps steps (default
+150 instead of their 600) so that the whole run takes minutes, not a quarter of an hour, on 2 busy cores.
+The dashboard then runs under `streamlit run` on a free local port, and headless Chromium (Debian's, never
+a downloaded one) opens each page, waits until the app has finished its run, and saves the window as
+<page>.png. Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from tests.browser.helpers import PAGES, assert_no_errors, open_page
 
 OUT = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}  # a laptop window; the pictures show what a user sees first
-# The CLI runs that fill the pages: the study, one comparison on a domain task, the paper's analysis.
-PREPARE = (["study"], ["experiment", "rotate:45"], ["analyze"])
+STEPS = 150  # training steps of the experiment's methods and of the analysis adapters
 
 
-def prepare(artifacts: Path) -> None:
-    for args in PREPARE:
+def prepare(artifacts: Path, steps: int = STEPS) -> None:
+    """The CLI runs that fill the pages: the study, one comparison on a domain task, the paper's analysis."""
+    for args in (["study"], ["experiment", "rotate:45", "--steps", str(steps)], ["analyze", "--steps", str(steps)]):
         command = [sys.executable, "-m", "lora_core", *args, "--artifacts", str(artifacts)]
         print("$", " ".join(command[1:]), flush=True)
         t = time.perf_counter()
@@ -67,6 +69,7 @@ def photograph(artifacts: Path, out: Path, log: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.screenshots", description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, help="existing work to show (copied first; never changed)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"experiment and analysis steps (default {STEPS})")
     parser.add_argument("--out", type=Path, default=OUT, help=f"where the PNGs go (default: {OUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lora-screenshots-") as tmp:
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.artifacts is not None:
             shutil.copytree(args.artifacts, artifacts, ignore=shutil.ignore_patterns(".lock"))
         else:
-            prepare(artifacts)
+            prepare(artifacts, args.steps)
         photograph(artifacts, args.out, Path(tmp) / "streamlit.log")
     return 0
 
