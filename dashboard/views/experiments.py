@@ -18,6 +18,7 @@ import torch
 from dashboard import charts, jobs, state, ui
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab import readings
 from lora_core.lab.experiments import (
     METHOD_LABELS,
     METHODS,
@@ -322,7 +323,7 @@ def show_methods_result(result: ExperimentResult) -> None:
             width="stretch",
         )
         st.markdown(
-            charts.read_methods(
+            readings.read_methods(
                 result.base["task_accuracy"],
                 task_acc,
                 kept_acc,
@@ -348,7 +349,7 @@ def show_methods_result(result: ExperimentResult) -> None:
         )
         points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
         st.markdown(
-            charts.read_learned_vs_forgot(
+            readings.read_learned_vs_forgot(
                 (result.base["task_accuracy"], result.base["kept_accuracy"]), points, kept_what
             )
         )
@@ -472,7 +473,7 @@ def show_sweep(result: SweepResult) -> None:
                 ),
                 width="stretch",
             )
-            st.markdown(charts.read_rank_cost(ranks, [p.seconds for p in points], [p.stored_bytes for p in points]))
+            st.markdown(readings.read_rank_cost(ranks, [p.seconds for p in points], [p.stored_bytes for p in points]))
         with right:
             st.caption(
                 f"The star marks the smallest rank within {WITHIN_POINTS:g} points of the best task accuracy. The "
