@@ -1,6 +1,7 @@
 """Plotly figure builders for the dashboard: small pure functions, no Streamlit, callable from tests.
 
-Every builder takes plain numbers (lists or arrays computed by lora_core) and returns a go.Figure.
+Every builder takes plain numbers (lists or arrays computed by lora_core) and returns a go.Figure. The
+sentences that read these charts are written by lora_core.lab.readings, from the same numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from lora_core.numbers import pct
+from lora_core.lab.readings import METHOD_NAMES
 
 BASE_COLOR = "#8c9bb5"
 ADAPTED_COLOR = "#e4572e"
@@ -184,8 +185,7 @@ def digit_image(pixels: np.ndarray, scale: int = 6) -> np.ndarray:
     return (big * 255).round().astype(np.uint8)
 
 
-# --- experiments: methods side by side --------------------------------------------------------------------
-METHOD_NAMES = {"base": "base model", "lora": "LoRA", "full": "full fine-tuning", "head": "last layer only"}
+# --- experiments: methods side by side (METHOD_NAMES: the names the readings use too) ------------------
 METHOD_COLORS = {"base": BASE_COLOR, "lora": ADAPTED_COLOR, "full": "#2e86ab", "head": "#6a994e"}
 PLAIN_COLOR = "#5b5f97"
 
@@ -279,75 +279,6 @@ def learned_vs_forgot(
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
     fig.update_layout(margin={"b": 120})
     return fig
-
-
-def _share(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def read_methods(
-    base_task: float,
-    task: dict[str, float],
-    plain: dict[str, float],
-    trainable: dict[str, int],
-    lora_off_plain: float | None = None,
-    plain_what: str = "plain MNIST",
-) -> str:
-    """One sentence reading the methods chart from the measured numbers (fractions 0..1): how much of full
-    fine-tuning's gain LoRA reached and with what share of its parameters, and what each leaves of the
-    original task. Methods missing from the dicts are left out of the sentence."""
-    parts: list[str] = []
-    lora, full = task.get("lora"), task.get("full")
-    if lora is not None and full is not None and full > base_task:
-        share = (lora - base_task) / (full - base_task)
-        parts.append(
-            f"LoRA recovered {_share(share)} of full fine-tuning's gain (task {pct(base_task)} → "
-            f"{pct(lora)}, full {pct(full)}) with {trainable['lora'] / trainable['full']:.1%} of its "
-            "trainable parameters"
-        )
-    elif lora is not None:
-        parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
-    elif full is not None:
-        parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
-    if "head" in task:
-        parts.append(f"the last layer alone reached {pct(task['head'])}")
-    keeps: list[str] = []
-    if lora_off_plain is not None:
-        keeps.append(f"with the adapter off the base still reads {pct(lora_off_plain)} of {plain_what}")
-    if "full" in plain:
-        keeps.append(f"the fully fine-tuned copy reads {pct(plain['full'])}")
-    elif "lora" in plain:
-        keeps.append(f"with LoRA applied it reads {pct(plain['lora'])}")
-    sentence = "; ".join(parts) if parts else f"The base model reads {pct(base_task)} of the task"
-    if keeps:
-        sentence += "; " + ", while ".join(keeps)
-    return sentence + "."
-
-
-def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str) -> str:
-    """One sentence reading the learned-vs-forgot chart: which method learned most, which forgot least (and
-    most). `base` and each point are (task accuracy, kept accuracy) as fractions; `kept_what` names the kept
-    set ("plain MNIST", "the other digits")."""
-    if not points:
-        return "No method was run."
-
-    def name(m: str) -> str:
-        return METHOD_NAMES.get(m, m)
-
-    def kept(m: str) -> str:
-        return f"{kept_what} {pct(base[1])} → {pct(points[m][1])}"
-
-    most = max(points, key=lambda m: points[m][0])
-    least = max(points, key=lambda m: points[m][1])
-    worst = min(points, key=lambda m: points[m][1])
-    learned = f"task {pct(base[0])} → {pct(points[most][0])}"
-    if most == least:
-        sentence = f"{name(most)} learned the most ({learned}) and forgot the least ({kept(least)})"
-    else:
-        sentence = f"{name(most)} learned the most ({learned}); {name(least)} forgot the least ({kept(least)})"
-    if worst != least:
-        sentence += f"; {name(worst)} forgot the most ({kept(worst)})"
-    return sentence[0].upper() + sentence[1:] + "."
 
 
 # --- insight: the LoRA paper's analysis and the memory of training (issue 12) ------------------------------------
@@ -462,10 +393,6 @@ def combination_bars(
 
 # --- experiments: sweeps ----------------------------------------------------------------------------------
 MARK_COLOR = "#111111"
-
-
-def _kb(n: float) -> str:
-    return f"{n / 1000:,.1f} KB" if n < 1_000_000 else f"{n / 1e6:,.2f} MB"
 
 
 def _compact(n: float) -> str:
@@ -595,24 +522,6 @@ def rank_sweep_cost(
     fig.update_yaxes(title_text="adapter file (KB)", rangemode="tozero", secondary_y=True, showgrid=False)
     fig.update_xaxes(title_text="rank")
     return _layout(fig, title, height=320)
-
-
-def read_rank_cost(ranks: Sequence[float], seconds: Sequence[float], stored_bytes: Sequence[int]) -> str:
-    """One sentence reading the cost chart from the measured times and file sizes."""
-    if not ranks:
-        return "No rank was measured."
-    fast = min(range(len(ranks)), key=lambda i: seconds[i])
-    slow = max(range(len(ranks)), key=lambda i: seconds[i])
-    small = min(range(len(ranks)), key=lambda i: stored_bytes[i])
-    large = max(range(len(ranks)), key=lambda i: stored_bytes[i])
-    if len(ranks) == 1:
-        return f"Rank {ranks[0]:g} trained in {seconds[0]:.1f} s and its adapter file holds {_kb(stored_bytes[0])}."
-    return (
-        f"Training took from {seconds[fast]:.1f} s (rank {ranks[fast]:g}) to {seconds[slow]:.1f} s "
-        f"(rank {ranks[slow]:g}); the adapter file grows from {_kb(stored_bytes[small])} at rank "
-        f"{ranks[small]:g} to {_kb(stored_bytes[large])} at rank {ranks[large]:g} "
-        f"({stored_bytes[large] / stored_bytes[small]:.1f}x)."
-    )
 
 
 def replay_sweep_tradeoff(

@@ -8,15 +8,13 @@ import random
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, combination, state, ui
+from dashboard import charts, combination, state, ui, widgets
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits
 from lora_core.lab.tasks import Task, parse_task
-from lora_core.preprocess import ImageError, PreparedDigit, predict_probabilities, prepare_digit
+from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import BaseModelRecord
-
-CANVAS_SIZE = 280
 
 st.title("Draw and predict")
 st.write(
@@ -137,23 +135,9 @@ st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])
 with left:
     st.subheader("Your digit")
-    try:
-        from streamlit_drawable_canvas import st_canvas  # only importable inside a running app
-
-        result = st_canvas(
-            stroke_width=18,
-            stroke_color="#FFFFFF",
-            background_color="#000000",
-            height=CANVAS_SIZE,
-            width=CANVAS_SIZE,
-            drawing_mode="freedraw",
-            return_image_data=True,
-            key=f"canvas-{st.session_state['canvas_version']}",
-        )
-        drawn = result.image_data if result is not None else None
-    except Exception as exc:  # the component failed to load: say so, keep the page usable
-        st.error(f"The drawing canvas is not available here ({exc}); use a random test digit instead.")
-        drawn = None
+    drawn = widgets.drawing_canvas(
+        f"canvas-{st.session_state['canvas_version']}", fallback="use a random test digit instead"
+    )
     b1, b2 = st.columns(2)
     if b1.button("Clear", key="draw_clear"):
         st.session_state["canvas_version"] += 1
@@ -164,12 +148,7 @@ with left:
         st.session_state["canvas_version"] += 1
         st.rerun()
 
-drawing: PreparedDigit | None = None
-if drawn is not None:
-    try:
-        drawing = prepare_digit(np.asarray(drawn))
-    except ImageError as exc:
-        st.error(f"The drawing could not be read: {exc}")
+drawing = widgets.read_drawing(drawn)
 if drawing is not None:
     # Picking a random test digit also swaps in a blank canvas (new key), so ink on the canvas was
     # drawn after the pick: the drawing replaces the test digit.

@@ -1,10 +1,9 @@
 """Experiments page: pick a task (a domain shift, chosen digits, unseen digits), preview it, compare LoRA,
 full fine-tuning and the last layer alone on it in the background, and read the saved comparisons.
 
-Sections, in order: the task, the methods and settings, the live run, the saved comparisons; then the
-sweeps (LoRA's rank or the replay share over several values on the same task, job kind "sweep"), their live
-run and the saved sweeps. Each kind has its own results section fed by lora_core's saved JSON
-(lora_core.lab.experiments, lora_core.lab.sweeps), so both show again after a restart.
+Sections, in order: the task, the methods and settings, the live run, the saved comparisons (read back from
+lora_core.lab.experiments' saved JSON, so they show again after a restart); then the sweeps of dashboard/sweeps.py
+(LoRA's rank or the replay share over several values on the same task and settings, job kind "sweep").
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dashboard import charts, jobs, state, ui
+from dashboard import charts, jobs, state, sweeps, ui, widgets
 from lora_core.data import denormalize
-from lora_core.errors import ArtifactError, ConfigError
+from lora_core.errors import ConfigError
+from lora_core.lab import readings
 from lora_core.lab.experiments import (
     METHOD_LABELS,
     METHODS,
@@ -25,16 +25,6 @@ from lora_core.lab.experiments import (
     ExperimentSettings,
     list_experiments,
     load_experiment,
-)
-from lora_core.lab.sweeps import (
-    DEFAULT_RANKS,
-    DEFAULT_REPLAYS,
-    SWEEP_KINDS,
-    WITHIN_POINTS,
-    SweepResult,
-    check_values,
-    list_sweeps,
-    load_sweep,
 )
 from lora_core.lab.tasks import Task, accuracy_on, parse_task
 from lora_core.numbers import pct
@@ -68,13 +58,6 @@ FIELD_LABELS = {
     "values": "Values",
 }
 NOT_APPLICABLE = "—"  # a cell whose measure does not apply to the row (the base model trains nothing)
-SWEEP_LABELS = {"rank": "Rank r", "replay": "Replay share"}
-SWEEP_DEFAULTS = {"rank": DEFAULT_RANKS, "replay": DEFAULT_REPLAYS}
-SWEEP_HELP = {
-    "rank": "Whole numbers, comma-separated. A rank above a layer's limit is capped there (linear3: 10), as "
-    "PEFT's rank_pattern does; alpha follows the rank (2 × r), so only the rank changes.",
-    "replay": "Shares from 0 to below 1, comma-separated: the part of each batch drawn from the other digits.",
-}
 
 st.title("Experiments")
 st.write(
@@ -322,7 +305,7 @@ def show_methods_result(result: ExperimentResult) -> None:
             width="stretch",
         )
         st.markdown(
-            charts.read_methods(
+            readings.read_methods(
                 result.base["task_accuracy"],
                 task_acc,
                 kept_acc,
@@ -348,7 +331,7 @@ def show_methods_result(result: ExperimentResult) -> None:
         )
         points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
         st.markdown(
-            charts.read_learned_vs_forgot(
+            readings.read_learned_vs_forgot(
                 (result.base["task_accuracy"], result.base["kept_accuracy"]), points, kept_what
             )
         )
@@ -361,224 +344,30 @@ def show_methods_result(result: ExperimentResult) -> None:
         )
 
 
+def saved_result_label(name: str, result: ExperimentResult) -> str:
+    """How the picker names a saved comparison."""
+    methods = ", ".join(m.method for m in result.methods)
+    return f"{result.task['spec']} · {methods} · {ui.when(result.created)} ({name})"
+
+
 def show_saved_results() -> None:
-    store = state.store()
-    paths = list_experiments(store)
-    if not paths:
-        st.info("No comparison yet: run one above. Results are saved and shown here again after a restart.")
-        return
-    loaded: list[tuple[str, ExperimentResult]] = []
-    for path in paths:
-        try:
-            loaded.append((path.name, load_experiment(path)))
-        except ArtifactError as exc:
-            st.warning(f"Skipped a saved result that cannot be read: {exc}")
-    if not loaded:
-        st.info("No readable comparison yet: run one above.")
-        return
-    labels = [
-        f"{r.task['spec']} · {', '.join(m.method for m in r.methods)} · {ui.when(r.created)} ({name})"
-        for name, r in loaded
-    ]
-    pick = st.selectbox(
-        "Saved comparison (newest first)", range(len(loaded)), format_func=labels.__getitem__, key="exp_pick"
+    picked = widgets.pick_saved(
+        list_experiments(state.store()),
+        load_experiment,
+        saved_result_label,
+        label="Saved comparison (newest first)",
+        key="exp_pick",
+        noun="result",
+        none_yet="No comparison yet: run one above. Results are saved and shown here again after a restart.",
+        none_readable="No readable comparison yet: run one above.",
     )
-    show_methods_result(loaded[int(pick or 0)][1])
+    if picked is not None:
+        show_methods_result(picked[1])
 
 
 st.header("Results: methods side by side")
 show_saved_results()
 
 
-# --- sweeps --------------------------------------------------------------------------------------------------------
-def sweep_values(kind: str, text: str) -> tuple[float, ...]:
-    """The values typed for a sweep of `kind`, checked by lora_core (ConfigError('values', ...))."""
-    values: list[float] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if not piece:
-            continue
-        try:
-            values.append(int(piece) if kind == "rank" else float(piece))
-        except ValueError:
-            what = "whole numbers (ranks)" if kind == "rank" else "numbers from 0 to below 1 (replay shares)"
-            raise ConfigError("values", f"expected {what} separated by commas, got {piece!r}") from None
-    return check_values(kind, values)
-
-
-def sweep_rows(result: SweepResult) -> pd.DataFrame:
-    """One row per value of the sweep, in the saved order (increasing); `marked` says which one the sweep marks."""
-    domain = bool(result.task["domain"])
-    others = "plain MNIST" if domain else "other digits"
-    mark = f"smallest within {WITHIN_POINTS:g} points of the best" if result.kind == "rank" else "the default"
-    rows = []
-    for p in result.points:
-        row: dict[str, Any] = {
-            SWEEP_LABELS[result.kind]: p.value,
-            "marked": f"★ {mark}" if p.value == result.marked else "",
-            "task accuracy": 100 * p.task_accuracy,
-            "task gain (points)": 100 * p.task_gain,
-            "plain MNIST (applied)": 100 * p.plain_accuracy,
-            f"{others} change (points)": 100 * p.kept_change,
-            "trainable parameters": p.trainable_params,
-            "bytes stored": p.stored_bytes,
-            "train time (s)": p.seconds,
-            "samples/s": p.samples_per_s,
-        }
-        if result.kind == "rank":
-            capped = {name: r for name, r in p.layer_ranks.items() if r != p.value}
-            row["capped layers"] = ", ".join(f"{name}: {r}" for name, r in capped.items())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def show_sweep(result: SweepResult) -> None:
-    task, settings, base_info = result.task, result.settings, result.base
-    domain = bool(task["domain"])
-    st.markdown(
-        f"**{result.kind.capitalize()} sweep on {task['spec']}**: {task['label']} · base model `{base_info['name']}`"
-    )
-    fixed = f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}"
-    if result.kind == "rank":
-        fixed += f", alpha {settings['alpha']}"
-    else:
-        fixed += f", rank {settings['rank']} (alpha {settings['alpha']:g})"
-    st.caption(
-        f"Every point: {fixed} on {', '.join(settings['targets'])} · the base model reads "
-        f"{pct(base_info['task_accuracy'])} of the task and {pct(base_info['plain_accuracy'])} of plain MNIST · "
-        f"{result.seconds:.1f} s in all · {ui.when(result.created)}"
-    )
-    points = result.points
-    if result.kind == "rank":
-        st.plotly_chart(
-            charts.rank_sweep_accuracy(
-                [p.value for p in points],
-                [p.trainable_params for p in points],
-                [p.task_accuracy for p in points],
-                [p.plain_accuracy for p in points],
-                result.marked,
-                WITHIN_POINTS,
-                base_task=base_info["task_accuracy"],
-                task_label=f"task: {task['spec']}",
-            ),
-            width="stretch",
-        )
-        st.markdown(result.reading)
-        ranks = [p.value for p in points]
-        left, right = st.columns([3, 2])
-        with left:
-            st.plotly_chart(
-                charts.rank_sweep_cost(
-                    ranks, [p.seconds for p in points], [p.stored_bytes for p in points], result.marked
-                ),
-                width="stretch",
-            )
-            st.markdown(charts.read_rank_cost(ranks, [p.seconds for p in points], [p.stored_bytes for p in points]))
-        with right:
-            st.caption(
-                f"The star marks the smallest rank within {WITHIN_POINTS:g} points of the best task accuracy. The "
-                "adapter file is what a task must store: its A and B matrices and its config; a fully fine-tuned "
-                f"copy stores all {base_info['parameters']:,} weights of the base."
-            )
-    else:
-        others = "plain MNIST" if domain else "the other digits"
-        st.plotly_chart(
-            charts.replay_sweep_tradeoff(
-                [p.value for p in points],
-                [p.task_gain for p in points],
-                [p.kept_change for p in points],
-                result.marked,
-                others_label=others,
-            ),
-            width="stretch",
-        )
-        st.markdown(result.reading)
-    frame = sweep_rows(result)
-    percent = st.column_config.NumberColumn(format="%.2f%%")
-    points_format = st.column_config.NumberColumn(format="%+.2f")
-    config: dict[str, Any] = {c: percent for c in ("task accuracy", "plain MNIST (applied)")}
-    config.update({c: points_format for c in frame.columns if c.endswith("(points)")})
-    config.update(ui.counts("trainable parameters", "bytes stored", "samples/s"))
-    config["train time (s)"] = st.column_config.NumberColumn(format="%.2f")
-    config[SWEEP_LABELS[result.kind]] = st.column_config.NumberColumn(format="%g")
-    st.dataframe(frame, hide_index=True, column_config=config, width="stretch")
-    if result.path:
-        st.caption(f"Saved as `{result.path}`.")
-
-
-def show_saved_sweeps() -> None:
-    paths = list_sweeps(state.store())
-    if not paths:
-        st.info("No sweep yet: run one above. Sweeps are saved and shown here again after a restart.")
-        return
-    loaded: list[tuple[str, SweepResult]] = []
-    for path in paths:
-        try:
-            loaded.append((path.name, load_sweep(path)))
-        except ArtifactError as exc:
-            st.warning(f"Skipped a saved sweep that cannot be read: {exc}")
-    if not loaded:
-        st.info("No readable sweep yet: run one above.")
-        return
-    task_spec = {name: str((r.task or {}).get("spec", "?")) for name, r in loaded}  # a hand-edited file may lack it
-    labels = [
-        f"{r.kind} sweep · {task_spec[name]} · {', '.join(f'{v:g}' for v in r.values)} · {ui.when(r.created)} ({name})"
-        for name, r in loaded
-    ]
-    pick = st.selectbox(
-        "Saved sweep (newest first)", range(len(loaded)), format_func=labels.__getitem__, key="sweep_pick"
-    )
-    name, result = loaded[int(pick or 0)]
-    try:
-        show_sweep(result)
-    except (KeyError, TypeError, ValueError) as exc:  # a file edited by hand: say which, never a traceback
-        st.warning(f"The saved sweep {name} is incomplete and cannot be shown ({type(exc).__name__}: {exc}).")
-
-
-st.header("Sweeps: one LoRA setting over several values")
-st.write(
-    "Train LoRA on the task above once per value, every other setting fixed (the steps, batch and seed above; "
-    "the rank above for a replay sweep): **rank** shows what rank the task needs, **replay** what the share of "
-    "other digits in each batch trades between learning the target and keeping the rest. The base model is "
-    "loaded once for the whole sweep."
-)
-sweep_slots = ui.FieldSlots()
-k1, k2 = st.columns([1, 2])
-with k1:
-    sweep_kind = st.radio("Sweep", list(SWEEP_KINDS), format_func=SWEEP_LABELS.get, horizontal=True, key="sweep_kind")
-with k2:
-    values_text = st.text_input(
-        f"Values ({SWEEP_LABELS[sweep_kind].lower()})",
-        value=", ".join(f"{v:g}" for v in SWEEP_DEFAULTS[sweep_kind]),
-        key=f"sweep_values_{sweep_kind}",
-        help=SWEEP_HELP[sweep_kind],
-    )
-    sweep_slots.add("values")
-replay_refused = sweep_kind == "replay" and task is not None and task.is_domain
-if replay_refused:
-    assert task is not None
-    st.info(
-        f"A replay sweep needs a digit task (weakest, digits, unseen): `{task.spec}` trains on every digit, so "
-        "there is nothing to replay. Pick such a task above, or sweep the rank."
-    )
-sweep_slots.add("task")
-if st.button("Run the sweep", type="primary", disabled=ui.busy() or task is None or replay_refused, key="sweep_start"):
-    assert task is not None
-    sweep_settings = ExperimentSettings(
-        methods=("lora",), rank=int(rank), steps=int(steps), batch_size=int(batch), seed=int(seed)
-    )
-    try:
-        values = sweep_values(sweep_kind, values_text)
-        sweep_settings.validate(base.model)
-        resolve_device(sweep_settings.device)
-    except ConfigError as exc:
-        sweep_slots.show(exc, FIELD_LABELS.get(exc.field))
-    else:
-        ui.start_job(jobs.start_sweep, state.store(), task, sweep_kind, values, sweep_settings)
-ui.busy_note()
-ui.job_panel(("sweep",))
-sweep_job = st.session_state.get(ui.JOB_KEY)
-if sweep_job is not None and sweep_job.kind == "sweep" and sweep_job.status == jobs.STOPPED:
-    st.caption("A stopped sweep saves nothing: every value must be measured for a sweep to be saved.")
-
-st.header("Results: sweeps")
-show_saved_sweeps()
+# --- sweeps (dashboard/sweeps.py) ----------------------------------------------------------------------------------
+sweeps.sweeps_section(base, task, int(rank), int(steps), int(batch), int(seed), FIELD_LABELS)

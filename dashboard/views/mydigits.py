@@ -22,7 +22,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.errors import StreamlitAPIException
 
-from dashboard import charts, jobs, state, ui
+from dashboard import charts, jobs, state, ui, widgets
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.lab.mydigits import (
     MIN_PER_DIGIT,
@@ -38,10 +38,8 @@ from lora_core.lab.mydigits import (
     missing,
 )
 from lora_core.numbers import pct
-from lora_core.preprocess import ImageError, prepare_digit
+from lora_core.preprocess import ImageError
 
-CANVAS_SIZE = 280
-STROKE_WIDTH = 18  # as on the Draw page: the same pen for collecting and for predicting
 GUIDED_PER_DIGIT = 5
 GRID_COLUMNS = 10
 GUIDED_KEY = "mydigits_guided"
@@ -122,7 +120,9 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
     st.caption(f"{nth} of {guided['per_digit']} for the digit {digit}. Draw it as you usually write it.")
     left, right = st.columns([1.4, 2])
     with left:
-        drawn = canvas(f"guided-canvas-{guided['run']}-{done}")
+        drawn = widgets.drawing_canvas(
+            f"guided-canvas-{guided['run']}-{done}", fallback="import a zip of drawings instead"
+        )
     with right:
         with st.container(key="guided_preview"):
             prepared = preview(drawn)
@@ -164,40 +164,13 @@ def rerun_guided() -> None:
         st.rerun()
 
 
-def canvas(key: str) -> np.ndarray | None:
-    """A drawing canvas like the Draw page's; the RGBA drawing, or None before anything is drawn."""
-    try:
-        from streamlit_drawable_canvas import st_canvas  # only importable inside a running app
-
-        result = st_canvas(
-            stroke_width=STROKE_WIDTH,
-            stroke_color="#FFFFFF",
-            background_color="#000000",
-            height=CANVAS_SIZE,
-            width=CANVAS_SIZE,
-            drawing_mode="freedraw",
-            return_image_data=True,
-            key=key,
-        )
-    except Exception as exc:  # the component failed to load: say so, keep the rest of the page usable
-        st.error(f"The drawing canvas is not available here ({exc}); import a zip of drawings instead.")
-        return None
-    return result.image_data if result is not None else None
-
-
 def preview(drawn: np.ndarray | None) -> Any:
     """What will be saved: the 28x28 digit the model sees."""
     if drawn is None:
         st.caption("What the model will see appears here once you draw.")
         return None
-    try:
-        prepared = prepare_digit(np.asarray(drawn))
-    except ImageError as exc:
-        st.error(f"The drawing could not be read: {exc}")
-        return None
-    if prepared is None:
-        st.caption("Nothing drawn yet.")
-    else:
+    prepared = widgets.read_drawing(drawn, blank="Nothing drawn yet.")
+    if prepared is not None:
         st.image(charts.digit_image(prepared.pixels, scale=4), caption="What the model will see (28 × 28)")
     return prepared
 

@@ -143,34 +143,3 @@ def test_learned_vs_forgot_puts_one_point_per_method_and_the_base() -> None:
     assert [t.name for t in fig.data] == ["base = LoRA off", "LoRA", "full fine-tuning"]
     full = fig.data[2]
     assert abs(full.x[0] - 53.0) < 1e-9 and abs(full.y[0] - 98.0) < 1e-9  # x: kept, y: learned
-
-
-def test_the_methods_reading_is_computed_from_the_numbers() -> None:
-    text = charts.read_methods(
-        0.468,
-        {"lora": 0.971, "full": 0.977, "head": 0.938},
-        {"lora": 0.95, "full": 0.537, "head": 0.8},
-        {"lora": 53_000, "full": 2_807_010, "head": 20_010},
-        lora_off_plain=0.9763,
-        plain_what="upright digits",
-    )
-    share = (0.971 - 0.468) / (0.977 - 0.468)
-    assert f"LoRA recovered {100 * share:.1f}% of full fine-tuning's gain" in text
-    assert f"{53_000 / 2_807_010:.1%} of its trainable parameters" in text
-    assert "the last layer alone reached 93.80%" in text
-    assert "with the adapter off the base still reads 97.63% of upright digits" in text
-    assert "the fully fine-tuned copy reads 53.70%" in text
-    other = charts.read_methods(0.5, {"lora": 0.6}, {"lora": 0.9}, {"lora": 10}, 0.97)
-    assert other.startswith("LoRA took the task from 50.00% to 60.00%") and "recovered" not in other
-
-
-def test_the_learned_vs_forgot_reading_names_who_learned_and_who_forgot() -> None:
-    points = {"lora": (0.971, 0.95), "full": (0.977, 0.537), "head": (0.938, 0.80)}
-    text = charts.read_learned_vs_forgot((0.468, 0.976), points, "plain MNIST")
-    assert text.startswith("Full fine-tuning learned the most (task 46.80% → 97.70%)")
-    assert "LoRA forgot the least (plain MNIST 97.60% → 95.00%)" in text
-    assert "full fine-tuning forgot the most (plain MNIST 97.60% → 53.70%)" in text
-    alone = charts.read_learned_vs_forgot((0.5, 0.9), {"lora": (0.8, 0.89)}, "the other digits")
-    assert (
-        alone == "LoRA learned the most (task 50.00% → 80.00%) and forgot the least (the other digits 90.00% → 89.00%)."
-    )

@@ -1,0 +1,112 @@
+"""Readings: sentences that say what a chart of measured figures shows, written from the figures themselves.
+
+These turn measured figures into sentences that must hold for every value: whichever method wins, whether
+full fine-tuning gained anything, one rank or many. Nothing here draws; the dashboard shows each sentence
+under the chart it reads (dashboard/charts.py draws those charts from the same numbers).
+
+    read_methods(base_task, task, kept, trainable, lora_off_kept, kept_what)  # methods side by side
+    read_learned_vs_forgot(base, points, kept_what)                            # learned against kept
+    read_rank_cost(ranks, seconds, stored_bytes)                               # a rank sweep's cost
+
+Accuracies come in as fractions (0..1) and are written as percentages (lora_core.numbers.pct).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lora_core.numbers import pct
+
+# The short names the sentences (and the dashboard's legends) give the methods of lora_core.lab.experiments
+METHOD_NAMES = {"base": "base model", "lora": "LoRA", "full": "full fine-tuning", "head": "last layer only"}
+
+
+def _share(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1000:,.1f} KB" if n < 1_000_000 else f"{n / 1e6:,.2f} MB"
+
+
+def read_methods(
+    base_task: float,
+    task: dict[str, float],
+    plain: dict[str, float],
+    trainable: dict[str, int],
+    lora_off_plain: float | None = None,
+    plain_what: str = "plain MNIST",
+) -> str:
+    """One sentence reading the methods chart from the measured numbers (fractions 0..1): how much of full
+    fine-tuning's gain LoRA reached and with what share of its parameters, and what each leaves of the
+    original task. Methods missing from the dicts are left out of the sentence."""
+    parts: list[str] = []
+    lora, full = task.get("lora"), task.get("full")
+    if lora is not None and full is not None and full > base_task:
+        share = (lora - base_task) / (full - base_task)
+        parts.append(
+            f"LoRA recovered {_share(share)} of full fine-tuning's gain (task {pct(base_task)} → "
+            f"{pct(lora)}, full {pct(full)}) with {trainable['lora'] / trainable['full']:.1%} of its "
+            "trainable parameters"
+        )
+    elif lora is not None:
+        parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
+    elif full is not None:
+        parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
+    if "head" in task:
+        parts.append(f"the last layer alone reached {pct(task['head'])}")
+    keeps: list[str] = []
+    if lora_off_plain is not None:
+        keeps.append(f"with the adapter off the base still reads {pct(lora_off_plain)} of {plain_what}")
+    if "full" in plain:
+        keeps.append(f"the fully fine-tuned copy reads {pct(plain['full'])}")
+    elif "lora" in plain:
+        keeps.append(f"with LoRA applied it reads {pct(plain['lora'])}")
+    sentence = "; ".join(parts) if parts else f"The base model reads {pct(base_task)} of the task"
+    if keeps:
+        sentence += "; " + ", while ".join(keeps)
+    return sentence + "."
+
+
+def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str) -> str:
+    """One sentence reading the learned-vs-forgot chart: which method learned most, which forgot least (and
+    most). `base` and each point are (task accuracy, kept accuracy) as fractions; `kept_what` names the kept
+    set ("plain MNIST", "the other digits")."""
+    if not points:
+        return "No method was run."
+
+    def name(m: str) -> str:
+        return METHOD_NAMES.get(m, m)
+
+    def kept(m: str) -> str:
+        return f"{kept_what} {pct(base[1])} → {pct(points[m][1])}"
+
+    most = max(points, key=lambda m: points[m][0])
+    least = max(points, key=lambda m: points[m][1])
+    worst = min(points, key=lambda m: points[m][1])
+    learned = f"task {pct(base[0])} → {pct(points[most][0])}"
+    if most == least:
+        sentence = f"{name(most)} learned the most ({learned}) and forgot the least ({kept(least)})"
+    else:
+        sentence = f"{name(most)} learned the most ({learned}); {name(least)} forgot the least ({kept(least)})"
+    if worst != least:
+        sentence += f"; {name(worst)} forgot the most ({kept(worst)})"
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def read_rank_cost(ranks: Sequence[float], seconds: Sequence[float], stored_bytes: Sequence[int]) -> str:
+    """One sentence reading the cost chart from the measured times and file sizes."""
+    if not ranks:
+        return "No rank was measured."
+    fast = min(range(len(ranks)), key=lambda i: seconds[i])
+    slow = max(range(len(ranks)), key=lambda i: seconds[i])
+    small = min(range(len(ranks)), key=lambda i: stored_bytes[i])
+    large = max(range(len(ranks)), key=lambda i: stored_bytes[i])
+    if len(ranks) == 1:
+        return f"Rank {ranks[0]:g} trained in {seconds[0]:.1f} s and its adapter file holds {_kb(stored_bytes[0])}."
+    return (
+        f"Training took from {seconds[fast]:.1f} s (rank {ranks[fast]:g}) to {seconds[slow]:.1f} s "
+        f"(rank {ranks[slow]:g}); the adapter file grows from {_kb(stored_bytes[small])} at rank "
+        f"{ranks[small]:g} to {_kb(stored_bytes[large])} at rank {ranks[large]:g} "
+        f"({stored_bytes[large] / stored_bytes[small]:.1f}x)."
+    )

@@ -1,0 +1,60 @@
+"""The readings: sentences written from measured figures, checked against the figures they read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lora_core.lab import readings
+
+
+def test_the_methods_reading_is_computed_from_the_numbers() -> None:
+    text = readings.read_methods(
+        0.468,
+        {"lora": 0.971, "full": 0.977, "head": 0.938},
+        {"lora": 0.95, "full": 0.537, "head": 0.8},
+        {"lora": 53_000, "full": 2_807_010, "head": 20_010},
+        lora_off_plain=0.9763,
+        plain_what="upright digits",
+    )
+    share = (0.971 - 0.468) / (0.977 - 0.468)
+    assert f"LoRA recovered {100 * share:.1f}% of full fine-tuning's gain" in text
+    assert f"{53_000 / 2_807_010:.1%} of its trainable parameters" in text
+    assert "the last layer alone reached 93.80%" in text
+    assert "with the adapter off the base still reads 97.63% of upright digits" in text
+    assert "the fully fine-tuned copy reads 53.70%" in text
+    other = readings.read_methods(0.5, {"lora": 0.6}, {"lora": 0.9}, {"lora": 10}, 0.97)
+    assert other.startswith("LoRA took the task from 50.00% to 60.00%") and "recovered" not in other
+
+
+def test_the_learned_vs_forgot_reading_names_who_learned_and_who_forgot() -> None:
+    points = {"lora": (0.971, 0.95), "full": (0.977, 0.537), "head": (0.938, 0.80)}
+    text = readings.read_learned_vs_forgot((0.468, 0.976), points, "plain MNIST")
+    assert text.startswith("Full fine-tuning learned the most (task 46.80% → 97.70%)")
+    assert "LoRA forgot the least (plain MNIST 97.60% → 95.00%)" in text
+    assert "full fine-tuning forgot the most (plain MNIST 97.60% → 53.70%)" in text
+    alone = readings.read_learned_vs_forgot((0.5, 0.9), {"lora": (0.8, 0.89)}, "the other digits")
+    assert (
+        alone == "LoRA learned the most (task 50.00% → 80.00%) and forgot the least (the other digits 90.00% → 89.00%)."
+    )
+
+
+def test_the_learned_vs_forgot_reading_with_no_method_says_so() -> None:
+    assert readings.read_learned_vs_forgot((0.5, 0.9), {}, "plain MNIST") == "No method was run."
+
+
+def test_the_cost_sentence_reads_the_measured_times_and_sizes() -> None:
+    sentence = readings.read_rank_cost([1, 4, 16], [0.9, 1.4, 1.2], [28_200, 55_400, 387_700])
+    assert sentence == (
+        "Training took from 0.9 s (rank 1) to 1.4 s (rank 4); the adapter file grows from 28.2 KB at rank 1 "
+        "to 387.7 KB at rank 16 (13.7x)."
+    )
+    one = readings.read_rank_cost([64], [2.0], [1_600_000])
+    assert one == "Rank 64 trained in 2.0 s and its adapter file holds 1.60 MB."
+    assert readings.read_rank_cost([], [], []) == "No rank was measured."
+
+
+def test_the_readings_need_neither_streamlit_nor_plotly() -> None:
+    code = "import sys, lora_core.lab.readings; print(sorted({'streamlit', 'plotly'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
