@@ -1,10 +1,15 @@
 """Issue 11 in a real browser, drawn with the mouse: one synthetic writer (benchmarks/writers.py, a style the
-base model reads badly: 1 with a flag and a foot, 7 with a crossbar, open 4, straight-stem 9) draws two of each
-digit in the guided mode, stroke by stroke; the grid shows the counts and training is refused, saying what is
-missing; one drawing is deleted; a bad zip is refused with nothing changed; the export taken before the delete
-brings the drawing back; a zip of a third drawing of each digit (the same writer on "another device", drawn
-offline) completes the set; the personal adapter trains on few steps and its held-out comparison shows; on the
-Draw page base, another adapter and the personal adapter read a new drawing, which is then added to my digits.
+base model reads badly: 1 with a flag and a foot, 7 with a crossbar, open 4, straight-stem 9) draws three of its
+least MNIST-like digits in the guided mode, stroke by stroke, and skips the others; a zip of the writer's other
+drawings (drawn offline) brings every digit to two; the grid shows the counts and training is refused, saying
+what is missing; one drawing is deleted; a bad zip is refused with nothing changed; the export taken before the
+delete brings the drawing back; a zip of a third drawing of each digit (the same writer on "another device",
+drawn offline) completes the set; the personal adapter trains on few steps and its held-out comparison shows; on
+the Draw page base, another adapter and the personal adapter read a new drawing, which is then added to my digits.
+
+The mouse draws four digits in all (three of them with two strokes): each stroke through the real canvas is
+the path under test, and each is checked against the same strokes drawn offline; drawing all twenty took minutes
+and proved nothing more.
 
 Runs on a copy of the small session base model (tests/conftest.py `trained_artifacts`) to stay short.
 """
@@ -22,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from benchmarks.writers import CANVAS_STROKE, draw, render, strokes, writer
 from lora_core.lab.mydigits import MyDigits
@@ -32,7 +37,8 @@ from .conftest import start_app, stop_app
 from .helpers import assert_no_errors, draw_strokes, metric_value, open_page, settle, shot, wait_for_text
 
 WRITER = writer("european")
-GUIDED = 2  # drawn with the mouse per digit; one more of each is imported to reach MIN_PER_DIGIT (3)
+GUIDED = 2  # drawings of each digit before the third of each is imported to reach MIN_PER_DIGIT (3)
+BY_MOUSE = (4, 7, 9)  # drawn with the mouse in the guided mode (sample 0: open 4, crossed 7, straight-stem 9)
 STEPS = 30
 
 
@@ -49,12 +55,22 @@ def counts(root: Path) -> dict[int, int]:
     return MyDigits(ArtifactStore(root)).counts()
 
 
-def third_of_each(tmp: Path) -> bytes:
-    """A zip of the writer's next drawing of each digit, drawn offline and exported by the library."""
+def drawn_offline(tmp: Path, samples: list[tuple[int, int]]) -> bytes:
+    """A zip of the writer's drawings (digit, sample), drawn offline and exported by the library."""
     other = MyDigits(ArtifactStore(tmp))
-    for digit in range(10):
-        other.add(draw(WRITER, digit, GUIDED), digit, source="draw", writer=WRITER.name)
+    for digit, sample in samples:
+        other.add(draw(WRITER, digit, sample), digit, source="draw", writer=WRITER.name)
     return other.export_zip()
+
+
+def up_to_guided(tmp: Path) -> bytes:
+    """The writer's other drawings that bring every digit to GUIDED, beside the ones the mouse drew."""
+    return drawn_offline(tmp, [(d, s) for d in range(10) for s in range(GUIDED) if not (d in BY_MOUSE and s == 0)])
+
+
+def third_of_each(tmp: Path) -> bytes:
+    """A zip of the writer's next drawing of each digit."""
+    return drawn_offline(tmp, [(d, GUIDED) for d in range(10)])
 
 
 def with_path_trick(good: bytes) -> bytes:
@@ -65,6 +81,17 @@ def with_path_trick(good: bytes) -> bytes:
             name = "../../evil.png" if i == 1 else info.filename
             dst.writestr(name, src.read(info))
     return buffer.getvalue()
+
+
+def import_zip(page: Page, name: str, data: bytes) -> None:
+    """Choose the zip in the page's uploader and press Import once the page has taken the file (a click while
+    the upload's own rerun runs can be lost)."""
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        {"name": name, "mimeType": "application/zip", "buffer": data}
+    )
+    expect(page.locator('[data-testid="stFileUploader"]').get_by_text(name).first).to_be_visible(timeout=30_000)
+    settle(page)
+    page.get_by_role("button", name="Import", exact=True).click()
 
 
 def ink(rgba: np.ndarray) -> torch.Tensor:
@@ -79,19 +106,18 @@ def covered(a: torch.Tensor, b: torch.Tensor, reach: int = 6) -> float:
 
 
 def assert_drawn_whole(collection: MyDigits) -> None:
-    """Each saved drawing is one of the writer's samples, whole: its original (the 280x280 canvas as saved) and
-    the same strokes drawn offline (benchmarks.writers.render at the canvas's pen width) cover each other's ink
-    within 6 pixels (the canvas smooths the paths a little). Measured here: 1.000 for every drawing against its
-    own sample; a stroke left out scores 0.24-0.86, a stroke whose first fifth is lost 0.80-0.91 (0.99 for a 0)."""
-    expected = {
-        (d, s): ink(render(strokes(WRITER, d, s), width=CANVAS_STROKE)) for d in range(10) for s in range(GUIDED)
-    }
-    for item in collection.list():
+    """Each saved drawing is the writer's sample 0 of its digit, whole: its original (the 280x280 canvas as saved)
+    and the same strokes drawn offline (benchmarks.writers.render at the canvas's pen width) cover each other's
+    ink within 6 pixels (the canvas smooths the paths a little). Measured here: 1.000 for every drawing against
+    its own sample; a stroke left out scores 0.24-0.86, a stroke whose first fifth is lost 0.80-0.91 (0.99 for
+    a 0)."""
+    items = collection.list()
+    assert sorted(item.label for item in items) == sorted(BY_MOUSE)
+    for item in items:
         drawn = ink(collection.original(item.id))
-        best = max(
-            min(covered(drawn, expected[item.label, s]), covered(expected[item.label, s], drawn)) for s in range(GUIDED)
-        )
-        assert best > 0.97, (item, best)
+        expected = ink(render(strokes(WRITER, item.label, 0), width=CANVAS_STROKE))
+        score = min(covered(drawn, expected), covered(expected, drawn))
+        assert score > 0.97, (item, score)
 
 
 def test_collect_review_export_import_and_train_my_digits(browser, small_app, screenshot_dir, tmp_path) -> None:
@@ -101,8 +127,8 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     open_page(page, small_app.url, "mydigits")
     expect(page.get_by_text("No drawings yet").first).to_be_visible()
 
-    # --- guided mode: "draw a 4", two of each digit, drawn stroke by stroke with the mouse
-    page.get_by_label("Drawings of each digit", exact=True).fill(str(GUIDED))
+    # --- guided mode: "draw a 4", one of each digit; BY_MOUSE drawn stroke by stroke, the others skipped
+    page.get_by_label("Drawings of each digit", exact=True).fill("1")
     page.get_by_label("Your name (optional, kept with each drawing)", exact=True).fill(WRITER.name)
     page.get_by_label("Your name (optional, kept with each drawing)", exact=True).press("Enter")
     settle(page)
@@ -111,20 +137,27 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     preview = page.locator(".st-key-guided_preview img")
 
     for digit in range(10):
-        for sample in range(GUIDED):
-            expect(page.get_by_role("heading", name=f"Draw a {digit}")).to_be_visible(timeout=30_000)
-            draw_strokes(page, canvas, strokes(WRITER, digit, sample), shown=preview)  # returns with the app idle
-            if digit == 4 and sample == 0:
-                shot(page, folder, "0-guided-drawing-a-4")
-            page.get_by_role("button", name="Save and next").click()
-            have = f"{sample + 1} {digit}" + ("" if sample == 0 else "s")
-            wait_for_text(page, re.escape(f"Saved your {digit}: you have {have} now."), timeout=30)
-    wait_for_text(page, re.escape(f"you saved {10 * GUIDED} of {10 * GUIDED} digits"), timeout=30)
+        expect(page.get_by_role("heading", name=f"Draw a {digit}")).to_be_visible(timeout=30_000)
+        if digit not in BY_MOUSE:
+            page.get_by_role("button", name="Skip", exact=True).click()
+            continue
+        draw_strokes(page, canvas, strokes(WRITER, digit, 0), shown=preview)  # returns with the app idle
+        if digit == 4:
+            shot(page, folder, "0-guided-drawing-a-4")
+        page.get_by_role("button", name="Save and next").click()
+        wait_for_text(page, re.escape(f"Saved your {digit}: you have 1 {digit} now."), timeout=30)
+    wait_for_text(page, re.escape(f"you saved {len(BY_MOUSE)} of 10 digits"), timeout=30)
     settle(page)
-    assert counts(root) == dict.fromkeys(range(10), GUIDED)
+    assert counts(root) == {d: int(d in BY_MOUSE) for d in range(10)}
     saved = MyDigits(ArtifactStore(root)).list()
     assert {d.source for d in saved} == {"guided"} and {d.writer for d in saved} == {WRITER.name}
     assert_drawn_whole(MyDigits(ArtifactStore(root)))
+
+    # --- the writer's other drawings, from a zip, bring every digit to GUIDED
+    import_zip(page, "rest.zip", up_to_guided(tmp_path / "rest"))
+    wait_for_text(page, re.escape(f"Imported {10 * GUIDED - len(BY_MOUSE)} new drawings from rest.zip"), timeout=30)
+    settle(page)
+    assert counts(root) == dict.fromkeys(range(10), GUIDED)
 
     # --- the grid: one group per digit with its count; too few to train, and the page says what is missing
     for digit in range(10):
@@ -149,20 +182,16 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     # --- a bad zip is refused, nothing changes; the export brings the deleted drawing back
     labels = root / "mydigits" / "labels.json"
     before = labels.read_bytes()
-    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
-    uploader.set_input_files({"name": "bad.zip", "mimeType": "application/zip", "buffer": with_path_trick(exported)})
-    page.get_by_role("button", name="Import", exact=True).click()
+    import_zip(page, "bad.zip", with_path_trick(exported))
     wait_for_text(page, "The zip was not imported and your collection is unchanged", timeout=30)
     assert labels.read_bytes() == before
     assert not (root.parent / "evil.png").exists() and not (root / "evil.png").exists()
     shot(page, folder, "2-bad-zip-refused")
-    uploader.set_input_files({"name": "my-digits.zip", "mimeType": "application/zip", "buffer": exported})
-    page.get_by_role("button", name="Import", exact=True).click()
+    import_zip(page, "my-digits.zip", exported)
     wait_for_text(page, re.escape("Imported 1 new drawing from my-digits.zip"), timeout=30)
     settle(page)
     assert counts(root) == dict.fromkeys(range(10), GUIDED)
-    uploader.set_input_files({"name": "third.zip", "mimeType": "application/zip", "buffer": third_of_each(tmp_path)})
-    page.get_by_role("button", name="Import", exact=True).click()
+    import_zip(page, "third.zip", third_of_each(tmp_path / "third"))
     wait_for_text(page, re.escape("Imported 10 new drawings from third.zip"), timeout=30)
     settle(page)
     assert counts(root) == dict.fromkeys(range(10), GUIDED + 1)
