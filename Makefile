@@ -34,7 +34,7 @@ study: $(VENV)/.runtime
 	$(BIN)/python -m lora_core study $(STUDY_ARGS)
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check lora_core dashboard benchmarks tests
+	$(BIN)/ruff check lora_core dashboard benchmarks tests tools
 
 test: lint
 	$(BIN)/python -m pytest
