@@ -354,18 +354,19 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
                 top = torch.linalg.svdvals(w)[: a.shape[0]]
                 assert row["weight_top_norm"] == pytest.approx(float(top.square().sum().sqrt()), rel=1e-6)
             assert_reads_amplification(row)
-    # other numbers, another sentence: the same row nearer W's top directions, then nearer random ones
+    # other numbers, another sentence: the same row with W's weight along the update's directions set 40% and 60%
+    # of the way (log scale) from random directions to W's own top ones: just below and above the verdict's line
     row = adapters["amplification"]["r4-seed0"]["rows"][1]
     fields = {
         k: row[k]
         for k in ("layer", "rank", "delta_norm", "projected_norm", "weight_top_norm", "random_norm", "weight_norm")
     }
-    near_top = Amplification(**{**fields, "projected_norm": 0.99 * row["weight_top_norm"]}).to_dict()
-    near_random = Amplification(**{**fields, "projected_norm": 1.01 * row["random_norm"]}).to_dict()
-    assert near_top["emphasised"] is True and near_random["emphasised"] is False
-    assert_reads_amplification(near_top)
-    assert_reads_amplification(near_random)
-    assert len({row["reading"], near_top["reading"], near_random["reading"]}) == 3
+    top, random = row["weight_top_norm"], row["random_norm"]
+    at = {f: Amplification(**{**fields, "projected_norm": random * (top / random) ** f}).to_dict() for f in (0.4, 0.6)}
+    assert at[0.4]["emphasised"] is False and at[0.6]["emphasised"] is True
+    for other in at.values():
+        assert_reads_amplification(other)
+    assert len({row["reading"], at[0.4]["reading"], at[0.6]["reading"]}) == 3
 
     # linear1's input directions: r4-seed0's update's right singular vectors, each with its largest pixel positive
     directions = adapters["directions"]
