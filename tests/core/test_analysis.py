@@ -204,26 +204,33 @@ def test_the_measured_peak_of_full_fine_tuning_is_above_lora_s(small_mnist: Mnis
     assert full.peak_bytes > 0.5 * full.total_bytes
 
 
+def right_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and right singular vectors (rows, largest first) of a wide r x in matrix M, from the
+    eigenvectors U of the r x r matrix M·Mᵀ = U·S²·Uᵀ: Vᵀ = S⁻¹·Uᵀ·M (far cheaper than an SVD of M here)."""
+    eigenvalues, u = torch.linalg.eigh(m @ m.T)
+    sv = eigenvalues.flip(0).sqrt()
+    return sv, (u.flip(1).T @ m) / sv[:, None]
+
+
 def update_right_svd(a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values and right singular vectors (rows) of scale·B·A, from the r x in matrix C = scale·Lᵀ·A with
     BᵀB = L·Lᵀ (Cholesky): (BA)ᵀ(BA) = CᵀC, so both share them (another route than the analysis' QRs)."""
     low = torch.linalg.cholesky(b.T @ b)
-    _, sv, vh = torch.linalg.svd(scale * low.T @ a, full_matrices=False)
-    return sv, vh
+    return right_svd(scale * low.T @ a)
 
 
 def input_rows(a: torch.Tensor, b: torch.Tensor, scale: float, basis: str) -> torch.Tensor:
     """The orthonormal input directions (rows, largest first) compared under `basis`: A's own, or the update's."""
-    if basis == "A":
-        return torch.linalg.svd(a, full_matrices=False).Vh
-    return update_right_svd(a, b, scale)[1]
+    return right_svd(a)[1] if basis == "A" else update_right_svd(a, b, scale)[1]
 
 
 def phi_by_definition(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-    """phi(i, j) = ||V1[:i] V2[:j]ᵀ||_F² / min(i, j), entry by entry."""
+    """phi(i, j) = ||V1[:i] V2[:j]ᵀ||_F² / min(i, j), entry by entry: V1[:i] V2[:j]ᵀ is the top-left i x j block
+    of V1 V2ᵀ."""
+    overlap = v1 @ v2.T
     return torch.tensor(
         [
-            [float((v1[:i] @ v2[:j].T).square().sum()) / min(i, j) for j in range(1, v2.shape[0] + 1)]
+            [float(overlap[:i, :j].square().sum()) / min(i, j) for j in range(1, v2.shape[0] + 1)]
             for i in range(1, v1.shape[0] + 1)
         ],
         dtype=torch.float64,
