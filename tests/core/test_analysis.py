@@ -17,7 +17,9 @@ from core_helpers import file_bytes, random_mlp
 
 from lora_core.data import MnistData
 from lora_core.errors import ConfigError, RunStopped
+from lora_core.lab import analysis
 from lora_core.lab.analysis import (
+    Amplification,
     AnalysisSettings,
     LowRankUpdate,
     amplification,
@@ -202,12 +204,61 @@ def test_the_measured_peak_of_full_fine_tuning_is_above_lora_s(small_mnist: Mnis
     assert full.peak_bytes > 0.5 * full.total_bytes
 
 
+def right_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and right singular vectors (rows, largest first) of a wide r x in matrix M, from the
+    eigenvectors U of the r x r matrix M·Mᵀ = U·S²·Uᵀ: Vᵀ = S⁻¹·Uᵀ·M (far cheaper than an SVD of M here)."""
+    eigenvalues, u = torch.linalg.eigh(m @ m.T)
+    sv = eigenvalues.flip(0).sqrt()
+    return sv, (u.flip(1).T @ m) / sv[:, None]
+
+
+def update_right_svd(a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and right singular vectors (rows) of scale·B·A, from the r x in matrix C = scale·Lᵀ·A with
+    BᵀB = L·Lᵀ (Cholesky): (BA)ᵀ(BA) = CᵀC, so both share them (another route than the analysis' QRs)."""
+    low = torch.linalg.cholesky(b.T @ b)
+    return right_svd(scale * low.T @ a)
+
+
+def input_rows(a: torch.Tensor, b: torch.Tensor, scale: float, basis: str) -> torch.Tensor:
+    """The orthonormal input directions (rows, largest first) compared under `basis`: A's own, or the update's."""
+    return right_svd(a)[1] if basis == "A" else update_right_svd(a, b, scale)[1]
+
+
+def phi_by_definition(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """phi(i, j) = ||V1[:i] V2[:j]ᵀ||_F² / min(i, j), entry by entry: V1[:i] V2[:j]ᵀ is the top-left i x j block
+    of V1 V2ᵀ."""
+    overlap = v1 @ v2.T
+    return torch.tensor(
+        [
+            [float(overlap[:i, :j].square().sum()) / min(i, j) for j in range(1, v2.shape[0] + 1)]
+            for i in range(1, v1.shape[0] + 1)
+        ],
+        dtype=torch.float64,
+    )
+
+
+def assert_reads_amplification(row: dict) -> None:
+    """A table 7 row's sentence states its norms and factor, and the verdict its numbers give: W's weight along
+    the update's directions, on a log scale from random directions (0) to W's own top ones (1), at 0.5 or more
+    means directions W already emphasises."""
+    projected, top, random, delta = (row[k] for k in ("projected_norm", "weight_top_norm", "random_norm", "delta_norm"))
+    assert row["factor"] == pytest.approx(delta / projected)
+    assert f"||UᵀWVᵀ||_F = {projected:.3g}, against {top:.3g} along W's own top {row['rank']}" in row["reading"]
+    assert f"{random:.3g} along random ones" in row["reading"]
+    assert f"by a factor of {delta / projected:.3g} (||ΔW||_F = {delta:.3g})" in row["reading"]
+    assert top > 1.0001 * random, row  # trained layers: W's top directions carry more than random ones
+    emphasised = math.log(projected / random) / math.log(top / random) >= 0.5
+    assert row["emphasised"] is emphasised
+    verdict = "amplifies directions W already emphasises" if emphasised else "amplifies directions W barely uses"
+    assert verdict in row["reading"], row["reading"]
+
+
 # --- the whole run ---------------------------------------------------------------------------------------------------
 SMALL = dict(small_rank=4, large_rank=8, steps=40, batch_size=64, memory_ranks=(2, 4), memory_steps=2, device="cpu")
 
 
 def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
-    artifacts_copy: Path, small_mnist: MnistData
+    artifacts_copy: Path, small_mnist: MnistData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """trained_artifacts' adapter 'small' (rank 4, alpha 8, seed 0, 40 steps of 64) is exactly the rank-4 seed-0
     analysis adapter: it is loaded, not trained again, and not changed."""
@@ -215,6 +266,25 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     adapters_before = file_bytes(store.adapters_dir)
     base_before = file_bytes(store.base_dir)
     settings = AnalysisSettings(**SMALL)
+    # what the analysis computes from: each adapter's A, B and scale and its layer's W, and each A before training
+    analysed: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]]] = {}
+    initial_as: dict[str, dict[str, torch.Tensor]] = {}
+    real_analyze = analysis.analyze_adapters
+
+    def recording_analyze(lora_model, settings, keys=None, initial=None):  # noqa: ANN001, ANN202
+        for name, layer in lora_model.lora_layers().items():
+            for key in layer.lora_A:
+                a, b = (m[key].weight.detach().double().clone() for m in (layer.lora_A, layer.lora_B))
+                analysed.setdefault(key, {})[name] = (
+                    a,
+                    b,
+                    layer.scaling[key],
+                    layer.base_layer.weight.detach().double(),
+                )
+        initial_as.update(initial or {})
+        return real_analyze(lora_model, settings, keys, initial)
+
+    monkeypatch.setattr(analysis, "analyze_adapters", recording_analyze)
     result = run_analysis(store, small_mnist, settings)
     assert file_bytes(store.adapters_dir) == adapters_before and file_bytes(store.base_dir) == base_before
 
@@ -225,31 +295,93 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
         "r8-seed0": "trained for the analysis",
         "r4-seed1": "trained for the analysis",
     }
-    # the saved adapter's own A gives the phi recorded for it
+    # r4-seed0 is the saved adapter's own A and B
     base = store.load_base("cpu")
     lora_model = LoraModel(base.model)
     store.load_adapter(lora_model, "small", base.fingerprint)
-    a_small = lora_model.lora_layers()["linear2"].lora_A["small"].weight
+    for name, layer in lora_model.lora_layers().items():
+        a, b, _, _ = analysed["r4-seed0"][name]
+        assert torch.equal(a, layer.lora_A["small"].weight.double()) and torch.equal(
+            b, layer.lora_B["small"].weight.double()
+        )
+    assert {key: {name: f[0].shape[0] for name, f in layers.items()} for key, layers in analysed.items()} == {
+        "r4-seed0": {"linear1": 4, "linear2": 4, "linear3": 4},
+        "r8-seed0": {"linear1": 8, "linear2": 8, "linear3": 8},
+        "r4-seed1": {"linear1": 4, "linear2": 4, "linear3": 4},
+    }
+
+    # phi, recomputed from each adapter's matrices by the definition, entry by entry
+    for basis in ("A", "update"):
+        for pair, keys in (("ranks", ["r4-seed0", "r8-seed0"]), ("seeds", ["r4-seed0", "r4-seed1"])):
+            entries = adapters["similarity"][basis][pair]
+            assert [e["layer"] for e in entries] == ["linear1", "linear2", "linear3"]
+            for e in entries:
+                assert e["adapters"] == keys
+                v1, v2 = (input_rows(*analysed[key][e["layer"]][:3], basis) for key in keys)
+                expected = phi_by_definition(v1, v2)
+                assert e["ranks"] == list(expected.shape)
+                assert torch.allclose(torch.tensor(e["phi"], dtype=torch.float64), expected, atol=1e-5), (
+                    basis,
+                    pair,
+                    e,
+                )
+                k = min(8, *expected.shape)
+                assert e["top1"] == pytest.approx(float(expected[0, 0]), abs=1e-5)
+                assert e["top_k"] == pytest.approx(float(expected[k - 1, k - 1]), abs=1e-5)
+                assert e["top1_in_all"] == pytest.approx(float(expected[0, -1]), abs=1e-5)
+                # the sentence states these numbers
+                assert f"lies {e['top1_in_all']:.0%} inside all of {keys[1]}'s" in e["reading"]
+                assert f"φ(1,1) = {e['top1']:.2f}" in e["reading"] and f"φ({k},{k}) = {e['top_k']:.2f}" in e["reading"]
     ranks = {e["layer"]: e for e in adapters["similarity"]["A"]["ranks"]}
-    assert [e["layer"] for e in adapters["similarity"]["A"]["ranks"]] == ["linear1", "linear2", "linear3"]
-    assert ranks["linear2"]["ranks"] == [4, 8]
-    phi = torch.tensor(ranks["linear2"]["phi"])
-    assert phi.shape == (4, 8) and ranks["linear2"]["top1"] == pytest.approx(float(phi[0, 0]))
-    # the rank-8 adapter is not saved: its phi against the saved one's A is checked through another pair, the
-    # saved adapter against itself under another key, which must be 1 on the diagonal
-    seeds = {e["layer"]: e for e in adapters["similarity"]["A"]["seeds"]}
-    assert seeds["linear2"]["adapters"] == ["r4-seed0", "r4-seed1"]
-    assert torch.allclose(subspace_similarity(a_small, a_small).diagonal(), torch.ones(4), atol=1e-5)
-    assert {e["ranks"][1] for e in adapters["similarity"]["update"]["seeds"]} == {4}
     # linear1's A of both seed-0 adapters start with the same 4 rows (one seed, drawn in order), linear2's do not
     assert ranks["linear1"]["init"]["top_k_in_all"] == pytest.approx(1.0, abs=1e-5)
     assert ranks["linear2"]["init"]["top_k_in_all"] < 0.5
     assert all(e["init"] is None for e in adapters["similarity"]["update"]["ranks"])
     moved = adapters["a_moved"]
-    assert set(moved) == set(sources) and all(0 < v < 100 for m in moved.values() for v in m.values())
-    amp = adapters["amplification"]["r4-seed0"]["rows"]
-    assert [a["layer"] for a in amp] == ["linear1", "linear2", "linear3"] and all(a["reading"] for a in amp)
-    assert len(adapters["directions"]["images"]) == 4  # min(directions 8, rank 4)
+    assert set(moved) == set(sources)
+    for key, layers in moved.items():
+        for name, value in layers.items():
+            a0 = initial_as[key][name].double()
+            assert value == pytest.approx(float((analysed[key][name][0] - a0).norm() / a0.norm()), rel=1e-6)
+            assert 0 < value < 100
+
+    # table 7, recomputed from B, A and W; each sentence reads its own numbers
+    for key in ("r4-seed0", "r8-seed0"):
+        rows = adapters["amplification"][key]["rows"]
+        assert [a["layer"] for a in rows] == ["linear1", "linear2", "linear3"]
+        for row in rows:
+            a, b, scale, w = analysed[key][row["layer"]]
+            sv, vh = update_right_svd(a, b, scale)
+            u = (scale * b @ (a @ vh.T)) / sv  # the update's left singular vectors: M V = U S
+            assert row["rank"] == a.shape[0]
+            assert row["delta_norm"] == pytest.approx(float((scale * b @ a).norm()), rel=1e-6)
+            assert row["projected_norm"] == pytest.approx(float((u.T @ w @ vh.T).norm()), rel=1e-6)
+            assert row["weight_norm"] == pytest.approx(float(w.norm()), rel=1e-6)
+            if row["layer"] == "linear3":  # W's own singular values: cheap only for the 10 x 2000 layer
+                top = torch.linalg.svdvals(w)[: a.shape[0]]
+                assert row["weight_top_norm"] == pytest.approx(float(top.square().sum().sqrt()), rel=1e-6)
+            assert_reads_amplification(row)
+    # other numbers, another sentence: the same row with W's weight along the update's directions set 40% and 60%
+    # of the way (log scale) from random directions to W's own top ones: just below and above the verdict's line
+    row = adapters["amplification"]["r4-seed0"]["rows"][1]
+    fields = {
+        k: row[k]
+        for k in ("layer", "rank", "delta_norm", "projected_norm", "weight_top_norm", "random_norm", "weight_norm")
+    }
+    top, random = row["weight_top_norm"], row["random_norm"]
+    at = {f: Amplification(**{**fields, "projected_norm": random * (top / random) ** f}).to_dict() for f in (0.4, 0.6)}
+    assert at[0.4]["emphasised"] is False and at[0.6]["emphasised"] is True
+    for other in at.values():
+        assert_reads_amplification(other)
+    assert len({row["reading"], at[0.4]["reading"], at[0.6]["reading"]}) == 3
+
+    # linear1's input directions: r4-seed0's update's right singular vectors, each with its largest pixel positive
+    directions = adapters["directions"]
+    sv, vh = update_right_svd(*analysed["r4-seed0"]["linear1"][:3])
+    signed = vh * torch.sign(vh.gather(1, vh.abs().argmax(dim=1, keepdim=True)))
+    assert directions["adapter"] == "r4-seed0" and len(directions["images"]) == 4  # min(directions 8, rank 4)
+    assert torch.allclose(torch.tensor(directions["images"], dtype=torch.float64), signed.reshape(4, 28, 28), atol=1e-6)
+    assert torch.allclose(torch.tensor(directions["singular_values"], dtype=torch.float64), sv, rtol=1e-6)
 
     memory = result["memory"]
     assert [r["label"] for r in memory["rows"]] == ["full fine-tuning", "LoRA r=2", "LoRA r=4"]

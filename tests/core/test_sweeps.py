@@ -22,6 +22,7 @@ from core_helpers import (
 )
 
 from lora_core.errors import ConfigError, RunStopped
+from lora_core.lab import sweeps
 from lora_core.lab.experiments import ExperimentSettings, list_experiments
 from lora_core.lab.sweeps import (
     SweepResult,
@@ -123,6 +124,21 @@ def test_smallest_within_half_a_point_of_the_best():
         smallest_within_best([], [])
 
 
+def assert_reads_rank_points(reading: str, points: list, marked: float) -> None:
+    """The rank sweep's sentence states the best accuracy and its rank, and the marked rank with its figures."""
+    best = max(points, key=lambda p: p.task_accuracy)
+    chosen = next(p for p in points if p.value == marked)
+    assert reading.startswith(f"The best task accuracy is {100 * best.task_accuracy:.2f}% at rank {best.value:g}")
+    if chosen is best:
+        expected = f"rank {best.value:g} ({best.trainable_params:,} trainable parameters); "
+    else:
+        expected = (
+            f"; rank {marked:g} is the smallest within 0.5 points of it ({100 * chosen.task_accuracy:.2f}% with "
+            f"{chosen.trainable_params:,} trainable parameters, {chosen.trainable_params / best.trainable_params:.0%}"
+        )
+    assert expected in reading, (expected, reading)
+
+
 # --- the sweeps on small settings ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tiny_mnist):
@@ -153,7 +169,17 @@ def test_rank_sweep_points(rank_sweep):
         assert 0 <= p.task_accuracy <= 1 and p.seconds > 0 and p.adapter_off_equals_base is True
         assert p.task_gain == pytest.approx(p.task_accuracy - result.base["task_accuracy"])
     assert result.marked == smallest_within_best(result.values, [p.task_accuracy for p in result.points])
-    assert f"rank {result.marked:g}" in result.reading and "task accuracy" in result.reading
+    assert_reads_rank_points(result.reading, result.points, result.marked)
+    # the same points with other accuracies read otherwise: the best at rank 16 and marked there, or marked below it
+    task = parse_task("rotate:30")
+    readings = [result.reading]
+    for accuracies, marked in (((0.5, 0.6, 0.9), 16), ((0.899, 0.6, 0.9), 1)):
+        others = [dataclasses.replace(p, task_accuracy=a) for p, a in zip(result.points, accuracies, strict=True)]
+        got_marked, reading = sweeps._mark("rank", others, SETTINGS, task)
+        assert got_marked == marked
+        assert_reads_rank_points(reading, others, marked)
+        readings.append(reading)
+    assert len(set(readings)) == 3, readings
     assert {r.phase for r in reports} >= {"rank 1 (1/3)", "rank 2 (2/3)", "rank 16 (3/3)"}
     assert store.adapter_names() == ["small"]  # the points' adapters were dropped, not saved
 

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 from streamlit import dataframe_util
 
-from dashboard import jobs, state, ui
+from dashboard import charts, jobs, state, ui
 from lora_core.data import MnistData
 from lora_core.lab.experiments import list_experiments, load_experiment
 from lora_core.lab.tasks import parse_task
@@ -33,6 +33,27 @@ def shown_cells(table) -> list[list[str]]:  # noqa: ANN001 - AppTest's Table
     display = table.proto.arrow_data.styler.display_values
     assert display, "the table is sent without display text: Streamlit would show 'None' for empty cells"
     return dataframe_util.convert_arrow_bytes_to_pandas_df(display).astype(str).values.tolist()
+
+
+def expected_learned_vs_forgot(
+    base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str
+) -> str:
+    """The learned-vs-forgot sentence its numbers call for: the method with the highest task accuracy learned
+    the most, the one with the highest kept accuracy forgot the least, the lowest forgot the most."""
+    names = {"lora": "LoRA", "full": "full fine-tuning", "head": "last layer only"}
+    most = max(points, key=lambda m: points[m][0])
+    least = max(points, key=lambda m: points[m][1])
+    worst = min(points, key=lambda m: points[m][1])
+
+    def kept(m: str) -> str:
+        return f"{kept_what} {100 * base[1]:.2f}% → {100 * points[m][1]:.2f}%"
+
+    sentence = f"{names[most]} learned the most (task {100 * base[0]:.2f}% → {100 * points[most][0]:.2f}%)"
+    sentence += " and" if least == most else f"; {names[least]}"
+    sentence += f" forgot the least ({kept(least)})"
+    if worst != least:
+        sentence += f"; {names[worst]} forgot the most ({kept(worst)})"
+    return sentence[0].upper() + sentence[1:] + "."
 
 
 def small_settings(at, kind: str) -> None:  # noqa: ANN001 - AppTest
@@ -115,7 +136,18 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
         shown = texts(at)
         off = f"{100 * lora.adapter_off_plain['accuracy']:.2f}%"
         assert f"with the adapter off the base still reads {off} of plain MNIST" in shown
-        assert "learned the most" in shown and "forgot the least" in shown
+        points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
+        before = (result.base["task_accuracy"], result.base["kept_accuracy"])
+        assert expected_learned_vs_forgot(before, points, "plain MNIST") in shown
+
+    # the sentence follows the numbers: other accuracies, another sentence
+    points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
+    before = (result.base["task_accuracy"], result.base["kept_accuracy"])
+    reversed_points = {m: (1 - task, 1 - kept) for m, (task, kept) in points.items()}
+    for other in (reversed_points, {**points, "head": (1.0, 1.0)}):
+        reading = charts.read_learned_vs_forgot(before, other, "plain MNIST")
+        assert reading == expected_learned_vs_forgot(before, other, "plain MNIST")
+        assert reading != charts.read_learned_vs_forgot(before, points, "plain MNIST")
 
     check_results(at)
     restarted = visit(new_app(), "experiments")  # a new session: read back from the saved JSON

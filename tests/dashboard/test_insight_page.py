@@ -5,6 +5,7 @@ linear1's directions and the memory table and chart, again in a new session (aft
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
@@ -24,6 +25,33 @@ def small_settings(at) -> None:  # noqa: ANN001 - AppTest
     at.number_input(key="insight_steps").set_value(4)
     at.number_input(key="insight_batch").set_value(16)
     at.number_input(key="insight_memory_steps").set_value(1).run()
+
+
+def assert_shows_similarity(at, basis: dict) -> None:  # noqa: ANN001 - AppTest
+    """Each pair's table on the page holds the saved figures of its layers, and each layer's saved sentence."""
+    shown = [t.value for t in at.dataframe if "φ(1,1)" in t.value.columns]
+    assert len(shown) == len(basis) == 2
+    markdown = [str(m.value) for m in at.markdown]
+    for table, entries in zip(shown, basis.values(), strict=True):
+        k = entries[0]["k"]
+        expected = []
+        for e in entries:
+            row = {
+                "layer": e["layer"],
+                "ranks": f"{e['ranks'][0]} vs {e['ranks'][1]}",
+                "φ(1,1)": e["top1"],
+                f"φ({k},{k})": e["top_k"],
+                "φ(1, all)": e["top1_in_all"],
+                f"φ({k}, all)": e["top_k_in_all"],
+                "random φ(1,1)": e["random_top1"],
+                f"random φ({k},{k})": e["random_top_k"],
+            }
+            if e["init"]:
+                row |= {"φ(1, all) at init": e["init"]["top1_in_all"], f"φ({k},{k}) at init": e["init"]["top_k"]}
+            expected.append(row)
+            assert f"- {e['reading']}" in markdown
+            assert f"φ(1,1) = {e['top1']:.2f}" in e["reading"]
+        assert table.to_dict("records") == expected
 
 
 def test_without_a_base_model_the_page_offers_training(fresh_dir: Path) -> None:
@@ -69,12 +97,53 @@ def test_the_analysis_runs_as_a_job_and_its_results_show_again_after_a_restart(t
     assert len(charts) == 2 * 3 + 1 + 1  # phi per pair and layer, linear1's directions, the memory bars
     text = texts(at)
     assert "No analysis yet" not in text
-    assert "amplifies directions W" in text  # the reading of table 7
-    assert "Full fine-tuning needs" in text and "LoRA at rank 8" in text
+    markdown = [str(m.value) for m in at.markdown]
+    adapters, memory_saved = saved["adapters.json"], saved["memory.json"]
+    assert_shows_similarity(at, adapters["similarity"]["A"])  # the paper's basis first
     tables = [t.value for t in at.dataframe]
+    moved = next(t for t in tables if "adapter" in t.columns)
+    assert moved.to_dict("records") == [{"adapter": k, **v} for k, v in adapters["a_moved"].items()]
+    shown_amp = [t for t in tables if "amplification factor" in t.columns]
+    assert len(shown_amp) == len(adapters["amplification"]) == 2
+    for table, (key, block) in zip(shown_amp, adapters["amplification"].items(), strict=True):
+        assert f"Adapter {key}" in [str(h.value) for h in at.subheader]
+        assert table.to_dict("records") == [
+            {
+                "layer": a["layer"],
+                "r": a["rank"],
+                "‖ΔW‖_F": a["delta_norm"],
+                "‖UᵀWVᵀ‖_F": a["projected_norm"],
+                "W's own top r": a["weight_top_norm"],
+                "random directions": a["random_norm"],
+                "amplification factor": a["factor"],
+            }
+            for a in block["rows"]
+        ]
+        assert block["summary"] in [str(i.value) for i in at.info]
+        for a in block["rows"]:  # each sentence shown is the saved one, and its verdict is what its numbers say
+            assert f"- {a['reading']}" in markdown
+            position = math.log(a["projected_norm"] / a["random_norm"]) / math.log(
+                a["weight_top_norm"] / a["random_norm"]
+            )
+            verdict = "already emphasises" if position >= 0.5 else "barely uses"
+            assert f"amplifies directions W {verdict} (" in a["reading"], (position, a["reading"])
+            assert f"by a factor of {a['factor']:.3g}" in a["reading"]
+
+    # the memory table and its ratio, from the saved rows
     memory = next(t for t in tables if "measured peak (MB)" in t.columns)
-    assert list(memory["method"])[:2] == ["full fine-tuning", "LoRA r=1"]
+    rows = memory_saved["rows"]
+    assert list(memory["method"]) == [r["label"] for r in rows] and list(memory["method"])[:2] == [
+        "full fine-tuning",
+        "LoRA r=1",
+    ]
+    assert list(memory["trainable parameters"]) == [r["trainable_params"] for r in rows]
+    assert list(memory["total, exact (MB)"]) == [r["total_bytes"] / 1e6 for r in rows]
+    assert list(memory["measured peak (MB)"]) == [r["peak_bytes"] / 1e6 for r in rows]
     assert (memory["measured peak (MB)"] > 0).all()
+    by_label = {r["label"]: r for r in rows}
+    full_over_lora = by_label["full fine-tuning"]["total_bytes"] / by_label["LoRA r=8"]["total_bytes"]
+    assert memory_saved["ratio"]["rank"] == 8 and memory_saved["ratio"]["total"] == full_over_lora
+    assert f"Full fine-tuning needs **{full_over_lora:.2f}×** the memory of LoRA at rank 8 in all" in text
     similarity = next(t for t in tables if "φ(1,1)" in t.columns)
     assert "φ(1, all) at init" in similarity.columns  # A's directions (the paper's): beside their random start
 
@@ -83,3 +152,4 @@ def test_the_analysis_runs_as_a_job_and_its_results_show_again_after_a_restart(t
     assert len(plotly_charts(at)) == 8
     similarity = next(t.value for t in at.dataframe if "φ(1,1)" in t.value.columns)
     assert "φ(1, all) at init" not in similarity.columns
+    assert_shows_similarity(at, saved["adapters.json"]["similarity"]["update"])
