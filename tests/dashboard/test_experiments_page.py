@@ -12,8 +12,9 @@ import torch
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 from streamlit import dataframe_util
 
-from dashboard import charts, jobs, state, ui
+from dashboard import jobs, state, ui
 from lora_core.data import MnistData
+from lora_core.lab import readings
 from lora_core.lab.experiments import list_experiments, load_experiment
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraModel
@@ -145,9 +146,9 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     before = (result.base["task_accuracy"], result.base["kept_accuracy"])
     reversed_points = {m: (1 - task, 1 - kept) for m, (task, kept) in points.items()}
     for other in (reversed_points, {**points, "head": (1.0, 1.0)}):
-        reading = charts.read_learned_vs_forgot(before, other, "plain MNIST")
+        reading = readings.read_learned_vs_forgot(before, other, "plain MNIST")
         assert reading == expected_learned_vs_forgot(before, other, "plain MNIST")
-        assert reading != charts.read_learned_vs_forgot(before, points, "plain MNIST")
+        assert reading != readings.read_learned_vs_forgot(before, points, "plain MNIST")
 
     check_results(at)
     restarted = visit(new_app(), "experiments")  # a new session: read back from the saved JSON
