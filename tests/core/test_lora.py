@@ -454,7 +454,7 @@ def test_path_tricks_are_still_refused(name):
         validate_adapter_name(name)
 
 
-# --- training's own autograd node (lora._FrozenBaseLoraFunction) ----------------------------------------
+# --- training's own autograd node (lora_core.lora.fast.FrozenBaseLoraFunction) --------------------------
 def frozen_lora_layer(
     in_features: int = 20,
     out_features: int = 30,
