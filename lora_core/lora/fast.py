@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
@@ -72,6 +73,7 @@ class FrozenBaseLoraFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # x A^T is saved outside autograd: a second derivative would treat it as a constant
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         side, xa, weight, a, b = ctx.saved_tensors
         scale = ctx.scale

@@ -629,6 +629,19 @@ def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes(
     assert layer._base_cast is None
 
 
+def test_fast_training_path_refuses_a_second_derivative():
+    """The backward reads x A^T saved from the forward, outside autograd: differentiated again, the gradient
+    of B would count as a constant in x and A (a gradient penalty would come out silently wrong). A second
+    derivative must raise instead."""
+    layer = frozen_lora_layer(6, 5, dtype=torch.float64, r=3, alpha=5.0)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    grad_a, grad_b = torch.autograd.grad(layer(x).square().sum(), (a, b), create_graph=True)
+    penalty = grad_a.square().sum() + grad_b.square().sum()
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        penalty.backward()
+
+
 def test_lora_linear_with_a_trainable_base_trains_it_with_plain_autograd():
     """A LoraLinear used on its own keeps nn.Linear's trainable weight: that must get its gradient."""
     torch.manual_seed(0)
