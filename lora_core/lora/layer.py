@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_core.errors import ConfigError
 from lora_core.lora.fast import BaseCast, FrozenBaseLoraFunction, cast_frozen_base
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class LoraLinear(nn.Module):
         if name is None or not self.adapters_enabled:
             return self.base_layer(x)
         if self._merged_weight is not None:
-            return F.linear(x, self._merged_weight, self.base_layer.bias)
+            return self._merged_forward(x)
         dropout = self.lora_dropout[name]
         # with dropout 0 the side path reads x itself: no Identity call, no copy
         x_side = dropout(x) if isinstance(dropout, nn.Dropout) else None
@@ -221,6 +222,24 @@ class LoraLinear(nn.Module):
         )
         return out.view(*lead, self.out_features)
 
+    def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x through the merged weight, refused while any tensor it was made from needs a gradient.
+
+        The merged weight is built without autograd: a training step through it would give A, B and W no
+        gradient, and an update to any of them would leave the merged weight stale. This is the one check
+        for it, since every way of training a merged layer (LoraModel, this layer alone, any loop) runs here.
+        """
+        if torch.is_grad_enabled():
+            names = [n for n, _ in self.combination or ()] or [str(self.active_adapter)]
+            sources = [self.base_layer.weight]
+            for name in names:
+                sources += [self.lora_A[name].weight, self.lora_B[name].weight]
+            if any(t.requires_grad for t in sources):
+                which = f"adapter {names[0]!r} is" if len(names) == 1 else f"adapters {', '.join(map(repr, names))} are"
+                message = f"{which} merged, and training cannot reach a merged weight: unmerge() first"
+                raise ConfigError("adapter", message)
+        return F.linear(x, self._merged_weight, self.base_layer.bias)
+
     def _combined_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus every active adapter's update times its weight, by plain autograd (combinations
         are for evaluation and prediction). Each term is computed exactly as the single-adapter evaluation
@@ -229,7 +248,7 @@ class LoraLinear(nn.Module):
         if not self.adapters_enabled or not self.combination:
             return self.base_layer(x)
         if self._merged_weight is not None:
-            return F.linear(x, self._merged_weight, self.base_layer.bias)
+            return self._merged_forward(x)
         out = self.base_layer(x)
         first_b = self.lora_B[self.combination[0][0]].weight
         if out.dtype != first_b.dtype:  # bfloat16 autocast: the side paths and the sum in float32

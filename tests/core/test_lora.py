@@ -226,6 +226,51 @@ def test_merge_matches_unmerged_and_never_touches_base_weights(x):
         assert torch.equal(lora_model(x), base_out)
 
 
+@pytest.mark.parametrize("trains", ["adapter", "combination", "base weight"])
+def test_training_through_a_merged_weight_is_refused(trains, x):
+    """The merged weight is built without autograd: a step through it gives the adapter no gradient and,
+    had anything changed A, B or W, would run on a stale sum. Any forward that needs a gradient of what
+    the merged weight was made from must say to unmerge first."""
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.add_adapter("b", LoraConfig(r=2, alpha=2, target_modules=("linear2",)), seed=1)
+    lora_model.set_adapter(["a", "b"] if trains == "combination" else "a")
+    params = lora_model.mark_only_lora_trainable("a")
+    if trains == "base weight":
+        lora_model.mark_only_lora_trainable("b")  # A and B of "a" frozen again
+        params = [lora_model.lora_layers()["linear2"].base_layer.weight.requires_grad_(True)]
+    lora_model.train()
+    lora_model.merge()
+    with pytest.raises(ConfigError, match="merged.*unmerge"):
+        lora_model(x)
+    with torch.no_grad():  # evaluating the merged model is what merging is for
+        merged = lora_model(x)
+    lora_model.unmerge()
+    torch.nn.functional.cross_entropy(lora_model(x), torch.arange(32) % 10).backward()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in params)
+    with torch.no_grad():
+        torch.testing.assert_close(lora_model(x), merged, atol=1e-5, rtol=0)
+
+
+def test_a_frozen_merged_model_runs_with_gradients_on(x):
+    """Nothing the merged weight was made from needs a gradient (a loaded adapter): nothing to refuse, e.g.
+    for a gradient with respect to the input."""
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    for p in lora_model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        unmerged = lora_model(x)
+    lora_model.merge()
+    xi = x.clone().requires_grad_(True)
+    out = lora_model(xi)
+    torch.testing.assert_close(out, unmerged, atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert xi.grad is not None and torch.count_nonzero(xi.grad) > 0
+
+
 def test_merge_with_no_active_adapter_is_a_no_op(x):
     lora_model = LoraModel(random_mlp())
     with torch.no_grad():
