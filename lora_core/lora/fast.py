@@ -120,7 +120,9 @@ def cast_frozen_base(
     Autocast casts W again on every forward (2M float32 values read, 2M bfloat16 written for linear2,
     measured at over 10% of a bfloat16 LoRA step here). W and b are frozen, so the copy is kept and
     made again only when either changes: another tensor, new storage, or an in-place write, which bumps
-    the tensor's version counter.
+    the tensor's version counter. That counter (`_version`) is private to PyTorch, which offers no public
+    one: test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes fails if it stops
+    counting in-place writes.
     """
     # the sources are held (not only their addresses), so a new tensor can never reuse a cached one's
     state = [(t, t.data_ptr(), t._version) for t in (weight, bias) if t is not None]

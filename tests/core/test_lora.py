@@ -663,9 +663,19 @@ def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes(
     cast = layer._base_cast
     assert cast is not None and cast.weight.dtype == torch.bfloat16 and cast.bias.dtype == torch.bfloat16
     assert torch.equal(step(), first) and layer._base_cast is cast  # made once, reused
-    with torch.no_grad():  # an in-place change of W (load_state_dict does the same) is seen
+    # the cache sees in-place writes through the tensor's private version counter, which PyTorch bumps on
+    # every in-place op (also under no_grad, and load_state_dict's copy_): held here, should that change
+    version = layer.base_layer.weight._version
+    with torch.no_grad():
         layer.base_layer.weight.mul_(2.0)
+    assert layer.base_layer.weight._version > version
     assert not torch.equal(step(), first) and layer._base_cast is not cast
+    cast, version = layer._base_cast, layer.base_layer.weight._version
+    state = {k: v.clone() for k, v in layer.base_layer.state_dict().items()}
+    state["weight"] *= 0.5
+    layer.base_layer.load_state_dict(state)
+    assert layer.base_layer.weight._version > version
+    assert torch.equal(step(), first) and layer._base_cast is not cast
     cast = layer._base_cast
     layer.base_layer.bias = torch.nn.Parameter(torch.ones(30), requires_grad=False)  # a new tensor too
     step()
