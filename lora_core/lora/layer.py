@@ -85,7 +85,8 @@ def _adapter_name(key: str) -> str:
 
 
 class LoraLinear(nn.Module):
-    """nn.Linear plus any number of named low-rank adapters, at most one active at a time."""
+    """nn.Linear plus any number of named low-rank adapters: none active, one, or several at once, each with
+    a weight (set_combination)."""
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
