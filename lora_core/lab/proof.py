@@ -27,7 +27,7 @@ from lora_core.model import MLP
 from lora_core.params import WeightCheck, weights_unchanged
 from lora_core.store.artifacts import now_iso
 from lora_core.threads import torch_threads
-from lora_core.train import FinetuneConfig, adam, finetune
+from lora_core.train import FinetuneConfig, adam, finetune, train_parameters
 
 RECORDED_BY = "fine-tune run"
 
@@ -253,20 +253,24 @@ class LiveCheck:
         }
 
 
-class _FullFinetune(LoraModel):
-    """The control: the very same fine-tuning loop, but the optimizer gets the base tensors.
+def _mark_only_base_trainable(lora_model: LoraModel) -> list[nn.Parameter]:
+    """Freeze every adapter and make the base tensors trainable; return those tensors."""
+    for p in lora_model.parameters():
+        p.requires_grad_(False)
+    base = [p for n, p in lora_model.model.named_parameters() if ".lora_" not in n]
+    for p in base:
+        p.requires_grad_(True)
+    return base
 
-    Only the choice of trainable tensors differs from a LoRA run (the adapter stays at B = 0), so the
-    control shows that this loop, these batches and this learning rate do move W when W is trainable.
-    """
 
-    def mark_only_lora_trainable(self, name: str) -> list[nn.Parameter]:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        base = [p for n, p in self.model.named_parameters() if ".lora_" not in n]
-        for p in base:
-            p.requires_grad_(True)
-        return base
+def _full_finetune(lora_model: LoraModel, name: str, data: MnistData, config: FinetuneConfig) -> None:
+    """The control: finetune's own steps (the same seeding, a fresh adapter `name`, the same loop and
+    batches), but the optimizer gets the base tensors instead of A and B (the adapter stays at B = 0).
+    Only the choice of trainable tensors differs from a LoRA run, so the control shows that this loop,
+    these batches and this learning rate do move W when W is trainable."""
+    torch.manual_seed(config.seed)  # as finetune does: dropout masks come from the global generator
+    lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
+    train_parameters(lora_model, _mark_only_base_trainable(lora_model), data, config, phase="finetune")
 
 
 def _plain_copy(model: nn.Module) -> MLP:
@@ -363,9 +367,9 @@ def _live_check(
             for layer, (a, b) in final.items()
         ]
 
-        control_model = _FullFinetune(_plain_copy(base_model))
+        control_model = LoraModel(_plain_copy(base_model))
         t = time.perf_counter()
-        finetune(control_model, LIVE_ADAPTER, data, config)
+        _full_finetune(control_model, LIVE_ADAPTER, data, config)
         seconds["control"] = time.perf_counter() - t
         control_diffs = weights_unchanged(snapshot, control_model.base_state_dict())
     seconds["total"] = time.perf_counter() - started

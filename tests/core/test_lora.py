@@ -226,6 +226,51 @@ def test_merge_matches_unmerged_and_never_touches_base_weights(x):
         assert torch.equal(lora_model(x), base_out)
 
 
+@pytest.mark.parametrize("trains", ["adapter", "combination", "base weight"])
+def test_training_through_a_merged_weight_is_refused(trains, x):
+    """The merged weight is built without autograd: a step through it gives the adapter no gradient and,
+    had anything changed A, B or W, would run on a stale sum. Any forward that needs a gradient of what
+    the merged weight was made from must say to unmerge first."""
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    lora_model.add_adapter("b", LoraConfig(r=2, alpha=2, target_modules=("linear2",)), seed=1)
+    lora_model.set_adapter(["a", "b"] if trains == "combination" else "a")
+    params = lora_model.mark_only_lora_trainable("a")
+    if trains == "base weight":
+        lora_model.mark_only_lora_trainable("b")  # A and B of "a" frozen again
+        params = [lora_model.lora_layers()["linear2"].base_layer.weight.requires_grad_(True)]
+    lora_model.train()
+    lora_model.merge()
+    with pytest.raises(ConfigError, match="merged.*unmerge"):
+        lora_model(x)
+    with torch.no_grad():  # evaluating the merged model is what merging is for
+        merged = lora_model(x)
+    lora_model.unmerge()
+    torch.nn.functional.cross_entropy(lora_model(x), torch.arange(32) % 10).backward()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in params)
+    with torch.no_grad():
+        torch.testing.assert_close(lora_model(x), merged, atol=1e-5, rtol=0)
+
+
+def test_a_frozen_merged_model_runs_with_gradients_on(x):
+    """Nothing the merged weight was made from needs a gradient (a loaded adapter): nothing to refuse, e.g.
+    for a gradient with respect to the input."""
+    lora_model = LoraModel(random_mlp())
+    lora_model.add_adapter("a", LoraConfig(r=4, alpha=8), seed=0)
+    randomize_b(lora_model, "a")
+    for p in lora_model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        unmerged = lora_model(x)
+    lora_model.merge()
+    xi = x.clone().requires_grad_(True)
+    out = lora_model(xi)
+    torch.testing.assert_close(out, unmerged, atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert xi.grad is not None and torch.count_nonzero(xi.grad) > 0
+
+
 def test_merge_with_no_active_adapter_is_a_no_op(x):
     lora_model = LoraModel(random_mlp())
     with torch.no_grad():
@@ -454,7 +499,7 @@ def test_path_tricks_are_still_refused(name):
         validate_adapter_name(name)
 
 
-# --- training's own autograd node (lora._FrozenBaseLoraFunction) ----------------------------------------
+# --- training's own autograd node (lora_core.lora.fast.FrozenBaseLoraFunction) --------------------------
 def frozen_lora_layer(
     in_features: int = 20,
     out_features: int = 30,
@@ -618,15 +663,38 @@ def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes(
     cast = layer._base_cast
     assert cast is not None and cast.weight.dtype == torch.bfloat16 and cast.bias.dtype == torch.bfloat16
     assert torch.equal(step(), first) and layer._base_cast is cast  # made once, reused
-    with torch.no_grad():  # an in-place change of W (load_state_dict does the same) is seen
+    # the cache sees in-place writes through the tensor's private version counter, which PyTorch bumps on
+    # every in-place op (also under no_grad, and load_state_dict's copy_): held here, should that change
+    version = layer.base_layer.weight._version
+    with torch.no_grad():
         layer.base_layer.weight.mul_(2.0)
+    assert layer.base_layer.weight._version > version
     assert not torch.equal(step(), first) and layer._base_cast is not cast
+    cast, version = layer._base_cast, layer.base_layer.weight._version
+    state = {k: v.clone() for k, v in layer.base_layer.state_dict().items()}
+    state["weight"] *= 0.5
+    layer.base_layer.load_state_dict(state)
+    assert layer.base_layer.weight._version > version
+    assert torch.equal(step(), first) and layer._base_cast is not cast
     cast = layer._base_cast
     layer.base_layer.bias = torch.nn.Parameter(torch.ones(30), requires_grad=False)  # a new tensor too
     step()
     assert layer._base_cast is not cast and torch.equal(layer._base_cast.bias, torch.ones(30, dtype=torch.bfloat16))
     layer.eval()
     assert layer._base_cast is None
+
+
+def test_fast_training_path_refuses_a_second_derivative():
+    """The backward reads x A^T saved from the forward, outside autograd: differentiated again, the gradient
+    of B would count as a constant in x and A (a gradient penalty would come out silently wrong). A second
+    derivative must raise instead."""
+    layer = frozen_lora_layer(6, 5, dtype=torch.float64, r=3, alpha=5.0)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    grad_a, grad_b = torch.autograd.grad(layer(x).square().sum(), (a, b), create_graph=True)
+    penalty = grad_a.square().sum() + grad_b.square().sum()
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        penalty.backward()
 
 
 def test_lora_linear_with_a_trainable_base_trains_it_with_plain_autograd():

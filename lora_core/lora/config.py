@@ -1,0 +1,178 @@
+"""How an adapter is shaped: LoraConfig, as Hugging Face PEFT's lora/config.py, kept apart from the layers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from lora_core.errors import ConfigError
+from lora_core.lora.layer import linear_layers, rank_limits
+from lora_core.model import LAYER_NAMES
+from lora_core.numbers import is_finite_number
+
+INITS = ("kaiming", "gaussian")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """How an adapter is shaped; kept apart from the layers, like PEFT's LoraConfig."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LAYER_NAMES
+    use_rslora: bool = False
+    init: str = "kaiming"
+    # PEFT's per-layer overrides of r and alpha, as (layer, value) pairs sorted by layer (a dict is accepted).
+    # capped_for() fills them where r is above a layer's limit; empty for every adapter that needs none.
+    rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for key in ("rank_pattern", "alpha_pattern"):
+            value = getattr(self, key)
+            pairs = value.items() if isinstance(value, dict) else value
+            object.__setattr__(self, key, tuple(sorted((str(k), v) for k, v in pairs)))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def rank_for(self, layer: str) -> int:
+        """The rank of `layer`'s adapter: rank_pattern's where it names the layer, else r."""
+        return dict(self.rank_pattern).get(layer, self.r)
+
+    def scale_for(self, layer: str) -> float:
+        """`layer`'s scale as PEFT computes it: its alpha (alpha_pattern's or alpha) over its rank (or sqrt)."""
+        alpha, r = dict(self.alpha_pattern).get(layer, self.alpha), self.rank_for(layer)
+        return alpha / (math.sqrt(r) if self.use_rslora else r)
+
+    def capped_for(self, model: nn.Module) -> LoraConfig:
+        """This config with r capped at min(in, out) on each layer that cannot hold it, the way PEFT says so:
+        rank_pattern gives the capped rank, and alpha_pattern an alpha that keeps the layer's scale alpha/r
+        (alpha/sqrt(r) with rsLoRA). Without it PEFT would scale the capped layer by alpha/r', which with the
+        usual alpha = 2r grows with r (12.8 on linear3 at r=64): the layer would train at another learning
+        rate, not just with fewer dimensions. Layers rank_pattern already names are left as they are (validate
+        refuses them above the limit); a config that needs no cap is returned itself."""
+        limits = rank_limits(model)
+        ranks, alphas = dict(self.rank_pattern), dict(self.alpha_pattern)
+        for name in self.target_modules:
+            limit = limits.get(name)
+            if name in ranks or limit is None or self.r <= limit:
+                continue
+            ratio = limit / self.r
+            ranks[name] = limit
+            alphas[name] = alphas.get(name, self.alpha) * (math.sqrt(ratio) if self.use_rslora else ratio)
+        if ranks == dict(self.rank_pattern):
+            return self
+        return dataclasses.replace(self, rank_pattern=ranks, alpha_pattern=alphas)
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        """Raise ConfigError for any value that cannot make a sensible adapter on `model`."""
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError("rank", f"must be a whole number of at least 1, got {self.r!r}")
+        if not is_finite_number(self.alpha) or self.alpha <= 0:
+            raise ConfigError("alpha", f"must be a positive number, got {self.alpha!r}")
+        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if self.init not in INITS:
+            raise ConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not self.target_modules:
+            raise ConfigError("targets", "choose at least one layer to adapt")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ConfigError("targets", f"lists a layer twice: {', '.join(self.target_modules)}")
+        for name, r in self.rank_pattern:
+            if name not in self.target_modules:
+                raise ConfigError("rank", f"rank_pattern names {name!r}, which is not one of the target layers")
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ConfigError("rank", f"rank_pattern: {name} must be a whole number of at least 1, got {r!r}")
+        for name, alpha in self.alpha_pattern:
+            if name not in self.target_modules:
+                raise ConfigError("alpha", f"alpha_pattern names {name!r}, which is not one of the target layers")
+            if not is_finite_number(alpha) or alpha <= 0:
+                raise ConfigError("alpha", f"alpha_pattern: {name} must be a positive number, got {alpha!r}")
+        if model is None:
+            return
+        layers = linear_layers(model)
+        for name in self.target_modules:
+            if name not in layers:
+                known = ", ".join(layers)
+                raise ConfigError("targets", f"unknown layer {name!r}; the model has {known}")
+        # r itself may exceed a layer's limit: capped_for caps it there. A rank rank_pattern gives is exact.
+        for name, r in self.rank_pattern:
+            layer = layers[name]
+            limit = min(layer.in_features, layer.out_features)
+            if r > limit:
+                raise ConfigError(
+                    "rank",
+                    f"rank_pattern gives {name} rank {r}, larger than it allows ({layer.in_features} -> "
+                    f"{layer.out_features}: at most {limit})",
+                )
+
+    def to_peft(self) -> dict[str, Any]:
+        """The fields of Hugging Face PEFT's adapter_config.json for this adapter."""
+        return {
+            "peft_type": "LORA",
+            "task_type": None,
+            "base_model_name_or_path": None,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": list(self.target_modules),
+            "use_rslora": self.use_rslora,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True if self.init == "kaiming" else "gaussian",
+            "inference_mode": True,
+            "modules_to_save": None,
+            # only where a layer differs from r and alpha, so that every other adapter's file stays as it was
+            **({"rank_pattern": dict(self.rank_pattern)} if self.rank_pattern else {}),
+            **({"alpha_pattern": dict(self.alpha_pattern)} if self.alpha_pattern else {}),
+        }
+
+    @classmethod
+    def from_peft(cls, data: dict[str, Any]) -> LoraConfig:
+        """Read the fields this package uses from a PEFT adapter_config.json dictionary."""
+        if data.get("peft_type") != "LORA":
+            raise ConfigError("peft_type", f"expected 'LORA', got {data.get('peft_type')!r}")
+        for key in ("r", "lora_alpha", "target_modules"):
+            if key not in data:
+                raise ConfigError(key, "missing from adapter_config.json")
+        if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
+            raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
+        targets = data["target_modules"]
+        if isinstance(targets, str) or not isinstance(targets, list):
+            raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+        init = "gaussian" if data.get("init_lora_weights") == "gaussian" else "kaiming"
+        patterns = {}
+        for key in ("rank_pattern", "alpha_pattern"):
+            value = data.get(key) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"must map layer names to values, got {value!r}")
+            patterns[key] = value
+        cfg = cls(
+            r=data["r"],
+            alpha=data["lora_alpha"],
+            dropout=data.get("lora_dropout", 0.0),
+            target_modules=tuple(targets),
+            use_rslora=bool(data.get("use_rslora", False)),
+            init=init,
+            **patterns,
+        )
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        for key in ("rank_pattern", "alpha_pattern"):  # as in to_peft: only where a layer differs
+            if getattr(self, key):
+                d[key] = dict(getattr(self, key))
+            else:
+                del d[key]
+        return d
