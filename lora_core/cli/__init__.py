@@ -12,7 +12,8 @@
     python -m lora_core combine --adapters digit-9:1,rotate-45:0.5  # two adapters at once, each with a weight
 
 Every command takes --json PATH. A mistake prints one line, `error: <option>: <what is wrong>`, and exits
-with status 2. parser.py holds the options, commands.py what each command does, render.py the text.
+with status 2. Each command is a module of this package that adds its own subparser (`register`) and handles
+it; options.py holds the options and checks they share, common.py the work they share, render.py the text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_core.cli.parser import EXIT_USAGE, UsageError, build_parser, unrecognized, usage_error
+from lora_core.cli import (
+    analyze,
+    combine,
+    evaluate,
+    experiment,
+    finetune,
+    inspect,
+    mydigits,
+    predict,
+    prove,
+    study,
+    sweep,
+    train,
+)
+from lora_core.cli.options import EXIT_USAGE, Parser, UsageError, common_options, unrecognized, usage_error
 from lora_core.errors import (
     AdapterExistsError,
     ArtifactError,
@@ -42,11 +57,24 @@ from lora_core.store.fileio import atomic_write_json
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 
+# In the order `--help` lists them; each module's register(subparsers, common) adds its subparser, with the
+# handler and the option names its errors use.
+COMMANDS = (train, evaluate, finetune, inspect, prove, predict, study, experiment, sweep, analyze, combine, mydigits)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m lora_core", description="LoRA on MNIST: train, fine-tune, evaluate, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = common_options()
+    for command in COMMANDS:
+        command.register(sub, common)
+    return parser
+
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     args, extras = build_parser().parse_known_args(argv)
     if extras:
-        raise unrecognized(getattr(args, "command", None), extras)
+        raise unrecognized(extras, getattr(args, "renamed_options", {}))
     args.argv = argv
     return args
 

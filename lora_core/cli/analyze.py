@@ -1,8 +1,7 @@
 """`python -m lora_core analyze [similarity|amplification|directions|memory|all]`: the LoRA paper's analysis
 (Hu et al. 2021, section 7) on this base model's adapters, and the memory training takes, as tables.
 
-Kept apart from commands.py and render.py: its options, its command and its text are all here; parser.py
-only registers it (add_analyze_parser).
+Its options, its command and its text are all here.
 """
 
 from __future__ import annotations
@@ -11,10 +10,21 @@ import argparse
 import threading
 from typing import Any
 
-from lora_core.cli.parser import UsageError, _float_arg, _int_arg, _precision_option, usage_error
+from lora_core.cli.options import UsageError, float_arg, int_arg, precision_option, usage_error
 from lora_core.cli.render import ProgressBar, human_bytes, say, table
+from lora_core.data import load_mnist
 from lora_core.errors import ConfigError
+from lora_core.lab.analysis import (
+    ADAPTER_PARTS,
+    ADAPTERS_FILE,
+    MEMORY_FILE,
+    PARTS,
+    AnalysisSettings,
+    analysis_dir,
+    run_analysis,
+)
 from lora_core.numbers import pct
+from lora_core.store.artifacts import ArtifactStore
 
 CHOICES = ("similarity", "amplification", "directions", "memory", "all")
 ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
@@ -39,10 +49,7 @@ BASIS_TITLES = {
 SHADES = ((0.5, "#"), (0.2, "+"), (-0.2, " "), (-0.5, "-"))  # a direction's pixels, largest magnitude = 1
 
 
-def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Register the analyze command on the subparsers `sub` of build_parser."""
-    from lora_core.lab.analysis import AnalysisSettings
-
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
     d = AnalysisSettings()
     p = sub.add_parser(
         "analyze",
@@ -58,36 +65,24 @@ def add_analyze_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "part", metavar="PART", nargs="?", choices=CHOICES, default="all", help=f"{' | '.join(CHOICES)} (default: all)"
     )
-    p.add_argument("--small-rank", dest="small_rank", type=_int_arg, default=d.small_rank)
-    p.add_argument("--large-rank", dest="large_rank", type=_int_arg, default=d.large_rank)
-    p.add_argument("--seed", type=_int_arg, default=d.seed, help="seed of both adapters compared across ranks")
-    p.add_argument("--other-seed", dest="other_seed", type=_int_arg, default=d.other_seed, help="the small rank's 2nd")
-    p.add_argument("--steps", type=_int_arg, default=d.steps, help="training steps of each analysis adapter")
-    p.add_argument("--batch-size", dest="batch_size", type=_int_arg, default=d.batch_size, help="also the memory batch")
-    p.add_argument("--lr", type=_float_arg, default=d.lr, help="LoRA's learning rate")
-    p.add_argument("--replay", type=_float_arg, default=d.replay, help="share of each batch from the other digits")
+    p.add_argument("--small-rank", dest="small_rank", type=int_arg, default=d.small_rank)
+    p.add_argument("--large-rank", dest="large_rank", type=int_arg, default=d.large_rank)
+    p.add_argument("--seed", type=int_arg, default=d.seed, help="seed of both adapters compared across ranks")
+    p.add_argument("--other-seed", dest="other_seed", type=int_arg, default=d.other_seed, help="the small rank's 2nd")
+    p.add_argument("--steps", type=int_arg, default=d.steps, help="training steps of each analysis adapter")
+    p.add_argument("--batch-size", dest="batch_size", type=int_arg, default=d.batch_size, help="also the memory batch")
+    p.add_argument("--lr", type=float_arg, default=d.lr, help="LoRA's learning rate")
+    p.add_argument("--replay", type=float_arg, default=d.replay, help="share of each batch from the other digits")
     p.add_argument(
-        "--memory-ranks", dest="memory_ranks", type=_int_arg, nargs="+", default=list(d.memory_ranks), help="LoRA ranks"
+        "--memory-ranks", dest="memory_ranks", type=int_arg, nargs="+", default=list(d.memory_ranks), help="LoRA ranks"
     )
-    p.add_argument("--memory-steps", dest="memory_steps", type=_int_arg, default=d.memory_steps, help="measured run")
-    p.add_argument("--directions", type=_int_arg, default=d.directions, help="linear1 directions to show")
-    _precision_option(p, d.precision)
+    p.add_argument("--memory-steps", dest="memory_steps", type=int_arg, default=d.memory_steps, help="measured run")
+    p.add_argument("--directions", type=int_arg, default=d.directions, help="linear1 directions to show")
+    precision_option(p, d.precision)
     p.set_defaults(handler=cmd_analyze, flags=ANALYZE_FLAGS)
 
 
 def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.data import load_mnist
-    from lora_core.lab.analysis import (
-        ADAPTER_PARTS,
-        ADAPTERS_FILE,
-        MEMORY_FILE,
-        PARTS,
-        AnalysisSettings,
-        analysis_dir,
-        run_analysis,
-    )
-    from lora_core.store.artifacts import ArtifactStore
-
     settings = AnalysisSettings(
         small_rank=args.small_rank,
         large_rank=args.large_rank,

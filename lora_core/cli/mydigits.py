@@ -5,8 +5,6 @@
     mydigits delete ID                  remove one drawing
     mydigits export ZIP / import ZIP    the collection as a zip (import checks every entry, changes nothing if bad)
     mydigits train                      fine-tune the personal adapter, print held-out and MNIST results
-
-Kept apart from commands.py so that the two grow without getting in each other's way.
 """
 
 from __future__ import annotations
@@ -19,14 +17,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lora_core.cli.parser import UsageError
+from lora_core.cli.options import Parser, UsageError, float_arg, int_arg
 from lora_core.cli.render import ProgressBar, say, table
+from lora_core.data import load_mnist
 from lora_core.errors import ArtifactError, ImageError
+from lora_core.lab.mydigits import (
+    MAX_ZIP_BYTES,
+    MIN_PER_DIGIT,
+    MyDigits,
+    MyDigitsImportError,
+    NotEnoughDigitsError,
+    PersonalSettings,
+    check_personal_name_free,
+    describe_missing,
+    missing,
+    train_personal,
+)
 from lora_core.numbers import pct
+from lora_core.precision import PRECISIONS
+from lora_core.preprocess import load_image, prepare_digit
+from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.fileio import atomic_write_bytes
+from lora_core.train import DEVICES
 
 STDOUT = Path("-")  # `--json` without a path: the JSON goes to the standard output instead of a file
 
-TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
+MYDIGITS_FLAGS: dict[str, tuple[str, ...]] = {
     "rank": ("--rank",),
     "alpha": ("--alpha",),
     "steps": ("--steps",),
@@ -40,13 +56,10 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser], int_arg: Any, float_arg: Any) -> None:
-    """The `mydigits` command and its subcommands, added to the main parser's subparsers `sub`."""
-    from lora_core.lab.mydigits import PersonalSettings
-    from lora_core.precision import PRECISIONS
-    from lora_core.train import DEVICES
-
-    common = parser_class(add_help=False)
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The `mydigits` command and its subcommands. Its options differ from the other commands' (`common`
+    is not used): --json may go without a path, and only `mydigits train` reads MNIST and picks a device."""
+    common = Parser(add_help=False)
     common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
     common.add_argument(
         "--json",
@@ -62,29 +75,29 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser], int_arg: A
         description="Collect labelled drawings of your own digits in <artifacts>/mydigits and fine-tune the "
         "personal adapter on them (one in five of each digit is held out to measure it).",
     )
-    my = p.add_subparsers(dest="mydigits_command", required=True, parser_class=parser_class)
+    my = p.add_subparsers(dest="mydigits_command", required=True, parser_class=Parser)
 
     q = my.add_parser("add", parents=[common], help="add drawings (PNG, JPEG) of one digit")
     q.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture files")
     q.add_argument("--label", type=int_arg, required=True, help="the digit drawn, 0 to 9")
     q.add_argument("--writer", help="who drew them (optional)")
-    q.set_defaults(handler=_json_out(cmd_add), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_add), flags=MYDIGITS_FLAGS)
 
     q = my.add_parser("list", parents=[common], help="the collection, by digit")
-    q.set_defaults(handler=_json_out(cmd_list), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_list), flags=MYDIGITS_FLAGS)
 
     q = my.add_parser("delete", parents=[common], help="remove drawings by id (mydigits list shows them)")
     q.add_argument("ids", nargs="+", metavar="ID")
-    q.set_defaults(handler=_json_out(cmd_delete), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_delete), flags=MYDIGITS_FLAGS)
 
     q = my.add_parser("export", parents=[common], help="write the collection to a zip file")
     q.add_argument("zip", type=Path, metavar="ZIP")
     q.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    q.set_defaults(handler=_json_out(cmd_export), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_export), flags=MYDIGITS_FLAGS)
 
     q = my.add_parser("import", parents=[common], help="add the drawings of an exported zip (checked first)")
     q.add_argument("zip", type=Path, metavar="ZIP")
-    q.set_defaults(handler=_json_out(cmd_import), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_import), flags=MYDIGITS_FLAGS)
 
     d = PersonalSettings()
     q = my.add_parser(
@@ -105,7 +118,7 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser], int_arg: A
     q.add_argument("--replay", type=float_arg, default=d.replay, help="share of each batch from MNIST")
     q.add_argument("--seed", type=int_arg, default=d.seed, help="training and the held-out split")
     q.add_argument("--holdout-every", type=int_arg, default=d.holdout_every, help="hold out one in N of each digit")
-    q.set_defaults(handler=_json_out(cmd_train), flags=TRAIN_FLAGS)
+    q.set_defaults(handler=_json_out(cmd_train), flags=MYDIGITS_FLAGS)
 
 
 def _json_out(
@@ -132,15 +145,10 @@ def _say(args: argparse.Namespace, text: str = "") -> None:
 
 
 def _collection(args: argparse.Namespace) -> Any:
-    from lora_core.lab.mydigits import MyDigits
-    from lora_core.store.artifacts import ArtifactStore
-
     return MyDigits(ArtifactStore(args.artifacts))
 
 
 def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.preprocess import load_image, prepare_digit
-
     collection = _collection(args)
     pictures = [(path, load_image(path)) for path in args.images]  # every file read before anything is added
     for path, picture in pictures:  # and checked: a blank one among several must not leave the others half-added
@@ -161,8 +169,6 @@ def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.lab.mydigits import MIN_PER_DIGIT, describe_missing, missing
-
     collection = _collection(args)
     digits = collection.list()
     counts = collection.counts()
@@ -199,8 +205,6 @@ def cmd_delete(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.store.fileio import atomic_write_bytes
-
     if args.zip.is_dir():
         raise UsageError(f"ZIP: {args.zip} is a folder; give a file name such as my-digits.zip")
     if args.zip.exists() and not args.overwrite:
@@ -217,8 +221,6 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.lab.mydigits import MAX_ZIP_BYTES, MyDigitsImportError
-
     if not args.zip.is_file():  # a wrong argument (status 2, as `add` with a missing picture), not a bad zip
         raise UsageError(f"{args.zip}: no such file")
     size = args.zip.stat().st_size
@@ -235,16 +237,6 @@ def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.data import load_mnist
-    from lora_core.lab.mydigits import (
-        NotEnoughDigitsError,
-        PersonalSettings,
-        check_personal_name_free,
-        missing,
-        train_personal,
-    )
-    from lora_core.store.artifacts import ArtifactStore
-
     settings = PersonalSettings(
         rank=args.rank,
         alpha=args.alpha,

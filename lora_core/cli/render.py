@@ -6,8 +6,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 from lora_core.evaluate import weakest_digit
 from lora_core.numbers import pct
+from lora_core.params import ParameterTable
 from lora_core.train import Progress
 
 
@@ -43,8 +46,6 @@ class ProgressBar:
         self.phase = ""
 
     def __call__(self, p: Progress) -> None:
-        from tqdm import tqdm
-
         if self.bar is None or p.phase != self.phase:
             self.close()
             self.phase = p.phase
@@ -79,9 +80,7 @@ def digit_table(before: dict[str, Any], after: dict[str, Any] | None = None) -> 
     return table(headers, rows)
 
 
-def _param_table(params: dict[str, Any]) -> str:
-    from lora_core.params import ParameterTable
-
+def param_table(params: dict[str, Any]) -> str:
     columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
     parameters = ParameterTable.from_dict(params)
     text = table(columns, [[row[c] for c in columns] for row in parameters.rows()])
@@ -101,7 +100,7 @@ def _proof_table(proof: list[dict[str, Any]]) -> str:
     return table(["base tensor", "max |now - saved|", "bit-identical"], rows)
 
 
-def _recorded_table(check: Any) -> str:
+def recorded_table(check: Any) -> str:
     """An adapter's recorded base-tensor hashes (a lora_core.lab.proof.RecordedCheck)."""
     if check.status == "not recorded":
         return f"Base-tensor hashes: {check.source} (nothing to check; fine-tune the adapter again)."
@@ -110,7 +109,7 @@ def _recorded_table(check: Any) -> str:
     return f"Base-tensor hashes {check.source}:\n{text}\nBase weights: {check.status.upper()}"
 
 
-def _live_check_tables(check: dict[str, Any]) -> str:
+def live_check_tables(check: dict[str, Any]) -> str:
     """lora_core.lab.proof.LiveCheck.to_dict as tables and a verdict line."""
     control = {c["tensor"]: c for c in check["control_run"]}
     rows = [
@@ -173,7 +172,7 @@ def study_report(result: dict[str, Any], root: str) -> None:
     say("\n3. Wrong test images per digit, before and after:")
     say(digit_table(base, adapted))
     say("\n4. Parameters:")
-    say(_param_table(result["parameters"]))
+    say(param_table(result["parameters"]))
     say("\n5. Base weights after fine-tuning against the checkpoint saved before it:")
     say(_proof_table(result["weights_proof"]))
     verdict = "UNCHANGED" if result["base_weights_unchanged"] else "CHANGED"
@@ -330,3 +329,11 @@ def sweep_report(result: Any) -> None:
     say(table(headers, rows))
     say(result.reading)
     _saved_and_timed(result)
+
+
+def combine_table(report: Any) -> str:
+    """One row per model (base, each adapter alone, the combination), one column per task, in percent."""
+    headers = ["model", *[column.key for column in report.columns]]
+    rows = [[row["model"], *[pct(row["accuracy"][c.key]) for c in report.columns]] for row in report.rows]
+    legend = "; ".join(f"{c.key} = {c.label}" for c in report.columns)
+    return table(headers, rows) + f"\n({legend})"

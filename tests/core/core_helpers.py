@@ -111,6 +111,17 @@ def run_cli_jobs(
         return {name: f.result() for name, f in futures.items()}
 
 
+def run_cli_in_process(capsys: pytest.CaptureFixture[str], args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`python -m lora_core ARGS` as lora_core.cli.main in this process (no interpreter start, no torch import),
+    its exit status and output in the shape run_cli_jobs gives them."""
+    from lora_core.cli import main
+
+    capsys.readouterr()  # drop what the test printed before
+    status = main(args)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "lora_core", *args], status, out, err)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], words: Iterable[str]) -> str:
     """A refusal: exit status 2, no traceback, one line `error: ...` on stderr holding every word; returns it."""
     detail = f"stdout={result.stdout[-2000:]!r} stderr={result.stderr[-2000:]!r}"

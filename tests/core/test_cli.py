@@ -1,4 +1,7 @@
-"""The command line, run as `python -m lora_core` in subprocesses (several at once, to save time)."""
+"""The command line: refusals and the short runs in this process through lora_core.cli.main (a subprocess
+would spend seconds importing torch for each), and one real `python -m lora_core` run per command in
+subprocesses (several at once, to save time), so that the entry point, exit statuses and output streams are
+proven end to end (analyze, experiment and mydigits: in their own test files)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from core_helpers import assert_one_line_error, file_bytes, run_cli_jobs
+from core_helpers import assert_one_line_error, file_bytes, run_cli_in_process, run_cli_jobs
 
 REPO = Path(__file__).resolve().parents[2]
-# the first test pays for `cli_runs`: about 30 CLI runs (one a short real study), four at a time; on a
-# busy 2-core machine that took up to 4 minutes, above pytest-timeout's default of 300 s
+# the first test to use `cli_runs` pays for it: about 10 CLI runs (one a short real study), four at a time; on
+# a busy 2-core machine such runs have taken minutes, near pytest-timeout's default of 300 s
 pytestmark = pytest.mark.timeout(900)
 
 # name: (arguments, which artifacts folder, words the one-line message must contain)
@@ -39,13 +42,16 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "study-old-option": (["study", "--batch-size", "64"], "trained", ["--train-batch-size", "--ft-batch-size"]),
     "unknown-command": (["tran"], "empty", ["tran", "train"]),
     # one rule for an existing adapter name, and the refusal names the flags that get past it
-    # its own copy of the folder: it holds the writer lock while it evaluates the base model before refusing,
-    # and the studies below, run beside it, would find the folder busy instead of the name taken
-    "finetune-existing-name": (["finetune", "--name", "small", "--steps", "1"], "names", ["'small'", "--overwrite"]),
+    "finetune-existing-name": (["finetune", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
     "study-existing-name": (["study", "--name", "small", "--steps", "1"], "trained", ["'small'", "--overwrite"]),
     "predict-folder-without-pictures": (["predict", "{no_pictures}"], "trained", ["folder", "PNG"]),
     "predict-missing-file": (["predict", "{pictures}/nosuch.png"], "trained", ["nosuch.png", "no such file"]),
+    "prove-steps-0": (["prove", "--steps", "0"], "trained", ["--steps:", "0"]),
+    "sweep-unknown-kind": (["sweep", "alpha"], "trained", ["KIND:", "'alpha'", "rank"]),
 }
+# Refusals also run as real processes, one per command that has no successful run below: exit status 2 and
+# one line, without a traceback, from `python -m lora_core` itself.
+END_TO_END_REFUSALS = ("train-batch-size-0", "rank-0", "prove-steps-0", "sweep-unknown-kind")
 
 
 def _write_pictures(folder: Path, mnist) -> None:
@@ -62,40 +68,58 @@ def _write_pictures(folder: Path, mnist) -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_runs(trained_artifacts, tmp_path_factory, mnist):
-    """Run every CLI case once, four at a time, against a copy of `trained_artifacts` or an empty folder."""
+def places(tmp_path_factory, mnist) -> dict[str, str]:
+    """A folder of pictures and one without any, for the arguments' {pictures} and {no_pictures}."""
+    root = tmp_path_factory.mktemp("cli-pictures")
+    pictures, no_pictures = root / "pictures", root / "no-pictures"
+    _write_pictures(pictures, mnist)
+    no_pictures.mkdir()
+    (no_pictures / "notes.txt").write_text("not a picture")
+    return {"pictures": str(pictures), "no_pictures": str(no_pictures)}
+
+
+@pytest.fixture(scope="module")
+def folders(trained_artifacts, tmp_path_factory) -> dict[str, Path]:
+    """For the runs in this process: a copy of `trained_artifacts` and an empty folder."""
+    root = tmp_path_factory.mktemp("cli-in-process")
+    shutil.copytree(trained_artifacts, root / "trained")
+    (root / "empty").mkdir()
+    (root / "out").mkdir()
+    return {"trained": root / "trained", "empty": root / "empty", "out": root / "out"}
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path, folders, trained_artifacts):
+    """Run `python -m lora_core ARGS` in this process; afterwards check that it wrote nothing into the
+    artifacts folders, nor into the default one."""
+    unused = tmp_path / "default-artifacts-must-not-be-used"
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(unused))
+    yield lambda args: run_cli_in_process(capsys, args)
+    assert file_bytes(folders["trained"]) == file_bytes(trained_artifacts)
+    assert list(folders["empty"].iterdir()) == []
+    assert not unused.exists()
+
+
+@pytest.fixture(scope="module")
+def cli_runs(trained_artifacts, tmp_path_factory, places):
+    """The real processes, four at a time, against a copy of `trained_artifacts` or an empty folder."""
     root = tmp_path_factory.mktemp("cli")
-    folders = {
-        "trained": root / "artifacts",
-        "empty": root / "empty",
-        "writable": root / "writable",
-        "names": root / "names",
-    }
-    for which in ("trained", "writable", "names"):
+    folders = {"trained": root / "artifacts", "empty": root / "empty", "writable": root / "writable"}
+    for which in ("trained", "writable"):
         shutil.copytree(trained_artifacts, folders[which])
     folders["empty"].mkdir()
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    pictures, no_pictures = root / "pictures", root / "no-pictures"
-    _write_pictures(pictures, mnist)
-    no_pictures.mkdir()
-    (no_pictures / "notes.txt").write_text("not a picture")
-    places = {"pictures": str(pictures), "no_pictures": str(no_pictures)}
     jobs = {
-        name: [*(a.format(**places) for a in args), "--artifacts", str(folders[which])]
-        for name, (args, which, _) in ERROR_CASES.items()
+        name: [*(a.format(**places) for a in ERROR_CASES[name][0]), "--artifacts", str(folders[ERROR_CASES[name][1]])]
+        for name in END_TO_END_REFUSALS
     }
     for command in ("evaluate", "inspect"):
         jobs[command] = [command, "--adapter", "small", "--artifacts", str(folders["trained"])]
         jobs[command] += ["--json", str(out / f"{command}.json")]
     trained = ["--artifacts", str(folders["trained"])]
-    for command in ("evaluate", "inspect"):  # no --adapter: the only saved adapter, said so
-        jobs[f"{command}-default"] = [command, *trained, "--json", str(out / f"{command}-default.json")]
-    jobs["inspect-base-only"] = ["inspect", "--base-only", *trained, "--json", str(out / "inspect-base-only.json")]
-    jobs["predict-folder"] = ["predict", str(pictures), *trained, "--json", str(out / "predict-folder.json")]
-    # train options while the saved base is reused: a warning, then the refusal of the existing name
-    jobs["study-warns"] = ["study", "--train-batch-size", "64", "--train-seed", "3", "--name", "small", *trained]
+    jobs["predict-folder"] = ["predict", places["pictures"], *trained, "--json", str(out / "predict-folder.json")]
     jobs["study-overwrite"] = [
         "study",
         *("--name", "small", "--overwrite", "--steps", "3", "--ft-batch-size", "16", "--rank", "2"),
@@ -106,9 +130,17 @@ def cli_runs(trained_artifacts, tmp_path_factory, mnist):
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_bad_input_exits_2_with_one_line(cli_runs, case):
-    line = assert_one_line_error(cli_runs["results"][case], ERROR_CASES[case][2])
+def test_bad_input_exits_2_with_one_line(cli, folders, places, case):
+    args, which, words = ERROR_CASES[case]
+    result = cli([*(a.format(**places) for a in args), "--artifacts", str(folders[which])])
+    line = assert_one_line_error(result, words)
     assert ": error:" not in line and "_size" not in line, line  # argparse's prefix, a field's name
+
+
+@pytest.mark.parametrize("case", END_TO_END_REFUSALS)
+def test_a_real_process_refuses_with_one_line(cli_runs, case):
+    line = assert_one_line_error(cli_runs["results"][case], ERROR_CASES[case][2])
+    assert ": error:" not in line and "_size" not in line, line
 
 
 def test_evaluate_with_adapter_writes_json(cli_runs, trained_artifacts):
@@ -158,24 +190,27 @@ def test_cli_runs_wrote_nothing_into_the_artifacts(cli_runs, trained_artifacts):
     assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
 
 
-def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli_runs):
+def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli, folders):
+    outputs = {}
     for command in ("evaluate", "inspect"):
-        result = cli_runs["results"][f"{command}-default"]
+        out = folders["out"] / f"{command}-default.json"
+        result = outputs[command] = cli([command, "--artifacts", str(folders["trained"]), "--json", str(out)])
         assert result.returncode == 0, result.stderr
         first = result.stdout.splitlines()[0]
         assert "'small'" in first and "the only saved adapter" in first, first
         assert "--adapter NAME" in first and "--base-only" in first, first
-        data = json.loads((cli_runs["out"] / f"{command}-default.json").read_text())
+        data = json.loads(out.read_text())
         assert data["adapter"] == "small"
-    assert "LoRA adds 0 " not in cli_runs["results"]["inspect-default"].stdout
-    assert "LoRA adds 27,176" in cli_runs["results"]["inspect-default"].stdout
+    assert "LoRA adds 0 " not in outputs["inspect"].stdout
+    assert "LoRA adds 27,176" in outputs["inspect"].stdout
 
 
-def test_inspect_base_only(cli_runs):
-    result = cli_runs["results"]["inspect-base-only"]
+def test_inspect_base_only(cli, folders):
+    out = folders["out"] / "inspect-base-only.json"
+    result = cli(["inspect", "--base-only", "--artifacts", str(folders["trained"]), "--json", str(out)])
     assert result.returncode == 0, result.stderr
     assert "--base-only" in result.stdout and "LoRA adds 0 " in result.stdout
-    data = json.loads((cli_runs["out"] / "inspect-base-only.json").read_text())
+    data = json.loads(out.read_text())
     assert "adapter" not in data and data["parameters"]["lora_params"] == 0
 
 
@@ -190,8 +225,10 @@ def test_predict_reads_every_picture_in_a_folder(cli_runs):
     assert data["adapter"] == "small" and all("adapted" in p for p in predictions)
 
 
-def test_study_warns_about_train_options_while_the_base_is_reused(cli_runs):
-    result = cli_runs["results"]["study-warns"]
+def test_study_warns_about_train_options_while_the_base_is_reused(cli, folders):
+    # train options while the saved base is reused: a warning, then the refusal of the existing name
+    args = ["study", "--train-batch-size", "64", "--train-seed", "3", "--name", "small"]
+    result = cli([*args, "--artifacts", str(folders["trained"])])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("warning: --train-batch-size, --train-seed have no effect"), lines

@@ -1,4 +1,5 @@
-"""`python -m lora_core analyze`, run in subprocesses (several at once, to save time)."""
+"""`python -m lora_core analyze`: the refusals and one part in this process through lora_core.cli.main, the whole
+analysis once as a real `python -m lora_core` process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from core_helpers import file_bytes
+from core_helpers import assert_one_line_error, file_bytes, run_cli_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -31,51 +31,42 @@ SMALL = ["--small-rank", "4", "--large-rank", "8", "--steps", "40", "--batch-siz
 
 @pytest.fixture(scope="module")
 def cli_runs(trained_artifacts, tmp_path_factory):
+    """The whole analysis as a real process."""
     root = tmp_path_factory.mktemp("cli-analyze")
-    folders = {name: root / name for name in ("trained", "empty", "all", "memory")}
-    for name in ("trained", "all", "memory"):
-        shutil.copytree(trained_artifacts, folders[name])
-    folders["empty"].mkdir()
+    folders = {"all": root / "all"}
+    shutil.copytree(trained_artifacts, folders["all"])
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    jobs = {name: [*args, "--artifacts", str(folders[which])] for name, (args, which, _) in ERROR_CASES.items()}
-    jobs["all"] = ["analyze", *SMALL, "--memory-ranks", "2", "8", "--artifacts", str(folders["all"])]
-    jobs["all"] += ["--json", str(out / "all.json")]
-    jobs["memory"] = ["analyze", "memory", *SMALL, "--memory-ranks", "1", "--artifacts", str(folders["memory"])]
-
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "lora_core", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run, args) for name, args in jobs.items()}
-        results = {name: f.result() for name, f in futures.items()}
-    return {"results": results, "folders": folders, "out": out, "root": root}
+    args = ["analyze", *SMALL, "--memory-ranks", "2", "8", "--artifacts", str(folders["all"])]
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_core", *args, "--json", str(out / "all.json")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return {"results": {"all": result}, "folders": folders, "out": out, "root": root}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_bad_input_exits_2_with_one_line(cli_runs, case):
-    result = cli_runs["results"][case]
-    detail = f"stdout={result.stdout[-2000:]!r} stderr={result.stderr[-2000:]!r}"
-    assert result.returncode == 2, detail
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, detail
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), detail
-    for word in ERROR_CASES[case][2]:
-        assert word in lines[0], detail
-
-
-def test_refusals_wrote_nothing(cli_runs, trained_artifacts):
-    assert file_bytes(cli_runs["folders"]["trained"]) == file_bytes(trained_artifacts)
-    assert list(cli_runs["folders"]["empty"].iterdir()) == []
-    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
+def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, artifacts_copy, trained_artifacts, case):
+    """Refused in this process, and nothing written: not into the artifacts, nor into the default folder."""
+    folders = {"trained": artifacts_copy, "empty": tmp_path / "empty"}
+    folders["empty"].mkdir()
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "default-artifacts-must-not-be-used"))
+    args, which, words = ERROR_CASES[case]
+    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(folders[which])]), words)
+    assert file_bytes(artifacts_copy) == file_bytes(trained_artifacts)
+    assert list(folders["empty"].iterdir()) == []
+    assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
 
 
 def test_all_prints_every_table_and_saves_the_json(cli_runs, trained_artifacts):
     result = cli_runs["results"]["all"]
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
     out = result.stdout
     for words in (
         "r4-seed0 vs r8-seed0 (ranks compared), directions of A",
@@ -106,11 +97,12 @@ def test_all_prints_every_table_and_saves_the_json(cli_runs, trained_artifacts):
     assert file_bytes(folder / "adapters") == file_bytes(trained_artifacts / "adapters")
 
 
-def test_one_part_runs_only_its_group(cli_runs):
-    result = cli_runs["results"]["memory"]
+def test_one_part_runs_only_its_group(capsys, artifacts_copy):
+    args = ["analyze", "memory", *SMALL, "--memory-ranks", "1", "--artifacts", str(artifacts_copy)]
+    result = run_cli_in_process(capsys, args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Memory of training" in result.stdout and "Subspace similarity" not in result.stdout
-    assert {p.name for p in (cli_runs["folders"]["memory"] / "analysis").iterdir()} == {"memory.json"}
+    assert {p.name for p in (artifacts_copy / "analysis").iterdir()} == {"memory.json"}
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""`python -m lora_core experiment`, run in subprocesses (several at once, to save time)."""
+"""`python -m lora_core experiment`: the refusals and one method alone in this process through lora_core.cli.main,
+three methods once as a real `python -m lora_core` process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from core_helpers import assert_one_line_error, file_bytes, run_cli_jobs
+from core_helpers import assert_one_line_error, file_bytes, run_cli_in_process, run_cli_jobs
 
 pytestmark = pytest.mark.timeout(900)  # two short real comparisons on full MNIST, beside other sessions' work
 
@@ -31,35 +32,35 @@ RUN = ["--steps", "3", "--batch-size", "16", "--rank", "2"]
 
 @pytest.fixture(scope="module")
 def cli_runs(trained_artifacts, tmp_path_factory):
+    """Three methods side by side as a real process."""
     root = tmp_path_factory.mktemp("cli-experiment")
-    folders = {name: root / name for name in ("trained", "empty", "three", "head")}
-    for name in ("trained", "three", "head"):
-        shutil.copytree(trained_artifacts, folders[name])
-    folders["empty"].mkdir()
+    folders = {"three": root / "three"}
+    shutil.copytree(trained_artifacts, folders["three"])
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    jobs = {name: [*args, "--artifacts", str(folders[which])] for name, (args, which, _) in ERROR_CASES.items()}
-    jobs["three"] = ["experiment", "shift:2", *RUN, "--artifacts", str(folders["three"]), "--json", str(out / "3.json")]
-    jobs["head"] = ["experiment", "digits:3", "--methods", "head", *RUN, "--artifacts", str(folders["head"])]
-    results = run_cli_jobs(jobs, env, workers=3, timeout=600)
+    args = ["experiment", "shift:2", *RUN, "--artifacts", str(folders["three"]), "--json", str(out / "3.json")]
+    results = run_cli_jobs({"three": args}, env, workers=1, timeout=600)
     return {"results": results, "folders": folders, "out": out, "root": root}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_bad_input_exits_2_with_one_line(cli_runs, case):
-    assert_one_line_error(cli_runs["results"][case], ERROR_CASES[case][2])
-
-
-def test_refusals_wrote_nothing(cli_runs, trained_artifacts):
-    assert file_bytes(cli_runs["folders"]["trained"]) == file_bytes(trained_artifacts)
-    assert list(cli_runs["folders"]["empty"].iterdir()) == []
-    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
+def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, artifacts_copy, trained_artifacts, case):
+    """Refused in this process, and nothing written: not into the artifacts, nor into the default folder."""
+    folders = {"trained": artifacts_copy, "empty": tmp_path / "empty"}
+    folders["empty"].mkdir()
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "default-artifacts-must-not-be-used"))
+    args, which, words = ERROR_CASES[case]
+    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(folders[which])]), words)
+    assert file_bytes(artifacts_copy) == file_bytes(trained_artifacts)
+    assert list(folders["empty"].iterdir()) == []
+    assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
 
 
 def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artifacts):
     result = cli_runs["results"]["three"]
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
     assert "Traceback" not in result.stderr
     out = result.stdout
     assert "Task shift:2: digits moved 2 px right" in out
@@ -83,13 +84,14 @@ def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artif
     assert file_bytes(folder / "base") == file_bytes(trained_artifacts / "base")
 
 
-def test_one_method_alone(cli_runs):
-    result = cli_runs["results"]["head"]
+def test_one_method_alone(capsys, artifacts_copy):
+    args = ["experiment", "digits:3", "--methods", "head", *RUN, "--artifacts", str(artifacts_copy)]
+    result = run_cli_in_process(capsys, args)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.strip().startswith("head ") for line in lines)
     assert not any(line.strip().startswith(("lora ", "full ")) for line in lines)
     assert "digit 3" in result.stdout and "other digits" in result.stdout
-    folder = cli_runs["folders"]["head"]
+    folder = artifacts_copy
     assert sorted(p.name for p in (folder / "adapters").iterdir()) == ["small"]  # no adapter for head alone
     assert len(list((folder / "experiments").glob("digits-3-*.json"))) == 1
