@@ -150,7 +150,7 @@ def check_adapter_here(store: Any, name: str) -> None:
     that holds adapter `name` when this folder has none of that name: "no adapter called ..." alone would
     puzzle someone who has just seen it saved."""
     from lora_core.errors import ArtifactError
-    from lora_core.lab.experiments import separate_bases
+    from lora_core.store.bases import separate_bases
 
     if store.adapter_exists(name):
         return

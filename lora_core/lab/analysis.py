@@ -22,7 +22,6 @@ are trained in memory and not saved as adapters.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -38,14 +37,23 @@ from torch import nn
 from lora_core.data import MnistData, as_inputs
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.evaluate import evaluate
-from lora_core.lab.experiments import PeakMemory, environment, train_parameters
+from lora_core.lab.run import PeakMemory, environment, named_progress
 from lora_core.lab.study import load_base_for_lora
 from lora_core.lora import LoraModel, base_state_dict
 from lora_core.model import IN_FEATURES, LAYER_NAMES, MLP
 from lora_core.precision import check_precision
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
-from lora_core.store.fileio import atomic_write_json
-from lora_core.train import FinetuneConfig, ProgressCallback, adam, check_int, check_lr, finetune, resolve_device
+from lora_core.store.results import read_saved, write_saved
+from lora_core.train import (
+    FinetuneConfig,
+    ProgressCallback,
+    adam,
+    check_int,
+    check_lr,
+    finetune,
+    resolve_device,
+    train_parameters,
+)
 
 ADAPTERS_FORMAT = "lora_core.analysis.adapters.v1"
 MEMORY_FORMAT = "lora_core.analysis.memory.v1"
@@ -58,7 +66,6 @@ MEMORY_RANKS = (1, 2, 4, 8, 16, 32, 64)
 RATIO_RANK = 8  # the rank the memory ratio full / LoRA is stated at (the first rank measured if 8 is not)
 FULL_LR = 1e-3  # full fine-tuning's learning rate in the experiments (ExperimentSettings.full_lr)
 SIDE = 28
-MAX_READ_BYTES = 64 * 1024 * 1024
 # The float training images the measured runs draw from, made before the measurement starts (the
 # fine-tuning loop, train.train_parameters, normalises uint8 pixels batch by batch and takes these floats
 # as they are), so that the measured block holds the training's own memory alone.
@@ -517,7 +524,7 @@ def _measured_peak(
     stop: threading.Event | None,
 ) -> tuple[int, str]:
     phase = f"memory: {row.label}"
-    named = _named(progress, phase)
+    named = named_progress(progress, phase)
     with PeakMemory(device) as memory:
         if row.method == "full":
             model = _fresh_model(base_state, hidden, device)
@@ -628,12 +635,6 @@ class AnalysisSettings:
         return d
 
 
-def _named(progress: ProgressCallback | None, phase: str) -> ProgressCallback | None:
-    if progress is None:
-        return None
-    return lambda p: progress(dataclasses.replace(p, phase=phase))
-
-
 def find_saved_adapter(store: ArtifactStore, base_sha256: str, config: FinetuneConfig) -> str | None:
     """A saved adapter of this base trained with exactly `config` (device and precision aside), or None."""
     wanted = {k: v for k, v in config.to_dict().items() if k not in ("device", "precision")}
@@ -671,7 +672,8 @@ def _obtain_adapters(
             sources.append({"key": key, "rank": rank, "seed": seed, "source": f"saved adapter {saved!r}"})
             continue
         log(f"{key}: training rank {rank}, seed {seed}, {settings.steps} steps (kept in memory, not saved)")
-        run = finetune(lora_model, key, data, config, progress=_named(progress, f"rank {rank}, seed {seed}"), stop=stop)
+        named = named_progress(progress, f"rank {rank}, seed {seed}")
+        run = finetune(lora_model, key, data, config, progress=named, stop=stop)
         sources.append(
             {
                 "key": key,
@@ -805,7 +807,7 @@ def _header(fmt: str, base: BaseModelRecord, settings: AnalysisSettings, device:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_sha256": base.fingerprint,
         "settings": settings.to_dict(),
-        "environment": {**environment(), "device": str(device)},
+        "environment": environment(device),
     }
 
 
@@ -871,7 +873,7 @@ def run_analysis(
         if save:  # only once every part asked for has run: a stopped or failed run saves nothing
             files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
             for group, result in out.items():
-                atomic_write_json(analysis_dir(store) / files[group], result)
+                write_saved(analysis_dir(store) / files[group], result)
     return out
 
 
@@ -884,19 +886,10 @@ class SavedAnalysis:
 
 
 def _read_saved(path: Path, fmt: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     try:
-        size = path.stat().st_size
-        if size > MAX_READ_BYTES:
-            raise ArtifactError(f"{path} is {size / 2**20:.0f} MiB, larger than any analysis result")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} cannot be read as an analysis result ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ArtifactError(f"{path} is not an analysis result of format {fmt!r} (found {found!r})")
-    return data
+        return read_saved(path, "analysis result", fmt)
+    except FileNotFoundError:
+        return None
 
 
 def load_analysis(store: ArtifactStore) -> SavedAnalysis:

@@ -14,48 +14,40 @@ Where things go:
     <artifacts>/bases/unseen-8-9/adapters/         with its adapters, so all the storage code works on it as is
     <artifacts>/experiments/<slug>-<time>.json     ExperimentResult.to_dict(), written atomically
 
-Peak memory of a method's training, from its set-up to its last step (evaluation and saving left out):
-on CUDA the allocator's peak; on the CPU (where PyTorch keeps no allocator statistics) the process's peak
-resident set size above its size at the start of the method, the kernel's high-water mark VmHWM reset
-through /proc/self/clear_refs; without that, getrusage's ru_maxrss delta, which stays 0 while a run
-remains under the process's earlier peak. `memory_measure` in each result says which. Before each
-method the C allocator is asked to return freed memory (glibc malloc_trim), else a method would reuse
-memory an earlier one freed without raising the RSS. The deterministic `train_state_bytes` (trainable
-weights, their gradients and Adam's two moments, 4 bytes each) is reported beside it.
+Peak memory of a method's training, from its set-up to its last step (evaluation and saving left out), is
+lora_core.lab.run.PeakMemory's; `memory_measure` in each result says how it was taken. The deterministic
+`train_state_bytes` (trainable weights, their gradients and Adam's two moments, 4 bytes each) is reported
+beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
-import os
-import platform
-import resource
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import torch
-from safetensors.torch import save as save_safetensors_bytes
 
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import Evaluation, evaluate
+from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lab.tasks import Task, accuracy_on, without_digits
 from lora_core.lora import LoraModel
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.precision import check_precision
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore, BaseModelRecord
-from lora_core.store.fileio import atomic_write_json
+from lora_core.store.bases import base_store
+from lora_core.store.results import load_result, save_result, saved_results
 from lora_core.train import (
     FinetuneConfig,
-    Progress,
     ProgressCallback,
     TrainConfig,
     check_int,
@@ -303,39 +295,6 @@ class ExperimentResult:
 
 
 # --- where things are stored ---------------------------------------------------------------------------
-def base_store(store: ArtifactStore, name: str) -> ArtifactStore:
-    """The artifacts folder of a separate base model `name`: <artifacts>/bases/<name>, with its own base/
-    and adapters/ and its own writer lock (taken inside the main folder's, always in that order)."""
-    return ArtifactStore(store.root / "bases" / name)
-
-
-def separate_bases(store: ArtifactStore) -> dict[str, ArtifactStore]:
-    """The separate base models saved under <artifacts>/bases/ (unseen-8-9, ...), by name: only folders
-    holding a base model. Reads only; a base still being trained for the first time is not listed yet."""
-    folder = store.root / "bases"
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            sub = base_store(store, entry.name)
-            if sub.has_base():
-                found[entry.name] = sub
-    return found
-
-
-def separate_base_label(name: str, meta: dict[str, Any] | None) -> str:
-    """A separate base for people: 'base without digits 8, 9' from its model.json, else its folder name."""
-    left_out = (meta or {}).get("left_out_digits")
-    if isinstance(left_out, list) and left_out:
-        return f"base without digits {', '.join(map(str, left_out))}"
-    return f"base {name}"
-
-
-def experiments_dir(store: ArtifactStore) -> Path:
-    return store.root / "experiments"
-
-
 def list_experiments(store: ArtifactStore) -> list[Path]:
     """Saved experiment results, newest first."""
     # sweeps (lora_core.lab.sweeps) share the folder under their own prefix and format
@@ -344,169 +303,6 @@ def list_experiments(store: ArtifactStore) -> list[Path]:
 
 def load_experiment(path: Path | str) -> ExperimentResult:
     return load_result(path, "experiment result", ExperimentResult.from_dict)
-
-
-def _save_result(store: ArtifactStore, task: Task, result: ExperimentResult) -> Path:
-    return save_result(store, task.slug, result)
-
-
-# --- saved results: experiments' and sweeps' (lora_core.lab.sweeps) ---------------------------------------------
-class SavedResult(Protocol):
-    path: str | None
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-_Result = TypeVar("_Result", bound=SavedResult)
-
-
-def saved_results(store: ArtifactStore, pattern: str, exclude: tuple[str, ...] = (".",)) -> list[Path]:
-    """The files in <artifacts>/experiments/ matching `pattern` whose names do not start with `exclude`,
-    newest first."""
-    folder = experiments_dir(store)
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(exclude)]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
-
-
-def load_result(path: Path | str, what: str, from_dict: Callable[[dict[str, Any]], _Result]) -> _Result:
-    """Read a saved result; ArtifactError says why a file is not one (`what`: "sweep result", ...)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} cannot be read as a saved {what} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object")
-    try:
-        return from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a complete {what} ({exc})") from exc
-
-
-def save_result(store: ArtifactStore, stem: str, result: SavedResult) -> Path:
-    """Write `result` atomically to <artifacts>/experiments/<stem>-<UTC time>.json (a second one in the
-    same second gets -2, -3 ...) and set its `path`."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = experiments_dir(store)
-    path, n = folder / f"{stem}-{stamp}.json", 1
-    while path.exists():  # two runs in one second: keep both
-        n += 1
-        path = folder / f"{stem}-{stamp}-{n}.json"
-    result.path = str(path)
-    atomic_write_json(path, result.to_dict())
-    return path
-
-
-# --- measuring -----------------------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory of a block above what was in use when it began (see the module's docstring)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_bytes = 0
-        self.measure = ""
-        self._marked: int | None = None
-        self._file_start = 0
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        _return_free_memory()  # else the next method reuses memory the C allocator kept, unseen by RSS
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            self.measure = "CUDA allocator: peak allocated above the start"
-        elif _reset_high_water_mark():
-            self._start = _proc_status_bytes("VmRSS")
-            self._file_start = _proc_status_bytes("RssFile")
-            self.measure = (
-                "peak resident set size above the start (Linux VmHWM, reset via /proc/self/clear_refs), "
-                "less library pages first loaded during the run (RssFile growth)"
-            )
-        else:
-            self._start = _ru_maxrss_bytes()
-            self.measure = "getrusage ru_maxrss delta (0 while the run stays under the process's earlier peak)"
-        return self
-
-    def _peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        if self.measure.startswith("peak resident"):  # code pages mapped in on first use are not the run's data
-            return _proc_status_bytes("VmHWM") - max(0, _proc_status_bytes("RssFile") - self._file_start)
-        return _ru_maxrss_bytes()
-
-    def mark(self) -> None:
-        """Take the peak now (at the last training step), so that what follows is left out."""
-        self._marked = self._peak()
-
-    def __exit__(self, *exc: object) -> None:
-        peak = self._marked if self._marked is not None else self._peak()
-        self.peak_bytes = max(0, peak - self._start)
-
-    def progress(self, callback: ProgressCallback | None) -> ProgressCallback:
-        """`callback`, which also marks the peak at the last step of the run."""
-
-        def report(p: Progress) -> None:
-            if p.step == p.total_steps:
-                self.mark()
-            if callback is not None:
-                callback(p)
-
-        return report
-
-
-def _return_free_memory() -> None:
-    """glibc's malloc_trim(0): hand freed heap memory back to the system (no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _proc_status_bytes("VmHWM") > 0
-    except OSError:
-        return False
-
-
-def _proc_status_bytes(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _ru_maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
-    """Bytes of the safetensors file these tensors would make (float32, as the store saves them)."""
-    plain = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    return len(save_safetensors_bytes(plain, metadata={"format": "pt"}))
-
-
-def environment() -> dict[str, Any]:
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "loadavg": load,
-    }
 
 
 # --- preparing a task ------------------------------------------------------------------------------------
@@ -627,17 +423,11 @@ def run_method(
     computed, and dropped); the full and head copies are thrown away once measured."""
     if method not in METHODS:
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    named = _named_progress(progress, method)
+    named = named_progress(progress, method)
     started = time.perf_counter()
     if method == "lora":
         return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter)
     return _run_copy(ctx, method, settings, named, stop, started)
-
-
-def _named_progress(progress: ProgressCallback | None, phase: str) -> ProgressCallback | None:
-    if progress is None:
-        return None
-    return lambda p: progress(dataclasses.replace(p, phase=phase))
 
 
 def _run_lora(
@@ -836,8 +626,8 @@ def run_experiment(
             methods=results,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - started,
-            environment={**environment(), "device": str(next(ctx.lora_model.model.parameters()).device)},
+            environment=environment(next(ctx.lora_model.model.parameters()).device),
         )
         if save:
-            _save_result(store, task, result)
+            save_result(store, task.slug, result)
     return result

@@ -41,6 +41,7 @@ from lora_core.model import LAYER_NAMES
 from lora_core.precision import resolve_precision
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.fileio import atomic_write_bytes, atomic_write_json
+from lora_core.store.results import read_saved, write_saved
 from lora_core.train import ProgressCallback, adam, check_int, optimise, resolve_device
 
 MIN_PER_DIGIT = 3  # at least one held out and two to train on, for every digit
@@ -691,7 +692,7 @@ def train_personal(
     with store.writing("saving the personal adapter"):  # adapter and result.json change together
         check_personal_name_free(store)  # again under the lock: one may have been saved meanwhile
         store.save_adapter(lora_model, PERSONAL_ADAPTER, metrics, base.fingerprint, overwrite=True)
-        atomic_write_json(collection.folder / RESULT, result.to_dict())
+        write_saved(collection.folder / RESULT, result.to_dict())
     return result
 
 
@@ -716,11 +717,10 @@ def load_personal_result(store: ArtifactStore) -> PersonalResult | None:
     """The last personal adapter's result, or None before the first one is trained."""
     path = store.root / FOLDER / RESULT
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        return PersonalResult.from_dict(data)
+        return PersonalResult.from_dict(read_saved(path, "personal adapter result"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc}; train the personal adapter again") from None
+    except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{path} cannot be read ({exc}); train the personal adapter again") from None

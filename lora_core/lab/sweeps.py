@@ -29,20 +29,13 @@ from typing import Any
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError, RunStopped
-from lora_core.lab.experiments import (
-    ExperimentSettings,
-    TaskContext,
-    environment,
-    load_result,
-    prepare_task,
-    run_method,
-    save_result,
-    saved_results,
-)
+from lora_core.lab.experiments import ExperimentSettings, TaskContext, prepare_task, run_method
+from lora_core.lab.run import environment, named_progress
 from lora_core.lab.tasks import Task
 from lora_core.lora import LoraConfig
 from lora_core.numbers import is_finite_number
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.results import load_result, save_result, saved_results
 from lora_core.train import Progress, ProgressCallback, TrainConfig, resolve_device
 
 FORMAT = "lora_core.sweep.v1"
@@ -297,7 +290,7 @@ def run_sweep(
             point_settings = _point_settings(settings, kind, value)
             label = f"{kind} {value:g} ({i}/{len(ordered)})"
             log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
-            points.append(_measure(ctx, point_settings, value, before, _relabel(progress, label), stop))
+            points.append(_measure(ctx, point_settings, value, before, named_progress(progress, label), stop))
         marked, reading = _mark(kind, points, settings, task)
         result = SweepResult(
             kind=kind,
@@ -316,7 +309,7 @@ def run_sweep(
             reading=reading,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - started,
-            environment={**environment(), "device": str(next(ctx.lora_model.model.parameters()).device)},
+            environment=environment(next(ctx.lora_model.model.parameters()).device),
         )
         if save:
             _save(store, task, result)
@@ -336,12 +329,6 @@ def _point_settings(settings: ExperimentSettings, kind: str, value: float) -> Ex
     if kind == "rank":
         return dataclasses.replace(settings, rank=int(value))
     return dataclasses.replace(settings, replay=float(value))
-
-
-def _relabel(progress: ProgressCallback | None, label: str) -> ProgressCallback | None:
-    if progress is None:
-        return None
-    return lambda p: progress(dataclasses.replace(p, phase=label))
 
 
 def _measure(

@@ -15,22 +15,22 @@ from core_helpers import file_bytes, first_test_images
 from lora_core.data import _TrainImages
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import evaluate, predict
-from lora_core.lab import experiments
 from lora_core.lab.experiments import (
     ExperimentResult,
     ExperimentSettings,
-    base_store,
     list_experiments,
     load_experiment,
     prepare_task,
     run_experiment,
     run_method,
-    save_result,
     train_parameters,
 )
 from lora_core.lab.tasks import parse_task
 from lora_core.model import MLP
+from lora_core.store import results
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.bases import base_store
+from lora_core.store.results import save_result
 from lora_core.train import TrainConfig
 
 SETTINGS = ExperimentSettings(steps=4, batch_size=32, rank=2, seed=0, device="cpu")
@@ -130,7 +130,7 @@ def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rot
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    monkeypatch.setattr(experiments, "datetime", OneSecond)
+    monkeypatch.setattr(results, "datetime", OneSecond)
     store = ArtifactStore(tmp_path / "artifacts")
     copies = [ExperimentResult.from_dict(result.to_dict()) for _ in range(3)]
     paths = [save_result(store, "rotate-45", c) for c in copies]
