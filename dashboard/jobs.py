@@ -33,7 +33,7 @@ from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
 from lora_core.lab.experiments import ExperimentResult, ExperimentSettings, run_experiment
-from lora_core.lab.mydigits import PersonalResult, train_personal
+from lora_core.lab.mydigits.personal import PersonalResult, PersonalSettings, train_personal
 from lora_core.lab.study import (
     AdapterOutcome,
     finetune_and_save_adapter,
@@ -422,13 +422,12 @@ def start_sweep(
 KIND_TITLES["personal"] = "Training my personal adapter"
 
 
-def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> PersonalResult:
+def _personal(store: ArtifactStore, settings: PersonalSettings, progress: Any, stop: Any) -> PersonalResult:
     """Fine-tune the personal adapter on the collection with MNIST replay; lora_core saves the adapter and its
     result (held-out table, MNIST before/after) only when the run completes."""
-    return train_personal(store, _data(), progress=progress, stop=stop, **settings)
+    return train_personal(store, _data(), settings, progress=progress, stop=stop)
 
 
-def start_personal(store: ArtifactStore, settings: dict[str, Any], owner: str | None = None) -> Job:
-    """Train the personal adapter in the background; `settings` are train_personal's keyword arguments (steps,
-    rank, seed...), already checked by the page."""
-    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, dict(settings)), owner))
+def start_personal(store: ArtifactStore, settings: PersonalSettings, owner: str | None = None) -> Job:
+    """Train the personal adapter in the background; `settings` already checked by the page."""
+    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, settings), owner))

@@ -12,7 +12,6 @@ Kept apart from commands.py so that the two grow without getting in each other's
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -42,7 +41,7 @@ TRAIN_FLAGS: dict[str, tuple[str, ...]] = {
 
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser], int_arg: Any, float_arg: Any) -> None:
     """The `mydigits` command and its subcommands, added to the main parser's subparsers `sub`."""
-    from lora_core.lab.mydigits import PersonalSettings
+    from lora_core.lab.mydigits.personal import PersonalSettings
     from lora_core.precision import PRECISIONS
     from lora_core.train import DEVICES
 
@@ -132,7 +131,7 @@ def _say(args: argparse.Namespace, text: str = "") -> None:
 
 
 def _collection(args: argparse.Namespace) -> Any:
-    from lora_core.lab.mydigits import MyDigits
+    from lora_core.lab.mydigits.collection import MyDigits
     from lora_core.store.artifacts import ArtifactStore
 
     return MyDigits(ArtifactStore(args.artifacts))
@@ -161,7 +160,7 @@ def cmd_add(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.lab.mydigits import MIN_PER_DIGIT, describe_missing, missing
+    from lora_core.lab.mydigits.collection import MIN_PER_DIGIT, describe_missing, missing
 
     collection = _collection(args)
     digits = collection.list()
@@ -217,7 +216,7 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 
 def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
-    from lora_core.lab.mydigits import MAX_ZIP_BYTES, MyDigitsImportError
+    from lora_core.lab.mydigits.collection import MAX_ZIP_BYTES, MyDigitsImportError
 
     if not args.zip.is_file():  # a wrong argument (status 2, as `add` with a missing picture), not a bad zip
         raise UsageError(f"{args.zip}: no such file")
@@ -236,11 +235,11 @@ def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
 
 def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     from lora_core.data import load_mnist
-    from lora_core.lab.mydigits import (
+    from lora_core.lab.mydigits.collection import missing
+    from lora_core.lab.mydigits.personal import (
         NotEnoughDigitsError,
         PersonalSettings,
         check_personal_name_free,
-        missing,
         train_personal,
     )
     from lora_core.store.artifacts import ArtifactStore
@@ -268,7 +267,7 @@ def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     data = load_mnist(args.data, log=lambda text: _say(args, text))
     bar = None if getattr(args, "quiet", False) else ProgressBar()
     try:
-        result = train_personal(store, data, **dataclasses.asdict(settings), progress=bar, stop=stop)
+        result = train_personal(store, data, settings, progress=bar, stop=stop)
     finally:
         if bar is not None:
             bar.close()

@@ -37,7 +37,7 @@ import torch
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import Evaluation, evaluate
-from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
+from lora_core.lab.run import PeakMemory, alpha_for, environment, finetune_config, named_progress, safetensors_size
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lab.tasks import Task, accuracy_on, without_digits
 from lora_core.lora import LoraModel
@@ -78,7 +78,7 @@ class ExperimentSettings:
 
     methods: tuple[str, ...] = METHODS
     rank: int = 8
-    alpha: float | None = None  # None: 2 x rank, the study's ratio (rank 8, alpha 16: scale 2)
+    alpha: float | None = None  # None: alpha_for(rank), 2 x rank
     targets: tuple[str, ...] = LAYER_NAMES
     steps: int = 600
     batch_size: int = 128
@@ -99,7 +99,7 @@ class ExperimentSettings:
 
     @property
     def lora_alpha(self) -> float:
-        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+        return alpha_for(self.rank, self.alpha)
 
     def lr(self, method: str) -> float:
         return {"lora": self.lora_lr, "full": self.full_lr, "head": self.head_lr}[method]
@@ -112,20 +112,7 @@ class ExperimentSettings:
 
     def finetune_config(self, digits: tuple[int, ...], method: str = "lora", kind: str = "") -> FinetuneConfig:
         """The FinetuneConfig every method trains with (the others use its steps, batch, sampler and lr)."""
-        return FinetuneConfig(
-            digits=digits,
-            rank=self.rank,
-            alpha=self.lora_alpha,
-            targets=self.targets,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr(method),
-            lr_schedule=self.lr_schedule,
-            replay=self.replay_for(kind),
-            seed=self.seed,
-            device=self.device,
-            precision=self.precision,
-        )
+        return finetune_config(self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind))
 
     def validate(self, model: MLP | None = None) -> None:
         if not self.methods:

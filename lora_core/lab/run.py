@@ -29,7 +29,31 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 
 from lora_core.errors import RunStopped
-from lora_core.train import Progress, ProgressCallback
+from lora_core.train import FinetuneConfig, Progress, ProgressCallback
+
+# alpha = 2 x rank unless a workflow's settings say otherwise: the study's ratio (rank 8, alpha 16), which keeps
+# the scale alpha / r at 2 whatever the rank, so that comparing ranks compares ranks and not learning rates
+ALPHA_PER_RANK = 2.0
+_FINETUNE_FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
+def alpha_for(rank: int, alpha: float | None = None) -> float:
+    """LoRA's alpha: `alpha` where one is set, else ALPHA_PER_RANK x rank."""
+    return float(alpha) if alpha is not None else ALPHA_PER_RANK * rank
+
+
+def finetune_config(settings: object | None = None, **fields: Any) -> FinetuneConfig:
+    """The FinetuneConfig a workflow trains with: each FinetuneConfig field its `settings` object holds (by
+    name, methods aside), then `fields`, which win; FinetuneConfig's defaults for the rest, except alpha,
+    which follows the rank (alpha_for) wherever neither sets it."""
+    values: dict[str, Any] = {}
+    for name in _FINETUNE_FIELDS:
+        value = getattr(settings, name, None) if settings is not None else None
+        if value is not None and not callable(value):
+            values[name] = value
+    values.update(fields)
+    values["alpha"] = alpha_for(values.get("rank", FinetuneConfig.rank), values.get("alpha"))
+    return FinetuneConfig(**values)
 
 
 def named_progress(progress: ProgressCallback | None, phase: str) -> ProgressCallback | None:
