@@ -553,7 +553,7 @@ with k2:
         help=SWEEP_HELP[sweep_kind],
     )
     sweep_slots.add("values")
-replay_refused = sweep_kind == "replay" and task is not None and task.is_domain
+replay_refused = sweep_kind == "replay" and task is not None and not task.replays
 if replay_refused:
     assert task is not None
     st.info(

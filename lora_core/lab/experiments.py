@@ -110,6 +110,10 @@ class ExperimentSettings:
             return self.replay
         return UNSEEN_REPLAY if kind == "unseen" else FinetuneConfig().replay
 
+    def replay_used(self, task: Task) -> float | None:
+        """The replay share training on `task` uses; None where the task has nothing to replay."""
+        return self.replay_for(task.kind) if task.replays else None
+
     def finetune_config(self, digits: tuple[int, ...], method: str = "lora", kind: str = "") -> FinetuneConfig:
         """The FinetuneConfig every method trains with (the others use its steps, batch, sampler and lr)."""
         return finetune_config(self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind))
@@ -608,7 +612,7 @@ def run_experiment(
             )
         result = ExperimentResult(
             task=task.describe(ctx.before_plain.weakest_digit),
-            settings={**settings.to_dict(), "replay_used": None if task.is_domain else settings.replay_for(task.kind)},
+            settings={**settings.to_dict(), "replay_used": settings.replay_used(task)},
             base=ctx.base_dict(),
             methods=results,
             created=datetime.now(UTC).isoformat(timespec="seconds"),

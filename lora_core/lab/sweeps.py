@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.data import MnistData
-from lora_core.errors import ArtifactError, ConfigError, RunStopped
+from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lab.experiments import ExperimentSettings, TaskContext, prepare_task, run_method
-from lora_core.lab.run import environment, named_progress
+from lora_core.lab.run import RunContext, environment
 from lora_core.lab.tasks import Task
 from lora_core.lora import LoraConfig
 from lora_core.numbers import is_finite_number
@@ -273,24 +273,21 @@ def run_sweep(
     ordered = check_values(kind, values)
     settings = dataclasses.replace(settings or ExperimentSettings(), methods=("lora",))
     settings.validate()
-    if kind == "replay" and task.is_domain:
-        raise ConfigError(
-            "task",
-            f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...); {task.spec} trains on every digit",
-        )
+    if kind == "replay":
+        task.check_replay("task")
     resolve_device(settings.device)
     started = time.perf_counter()
     with store.writing(f"running the {kind} sweep on {task.spec}"):
         ctx = prepare_task(store, data, task, settings, base_config=base_config, progress=progress, stop=stop, log=log)
+        run = RunContext(progress, stop)
         before = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
         points = []
         for i, value in enumerate(ordered, 1):
-            if stop is not None and stop.is_set():
-                raise RunStopped(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
+            run.check_stop(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
             point_settings = _point_settings(settings, kind, value)
             label = f"{kind} {value:g} ({i}/{len(ordered)})"
             log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
-            points.append(_measure(ctx, point_settings, value, before, named_progress(progress, label), stop))
+            points.append(_measure(ctx, point_settings, value, before, run.phase(label), stop))
         marked, reading = _mark(kind, points, settings, task)
         result = SweepResult(
             kind=kind,
@@ -300,7 +297,7 @@ def run_sweep(
                 kind: None,  # the swept setting: see values
                 "alpha": "2 x rank" if kind == "rank" and settings.alpha is None else settings.lora_alpha,
                 "values": list(ordered),
-                "replay_used": None if kind == "replay" or task.is_domain else settings.replay_for(task.kind),
+                "replay_used": None if kind == "replay" else settings.replay_used(task),
                 "default_replay": settings.replay_for(task.kind) if kind == "replay" else None,
             },
             base=ctx.base_dict(),
