@@ -3,7 +3,7 @@
     result = sweep_rank(store, data, parse_task("weakest"))                   # ranks 1, 2, 4, ... 64
     result = sweep_replay(store, data, parse_task("digits:9"), values=(0, 0.5))
 
-The task's base is loaded (or, for unseen, trained) once by lora_core.lab.experiments.prepare_task; each point
+The task's base is loaded (or, for unseen, trained) once by lora_core.lab.task_context.prepare_task; each point
 trains a LoRA adapter with run_method(..., save_adapter=False): measured, its would-be file size computed,
 then dropped. The whole sweep is one stoppable run under the artifacts folder's writer lock; its result goes
 to <artifacts>/experiments/sweep-<kind>-<task slug>-<time>.json, written atomically once every point is
@@ -29,8 +29,9 @@ from typing import Any
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lab.experiments import ExperimentSettings, TaskContext, prepare_task, run_method
+from lora_core.lab.experiments import ExperimentSettings, run_method
 from lora_core.lab.run import RunContext, environment
+from lora_core.lab.task_context import TaskContext, prepare_task
 from lora_core.lab.tasks import Task
 from lora_core.lora import LoraConfig
 from lora_core.numbers import is_finite_number

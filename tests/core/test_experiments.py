@@ -20,11 +20,11 @@ from lora_core.lab.experiments import (
     ExperimentSettings,
     list_experiments,
     load_experiment,
-    prepare_task,
     run_experiment,
     run_method,
     train_parameters,
 )
+from lora_core.lab.task_context import prepare_task
 from lora_core.lab.tasks import parse_task
 from lora_core.model import MLP
 from lora_core.store import results
