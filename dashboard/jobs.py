@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.multiprocessing as mp
 
@@ -46,6 +46,9 @@ from lora_core.lab.tasks import Task
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 from lora_core.store.paths import default_data_dir
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
+
+if TYPE_CHECKING:  # imported by the analysis job itself, which alone needs it
+    from lora_core.lab.analysis import AnalysisResult
 
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
 
@@ -364,7 +367,7 @@ def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSetti
 
 
 # --- the analysis (issue 12): the paper's analysis of three adapters, and the memory table ------------------------
-def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> dict[str, Any]:
+def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> AnalysisResult:
     """Train (or reuse) the three analysis adapters, analyse them, measure memory; saved to <artifacts>/analysis/."""
     from lora_core.lab.analysis import run_analysis
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,20 @@ PARTS = ("similarity", "amplification", "directions", "memory")
 ADAPTER_PARTS = ("similarity", "amplification", "directions")
 MEMORY_RANKS = (1, 2, 4, 8, 16, 32, 64)
 RATIO_RANK = 8  # the rank the memory ratio full / LoRA is stated at (the first rank measured if 8 is not)
+
+
+# --- the result ----------------------------------------------------------------------------------------------------
+@dataclass
+class AnalysisResult:
+    """The analysis groups, each the JSON document saved for it: adapters (similarity, amplification and
+    directions; ADAPTERS_FORMAT) and memory (MEMORY_FORMAT); None where the group was not run."""
+
+    adapters: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The groups that ran, by name ("adapters", "memory")."""
+        return {name: doc for name, doc in (("adapters", self.adapters), ("memory", self.memory)) if doc is not None}
 
 
 # --- the settings and the whole run ----------------------------------------------------------------------------------
@@ -322,11 +336,10 @@ def run_analysis(
     stop: threading.Event | None = None,
     log: Callable[[str], None] = lambda _msg: None,
     save: bool = True,
-) -> dict[str, Any]:
+) -> AnalysisResult:
     """The analysis parts asked for, under the artifacts folder's writer lock; saved to <artifacts>/analysis/
     (adapters.json for similarity, amplification and directions, memory.json for memory) unless save=False,
-    once all have run (a stop raises RunStopped and saves nothing). Returns {"adapters": ..., "memory": ...}
-    with the groups that ran."""
+    once all have run (a stop raises RunStopped and saves nothing). Returns the groups that ran."""
     settings = settings or AnalysisSettings()
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -371,15 +384,15 @@ def run_analysis(
             files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
             for group, result in out.items():
                 write_saved(analysis_dir(store) / files[group], result)
-    return out
+    return AnalysisResult(out.get("adapters"), out.get("memory"))
 
 
 # --- reading what was saved ------------------------------------------------------------------------------------------
 @dataclass
-class SavedAnalysis:
-    adapters: dict[str, Any] | None
-    memory: dict[str, Any] | None
-    errors: list[str]
+class SavedAnalysis(AnalysisResult):
+    """The saved groups (None where a group was never run or cannot be read), and why any could not be read."""
+
+    errors: list[str] = field(default_factory=list)
 
 
 def _read_saved(path: Path, fmt: str) -> dict[str, Any] | None:
@@ -408,6 +421,7 @@ __all__ = [
     "PARTS",
     "Amplification",
     "LowRankUpdate",
+    "AnalysisResult",
     "AnalysisSettings",
     "MemoryRow",
     "SavedAnalysis",
