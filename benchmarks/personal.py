@@ -2,7 +2,7 @@
 
 For each writer of benchmarks/writers.py: draw N of each digit offline, add them to "my digits" in a
 temporary copy of the artifacts folder (the real trained base model), train the personal adapter exactly
-as the dashboard and the CLI do (lora_core.lab.mydigits.train_personal), and print per writer the base model's
+as the dashboard and the CLI do (lora_core.lab.mydigits.personal.train_personal), and print per writer the base model's
 and the personal adapter's mistakes on the held-out drawings of the split and on fresh drawings of the same
 writer (never collected), MNIST test accuracy before and after, and the training time. Without --artifacts
 a base model is trained first with the default settings.

@@ -1,7 +1,7 @@
 """Your own handwriting: the collection of labelled drawings, and its zip export and import.
 
     <artifacts>/mydigits/labels.json         {"version": 1, "digits": [{"id", "label", "created", "source", "writer"?}]}
-    <artifacts>/mydigits/images/<id>.png     SIDE x SIDE gray, white ink on black: what the model sees (prepare_digit)
+    <artifacts>/mydigits/images/<id>.png     28x28 (SIDE) gray, white ink on black: what the model sees (prepare_digit)
     <artifacts>/mydigits/originals/<id>.png  the drawing as drawn (RGBA or gray, at most MAX_ORIGINAL_SIDE a side)
 
 labels.json is the collection: a picture counts only once labels.json lists it. Every file is written

@@ -1,5 +1,5 @@
-"""The personal adapter: a LoRA adapter fine-tuned on the training split of your drawings (lora_core.lab.mydigits
-.collection), with MNIST replay, judged on the held-out drawings and on MNIST's test set.
+"""The personal adapter: a LoRA adapter fine-tuned on the training split of your drawings (the collection in
+lora_core.lab.mydigits.collection), with MNIST replay, judged on the held-out drawings and on MNIST's test set.
 
     result = train_personal(store, data, PersonalSettings(steps=300))
 
