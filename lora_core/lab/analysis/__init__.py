@@ -396,9 +396,12 @@ class SavedAnalysis(AnalysisResult):
 
 
 def _read_saved(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The saved group's document; None where it was never saved."""
+    if not path.is_file():
+        return None
     try:
         return read_saved(path, "analysis result", fmt)
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed since the check
         return None
 
 
