@@ -2,7 +2,7 @@
 
 For each writer of benchmarks/writers.py: draw N of each digit offline, add them to "my digits" in a
 temporary copy of the artifacts folder (the real trained base model), train the personal adapter exactly
-as the dashboard and the CLI do (lora_core.lab.mydigits.train_personal), and print per writer the base model's
+as the dashboard and the CLI do (lora_core.lab.mydigits.personal.train_personal), and print per writer the base model's
 and the personal adapter's mistakes on the held-out drawings of the split and on fresh drawings of the same
 writer (never collected), MNIST test accuracy before and after, and the training time. Without --artifacts
 a base model is trained first with the default settings.
@@ -25,7 +25,8 @@ import torch
 from benchmarks.writers import WRITERS, Writer, draw
 from lora_core.data import MnistData, load_mnist
 from lora_core.evaluate import predict
-from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits, PersonalResult, PersonalSettings, train_personal
+from lora_core.lab.mydigits.collection import MyDigits
+from lora_core.lab.mydigits.personal import PERSONAL_ADAPTER, PersonalResult, PersonalSettings, train_personal
 from lora_core.lora import LoraModel
 from lora_core.preprocess import prepare_digit
 from lora_core.store.artifacts import ArtifactStore
@@ -64,7 +65,7 @@ def run_writer(base_dir: Path, data: MnistData, w: Writer, per_digit: int, setti
                 collection.add(draw(w, digit, sample), digit, source="guided", writer=w.name)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
-        result: PersonalResult = train_personal(store, data, **settings)
+        result: PersonalResult = train_personal(store, data, PersonalSettings(**settings))
         wall = time.perf_counter() - started  # with loading the base, the evaluations and saving
         load_after = os.getloadavg()[0]
         fresh, fresh_base, fresh_personal = _fresh_errors(store, w)

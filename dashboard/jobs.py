@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.multiprocessing as mp
 
@@ -33,7 +33,7 @@ from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
 from lora_core.lab.experiments import ExperimentResult, ExperimentSettings, run_experiment
-from lora_core.lab.mydigits import PersonalResult, train_personal
+from lora_core.lab.mydigits.personal import PersonalResult, PersonalSettings, train_personal
 from lora_core.lab.study import (
     AdapterOutcome,
     finetune_and_save_adapter,
@@ -46,6 +46,9 @@ from lora_core.lab.tasks import Task
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 from lora_core.store.paths import default_data_dir
 from lora_core.train import FinetuneConfig, Progress, TrainConfig
+
+if TYPE_CHECKING:  # imported by the analysis job itself, which alone needs it
+    from lora_core.lab.analysis import AnalysisResult
 
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
 
@@ -364,7 +367,7 @@ def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSetti
 
 
 # --- the analysis (issue 12): the paper's analysis of three adapters, and the memory table ------------------------
-def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> dict[str, Any]:
+def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> AnalysisResult:
     """Train (or reuse) the three analysis adapters, analyse them, measure memory; saved to <artifacts>/analysis/."""
     from lora_core.lab.analysis import run_analysis
 
@@ -422,13 +425,12 @@ def start_sweep(
 KIND_TITLES["personal"] = "Training my personal adapter"
 
 
-def _personal(store: ArtifactStore, settings: dict[str, Any], progress: Any, stop: Any) -> PersonalResult:
+def _personal(store: ArtifactStore, settings: PersonalSettings, progress: Any, stop: Any) -> PersonalResult:
     """Fine-tune the personal adapter on the collection with MNIST replay; lora_core saves the adapter and its
     result (held-out table, MNIST before/after) only when the run completes."""
-    return train_personal(store, _data(), progress=progress, stop=stop, **settings)
+    return train_personal(store, _data(), settings, progress=progress, stop=stop)
 
 
-def start_personal(store: ArtifactStore, settings: dict[str, Any], owner: str | None = None) -> Job:
-    """Train the personal adapter in the background; `settings` are train_personal's keyword arguments (steps,
-    rank, seed...), already checked by the page."""
-    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, dict(settings)), owner))
+def start_personal(store: ArtifactStore, settings: PersonalSettings, owner: str | None = None) -> Job:
+    """Train the personal adapter in the background; `settings` already checked by the page."""
+    return REGISTRY.start(Job("personal", KIND_TITLES["personal"], _personal, (store, settings), owner))

@@ -30,10 +30,10 @@ import torch
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
-from lora_core.lab.experiments import separate_base_label, separate_bases
 from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
 from lora_core.lora import LoraModel
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRecord, ArtifactStore, BaseModelRecord
+from lora_core.store.bases import separate_base_label, separate_bases
 from lora_core.store.paths import default_artifacts_dir, default_data_dir
 
 ACTIVE_KEY = "active_adapter"

@@ -212,7 +212,7 @@ def sweeps_section(
             help=SWEEP_HELP[kind],
         )
         slots.add("values")
-    replay_refused = kind == "replay" and task is not None and task.is_domain
+    replay_refused = kind == "replay" and task is not None and not task.replays
     if replay_refused:
         assert task is not None
         st.info(

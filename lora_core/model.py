@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IN_FEATURES = 28 * 28
+SIDE = 28  # an MNIST digit is SIDE x SIDE pixels; every picture the model sees is made that size
+IN_FEATURES = SIDE * SIDE
 NUM_CLASSES = 10
 DEFAULT_HIDDEN: tuple[int, int] = (1000, 2000)
 LAYER_NAMES: tuple[str, ...] = ("linear1", "linear2", "linear3")

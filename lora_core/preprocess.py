@@ -18,8 +18,9 @@ from torch import nn
 
 from lora_core.data import normalize
 from lora_core.errors import ImageError
+from lora_core.model import SIDE
 
-SIZE = 28
+SIZE = SIDE
 BOX = 20
 CENTRE = 14.0
 INK_THRESHOLD = 0.2  # of full contrast: fainter pixels count as background (JPEG noise, paper texture)

@@ -11,7 +11,8 @@ import streamlit as st
 from dashboard import charts, combination, state, ui, widgets
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
-from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits
+from lora_core.lab.mydigits.collection import MyDigits
+from lora_core.lab.mydigits.personal import PERSONAL_ADAPTER
 from lora_core.lab.tasks import Task, parse_task
 from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import BaseModelRecord

@@ -24,18 +24,20 @@ from streamlit.errors import StreamlitAPIException
 
 from dashboard import charts, jobs, state, ui, widgets
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
-from lora_core.lab.mydigits import (
+from lora_core.lab.mydigits.collection import (
     MIN_PER_DIGIT,
-    PERSONAL_ADAPTER,
     MyDigit,
     MyDigits,
     MyDigitsImportError,
+    describe_missing,
+    missing,
+)
+from lora_core.lab.mydigits.personal import (
+    PERSONAL_ADAPTER,
     PersonalResult,
     PersonalSettings,
     check_personal_name_free,
-    describe_missing,
     load_personal_result,
-    missing,
 )
 from lora_core.numbers import pct
 from lora_core.preprocess import ImageError
@@ -328,9 +330,9 @@ def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
         )
     can_train = not (ui.busy() or need or name_taken)
     if st.button("Train my personal adapter", type="primary", disabled=not can_train, key="personal_train"):
-        settings = {"steps": int(steps), "rank": int(rank), "seed": int(seed)}
+        settings = PersonalSettings(steps=int(steps), rank=int(rank), seed=int(seed))
         try:
-            PersonalSettings(**settings).validate()
+            settings.validate()
         except ConfigError as exc:
             slots.show(exc, FIELD_LABELS.get(exc.field))
         else:

@@ -114,18 +114,18 @@ def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
         )
     finally:
         bar.close()
-    adapters = result.get("adapters")
+    adapters = result.adapters
     if adapters is not None:
         for part in ADAPTER_PARTS:
             if part in parts:
                 {"similarity": say_similarity, "amplification": say_amplification, "directions": say_directions}[part](
                     adapters
                 )
-    if "memory" in result:
-        say_memory(result["memory"])
+    if result.memory is not None:
+        say_memory(result.memory)
     files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
-    say(f"\nSaved to {', '.join(str(analysis_dir(store) / files[key]) for key in result)}")
-    return {"artifacts": str(store.root), "part": args.part, **result}
+    say(f"\nSaved to {', '.join(str(analysis_dir(store) / files[key]) for key in result.to_dict())}")
+    return {"artifacts": str(store.root), "part": args.part, **result.to_dict()}
 
 
 # --- the text -------------------------------------------------------------------------------------------------------

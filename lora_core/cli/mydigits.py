@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -21,16 +20,18 @@ from lora_core.cli.options import Parser, UsageError, float_arg, int_arg
 from lora_core.cli.render import ProgressBar, say, table
 from lora_core.data import load_mnist
 from lora_core.errors import ArtifactError, ImageError
-from lora_core.lab.mydigits import (
+from lora_core.lab.mydigits.collection import (
     MAX_ZIP_BYTES,
     MIN_PER_DIGIT,
     MyDigits,
     MyDigitsImportError,
+    describe_missing,
+    missing,
+)
+from lora_core.lab.mydigits.personal import (
     NotEnoughDigitsError,
     PersonalSettings,
     check_personal_name_free,
-    describe_missing,
-    missing,
     train_personal,
 )
 from lora_core.numbers import pct
@@ -260,7 +261,7 @@ def cmd_train(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     data = load_mnist(args.data, log=lambda text: _say(args, text))
     bar = None if getattr(args, "quiet", False) else ProgressBar()
     try:
-        result = train_personal(store, data, **dataclasses.asdict(settings), progress=bar, stop=stop)
+        result = train_personal(store, data, settings, progress=bar, stop=stop)
     finally:
         if bar is not None:
             bar.close()

@@ -4,7 +4,7 @@ Every method trains for the same steps on the same batches (same sampler, same s
 task's test set and on plain MNIST with the method applied; LoRA also with its adapter switched off, where
 it must give the base model's logits exactly.
 
-    ctx = prepare_task(store, data, parse_task("rotate:45"), settings)     # base, task data, "before"
+    ctx = prepare_task(store, data, parse_task("rotate:45"), settings)     # base, task data, "before" (task_context)
     result = run_method(ctx, "lora", settings)                             # one method (sweeps call this)
     experiment = run_experiment(store, data, task, settings)               # all, under the writer lock, saved
 
@@ -14,48 +14,38 @@ Where things go:
     <artifacts>/bases/unseen-8-9/adapters/         with its adapters, so all the storage code works on it as is
     <artifacts>/experiments/<slug>-<time>.json     ExperimentResult.to_dict(), written atomically
 
-Peak memory of a method's training, from its set-up to its last step (evaluation and saving left out):
-on CUDA the allocator's peak; on the CPU (where PyTorch keeps no allocator statistics) the process's peak
-resident set size above its size at the start of the method, the kernel's high-water mark VmHWM reset
-through /proc/self/clear_refs; without that, getrusage's ru_maxrss delta, which stays 0 while a run
-remains under the process's earlier peak. `memory_measure` in each result says which. Before each
-method the C allocator is asked to return freed memory (glibc malloc_trim), else a method would reuse
-memory an earlier one freed without raising the RSS. The deterministic `train_state_bytes` (trainable
-weights, their gradients and Adam's two moments, 4 bytes each) is reported beside it.
+Peak memory of a method's training, from its set-up to its last step (evaluation and saving left out), is
+lora_core.lab.run.PeakMemory's; `memory_measure` in each result says how it was taken. The deterministic
+`train_state_bytes` (trainable weights, their gradients and Adam's two moments, 4 bytes each) is reported
+beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
-import os
-import platform
-import resource
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-import torch
-from safetensors.torch import save as save_safetensors_bytes
+from typing import Any
 
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
-from lora_core.evaluate import Evaluation, evaluate
-from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter, load_base_for_lora, train_and_save_base
-from lora_core.lab.tasks import Task, accuracy_on, without_digits
-from lora_core.lora import LoraModel
+from lora_core.evaluate import evaluate
+from lora_core.lab.run import PeakMemory, alpha_for, environment, finetune_config, named_progress, safetensors_size
+from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter
+from lora_core.lab.task_context import TaskContext, prepare_task
+from lora_core.lab.tasks import Task
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.precision import check_precision
-from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore, BaseModelRecord
-from lora_core.store.fileio import atomic_write_json
+from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
+from lora_core.store.bases import base_store
+from lora_core.store.results import load_result, save_result, saved_results
 from lora_core.train import (
     FinetuneConfig,
-    Progress,
     ProgressCallback,
     TrainConfig,
     check_int,
@@ -86,7 +76,7 @@ class ExperimentSettings:
 
     methods: tuple[str, ...] = METHODS
     rank: int = 8
-    alpha: float | None = None  # None: 2 x rank, the study's ratio (rank 8, alpha 16: scale 2)
+    alpha: float | None = None  # None: alpha_for(rank), 2 x rank
     targets: tuple[str, ...] = LAYER_NAMES
     steps: int = 600
     batch_size: int = 128
@@ -107,7 +97,7 @@ class ExperimentSettings:
 
     @property
     def lora_alpha(self) -> float:
-        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+        return alpha_for(self.rank, self.alpha)
 
     def lr(self, method: str) -> float:
         return {"lora": self.lora_lr, "full": self.full_lr, "head": self.head_lr}[method]
@@ -118,22 +108,13 @@ class ExperimentSettings:
             return self.replay
         return UNSEEN_REPLAY if kind == "unseen" else FinetuneConfig().replay
 
+    def replay_used(self, task: Task) -> float | None:
+        """The replay share training on `task` uses; None where the task has nothing to replay."""
+        return self.replay_for(task.kind) if task.replays else None
+
     def finetune_config(self, digits: tuple[int, ...], method: str = "lora", kind: str = "") -> FinetuneConfig:
         """The FinetuneConfig every method trains with (the others use its steps, batch, sampler and lr)."""
-        return FinetuneConfig(
-            digits=digits,
-            rank=self.rank,
-            alpha=self.lora_alpha,
-            targets=self.targets,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr(method),
-            lr_schedule=self.lr_schedule,
-            replay=self.replay_for(kind),
-            seed=self.seed,
-            device=self.device,
-            precision=self.precision,
-        )
+        return finetune_config(self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind))
 
     def validate(self, model: MLP | None = None) -> None:
         if not self.methods:
@@ -158,52 +139,6 @@ class ExperimentSettings:
         d["targets"] = list(self.targets)
         d["alpha"] = self.lora_alpha
         return d
-
-
-@dataclass
-class TaskContext:
-    """What every method of one task shares: the base (loaded once), the task's data, the "before"."""
-
-    task: Task
-    store: ArtifactStore  # the store holding this task's base model (main, or bases/<name>)
-    base: BaseModelRecord
-    lora_model: LoraModel
-    base_state: dict[str, torch.Tensor]  # a private copy of the base weights, for the full and head copies
-    task_data: MnistData
-    plain_data: MnistData
-    target_digits: tuple[int, ...]
-    before_task: Evaluation
-    before_plain: Evaluation
-    base_name: str  # "main" or the separate base's name
-
-    @property
-    def kept_digits(self) -> tuple[int, ...]:
-        """The digits a digit task does not target (whose plain accuracy measures forgetting); all ten for
-        a domain task, whose plain test set is another domain."""
-        if self.task.is_domain:
-            return tuple(range(10))
-        return tuple(d for d in range(10) if d not in self.target_digits)
-
-    def scores(self, task_summary: dict[str, Any], plain_summary: dict[str, Any]) -> dict[str, float]:
-        return {
-            "task_accuracy": accuracy_on(task_summary, self.target_digits),
-            "plain_accuracy": plain_summary["accuracy"],
-            "kept_accuracy": accuracy_on(plain_summary, self.kept_digits),
-        }
-
-    def base_dict(self) -> dict[str, Any]:
-        task_summary = self.before_task.summary(misclassified=False)
-        plain_summary = self.before_plain.summary(misclassified=False)
-        return {
-            "name": self.base_name,
-            "path": str(self.base.path),
-            "sha256": self.base.fingerprint,
-            "parameters": sum(t.numel() for t in self.base_state.values()),
-            "left_out_digits": self.base.meta.get("left_out_digits"),
-            "task": task_summary,
-            "plain": plain_summary,
-            **self.scores(task_summary, plain_summary),
-        }
 
 
 @dataclass
@@ -303,39 +238,6 @@ class ExperimentResult:
 
 
 # --- where things are stored ---------------------------------------------------------------------------
-def base_store(store: ArtifactStore, name: str) -> ArtifactStore:
-    """The artifacts folder of a separate base model `name`: <artifacts>/bases/<name>, with its own base/
-    and adapters/ and its own writer lock (taken inside the main folder's, always in that order)."""
-    return ArtifactStore(store.root / "bases" / name)
-
-
-def separate_bases(store: ArtifactStore) -> dict[str, ArtifactStore]:
-    """The separate base models saved under <artifacts>/bases/ (unseen-8-9, ...), by name: only folders
-    holding a base model. Reads only; a base still being trained for the first time is not listed yet."""
-    folder = store.root / "bases"
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            sub = base_store(store, entry.name)
-            if sub.has_base():
-                found[entry.name] = sub
-    return found
-
-
-def separate_base_label(name: str, meta: dict[str, Any] | None) -> str:
-    """A separate base for people: 'base without digits 8, 9' from its model.json, else its folder name."""
-    left_out = (meta or {}).get("left_out_digits")
-    if isinstance(left_out, list) and left_out:
-        return f"base without digits {', '.join(map(str, left_out))}"
-    return f"base {name}"
-
-
-def experiments_dir(store: ArtifactStore) -> Path:
-    return store.root / "experiments"
-
-
 def list_experiments(store: ArtifactStore) -> list[Path]:
     """Saved experiment results, newest first."""
     # sweeps (lora_core.lab.sweeps) share the folder under their own prefix and format
@@ -344,270 +246,6 @@ def list_experiments(store: ArtifactStore) -> list[Path]:
 
 def load_experiment(path: Path | str) -> ExperimentResult:
     return load_result(path, "experiment result", ExperimentResult.from_dict)
-
-
-def _save_result(store: ArtifactStore, task: Task, result: ExperimentResult) -> Path:
-    return save_result(store, task.slug, result)
-
-
-# --- saved results: experiments' and sweeps' (lora_core.lab.sweeps) ---------------------------------------------
-class SavedResult(Protocol):
-    path: str | None
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-_Result = TypeVar("_Result", bound=SavedResult)
-
-
-def saved_results(store: ArtifactStore, pattern: str, exclude: tuple[str, ...] = (".",)) -> list[Path]:
-    """The files in <artifacts>/experiments/ matching `pattern` whose names do not start with `exclude`,
-    newest first."""
-    folder = experiments_dir(store)
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(exclude)]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
-
-
-def load_result(path: Path | str, what: str, from_dict: Callable[[dict[str, Any]], _Result]) -> _Result:
-    """Read a saved result; ArtifactError says why a file is not one (`what`: "sweep result", ...)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} cannot be read as a saved {what} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object")
-    try:
-        return from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a complete {what} ({exc})") from exc
-
-
-def save_result(store: ArtifactStore, stem: str, result: SavedResult) -> Path:
-    """Write `result` atomically to <artifacts>/experiments/<stem>-<UTC time>.json (a second one in the
-    same second gets -2, -3 ...) and set its `path`."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = experiments_dir(store)
-    path, n = folder / f"{stem}-{stamp}.json", 1
-    while path.exists():  # two runs in one second: keep both
-        n += 1
-        path = folder / f"{stem}-{stamp}-{n}.json"
-    result.path = str(path)
-    atomic_write_json(path, result.to_dict())
-    return path
-
-
-# --- measuring -----------------------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory of a block above what was in use when it began (see the module's docstring)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_bytes = 0
-        self.measure = ""
-        self._marked: int | None = None
-        self._file_start = 0
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        _return_free_memory()  # else the next method reuses memory the C allocator kept, unseen by RSS
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            self.measure = "CUDA allocator: peak allocated above the start"
-        elif _reset_high_water_mark():
-            self._start = _proc_status_bytes("VmRSS")
-            self._file_start = _proc_status_bytes("RssFile")
-            self.measure = (
-                "peak resident set size above the start (Linux VmHWM, reset via /proc/self/clear_refs), "
-                "less library pages first loaded during the run (RssFile growth)"
-            )
-        else:
-            self._start = _ru_maxrss_bytes()
-            self.measure = "getrusage ru_maxrss delta (0 while the run stays under the process's earlier peak)"
-        return self
-
-    def _peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        if self.measure.startswith("peak resident"):  # code pages mapped in on first use are not the run's data
-            return _proc_status_bytes("VmHWM") - max(0, _proc_status_bytes("RssFile") - self._file_start)
-        return _ru_maxrss_bytes()
-
-    def mark(self) -> None:
-        """Take the peak now (at the last training step), so that what follows is left out."""
-        self._marked = self._peak()
-
-    def __exit__(self, *exc: object) -> None:
-        peak = self._marked if self._marked is not None else self._peak()
-        self.peak_bytes = max(0, peak - self._start)
-
-    def progress(self, callback: ProgressCallback | None) -> ProgressCallback:
-        """`callback`, which also marks the peak at the last step of the run."""
-
-        def report(p: Progress) -> None:
-            if p.step == p.total_steps:
-                self.mark()
-            if callback is not None:
-                callback(p)
-
-        return report
-
-
-def _return_free_memory() -> None:
-    """glibc's malloc_trim(0): hand freed heap memory back to the system (no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _proc_status_bytes("VmHWM") > 0
-    except OSError:
-        return False
-
-
-def _proc_status_bytes(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _ru_maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
-    """Bytes of the safetensors file these tensors would make (float32, as the store saves them)."""
-    plain = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    return len(save_safetensors_bytes(plain, metadata={"format": "pt"}))
-
-
-def environment() -> dict[str, Any]:
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "loadavg": load,
-    }
-
-
-# --- preparing a task ------------------------------------------------------------------------------------
-def ensure_unseen_base(
-    store: ArtifactStore,
-    data: MnistData,
-    task: Task,
-    config: TrainConfig | None = None,
-    retrain: bool = False,
-    progress: ProgressCallback | None = None,
-    stop: threading.Event | None = None,
-    log: Callable[[str], None] = lambda _msg: None,
-) -> ArtifactStore:
-    """The separate base model of an unseen task: trained on the training set without its digits the
-    first time (or with retrain), reused after that. The main base model is never touched."""
-    assert task.base_name is not None
-    sub = base_store(store, task.base_name)
-    if sub.has_base() and not retrain:
-        left_out = sub.base_meta().get("left_out_digits")
-        if left_out != list(task.digits):
-            raise ArtifactError(
-                f"{sub.base_dir} holds a base model trained without digits {left_out}, not {list(task.digits)}; "
-                "retrain it"
-            )
-        log(f"Reusing the base model trained without digits {list(task.digits)} in {sub.base_dir}")
-        return sub
-    config = config or TrainConfig()
-    filtered = without_digits(data, task.digits)
-    log(
-        f"Training a base model without digits {list(task.digits)} on {filtered.train_x.shape[0]:,} images "
-        f"(saved to {sub.base_dir}; the main base model stays as it is)"
-    )
-    train_and_save_base(
-        sub,
-        filtered,
-        config,
-        progress,
-        stop,
-        extra_meta={
-            "left_out_digits": list(task.digits),
-            "train_samples": int(filtered.train_x.shape[0]),
-            "task": task.spec,
-        },
-    )
-    return sub
-
-
-def prepare_task(
-    store: ArtifactStore,
-    data: MnistData,
-    task: Task,
-    settings: ExperimentSettings,
-    *,
-    base_config: TrainConfig | None = None,
-    retrain_base: bool = False,
-    progress: ProgressCallback | None = None,
-    stop: threading.Event | None = None,
-    log: Callable[[str], None] = lambda _msg: None,
-) -> TaskContext:
-    """Load (or, for unseen, train) the task's base, build the task's data and evaluate the base on it.
-    Call it under the main store's writer lock when the task may train a base (run_experiment does)."""
-    base_store_used, base_name = store, "main"
-    if task.kind == "unseen":
-        base_store_used = ensure_unseen_base(store, data, task, base_config, retrain_base, progress, stop, log)
-        base_name = str(task.base_name)
-    base, lora_model = load_base_for_lora(base_store_used, settings.device)
-    settings.validate(lora_model.model)
-    base_state = {k: v.detach().clone() for k, v in lora_model.base_state_dict().items()}
-    if task.is_domain:
-        log(f"Transforming the training and test images: {task.label}")
-    task_data = task.apply(data)
-    before_plain = evaluate(base.model, data.test_x, data.test_y)
-    before_task = before_plain if task_data is data else evaluate(base.model, task_data.test_x, task_data.test_y)
-    targets = task.target_digits(before_plain.weakest_digit)
-    ctx = TaskContext(
-        task,
-        base_store_used,
-        base,
-        lora_model,
-        base_state,
-        task_data,
-        data,
-        targets,
-        before_task,
-        before_plain,
-        base_name,
-    )
-    _warm_up(ctx, settings)
-    return ctx
-
-
-def _warm_up(ctx: TaskContext, settings: ExperimentSettings) -> None:
-    """Two untimed steps of LoRA and of full training on throwaway copies, so that the first method
-    measured does not pay for PyTorch's one-time set-up (kernels and library code loaded on first use,
-    the autograd engine's and the optimizer's first allocations): measured at 160 MB and seconds."""
-    config = dataclasses.replace(settings.finetune_config(ctx.target_digits, "lora", ctx.task.kind), steps=2)
-    finetune(ctx.lora_model, "warm-up", ctx.task_data, config)
-    ctx.lora_model.delete_adapter("warm-up")
-    model = MLP(*ctx.base.model.hidden).to(next(ctx.lora_model.model.parameters()).device)
-    model.load_state_dict(ctx.base_state)
-    train_parameters(model, list(model.parameters()), ctx.task_data, config, phase="warm-up")
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
@@ -627,17 +265,11 @@ def run_method(
     computed, and dropped); the full and head copies are thrown away once measured."""
     if method not in METHODS:
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    named = _named_progress(progress, method)
+    named = named_progress(progress, method)
     started = time.perf_counter()
     if method == "lora":
         return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter)
     return _run_copy(ctx, method, settings, named, stop, started)
-
-
-def _named_progress(progress: ProgressCallback | None, phase: str) -> ProgressCallback | None:
-    if progress is None:
-        return None
-    return lambda p: progress(dataclasses.replace(p, phase=phase))
 
 
 def _run_lora(
@@ -831,13 +463,13 @@ def run_experiment(
             )
         result = ExperimentResult(
             task=task.describe(ctx.before_plain.weakest_digit),
-            settings={**settings.to_dict(), "replay_used": None if task.is_domain else settings.replay_for(task.kind)},
+            settings={**settings.to_dict(), "replay_used": settings.replay_used(task)},
             base=ctx.base_dict(),
             methods=results,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - started,
-            environment={**environment(), "device": str(next(ctx.lora_model.model.parameters()).device)},
+            environment=environment(next(ctx.lora_model.model.parameters()).device),
         )
         if save:
-            _save_result(store, task, result)
+            save_result(store, task.slug, result)
     return result

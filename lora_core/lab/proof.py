@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lora_core.data import MnistData
+from lora_core.lab.run import finetune_config
 from lora_core.lora import LoraModel, base_state_dict
 from lora_core.model import MLP
 from lora_core.params import WeightCheck, weights_unchanged
@@ -324,10 +325,9 @@ def _live_check(
 ) -> LiveCheck:
     _warm_up_optimizer()
     started = time.perf_counter()
-    config = FinetuneConfig(
+    config = finetune_config(
         digits=tuple(range(10)),  # plain batches from the whole training set
         rank=rank,
-        alpha=2.0 * rank,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

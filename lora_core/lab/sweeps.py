@@ -3,7 +3,7 @@
     result = sweep_rank(store, data, parse_task("weakest"))                   # ranks 1, 2, 4, ... 64
     result = sweep_replay(store, data, parse_task("digits:9"), values=(0, 0.5))
 
-The task's base is loaded (or, for unseen, trained) once by lora_core.lab.experiments.prepare_task; each point
+The task's base is loaded (or, for unseen, trained) once by lora_core.lab.task_context.prepare_task; each point
 trains a LoRA adapter with run_method(..., save_adapter=False): measured, its would-be file size computed,
 then dropped. The whole sweep is one stoppable run under the artifacts folder's writer lock; its result goes
 to <artifacts>/experiments/sweep-<kind>-<task slug>-<time>.json, written atomically once every point is
@@ -28,21 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.data import MnistData
-from lora_core.errors import ArtifactError, ConfigError, RunStopped
-from lora_core.lab.experiments import (
-    ExperimentSettings,
-    TaskContext,
-    environment,
-    load_result,
-    prepare_task,
-    run_method,
-    save_result,
-    saved_results,
-)
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab.experiments import ExperimentSettings, run_method
+from lora_core.lab.run import RunContext, environment
+from lora_core.lab.task_context import TaskContext, prepare_task
 from lora_core.lab.tasks import Task
 from lora_core.lora import LoraConfig
 from lora_core.numbers import is_finite_number
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.results import load_result, save_result, saved_results
 from lora_core.train import Progress, ProgressCallback, TrainConfig, resolve_device
 
 FORMAT = "lora_core.sweep.v1"
@@ -280,24 +274,21 @@ def run_sweep(
     ordered = check_values(kind, values)
     settings = dataclasses.replace(settings or ExperimentSettings(), methods=("lora",))
     settings.validate()
-    if kind == "replay" and task.is_domain:
-        raise ConfigError(
-            "task",
-            f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...); {task.spec} trains on every digit",
-        )
+    if kind == "replay":
+        task.check_replay("task")
     resolve_device(settings.device)
     started = time.perf_counter()
     with store.writing(f"running the {kind} sweep on {task.spec}"):
         ctx = prepare_task(store, data, task, settings, base_config=base_config, progress=progress, stop=stop, log=log)
+        run = RunContext(progress, stop)
         before = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
         points = []
         for i, value in enumerate(ordered, 1):
-            if stop is not None and stop.is_set():
-                raise RunStopped(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
+            run.check_stop(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
             point_settings = _point_settings(settings, kind, value)
             label = f"{kind} {value:g} ({i}/{len(ordered)})"
             log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
-            points.append(_measure(ctx, point_settings, value, before, _relabel(progress, label), stop))
+            points.append(_measure(ctx, point_settings, value, before, run.phase(label), stop))
         marked, reading = _mark(kind, points, settings, task)
         result = SweepResult(
             kind=kind,
@@ -307,7 +298,7 @@ def run_sweep(
                 kind: None,  # the swept setting: see values
                 "alpha": "2 x rank" if kind == "rank" and settings.alpha is None else settings.lora_alpha,
                 "values": list(ordered),
-                "replay_used": None if kind == "replay" or task.is_domain else settings.replay_for(task.kind),
+                "replay_used": None if kind == "replay" else settings.replay_used(task),
                 "default_replay": settings.replay_for(task.kind) if kind == "replay" else None,
             },
             base=ctx.base_dict(),
@@ -316,7 +307,7 @@ def run_sweep(
             reading=reading,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - started,
-            environment={**environment(), "device": str(next(ctx.lora_model.model.parameters()).device)},
+            environment=environment(next(ctx.lora_model.model.parameters()).device),
         )
         if save:
             _save(store, task, result)
@@ -336,12 +327,6 @@ def _point_settings(settings: ExperimentSettings, kind: str, value: float) -> Ex
     if kind == "rank":
         return dataclasses.replace(settings, rank=int(value))
     return dataclasses.replace(settings, replay=float(value))
-
-
-def _relabel(progress: ProgressCallback | None, label: str) -> ProgressCallback | None:
-    if progress is None:
-        return None
-    return lambda p: progress(dataclasses.replace(p, phase=label))
 
 
 def _measure(

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from lora_core.data import MEAN, STD, MnistData
 from lora_core.errors import ConfigError
+from lora_core.model import SIDE
 
 DIGIT_KINDS = ("weakest", "digits", "unseen")
 DOMAIN_KINDS = ("rotate", "invert", "thick", "thin", "shift")
@@ -41,7 +42,6 @@ KINDS = DIGIT_KINDS + DOMAIN_KINDS
 TASK_FORMS = "weakest, digits:D,..., rotate:DEG, invert, thick, thin, shift:PX (or shift:DX,DY), unseen:D,..."
 MAX_SHIFT = 10  # pixels; MNIST digits sit in a 20x20 box inside 28x28, so beyond this little ink is left
 TRANSFORM_CHUNK = 8192  # images per vectorised call: bounds the temporaries (rotation builds a sampling grid)
-SIDE = 28
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,21 @@ class Task:
     def is_domain(self) -> bool:
         """True for the tasks that transform the images (train and test alike)."""
         return self.kind in DOMAIN_KINDS
+
+    @property
+    def replays(self) -> bool:
+        """Whether training on this task replays other digits: a digit task does; a domain task trains on every
+        digit, so it has none to replay and a replay share would change nothing."""
+        return not self.is_domain
+
+    def check_replay(self, field: str = "replay") -> None:
+        """Refuse a replay setting on a task that has nothing to replay (ConfigError on `field`)."""
+        if not self.replays:
+            raise ConfigError(
+                field,
+                f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...); {self.spec} trains on every "
+                "digit, so there is nothing to replay",
+            )
 
     @property
     def base_name(self) -> str | None:

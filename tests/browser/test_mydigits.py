@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from playwright.sync_api import Page, expect
 
 from benchmarks.writers import CANVAS_STROKE, draw, render, strokes, writer
-from lora_core.lab.mydigits import MyDigits
+from lora_core.lab.mydigits.collection import MyDigits
 from lora_core.store.artifacts import ArtifactStore
 
 from .conftest import start_app, stop_app

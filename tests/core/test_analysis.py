@@ -288,7 +288,7 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     result = run_analysis(store, small_mnist, settings)
     assert file_bytes(store.adapters_dir) == adapters_before and file_bytes(store.base_dir) == base_before
 
-    adapters = result["adapters"]
+    adapters = result.adapters
     sources = {s["key"]: s["source"] for s in adapters["adapters"]}
     assert sources == {
         "r4-seed0": "saved adapter 'small'",
@@ -383,7 +383,7 @@ def test_a_small_analysis_reuses_the_saved_adapter_saves_json_and_reads_it_back(
     assert torch.allclose(torch.tensor(directions["images"], dtype=torch.float64), signed.reshape(4, 28, 28), atol=1e-6)
     assert torch.allclose(torch.tensor(directions["singular_values"], dtype=torch.float64), sv, rtol=1e-6)
 
-    memory = result["memory"]
+    memory = result.memory
     assert [r["label"] for r in memory["rows"]] == ["full fine-tuning", "LoRA r=2", "LoRA r=4"]
     assert memory["ratio"]["rank"] == 2  # 8 is not among the ranks measured: the first one
 

@@ -20,7 +20,8 @@ from benchmarks.writers import WRITERS, draw
 from lora_core.cli import main
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError
-from lora_core.lab.mydigits import MyDigits, load_personal_result, train_personal
+from lora_core.lab.mydigits.collection import MyDigits
+from lora_core.lab.mydigits.personal import PersonalSettings, load_personal_result, train_personal
 from lora_core.lora import LoraModel
 from lora_core.store.artifacts import ArtifactStore
 
@@ -175,7 +176,7 @@ def test_train_never_replaces_an_adapter_called_personal_that_is_not_yours(
     status, _, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)
     assert status == 2 and err.count("\n") == 1 and "'personal'" in err and "rename or delete" in err, err
     with pytest.raises(ArtifactError, match="not trained on your drawings"):  # the library refuses too
-        train_personal(store, small_mnist, steps=4, device="cpu")
+        train_personal(store, small_mnist, PersonalSettings(steps=4, device="cpu"))
     assert file_bytes(store.adapter_dir("personal")) == before and load_personal_result(store) is None
 
 

@@ -16,23 +16,24 @@ from lora_core import train
 from lora_core.data import _TrainImages
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import evaluate, predict
-from lora_core.lab import experiments
+from lora_core.lab import run as lab_run
 from lora_core.lab.experiments import (
     ExperimentResult,
     ExperimentSettings,
     MethodResult,
-    base_store,
     list_experiments,
     load_experiment,
-    prepare_task,
     run_experiment,
     run_method,
-    save_result,
     train_parameters,
 )
+from lora_core.lab.task_context import prepare_task
 from lora_core.lab.tasks import parse_task
 from lora_core.model import MLP
+from lora_core.store import results
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.bases import base_store
+from lora_core.store.results import save_result
 from lora_core.train import TrainConfig
 
 SETTINGS = ExperimentSettings(steps=4, batch_size=32, rank=2, seed=0, device="cpu")
@@ -104,7 +105,7 @@ def resident_peak(method: MethodResult) -> int:
     """The method's measured peak, as resident memory: the only measure these checks can read on the CPU (the
     getrusage fallback stays 0 under the process's earlier peak). Skipped, visibly, where the system cannot
     reset its resident high-water mark."""
-    if not experiments._reset_high_water_mark():
+    if not lab_run._reset_high_water_mark():
         pytest.skip("no resettable resident high-water mark (/proc/self/clear_refs) on this system")
     assert method.memory_measure.startswith("peak resident"), method.memory_measure
     return method.peak_memory_bytes
@@ -163,7 +164,7 @@ def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rot
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    monkeypatch.setattr(experiments, "datetime", OneSecond)
+    monkeypatch.setattr(results, "datetime", OneSecond)
     store = ArtifactStore(tmp_path / "artifacts")
     copies = [ExperimentResult.from_dict(result.to_dict()) for _ in range(3)]
     paths = [save_result(store, "rotate-45", c) for c in copies]

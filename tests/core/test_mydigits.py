@@ -17,15 +17,14 @@ import torch
 from benchmarks.writers import WRITERS, draw, writer
 from lora_core.errors import ArtifactError, ConfigError, ImageError
 from lora_core.evaluate import predict
-from lora_core.lab import mydigits as md
-from lora_core.lab.mydigits import (
-    MyDigit,
-    MyDigits,
-    MyDigitsImportError,
+from lora_core.lab.mydigits import collection as md
+from lora_core.lab.mydigits.collection import MyDigit, MyDigits, MyDigitsImportError, missing, split
+from lora_core.lab.mydigits.personal import (
     NotEnoughDigitsError,
+    PersonalResult,
+    PersonalSettings,
+    augment_pixels,
     load_personal_result,
-    missing,
-    split,
     train_personal,
 )
 from lora_core.lora import LoraModel
@@ -318,7 +317,7 @@ def test_train_personal_refuses_too_few_and_trains_nothing(artifacts_copy: Path,
     c.add(draw(WRITERS[0], 9, 0), 9)
     before = snapshot(c)
     with pytest.raises(NotEnoughDigitsError, match="draw 2 more 9s") as caught:
-        train_personal(store, tiny_mnist, steps=2, device="cpu")
+        train_personal(store, tiny_mnist, PersonalSettings(steps=2, device="cpu"))
     assert caught.value.missing == {9: 2}
     assert not store.adapter_exists("personal") and load_personal_result(store) is None
     assert snapshot(c) == before
@@ -346,7 +345,7 @@ def test_train_personal_learns_a_misread_writer(artifacts_copy: Path, small_mnis
     store = ArtifactStore(artifacts_copy)
     c = MyDigits(store)
     fill(c, 6, misread_writer)
-    result = train_personal(store, small_mnist, steps=60, seed=0, device="cpu", precision="fp32")
+    result = train_personal(store, small_mnist, PersonalSettings(steps=60, seed=0, device="cpu", precision="fp32"))
     assert (result.trained, result.heldout) == (50, 10)
     assert [r["label"] for r in result.heldout_rows] == list(range(10))
     assert result.base_errors == sum(r["base"] != r["label"] for r in result.heldout_rows)
@@ -370,7 +369,7 @@ def test_train_personal_learns_a_misread_writer(artifacts_copy: Path, small_mnis
 
 
 def test_personal_result_json_round_trip() -> None:
-    result = md.PersonalResult(
+    result = PersonalResult(
         "personal",
         8,
         2,
@@ -385,10 +384,10 @@ def test_personal_result_json_round_trip() -> None:
         {"steps": 10},
         "2026-01-01T00:00:00+00:00",
     )
-    assert md.PersonalResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert PersonalResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     assert dataclasses.asdict(result)["heldout_rows"][0]["base"] == 7
     with pytest.raises(ValueError, match="missing"):
-        md.PersonalResult.from_dict({"adapter": "personal"})
+        PersonalResult.from_dict({"adapter": "personal"})
 
 
 def test_a_stopped_run_saves_nothing(artifacts_copy: Path, tiny_mnist) -> None:  # noqa: ANN001
@@ -405,14 +404,14 @@ def test_a_stopped_run_saves_nothing(artifacts_copy: Path, tiny_mnist) -> None: 
         stop.set()
 
     with pytest.raises(RunStopped):
-        train_personal(store, tiny_mnist, steps=50, device="cpu", progress=progress, stop=stop)
+        train_personal(store, tiny_mnist, PersonalSettings(steps=50, device="cpu"), progress=progress, stop=stop)
     assert phases == [("personal", 1, 50)]
     assert not store.adapter_exists("personal") and load_personal_result(store) is None
 
 
 def test_augment_moves_each_picture_a_little() -> None:
     pixels = torch.from_numpy(np.stack([prepare_digit(draw(WRITERS[0], d, 0)).pixels for d in range(4)]))
-    moved = md.augment_pixels(pixels.repeat(2, 1, 1), torch.Generator().manual_seed(0))
+    moved = augment_pixels(pixels.repeat(2, 1, 1), torch.Generator().manual_seed(0))
     assert moved.shape == (8, 28, 28) and float(moved.min()) >= 0.0 and float(moved.max()) <= 1.0
     change = (moved - pixels.repeat(2, 1, 1)).abs().mean(dim=(1, 2))
     assert bool((change > 0.005).all())  # every picture moved

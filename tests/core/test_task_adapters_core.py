@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lora_core.data import MnistData
-from lora_core.lab.experiments import base_store, separate_base_label, separate_bases
 from lora_core.lab.tasks import parse_task, task_of, task_test_set
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.bases import base_store, separate_base_label, separate_bases
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import jobs
 from lora_core.data import MnistData, denormalize
-from lora_core.lab.mydigits import PERSONAL_ADAPTER, MyDigits, load_personal_result
+from lora_core.lab.mydigits.collection import MyDigits
+from lora_core.lab.mydigits.personal import PERSONAL_ADAPTER, load_personal_result
 from lora_core.store.artifacts import ArtifactStore
 
 

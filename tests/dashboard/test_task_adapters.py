@@ -17,12 +17,13 @@ from safetensors.torch import load_file
 from dashboard import jobs
 from lora_core.data import MnistData
 from lora_core.evaluate import evaluate
-from lora_core.lab.experiments import ExperimentSettings, base_store, run_experiment
+from lora_core.lab.experiments import ExperimentSettings, run_experiment
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraModel
 from lora_core.numbers import pct
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
+from lora_core.store.bases import base_store
 from lora_core.train import FinetuneConfig, TrainConfig
 
 SETTINGS = ExperimentSettings(methods=("lora",), steps=30, batch_size=32, rank=2, device="cpu")
