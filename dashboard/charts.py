@@ -281,7 +281,7 @@ def learned_vs_forgot(
     return fig
 
 
-# --- insight: the LoRA paper's analysis and the memory of training (issue 12) ------------------------------------
+# --- insight: the LoRA paper's analysis and the memory of training ------------------------------------
 MEMORY_PARTS = (
     ("weights_bytes", "weights", "#8c9bb5"),
     ("gradient_bytes", "gradients", "#e4572e"),

@@ -366,7 +366,7 @@ def start_experiment(store: ArtifactStore, task: Task, settings: ExperimentSetti
     return REGISTRY.start(job)
 
 
-# --- the analysis (issue 12): the paper's analysis of three adapters, and the memory table ------------------------
+# --- the analysis: the paper's analysis of three adapters, and the memory table ------------------------
 def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> AnalysisResult:
     """Train (or reuse) the three analysis adapters, analyse them, measure memory; saved to <artifacts>/analysis/."""
     from lora_core.lab.analysis import run_analysis

@@ -49,7 +49,7 @@ def when(iso: str | None) -> str:
 # each tab remembers is only which ended runs to show: those it started or watched while they ran,
 # until it dismisses them. The tab that started a run also gets its result (a new adapter made active).
 # While a run goes on, every open tab re-runs its progress fragment on this period. Measured with the whole
-# study started from the Home page in Chromium on 2 cores (benchmarks item 9, issue 9): whatever the server
+# study started from the Home page in Chromium on 2 cores (benchmarks item 9): whatever the server
 # and the browser spend on refreshing is taken from the training. Without a live chart, refreshing every
 # 0.5 s left the page's study at 0.64x of the CLI's speed, 1 s at 0.71x, 2 s at 0.77x; redrawing the Plotly
 # loss curve every 3 s cost the browser about 0.5 CPU-seconds each time, hence opt-in (LIVE_CHART_KEY).

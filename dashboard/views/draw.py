@@ -48,7 +48,7 @@ def transformed(task: Task, digit: PreparedDigit) -> PreparedDigit:
     return PreparedDigit(pixels=denormalize(tensor).reshape(28, 28).numpy(), tensor=tensor, inverted=digit.inverted)
 
 
-# --- my digits (issue 11): label the drawing and keep it; compare the personal adapter ------------------------------
+# --- my digits: label the drawing and keep it; compare the personal adapter ------------------------------
 MY_DIGITS_FLASH = "draw_mydigits_added"
 
 

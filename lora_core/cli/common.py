@@ -150,8 +150,9 @@ def run_on_task(args: argparse.Namespace, task: Any, settings: Any, run: Callabl
 def check_replay(args: argparse.Namespace, task: Any) -> None:
     """--replay on a domain task would be ignored without a word (it trains on every digit: there are no
     other digits to replay), so it is refused."""
-    if getattr(args, "replay", None) is not None and task.is_domain:
-        raise UsageError(
-            f"--replay: applies to digit tasks (weakest, digits:D,..., unseen:D,...); {task.spec} trains on "
-            "every digit, so there is nothing to replay; leave --replay out"
-        )
+    if getattr(args, "replay", None) is None:
+        return
+    try:
+        task.check_replay()
+    except ConfigError as exc:
+        raise UsageError(f"--replay: {exc.reason}; leave --replay out") from exc

@@ -135,8 +135,8 @@ class Task:
         if not self.replays:
             raise ConfigError(
                 field,
-                f"replay applies to digit tasks (weakest, digits:D,..., unseen:D,...); {self.spec} trains on every "
-                "digit, so there is nothing to replay",
+                f"applies to digit tasks (weakest, digits:D,..., unseen:D,...); {self.spec} trains on every digit, "
+                "so there is nothing to replay",
             )
 
     @property

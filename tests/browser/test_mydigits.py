@@ -1,4 +1,4 @@
-"""Issue 11 in a real browser, drawn with the mouse: one synthetic writer (benchmarks/writers.py, a style the
+"""My digits in a real browser, drawn with the mouse: one synthetic writer (benchmarks/writers.py, a style the
 base model reads badly: 1 with a flag and a foot, 7 with a crossbar, open 4, straight-stem 9) draws three of its
 least MNIST-like digits in the guided mode, stroke by stroke, and skips the others; a zip of the writer's other
 drawings (drawn offline) brings every digit to two; the grid shows the counts and training is refused, saying
