@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the repository: lora_core/store/paths.py
 DATA_ENV = "LORA_DATA_DIR"
 ARTIFACTS_ENV = "LORA_ARTIFACTS_DIR"
 

@@ -243,3 +243,14 @@ def test_corrupted_gz_stream_is_a_data_error(fixture_raw, tmp_path):
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(packed))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
         load_mnist(tmp_path, repair=False)
+
+
+def test_default_folders_are_the_repositorys_data_and_artifacts(monkeypatch):
+    from lora_core.store import paths
+
+    monkeypatch.delenv(paths.DATA_ENV, raising=False)
+    monkeypatch.delenv(paths.ARTIFACTS_ENV, raising=False)
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "Makefile").is_file()
+    assert paths.default_data_dir() == repo / "data"
+    assert paths.default_artifacts_dir() == repo / "artifacts"
