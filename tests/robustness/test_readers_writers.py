@@ -253,3 +253,70 @@ def test_recover_dir_keeps_a_recent_staging_folder_unless_told_none_is_live(tmp_
     fileio.recover_dir(final, stale_seconds=0)
     assert not recent.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_atomic_write_fills_a_hidden_temp_file_beside_the_target_and_makes_missing_folders(
+    tmp_path: Path, monkeypatch
+) -> None:
+    target = tmp_path / "a" / "b" / "x.json"
+    temps: list[Path] = []
+    real_replace = os.replace
+
+    def replace_and_record(src, dst):
+        temps.append(Path(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", replace_and_record)
+    fileio.atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data"
+    # same folder, so the rename is atomic; hidden and marked, so nothing lists a half-written file as saved
+    assert temps[0].parent == target.parent
+    assert temps[0].name.startswith(".x.json.") and temps[0].name.endswith(".tmp")
+    assert fileio.new_staging_dir(tmp_path / "c" / "d" / "f").parent == tmp_path / "c" / "d"
+
+
+def test_recover_dir_treats_a_staging_folder_exactly_stale_seconds_old_as_stale(tmp_path: Path, monkeypatch) -> None:
+    final = tmp_path / "f"
+    final.mkdir()
+    staging = tmp_path / ".f.staging-x"
+    staging.mkdir()
+    os.utime(staging, (1000.0, 1000.0))
+    monkeypatch.setattr(fileio.time, "time", lambda: 1000.0)
+    fileio.recover_dir(final, stale_seconds=0)
+    assert not staging.exists()
+
+
+def test_read_dir_files_reads_again_when_the_folder_vanishes_or_a_swap_completes(tmp_path: Path, monkeypatch) -> None:
+    final = tmp_path / "folder"
+    backup = tmp_path / ".folder.previous"
+    backup.mkdir()
+    (backup / "a").write_bytes(b"old")
+    real_read = fileio._read_file
+    calls: list[Path] = []
+
+    def read_while_a_writer_works(path: Path, max_bytes: int) -> fileio.FileRead:
+        calls.append(path)
+        if len(calls) <= 2:
+            raise FileNotFoundError(path)  # the folder went away mid-read, twice
+        if len(calls) == 3:
+            final.mkdir()  # the swap completes while the backup is being read
+            (final / "a").write_bytes(b"new")
+        return real_read(path, max_bytes)
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(fileio, "_read_file", read_while_a_writer_works)
+    monkeypatch.setattr(fileio.time, "sleep", sleeps.append)
+    folder, files = fileio.read_dir_files(final, ["a"], max_bytes=10)
+    assert (folder, files["a"].data) == (final, b"new")
+    assert sleeps == pytest.approx([0.0, 0.002, 0.004])
+
+
+def test_read_dir_files_looks_twice_before_calling_a_folder_absent(tmp_path: Path, monkeypatch) -> None:
+    final = tmp_path / "folder"
+    final.mkdir()
+    (final / "a").write_bytes(b"x")
+    answers = iter([None, final])
+    monkeypatch.setattr(fileio, "current_dir", lambda path: next(answers))
+    folder, files = fileio.read_dir_files(final, ["a", "a/inner"], max_bytes=10)
+    assert folder == final
+    assert files["a/inner"] == fileio.FileRead(None, None)  # a file where a folder should be
