@@ -176,10 +176,11 @@ def _read_file(path: Path, max_bytes: int) -> FileRead:
         return FileRead(None, None)
     except (IsADirectoryError, NotADirectoryError):
         return FileRead(None, None)
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):  # Linux opens a folder read-only; only reading it fails
+        os.close(fd)
+        return FileRead(None, None)
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            return FileRead(None, None)
         if info.st_size > max_bytes:
             raise FileTooLarge(path, info.st_size)
         data = fh.read()
