@@ -32,7 +32,8 @@ import torch.multiprocessing as mp
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
-from lora_core.lab.experiments import ExperimentResult, ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import ExperimentResult, run_experiment
 from lora_core.lab.mydigits.personal import PersonalResult, PersonalSettings, train_personal
 from lora_core.lab.study import (
     AdapterOutcome,

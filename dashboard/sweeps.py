@@ -15,7 +15,7 @@ import streamlit as st
 from dashboard import charts, jobs, state, ui, widgets
 from lora_core.errors import ConfigError
 from lora_core.lab import readings
-from lora_core.lab.experiments import ExperimentSettings
+from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.sweeps import (
     DEFAULT_RANKS,
     DEFAULT_REPLAYS,

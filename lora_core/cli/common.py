@@ -12,7 +12,7 @@ from lora_core.cli.options import UsageError, usage_error, validated
 from lora_core.cli.render import ProgressBar, say
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
-from lora_core.lab.experiments import ExperimentSettings
+from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.precision import resolve_precision
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.bases import separate_bases

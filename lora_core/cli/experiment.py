@@ -16,7 +16,8 @@ from lora_core.cli.options import (
     task_arg,
 )
 from lora_core.cli.render import experiment_report
-from lora_core.lab.experiments import METHODS, UNSEEN_REPLAY, ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import METHODS, UNSEEN_REPLAY, ExperimentSettings
+from lora_core.lab.experiments import run_experiment
 from lora_core.lab.tasks import TASK_FORMS
 from lora_core.train import FinetuneConfig, TrainConfig
 

@@ -1,10 +1,10 @@
 """`python -m lora_core mydigits ...`: collect your own handwriting and train the personal adapter.
 
-    mydigits add IMAGE... --label D     add drawings (PNG, JPEG) of digit D
-    mydigits list [--json [PATH]]       the collection by digit (--json alone: JSON on the standard output)
-    mydigits delete ID                  remove one drawing
-    mydigits export ZIP / import ZIP    the collection as a zip (import checks every entry, changes nothing if bad)
-    mydigits train                      fine-tune the personal adapter, print held-out and MNIST results
+mydigits add IMAGE... --label D     add drawings (PNG, JPEG) of digit D
+mydigits list [--json [PATH]]       the collection by digit (--json alone: JSON on the standard output)
+mydigits delete ID                  remove one drawing
+mydigits export ZIP / import ZIP    the collection as a zip (import checks every entry, changes nothing if bad)
+mydigits train                      fine-tune the personal adapter, print held-out and MNIST results
 """
 
 from __future__ import annotations

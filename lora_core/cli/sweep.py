@@ -18,7 +18,7 @@ from lora_core.cli.options import (
 )
 from lora_core.cli.render import sweep_report
 from lora_core.errors import ConfigError
-from lora_core.lab.experiments import ExperimentSettings
+from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS, SWEEP_KINDS, check_values, run_sweep
 from lora_core.lab.tasks import TASK_FORMS, parse_task
 from lora_core.train import TrainConfig

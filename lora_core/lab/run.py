@@ -180,7 +180,6 @@ def safetensors_size(tensors: dict[str, torch.Tensor]) -> int:
     return len(save_safetensors_bytes(plain, metadata={"format": "pt"}))
 
 
-
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     """What a run ran on, saved beside its numbers: versions, threads, CPUs, load (and the device, if given)."""
     try:

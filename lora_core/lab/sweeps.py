@@ -29,7 +29,8 @@ from typing import Any
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lab.experiments import ExperimentSettings, run_method
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import run_method
 from lora_core.lab.run import RunContext, environment
 from lora_core.lab.task_context import TaskContext, prepare_task
 from lora_core.lab.tasks import Task

@@ -29,7 +29,7 @@ from lora_core.store.bases import base_store
 from lora_core.train import ProgressCallback, TrainConfig, finetune, train_parameters
 
 if TYPE_CHECKING:
-    from lora_core.lab.experiments import ExperimentSettings
+    from lora_core.lab.experiment_settings import ExperimentSettings
 
 
 @dataclass

@@ -13,7 +13,8 @@ import pytest
 from playwright.sync_api import expect
 
 from lora_core.data import MnistData
-from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import run_experiment
 from lora_core.lab.sweeps import list_sweeps, load_sweep, sweep_rank
 from lora_core.lab.tasks import parse_task
 from lora_core.store.artifacts import ArtifactStore

@@ -270,7 +270,7 @@ def test_output_closed_early_stops_quietly(trained_artifacts, tmp_path):
 
 def test_precision_defaults_come_from_each_commands_settings():
     from lora_core.cli import build_parser
-    from lora_core.lab.experiments import ExperimentSettings
+    from lora_core.lab.experiment_settings import ExperimentSettings
     from lora_core.train import FinetuneConfig, TrainConfig
 
     parser = build_parser()

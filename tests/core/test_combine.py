@@ -18,7 +18,8 @@ from lora_core.cli import main
 from lora_core.errors import ConfigError, StaleAdapterError
 from lora_core.evaluate import evaluate
 from lora_core.lab.combine import adapter_task, combination_report, parse_weighted_adapters
-from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import run_experiment
 from lora_core.lab.study import load_base_for_lora
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraConfig, LoraModel

@@ -17,9 +17,9 @@ from lora_core.data import _TrainImages
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
 from lora_core.evaluate import evaluate, predict
 from lora_core.lab import run as lab_run
+from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.experiments import (
     ExperimentResult,
-    ExperimentSettings,
     MethodResult,
     list_experiments,
     load_experiment,

@@ -23,7 +23,8 @@ from core_helpers import (
 
 from lora_core.errors import ConfigError, RunStopped
 from lora_core.lab import sweeps
-from lora_core.lab.experiments import ExperimentSettings, list_experiments
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import list_experiments
 from lora_core.lab.sweeps import (
     SweepResult,
     list_sweeps,

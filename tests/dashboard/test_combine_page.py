@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean, click, new_app, texts, visit
 
-from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import run_experiment
 from lora_core.lab.tasks import parse_task
 from lora_core.store.artifacts import ArtifactStore
 

@@ -13,7 +13,7 @@ from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import charts, jobs
 from lora_core.lab import readings
-from lora_core.lab.experiments import ExperimentSettings
+from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.sweeps import WITHIN_POINTS, SweepPoint, SweepResult, list_sweeps, load_sweep, smallest_within_best
 from lora_core.lab.tasks import parse_task
 from lora_core.store.artifacts import ArtifactStore

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from dashboard import jobs
 from lora_core.data import MnistData
 from lora_core.evaluate import evaluate
-from lora_core.lab.experiments import ExperimentSettings, run_experiment
+from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiments import run_experiment
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import LoraModel

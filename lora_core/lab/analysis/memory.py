@@ -24,7 +24,7 @@ from lora_core.model import MLP
 from lora_core.train import FinetuneConfig, ProgressCallback, adam, finetune, train_parameters
 
 if TYPE_CHECKING:
-    from lora_core.lab.analysis import AnalysisSettings
+    from lora_core.lab.analysis.settings import AnalysisSettings
 
 FULL_LR = 1e-3  # full fine-tuning's learning rate in the experiments (ExperimentSettings.full_lr)
 # The float training images the measured runs draw from, made before the measurement starts (the

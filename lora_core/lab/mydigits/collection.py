@@ -52,7 +52,6 @@ ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,79}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-
 class MyDigitsImportError(LoraCoreError):
     """A zip offered for import was refused; nothing was changed."""
 
