@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.data import MnistData
-from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError
+from lora_core.errors import AdapterExistsError, ConfigError
 from lora_core.evaluate import evaluate
 from lora_core.lab.experiment_settings import HEAD_LAYER, METHOD_LABELS, METHODS, ExperimentSettings
 from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
@@ -43,7 +43,15 @@ from lora_core.lab.tasks import Task
 from lora_core.model import MLP
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 from lora_core.store.bases import base_store
-from lora_core.store.results import load_result, save_result, saved_results
+from lora_core.store.results import (
+    check_format,
+    known_fields,
+    load_result,
+    run_fields,
+    run_record,
+    save_result,
+    saved_results,
+)
 from lora_core.train import (
     ProgressCallback,
     TrainConfig,
@@ -127,28 +135,18 @@ class ExperimentResult:
                 }
                 for m in self.methods
             },
-            "created": self.created,
-            "seconds": self.seconds,
-            "environment": self.environment,
-            "path": self.path,
-            "notes": self.notes,
+            **run_record(self),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentResult:
-        if data.get("format") != FORMAT:
-            raise ArtifactError(f"not an experiment result of format {FORMAT!r} (found {data.get('format')!r})")
-        known = {f.name for f in dataclasses.fields(MethodResult)}
+        check_format(data, FORMAT, "an experiment result")
         return cls(
             task=data["task"],
             settings=data["settings"],
             base=data["base"],
-            methods=[MethodResult(**{k: v for k, v in m.items() if k in known}) for m in data["methods"]],
-            created=data["created"],
-            seconds=data["seconds"],
-            environment=data["environment"],
-            path=data.get("path"),
-            notes=list(data.get("notes") or []),
+            methods=[MethodResult(**known_fields(MethodResult, m)) for m in data["methods"]],
+            **run_fields(data),
         )
 
 

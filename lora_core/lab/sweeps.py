@@ -37,7 +37,15 @@ from lora_core.lab.tasks import Task
 from lora_core.lora import LoraConfig
 from lora_core.numbers import is_finite_number
 from lora_core.store.artifacts import ArtifactStore
-from lora_core.store.results import load_result, save_result, saved_results
+from lora_core.store.results import (
+    check_format,
+    known_fields,
+    load_result,
+    run_fields,
+    run_record,
+    save_result,
+    saved_results,
+)
 from lora_core.train import Progress, ProgressCallback, TrainConfig, resolve_device
 
 FORMAT = "lora_core.sweep.v1"
@@ -108,34 +116,24 @@ class SweepResult:
             "marked": self.marked,
             "within_points": WITHIN_POINTS if self.kind == "rank" else None,
             "reading": self.reading,
-            "created": self.created,
-            "seconds": self.seconds,
-            "environment": self.environment,
-            "path": self.path,
-            "notes": self.notes,
+            **run_record(self),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepResult:
-        if data.get("format") != FORMAT:
-            raise ArtifactError(f"not a sweep result of format {FORMAT!r} (found {data.get('format')!r})")
+        check_format(data, FORMAT, "a sweep result")
         kind = str(data["kind"]).removeprefix("sweep-")
         if kind not in SWEEP_KINDS:
             raise ArtifactError(f"unknown sweep kind {data['kind']!r}")
-        known = {f.name for f in dataclasses.fields(SweepPoint)}
         return cls(
             kind=kind,
             task=data["task"],
             settings=data["settings"],
             base=data["base"],
-            points=[SweepPoint(**{k: v for k, v in p.items() if k in known}) for p in data["points"]],
+            points=[SweepPoint(**known_fields(SweepPoint, p)) for p in data["points"]],
             marked=data["marked"],
             reading=data["reading"],
-            created=data["created"],
-            seconds=data["seconds"],
-            environment=data["environment"],
-            path=data.get("path"),
-            notes=list(data.get("notes") or []),
+            **run_fields(data),
         )
 
 

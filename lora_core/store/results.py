@@ -12,6 +12,7 @@ ArtifactError which file is broken and why.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +34,36 @@ class SavedResult(Protocol):
 
 
 _Result = TypeVar("_Result", bound=SavedResult)
+
+
+RUN_FIELDS = ("created", "seconds", "environment", "path", "notes")
+
+
+def run_record(result: Any) -> dict[str, Any]:
+    """The fields every saved run ends with (when, how long, on what, where saved, notes), in their saved order."""
+    return {key: getattr(result, key) for key in RUN_FIELDS}
+
+
+def run_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """run_record's fields read back from a saved file (`path` and `notes` may be missing from older files)."""
+    return {
+        "created": data["created"],
+        "seconds": data["seconds"],
+        "environment": data["environment"],
+        "path": data.get("path"),
+        "notes": list(data.get("notes") or []),
+    }
+
+
+def check_format(data: dict[str, Any], fmt: str, what: str) -> None:
+    if data.get("format") != fmt:
+        raise ArtifactError(f"not {what} of format {fmt!r} (found {data.get('format')!r})")
+
+
+def known_fields(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of dataclass `cls` (a newer file's extra keys are left out)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in known}
 
 
 def experiments_dir(store: ArtifactStore) -> Path:
