@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CANVAS_SIZE = 280  # dashboard/views/draw.py
+CANVAS_SIZE = 280  # dashboard/widgets.py
 CANVAS_STROKE = 18  # the canvas's stroke width there
 POINT_SPACING = 0.02  # of the unit box between polyline points: ~5 px on the canvas, smooth under the mouse
 
