@@ -37,8 +37,10 @@ study: $(VENV)/.runtime
 lint: $(VENV)/.test
 	$(BIN)/ruff check lora_core dashboard benchmarks tests tools
 
+# Two workers whatever the core count: each gets its share of PyTorch threads (tests/conftest.py), and the
+# browser tests' servers and Chromium fill the time one worker spends waiting on them.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks

@@ -6,6 +6,7 @@ Unit tests train on a 6,000-image subset to stay fast; the CLI test runs one hon
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from lora_core.train import FinetuneConfig, TrainConfig
 
 SMALL_TRAIN = 6000
 
+# Under pytest-xdist (`make test` runs two workers) the workers share the machine's cores: each worker, and
+# every process it starts (the CLI, the dashboard's server), gets its share of PyTorch threads, since
+# oversubscribed intra-op threads spin against each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ["OMP_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
+
 # Per-test limits (seconds) above pyproject's default of 300 for tests that legitimately wait longer; the
 # limit covers fixture setup, and the first test to use `full_study` pays for its subprocess (capped at
 # 900 s below). A browser test waits up to 60 s for the server and up to 240 s per background run; the
@@ -27,7 +37,18 @@ SMALL_TRAIN = 6000
 LONG_TIMEOUTS = {"full_study": 1200, "browser": 600, "quick_run": 600}
 
 
+# The slowest folders run first, so that two workers finish together instead of one waiting on the last
+# browser test; a file's own tests keep their order (the user-journey test relies on it).
+SLOW_FIRST = ("tests/browser/", "tests/bench/", "tests/dashboard/")
+
+
+def _slowness(item: pytest.Item) -> int:
+    path = item.nodeid.replace("\\", "/")
+    return next((rank for rank, folder in enumerate(SLOW_FIRST) if path.startswith(folder)), len(SLOW_FIRST))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_slowness)
     for item in items:
         if item.get_closest_marker("timeout") is not None:  # an explicit @pytest.mark.timeout wins
             continue
@@ -79,18 +100,11 @@ class FullStudy:
     unused_default: Path
 
 
-@pytest.fixture(scope="session")
-def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> FullStudy:
-    """Run once per session and shared: the CLI test checks it, the browser tests draw on its model.
-
-    Treat the artifacts as read-only; copy them before changing anything.
-    """
+def _run_full_study(tmp: Path) -> FullStudy:
     import json
-    import os
     import subprocess
     import sys
 
-    tmp = tmp_path_factory.mktemp("full-study")
     artifacts, out = tmp / "artifacts", tmp / "study.json"
     unused = tmp / "default-artifacts-must-not-be-used"
     proc = subprocess.run(
@@ -103,6 +117,33 @@ def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> Fu
     )
     result = json.loads(out.read_text()) if out.is_file() else {}
     return FullStudy(artifacts, result, proc.returncode, proc.stdout, proc.stderr, unused)
+
+
+@pytest.fixture(scope="session")
+def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> FullStudy:
+    """Run once per session and shared: the CLI test checks it, the browser tests draw on its model.
+
+    Under pytest-xdist the workers share one run: the first to need it runs it under a file lock in the
+    workers' common temporary folder, the others wait and read what it recorded.
+    Treat the artifacts as read-only; copy them before changing anything.
+    """
+    if WORKERS == 1:
+        return _run_full_study(tmp_path_factory.mktemp("full-study"))
+    import json
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "full-study"
+    record = shared / "run.json"
+    with FileLock(str(shared) + ".lock"):
+        if not record.is_file():
+            shared.mkdir(exist_ok=True)
+            run = _run_full_study(shared)
+            paths = {"artifacts": str(run.artifacts), "unused_default": str(run.unused_default)}
+            record.write_text(json.dumps({**dataclasses.asdict(run), **paths}))
+    fields = json.loads(record.read_text())
+    paths = {"artifacts": Path(fields["artifacts"]), "unused_default": Path(fields["unused_default"])}
+    return FullStudy(**{**fields, **paths})
 
 
 def corrupt_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:

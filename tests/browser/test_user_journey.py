@@ -27,9 +27,9 @@ def page(browser):
 def test_2_train_base_model(page, app, screenshot_dir) -> None:
     folder = screenshot_dir / "2-train"
     open_page(page, app.url, "training")
-    # The full-size network, 2 epochs of batch 128: long enough (about 10 s here) that the live progress is on
+    # The full-size network, one epoch of batch 128: long enough (about 10 s here) that the live progress is on
     # screen for several polls; a 200-200 network at batch 512 finished in about 2 s, before the first poll.
-    for label, value in (("Epochs", "2"), ("Batch size", "128")):
+    for label, value in (("Epochs", "1"), ("Batch size", "128")):
         page.get_by_label(label, exact=True).fill(value)
     page.get_by_role("button", name="Train the base model", exact=True).click()
     expect(page.get_by_text("samples/s").first).to_be_visible(timeout=60_000)  # live progress

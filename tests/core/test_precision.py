@@ -136,7 +136,7 @@ def test_the_defaults_table_names_the_defaults():
 def test_probe_measures_both_precisions_once_per_process():
     probe = probe_bf16(CPU)
     assert probe.fp32_s > 0 and probe.bf16_s > 0 and probe.speedup > 0
-    assert probe.wall_s < 2.0  # about 50-100 ms; generous for a loaded CI machine
+    assert probe.wall_s >= probe.fp32_s + probe.bf16_s  # the whole probe, both timings included
     assert probe_bf16(CPU) is probe  # cached
     assert torch.get_num_threads() >= 1
 
