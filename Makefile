@@ -38,9 +38,11 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check lora_core dashboard benchmarks tests tools
 
 # Two workers whatever the core count: each gets its share of PyTorch threads (tests/conftest.py), and the
-# browser tests' servers and Chromium fill the time one worker spends waiting on them.
+# browser tests' servers and Chromium fill the time one worker spends waiting on them. Files go to the workers
+# in the collection's order, slowest folders first (xdist would otherwise start with the files that hold the
+# most tests, leaving the browser tests for last on one worker).
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks

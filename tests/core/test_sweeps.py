@@ -18,6 +18,7 @@ from core_helpers import (
     import_peft,
     random_mlp,
     randomize_b,
+    run_cli_in_process,
     run_cli_jobs,
 )
 
@@ -251,35 +252,37 @@ CLI_ERRORS = {
 
 
 @pytest.fixture(scope="module")
-def cli_runs(trained_artifacts, tmp_path_factory):
+def cli_run(trained_artifacts, tmp_path_factory):
+    """One real `python -m lora_core sweep rank` process on a copy of `trained_artifacts`."""
     root = tmp_path_factory.mktemp("cli-sweep")
-    refused, folder = root / "refused", root / "artifacts"
-    shutil.copytree(trained_artifacts, refused)
+    folder = root / "artifacts"
     shutil.copytree(trained_artifacts, folder)
     env = {**os.environ, "LORA_ARTIFACTS_DIR": str(root / "default-artifacts-must-not-be-used")}
-    jobs = {name: [*args, "--artifacts", str(refused)] for name, (args, _) in CLI_ERRORS.items()}
     run_args = ["sweep", "rank", "--values", "1", "16", "--steps", "2", "--batch-size", "16", "--device", "cpu"]
-    jobs["run"] = [*run_args, "--artifacts", str(folder), "--json", str(root / "out.json")]
-    results = run_cli_jobs(jobs, env, workers=3, timeout=600)
-    return {"results": results, "root": root, "folder": folder, "refused": refused}
+    jobs = {"run": [*run_args, "--artifacts", str(folder), "--json", str(root / "out.json")]}
+    return {"result": run_cli_jobs(jobs, env, workers=1, timeout=600)["run"], "root": root, "folder": folder}
 
 
-@pytest.mark.timeout(900)
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
-def test_sweep_command_bad_input_exits_2_with_one_line(cli_runs, case, trained_artifacts):
-    assert_one_line_error(cli_runs["results"][case], CLI_ERRORS[case][1])
-    assert file_bytes(cli_runs["refused"]) == file_bytes(trained_artifacts)  # the refusals wrote nothing
+def test_sweep_command_bad_input_exits_2_with_one_line(case, trained_artifacts, tmp_path, capsys, monkeypatch):
+    refused = tmp_path / "refused"
+    shutil.copytree(trained_artifacts, refused)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "default-artifacts-must-not-be-used"))
+    args, words = CLI_ERRORS[case]
+    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(refused)]), words)
+    assert file_bytes(refused) == file_bytes(trained_artifacts)  # the refusals wrote nothing
+    assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
 
 
 @pytest.mark.timeout(900)
-def test_sweep_command_prints_a_table_and_saves_json(cli_runs):
-    result = cli_runs["results"]["run"]
+def test_sweep_command_prints_a_table_and_saves_json(cli_run):
+    result = cli_run["result"]
     print(result.stdout)  # the table, for whoever reads the log
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "Rank sweep on weakest" in out and "capped: linear3 10" in out and "smallest within 0.5 pt" in out
-    data = json.loads((cli_runs["root"] / "out.json").read_text())
+    data = json.loads((cli_run["root"] / "out.json").read_text())
     assert data["kind"] == "sweep-rank" and [p["value"] for p in data["points"]] == [1, 16]
-    saved = list_sweeps(ArtifactStore(cli_runs["folder"]))
+    saved = list_sweeps(ArtifactStore(cli_run["folder"]))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == data
-    assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
+    assert not (cli_run["root"] / "default-artifacts-must-not-be-used").exists()
