@@ -78,13 +78,22 @@ MUTATE_FILEIO_TESTS := \
 		test_recover_dir_treats_a_staging_folder_exactly_stale_seconds_old_as_stale \
 		test_read_dir_files_reads_again_when_the_folder_vanishes_or_a_swap_completes \
 		test_read_dir_files_looks_twice_before_calling_a_folder_absent)
+# the LoRA modules: their own tests plus the combination tests that run on small models (seconds each);
+# the combine tests that train or save to a folder are left out
+MUTATE_LORA_TESTS := tests/core/test_lora.py \
+	$(addprefix tests/core/test_combine.py::,test_combination_forward_is_the_weighted_sum_of_the_updates \
+		test_weights_one_and_zero_give_the_single_adapter_to_the_last_bit \
+		test_under_bfloat16_autocast_the_updates_stay_float32 test_a_list_of_one_at_weight_one_is_the_single_adapter_path \
+		test_a_combination_trains_by_plain_autograd test_merge_and_unmerge_of_a_combination_leave_w_bit_identical \
+		test_switching_away_from_a_merged_combination_drops_it test_deleting_an_adapter_of_the_combination_leaves_the_base \
+		test_adapters_of_different_base_models_are_refused test_bad_combinations_are_refused test_weights_need_a_list)
 MUTATE_TARGETS := \
 	lora_core/store/fileio.py:$(call join-tests,$(MUTATE_FILEIO_TESTS)) \
 	lora_core/store/artifacts.py:tests/core/test_storage.py,tests/core/test_lock.py \
 	lora_core/train.py:tests/core/test_training.py \
 	lora_core/lab/proof.py:tests/core/test_proof.py \
-	lora_core/lora/layer.py:tests/core/test_lora.py \
-	lora_core/lora/model.py:tests/core/test_lora.py \
+	lora_core/lora/layer.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
+	lora_core/lora/model.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
 	lora_core/lora/fast.py:tests/core/test_lora.py
 MUTATE ?= $(MUTATE_TARGETS)
 
@@ -94,7 +103,7 @@ mutate: $(VENV)/.test
 		module=$${entry%%:*}; tests=$${entry#*:}; work=.mutmut/$$(basename $$module .py); \
 		rm -rf $$work; mkdir -p $$work; ln -s ../../lora_core ../../tests $$work/; cp pyproject.toml $$work/; \
 		{ echo "[mutmut]"; echo "source_paths = lora_core"; echo "only_mutate = $$module"; \
-		  echo "pytest_add_cli_args = -p no:cacheprovider"; echo "process_isolation = forkserver"; echo "pytest_add_cli_args_test_selection ="; \
+		  echo "pytest_add_cli_args = -p no:cacheprovider"; echo "process_isolation = forkserver"; echo "max_children = 1"; echo "pytest_add_cli_args_test_selection ="; \
 		  for t in $$(echo $$tests | tr , ' '); do echo "    $$t"; done; } > $$work/setup.cfg; \
 		echo "== $$module ($$tests)"; \
 		(cd $$work && ../../$(BIN)/mutmut run) || true; \
