@@ -50,13 +50,14 @@ def test_gaussian_init_matches_peft_std_one_over_r():
         assert layer.lora_A["g"].weight.std().item() == pytest.approx(1 / 4, rel=0.1)
 
 
-def test_adapter_init_is_seeded():
+@pytest.mark.parametrize("init", ["kaiming", "gaussian"])
+def test_adapter_init_is_seeded(init):
     m1, m2 = LoraModel(random_mlp()), LoraModel(random_mlp())
-    m1.add_adapter("a", LoraConfig(r=2), seed=7)
-    m2.add_adapter("a", LoraConfig(r=2), seed=7)
+    m1.add_adapter("a", LoraConfig(r=2, init=init), seed=7)
+    m2.add_adapter("a", LoraConfig(r=2, init=init), seed=7)
     for name, layer in m1.lora_layers().items():
         assert torch.equal(layer.lora_A["a"].weight, m2.lora_layers()[name].lora_A["a"].weight)
-    m2.add_adapter("b", LoraConfig(r=2), seed=8)
+    m2.add_adapter("b", LoraConfig(r=2, init=init), seed=8)
     assert not torch.equal(
         m2.lora_layers()["linear1"].lora_A["b"].weight, m1.lora_layers()["linear1"].lora_A["a"].weight
     )
@@ -242,8 +243,11 @@ def test_training_through_a_merged_weight_is_refused(trains, x):
         params = [lora_model.lora_layers()["linear2"].base_layer.weight.requires_grad_(True)]
     lora_model.train()
     lora_model.merge()
-    with pytest.raises(ConfigError, match="merged.*unmerge"):
+    with pytest.raises(ConfigError) as info:
         lora_model(x)
+    # linear1 refuses first, and it holds only "a" (a combination's message: test_a_merged_combination_...)
+    assert info.value.field == "adapter"
+    assert info.value.reason == "adapter 'a' is merged, and training cannot reach a merged weight: unmerge() first"
     with torch.no_grad():  # evaluating the merged model is what merging is for
         merged = lora_model(x)
     lora_model.unmerge()
@@ -734,3 +738,137 @@ def test_disabled_or_inactive_adapters_train_nothing(x):
     out = lora_model(x)
     assert not out.requires_grad
     assert all(p.grad is None for p in params_b)
+
+
+# --- LoraLinear on its own ----------------------------------------------------------------------------------
+def two_adapter_layer(dropout: float = 0.0) -> LoraLinear:
+    """A LoraLinear(6, 5) with adapters "a" (r 2, scale 2) and "b" (r 3, scale 1), both with a non-zero B."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5))
+    layer.base_layer.requires_grad_(False)
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4, dropout=dropout), torch.Generator().manual_seed(1))
+    layer.add_adapter("b", LoraConfig(r=3, alpha=3, dropout=dropout), torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for name in ("a", "b"):
+            layer.lora_B[name].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
+    return layer
+
+
+def by_hand_update(layer: LoraLinear, x: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
+    out = layer.base_layer(x)
+    for name, weight in weights.items():
+        out = out + weight * layer.scaling[name] * (x @ layer.lora_A[name].weight.T) @ layer.lora_B[name].weight.T
+    return out
+
+
+def test_a_fresh_lora_linear_is_its_base_layer_and_says_so():
+    linear = torch.nn.Linear(6, 5)
+    layer = LoraLinear(linear)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(layer(x), linear(x))
+    assert layer.active_adapter is None and layer.combination is None and not layer.merged
+    assert layer.extra_repr() == "adapters=[], active=None"
+    layer.add_adapter("a", LoraConfig(r=2))
+    layer.add_adapter("v1.2", LoraConfig(r=2))
+    layer.set_combination([("a", 0.5), ("v1.2", 1)])
+    assert layer.extra_repr() == "adapters=['a', 'v1.2'], active={'a': 0.5, 'v1.2': 1.0}"
+    layer.set_adapter("v1.2")
+    assert layer.extra_repr() == "adapters=['a', 'v1.2'], active='v1.2'"
+
+
+def test_train_without_an_argument_switches_training_on():
+    layer = LoraLinear(torch.nn.Linear(6, 5)).eval()
+    assert layer.train() is layer and layer.training and layer.base_layer.training
+
+
+def test_adapters_are_made_on_the_base_layers_device_and_dtype():
+    layer = LoraLinear(torch.nn.Linear(6, 5, device="meta", dtype=torch.float64))
+    layer.add_adapter("a", LoraConfig(r=2))
+    for module in (layer.lora_A["a"], layer.lora_B["a"]):
+        assert module.weight.device.type == "meta" and module.weight.dtype == torch.float64
+        assert module.bias is None
+
+
+def test_rank_and_alpha_patterns_shape_each_layers_adapter():
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=4, alpha=8, rank_pattern={"linear2": 2}, alpha_pattern={"linear2": 6})
+    lora_model.add_adapter("a", config, seed=0)
+    layers = lora_model.lora_layers()
+    assert layers["linear1"].lora_A["a"].weight.shape == (4, 784) and layers["linear1"].scaling["a"] == 2.0
+    assert layers["linear2"].lora_A["a"].weight.shape == (2, layers["linear2"].in_features)
+    assert layers["linear2"].lora_B["a"].weight.shape == (layers["linear2"].out_features, 2)
+    assert layers["linear2"].scaling["a"] == 3.0
+    alone = LoraLinear(torch.nn.Linear(6, 5))  # no layer name: the config's own r and scale
+    alone.add_adapter("a", config)
+    assert alone.lora_A["a"].weight.shape == (4, 6) and alone.scaling["a"] == 2.0
+
+
+def test_only_a_trainable_bias_still_trains_by_plain_autograd():
+    """W frozen but b trainable: the fast path would give b no gradient, so the plain formula runs."""
+    layer = two_adapter_layer()
+    layer.set_adapter("a")
+    layer.base_layer.bias.requires_grad_(True)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.base_layer.bias.grad, torch.full((5,), 3.0))
+    assert layer.base_layer.weight.grad is None
+
+
+def test_reselecting_the_merged_adapter_keeps_it_merged():
+    layer = two_adapter_layer()
+    layer.set_adapter("a")
+    layer.merge()
+    layer.set_adapter("a")
+    assert layer.merged
+    layer.set_adapter("b")
+    assert not layer.merged
+
+
+def test_deleting_an_adapter_of_a_combination_keeps_the_others_at_their_weights():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 2.0), ("b", 0.5)])
+    assert layer.active_adapter is None
+    layer.delete_adapter("b")
+    assert layer.combination == (("a", 2.0),) and "b" not in layer.lora_A and "b" not in layer.scaling
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 2.0}))
+    layer.delete_adapter("a")
+    assert layer.combination == ()
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def test_a_combination_at_weight_two_doubles_and_disabling_gives_the_base():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 2.0), ("b", 1.0)])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 2.0, "b": 1.0}))
+        layer.adapters_enabled = False
+        assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def test_a_combination_applies_each_adapters_dropout_only_in_training():
+    layer = two_adapter_layer(dropout=0.5)
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 1.0), ("b", 0.5)])
+    with torch.no_grad():
+        layer.eval()
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 1.0, "b": 0.5}))
+        layer.train()
+        assert not torch.equal(layer(x), layer(x))
+
+
+def test_a_merged_combination_refuses_training_naming_its_adapters():
+    layer = two_adapter_layer()
+    layer.lora_A["b"].weight.requires_grad_(True)
+    layer.set_combination([("a", 1.0), ("b", 0.5)])
+    layer.merge()
+    with pytest.raises(ConfigError) as info:
+        layer(torch.randn(3, 6))
+    assert info.value.field == "adapter"
+    assert info.value.reason == (
+        "adapters 'a', 'b' are merged, and training cannot reach a merged weight: unmerge() first"
+    )
