@@ -385,6 +385,20 @@ def test_adapter_state_dict_uses_peft_keys():
     assert set(lora_model.base_state_dict()) == {f"linear{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
 
 
+def test_expected_adapter_shapes_follow_rank_pattern_and_the_rank_cap():
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=16, rank_pattern={"linear1": 2}, target_modules=("linear1", "linear3"))
+    assert lora_model.expected_adapter_shapes(config) == {
+        "base_model.model.linear1.lora_A.weight": (2, 784),
+        "base_model.model.linear1.lora_B.weight": (1000, 2),
+        "base_model.model.linear3.lora_A.weight": (10, 2000),  # r 16 capped at min(2000, 10)
+        "base_model.model.linear3.lora_B.weight": (10, 10),
+    }
+    lora_model.add_adapter("a", config)
+    sd = lora_model.adapter_state_dict("a")
+    assert lora_model.expected_adapter_shapes(config) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
 # --- validation ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "field"),
@@ -430,6 +444,18 @@ def test_duplicate_adapter_name_is_rejected():
     with pytest.raises(ConfigError, match="already"):
         lora_model.add_adapter("a", LoraConfig(r=2))
     assert lora_model.adapter_config("a").r == 1
+
+
+def test_an_unknown_adapter_name_is_refused_listing_the_loaded_ones():
+    lora_model = LoraModel(random_mlp())
+    with pytest.raises(ConfigError) as info:
+        lora_model.set_adapter("b")
+    assert (info.value.field, info.value.reason) == ("adapter", "no adapter called 'b' (loaded: none)")
+    lora_model.add_adapter("c", LoraConfig(r=1))
+    lora_model.add_adapter("a", LoraConfig(r=1))
+    with pytest.raises(ConfigError) as info:
+        lora_model.delete_adapter("b")
+    assert info.value.reason == "no adapter called 'b' (loaded: a, c)"
 
 
 @pytest.mark.parametrize("name", ["", "  ", "../x", "a/b", ".hidden", "a..b", "x" * 65, "name with space", "é"])
