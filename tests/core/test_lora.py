@@ -441,9 +441,16 @@ def test_largest_allowed_ranks_are_accepted():
 def test_duplicate_adapter_name_is_rejected():
     lora_model = LoraModel(random_mlp())
     lora_model.add_adapter("a", LoraConfig(r=1))
-    with pytest.raises(ConfigError, match="already"):
+    with pytest.raises(ConfigError) as info:
         lora_model.add_adapter("a", LoraConfig(r=2))
+    assert (info.value.field, info.value.reason) == ("name", "an adapter called 'a' is already loaded")
     assert lora_model.adapter_config("a").r == 1
+
+
+def test_a_fresh_lora_model_has_no_active_adapter():
+    lora_model = LoraModel(random_mlp())
+    assert lora_model.active_adapter is None
+    assert lora_model.active_adapters == [] and lora_model.adapter_weights == {}
 
 
 def test_an_unknown_adapter_name_is_refused_listing_the_loaded_ones():
