@@ -467,8 +467,33 @@ def test_an_unknown_adapter_name_is_refused_listing_the_loaded_ones():
 
 @pytest.mark.parametrize("name", ["", "  ", "../x", "a/b", ".hidden", "a..b", "x" * 65, "name with space", "é"])
 def test_unsafe_adapter_names_are_rejected(name):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         validate_adapter_name(name)
+    assert info.value.field == "name"
+    if not name.strip():
+        assert info.value.reason == "an adapter name must not be empty"
+    elif len(name) > 64:
+        assert info.value.reason == "must be at most 64 characters, got 65"
+    else:
+        assert info.value.reason == (
+            f"{name!r} is not a valid adapter name: use letters, digits, '-', '_' and '.' "
+            "(not starting with '.', no '..', no '/')"
+        )
+
+
+def test_loaded_adapter_tensors_give_the_same_logits_frozen_with_their_meta(x):
+    source = LoraModel(random_mlp())
+    config = LoraConfig(r=3, alpha=6, target_modules=("linear1", "linear3"))
+    source.add_adapter("a", config, seed=0)
+    randomize_b(source, "a")
+    target = LoraModel(random_mlp())
+    target.load_adapter_tensors("a", config, source.adapter_state_dict("a"), meta={"base_sha256": "f" * 64})
+    assert target.active_adapter == "a" and target.adapter_meta("a") == {"base_sha256": "f" * 64}
+    assert not any(p.requires_grad for p in target.parameters())
+    for key, tensor in target.adapter_state_dict("a").items():
+        assert torch.equal(tensor, source.adapter_state_dict("a")[key]), key
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
 
 
 @pytest.mark.parametrize("name", ["digit-9", "a", "A_b.c-1", "x" * 64])
