@@ -930,3 +930,38 @@ def test_a_merged_combination_refuses_training_naming_its_adapters():
     assert info.value.reason == (
         "adapters 'a', 'b' are merged, and training cannot reach a merged weight: unmerge() first"
     )
+
+
+def test_a_zero_weight_first_in_a_combination_skips_only_that_adapter():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 0.0), ("b", 0.5)])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"b": 0.5}))
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["one adapter", "combination"])
+def test_bfloat16_inputs_under_autocast_give_float32_outputs(combined):
+    """The side path casts its input to the adapter's dtype: a bfloat16 input meets float32 A and B there."""
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    if combined:
+        layer.set_combination([("a", 1.0), ("b", 0.5)])
+    else:
+        layer.set_adapter("a")
+    with torch.no_grad():
+        expected = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=0.02, rtol=0)  # bfloat16 input and base matmul: ~4e-3 off
+
+
+def test_adapter_modules_list_names_not_escaped_keys():
+    layer = LoraLinear(torch.nn.Linear(6, 5))
+    for name in ("v1.2", "train", "a"):
+        layer.add_adapter(name, LoraConfig(r=2))
+    assert layer.lora_A.keys() == ["v1.2", "train", "a"]
+    assert [(name, module.weight.shape) for name, module in layer.lora_B.items()] == [
+        (name, (5, 2)) for name in ("v1.2", "train", "a")
+    ]
