@@ -244,6 +244,22 @@ def test_deleting_an_adapter_of_the_combination_leaves_the_base(two_adapters, x)
         assert torch.equal(two_adapters(x), base_out)
 
 
+def test_deleting_an_adapter_outside_the_combination_keeps_it(two_adapters, x):
+    two_adapters.add_adapter("c", LoraConfig(r=1), seed=3)
+    two_adapters.set_adapter(["a", "b"], [0.7, -1.3])
+    two_adapters.delete_adapter("c")
+    assert two_adapters.adapter_weights == {"a": 0.7, "b": -1.3}
+    with torch.no_grad():
+        expected = by_hand(two_adapters, x, {"a": 0.7, "b": -1.3})
+        torch.testing.assert_close(two_adapters(x).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_deleting_the_one_adapter_of_a_combination_of_one_leaves_none_active(two_adapters):
+    two_adapters.set_adapter(["b"], [0.5])
+    two_adapters.delete_adapter("b")
+    assert two_adapters.active_adapters == [] and two_adapters.adapter_weights == {}
+
+
 # --- refusals ------------------------------------------------------------------------------------------------------
 def test_adapters_of_different_base_models_are_refused(x):
     lora_model = LoraModel(random_mlp())
@@ -259,6 +275,9 @@ def test_adapters_of_different_base_models_are_refused(x):
     )
     assert lora_model.active_adapter == "new"  # nothing changed
     lora_model.set_adapter(["new", "same"], [1.0, 1.0])  # the same base: fine
+    lora_model.add_adapter("third", LoraConfig(r=2), seed=3, meta={"base_sha256": "c" * 64})
+    with pytest.raises(StaleAdapterError, match="'old' and 'new' were trained on different base models"):
+        lora_model.set_adapter(["old", "new", "third"])  # three bases: the first two are named
 
 
 @pytest.mark.parametrize(
