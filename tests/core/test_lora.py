@@ -710,6 +710,33 @@ def test_base_weights_get_no_gradient_and_stay_bit_identical_while_training(bf16
         assert torch.equal(value, clones[key]), key
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_fast_training_path_takes_a_bfloat16_input_and_a_base_without_bias(dropout):
+    """Under bfloat16 autocast the side path casts its input to the adapter's float32, and the gradient of x
+    comes back in x's own dtype; a base layer without bias is cast without one."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5, bias=False)).train()
+    layer.base_layer.requires_grad_(False)
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4, dropout=dropout), torch.Generator().manual_seed(1))
+    layer.set_adapter("a")
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3)).bfloat16().requires_grad_(True)
+    torch.manual_seed(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16 and torch.count_nonzero(x.grad) > 0
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    assert a.grad is not None and a.grad.dtype == torch.float32 and torch.count_nonzero(a.grad) > 0
+    assert b.grad is not None and b.grad.dtype == torch.float32 and torch.count_nonzero(b.grad) > 0
+    if dropout == 0.0:  # without dropout the whole y is known: compare it with the plain formula
+        xf = x.detach().float()
+        expected = (xf @ layer.base_layer.weight.T) + (xf @ a.detach().T) @ b.detach().T * 2.0
+        torch.testing.assert_close(out.detach(), expected, atol=0.05, rtol=0.02)  # bfloat16 base matmul
+
+
 def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes():
     layer = frozen_lora_layer()
     x = torch.randn(8, 20, generator=torch.Generator().manual_seed(3))
