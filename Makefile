@@ -87,10 +87,20 @@ MUTATE_LORA_TESTS := tests/core/test_lora.py \
 		test_a_combination_trains_by_plain_autograd test_merge_and_unmerge_of_a_combination_leave_w_bit_identical \
 		test_switching_away_from_a_merged_combination_drops_it test_deleting_an_adapter_of_the_combination_leaves_the_base \
 		test_adapters_of_different_base_models_are_refused test_bad_combinations_are_refused test_weights_need_a_list)
+# train.py: the tests under about 2 s each (the ones left out train a full model or save a study)
+MUTATE_TRAIN_TESTS := \
+	$(addprefix tests/core/test_training.py::,test_batches_mix_target_and_replay_digits test_finetune_reproducible_with_same_seed \
+		test_trainable_parameter_count_matches_table test_same_seed_gives_identical_base_model_and_metrics \
+		test_stop_event_raises_run_stopped_and_saves_nothing test_stop_keeps_the_previous_base_and_adapters \
+		test_nan_loss_raises_training_diverged_and_keeps_the_previous_base test_loss_blowing_up_mid_run_raises_training_diverged \
+		test_finetune_divergence_removes_the_adapter_and_saves_nothing test_huge_learning_rate_is_allowed_but_above_one_rejected \
+		test_bad_train_configs_are_rejected test_bad_finetune_configs_are_rejected test_resolve_device \
+		test_finetune_refuses_bad_digits_with_a_config_error test_finetune_needs_target_digits \
+		test_finetune_trains_on_config_digits_only test_old_call_with_digits_beside_the_config_fails_loudly)
 MUTATE_TARGETS := \
 	lora_core/store/fileio.py:$(call join-tests,$(MUTATE_FILEIO_TESTS)) \
 	lora_core/store/artifacts.py:tests/core/test_storage.py,tests/core/test_lock.py \
-	lora_core/train.py:tests/core/test_training.py \
+	lora_core/train.py:$(call join-tests,$(MUTATE_TRAIN_TESTS)) \
 	lora_core/lab/proof.py:tests/core/test_proof.py \
 	lora_core/lora/layer.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
 	lora_core/lora/model.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
