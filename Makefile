@@ -89,6 +89,8 @@ MUTATE_LORA_TESTS := tests/core/test_lora.py \
 		test_under_bfloat16_autocast_the_updates_stay_float32 test_a_list_of_one_at_weight_one_is_the_single_adapter_path \
 		test_a_combination_trains_by_plain_autograd test_merge_and_unmerge_of_a_combination_leave_w_bit_identical \
 		test_switching_away_from_a_merged_combination_drops_it test_deleting_an_adapter_of_the_combination_leaves_the_base \
+		test_deleting_an_adapter_outside_the_combination_keeps_it \
+		test_deleting_the_one_adapter_of_a_combination_of_one_leaves_none_active \
 		test_adapters_of_different_base_models_are_refused test_bad_combinations_are_refused test_weights_need_a_list)
 # train.py: the tests under about 2 s each (the ones left out train a full model or save a study)
 MUTATE_TRAIN_TESTS := \
