@@ -50,13 +50,14 @@ def test_gaussian_init_matches_peft_std_one_over_r():
         assert layer.lora_A["g"].weight.std().item() == pytest.approx(1 / 4, rel=0.1)
 
 
-def test_adapter_init_is_seeded():
+@pytest.mark.parametrize("init", ["kaiming", "gaussian"])
+def test_adapter_init_is_seeded(init):
     m1, m2 = LoraModel(random_mlp()), LoraModel(random_mlp())
-    m1.add_adapter("a", LoraConfig(r=2), seed=7)
-    m2.add_adapter("a", LoraConfig(r=2), seed=7)
+    m1.add_adapter("a", LoraConfig(r=2, init=init), seed=7)
+    m2.add_adapter("a", LoraConfig(r=2, init=init), seed=7)
     for name, layer in m1.lora_layers().items():
         assert torch.equal(layer.lora_A["a"].weight, m2.lora_layers()[name].lora_A["a"].weight)
-    m2.add_adapter("b", LoraConfig(r=2), seed=8)
+    m2.add_adapter("b", LoraConfig(r=2, init=init), seed=8)
     assert not torch.equal(
         m2.lora_layers()["linear1"].lora_A["b"].weight, m1.lora_layers()["linear1"].lora_A["a"].weight
     )
@@ -242,8 +243,11 @@ def test_training_through_a_merged_weight_is_refused(trains, x):
         params = [lora_model.lora_layers()["linear2"].base_layer.weight.requires_grad_(True)]
     lora_model.train()
     lora_model.merge()
-    with pytest.raises(ConfigError, match="merged.*unmerge"):
+    with pytest.raises(ConfigError) as info:
         lora_model(x)
+    # linear1 refuses first, and it holds only "a" (a combination's message: test_a_merged_combination_...)
+    assert info.value.field == "adapter"
+    assert info.value.reason == "adapter 'a' is merged, and training cannot reach a merged weight: unmerge() first"
     with torch.no_grad():  # evaluating the merged model is what merging is for
         merged = lora_model(x)
     lora_model.unmerge()
@@ -381,6 +385,20 @@ def test_adapter_state_dict_uses_peft_keys():
     assert set(lora_model.base_state_dict()) == {f"linear{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
 
 
+def test_expected_adapter_shapes_follow_rank_pattern_and_the_rank_cap():
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=16, rank_pattern={"linear1": 2}, target_modules=("linear1", "linear3"))
+    assert lora_model.expected_adapter_shapes(config) == {
+        "base_model.model.linear1.lora_A.weight": (2, 784),
+        "base_model.model.linear1.lora_B.weight": (1000, 2),
+        "base_model.model.linear3.lora_A.weight": (10, 2000),  # r 16 capped at min(2000, 10)
+        "base_model.model.linear3.lora_B.weight": (10, 10),
+    }
+    lora_model.add_adapter("a", config)
+    sd = lora_model.adapter_state_dict("a")
+    assert lora_model.expected_adapter_shapes(config) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
 # --- validation ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "field"),
@@ -423,15 +441,59 @@ def test_largest_allowed_ranks_are_accepted():
 def test_duplicate_adapter_name_is_rejected():
     lora_model = LoraModel(random_mlp())
     lora_model.add_adapter("a", LoraConfig(r=1))
-    with pytest.raises(ConfigError, match="already"):
+    with pytest.raises(ConfigError) as info:
         lora_model.add_adapter("a", LoraConfig(r=2))
+    assert (info.value.field, info.value.reason) == ("name", "an adapter called 'a' is already loaded")
     assert lora_model.adapter_config("a").r == 1
+
+
+def test_a_fresh_lora_model_has_no_active_adapter():
+    lora_model = LoraModel(random_mlp())
+    assert lora_model.active_adapter is None
+    assert lora_model.active_adapters == [] and lora_model.adapter_weights == {}
+
+
+def test_an_unknown_adapter_name_is_refused_listing_the_loaded_ones():
+    lora_model = LoraModel(random_mlp())
+    with pytest.raises(ConfigError) as info:
+        lora_model.set_adapter("b")
+    assert (info.value.field, info.value.reason) == ("adapter", "no adapter called 'b' (loaded: none)")
+    lora_model.add_adapter("c", LoraConfig(r=1))
+    lora_model.add_adapter("a", LoraConfig(r=1))
+    with pytest.raises(ConfigError) as info:
+        lora_model.delete_adapter("b")
+    assert info.value.reason == "no adapter called 'b' (loaded: a, c)"
 
 
 @pytest.mark.parametrize("name", ["", "  ", "../x", "a/b", ".hidden", "a..b", "x" * 65, "name with space", "é"])
 def test_unsafe_adapter_names_are_rejected(name):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         validate_adapter_name(name)
+    assert info.value.field == "name"
+    if not name.strip():
+        assert info.value.reason == "an adapter name must not be empty"
+    elif len(name) > 64:
+        assert info.value.reason == "must be at most 64 characters, got 65"
+    else:
+        assert info.value.reason == (
+            f"{name!r} is not a valid adapter name: use letters, digits, '-', '_' and '.' "
+            "(not starting with '.', no '..', no '/')"
+        )
+
+
+def test_loaded_adapter_tensors_give_the_same_logits_frozen_with_their_meta(x):
+    source = LoraModel(random_mlp())
+    config = LoraConfig(r=3, alpha=6, target_modules=("linear1", "linear3"))
+    source.add_adapter("a", config, seed=0)
+    randomize_b(source, "a")
+    target = LoraModel(random_mlp())
+    target.load_adapter_tensors("a", config, source.adapter_state_dict("a"), meta={"base_sha256": "f" * 64})
+    assert target.active_adapter == "a" and target.adapter_meta("a") == {"base_sha256": "f" * 64}
+    assert not any(p.requires_grad for p in target.parameters())
+    for key, tensor in target.adapter_state_dict("a").items():
+        assert torch.equal(tensor, source.adapter_state_dict("a")[key]), key
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
 
 
 @pytest.mark.parametrize("name", ["digit-9", "a", "A_b.c-1", "x" * 64])
@@ -648,6 +710,33 @@ def test_base_weights_get_no_gradient_and_stay_bit_identical_while_training(bf16
         assert torch.equal(value, clones[key]), key
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_fast_training_path_takes_a_bfloat16_input_and_a_base_without_bias(dropout):
+    """Under bfloat16 autocast the side path casts its input to the adapter's float32, and the gradient of x
+    comes back in x's own dtype; a base layer without bias is cast without one."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5, bias=False)).train()
+    layer.base_layer.requires_grad_(False)
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4, dropout=dropout), torch.Generator().manual_seed(1))
+    layer.set_adapter("a")
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3)).bfloat16().requires_grad_(True)
+    torch.manual_seed(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16 and torch.count_nonzero(x.grad) > 0
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    assert a.grad is not None and a.grad.dtype == torch.float32 and torch.count_nonzero(a.grad) > 0
+    assert b.grad is not None and b.grad.dtype == torch.float32 and torch.count_nonzero(b.grad) > 0
+    if dropout == 0.0:  # without dropout the whole y is known: compare it with the plain formula
+        xf = x.detach().float()
+        expected = (xf @ layer.base_layer.weight.T) + (xf @ a.detach().T) @ b.detach().T * 2.0
+        torch.testing.assert_close(out.detach(), expected, atol=0.05, rtol=0.02)  # bfloat16 base matmul
+
+
 def test_bf16_cast_of_the_frozen_base_is_kept_and_renewed_when_the_base_changes():
     layer = frozen_lora_layer()
     x = torch.randn(8, 20, generator=torch.Generator().manual_seed(3))
@@ -734,3 +823,172 @@ def test_disabled_or_inactive_adapters_train_nothing(x):
     out = lora_model(x)
     assert not out.requires_grad
     assert all(p.grad is None for p in params_b)
+
+
+# --- LoraLinear on its own ----------------------------------------------------------------------------------
+def two_adapter_layer(dropout: float = 0.0) -> LoraLinear:
+    """A LoraLinear(6, 5) with adapters "a" (r 2, scale 2) and "b" (r 3, scale 1), both with a non-zero B."""
+    torch.manual_seed(0)
+    layer = LoraLinear(torch.nn.Linear(6, 5))
+    layer.base_layer.requires_grad_(False)
+    layer.add_adapter("a", LoraConfig(r=2, alpha=4, dropout=dropout), torch.Generator().manual_seed(1))
+    layer.add_adapter("b", LoraConfig(r=3, alpha=3, dropout=dropout), torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for name in ("a", "b"):
+            layer.lora_B[name].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
+    return layer
+
+
+def by_hand_update(layer: LoraLinear, x: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
+    out = layer.base_layer(x)
+    for name, weight in weights.items():
+        out = out + weight * layer.scaling[name] * (x @ layer.lora_A[name].weight.T) @ layer.lora_B[name].weight.T
+    return out
+
+
+def test_a_fresh_lora_linear_is_its_base_layer_and_says_so():
+    linear = torch.nn.Linear(6, 5)
+    layer = LoraLinear(linear)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(layer(x), linear(x))
+    assert layer.active_adapter is None and layer.combination is None and not layer.merged
+    assert layer.extra_repr() == "adapters=[], active=None"
+    layer.add_adapter("a", LoraConfig(r=2))
+    layer.add_adapter("v1.2", LoraConfig(r=2))
+    layer.set_combination([("a", 0.5), ("v1.2", 1)])
+    assert layer.extra_repr() == "adapters=['a', 'v1.2'], active={'a': 0.5, 'v1.2': 1.0}"
+    layer.set_adapter("v1.2")
+    assert layer.extra_repr() == "adapters=['a', 'v1.2'], active='v1.2'"
+
+
+def test_train_without_an_argument_switches_training_on():
+    layer = LoraLinear(torch.nn.Linear(6, 5)).eval()
+    assert layer.train() is layer and layer.training and layer.base_layer.training
+
+
+def test_adapters_are_made_on_the_base_layers_device_and_dtype():
+    layer = LoraLinear(torch.nn.Linear(6, 5, device="meta", dtype=torch.float64))
+    layer.add_adapter("a", LoraConfig(r=2))
+    for module in (layer.lora_A["a"], layer.lora_B["a"]):
+        assert module.weight.device.type == "meta" and module.weight.dtype == torch.float64
+        assert module.bias is None
+
+
+def test_rank_and_alpha_patterns_shape_each_layers_adapter():
+    lora_model = LoraModel(random_mlp())
+    config = LoraConfig(r=4, alpha=8, rank_pattern={"linear2": 2}, alpha_pattern={"linear2": 6})
+    lora_model.add_adapter("a", config, seed=0)
+    layers = lora_model.lora_layers()
+    assert layers["linear1"].lora_A["a"].weight.shape == (4, 784) and layers["linear1"].scaling["a"] == 2.0
+    assert layers["linear2"].lora_A["a"].weight.shape == (2, layers["linear2"].in_features)
+    assert layers["linear2"].lora_B["a"].weight.shape == (layers["linear2"].out_features, 2)
+    assert layers["linear2"].scaling["a"] == 3.0
+    alone = LoraLinear(torch.nn.Linear(6, 5))  # no layer name: the config's own r and scale
+    alone.add_adapter("a", config)
+    assert alone.lora_A["a"].weight.shape == (4, 6) and alone.scaling["a"] == 2.0
+
+
+def test_only_a_trainable_bias_still_trains_by_plain_autograd():
+    """W frozen but b trainable: the fast path would give b no gradient, so the plain formula runs."""
+    layer = two_adapter_layer()
+    layer.set_adapter("a")
+    layer.base_layer.bias.requires_grad_(True)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.base_layer.bias.grad, torch.full((5,), 3.0))
+    assert layer.base_layer.weight.grad is None
+
+
+def test_reselecting_the_merged_adapter_keeps_it_merged():
+    layer = two_adapter_layer()
+    layer.set_adapter("a")
+    layer.merge()
+    layer.set_adapter("a")
+    assert layer.merged
+    layer.set_adapter("b")
+    assert not layer.merged
+
+
+def test_deleting_an_adapter_of_a_combination_keeps_the_others_at_their_weights():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 2.0), ("b", 0.5)])
+    assert layer.active_adapter is None
+    layer.delete_adapter("b")
+    assert layer.combination == (("a", 2.0),) and "b" not in layer.lora_A and "b" not in layer.scaling
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 2.0}))
+    layer.delete_adapter("a")
+    assert layer.combination == ()
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def test_a_combination_at_weight_two_doubles_and_disabling_gives_the_base():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 2.0), ("b", 1.0)])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 2.0, "b": 1.0}))
+        layer.adapters_enabled = False
+        assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def test_a_combination_applies_each_adapters_dropout_only_in_training():
+    layer = two_adapter_layer(dropout=0.5)
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 1.0), ("b", 0.5)])
+    with torch.no_grad():
+        layer.eval()
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"a": 1.0, "b": 0.5}))
+        layer.train()
+        assert not torch.equal(layer(x), layer(x))
+
+
+def test_a_merged_combination_refuses_training_naming_its_adapters():
+    layer = two_adapter_layer()
+    layer.lora_A["b"].weight.requires_grad_(True)
+    layer.set_combination([("a", 1.0), ("b", 0.5)])
+    layer.merge()
+    with pytest.raises(ConfigError) as info:
+        layer(torch.randn(3, 6))
+    assert info.value.field == "adapter"
+    assert info.value.reason == (
+        "adapters 'a', 'b' are merged, and training cannot reach a merged weight: unmerge() first"
+    )
+
+
+def test_a_zero_weight_first_in_a_combination_skips_only_that_adapter():
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    layer.set_combination([("a", 0.0), ("b", 0.5)])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), by_hand_update(layer, x, {"b": 0.5}))
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["one adapter", "combination"])
+def test_bfloat16_inputs_under_autocast_give_float32_outputs(combined):
+    """The side path casts its input to the adapter's dtype: a bfloat16 input meets float32 A and B there."""
+    layer = two_adapter_layer()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    if combined:
+        layer.set_combination([("a", 1.0), ("b", 0.5)])
+    else:
+        layer.set_adapter("a")
+    with torch.no_grad():
+        expected = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=0.02, rtol=0)  # bfloat16 input and base matmul: ~4e-3 off
+
+
+def test_adapter_modules_list_names_not_escaped_keys():
+    layer = LoraLinear(torch.nn.Linear(6, 5))
+    for name in ("v1.2", "train", "a"):
+        layer.add_adapter(name, LoraConfig(r=2))
+    assert layer.lora_A.keys() == ["v1.2", "train", "a"]
+    assert [(name, module.weight.shape) for name, module in layer.lora_B.items()] == [
+        (name, (5, 2)) for name in ("v1.2", "train", "a")
+    ]
