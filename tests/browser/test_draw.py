@@ -68,7 +68,7 @@ def test_4_draw_one_and_zero(browser, full_app, screenshot_dir) -> None:
     assert_no_errors(page)
     shot(page, folder, "1-drawn-over-random")
 
-    for name in ("home", "evaluation", "parameters", "finetune"):  # the README's screenshots
+    for name in ("home", "evaluation", "parameters", "finetune"):  # each opens cleanly on the full-size model
         open_page(page, full_app.url, name)
         assert_no_errors(page)
         shot(page, folder, f"2-{name}")
