@@ -857,3 +857,40 @@ def test_adapter_errors_name_the_file_type_and_keys(store):
 def test_the_zip_is_compressed(store):
     with zipfile.ZipFile(io.BytesIO(store.adapter_zip("a"))) as zf:
         assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+
+
+def test_unused_adapter_names_count_from_2_and_see_unfinished_swaps(store):
+    assert store.adapter_exists("a") and not store.adapter_exists("b")
+    assert store.unused_adapter_name("b") == "b"
+    assert store.unused_adapter_name("a") == "a-2"
+    shutil.copytree(store.adapter_dir("a"), store.adapters_dir / ".a-2.previous")  # a swap in progress
+    assert store.adapter_exists("a-2")
+    assert store.unused_adapter_name("a") == "a-3"
+
+
+def test_verified_base_meta_hashes_each_weights_file_once(store, monkeypatch):
+    assert store.verified_base_meta() == store.base_meta()
+    hashed: list[int] = []
+    real_sha256 = artifacts.sha256_bytes
+    monkeypatch.setattr(artifacts, "sha256_bytes", lambda data: hashed.append(len(data)) or real_sha256(data))
+    assert store.verified_base_meta() == store.base_meta()
+    assert hashed == []  # this file was checked already
+    weights = store.base_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data)  # the same bytes in a new file: checked again, then remembered
+    assert store.verified_base_meta() == store.base_meta()
+    assert store.verified_base_meta() == store.base_meta()
+    assert hashed == [len(data)]
+    weights.unlink()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ArtifactError) as info:
+        store.verified_base_meta()
+    assert str(info.value).startswith(f"{weights} does not match the sha256 recorded in model.json")
+    weights.unlink()
+    with pytest.raises(ArtifactError) as info:
+        store.verified_base_meta()
+    assert str(info.value) == f"{weights} is missing"
+    _rewrite_meta(store, lambda m: m.update(format="other"))
+    with pytest.raises(ArtifactError, match=f"^{store.base_dir / 'model.json'}: format is 'other'"):
+        store.verified_base_meta()
