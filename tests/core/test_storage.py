@@ -839,10 +839,14 @@ def test_adapter_errors_name_the_file_type_and_keys(store):
     (record,) = store.list_adapters()
     assert record.path == store.adapter_dir("a")
     assert record.error == f"{store.adapter_dir('a') / ADAPTER_METRICS} should hold a JSON object, found list"
+    with pytest.raises(ArtifactError) as info:
+        store.read_adapter("a")
+    assert str(info.value) == record.error
     tensors = _good_tensors(store)
     tensors.pop("base_model.model.linear1.lora_A.weight")
     tensors.pop("base_model.model.linear1.lora_B.weight")
     tensors["extra"] = torch.zeros(1)
+    tensors["extra2"] = torch.zeros(1)
     _save_weights(store, tensors)
     (store.adapter_dir("a") / ADAPTER_METRICS).write_text(json.dumps({"base_sha256": "f" * 64}))
     lora_model, _ = fresh_lora(store)
@@ -850,7 +854,7 @@ def test_adapter_errors_name_the_file_type_and_keys(store):
         store.load_adapter(lora_model, "a", "f" * 64)
     assert str(info.value).endswith(
         "does not fit the base model: missing base_model.model.linear1.lora_A.weight, "
-        "base_model.model.linear1.lora_B.weight; unexpected extra"
+        "base_model.model.linear1.lora_B.weight; unexpected extra, extra2"
     )
 
 
@@ -894,3 +898,8 @@ def test_verified_base_meta_hashes_each_weights_file_once(store, monkeypatch):
     _rewrite_meta(store, lambda m: m.update(format="other"))
     with pytest.raises(ArtifactError, match=f"^{store.base_dir / 'model.json'}: format is 'other'"):
         store.verified_base_meta()
+
+
+def test_read_adapter_gives_the_record_under_its_name(store):
+    record = store.read_adapter("a")
+    assert record.name == "a" and record.path == store.adapter_dir("a") and record.error is None
