@@ -3,6 +3,7 @@ naming the holder; the lock goes with a killed holder; an adapter name taken mea
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.model import MLP
-from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.artifacts import ArtifactStore, describe_holder
 from lora_core.train import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +130,35 @@ def test_a_name_taken_during_fine_tuning_is_refused_at_save(trained_artifacts: P
     assert store.read_adapter("late").metrics["note"] == "saved meanwhile"
     assert sorted(p.name for p in store.adapters_dir.iterdir()) == ["late", "small"]
     assert store.unused_adapter_name("late") == "late-2" and store.unused_adapter_name("free") == "free"
+
+
+@pytest.mark.parametrize(
+    ("holder_info", "described"),
+    [
+        (
+            {"what": "training", "pid": 7, "since": "2026-11-29T10:42:03+00:00"},
+            "training (process 7, since 2026-11-29 10:42:03 UTC)",
+        ),
+        ({}, "another run (process ?, since an unknown time)"),
+        ({"what": "", "pid": 7, "since": "yesterday"}, "another run (process 7, since yesterday)"),
+    ],
+    ids=["complete", "empty", "unparsable-time"],
+)
+def test_the_holder_is_described_even_from_partial_lock_info(holder_info: dict, described: str) -> None:
+    assert describe_holder(holder_info) == described
+
+
+@pytest.mark.parametrize(
+    "lock_info", [None, "", '{"what": "half wr', "[1, 2]"], ids=["none", "empty", "partial", "list"]
+)
+def test_a_holder_without_readable_lock_info_is_another_run(tmp_path: Path, lock_info: str | None) -> None:
+    store = ArtifactStore(tmp_path)
+    if lock_info is not None:
+        (tmp_path / ".lock").write_text(lock_info)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # a writer that has not written .lock (yet)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert store.writer() == {"what": "another run"}
+    finally:
+        os.close(fd)
+    assert store.writer() is None

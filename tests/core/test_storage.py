@@ -8,16 +8,18 @@ import os
 import pickle
 import shutil
 import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
 from core_helpers import file_bytes, random_mlp, randomize_b
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, StaleAdapterError
 from lora_core.lora import LoraConfig, LoraModel
-from lora_core.store import fileio
+from lora_core.store import artifacts, fileio, paths
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS, ArtifactStore, sha256_bytes
 
 X = torch.randn(64, 784, generator=torch.Generator().manual_seed(3))
@@ -636,3 +638,268 @@ def test_saved_folders_open_like_any_other_folder(store_template):
     store = ArtifactStore(store_template)
     for folder in (store.base_dir, store.adapter_dir("a")):
         assert oct(folder.stat().st_mode & 0o777) == oct(0o755), folder
+
+
+# --- exact contents, messages and repairs --------------------------------------------------------
+def test_saved_adapter_files_hold_float32_pt_metadata_name_and_utc_time(store):
+    lora_model, fingerprint = fresh_lora(store)
+    lora_model.model.double()  # a float64 model still saves float32 tensors, like the base model
+    lora_model.add_adapter("b", CONFIG, seed=0)
+    folder = store.save_adapter(lora_model, "b", {"note": 1}, fingerprint)
+    assert folder == store.adapter_dir("b")
+    with safe_open(folder / ADAPTER_WEIGHTS, "pt") as weights:
+        assert weights.metadata() == {"format": "pt"}
+    assert {t.dtype for t in load_file(folder / ADAPTER_WEIGHTS).values()} == {torch.float32}
+    metrics = json.loads((folder / ADAPTER_METRICS).read_text())
+    assert metrics["name"] == "b" and metrics["base_sha256"] == fingerprint and metrics["note"] == 1
+    assert datetime.fromisoformat(metrics["created"]).utcoffset() == timedelta(0)
+
+
+def test_a_failed_adapter_save_leaves_no_staging_folder(store, monkeypatch):
+    lora_model, fingerprint = fresh_lora(store)
+    lora_model.add_adapter("b", CONFIG, seed=0)
+    monkeypatch.setattr(fileio.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        store.save_adapter(lora_model, "b", {}, fingerprint)
+    monkeypatch.undo()
+    assert sorted(p.name for p in store.adapters_dir.iterdir()) == ["a"]
+
+
+def test_loading_an_adapter_keeps_the_active_one_and_records_its_metrics(store):
+    lora_model, fingerprint = fresh_lora(store)
+    lora_model.add_adapter("x", CONFIG, seed=0)
+    lora_model.set_adapter("x")
+    record = store.load_adapter(lora_model, "a", fingerprint, as_name="a2")
+    assert lora_model.active_adapter == "x"
+    assert record.name == "a" and record.path == store.adapter_dir("a")
+    assert lora_model.adapter_meta("a2") == record.metrics and record.metrics["target_digits"] == [9]
+
+
+def test_stale_adapter_message_gives_both_fingerprints(store):
+    old = store.base_meta()["sha256"]
+    lora_model, _ = fresh_lora(store)
+    current = "f" * 64
+    with pytest.raises(StaleAdapterError) as info:
+        store.load_adapter(lora_model, "a", current)
+    assert f"(fingerprint {old[:12]}, current base {current[:12]}); " in str(info.value)
+    assert str(info.value).endswith("fine-tune it again on the current base model")
+
+
+def test_unknown_adapter_messages_list_the_saved_ones(store):
+    shutil.copytree(store.adapter_dir("a"), store.adapter_dir("b"))
+    for action in (store.read_adapter, store.delete_adapter):
+        with pytest.raises(ArtifactError) as info:
+            action("nosuch")
+        assert str(info.value) == f"no adapter called 'nosuch' in {store.adapters_dir} (saved: a, b)"
+    store.delete_adapter("a")
+    store.delete_adapter("b")
+    for action in (store.read_adapter, store.delete_adapter):
+        with pytest.raises(ArtifactError) as info:
+            action("nosuch")
+        assert str(info.value).endswith("(saved: none)")
+
+
+def test_renaming_onto_an_existing_adapter_is_a_name_error(store):
+    shutil.copytree(store.adapter_dir("a"), store.adapter_dir("b"))
+    with pytest.raises(ConfigError) as info:
+        store.rename_adapter("a", "b")
+    assert info.value.field == "name" and info.value.reason == "an adapter called 'b' already exists"
+
+
+def test_renaming_reports_a_bad_metrics_file_by_path(store, monkeypatch):
+    (store.adapter_dir("a") / ADAPTER_METRICS).write_text("{not json")
+    with pytest.raises(ArtifactError, match=f"^{store.adapter_dir('b') / ADAPTER_METRICS} is not valid JSON"):
+        store.rename_adapter("a", "b")
+    metrics = json.dumps({"name": "c", "base_sha256": "0" * 64}).encode()
+    (store.adapter_dir("b") / ADAPTER_METRICS).write_bytes(metrics)
+    monkeypatch.setattr(artifacts, "MAX_FILE_BYTES", len(metrics))  # a file of exactly the limit is read
+    store.rename_adapter("b", "c")
+    assert json.loads((store.adapter_dir("c") / ADAPTER_METRICS).read_text())["name"] == "c"
+    (store.adapter_dir("c") / ADAPTER_METRICS).write_bytes(b" " * 3 * 2**20 + metrics)
+    with pytest.raises(ArtifactError) as info:
+        store.rename_adapter("c", "d")
+    assert (
+        str(info.value) == f"{store.adapter_dir('d') / ADAPTER_METRICS} is 3 MiB, larger than any model of this study"
+    )
+
+
+def test_a_delete_interrupted_before_cleanup_leaves_only_hidden_trash(store, monkeypatch):
+    real_rmtree = shutil.rmtree
+
+    def dying_rmtree(path, *args, **kwargs):
+        if ".a.deleted-" in str(path):
+            raise KeyboardInterrupt  # the process is stopped after the rename, before the cleanup
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", dying_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        store.delete_adapter("a")
+    monkeypatch.undo()
+    left = [p.name for p in store.adapters_dir.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".a.deleted-"), left
+    assert store.list_adapters() == []
+    store.recover()
+    assert list(store.adapters_dir.iterdir()) == []
+
+
+def test_taking_the_lock_repairs_every_leftover_of_killed_writers(store):
+    # an adapter swapped out but not yet back in, fresh staging folders (the lock holder knows no writer
+    # is filling them), a killed delete's trash folder and a stray file with a trash name
+    os.rename(store.adapter_dir("a"), store.adapters_dir / ".beta.previous")
+    (store.adapters_dir / ".ghost.staging-abc123").mkdir()
+    (store.root / ".base.staging-abc123").mkdir()
+    (store.adapters_dir / ".zeta.deleted-abc123").mkdir()
+    (store.adapters_dir / ".zeta.deleted-abc123" / "zeta").mkdir()
+    (store.adapters_dir / ".eta.deleted-abc123").write_bytes(b"")
+    assert [r.name for r in store.list_adapters()] == ["beta"]  # listed while the swap is unfinished
+    store.recover()
+    assert sorted(p.name for p in store.adapters_dir.iterdir()) == [".eta.deleted-abc123", "beta"]
+    assert sorted(p.name for p in store.root.iterdir()) == ["adapters", "base"]
+    assert [r.name for r in store.list_adapters()] == ["beta"]
+
+
+def test_every_writer_says_what_it_is_doing(store, monkeypatch):
+    seen: list[str] = []
+    monkeypatch.setattr(ArtifactStore, "_recover", lambda self: seen.append(self.writer()["what"]))
+    store.recover()
+    lora_model, fingerprint = fresh_lora(store)
+    lora_model.add_adapter("b", CONFIG, seed=0)
+    store.save_adapter(lora_model, "b", {}, fingerprint)
+    store.rename_adapter("b", "c")
+    store.delete_adapter("c")
+    assert seen == [
+        "repairing the artifacts folder",
+        "saving adapter 'b'",
+        "renaming adapter 'b'",
+        "deleting adapter 'c'",
+    ]
+
+
+def test_the_default_store_is_the_configured_artifacts_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path / "elsewhere"))
+    assert ArtifactStore().root == tmp_path / "elsewhere"
+
+
+def test_base_errors_name_the_file_and_say_what_is_wrong(store):
+    weights = store.base_dir / "model.safetensors"
+    saved = weights.read_bytes()
+    weights.unlink()
+    with pytest.raises(ArtifactError) as info:
+        store.load_base()
+    assert str(info.value) == f"{weights} is missing"
+    weights.write_bytes(saved + b" ")
+    with pytest.raises(ArtifactError) as info:
+        store.load_base()
+    assert str(info.value).endswith("come from different saves. Retrain the base model.")
+    weights.write_bytes(saved)
+    record = store.load_base()
+    assert record.path == store.base_dir
+    _rewrite_meta(store, lambda m: m.update(format="other"))
+    with pytest.raises(ArtifactError) as info:
+        store.base_meta()
+    assert str(info.value) == f"{store.base_dir / 'model.json'}: format is 'other', expected 'lora_core.base.v1'"
+
+
+@pytest.mark.parametrize(("hidden", "ok"), [([1, 16_384], True), ([0, 8], False), ([8, 16_385], False)])
+def test_base_hidden_sizes_from_1_to_16384_are_accepted(store, hidden, ok):
+    _rewrite_meta(store, lambda m: m["architecture"].update(hidden=hidden))
+    if ok:
+        assert store.base_meta()["architecture"]["hidden"] == hidden
+    else:
+        with pytest.raises(ArtifactError, match="architecture.hidden must be two positive sizes"):
+            store.base_meta()
+
+
+def test_unreadable_and_oversized_files_are_named(store, monkeypatch):
+    meta = store.base_dir / "model.json"
+    meta.unlink()
+    meta.symlink_to(meta)  # a symlink loop: opening it fails with ELOOP
+    with pytest.raises(ArtifactError, match=f"^{store.base_dir} cannot be read "):
+        store.base_meta()
+    meta.unlink()
+    meta.write_bytes(b" " * 3 * 2**20)
+    monkeypatch.setattr(artifacts, "MAX_FILE_BYTES", 2**20)
+    with pytest.raises(ArtifactError) as info:
+        store.base_meta()
+    assert str(info.value) == f"{meta} is 3 MiB, larger than any model of this study"
+
+
+def test_a_folder_that_keeps_changing_asks_to_try_again(store, monkeypatch):
+    def changing(final, names, max_bytes):
+        raise fileio.FolderKeptChanging(f"{final} kept changing while it was being read")
+
+    monkeypatch.setattr(artifacts, "read_dir_files", changing)
+    with pytest.raises(ArtifactError) as info:
+        store.base_meta()
+    assert str(info.value) == f"{store.base_dir} kept changing while it was being read; try again"
+
+
+def test_adapter_errors_name_the_file_type_and_keys(store):
+    (store.adapter_dir("a") / ADAPTER_METRICS).write_text("[1, 2]")
+    (record,) = store.list_adapters()
+    assert record.path == store.adapter_dir("a")
+    assert record.error == f"{store.adapter_dir('a') / ADAPTER_METRICS} should hold a JSON object, found list"
+    with pytest.raises(ArtifactError) as info:
+        store.read_adapter("a")
+    assert str(info.value) == record.error
+    tensors = _good_tensors(store)
+    tensors.pop("base_model.model.linear1.lora_A.weight")
+    tensors.pop("base_model.model.linear1.lora_B.weight")
+    tensors["extra"] = torch.zeros(1)
+    tensors["extra2"] = torch.zeros(1)
+    _save_weights(store, tensors)
+    (store.adapter_dir("a") / ADAPTER_METRICS).write_text(json.dumps({"base_sha256": "f" * 64}))
+    lora_model, _ = fresh_lora(store)
+    with pytest.raises(ArtifactError) as info:
+        store.load_adapter(lora_model, "a", "f" * 64)
+    assert str(info.value).endswith(
+        "does not fit the base model: missing base_model.model.linear1.lora_A.weight, "
+        "base_model.model.linear1.lora_B.weight; unexpected extra, extra2"
+    )
+
+
+def test_the_zip_is_compressed(store):
+    with zipfile.ZipFile(io.BytesIO(store.adapter_zip("a"))) as zf:
+        assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+
+
+def test_unused_adapter_names_count_from_2_and_see_unfinished_swaps(store):
+    assert store.adapter_exists("a") and not store.adapter_exists("b")
+    assert store.unused_adapter_name("b") == "b"
+    assert store.unused_adapter_name("a") == "a-2"
+    shutil.copytree(store.adapter_dir("a"), store.adapters_dir / ".a-2.previous")  # a swap in progress
+    assert store.adapter_exists("a-2")
+    assert store.unused_adapter_name("a") == "a-3"
+
+
+def test_verified_base_meta_hashes_each_weights_file_once(store, monkeypatch):
+    assert store.verified_base_meta() == store.base_meta()
+    hashed: list[int] = []
+    real_sha256 = artifacts.sha256_bytes
+    monkeypatch.setattr(artifacts, "sha256_bytes", lambda data: hashed.append(len(data)) or real_sha256(data))
+    assert store.verified_base_meta() == store.base_meta()
+    assert hashed == []  # this file was checked already
+    weights = store.base_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data)  # the same bytes in a new file: checked again, then remembered
+    assert store.verified_base_meta() == store.base_meta()
+    assert store.verified_base_meta() == store.base_meta()
+    assert hashed == [len(data)]
+    weights.unlink()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ArtifactError) as info:
+        store.verified_base_meta()
+    assert str(info.value).startswith(f"{weights} does not match the sha256 recorded in model.json")
+    weights.unlink()
+    with pytest.raises(ArtifactError) as info:
+        store.verified_base_meta()
+    assert str(info.value) == f"{weights} is missing"
+    _rewrite_meta(store, lambda m: m.update(format="other"))
+    with pytest.raises(ArtifactError, match=f"^{store.base_dir / 'model.json'}: format is 'other'"):
+        store.verified_base_meta()
+
+
+def test_read_adapter_gives_the_record_under_its_name(store):
+    record = store.read_adapter("a")
+    assert record.name == "a" and record.path == store.adapter_dir("a") and record.error is None
