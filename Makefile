@@ -57,12 +57,11 @@ screenshots: $(VENV)/.test
 # Entries are module:tests (tests comma-separated); run one with e.g.
 #   make mutate MUTATE=lora_core/store/fileio.py:tests/core/test_storage.py
 # then `cd .mutmut/fileio && ../../.venv/bin/mutmut results` lists the survivors and
-# `../../.venv/bin/mutmut show NAME` shows one. Times on 2 busy shared cores: fileio, 186 mutants against its
-# 17 direct tests, 3 to 9 minutes; the other entries run their whole test files and take far longer (the
-# storage tests alone take 2 minutes per clean run, and a surviving mutant reruns all that cover it).
-# Measured against tests/core/test_lora.py alone, with a test suite running beside it: layer.py 377 mutants in
-# 17.5 minutes, model.py 289 in 16.5, fast.py 87 in 4.5; train.py has 668, and under that load mutmut's
-# CPU limit, set from each test's measured time, cut some of them short as timeouts.
+# `../../.venv/bin/mutmut show NAME` shows one. Each entry runs only the fast tests that reach its module
+# directly (a test that trains a model reruns its fixtures for every mutant). Times with a test suite running
+# beside it on 2 cores, one mutmut child: fileio 186 mutants in 3-9 minutes, layer.py 377 in 17.5, model.py
+# 289 in 16.5, fast.py 87 in 4.5, artifacts.py 650 in about 21; train.py has 668, and under that load
+# mutmut's CPU limit, set from each test's measured time, cut some of them short as timeouts.
 MUTMUT := mutmut==3.8.1
 comma := ,
 space := $(subst ,, )
@@ -104,9 +103,44 @@ MUTATE_TRAIN_TESTS := \
 		test_bad_train_configs_are_rejected test_bad_finetune_configs_are_rejected test_resolve_device \
 		test_finetune_refuses_bad_digits_with_a_config_error test_finetune_needs_target_digits \
 		test_finetune_trains_on_config_digits_only test_old_call_with_digits_beside_the_config_fails_loudly)
+# artifacts.py: the storage and lock tests that build small models in a temporary folder (none trains)
+MUTATE_STORE_TESTS := \
+	$(addprefix tests/core/test_storage.py::,test_base_round_trip_is_exact test_base_other_hidden_sizes_round_trip \
+		test_no_base_model_is_an_artifact_error test_base_weights_not_matching_sha256_are_rejected \
+		test_base_meta_with_missing_or_bad_fields_is_rejected test_base_meta_malformed_json_is_rejected \
+		test_base_wrong_shapes_and_dtype_are_rejected test_base_pickle_is_never_unpickled \
+		test_adapter_folder_layout_keys_and_config test_adapter_keys_for_all_layers \
+		test_adapter_round_trip_gives_identical_logits test_bad_adapter_files_are_rejected_naming_the_file \
+		test_pickle_adapter_is_never_unpickled test_broken_adapter_is_listed_with_its_error \
+		test_unknown_adapter_is_an_artifact_error test_stale_adapter_after_base_retrained \
+		test_rename_delete_and_zip test_saving_over_an_adapter_replaces_it_whole \
+		test_saving_over_an_adapter_needs_overwrite test_failed_rename_mid_save_keeps_the_previous_base \
+		test_failed_replace_mid_write_keeps_the_previous_base \
+		test_failed_adapter_save_keeps_the_previous_adapter \
+		test_save_after_an_interrupted_swap_never_loses_the_only_copy \
+		test_saved_folders_open_like_any_other_folder \
+		test_saved_adapter_files_hold_float32_pt_metadata_name_and_utc_time \
+		test_a_failed_adapter_save_leaves_no_staging_folder \
+		test_loading_an_adapter_keeps_the_active_one_and_records_its_metrics \
+		test_stale_adapter_message_gives_both_fingerprints test_unknown_adapter_messages_list_the_saved_ones \
+		test_renaming_onto_an_existing_adapter_is_a_name_error \
+		test_renaming_reports_a_bad_metrics_file_by_path \
+		test_a_delete_interrupted_before_cleanup_leaves_only_hidden_trash \
+		test_taking_the_lock_repairs_every_leftover_of_killed_writers \
+		test_every_writer_says_what_it_is_doing test_the_default_store_is_the_configured_artifacts_folder \
+		test_base_errors_name_the_file_and_say_what_is_wrong \
+		test_base_hidden_sizes_from_1_to_16384_are_accepted test_unreadable_and_oversized_files_are_named \
+		test_a_folder_that_keeps_changing_asks_to_try_again test_adapter_errors_name_the_file_type_and_keys \
+		test_the_zip_is_compressed test_unused_adapter_names_count_from_2_and_see_unfinished_swaps \
+		test_verified_base_meta_hashes_each_weights_file_once \
+		test_read_adapter_gives_the_record_under_its_name) \
+	$(addprefix tests/core/test_lock.py::,test_a_second_writer_is_refused_with_who_holds_the_lock \
+		test_the_lock_is_reentrant_in_its_thread_and_exclusive_across_threads \
+		test_the_holder_is_described_even_from_partial_lock_info \
+		test_a_holder_without_readable_lock_info_is_another_run)
 MUTATE_TARGETS := \
 	lora_core/store/fileio.py:$(call join-tests,$(MUTATE_FILEIO_TESTS)) \
-	lora_core/store/artifacts.py:tests/core/test_storage.py,tests/core/test_lock.py \
+	lora_core/store/artifacts.py:$(call join-tests,$(MUTATE_STORE_TESTS)) \
 	lora_core/train.py:$(call join-tests,$(MUTATE_TRAIN_TESTS)) \
 	lora_core/lab/proof.py:tests/core/test_proof.py \
 	lora_core/lora/layer.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
