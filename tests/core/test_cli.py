@@ -161,7 +161,7 @@ def test_evaluate_with_adapter_writes_json(cli_runs, trained_artifacts):
     assert f"{100 * adapted_acc:.2f}%" in result.stdout
 
 
-def test_inspect_prints_the_recorded_base_tensor_hashes(cli_runs):
+def test_inspect_prints_the_recorded_base_tensor_hashes(cli_runs, small_sizes):
     result = cli_runs["results"]["inspect"]
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -170,13 +170,13 @@ def test_inspect_prints_the_recorded_base_tensor_hashes(cli_runs):
     assert len(hash_lines) == 6, out
     assert all(re.search(r" unchanged +yes$", line.rstrip()) for line in hash_lines), out
     assert " CHANGED" not in out and " NO" not in out
-    assert "2,807,010" in out
+    assert f"{small_sizes.base_params:,} parameters" in out
     data = json.loads((cli_runs["out"] / "inspect.json").read_text())
     check = data["recorded_check"]
     assert check["status"] == "unchanged" and check["passed"] is True and len(check["tensors"]) == 6
     assert all(t["before"] == t["after"] == t["loaded"] and len(t["before"]) == 64 for t in check["tensors"])
-    assert data["parameters"]["base_params"] == 2_807_010
-    assert data["parameters"]["lora_params"] == 4 * 6794
+    assert data["parameters"]["base_params"] == small_sizes.base_params
+    assert data["parameters"]["lora_params"] == 4 * small_sizes.lora_per_rank
     assert data["adapter_config"]["r"] == 4
     assert set(data["updates"]) == {"linear1", "linear2", "linear3"}
     for update in data["updates"].values():
@@ -190,7 +190,7 @@ def test_cli_runs_wrote_nothing_into_the_artifacts(cli_runs, trained_artifacts):
     assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
 
 
-def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli, folders):
+def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli, folders, small_sizes):
     outputs = {}
     for command in ("evaluate", "inspect"):
         out = folders["out"] / f"{command}-default.json"
@@ -202,7 +202,7 @@ def test_evaluate_and_inspect_without_adapter_use_the_saved_one_and_say_so(cli, 
         data = json.loads(out.read_text())
         assert data["adapter"] == "small"
     assert "LoRA adds 0 " not in outputs["inspect"].stdout
-    assert "LoRA adds 27,176" in outputs["inspect"].stdout
+    assert f"LoRA adds {4 * small_sizes.lora_per_rank:,}" in outputs["inspect"].stdout
 
 
 def test_inspect_base_only(cli, folders):

@@ -63,7 +63,7 @@ def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, artifact
     assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
 
 
-def test_all_prints_every_table_and_saves_the_json(cli_runs, trained_artifacts):
+def test_all_prints_every_table_and_saves_the_json(cli_runs, trained_artifacts, small_sizes):
     result = cli_runs["results"]["all"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
@@ -88,7 +88,7 @@ def test_all_prints_every_table_and_saves_the_json(cli_runs, trained_artifacts):
     layers = [e["layer"] for e in data["adapters"]["similarity"]["A"]["ranks"]]
     assert layers == ["linear1", "linear2", "linear3"]
     assert [r["label"] for r in data["memory"]["rows"]] == ["full fine-tuning", "LoRA r=2", "LoRA r=8"]
-    assert data["memory"]["rows"][1]["gradient_bytes"] == 2 * 6794 * 4
+    assert data["memory"]["rows"][1]["gradient_bytes"] == 2 * small_sizes.lora_per_rank * 4
     folder = cli_runs["folders"]["all"]
     saved = {p.name for p in (folder / "analysis").iterdir()}
     assert saved == {"adapters.json", "memory.json"}

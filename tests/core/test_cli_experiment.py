@@ -57,7 +57,7 @@ def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, artifact
     assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
 
 
-def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artifacts):
+def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artifacts, small_sizes):
     result = cli_runs["results"]["three"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (cli_runs["root"] / "default-artifacts-must-not-be-used").exists()
@@ -69,8 +69,11 @@ def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artif
         for line in out.splitlines()
         if line.strip().split()[:1] in (["lora"], ["full"], ["head"], ["base"])
     }
-    assert "13,588" in rows["lora"] and "2,807,010" in rows["full"] and "20,010" in rows["head"]
-    assert "11.2 MB" in rows["full"] and "80.2 KB" in rows["head"]
+    assert f"{2 * small_sizes.lora_per_rank:,}" in rows["lora"]
+    assert f"{small_sizes.base_params:,}" in rows["full"] and f"{small_sizes.head_params:,}" in rows["head"]
+    stored = {m["method"]: m["stored_bytes"] for m in json.loads((cli_runs["out"] / "3.json").read_text())["methods"]}
+    assert f"{stored['full'] / 1e6:.1f} MB" in rows["full"]
+    assert f"{stored['head'] / 1e3:.1f} KB" in rows["head"]
     assert "the base model's logits exactly: yes" in out
     assert "Per digit, plain MNIST" in out
     assert "lora" in result.stderr and "full" in result.stderr  # the progress bars go to stderr

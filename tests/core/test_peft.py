@@ -27,7 +27,7 @@ def test_peft_loads_our_trained_adapter_with_the_same_logits(trained_artifacts, 
         expected = ours(x)
         base_only = store.load_base("cpu").model(x)
 
-    fresh = MLP()  # a fresh MLP given our base weights
+    fresh = MLP(*record.model.hidden)  # a fresh MLP given our base weights
     fresh.load_state_dict(store.load_base("cpu").model.state_dict())
     peft_model = peft.PeftModel.from_pretrained(fresh, str(store.adapter_dir("small")))
     peft_model.eval()

@@ -87,7 +87,7 @@ def test_recorded_check_needs_a_record_and_the_same_base(trained_artifacts: Path
     old = {k: v for k, v in metrics.items() if k != "base_tensors"}  # an adapter saved before this change
     check = recorded_check(old, base)
     assert check.status == "not recorded" and not check.passed and "PASS" not in check.summary
-    other = MLP()
+    other = MLP(*base.hidden)
     other.load_state_dict(state(base))
     with torch.no_grad():
         other.linear2.bias[0] += 1e-3

@@ -157,14 +157,16 @@ def rank_sweep(trained_artifacts, tiny, tmp_path_factory):
     return store, result, reports
 
 
-def test_rank_sweep_points(rank_sweep):
+def test_rank_sweep_points(rank_sweep, small_sizes):
     store, result, reports = rank_sweep
     assert result.kind == "rank" and result.values == [1, 2, 16]
     one, two, sixteen = result.points
-    assert one.trainable_params == LORA_PARAMS_PER_RANK and two.trainable_params == 2 * LORA_PARAMS_PER_RANK
+    per_rank = small_sizes.lora_per_rank
+    assert one.trainable_params == per_rank and two.trainable_params == 2 * per_rank
     assert sixteen.layer_ranks == {"linear1": 16, "linear2": 16, "linear3": 10}
     assert result.settings["replay_used"] is None  # rotate:30 trains on every digit: nothing is replayed
-    assert sixteen.trainable_params == 16 * (784 + 1000 + 1000 + 2000) + 10 * 2010
+    h1, h2 = small_sizes.hidden
+    assert sixteen.trainable_params == 16 * (784 + h1 + h1 + h2) + 10 * (h2 + 10)
     assert one.stored_bytes < two.stored_bytes < sixteen.stored_bytes
     assert 4 * sixteen.trainable_params < sixteen.stored_bytes < 4 * sixteen.trainable_params + 8192
     for p in result.points:

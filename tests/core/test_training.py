@@ -113,7 +113,7 @@ def test_finetune_reproducible_with_same_seed(small_base_record, small_mnist):
         assert torch.equal(value, runs[1][1][key]), key
 
 
-def test_trainable_parameter_count_matches_table(small_base, small_mnist):
+def test_trainable_parameter_count_matches_table(small_base, small_mnist, small_sizes):
     lora_model = LoraModel(small_base)
     config = dataclasses.replace(FT, steps=1, rank=2, targets=("linear2", "linear3"), digits=(1,))
     counted = []
@@ -126,7 +126,8 @@ def test_trainable_parameter_count_matches_table(small_base, small_mnist):
 
     lora_model.mark_only_lora_trainable = spy
     finetune(lora_model, "c", small_mnist, config)
-    assert counted == [parameter_table(lora_model, config.lora_config()).lora_params] == [2 * (3000 + 2010)]
+    h1, h2 = small_sizes.hidden
+    assert counted == [parameter_table(lora_model, config.lora_config()).lora_params] == [2 * ((h1 + h2) + (h2 + 10))]
 
 
 # --- reproducibility of base training ----------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_huge_learning_rate_is_allowed_but_above_one_rejected(tiny_mnist):
 
 
 # --- the study's fine-tune workflow ---------------------------------------------------------------
-def test_finetune_and_save_defaults_to_weakest_digit_and_refuses_to_overwrite(artifacts_copy, small_mnist):
+def test_finetune_and_save_defaults_to_weakest_digit_and_refuses_to_overwrite(artifacts_copy, small_mnist, small_sizes):
     store = ArtifactStore(artifacts_copy)
     base, lora_model = load_base_for_lora(store, "cpu")
     config = dataclasses.replace(FT, steps=5)
@@ -256,14 +257,14 @@ def test_finetune_and_save_defaults_to_weakest_digit_and_refuses_to_overwrite(ar
     weakest = outcome.before.weakest_digit
     assert outcome.digits == (weakest,)
     assert outcome.name == f"digit-{weakest}"
-    assert outcome.trainable_params == 4 * 6794
+    assert outcome.trainable_params == 4 * small_sizes.lora_per_rank
     assert sorted(store.adapter_names()) == sorted(["small", f"digit-{weakest}"])
     record = store.read_adapter(outcome.name)
     assert record.metrics["target_digits"] == [weakest]
     assert record.metrics["base_sha256"] == base.fingerprint
     assert record.metrics["after"]["accuracy"] == outcome.after.accuracy
     assert record.metrics["before"]["accuracy"] == outcome.before.accuracy
-    assert record.metrics["trainable_params"] == 4 * 6794
+    assert record.metrics["trainable_params"] == 4 * small_sizes.lora_per_rank
     saved = file_bytes(store.adapter_dir(outcome.name))
     with pytest.raises(ConfigError, match="already exists"):
         finetune_and_save_adapter(store, base, lora_model, small_mnist, config, base_eval=base_eval)

@@ -28,7 +28,7 @@ from lora_core.store.bases import base_store
 from lora_core.train import FinetuneConfig, TrainConfig
 
 SETTINGS = ExperimentSettings(methods=("lora",), steps=30, batch_size=32, rank=2, device="cpu")
-SMALL_BASE = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu")
+SMALL_BASE = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=0, device="cpu", hidden=(256, 256))
 WIDE = FinetuneConfig(rank=16, alpha=32, steps=3, batch_size=16, seed=0, device="cpu")
 
 
@@ -116,7 +116,7 @@ def test_the_sidebar_names_a_task_adapter_by_its_task(task_dir: Path) -> None:
     assert "`unseen-8-9` · digits 8, 9 (unseen)" in other, other
 
 
-def test_the_parameters_page_shows_a_capped_layer_rank_and_the_real_count(task_dir: Path) -> None:
+def test_the_parameters_page_shows_a_capped_layer_rank_and_the_real_count(task_dir: Path, small_sizes) -> None:
     at = visit(new_app(), "parameters")
     at.selectbox(key="params_adapter").set_value("wide").run()
     assert_clean(at)
@@ -133,7 +133,7 @@ def test_the_parameters_page_shows_a_capped_layer_rank_and_the_real_count(task_d
     assert metrics(at)["Trainable (LoRA A and B)"] == f"{total:,}"
     caption = next(str(c.value) for c in at.caption if "Adapter `wide`" in str(c.value))
     assert "rank r = 16" in caption and "Capped: linear3 at 10" in caption and f"{total:,} trainable" in caption
-    assert f"not the {16 * (784 + 1000 + 1000 + 2000 + 2000 + 10):,}" in caption
+    assert f"not the {16 * small_sizes.lora_per_rank:,}" in caption
 
 
 def test_the_finetune_page_accepts_rank_16_and_shows_linear3_capped(task_dir: Path) -> None:
