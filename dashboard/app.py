@@ -39,8 +39,8 @@ def main() -> None:
 
 
 # Streamlit runs this file as "__main__" (and installs it as sys.modules["__main__"]). A background run's
-# worker is started with multiprocessing's "spawn", which first runs the parent's main script again in
-# the new process, as "__mp_main__": without this guard, every run executed the whole app there, outside
+# worker (dashboard.jobs: "forkserver", or "spawn") first imports the parent's main script again, as
+# "__mp_main__": without this guard, every run executed the whole app there, outside
 # Streamlit, and printed "missing ScriptRunContext!" and "Session state does not function..." to the
 # server's terminal. (Python's multiprocessing docs: "Safe importing of main module".)
 if __name__ == "__main__":

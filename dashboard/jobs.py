@@ -1,7 +1,7 @@
 """Background runs: training, fine-tuning and the whole study, in a worker process that survives clicks.
 
 A Job holds the worker, its status, the latest lora_core Progress, the loss history, the result or
-the error, and an event to stop it. The work runs in its own spawned process, which reads MNIST and
+the error, and an event to stop it. The work runs in its own process, which reads MNIST and
 the base model from disk itself (nothing large crosses between processes). In a thread of the
 server it would compete for the GIL with Streamlit's own threads: measured here, one busy Python
 thread slows a training thread about 9x. A small thread in the server only moves the worker's
@@ -63,7 +63,29 @@ KIND_TITLES = {
 }
 
 
-_CONTEXT = mp.get_context("spawn")  # fork would copy the server's threads and locks into the child
+def _worker_context() -> Any:
+    """Where the workers come from. "forkserver": each run forks from a small process that started clean and
+    imported this module, torch and torch._dynamo once, so a run starts in a fraction of a second instead of
+    the seconds a fresh interpreter takes to import them (and to import torch._dynamo lazily on its first
+    optimizer step). "spawn" where the platform has no forkserver (Windows). Never "fork": it would copy the
+    server's threads and locks into the child."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
+    return context
+
+
+_CONTEXT = _worker_context()
+
+
+def start_worker_server() -> None:
+    """Start the forkserver now, while the first page loads, rather than on the first run's click (it imports
+    torch and lora_core: seconds). Nothing to do with "spawn"."""
+    if _CONTEXT.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 _STATUS_OF_ERROR = {"RunStopped": STOPPED}
 
 

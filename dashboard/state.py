@@ -27,6 +27,7 @@ from typing import Any
 import streamlit as st
 import torch
 
+from dashboard import jobs
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
@@ -60,9 +61,11 @@ def data() -> MnistData:
 @st.cache_resource
 def warm_up_torch() -> threading.Thread:
     """Once per server, in the background: PyTorch's first optimizer step imports torch._dynamo lazily,
-    which takes seconds; doing it now lets the first training run report progress right away."""
+    which takes seconds, and the background runs' forkserver imports torch and lora_core; doing both now lets
+    the first run start and report progress right away."""
 
     def work() -> None:
+        jobs.start_worker_server()
         p = torch.nn.Parameter(torch.zeros(1))
         p.grad = torch.ones(1)
         torch.optim.Adam([p]).step()
