@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 def main() -> None:
     import streamlit as st
 
-    from dashboard import state, ui
+    from dashboard import ui
 
     st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")
     pages = {
@@ -32,7 +32,6 @@ def main() -> None:
     }
     nav = st.navigation(list(pages.values()))
     shown = next((key for key, page in pages.items() if page.title == nav.title), None)
-    state.warm_up_torch()
     ui.finish_jobs()
     ui.sidebar(shown)
     nav.run()

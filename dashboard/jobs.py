@@ -65,10 +65,10 @@ KIND_TITLES = {
 
 def _worker_context() -> Any:
     """Where the workers come from. "forkserver": each run forks from a small process that started clean and
-    imported this module, torch and torch._dynamo once, so a run starts in a fraction of a second instead of
-    the seconds a fresh interpreter takes to import them (and to import torch._dynamo lazily on its first
-    optimizer step). "spawn" where the platform has no forkserver (Windows). Never "fork": it would copy the
-    server's threads and locks into the child."""
+    imported this module, torch and torch._dynamo once (when the server's first run starts), so every later
+    run starts in a fraction of a second instead of the 3-4 s a fresh interpreter takes to import them (and to
+    import torch._dynamo lazily on its first optimizer step). "spawn" where the platform has no forkserver
+    (Windows). Never "fork": it would copy the server's threads and locks into the child."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
@@ -77,15 +77,6 @@ def _worker_context() -> Any:
 
 
 _CONTEXT = _worker_context()
-
-
-def start_worker_server() -> None:
-    """Start the forkserver now, while the first page loads, rather than on the first run's click (it imports
-    torch and lora_core: seconds). Nothing to do with "spawn"."""
-    if _CONTEXT.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
 _STATUS_OF_ERROR = {"RunStopped": STOPPED}
 
 

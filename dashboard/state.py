@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import streamlit as st
 import torch
 
-from dashboard import jobs
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
@@ -56,23 +54,6 @@ def data() -> MnistData:
         st.error(f"MNIST could not be loaded: {exc}")
         st.stop()
         raise  # unreachable; keeps type checkers happy
-
-
-@st.cache_resource
-def warm_up_torch() -> threading.Thread:
-    """Once per server, in the background: PyTorch's first optimizer step imports torch._dynamo lazily,
-    which takes seconds, and the background runs' forkserver imports torch and lora_core; doing both now lets
-    the first run start and report progress right away."""
-
-    def work() -> None:
-        jobs.start_worker_server()
-        p = torch.nn.Parameter(torch.zeros(1))
-        p.grad = torch.ones(1)
-        torch.optim.Adam([p]).step()
-
-    thread = threading.Thread(target=work, name="dashboard-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 def store() -> ArtifactStore:
