@@ -94,6 +94,20 @@ def test_recorded_check_needs_a_record_and_the_same_base(trained_artifacts: Path
     check = recorded_check(metrics, other)
     assert check.status == "different base" and not check.passed
     assert [t.tensor for t in check.tensors if not t.matches_loaded] == ["linear2.bias"]
+    # the table the CLI and the Parameters page show: short hashes and both verdicts, per tensor
+    recorded = metrics["base_tensors"]
+    rows = {row["base tensor"]: row for row in check.rows(digits=8)}
+    assert list(rows) == [f"linear{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")]
+    for name, row in rows.items():
+        assert row["sha256 before"] == recorded["before"][name][:8]
+        assert row["sha256 after"] == recorded["after"][name][:8]
+        assert row["loaded base"] == tensor_sha256(other.state_dict()[name])[:8]
+        assert row["during fine-tuning"] == "unchanged"
+        assert row["matches the loaded base"] == ("NO" if name == "linear2.bias" else "yes")
+    assert len(check.rows()[0]["sha256 before"]) == 12
+    assert recorded_check(old, base).rows() == []
+    no_after = {**metrics, "base_tensors": {k: v for k, v in recorded.items() if k != "after"}}
+    assert {row["sha256 after"] for row in recorded_check(no_after, base).rows()} == {"-"}
 
 
 def test_an_adapter_fine_tuned_by_a_corrupted_loop_is_recorded_as_changed(
