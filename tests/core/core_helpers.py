@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -132,3 +133,29 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], words: Itera
     for word in words:
         assert word in lines[0], detail
     return lines[0]
+
+
+def assert_refused_writing_nothing(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    trained_artifacts: Path | None,
+    args: list[str],
+    words: Iterable[str],
+) -> None:
+    """`python -m lora_core ARGS --artifacts FOLDER`, run in this process, is refused with one line holding
+    `words`, and writes nothing: not into FOLDER (a copy of `trained_artifacts`, or an empty folder where that
+    is None), nor into the default artifacts folder."""
+    default = tmp_path / "default-artifacts-must-not-be-used"
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(default))
+    folder = tmp_path / "refused"
+    if trained_artifacts is None:
+        folder.mkdir()
+    else:
+        shutil.copytree(trained_artifacts, folder)
+    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(folder)]), words)
+    if trained_artifacts is None:
+        assert list(folder.iterdir()) == []
+    else:
+        assert file_bytes(folder) == file_bytes(trained_artifacts)
+    assert not default.exists()

@@ -8,7 +8,12 @@ import os
 import shutil
 
 import pytest
-from core_helpers import assert_one_line_error, file_bytes, run_cli_in_process, run_cli_jobs
+from core_helpers import (
+    assert_refused_writing_nothing,
+    file_bytes,
+    run_cli_in_process,
+    run_cli_jobs,
+)
 
 pytestmark = pytest.mark.timeout(900)  # two short real comparisons on full MNIST, beside other sessions' work
 
@@ -45,16 +50,10 @@ def cli_runs(trained_artifacts, tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, artifacts_copy, trained_artifacts, case):
-    """Refused in this process, and nothing written: not into the artifacts, nor into the default folder."""
-    folders = {"trained": artifacts_copy, "empty": tmp_path / "empty"}
-    folders["empty"].mkdir()
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "default-artifacts-must-not-be-used"))
+def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, trained_artifacts, case):
     args, which, words = ERROR_CASES[case]
-    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(folders[which])]), words)
-    assert file_bytes(artifacts_copy) == file_bytes(trained_artifacts)
-    assert list(folders["empty"].iterdir()) == []
-    assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
+    folder = trained_artifacts if which == "trained" else None
+    assert_refused_writing_nothing(capsys, monkeypatch, tmp_path, folder, args, words)
 
 
 def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artifacts, small_sizes):

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from core_helpers import (
-    assert_one_line_error,
+    assert_refused_writing_nothing,
     file_bytes,
     first_test_images,
     import_peft,
     random_mlp,
     randomize_b,
-    run_cli_in_process,
     run_cli_jobs,
 )
 
@@ -267,13 +266,8 @@ def cli_run(trained_artifacts, tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_sweep_command_bad_input_exits_2_with_one_line(case, trained_artifacts, tmp_path, capsys, monkeypatch):
-    refused = tmp_path / "refused"
-    shutil.copytree(trained_artifacts, refused)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "default-artifacts-must-not-be-used"))
     args, words = CLI_ERRORS[case]
-    assert_one_line_error(run_cli_in_process(capsys, [*args, "--artifacts", str(refused)]), words)
-    assert file_bytes(refused) == file_bytes(trained_artifacts)  # the refusals wrote nothing
-    assert not (tmp_path / "default-artifacts-must-not-be-used").exists()
+    assert_refused_writing_nothing(capsys, monkeypatch, tmp_path, trained_artifacts, args, words)
 
 
 @pytest.mark.timeout(900)
