@@ -29,7 +29,7 @@ def page(browser):
 def test_2_train_base_model(page, app, screenshot_dir) -> None:
     folder = screenshot_dir / "2-train"
     open_page(page, app.url, "training")
-    # A 512-512 network, one epoch of batch 64: long enough (several seconds) that the live progress is on screen
+    # A 512-512 network, one epoch of batch 128: long enough (8 s here) that the live progress is on screen
     # for several polls (a 200-200 network at batch 512 finished in about 2 s, before the first poll), and a
     # quarter of the full-size network's arithmetic (test_draw.py uses the full-size model).
     for label, value in (("Hidden size 1", "512"), ("Hidden size 2", "512"), ("Epochs", "1"), ("Batch size", "128")):
