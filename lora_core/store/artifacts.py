@@ -53,6 +53,8 @@ from lora_core.store.fileio import (
     atomic_write_json,
     current_dir,
     new_staging_dir,
+    parse_json,
+    parse_json_object,
     read_dir_files,
     recover_dir,
     replace_dir,
@@ -219,8 +221,8 @@ class ArtifactStore:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 try:
-                    info = json.loads((self.root / LOCK_INFO).read_text())
-                except (OSError, ValueError):
+                    info = parse_json((self.root / LOCK_INFO).read_bytes(), self.root / LOCK_INFO)
+                except (OSError, ArtifactError):
                     info = None
                 return info if isinstance(info, dict) else {"what": "another run"}
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -574,13 +576,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _json_from(file: FileRead, path: Path) -> dict[str, Any]:
     if file.data is None:
         raise ArtifactError(f"{path} is missing")
-    try:
-        data = json.loads(file.data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object, found {type(data).__name__}")
-    return data
+    return parse_json_object(file.data, path)
 
 
 def _config_from(data: dict[str, Any], path: Path) -> LoraConfig:

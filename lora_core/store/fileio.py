@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lora_core.errors import ArtifactError
+
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync it, then rename it over `path`."""
@@ -39,6 +41,37 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_json(path: Path | str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def parse_json(data: bytes | str, where: str | Path) -> Any:
+    """The value a JSON document holds. Every JSON the lab reads comes through here, so that any way it can
+    fail to decode (bad bytes, bad syntax, nesting too deep for the parser, a number too long to convert)
+    becomes the same ArtifactError naming `where`."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+    except RecursionError:
+        reason = "nested too deeply"
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg}: line {exc.lineno} column {exc.colno}"
+    except ValueError:  # int(): a number with more digits than Python converts
+        reason = "it holds a number too long to read"
+    raise ArtifactError(f"{where} is not valid JSON ({reason})")
+
+
+def parse_json_object(data: bytes | str, where: str | Path) -> dict[str, Any]:
+    """parse_json for the files that hold one JSON object (every file the lab writes)."""
+    value = parse_json(data, where)
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{where} should hold a JSON object, found {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _fsync_dir(folder: Path) -> None:

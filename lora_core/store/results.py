@@ -13,7 +13,6 @@ ArtifactError which file is broken and why.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from lora_core.errors import ArtifactError
 from lora_core.store.artifacts import ArtifactStore
-from lora_core.store.fileio import atomic_write_json
+from lora_core.store.fileio import atomic_write_json, parse_json_object
 
 EXPERIMENTS_DIR = "experiments"
 MAX_READ_BYTES = 64 * 1024 * 1024  # far above any result; a larger file is not one
@@ -84,13 +83,12 @@ def read_saved(path: Path | str, what: str, fmt: str | None = None) -> dict[str,
         size = path.stat().st_size
         if size > MAX_READ_BYTES:
             raise ArtifactError(f"{path} is {size / 2**20:.0f} MiB, larger than any saved {what}")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise ArtifactError(f"{path} cannot be read as a saved {what} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object")
+    data = parse_json_object(raw, path)
     if fmt is not None and data.get("format") != fmt:
         raise ArtifactError(f"{path} is not a saved {what} of format {fmt!r} (found {data.get('format')!r})")
     return data

@@ -182,7 +182,7 @@ def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rot
     }
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
-    with pytest.raises(ArtifactError, match="not-json.json cannot be read as a saved experiment result"):
+    with pytest.raises(ArtifactError, match="not-json.json is not valid JSON"):
         load_experiment(tmp_path / "not-json.json")
     with pytest.raises(ArtifactError, match="a-list.json should hold a JSON object"):
         load_experiment(tmp_path / "a-list.json")

@@ -127,11 +127,17 @@ def test_a_failed_write_leaves_the_collection_intact(
     assert before_files.keys() - {"labels.json"} <= snapshot(c).keys()
 
 
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000  # 200 KB: under every size limit, deeper than the parser goes
+
+
 def test_a_broken_labels_file_is_reported(tmp_path: Path) -> None:
     c = collection(tmp_path)
     fill(c, 1, digits=range(1))
     (c.folder / "labels.json").write_text('{"version": 1, "digits": [{"id": "x", "label": 11}]}')
     with pytest.raises(ArtifactError, match="label must be a digit"):
+        c.list()
+    (c.folder / "labels.json").write_bytes(DEEP_JSON)
+    with pytest.raises(ArtifactError, match="labels.json is not valid JSON .nested too deeply.; fix or delete"):
         c.list()
 
 
@@ -213,6 +219,11 @@ def _bad_zips(good: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
         "bad-label": (_zip(_with_labels(good, lambda j: j["digits"][0].update(label=10))), "label must be a digit"),
         "label-not-int": (_zip(_with_labels(good, lambda j: j["digits"][0].update(label="3"))), "label must be"),
         "labels-not-json": (_zip({**good, "labels.json": b"{not json"}), "not valid JSON"),
+        "labels-nested-deeply": (_zip({**good, "labels.json": DEEP_JSON}), "not valid JSON (nested too deeply)"),
+        "label-of-5000-digits": (
+            _zip({**good, "labels.json": good["labels.json"].replace(b'"label": ', b'"label": ' + b"7" * 5000, 1)}),
+            "a number too long to read",
+        ),
         "labels-wrong-version": (_zip(_with_labels(good, lambda j: j.update(version=7))), "version is 7"),
         "labels-missing": (_zip({k: v for k, v in good.items() if k != "labels.json"}), "no labels.json"),
         "duplicate-id": (

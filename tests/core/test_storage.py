@@ -838,7 +838,7 @@ def test_adapter_errors_name_the_file_type_and_keys(store):
     (store.adapter_dir("a") / ADAPTER_METRICS).write_text("[1, 2]")
     (record,) = store.list_adapters()
     assert record.path == store.adapter_dir("a")
-    assert record.error == f"{store.adapter_dir('a') / ADAPTER_METRICS} should hold a JSON object, found list"
+    assert record.error == f"{store.adapter_dir('a') / ADAPTER_METRICS} should hold a JSON object, found an array"
     with pytest.raises(ArtifactError) as info:
         store.read_adapter("a")
     assert str(info.value) == record.error

@@ -212,3 +212,12 @@ def test_the_personal_adapter_trains_in_the_background_and_its_result_shows(
     click(draw, "Random test digit")
     assert_clean(draw)
     assert any(m.label == "Personal adapter says" for m in draw.metric)
+
+
+def test_a_collection_file_nested_too_deeply_is_an_error_not_a_traceback(fresh_dir: Path) -> None:
+    labels = fresh_dir / "mydigits" / "labels.json"
+    labels.parent.mkdir()
+    labels.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    at = visit(new_app(), "mydigits")
+    assert_clean(at)
+    assert f"{labels} is not valid JSON (nested too deeply)" in " ".join(str(e.value) for e in at.error)

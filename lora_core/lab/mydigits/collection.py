@@ -30,7 +30,7 @@ import numpy as np
 from lora_core.errors import ArtifactError, ConfigError, ImageError, LoraCoreError
 from lora_core.model import SIDE
 from lora_core.store.artifacts import ArtifactStore
-from lora_core.store.fileio import atomic_write_bytes, atomic_write_json
+from lora_core.store.fileio import atomic_write_bytes, atomic_write_json, parse_json
 from lora_core.train import check_int
 
 MIN_PER_DIGIT = 3  # at least one held out and two to train on, for every digit
@@ -107,9 +107,9 @@ def _entry_from(raw: Any, where: str) -> MyDigit:
 def _parse_labels(data: bytes, where: str) -> list[MyDigit]:
     """labels.json's entries; ValueError with a specific message when the file is broken."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc})") from None
+        doc = parse_json(data, where)
+    except ArtifactError as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("digits"), list):
         raise ValueError(f"{where} must be an object with a list 'digits'")
     if doc.get("version") != FORMAT_VERSION:
