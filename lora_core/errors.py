@@ -32,6 +32,11 @@ class ArtifactError(LoraCoreError):
     """A saved model or adapter is missing, malformed or does not fit the base model."""
 
 
+class NonFiniteOutputs(ArtifactError):
+    """The model's outputs are NaN or infinite: its weights (or adapters combined at large weights) overflow, and
+    no prediction or accuracy can be read from such outputs."""
+
+
 class StaleAdapterError(ArtifactError):
     """An adapter was trained on a different base model than the one saved now."""
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_core.errors import NonFiniteOutputs
 from lora_core.model import NUM_CLASSES
 
 
@@ -67,13 +68,20 @@ class Evaluation:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2500) -> torch.Tensor:
-    """Logits for every row of x, computed in batches on the model's device."""
+    """Logits for every row of x, computed in batches on the model's device (NonFiniteOutputs if any is not finite)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
     model.train(was_training)
-    return torch.cat(out)
+    logits = torch.cat(out)
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if bad:  # argmax would still name a class for a row of NaNs: refuse to read anything from them
+        raise NonFiniteOutputs(
+            f"the model's outputs are NaN or infinite for {bad:,} of {logits.shape[0]:,} inputs, so no prediction "
+            "or accuracy is read from them: its weights overflow float32 (an adapter's weight or scale too large?)"
+        )
+    return logits
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:

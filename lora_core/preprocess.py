@@ -18,6 +18,7 @@ from torch import nn
 
 from lora_core.data import normalize
 from lora_core.errors import ImageError
+from lora_core.evaluate import predict
 from lora_core.model import SIDE
 
 SIZE = SIDE
@@ -143,12 +144,6 @@ def load_image(path: Path | str) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 
 
-@torch.no_grad()
 def predict_probabilities(model: nn.Module, prepared: PreparedDigit) -> np.ndarray:
     """The model's ten class probabilities for one prepared digit."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probs = torch.softmax(model(prepared.tensor.to(device)).float(), dim=1)[0].cpu().numpy()
-    model.train(was_training)
-    return probs
+    return torch.softmax(predict(model, prepared.tensor), dim=1)[0].numpy()

@@ -321,6 +321,11 @@ def finetune(
     try:
         params = lora_model.mark_only_lora_trainable(name)
         return train_parameters(lora_model, params, data, config, phase="finetune", progress=progress, stop=stop)
+    except TrainingDiverged as exc:
+        lora_model.delete_adapter(name)
+        scale = config.lora_config().scale
+        advice = f"The update is scaled by alpha/r = {scale:.3g}: a smaller alpha helps too."
+        raise TrainingDiverged(f"{exc} {advice}") from None
     except BaseException:
         lora_model.delete_adapter(name)
         raise

@@ -17,6 +17,13 @@ from lora_core.numbers import is_finite_number
 INITS = ("kaiming", "gaussian")
 
 
+# The update s·B·A·x is computed in float32 (bfloat16 has the same range), and Adam moves each entry of B by
+# about the learning rate per step whatever the gradient's size, so the update grows like s × lr. A bound far
+# above any scale in use (PEFT's are 1 to 2: alpha = r or 2r) keeps s, and s × lr for any learning rate a run
+# accepts (at most 1), far inside float32's range.
+MAX_SCALE = 1e6
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """How an adapter is shaped; kept apart from the layers, like PEFT's LoraConfig."""
@@ -96,6 +103,15 @@ class LoraConfig:
                 raise ConfigError("alpha", f"alpha_pattern names {name!r}, which is not one of the target layers")
             if not is_finite_number(alpha) or alpha <= 0:
                 raise ConfigError("alpha", f"alpha_pattern: {name} must be a positive number, got {alpha!r}")
+        for layer in self.target_modules:
+            scale = self.scale_for(layer)
+            if scale > MAX_SCALE:
+                over = "sqrt(r)" if self.use_rslora else "r"
+                raise ConfigError(
+                    "alpha",
+                    f"the update's scale alpha/{over} is {scale:.3g} on {layer} (rank {self.rank_for(layer)}), "
+                    f"above the {MAX_SCALE:g} allowed (float32 could not carry the update); lower alpha",
+                )
         if model is None:
             return
         layers = linear_layers(model)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lora_core.errors import ConfigError, StaleAdapterError
-from lora_core.lora.config import LoraConfig
+from lora_core.lora.config import MAX_SCALE, LoraConfig
 from lora_core.lora.layer import LoraLinear, linear_layers, rank_limits
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.numbers import is_finite_number
@@ -127,6 +127,15 @@ class LoraModel(nn.Module):
         for name, weight in zip(names, values):
             if not is_finite_number(weight):
                 raise ConfigError("weights", f"the weight of {name!r} must be a finite number, got {weight!r}")
+            config = self.adapters[name].config
+            scale = max(config.scale_for(layer) for layer in config.target_modules)
+            if abs(weight) * scale > MAX_SCALE:  # the weight multiplies the scale: the same bound holds
+                raise ConfigError(
+                    "weights",
+                    f"the weight of {name!r} ({weight:.3g}) times its scale ({scale:.3g}) is above the {MAX_SCALE:g} "
+                    f"allowed (float32 could not carry the update); give a weight between "
+                    f"{-MAX_SCALE / scale:.3g} and {MAX_SCALE / scale:.3g}",
+                )
         self.check_same_base(names)
         return tuple((name, float(weight)) for name, weight in zip(names, values))
 

@@ -48,6 +48,8 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "predict-missing-file": (["predict", "{pictures}/nosuch.png"], "trained", ["nosuch.png", "no such file"]),
     "prove-steps-0": (["prove", "--steps", "0"], "trained", ["--steps:", "0"]),
     "sweep-unknown-kind": (["sweep", "alpha"], "trained", ["KIND:", "'alpha'", "rank"]),
+    "finetune-alpha-1e300": (["finetune", "--alpha", "1e300"], "trained", ["--alpha:", "1.25e+299", "lower alpha"]),
+    "finetune-alpha-1e30": (["finetune", "--alpha", "1e30"], "trained", ["--alpha:", "1.25e+29", "lower alpha"]),
 }
 # Refusals also run as real processes, one per command that has no successful run below: exit status 2 and
 # one line, without a traceback, from `python -m lora_core` itself.

@@ -289,12 +289,31 @@ def test_adapters_of_different_base_models_are_refused(x):
         (["a", "b"], [1.0], "weights", "got 1 weights for 2 adapters; give one each"),
         (["a", "b"], [1.0, float("nan")], "weights", "the weight of 'b' must be a finite number, got nan"),
         ([], None, "adapters", "give at least one adapter to activate"),
+        (  # 'b' has scale 6/2 = 3: its weight may reach 1e6 / 3 either way
+            ["a", "b"],
+            [1.0, -1e300],
+            "weights",
+            "the weight of 'b' (-1e+300) times its scale (3) is above the 1e+06 allowed (float32 could not carry "
+            "the update); give a weight between -3.33e+05 and 3.33e+05",
+        ),
+        (
+            ["a", "b"],
+            [5e5 + 1, 1.0],
+            "weights",
+            "the weight of 'a' (5e+05) times its scale (2) is above the 1e+06 "
+            "allowed (float32 could not carry the update); give a weight between -5e+05 and 5e+05",
+        ),
     ],
 )
 def test_bad_combinations_are_refused(two_adapters, names, weights, field, reason):
     with pytest.raises(ConfigError) as info:
         two_adapters.set_adapter(names, weights)
     assert (info.value.field, info.value.reason) == (field, reason)
+
+
+def test_weights_at_the_bound_are_accepted(two_adapters):
+    two_adapters.set_adapter(["a", "b"], [5e5, -1e6 / 3])
+    assert two_adapters.adapter_weights == {"a": 5e5, "b": -1e6 / 3}
 
 
 def test_weights_need_a_list(two_adapters):
@@ -379,6 +398,7 @@ def test_cli_combine_reports_each_alone_and_the_combination(combo_artifacts, tmp
     ("adapters", "words"),
     [
         ("small:1", ["--adapters:", "two or more"]),
+        ("small:1e300,rotate-45:1", ["--adapters:", "weight of 'small' (1e+300)", "give a weight between"]),
         ("small:x,rotate-45", ["--adapters:", "'x'"]),
         ("small,nosuch", ["nosuch"]),
         ("small,stale", ["'stale'", "different base model"]),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from lora_core.errors import NonFiniteOutputs
 from lora_core.evaluate import Evaluation, compare, evaluate, predict
+from lora_core.preprocess import PreparedDigit, predict_probabilities
 
 # index:          0  1  2  3  4  5  6  7
 LABELS = torch.tensor([0, 1, 2, 3, 3, 9, 8, 1])
@@ -124,3 +127,19 @@ def test_from_predictions_agrees_with_a_plain_count(pairs):
         assert ev.confusion[d] == [sum(t == d and p == q for t, p in pairs) for q in range(10)]
     assert ev.misclassified == [i for i, (t, p) in enumerate(pairs) if t != p]
     assert sum(map(sum, ev.confusion)) == n
+
+
+def test_no_prediction_is_read_from_outputs_that_are_not_finite():
+    model = nn.Linear(784, 10)
+    x = torch.zeros(7, 784)
+    x[2, 0], x[5, 1] = 2.0, -2.0
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[3, 0] = 3e38  # finite weights, yet the logits of x[2] and x[5] overflow: inf and -inf
+        model.weight[4, 1] = 3e38
+    for call in (lambda: predict(model, x), lambda: evaluate(model, x, torch.zeros(7, dtype=torch.long))):
+        with pytest.raises(NonFiniteOutputs, match="^the model's outputs are NaN or infinite for 2 of 7 inputs, so no"):
+            call()
+    with pytest.raises(NonFiniteOutputs, match="for 1 of 1 inputs"):
+        predict_probabilities(model, PreparedDigit(np.zeros((28, 28), np.float32), x[2:3], inverted=False))
+    assert predict(model, x[:2]).shape == (2, 10)  # the finite rows alone are fine

@@ -162,6 +162,20 @@ def test_training_forward_and_gradients_match_the_plain_sum(targets, x):
     assert all(p.grad is None for p in lora_model.model.parameters() if not p.requires_grad)
 
 
+def test_a_scale_beyond_what_float32_carries_is_refused_naming_alpha():
+    LoraConfig(r=8, alpha=8e6).validate()  # the bound itself is allowed
+    cases = [
+        (LoraConfig(r=8, alpha=1e300), "alpha/r is 1.25e\\+299 on linear1 .rank 8."),
+        (LoraConfig(r=8, alpha=1e30), "alpha/r is 1.25e\\+29 on linear1"),
+        (LoraConfig(r=4, alpha=4e6 + 4), "alpha/r is 1e\\+06 on linear1"),
+        (LoraConfig(r=16, alpha=8e6, use_rslora=True), "alpha/sqrt.r. is 2e\\+06"),
+        (LoraConfig(r=8, alpha=8, alpha_pattern={"linear3": 1e8}), "alpha/r is 1.25e\\+07 on linear3"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=f"^alpha: the update's scale {message}.*lower alpha$"):
+            config.validate()
+
+
 def test_rslora_scale_is_alpha_over_sqrt_r():
     assert LoraConfig(r=16, alpha=8, use_rslora=True).scale == pytest.approx(2.0)
     assert LoraConfig(r=16, alpha=8, use_rslora=False).scale == pytest.approx(0.5)
