@@ -420,6 +420,36 @@ def test_a_stopped_run_saves_nothing(artifacts_copy: Path, tiny_mnist) -> None: 
     assert not store.adapter_exists("personal") and load_personal_result(store) is None
 
 
+def test_the_personal_run_holds_the_writer_lock_from_start_to_save(artifacts_copy: Path, tiny_mnist) -> None:  # noqa: ANN001
+    import threading
+
+    from lora_core.errors import ArtifactsBusy
+
+    store = ArtifactStore(artifacts_copy)
+    first = fill(MyDigits(store), 3)[0]
+    adapters = store.adapter_names()
+    refusals: list[str] = []
+
+    def others_write() -> None:  # another run of the lab, in its own thread, with its own store object
+        other = ArtifactStore(artifacts_copy)
+        for write in (lambda: MyDigits(other).delete(first.id), lambda: other.delete_adapter(adapters[0])):
+            try:
+                write()
+            except ArtifactsBusy as exc:
+                refusals.append(str(exc))
+
+    def progress(p) -> None:  # noqa: ANN001
+        if p.step == 1:  # mid-training
+            writer = threading.Thread(target=others_write)
+            writer.start()
+            writer.join()
+
+    train_personal(store, tiny_mnist, PersonalSettings(steps=3, device="cpu"), progress=progress)
+    assert len(refusals) == 2 and all("training the personal adapter on my digits" in r for r in refusals), refusals
+    assert first.id in {d.id for d in MyDigits(store).list()}
+    assert store.adapter_names() == sorted([*adapters, "personal"])
+
+
 def test_augment_moves_each_picture_a_little() -> None:
     pixels = torch.from_numpy(np.stack([prepare_digit(draw(WRITERS[0], d, 0)).pixels for d in range(4)]))
     moved = augment_pixels(pixels.repeat(2, 1, 1), torch.Generator().manual_seed(0))

@@ -156,9 +156,22 @@ def train_personal(
     base and adapter on the held-out drawings and on MNIST's test set, and save adapter and result.
 
     Raises NotEnoughDigitsError (and trains nothing) while some digit has fewer than min_per_digit drawings.
+    Holds the artifacts folder's writer lock from reading the drawings to saving, like every writer: the drawings,
+    the base model and the adapter it replaces stay as they were read.
     """
     settings = settings or PersonalSettings()
     settings.validate()
+    with store.writing("training the personal adapter on my digits"):
+        return _train_personal(store, data, settings, progress, stop)
+
+
+def _train_personal(
+    store: ArtifactStore,
+    data: MnistData,
+    settings: PersonalSettings,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+) -> PersonalResult:
     collection = MyDigits(store)
     digits = collection.list()
     counts = dict.fromkeys(range(10), 0)
@@ -167,7 +180,7 @@ def train_personal(
     lacking = missing(counts, settings.min_per_digit)
     if lacking:
         raise NotEnoughDigitsError(lacking)
-    check_personal_name_free(store)  # before training: the answer is known already
+    check_personal_name_free(store)
     train_set, heldout = split(digits, settings.seed, settings.holdout_every)
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
@@ -250,10 +263,8 @@ def train_personal(
         "base_tensors": base_tensor_record(hashes_before, hashes_after),
         "personal": {k: v for k, v in result.to_dict().items() if k not in ("config",)},
     }
-    with store.writing("saving the personal adapter"):  # adapter and result.json change together
-        check_personal_name_free(store)  # again under the lock: one may have been saved meanwhile
-        store.save_adapter(lora_model, PERSONAL_ADAPTER, metrics, base.fingerprint, overwrite=True)
-        write_saved(collection.folder / RESULT, result.to_dict())
+    store.save_adapter(lora_model, PERSONAL_ADAPTER, metrics, base.fingerprint, overwrite=True)
+    write_saved(collection.folder / RESULT, result.to_dict())
     return result
 
 
