@@ -246,14 +246,17 @@ def transfer_section(collection: MyDigits, digits: Sequence[MyDigit], can_write:
         if digits:
             st.download_button(
                 "Export as zip",
-                data=collection.export_zip,  # built when clicked, not on every rerun
+                data=lambda: collection.export_zip().data,  # built when clicked, not on every rerun
                 file_name="my-digits.zip",
                 mime="application/zip",
                 key="mydigits_export",
                 icon=":material/download:",
                 on_click="ignore",
             )
-            st.caption(f"{len(digits)} drawings: the 28 × 28 images, the originals and their labels.")
+            st.caption(
+                f"{len(digits)} drawings: the 28 × 28 images, the originals and their labels (a drawing whose "
+                "pictures cannot be read is left out, so that the zip always imports)."
+            )
         else:
             st.caption("Nothing to export yet.")
     with c2:

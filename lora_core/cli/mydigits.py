@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_core.cli.options import Parser, UsageError, float_arg, int_arg
-from lora_core.cli.render import ProgressBar, say, table
+from lora_core.cli.render import ProgressBar, say, table, warn
 from lora_core.data import load_mnist
 from lora_core.errors import ArtifactError, ImageError
 from lora_core.lab.mydigits.collection import (
@@ -211,14 +211,22 @@ def cmd_export(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any
     if args.zip.exists() and not args.overwrite:
         raise UsageError(f"ZIP: {args.zip} exists already; choose another name or add --overwrite")
     collection = _collection(args)
-    data = collection.export_zip()
+    export = collection.export_zip()
     try:
-        atomic_write_bytes(args.zip, data)
+        atomic_write_bytes(args.zip, export.data)
     except OSError as exc:
         raise UsageError(f"ZIP: cannot write {args.zip} ({exc.strerror or exc})") from None
-    n = len(collection.list())
-    _say(args, f"Exported {n} drawings to {args.zip} ({len(data):,} bytes)")
-    return {"artifacts": str(collection.store.root), "zip": str(args.zip), "drawings": n, "bytes": len(data)}
+    n = len(export.exported)
+    _say(args, f"Exported {n} drawings to {args.zip} ({len(export.data):,} bytes)")
+    for digit, why in export.skipped:
+        warn(f"left out drawing {digit.id}: {why}; `mydigits delete {digit.id}` removes it from the collection")
+    return {
+        "artifacts": str(collection.store.root),
+        "zip": str(args.zip),
+        "drawings": n,
+        "bytes": len(export.data),
+        "skipped": [{"id": digit.id, "reason": why} for digit, why in export.skipped],
+    }
 
 
 def cmd_import(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def drawn_offline(tmp: Path, samples: list[tuple[int, int]]) -> bytes:
     other = MyDigits(ArtifactStore(tmp))
     for digit, sample in samples:
         other.add(draw(WRITER, digit, sample), digit, source="draw", writer=WRITER.name)
-    return other.export_zip()
+    return other.export_zip().data
 
 
 def up_to_guided(tmp: Path) -> bytes:

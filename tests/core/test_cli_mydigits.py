@@ -87,6 +87,20 @@ def test_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert [d.id for d in MyDigits(ArtifactStore(a)).list()] == [d.id for d in MyDigits(ArtifactStore(b)).list()]
 
 
+def test_export_says_which_drawings_it_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, zip_path, report = tmp_path / "a", tmp_path / "mine.zip", tmp_path / "export.json"
+    for d in (1, 4, 7):
+        assert run(capsys, "mydigits", "add", picture(tmp_path / "p", d), "--label", d, "--artifacts", a)[0] == 0
+    broken = MyDigits(ArtifactStore(a)).list()[1]
+    (a / "mydigits" / "images" / f"{broken.id}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    status, out, err = run(capsys, "mydigits", "export", zip_path, "--artifacts", a, "--json", report)
+    assert status == 0 and "Exported 2 drawings" in out
+    assert err.startswith(f"warning: left out drawing {broken.id}: ") and "not a readable PNG picture" in err
+    assert [s["id"] for s in json.loads(report.read_text())["skipped"]] == [broken.id]
+    status, out, _ = run(capsys, "mydigits", "import", zip_path, "--artifacts", tmp_path / "b")
+    assert status == 0 and "Imported 2 drawings" in out
+
+
 ERRORS = {
     "label-12": (["add", "{pic}", "--label", "12"], 2, ["--label:", "12"]),
     "label-text": (["add", "{pic}", "--label", "x"], 2, ["--label", "'x'"]),

@@ -145,7 +145,7 @@ def test_a_broken_labels_file_is_reported(tmp_path: Path) -> None:
 def test_export_import_round_trip(tmp_path: Path) -> None:
     source = collection(tmp_path / "a")
     added = fill(source, 1, "european", range(4))
-    data = source.export_zip()
+    data = source.export_zip().data
     target = collection(tmp_path / "b")
     imported = target.import_zip(data)
     assert [d.id for d in imported] == [d.id for d in source.list()] == [d.id for d in target.list()]
@@ -154,6 +154,28 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         assert np.array_equal(target.pixels(d.id), source.pixels(d.id))
         assert np.array_equal(target.original(d.id), source.original(d.id))
     assert target.import_zip(data) == [] and len(target.list()) == len(added)  # the same zip again adds nothing
+
+
+def test_export_leaves_out_a_drawing_with_a_damaged_picture_so_that_its_own_import_accepts_it(tmp_path: Path) -> None:
+    source = collection(tmp_path / "a")
+    added = fill(source, 1, digits=range(5))
+    truncated, garbled, missing_file, *kept = added
+    image = source.folder / "images" / f"{truncated.id}.png"
+    image.write_bytes(image.read_bytes()[:50])
+    original = source.folder / "originals" / f"{garbled.id}.png"
+    data = bytearray(original.read_bytes())
+    data[40:60] = bytes(20)
+    original.write_bytes(bytes(data))
+    (source.folder / "images" / f"{missing_file.id}.png").unlink()
+    export = source.export_zip()
+    assert [d.id for d in export.exported] == [d.id for d in kept]
+    reasons = {d.id: why for d, why in export.skipped}
+    assert list(reasons) == [truncated.id, garbled.id, missing_file.id]
+    assert reasons[truncated.id].startswith(f"{image} is not a readable PNG picture")
+    assert reasons[garbled.id].startswith(f"{original} is not a readable PNG picture")
+    assert "No such file" in reasons[missing_file.id]
+    target = collection(tmp_path / "b")
+    assert [d.id for d in target.import_zip(export.data)] == [d.id for d in kept]
 
 
 def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
@@ -179,7 +201,7 @@ def _png(array: np.ndarray) -> bytes:
 def good_entries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     c = collection(tmp_path_factory.mktemp("zip-source"))
     fill(c, 1, digits=range(3))
-    with zipfile.ZipFile(io.BytesIO(c.export_zip())) as zf:
+    with zipfile.ZipFile(io.BytesIO(c.export_zip().data)) as zf:
         return {name: zf.read(name) for name in zf.namelist()}
 
 

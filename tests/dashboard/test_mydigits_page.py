@@ -126,7 +126,7 @@ def test_a_bad_zip_is_refused_with_an_error_and_changes_nothing(
     kind: str, trained_dir: Path, mnist: MnistData, tmp_path: Path
 ) -> None:
     collection = fill(trained_dir, mnist, {1: 2})
-    other = fill(tmp_path / "other", mnist, {5: 2}).export_zip()
+    other = fill(tmp_path / "other", mnist, {5: 2}).export_zip().data
     labels_before = (collection.folder / "labels.json").read_bytes()
     files_before = sorted(p.relative_to(collection.folder) for p in collection.folder.rglob("*"))
 

@@ -79,6 +79,15 @@ class MyDigit:
         return d
 
 
+@dataclass(frozen=True)
+class ZipExport:
+    """A zip of the collection (MyDigits.export_zip): its bytes, the drawings in it, and those left out with why."""
+
+    data: bytes
+    exported: list[MyDigit]
+    skipped: list[tuple[MyDigit, str]]
+
+
 def _check_label(label: Any) -> int:
     if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= int(label) <= 9:
         raise ConfigError("label", f"must be a digit from 0 to 9, got {label!r}")
@@ -296,22 +305,36 @@ class MyDigits:
                 (self.folder / sub / f"{digit_id}.png").unlink(missing_ok=True)
 
     # --- zip ------------------------------------------------------------------------------------
-    def export_zip(self) -> bytes:
-        """labels.json, images/<id>.png and originals/<id>.png of every drawing, as a zip archive."""
-        digits = self.list()
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(
-                LABELS, json.dumps({"version": FORMAT_VERSION, "digits": [d.to_dict() for d in digits]}, indent=2)
-            )
-            for d in digits:
+    def export_zip(self) -> ZipExport:
+        """labels.json, images/<id>.png and originals/<id>.png of every drawing whose two pictures read as
+        import_zip will check them, as a zip archive; a drawing with a missing, truncated or garbled picture is
+        left out (and named in `skipped`), so that the zip is always one its own import accepts."""
+        exported: list[MyDigit] = []
+        skipped: list[tuple[MyDigit, str]] = []
+        pictures: dict[str, bytes] = {}
+        for d in self.list():
+            try:
                 for sub in (IMAGES, ORIGINALS):
                     path = self.folder / sub / f"{d.id}.png"
                     try:
-                        zf.writestr(f"{sub}/{d.id}.png", path.read_bytes())
+                        data = path.read_bytes()
                     except OSError as exc:
-                        raise ArtifactError(f"{path} cannot be read ({exc})") from exc
-        return buffer.getvalue()
+                        raise ValueError(f"{path} cannot be read ({exc.strerror or exc})") from None
+                    _decode_png(data, str(path), prepared=sub == IMAGES)
+                    pictures[f"{sub}/{d.id}.png"] = data
+            except ValueError as exc:
+                skipped.append((d, str(exc)))
+                continue
+            exported.append(d)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(
+                LABELS, json.dumps({"version": FORMAT_VERSION, "digits": [d.to_dict() for d in exported]}, indent=2)
+            )
+            for d in exported:
+                for sub in (IMAGES, ORIGINALS):
+                    zf.writestr(f"{sub}/{d.id}.png", pictures[f"{sub}/{d.id}.png"])
+        return ZipExport(buffer.getvalue(), exported, skipped)
 
     def import_zip(self, data: bytes) -> list[MyDigit]:
         """Add the drawings of an exported zip. Every entry is checked first; on any problem
