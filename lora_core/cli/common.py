@@ -93,8 +93,8 @@ def choose_adapter(args: argparse.Namespace, store: Any, base: Any) -> str | Non
     usable = [r for r in records if not r.error and r.base_sha256 == base.fingerprint]
     if not usable:
         if records:
-            names = ", ".join(r.name for r in records)
-            say(f"No saved adapter fits this base model (saved: {names}); showing the base model alone.")
+            why = "; ".join(f"{r.name}: {r.error or 'trained on another base model'}" for r in records)
+            say(f"No saved adapter can be used with this base model ({why}); showing the base model alone.")
         else:
             say("No adapter is saved yet; showing the base model alone (python -m lora_core finetune makes one).")
         return None

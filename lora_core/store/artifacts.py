@@ -4,7 +4,7 @@
     <artifacts>/base/model.json               architecture, normalisation, training, metrics, data MD5s
     <artifacts>/adapters/<name>/adapter_model.safetensors   PEFT keys: base_model.model.<layer>.lora_A.weight
     <artifacts>/adapters/<name>/adapter_config.json         PEFT's LoraConfig fields
-    <artifacts>/adapters/<name>/metrics.json                before/after evaluation, base fingerprint
+    <artifacts>/adapters/<name>/metrics.json                before/after evaluation, base fingerprint, weights' sha256
 
 Every file is written to a staging folder and swapped in whole (see fileio.replace_dir).
 
@@ -110,7 +110,7 @@ class AdapterRecord:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _held = threading.local()  # per thread: {artifacts folder: depth} of the writer locks it holds
-_verified_weights: set[tuple[Any, ...]] = set()  # base weight files whose sha256 was checked, by identity
+_verified_weights: set[tuple[Any, ...]] = set()  # weight files whose sha256 was checked, by identity
 _verified_lock = threading.Lock()
 
 
@@ -356,20 +356,17 @@ class ArtifactStore:
         """Save adapter `name`; with overwrite=False, refuse if it exists now (checked under the lock)."""
         config = lora_model.adapter_config(name)
         tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in lora_model.adapter_state_dict(name).items()}
+        weights = save_safetensors_bytes(tensors, metadata={"format": "pt"})
         final = self.adapter_dir(name)
         with self.writing(f"saving adapter {name!r}"):
             if not overwrite and current_dir(final) is not None:
                 raise AdapterExistsError(name)
             staging = new_staging_dir(final)
             try:
-                atomic_write_bytes(
-                    staging / ADAPTER_WEIGHTS, save_safetensors_bytes(tensors, metadata={"format": "pt"})
-                )
+                atomic_write_bytes(staging / ADAPTER_WEIGHTS, weights)
                 atomic_write_json(staging / ADAPTER_CONFIG, config.to_peft())
-                atomic_write_json(
-                    staging / ADAPTER_METRICS,
-                    {"name": name, "base_sha256": base_sha256, "created": now_iso(), **metrics},
-                )
+                record = {"name": name, "base_sha256": base_sha256, "weights_sha256": sha256_bytes(weights)}
+                atomic_write_json(staging / ADAPTER_METRICS, {**record, "created": now_iso(), **metrics})
                 replace_dir(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -397,7 +394,7 @@ class ArtifactStore:
                 names.add(entry.name[1 : -len(".previous")])
         records = []
         for name in sorted(names):
-            read = self._read(self.adapters_dir / name, (ADAPTER_CONFIG, ADAPTER_METRICS))
+            read = self._read(self.adapters_dir / name, (ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS))
             if read is not None:
                 records.append(_adapter_record(name, *read))
         return records
@@ -405,8 +402,9 @@ class ArtifactStore:
     def adapter_names(self) -> list[str]:
         return [r.name for r in self.list_adapters()]
 
-    def _read_adapter_files(self, name: str, *names: str) -> tuple[Path, dict[str, FileRead]]:
-        read = self._read(self.adapter_dir(name), (ADAPTER_CONFIG, ADAPTER_METRICS, *names))
+    def _read_adapter_files(self, name: str) -> tuple[Path, dict[str, FileRead]]:
+        """One consistent version of the adapter's three files."""
+        read = self._read(self.adapter_dir(name), (ADAPTER_CONFIG, ADAPTER_METRICS, ADAPTER_WEIGHTS))
         if read is None:
             known = ", ".join(self.adapter_names()) or "none"
             raise ArtifactError(f"no adapter called {name!r} in {self.adapters_dir} (saved: {known})")
@@ -422,8 +420,8 @@ class ArtifactStore:
         self, lora_model: LoraModel, name: str, base_sha256: str, as_name: str | None = None
     ) -> AdapterRecord:
         """Check adapter `name` against this base model and add it to `lora_model` (not activated)."""
-        folder, files = self._read_adapter_files(name, ADAPTER_WEIGHTS)  # one consistent version of all three
-        record = _adapter_record(name, folder, files)
+        folder, files = self._read_adapter_files(name)
+        record = _adapter_record(name, folder, files, rehash=True)
         if record.error:
             raise ArtifactError(record.error)
         if record.base_sha256 != base_sha256:
@@ -438,8 +436,7 @@ class ArtifactStore:
         except ConfigError as exc:
             raise ArtifactError(f"{record.path / ADAPTER_CONFIG} does not fit the base model: {exc}") from exc
         weights_path = record.path / ADAPTER_WEIGHTS
-        if files[ADAPTER_WEIGHTS].data is None:
-            raise ArtifactError(f"{weights_path} is missing")
+        assert files[ADAPTER_WEIGHTS].data is not None  # _adapter_record checked it
         dtype = next(lora_model.model.parameters()).dtype
         expected = {k: (shape, dtype) for k, shape in lora_model.expected_adapter_shapes(record.config).items()}
         tensors = _parse_safetensors(files[ADAPTER_WEIGHTS].data, weights_path, expected)
@@ -484,7 +481,7 @@ class ArtifactStore:
         import io
         import zipfile
 
-        _, files = self._read_adapter_files(name, ADAPTER_WEIGHTS)
+        _, files = self._read_adapter_files(name)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
             for file_name in sorted(files):
@@ -509,15 +506,46 @@ def _base_meta_from(file: FileRead, path: Path) -> dict[str, Any]:
     return _check_base_meta(_json_from(file, path), path)
 
 
-def _adapter_record(name: str, folder: Path, files: dict[str, FileRead]) -> AdapterRecord:
+def _adapter_record(name: str, folder: Path, files: dict[str, FileRead], *, rehash: bool = False) -> AdapterRecord:
+    """The adapter as listed, or the reason it cannot be used. Its weights are hashed once per version on disk
+    for listing, and every time with `rehash` (loading them, as load_base does)."""
     try:
         config = _config_from(_json_from(files[ADAPTER_CONFIG], folder / ADAPTER_CONFIG), folder / ADAPTER_CONFIG)
         metrics = _json_from(files[ADAPTER_METRICS], folder / ADAPTER_METRICS)
         if not isinstance(metrics.get("base_sha256"), str):
             raise ArtifactError(f"{folder / ADAPTER_METRICS}: missing the base model fingerprint 'base_sha256'")
+        _check_adapter_weights(files[ADAPTER_WEIGHTS], metrics.get("weights_sha256"), folder, rehash)
         return AdapterRecord(name, folder, config, metrics)
     except ArtifactError as exc:
         return AdapterRecord(name, folder, None, None, str(exc))
+
+
+def _check_adapter_weights(weights: FileRead, recorded: Any, folder: Path, rehash: bool) -> None:
+    """The weights file is there and is the one metrics.json records (hashed again only when the file changes).
+    An adapter saved before the sha256 was recorded is checked as far as it can be: a complete safetensors file."""
+    path = folder / ADAPTER_WEIGHTS
+    if weights.data is None:
+        raise ArtifactError(f"{path} is missing")
+    if not weights.data:
+        raise ArtifactError(f"{path} is empty; fine-tune the adapter again")
+    if recorded is not None and not (isinstance(recorded, str) and len(recorded) == 64):
+        raise ArtifactError(f"{folder / ADAPTER_METRICS}: 'weights_sha256' should be a sha256, found {recorded!r}")
+    identity = (*(weights.identity or ()), recorded)
+    with _verified_lock:
+        if not rehash and weights.identity is not None and identity in _verified_weights:
+            return
+    if recorded is not None and sha256_bytes(weights.data) != recorded:
+        raise ArtifactError(
+            f"{path} does not match the sha256 recorded in metrics.json: the file was damaged or changed after "
+            "it was saved; fine-tune the adapter again"
+        )
+    if recorded is None:
+        try:
+            load_safetensors_bytes(weights.data)
+        except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+            raise ArtifactError(f"{path} is not a valid safetensors file ({exc})") from exc
+    with _verified_lock:
+        _verified_weights.add(identity)
 
 
 # --- validation helpers ------------------------------------------------------------------------

@@ -287,3 +287,25 @@ def test_precision_defaults_come_from_each_commands_settings():
     for command, default in defaults.items():
         assert parser.parse_args([command, *required.get(command, [])]).precision == default, command
     assert FinetuneConfig().precision == TrainConfig().precision  # study's one --precision sets both
+
+
+def test_damaged_adapter_weights_stop_every_command_that_reads_them(trained_artifacts, tmp_path, places, capsys):
+    root = tmp_path / "art"
+    shutil.copytree(trained_artifacts, root)
+    weights = root / "adapters" / "small" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 32] = bytes(range(32))  # still parses, with other numbers
+    weights.write_bytes(bytes(data))
+    picture = str(sorted(Path(places["pictures"]).iterdir())[0])
+    damaged = (
+        f"{weights} does not match the sha256 recorded in metrics.json: the file was damaged or changed after it was "
+        "saved; fine-tune the adapter again"
+    )
+    for command in (["evaluate"], ["inspect"], ["predict", picture]):
+        named = run_cli_in_process(capsys, [*command, "--adapter", "small", "--artifacts", str(root)])
+        assert (named.returncode, named.stderr.strip()) == (2, f"error: {damaged}"), command
+        chosen = run_cli_in_process(capsys, [*command, "--artifacts", str(root)])  # the default: skipped, and why
+        assert chosen.returncode == 0, command
+        assert chosen.stdout.startswith(
+            f"No saved adapter can be used with this base model (small: {damaged}); showing the base model alone.\n"
+        ), (command, chosen.stdout)

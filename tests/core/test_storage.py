@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from datetime import datetime, timedelta
@@ -267,7 +268,23 @@ class _Evil:
 
 
 def _save_weights(store: ArtifactStore, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(store.adapter_dir("a") / ADAPTER_WEIGHTS))
+    """A weights file written whole by another tool, with its sha256 recorded: wrong in content, not damaged."""
+    path = store.adapter_dir("a") / ADAPTER_WEIGHTS
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    _edit_json(store, ADAPTER_METRICS, lambda d: d.update(weights_sha256=sha256_bytes(path.read_bytes())))
+
+
+def _overwrite_32_bytes_mid_file(store, tmp_path):
+    path = store.adapter_dir("a") / ADAPTER_WEIGHTS
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 32] = bytes(range(32))  # finite float32 values: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def _truncated_without_a_recorded_sha(store, tmp_path):
+    _edit_json(store, ADAPTER_METRICS, lambda d: d.pop("weights_sha256"))  # as adapters saved before it was recorded
+    _corrupt_truncated(store, tmp_path)
 
 
 def _good_tensors(store: ArtifactStore) -> dict[str, torch.Tensor]:
@@ -330,9 +347,15 @@ def _edit_json(store, name, change):
 
 
 WEIGHT_CORRUPTIONS = {
-    "truncated": (_corrupt_truncated, ADAPTER_WEIGHTS),
+    "truncated": (_corrupt_truncated, "does not match the sha256 recorded in metrics.json"),
+    "32-bytes-overwritten": (_overwrite_32_bytes_mid_file, "does not match the sha256 recorded in metrics.json"),
+    "truncated-no-sha-recorded": (_truncated_without_a_recorded_sha, "is not a valid safetensors file"),
+    "metrics-sha-not-a-sha": (
+        lambda s, t: _edit_json(s, ADAPTER_METRICS, lambda d: d.update(weights_sha256=12)),
+        "'weights_sha256' should be a sha256, found 12",
+    ),
     "not-safetensors": (_corrupt_not_safetensors, ADAPTER_WEIGHTS),
-    "empty": (_corrupt_empty, ADAPTER_WEIGHTS),
+    "empty": (_corrupt_empty, "is empty"),
     "wrong-shape": (_corrupt_shape, "linear1.lora_A.weight"),
     "transposed": (_corrupt_transposed, "linear3.lora_B.weight"),
     "float64": (_corrupt_dtype, "float64"),
@@ -416,11 +439,26 @@ def test_pickle_adapter_is_never_unpickled(store, tmp_path):
     assert not marker.exists()
 
 
-def test_broken_adapter_is_listed_with_its_error(store):
+def test_broken_adapter_is_listed_with_its_error(store, tmp_path):
     (store.adapter_dir("a") / ADAPTER_CONFIG).write_text("not json")
     records = store.list_adapters()
     assert [r.name for r in records] == ["a"]
     assert records[0].config is None and ADAPTER_CONFIG in records[0].error
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "32-bytes-overwritten", "weights-missing"])
+def test_damaged_weights_are_listed_with_their_error(store, tmp_path, damage):
+    assert store.list_adapters()[0].error is None  # listed once as sound: the check is not remembered past a change
+    WEIGHT_CORRUPTIONS[damage][0](store, tmp_path)
+    (record,) = store.list_adapters()
+    assert record.config is None and str(store.adapter_dir("a") / ADAPTER_WEIGHTS) in record.error
+    with pytest.raises(ArtifactError, match=re.escape(record.error)):
+        store.read_adapter("a")
+
+
+def test_saved_metrics_record_the_weights_sha256(store):
+    recorded = json.loads((store.adapter_dir("a") / ADAPTER_METRICS).read_text())["weights_sha256"]
+    assert recorded == sha256_bytes((store.adapter_dir("a") / ADAPTER_WEIGHTS).read_bytes())
 
 
 def test_unknown_adapter_is_an_artifact_error(store):
@@ -847,8 +885,8 @@ def test_adapter_errors_name_the_file_type_and_keys(store):
     tensors.pop("base_model.model.linear1.lora_B.weight")
     tensors["extra"] = torch.zeros(1)
     tensors["extra2"] = torch.zeros(1)
-    _save_weights(store, tensors)
     (store.adapter_dir("a") / ADAPTER_METRICS).write_text(json.dumps({"base_sha256": "f" * 64}))
+    _save_weights(store, tensors)
     lora_model, _ = fresh_lora(store)
     with pytest.raises(ArtifactError) as info:
         store.load_adapter(lora_model, "a", "f" * 64)

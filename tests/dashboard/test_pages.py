@@ -127,11 +127,18 @@ def test_pages_without_an_adapter_offer_fine_tuning(trained_dir: Path) -> None:
         assert any(b.label == FINETUNE_LABEL for b in at.button), page
 
 
-@pytest.mark.parametrize("damage", ["broken", "stale"])
+@pytest.mark.parametrize("damage", ["broken", "weights-overwritten", "weights-empty", "stale"])
 def test_broken_or_stale_adapters_are_shown_not_fatal(trained_dir: Path, damage: str) -> None:
     folder = trained_dir / "adapters" / "small"
+    weights = folder / "adapter_model.safetensors"
     if damage == "broken":
         (folder / "adapter_config.json").write_text("{not json")
+    elif damage == "weights-overwritten":  # 32 bytes mid-file: still a valid safetensors file, other numbers
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 32] = bytes(range(32))
+        weights.write_bytes(bytes(data))
+    elif damage == "weights-empty":
+        weights.write_bytes(b"")
     else:
         metrics = json.loads((folder / "metrics.json").read_text())
         metrics["base_sha256"] = "0" * 64
@@ -142,12 +149,14 @@ def test_broken_or_stale_adapters_are_shown_not_fatal(trained_dir: Path, damage:
         assert_clean(at)
     visit(at, "finetune")
     table = at.dataframe[0].value
-    shown = {"broken": "broken", "stale": "stale: other base model"}[damage]
+    shown = "stale: other base model" if damage == "stale" else "broken"
     assert dict(zip(table["name"], table["status"], strict=True)) == {"small": shown}
     broken_warnings = [str(w.value) for w in at.warning if "`small` is broken" in str(w.value)]
-    assert len(broken_warnings) == (1 if damage == "broken" else 0), broken_warnings
+    assert len(broken_warnings) == (0 if damage == "stale" else 1), broken_warnings
+    if damage.startswith("weights-"):
+        assert str(weights) in broken_warnings[0]
     sidebar = [str(m.value) for m in at.sidebar.markdown]
-    marker = {"broken": "broken", "stale": "stale (other base)"}[damage]
+    marker = "stale (other base)" if damage == "stale" else "broken"
     assert any("`small`" in line and marker in line for line in sidebar), sidebar
     assert at.session_state["active_adapter"] is None
 
