@@ -86,13 +86,8 @@ def show_sweep(result: SweepResult) -> None:
     st.markdown(
         f"**{result.kind.capitalize()} sweep on {task['spec']}**: {task['label']} · base model `{base_info['name']}`"
     )
-    fixed = f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}"
-    if result.kind == "rank":
-        fixed += f", alpha {settings['alpha']}"
-    else:
-        fixed += f", rank {settings['rank']} (alpha {settings['alpha']:g})"
     st.caption(
-        f"Every point: {fixed} on {', '.join(settings['targets'])} · the base model reads "
+        f"Every point: {result.fixed_settings()} on {', '.join(settings['targets'])} · the base model reads "
         f"{pct(base_info['task_accuracy'])} of the task and {pct(base_info['plain_accuracy'])} of plain MNIST · "
         f"{result.seconds:.1f} s in all · {ui.when(result.created)}"
     )

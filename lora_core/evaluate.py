@@ -4,18 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.errors import NonFiniteOutputs
 from lora_core.model import NUM_CLASSES
+from lora_core.numbers import Number
 
 
 def weakest_digit(per_digit_accuracy: Sequence[float]) -> int:
     """The digit with the lowest accuracy (the smaller digit on ties)."""
     return min(range(len(per_digit_accuracy)), key=lambda d: (per_digit_accuracy[d], d))
+
+
+class EvaluationSummary(TypedDict):
+    """Evaluation.summary as saved (the schema lora_core.store.results checks on reading)."""
+
+    accuracy: Number
+    per_digit_accuracy: list[Number]
+    wrong_counts: list[int]
+    support: list[int]
+    confusion: list[list[int]]
+    misclassified: NotRequired[list[int]]
+
+
+class EvaluationDifference(TypedDict):
+    """compare()'s record as saved."""
+
+    accuracy_delta: Number
+    per_digit_delta: list[Number]
+    wrong_counts_delta: list[int]
+    confusion_delta: list[list[int]]
+    fixed: NotRequired[list[int]]
+    broken: NotRequired[list[int]]
 
 
 @dataclass

@@ -1,9 +1,15 @@
-"""Plain numbers: the one check for "a finite real number" and the one percentage format."""
+"""Plain numbers: the one check for "a finite real number", its type for saved files' schemas, and the one
+percentage format."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AllowInfNan
+
+# A saved file's number, in the schemas of lora_core.store.results: an int or a float, never NaN or infinite.
+Number = Annotated[float, AllowInfNan(False)]
 
 
 def is_finite_number(value: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -118,6 +119,36 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory, small_mnist: Mni
     train_and_save_base(store, small_mnist, SMALL_TRAIN_CONFIG)
     base, lora_model = load_base_for_lora(store, "cpu")
     finetune_and_save_adapter(store, base, lora_model, small_mnist, SMALL_FINETUNE_CONFIG, name="small")
+    return root
+
+
+@pytest.fixture(scope="session")
+def saved_results(trained_artifacts: Path, small_mnist: MnistData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trained_artifacts` plus one file of every format the lab saves, from real short runs: an experiment
+    (rotate:45, its adapter 'rotate-45'), a rank sweep, the analysis (adapters.json, memory.json) and the
+    personal adapter on 30 synthetic drawings (its result.json). Read-only, like trained_artifacts."""
+    from benchmarks.writers import WRITERS, draw
+    from lora_core.lab.analysis import AnalysisSettings, run_analysis
+    from lora_core.lab.experiment_settings import ExperimentSettings
+    from lora_core.lab.experiments import run_experiment
+    from lora_core.lab.mydigits.collection import MyDigits
+    from lora_core.lab.mydigits.personal import PersonalSettings, train_personal
+    from lora_core.lab.sweeps import run_sweep
+    from lora_core.lab.tasks import parse_task
+
+    root = tmp_path_factory.mktemp("saved-results") / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    store = ArtifactStore(root)
+    quick = ExperimentSettings(methods=("lora", "head"), steps=2, batch_size=32, rank=2, device="cpu")
+    run_experiment(store, small_mnist, parse_task("rotate:45"), quick, adapter_name="rotate-45")
+    run_sweep(store, small_mnist, parse_task("weakest"), "rank", [1, 2], quick)
+    analysis = dict(small_rank=2, large_rank=4, steps=2, batch_size=32, memory_ranks=(2,), memory_steps=1, directions=2)
+    run_analysis(store, small_mnist, AnalysisSettings(**analysis, device="cpu"))
+    collection = MyDigits(store)
+    for digit in range(10):
+        for sample in range(3):
+            collection.add(draw(WRITERS[1], digit, sample), digit)
+    train_personal(store, small_mnist, PersonalSettings(steps=2, batch_size=32, device="cpu"))
     return root
 
 

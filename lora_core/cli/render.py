@@ -281,12 +281,7 @@ def sweep_report(result: Any) -> None:
     task, base, settings = result.task, result.base, result.settings
     domain = bool(task["domain"])
     say(f"\n{result.kind.capitalize()} sweep on {task['spec']}: {task['label']}")
-    fixed = f"{settings['steps']} steps of batch {settings['batch_size']}, seed {settings['seed']}"
-    if result.kind == "rank":
-        fixed += f", alpha {settings['alpha']}"
-    else:
-        fixed += f", rank {settings['rank']} (alpha {settings['alpha']:g})"
-    say(f"Every point: {fixed}, on {', '.join(settings['targets'])}")
+    say(f"Every point: {result.fixed_settings()}, on {', '.join(settings['targets'])}")
     task_header = _task_header(task)
     others = "plain MNIST" if domain else "other digits"
     headers = [

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.errors import ConfigError
 from lora_core.lab.run import alpha_for, finetune_config
 from lora_core.lab.tasks import Task
 from lora_core.model import LAYER_NAMES, MLP
+from lora_core.numbers import Number
 from lora_core.precision import check_precision
 from lora_core.train import FinetuneConfig, check_int, check_lr
 
@@ -24,6 +27,39 @@ HEAD_LAYER = "linear3"
 # unseen:8,9 at full size (seed 0, rank 8, 600 steps of batch 128): replay 0.5 reached 97.48% on 8-9 but
 # 96.80% over all ten digits; 0.75 reached 96.27% and 97.19%, both above 96% and 97%
 UNSEEN_REPLAY = 0.75
+
+
+class _CommonSettingsRecord(TypedDict):
+    methods: list[str]
+    targets: list[str]
+    steps: int
+    batch_size: int
+    seed: int
+    lora_lr: Number
+    full_lr: Number
+    head_lr: Number
+    replay: Number | None
+    lr_schedule: str
+    precision: str
+    device: str
+    replay_used: NotRequired[Number | None]
+
+
+class SettingsRecord(_CommonSettingsRecord):
+    """ExperimentSettings.to_dict as an experiment saves it."""
+
+    rank: int
+    alpha: Number
+
+
+class SweepSettingsRecord(_CommonSettingsRecord):
+    """The same as a sweep saves it: None for the swept setting, "2 x rank" for alpha in a rank sweep, and the
+    values swept."""
+
+    rank: int | None
+    alpha: Number | str
+    values: list[Number]
+    default_replay: NotRequired[Number | None]
 
 
 @dataclass

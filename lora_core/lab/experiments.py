@@ -30,20 +30,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ConfigError
-from lora_core.evaluate import evaluate
-from lora_core.lab.experiment_settings import HEAD_LAYER, METHOD_LABELS, METHODS, ExperimentSettings
+from lora_core.evaluate import EvaluationSummary, evaluate
+from lora_core.lab.experiment_settings import HEAD_LAYER, METHOD_LABELS, METHODS, ExperimentSettings, SettingsRecord
 from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter
-from lora_core.lab.task_context import TaskContext, prepare_task
-from lora_core.lab.tasks import Task
+from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
+from lora_core.lab.tasks import Task, TaskRecord
 from lora_core.model import MLP
+from lora_core.numbers import Number
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 from lora_core.store.bases import base_store
 from lora_core.store.results import (
+    RunRecord,
     check_format,
     known_fields,
     load_result,
@@ -150,6 +154,42 @@ class ExperimentResult:
         )
 
 
+class MethodRecord(TypedDict):
+    """MethodResult as saved."""
+
+    method: str
+    lr: Number
+    trainable_params: int
+    stored_bytes: int
+    stored_what: str
+    seconds: Number
+    wall_seconds: Number
+    samples_per_s: Number
+    final_loss: Number | None
+    peak_memory_bytes: int
+    memory_measure: str
+    train_state_bytes: int
+    task: EvaluationSummary
+    plain: EvaluationSummary
+    task_accuracy: Number
+    plain_accuracy: Number
+    kept_accuracy: Number
+    adapter: NotRequired[str | None]
+    adapter_path: NotRequired[str | None]
+    adapter_off_plain: NotRequired[EvaluationSummary | None]
+    adapter_off_equals_base: NotRequired[bool | None]
+
+
+class ExperimentRecord(RunRecord):
+    """An experiment's saved file (ExperimentResult.to_dict): the schema its reader checks."""
+
+    format: str
+    task: TaskRecord
+    settings: SettingsRecord
+    base: BaseRecord
+    methods: list[MethodRecord]
+
+
 # --- where things are stored ---------------------------------------------------------------------------
 def list_experiments(store: ArtifactStore) -> list[Path]:
     """Saved experiment results, newest first."""
@@ -158,7 +198,7 @@ def list_experiments(store: ArtifactStore) -> list[Path]:
 
 
 def load_experiment(path: Path | str) -> ExperimentResult:
-    return load_result(path, "experiment result", ExperimentResult.from_dict)
+    return load_result(path, "experiment result", ExperimentResult.from_dict, ExperimentRecord, FORMAT)
 
 
 # --- the methods ---------------------------------------------------------------------------------------------

@@ -25,19 +25,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiment_settings import ExperimentSettings, SweepSettingsRecord
 from lora_core.lab.experiments import run_method
 from lora_core.lab.run import RunContext, environment
-from lora_core.lab.task_context import TaskContext, prepare_task
-from lora_core.lab.tasks import Task
+from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
+from lora_core.lab.tasks import Task, TaskRecord
 from lora_core.lora import LoraConfig
-from lora_core.numbers import is_finite_number
+from lora_core.numbers import Number, is_finite_number
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.results import (
+    RunRecord,
     check_format,
     known_fields,
     load_result,
@@ -101,6 +104,15 @@ class SweepResult:
     @property
     def values(self) -> list[float]:
         return [p.value for p in self.points]
+
+    def fixed_settings(self) -> str:
+        """What every point shares, in words: '600 steps of batch 128, seed 0, rank 8 (alpha 16)'."""
+        s = self.settings
+        alpha = s["alpha"] if isinstance(s["alpha"], str) else f"{s['alpha']:g}"
+        fixed = f"{s['steps']} steps of batch {s['batch_size']}, seed {s['seed']}"
+        if s["rank"] is None:  # the swept setting
+            return f"{fixed}, alpha {alpha}"
+        return f"{fixed}, rank {s['rank']} (alpha {alpha})"
 
     def point(self, value: float) -> SweepPoint | None:
         return next((p for p in self.points if p.value == value), None)
@@ -197,6 +209,42 @@ def _replay_reading(points: list[SweepPoint], default: float, domain: bool) -> s
     return "; ".join(parts) + "."
 
 
+class SweepPointRecord(TypedDict):
+    """SweepPoint as saved."""
+
+    value: Number
+    task_accuracy: Number
+    plain_accuracy: Number
+    kept_accuracy: Number
+    task_gain: Number
+    kept_change: Number
+    plain_change: Number
+    trainable_params: int
+    stored_bytes: int
+    seconds: Number
+    wall_seconds: Number
+    samples_per_s: Number
+    final_loss: Number | None
+    layer_ranks: dict[str, int]
+    task_per_digit: list[Number]
+    plain_per_digit: list[Number]
+    adapter_off_equals_base: bool | None
+
+
+class SweepRecord(RunRecord):
+    """A sweep's saved file (SweepResult.to_dict): the schema its reader checks."""
+
+    format: str
+    kind: str
+    task: TaskRecord
+    settings: SweepSettingsRecord
+    base: BaseRecord
+    points: list[SweepPointRecord]
+    marked: Number | None
+    within_points: NotRequired[Number | None]
+    reading: str
+
+
 # --- storing -------------------------------------------------------------------------------------------
 def list_sweeps(store: ArtifactStore, kind: str | None = None) -> list[Path]:
     """Saved sweep results (of `kind`, rank or replay, or all), newest first."""
@@ -204,7 +252,7 @@ def list_sweeps(store: ArtifactStore, kind: str | None = None) -> list[Path]:
 
 
 def load_sweep(path: Path | str) -> SweepResult:
-    return load_result(path, "sweep result", SweepResult.from_dict)
+    return load_result(path, "sweep result", SweepResult.from_dict, SweepRecord, FORMAT)
 
 
 def _save(store: ArtifactStore, task: Task, result: SweepResult) -> Path:

@@ -16,20 +16,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError
-from lora_core.evaluate import Evaluation, evaluate
+from lora_core.evaluate import Evaluation, EvaluationSummary, evaluate
 from lora_core.lab.study import load_base_for_lora, train_and_save_base
 from lora_core.lab.tasks import Task, accuracy_on, without_digits
 from lora_core.lora import LoraModel
 from lora_core.model import MLP
+from lora_core.numbers import Number
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 from lora_core.store.bases import base_store
 from lora_core.train import ProgressCallback, TrainConfig, finetune, train_parameters
 
 if TYPE_CHECKING:
     from lora_core.lab.experiment_settings import ExperimentSettings
+
+
+class BaseRecord(TypedDict):
+    """TaskContext.base_dict as saved: the base model and its scores on the task, before any training."""
+
+    name: str
+    path: str
+    sha256: str
+    parameters: int
+    left_out_digits: list[int] | None
+    task: EvaluationSummary
+    plain: EvaluationSummary
+    task_accuracy: Number
+    plain_accuracy: Number
+    kept_accuracy: Number
 
 
 @dataclass

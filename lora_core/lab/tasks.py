@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MEAN, STD, MnistData
 from lora_core.errors import ConfigError
@@ -155,7 +156,7 @@ class Task:
         return tuple(range(10))
 
     def describe(self, weakest: int | None = None) -> dict[str, Any]:
-        """The task for JSON files."""
+        """The task for JSON files (TaskRecord)."""
         targets = self.target_digits(weakest) if self.kind != "weakest" or weakest is not None else None
         return {
             "spec": self.spec,
@@ -309,6 +310,17 @@ def accuracy_on(summary: dict[str, Any], digits: Sequence[int]) -> float:
     correct = sum(summary["confusion"][d][d] for d in digits)
     support = sum(summary["support"][d] for d in digits)
     return correct / support if support else 0.0
+
+
+class TaskRecord(TypedDict):
+    """Task.describe as saved (the schema lora_core.store.results checks on reading)."""
+
+    spec: str
+    kind: str
+    label: str
+    domain: bool
+    target_digits: list[int] | None
+    base: str | None
 
 
 def task_of(metrics: Mapping[str, Any] | None) -> Task | None:

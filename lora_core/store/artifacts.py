@@ -35,16 +35,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NotRequired, ParamSpec, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
+from lora_core.evaluate import EvaluationDifference, EvaluationSummary
 from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
 from lora_core.model import IN_FEATURES, LAYER_NAMES, MLP, NUM_CLASSES
+from lora_core.numbers import Number
 from lora_core.store.fileio import (
     FileRead,
     FileTooLarge,
@@ -60,6 +63,7 @@ from lora_core.store.fileio import (
     replace_dir,
 )
 from lora_core.store.paths import default_artifacts_dir
+from lora_core.store.schema import check_schema
 
 BASE_FORMAT = "lora_core.base.v1"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -90,6 +94,56 @@ class BaseModelRecord:
     @property
     def fingerprint(self) -> str:
         return str(self.meta["sha256"])
+
+
+class _FinetuneRecord(TypedDict):
+    """The settings an adapter was trained with, as each workflow records them (study, experiment, personal)."""
+
+    digits: NotRequired[list[int] | None]
+    rank: NotRequired[int]
+    alpha: NotRequired[Number]
+    targets: NotRequired[list[str]]
+    steps: NotRequired[int]
+    batch_size: NotRequired[int]
+    lr: NotRequired[Number]
+    lr_schedule: NotRequired[str]
+    replay: NotRequired[Number | None]
+    dropout: NotRequired[Number]
+    use_rslora: NotRequired[bool]
+    init: NotRequired[str]
+    seed: NotRequired[int]
+    device: NotRequired[str]
+    precision: NotRequired[str]
+    precision_used: NotRequired[str]
+    precision_reason: NotRequired[str]
+
+
+class _BaseTensorsRecord(TypedDict):
+    recorded_by: str
+    recorded: NotRequired[str]
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+class AdapterMetrics(TypedDict):
+    """An adapter's metrics.json: the schema every listing and load checks. Only the base model's fingerprint
+    is required (an adapter written by another tool may have nothing else); whatever else is there must have
+    the type the lab writes. The lab's workflows add records of their own ("task", "personal")."""
+
+    name: NotRequired[str]
+    base_sha256: str
+    weights_sha256: NotRequired[str]
+    created: NotRequired[str]
+    target_digits: NotRequired[list[int]]
+    finetune: NotRequired[_FinetuneRecord]
+    seconds: NotRequired[Number]
+    samples_per_s: NotRequired[Number]
+    final_loss: NotRequired[Number | None]
+    trainable_params: NotRequired[int]
+    before: NotRequired[EvaluationSummary]
+    after: NotRequired[EvaluationSummary]
+    difference: NotRequired[EvaluationDifference]
+    base_tensors: NotRequired[_BaseTensorsRecord]
 
 
 @dataclass
@@ -514,6 +568,7 @@ def _adapter_record(name: str, folder: Path, files: dict[str, FileRead], *, reha
         metrics = _json_from(files[ADAPTER_METRICS], folder / ADAPTER_METRICS)
         if not isinstance(metrics.get("base_sha256"), str):
             raise ArtifactError(f"{folder / ADAPTER_METRICS}: missing the base model fingerprint 'base_sha256'")
+        check_schema(metrics, AdapterMetrics, folder / ADAPTER_METRICS, "adapter's metrics file")
         _check_adapter_weights(files[ADAPTER_WEIGHTS], metrics.get("weights_sha256"), folder, rehash)
         return AdapterRecord(name, folder, config, metrics)
     except ArtifactError as exc:

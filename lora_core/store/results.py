@@ -6,8 +6,10 @@
 
 Every result is a JSON object written atomically (write_saved: a reader sees the old file or the new one), most
 with a "format" field naming its kind and version ("lora_core.experiment.v1"), which the reader checks where
-it is given one. read_saved is the one reader: it bounds the size read, never unpickles, and says in an
-ArtifactError which file is broken and why.
+it is given one. read_saved is the one reader: it bounds the size read, never unpickles, checks the document
+against its format's schema, and says in an ArtifactError which file is broken and why.
+
+Each format's schema (lora_core.store.schema) is a TypedDict beside its writer.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NotRequired, Protocol, TypeVar
+
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.errors import ArtifactError
+from lora_core.numbers import Number
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.fileio import atomic_write_json, parse_json_object
+from lora_core.store.schema import check_schema
 
 EXPERIMENTS_DIR = "experiments"
 MAX_READ_BYTES = 64 * 1024 * 1024  # far above any result; a larger file is not one
@@ -33,6 +39,28 @@ class SavedResult(Protocol):
 
 
 _Result = TypeVar("_Result", bound=SavedResult)
+
+
+# --- schemas ------------------------------------------------------------------------------------------------------
+class Environment(TypedDict):
+    """lora_core.lab.run.environment: what a run ran on."""
+
+    torch: str
+    python: str
+    threads: int
+    cpus: int | None
+    loadavg: NotRequired[list[Number] | None]
+    device: NotRequired[str]
+
+
+class RunRecord(TypedDict):
+    """run_record's fields, which every saved run ends with."""
+
+    created: str
+    seconds: Number
+    environment: Environment
+    path: NotRequired[str | None]
+    notes: NotRequired[list[str]]
 
 
 RUN_FIELDS = ("created", "seconds", "environment", "path", "notes")
@@ -74,10 +102,11 @@ def write_saved(path: Path | str, data: dict[str, Any]) -> None:
     atomic_write_json(path, data)
 
 
-def read_saved(path: Path | str, what: str, fmt: str | None = None) -> dict[str, Any]:
+def read_saved(path: Path | str, what: str, fmt: str | None = None, schema: type | None = None) -> dict[str, Any]:
     """A saved result's JSON object; ArtifactError names the file and says why it is not a saved `what`
-    ("experiment result", ...): unreadable, too large, not a JSON object, or (with `fmt`) of another format.
-    FileNotFoundError passes through, for callers to whom a missing file means "never saved"."""
+    ("experiment result", ...): unreadable, too large, not a JSON object, (with `fmt`) of another format, or
+    (with `schema`) a field missing or of the wrong type. FileNotFoundError passes through, for callers to
+    whom a missing file means "never saved"."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -91,14 +120,22 @@ def read_saved(path: Path | str, what: str, fmt: str | None = None) -> dict[str,
     data = parse_json_object(raw, path)
     if fmt is not None and data.get("format") != fmt:
         raise ArtifactError(f"{path} is not a saved {what} of format {fmt!r} (found {data.get('format')!r})")
+    if schema is not None:
+        check_schema(data, schema, path, what)
     return data
 
 
-def load_result(path: Path | str, what: str, from_dict: Callable[[dict[str, Any]], _Result]) -> _Result:
+def load_result(
+    path: Path | str,
+    what: str,
+    from_dict: Callable[[dict[str, Any]], _Result],
+    schema: type | None = None,
+    fmt: str | None = None,
+) -> _Result:
     """Read a saved result into its class; ArtifactError says why a file is not one (`what`: "sweep result", ...)."""
     path = Path(path)
     try:
-        data = read_saved(path, what)
+        data = read_saved(path, what, fmt, schema)
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path} cannot be read as a saved {what} ({exc})") from exc
     try:

@@ -186,9 +186,10 @@ def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rot
         load_experiment(tmp_path / "not-json.json")
     with pytest.raises(ArtifactError, match="a-list.json should hold a JSON object"):
         load_experiment(tmp_path / "a-list.json")
-    with pytest.raises(ArtifactError, match="incomplete.json is not a complete experiment result"):
+    with pytest.raises(ArtifactError, match="incomplete.json is not a readable experiment result: created missing"):
         load_experiment(tmp_path / "incomplete.json")
-    with pytest.raises(ArtifactError, match="not an experiment result of format"):
+    wrong_format = "a-sweep.json is not a saved experiment result of format .lora_core.experiment.v1. .found"
+    with pytest.raises(ArtifactError, match=wrong_format):
         load_experiment(tmp_path / "a-sweep.json")
 
 

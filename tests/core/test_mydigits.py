@@ -506,5 +506,6 @@ def test_a_broken_result_file_is_reported(tmp_path: Path) -> None:
     assert load_personal_result(store) is None
     (tmp_path / "mydigits").mkdir()
     (tmp_path / "mydigits" / "result.json").write_text('{"adapter": "personal"}')
-    with pytest.raises(ArtifactError, match="result.json cannot be read .*missing.*train the personal adapter again"):
+    reason = "result.json is not a readable personal adapter result: trained missing; train the personal adapter again"
+    with pytest.raises(ArtifactError, match=reason):
         load_personal_result(store)

@@ -352,7 +352,7 @@ WEIGHT_CORRUPTIONS = {
     "truncated-no-sha-recorded": (_truncated_without_a_recorded_sha, "is not a valid safetensors file"),
     "metrics-sha-not-a-sha": (
         lambda s, t: _edit_json(s, ADAPTER_METRICS, lambda d: d.update(weights_sha256=12)),
-        "'weights_sha256' should be a sha256, found 12",
+        "weights_sha256 should be a valid string, found int 12",
     ),
     "not-safetensors": (_corrupt_not_safetensors, ADAPTER_WEIGHTS),
     "empty": (_corrupt_empty, "is empty"),

@@ -221,4 +221,4 @@ def test_a_hand_edited_sweep_is_named_not_a_traceback(trained_dir: Path) -> None
     at = visit(new_app(), "experiments")
     assert_clean(at)
     warnings = [str(w.value) for w in at.warning]
-    assert any("sweep-rank-edited.json is incomplete" in w for w in warnings), warnings
+    assert any("sweep-rank-edited.json is not a readable sweep result: " in w for w in warnings), warnings

@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 import torch
 from torch import nn
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError
@@ -51,8 +52,9 @@ from lora_core.lab.run import environment, named_progress
 from lora_core.lab.study import load_base_for_lora
 from lora_core.lora import LoraModel
 from lora_core.model import LAYER_NAMES, MLP
+from lora_core.numbers import Number
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
-from lora_core.store.results import read_saved, write_saved
+from lora_core.store.results import Environment, read_saved, write_saved
 from lora_core.train import FinetuneConfig, ProgressCallback, finetune, resolve_device
 
 ADAPTERS_FORMAT = "lora_core.analysis.adapters.v1"
@@ -321,6 +323,131 @@ def run_analysis(
     return AnalysisResult(out.get("adapters"), out.get("memory"))
 
 
+# --- the saved files' schemas (checked on reading) -------------------------------------------------------------------
+class _SettingsRecord(TypedDict):
+    small_rank: int
+    large_rank: int
+    seed: int
+    other_seed: int
+    steps: int
+    batch_size: int
+    lr: Number
+    replay: Number
+    precision: str
+    device: str
+    memory_ranks: list[int]
+    memory_steps: int
+    directions: int
+    random_draws: NotRequired[int]
+
+
+class _Header(TypedDict):
+    format: str
+    created: str
+    base_sha256: str
+    settings: _SettingsRecord
+    environment: Environment
+    target_digits: list[int]
+
+
+class _AdapterSource(TypedDict):
+    key: str
+    rank: int
+    seed: int
+    source: str
+    seconds: NotRequired[Number]
+    precision_used: NotRequired[str | None]
+
+
+class _InitialSimilarity(TypedDict):
+    top1: Number
+    top_k: Number
+    top1_in_all: Number
+    top_k_in_all: Number
+
+
+class _Similarity(_InitialSimilarity):
+    layer: str
+    adapters: list[str]
+    ranks: list[int]
+    phi: list[list[Number]]
+    k: int
+    random_top1: NotRequired[Number]
+    random_top_k: NotRequired[Number]
+    random_top1_in_all: NotRequired[Number]
+    random_top_k_in_all: NotRequired[Number]
+    init: _InitialSimilarity | None
+    reading: str
+
+
+class _AmplificationRow(TypedDict):
+    layer: str
+    rank: int
+    delta_norm: Number
+    projected_norm: Number
+    weight_top_norm: Number
+    random_norm: NotRequired[Number]
+    weight_norm: Number
+    factor: Number | None
+    position: Number | None
+    emphasised: bool | None
+    reading: str
+
+
+class _Amplification(TypedDict):
+    rows: list[_AmplificationRow]
+    summary: str
+
+
+class _Directions(TypedDict):
+    layer: str
+    adapter: str
+    images: list[list[list[Number]]]
+    singular_values: list[Number]
+
+
+class AdaptersRecord(_Header):
+    """analysis/adapters.json: the adapters' subspaces (similarity, amplification, linear1's directions)."""
+
+    adapters: list[_AdapterSource]
+    similarity: dict[str, dict[str, list[_Similarity]]]  # basis ("A", "update") -> pair ("ranks", "seeds")
+    amplification: dict[str, _Amplification]  # adapter key -> its rows
+    directions: _Directions | None
+    a_moved: dict[str, dict[str, Number]]  # adapter key -> layer -> how far A moved from its start
+
+
+class _MemoryRow(TypedDict):
+    method: str
+    rank: int | None
+    trainable_params: int
+    weights_bytes: int
+    gradient_bytes: int
+    adam_bytes: int
+    adam_step_bytes: int
+    activation_bytes: int
+    batch_size: int
+    peak_bytes: int | None
+    peak_measure: str
+    label: str
+    total_bytes: int
+    train_state_bytes: int
+
+
+class _MemoryRatio(TypedDict):
+    rank: int
+    total: Number
+    train_state: Number
+    trainable_params: Number
+    peak: Number | None
+
+
+class MemoryRecord(_Header):
+    """analysis/memory.json: the exact and measured memory of full fine-tuning and LoRA."""
+
+    rows: list[_MemoryRow]
+    ratio: _MemoryRatio | None
+
+
 # --- reading what was saved ------------------------------------------------------------------------------------------
 @dataclass
 class SavedAnalysis(AnalysisResult):
@@ -329,12 +456,12 @@ class SavedAnalysis(AnalysisResult):
     errors: list[str] = field(default_factory=list)
 
 
-def _read_saved(path: Path, fmt: str) -> dict[str, Any] | None:
+def _read_saved(path: Path, fmt: str, schema: type) -> dict[str, Any] | None:
     """The saved group's document; None where it was never saved."""
     if not path.is_file():
         return None
     try:
-        return read_saved(path, "analysis result", fmt)
+        return read_saved(path, "analysis result", fmt, schema)
     except FileNotFoundError:  # removed since the check
         return None
 
@@ -344,9 +471,13 @@ def load_analysis(store: ArtifactStore) -> SavedAnalysis:
     folder = analysis_dir(store)
     found: dict[str, dict[str, Any] | None] = {}
     errors = []
-    for name, file, fmt in (("adapters", ADAPTERS_FILE, ADAPTERS_FORMAT), ("memory", MEMORY_FILE, MEMORY_FORMAT)):
+    groups = (
+        ("adapters", ADAPTERS_FILE, ADAPTERS_FORMAT, AdaptersRecord),
+        ("memory", MEMORY_FILE, MEMORY_FORMAT, MemoryRecord),
+    )
+    for name, file, fmt, schema in groups:
         try:
-            found[name] = _read_saved(folder / file, fmt)
+            found[name] = _read_saved(folder / file, fmt, schema)
         except ArtifactError as exc:
             found[name] = None
             errors.append(str(exc))

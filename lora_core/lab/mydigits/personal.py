@@ -14,11 +14,12 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NotRequired
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MEAN, STD, MnistData, as_inputs
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
@@ -37,6 +38,7 @@ from lora_core.lab.proof import base_tensor_hashes, base_tensor_record
 from lora_core.lab.run import finetune_config
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import LAYER_NAMES, SIDE
+from lora_core.numbers import Number
 from lora_core.precision import resolve_precision
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.results import read_saved, write_saved
@@ -81,6 +83,48 @@ class PersonalResult:
         if missing_keys:
             raise ValueError(f"missing {', '.join(missing_keys)}")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class _HeldoutRow(TypedDict):
+    id: str
+    label: int
+    base: int
+    personal: int
+
+
+class _PersonalConfig(TypedDict):
+    rank: NotRequired[int]
+    alpha: NotRequired[Number]
+    steps: NotRequired[int]
+    batch_size: NotRequired[int]
+    lr: NotRequired[Number]
+    replay: NotRequired[Number]
+    augment: NotRequired[bool]
+    seed: NotRequired[int]
+    holdout_every: NotRequired[int]
+    min_per_digit: NotRequired[int]
+    device: NotRequired[str]
+    precision: NotRequired[str]
+    precision_used: NotRequired[str]
+    train_ids: NotRequired[list[str]]
+
+
+class PersonalRecord(TypedDict):
+    """mydigits/result.json (PersonalResult.to_dict): the schema its reader checks."""
+
+    adapter: str
+    trained: int
+    heldout: int
+    heldout_rows: list[_HeldoutRow]
+    base_heldout_accuracy: Number
+    personal_heldout_accuracy: Number
+    base_errors: int
+    personal_errors: int
+    mnist_before: Number
+    mnist_after: Number
+    seconds: Number
+    config: NotRequired[_PersonalConfig]
+    created: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -289,7 +333,7 @@ def load_personal_result(store: ArtifactStore) -> PersonalResult | None:
     """The last personal adapter's result, or None before the first one is trained."""
     path = store.root / FOLDER / RESULT
     try:
-        return PersonalResult.from_dict(read_saved(path, "personal adapter result"))
+        return PersonalResult.from_dict(read_saved(path, "personal adapter result", schema=PersonalRecord))
     except FileNotFoundError:
         return None
     except ArtifactError as exc:
