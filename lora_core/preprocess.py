@@ -29,7 +29,10 @@ MIN_INK_FRACTION = 0.0002  # less ink than this share of the picture is "nothing
 MIN_INK_PIXELS = 16
 MIN_BOX_FRACTION = 0.03  # ink spanning under 3% of the picture's shorter side is a speck, not a digit
 MIN_BOX_PIXELS = 6
-MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_PIXELS = 40_000_000  # decoded once at most: 160 MB in RGBA
+# A picture is brought down to this side as it is read: the digit ends up 20 pixels tall, and the steps that find
+# it (gray, ink, border, box) work on floats of every pixel, several bytes each (3.1 GB for 6300x6300).
+WORKING_SIDE = 1024
 
 
 @dataclass
@@ -129,13 +132,16 @@ def load_image(path: Path | str) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"{path} is a folder; give a picture file (the command line reads a folder's pictures)")
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if not path.is_file():  # reading a FIFO, a terminal or /dev/zero would wait or never end
+        raise ImageError(f"{path} is not a regular file (a device, pipe or socket); give a picture file")
     try:
         with Image.open(path) as img:  # Pillow itself refuses above 2x its own limit (DecompressionBombError)
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{path}: {img.width}x{img.height} is too large for a digit picture")
-            img = ImageOps.exif_transpose(img)
+            img.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)  # a JPEG is decoded smaller already
+            img = ImageOps.exif_transpose(img)  # the EXIF orientation survives thumbnail
             mode = "RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB"
             return np.asarray(img.convert(mode))
     except Image.DecompressionBombError as exc:

@@ -9,7 +9,7 @@ from typing import Any
 
 from lora_core.cli.common import choose_adapter, store_of
 from lora_core.cli.options import ADAPTER_FLAGS, adapter_choice
-from lora_core.cli.render import say
+from lora_core.cli.render import say, warn
 from lora_core.errors import ImageError
 from lora_core.lab.study import load_base_for_lora
 from lora_core.preprocess import load_image, predict_probabilities, prepare_digit
@@ -18,7 +18,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("predict", parents=[common], help="read digit pictures (PNG, JPEG) with base and adapter")
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="read digit pictures (PNG, JPEG) with base and adapter",
+        description="Read each picture with the base model and an adapter. A picture that cannot be read is "
+        "reported and skipped (in --json too, with its error); the command fails only when none can be read.",
+    )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="picture files, or folders of pictures")
     adapter_choice(p, "compare with the base")
     p.add_argument(
@@ -53,9 +59,18 @@ def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     if name is not None:
         store.load_adapter(lora_model, name, base.fingerprint)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    results = []
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
     for path in paths:
-        prepared = prepare_digit(load_image(path), invert)
+        try:
+            prepared = prepare_digit(load_image(path), invert)
+        except ImageError as exc:  # one bad picture among many: say so and read the others
+            if len(paths) == 1:
+                raise
+            warn(f"{exc}; skipped")
+            failed.append(str(exc))
+            results.append({"image": str(path), "error": str(exc)})
+            continue
         if prepared is None:
             say(f"{path}: no digit found (the picture is empty or has almost no ink)")
             results.append({"image": str(path), "digit_found": False})
@@ -78,4 +93,6 @@ def cmd_predict(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
                 line += "  <- they disagree"
         say(line)
         results.append(entry)
+    if len(failed) == len(paths):
+        raise ImageError(f"none of the {len(paths)} pictures could be read; the first: {failed[0]}")
     return {"artifacts": str(store.root), "adapter": name, "predictions": results}

@@ -227,6 +227,28 @@ def test_predict_reads_every_picture_in_a_folder(cli_runs):
     assert data["adapter"] == "small" and all("adapted" in p for p in predictions)
 
 
+def test_predict_reports_a_picture_it_cannot_read_and_reads_the_others(cli, folders, places, tmp_path):
+    folder = tmp_path / "pictures"
+    shutil.copytree(places["pictures"], folder)
+    (folder / "b-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    report = tmp_path / "predict.json"
+    done = cli(["predict", str(folder), "--artifacts", str(folders["trained"]), "--json", str(report)])
+    assert done.returncode == 0, done.stderr
+    (warning,) = done.stderr.strip().splitlines()
+    assert warning.startswith(f"warning: {folder / 'b-broken.png'}: not a readable image (") and "skipped" in warning
+    predictions = json.loads(report.read_text())["predictions"]
+    assert [Path(p["image"]).name for p in predictions] == ["a-seven.jpg", "b-broken.png", "b-two.PNG"]
+    assert [p.get("base", {}).get("prediction") for p in predictions] == [7, None, 2]
+    assert "not a readable image" in predictions[1]["error"]
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "x.png").write_bytes(b"no")
+    (nothing / "y.jpg").write_bytes(b"no")
+    done = cli(["predict", str(nothing), "--artifacts", str(folders["trained"])])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: none of the 2 pictures could be read; the first: ")
+
+
 def test_study_warns_about_train_options_while_the_base_is_reused(cli, folders):
     # train options while the saved base is reused: a warning, then the refusal of the existing name
     args = ["study", "--train-batch-size", "64", "--train-seed", "3", "--name", "small"]

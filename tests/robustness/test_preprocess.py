@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from PIL import Image
 
 from lora_core.data import MnistData, denormalize
 from lora_core.errors import ImageError
-from lora_core.preprocess import load_image, predict_probabilities, prepare_digit
+from lora_core.preprocess import WORKING_SIDE, load_image, predict_probabilities, prepare_digit
 from lora_core.store.artifacts import ArtifactStore
 
 
@@ -100,6 +103,22 @@ def test_load_image_files(tmp_path, mnist: MnistData) -> None:
         load_image(tmp_path / "missing.png")
     with pytest.raises(ImageError, match="is a folder"):
         load_image(tmp_path)
+    os.mkfifo(tmp_path / "fifo.png")
+    for special in (tmp_path / "fifo.png", Path("/dev/zero")):  # reading either would never end
+        with pytest.raises(ImageError, match=f"^{special} is not a regular file .a device, pipe or socket."):
+            load_image(special)
+
+
+def test_a_huge_picture_is_brought_down_to_the_working_side_as_it_is_read(tmp_path, mnist: MnistData) -> None:
+    """A 6300x6300 picture (47 KB as a PNG) took 3.1 GB when every step worked at full size."""
+    digit = Image.fromarray(_place(_digit(mnist, 7), (200, 200), 120, 40, 40))
+    huge = digit.resize((6300, 6300), Image.Resampling.NEAREST)
+    huge.save(tmp_path / "huge.png")
+    array = load_image(tmp_path / "huge.png")
+    assert array.shape[:2] == (WORKING_SIDE, WORKING_SIDE)
+    small, large = prepare_digit(np.asarray(digit)), prepare_digit(array)
+    assert small is not None and large is not None
+    assert np.abs(small.pixels - large.pixels).mean() < 0.02  # the same digit, whatever the picture's size
 
 
 image_shapes = st.one_of(
