@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lora_core.cli.options import Parser, UsageError, float_arg, int_arg
+from lora_core.cli.options import Parser, UsageError, float_arg, folder_arg, int_arg
 from lora_core.cli.render import ProgressBar, say, table, warn
 from lora_core.data import load_mnist
 from lora_core.errors import ArtifactError, ImageError
@@ -61,7 +61,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """The `mydigits` command and its subcommands. Its options differ from the other commands' (`common`
     is not used): --json may go without a path, and only `mydigits train` reads MNIST and picks a device."""
     common = Parser(add_help=False)
-    common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
+    common.add_argument(
+        "--artifacts", type=folder_arg, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)"
+    )
     common.add_argument(
         "--json",
         type=Path,

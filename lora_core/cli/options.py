@@ -53,18 +53,30 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message.removeprefix("argument "))
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """A value the user typed, quoted for a message: in full up to `limit` characters, else its start and length."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def int_arg(text: str) -> int:
     try:
         return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    except ValueError:  # also a number of more digits than Python converts
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
 
 
 def float_arg(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+
+
+def folder_arg(text: str) -> Path:
+    """A folder option's value: an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a folder, or leave the option out for the default")
+    return Path(text)
 
 
 def task_arg(text: str) -> Any:
@@ -173,8 +185,10 @@ def check_name(args: argparse.Namespace) -> None:
 def common_options() -> Parser:
     """The options every command but mydigits takes, as a parent parser."""
     common = Parser(add_help=False)
-    common.add_argument("--artifacts", type=Path, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)")
-    common.add_argument("--data", type=Path, help="MNIST folder (default: $LORA_DATA_DIR or ./data)")
+    common.add_argument(
+        "--artifacts", type=folder_arg, help="artifacts folder (default: $LORA_ARTIFACTS_DIR or ./artifacts)"
+    )
+    common.add_argument("--data", type=folder_arg, help="MNIST folder (default: $LORA_DATA_DIR or ./data)")
     common.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
     common.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, else cpu")
     return common

@@ -21,7 +21,7 @@ from lora_core.errors import AdapterExistsError
 from lora_core.evaluate import Evaluation, compare, evaluate, predict, weakest_digit
 from lora_core.lab.proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
 from lora_core.lora import LoraModel
-from lora_core.model import MLP
+from lora_core.model import MLP, count_parameters
 from lora_core.params import parameter_table, weights_unchanged
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord, writes
 from lora_core.train import (
@@ -64,6 +64,7 @@ def _train_evaluate_and_save(
     extra_meta: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TrainedEvaluation]:
     """train_and_save_base, also returning its evaluation so that run_study need not evaluate again."""
+    store.require_free_space(count_parameters(tuple(config.hidden)) * 4, "the base model")  # float32 weights
     model, run = train_base(data, config, progress, stop)
     evaluation = evaluate(model, data.test_x, data.test_y)
     meta = {

@@ -58,6 +58,7 @@ DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_REPLAYS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
 WITHIN_POINTS = 0.5  # percentage points below the best task accuracy that still count as "as good"
 MAX_RANK = 10_000
+MAX_POINTS = 20  # each point trains a full adapter: at the default 600 steps, 20 take 10 minutes or more on a CPU
 
 
 @dataclass
@@ -267,6 +268,10 @@ def check_values(kind: str, values: Sequence[Any]) -> tuple[float, ...]:
     values = tuple(values)
     if not values:
         raise ConfigError("values", "give at least one value")
+    if len(values) > MAX_POINTS:
+        raise ConfigError(
+            "values", f"{len(values)} values is more than the {MAX_POINTS} a sweep runs (each trains an adapter)"
+        )
     for v in values:
         if kind == "rank":
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_RANK:

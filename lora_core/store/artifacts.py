@@ -74,6 +74,7 @@ MAX_HIDDEN = 16_384  # the largest hidden size TrainConfig accepts
 BASE_WEIGHTS = "model.safetensors"
 BASE_META = "model.json"
 LOCK_INFO = ".lock"
+FREE_SPACE_MARGIN = 16 * 2**20  # beyond a run's own files: metrics, JSON results, the filesystem's own needs
 LOCK_WAIT_S = 2.0  # a second writer waits this long (covers a status probe or a short save), then is refused
 
 
@@ -328,6 +329,23 @@ class ArtifactStore:
             if folder is not None and (folder / BASE_META).is_file() and (folder / BASE_WEIGHTS).is_file():
                 return True
         return False
+
+    def require_free_space(self, nbytes: int, what: str) -> None:
+        """Refuse, before a run starts, one whose files (`nbytes` in all) the disk holding the artifacts folder has
+        no room for: a full disk would otherwise end the run at its save, its training lost."""
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:  # the folder is made at the first save
+            folder = folder.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return  # cannot tell: the save will say
+        needed = nbytes + FREE_SPACE_MARGIN
+        if free < needed:
+            raise ArtifactError(
+                f"{what} needs about {needed / 2**20:.0f} MiB in {self.root}, and the disk has {free / 2**20:.0f} "
+                "MiB free; free some space or choose another folder with --artifacts"
+            )
 
     @writes("saving the base model")
     def save_base(self, model: MLP, meta: dict[str, Any]) -> dict[str, Any]:

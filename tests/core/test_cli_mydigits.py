@@ -117,6 +117,10 @@ ERRORS = {
     "train-too-few": (["train", "--steps", "5"], 1, ["draw 3 more 0s", "2 more 1s", "3 more 9s"]),
     "train-bad-steps": (["train", "--steps", "0"], 2, ["--steps:", "0"]),
     "unknown-subcommand": (["remove", "x"], 2, ["remove"]),
+    "label-of-5000-digits": (["add", "{pic}", "--label", "7" * 5000], 2, ["--label:", "(5,000 characters)"]),
+    "writer-line-break": (["add", "{pic}", "--label", "1", "--writer", "a\nb"], 2, ["--writer:", "U+000A"]),
+    "writer-right-to-left": (["add", "{pic}", "--label", "1", "--writer", "\u202eevil"], 2, ["U+202E"]),
+    "artifacts-empty": (["list", "--artifacts", ""], 2, ["--artifacts:", "an empty path"]),
     # a --json path that cannot be written is refused before the command runs (here: under a file)
     "json-unwritable": (["add", "{pic}", "--label", "1", "--json", "{pic}/out.json"], 2, ["--json:", "cannot write"]),
 }

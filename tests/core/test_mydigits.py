@@ -247,6 +247,10 @@ def _bad_zips(good: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
             "a number too long to read",
         ),
         "labels-wrong-version": (_zip(_with_labels(good, lambda j: j.update(version=7))), "version is 7"),
+        "writer-control-character": (
+            _zip(_with_labels(good, lambda j: j["digits"][0].update(writer="me\u202e"))),
+            "writer must be printable text, found the control character U+202E",
+        ),
         "labels-missing": (_zip({k: v for k, v in good.items() if k != "labels.json"}), "no labels.json"),
         "duplicate-id": (
             _zip(_with_labels(good, lambda j: j["digits"].append(dict(j["digits"][0])))),
@@ -312,6 +316,31 @@ def test_a_failed_import_write_leaves_nothing_behind(
     with pytest.raises(OSError):
         c.import_zip(_zip(good_entries))
     assert snapshot(c) == before
+
+
+@pytest.mark.parametrize("writer", ["import", "delete", "add"])
+def test_every_writer_removes_what_a_killed_writer_left(
+    tmp_path: Path, good_entries: dict[str, bytes], writer: str
+) -> None:
+    c = collection(tmp_path)
+    kept = fill(c, 1, digits=range(2))
+    leftovers = [  # a killed import: pictures labels.json does not list yet, half-written files
+        c.folder / "images" / "9-killed.png",
+        c.folder / "originals" / "9-killed.png",
+        c.folder / "images" / ".9-other.png.abc.tmp",
+        c.folder / ".labels.json.def.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    if writer == "import":
+        c.import_zip(_zip(good_entries))
+    elif writer == "delete":
+        c.delete(kept[0].id)
+    else:
+        c.add(draw(WRITERS[0], 5, 0), 5)
+    assert not any(path.exists() for path in leftovers)
+    listed = {d.id for d in c.list()}
+    assert {p.stem for p in (c.folder / "images").iterdir()} == listed
 
 
 # --- split and missing ----------------------------------------------------------------------------------

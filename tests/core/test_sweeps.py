@@ -227,7 +227,9 @@ def test_a_stopped_sweep_saves_nothing(artifacts_copy, tiny):
 
 def test_bad_sweeps_are_refused_before_any_work(artifacts_copy, tiny):
     store = ArtifactStore(artifacts_copy)
-    for values, words in (((), "at least one"), ((0, 2), "whole numbers"), ((2, 2), "twice"), ((1.5,), "whole")):
+    cases = [((), "at least one"), ((0, 2), "whole numbers"), ((2, 2), "twice"), ((1.5,), "whole")]
+    cases += [(tuple(range(1, 22)), "21 values is more than the 20 a sweep runs")]
+    for values, words in cases:
         with pytest.raises(ConfigError, match=words) as info:
             sweep_rank(store, tiny, parse_task("weakest"), values, SETTINGS)
         assert info.value.field == "values"
@@ -242,6 +244,7 @@ def test_bad_sweeps_are_refused_before_any_work(artifacts_copy, tiny):
 # --- the command -----------------------------------------------------------------------------------------
 CLI_ERRORS = {
     "rank-0": (["sweep", "rank", "--values", "0,2"], ["--values:", "whole numbers"]),
+    "1000-ranks": (["sweep", "rank", "--values", ",".join(map(str, range(1, 1001)))], ["--values:", "1000 values"]),
     "not-a-number": (["sweep", "rank", "--values", "1", "x"], ["--values:", "'x'"]),
     "replay-1": (["sweep", "replay", "--values", "0,1"], ["--values:", "below 1"]),
     "replay-domain": (["sweep", "replay", "--task", "invert"], ["--task:", "digit tasks"]),

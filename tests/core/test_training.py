@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import types
 
@@ -12,10 +13,11 @@ import torch.nn.functional as F
 from core_helpers import file_bytes
 
 from lora_core import train as train_module
-from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
+from lora_core.errors import ArtifactError, ConfigError, RunStopped, TrainingDiverged
 from lora_core.evaluate import Evaluation, evaluate, predict
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
 from lora_core.lora import LoraModel
+from lora_core.model import count_parameters
 from lora_core.params import parameter_table, weights_unchanged
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig, finetune, resolve_device, train_base
@@ -191,6 +193,21 @@ def test_stop_keeps_the_previous_base_and_adapters(artifacts_copy, tiny_mnist, s
     assert all(torch.equal(v, reference[k]) for k, v in lora_model.base_state_dict().items())
     assert store.adapter_names() == ["small"]
     assert file_bytes(artifacts_copy) == before
+
+
+def test_a_disk_without_room_for_the_base_is_refused_before_training(artifacts_copy, tiny_mnist, monkeypatch):
+    before = file_bytes(artifacts_copy)
+    full = shutil.disk_usage(artifacts_copy)._replace(free=3 * 2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    steps = []
+    with pytest.raises(ArtifactError) as refused:
+        train_and_save_base(ArtifactStore(artifacts_copy), tiny_mnist, TINY_TRAIN, progress=steps.append)
+    needed = count_parameters(TINY_TRAIN.hidden) * 4 + 16 * 2**20
+    assert str(refused.value) == (
+        f"the base model needs about {needed / 2**20:.0f} MiB in {artifacts_copy}, and the disk has 3 MiB free; "
+        "free some space or choose another folder with --artifacts"
+    )
+    assert steps == [] and file_bytes(artifacts_copy) == before  # not a step trained, nothing written
 
 
 # --- divergence -------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import re
 import secrets
 import stat
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +89,17 @@ class ZipExport:
     skipped: list[tuple[MyDigit, str]]
 
 
+def _writer_problem(writer: Any) -> str | None:
+    """Why `writer` is not a writer's name (None if it is one): a name is shown on pages and in tables, so it
+    holds no line breaks, control or direction-changing characters (str.isprintable)."""
+    if not isinstance(writer, str) or not 0 < len(writer) <= MAX_WRITER_CHARS:
+        return f"writer must be a name of 1 to {MAX_WRITER_CHARS} characters"
+    if not writer.isprintable():
+        bad = next(c for c in writer if not c.isprintable())
+        return f"writer must be printable text, found the control character U+{ord(bad):04X}"
+    return None
+
+
 def _check_label(label: Any) -> int:
     if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= int(label) <= 9:
         raise ConfigError("label", f"must be a digit from 0 to 9, got {label!r}")
@@ -108,8 +120,8 @@ def _entry_from(raw: Any, where: str) -> MyDigit:
         raise ValueError(f"{where}: {digit_id}: 'created' must be a time such as 2026-11-29T14:22:33+00:00")
     if source not in SOURCES:
         raise ValueError(f"{where}: {digit_id}: source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if writer is not None and (not isinstance(writer, str) or len(writer) > MAX_WRITER_CHARS):
-        raise ValueError(f"{where}: {digit_id}: writer must be a name of at most {MAX_WRITER_CHARS} characters")
+    if writer is not None and (problem := _writer_problem(writer)):
+        raise ValueError(f"{where}: {digit_id}: {problem}")
     return MyDigit(digit_id, label, created, source, writer)
 
 
@@ -253,6 +265,15 @@ class MyDigits:
         doc = {"version": FORMAT_VERSION, "digits": [d.to_dict() for d in _sorted(digits)]}
         atomic_write_json(self.folder / LABELS, doc)
 
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[list[MyDigit]]:
+        """The artifacts folder's writer lock, with the collection as it is now; every writer first removes what
+        a killed writer left (pictures labels.json does not list, temporary files)."""
+        with self.store.writing(what):
+            current = self.list()
+            self._drop_unlisted({d.id for d in current})
+            yield current
+
     def _drop_unlisted(self, keep: set[str]) -> None:
         """Under the lock: remove pictures no entry lists (left by a write that failed before labels.json)
         and temporary files of a killed writer."""
@@ -273,18 +294,16 @@ class MyDigits:
         label = _check_label(label)
         if source not in SOURCES:
             raise ConfigError("source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
-        if writer is not None and (not isinstance(writer, str) or len(writer) > MAX_WRITER_CHARS):
-            raise ConfigError("writer", f"must be a name of at most {MAX_WRITER_CHARS} characters")
+        if writer is not None and (problem := _writer_problem(writer)):
+            raise ConfigError("writer", problem.removeprefix("writer "))
         prepared = prepare_digit(drawing)
         if prepared is None:
             raise ImageError("nothing is drawn: the picture is empty or has almost no ink")
         pixels = np.rint(prepared.pixels * 255.0).clip(0, 255).astype(np.uint8)
         original = _as_uint8(drawing)
         digit = MyDigit(_new_id(label), label, datetime.now(UTC).isoformat(timespec="seconds"), source, writer)
-        with self.store.writing("adding to my digits"):
-            current = self.list()
+        with self._writing("adding to my digits") as current:
             known = {d.id for d in current}
-            self._drop_unlisted(known)
             while digit.id in known:  # never write over another drawing's files
                 digit = dataclasses.replace(digit, id=_new_id(label))
             if len(current) >= MAX_DIGITS:
@@ -295,8 +314,7 @@ class MyDigits:
         return digit
 
     def delete(self, digit_id: str) -> None:
-        with self.store.writing("deleting from my digits"):
-            current = self.list()
+        with self._writing("deleting from my digits") as current:
             if not any(d.id == digit_id for d in current):
                 raise ArtifactError(f"no drawing {digit_id!r} in {self.folder}")
             kept = [d for d in current if d.id != digit_id]
@@ -341,8 +359,7 @@ class MyDigits:
         MyDigitsImportError says what is wrong and nothing is changed. Drawings already in the
         collection (same id) are skipped; the others are returned."""
         entries, files = _read_zip(data)
-        with self.store.writing("importing my digits"):
-            current = self.list()
+        with self._writing("importing my digits") as current:
             known = {d.id for d in current}
             new = [dataclasses.replace(d, source="import") for d in entries if d.id not in known]
             if len(current) + len(new) > MAX_DIGITS:
