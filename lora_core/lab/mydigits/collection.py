@@ -241,10 +241,16 @@ class MyDigits:
         raise ArtifactError(f"no drawing {digit_id!r} in {self.folder} (python -m lora_core mydigits list shows them)")
 
     def _read_png(self, digit_id: str, sub: str, prepared: bool) -> np.ndarray:
-        self.get(digit_id)  # an unknown id (or a path trick) never becomes a file name
+        # only a plain name becomes a file name (no path tricks); checked without reading labels.json, which a
+        # page showing every drawing would otherwise parse once per drawing
+        if not isinstance(digit_id, str) or not ID_PATTERN.fullmatch(digit_id):
+            raise ArtifactError(f"no drawing {digit_id!r} in {self.folder}")
         path = self.folder / sub / f"{digit_id}.png"
         try:
             data = path.read_bytes()
+        except FileNotFoundError:
+            self.get(digit_id)  # an unknown drawing is named as such
+            raise ArtifactError(f"{path} is missing") from None
         except OSError as exc:
             raise ArtifactError(f"{path} cannot be read ({exc})") from exc
         try:
