@@ -12,6 +12,7 @@ SIDE = 28  # an MNIST digit is SIDE x SIDE pixels; every picture the model sees 
 IN_FEATURES = SIDE * SIDE
 NUM_CLASSES = 10
 DEFAULT_HIDDEN: tuple[int, int] = (1000, 2000)
+MAX_HIDDEN = 16_384  # the largest hidden size a base model may have
 LAYER_NAMES: tuple[str, ...] = ("linear1", "linear2", "linear3")
 
 

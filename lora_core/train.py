@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lora_core.data import MnistData, as_inputs
 from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
 from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
-from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MLP
+from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MAX_HIDDEN, MLP
 from lora_core.numbers import is_finite_number
 from lora_core.precision import PrecisionChoice, autocast, check_precision, resolve_precision
 
@@ -80,7 +80,7 @@ class TrainConfig:
         if len(self.hidden) != 2:
             raise ConfigError("hidden", f"give two hidden sizes, got {self.hidden!r}")
         for h in self.hidden:
-            check_int("hidden", h, 1, 16_384)
+            check_int("hidden", h, 1, MAX_HIDDEN)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

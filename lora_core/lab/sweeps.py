@@ -37,6 +37,7 @@ from lora_core.lab.run import RunContext, environment
 from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
 from lora_core.lab.tasks import Task, TaskRecord
 from lora_core.lora import LoraConfig
+from lora_core.lora.config import MAX_RANK
 from lora_core.numbers import Number, is_finite_number
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.store.results import (
@@ -57,7 +58,6 @@ FILE_PREFIX = "sweep-"
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_REPLAYS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
 WITHIN_POINTS = 0.5  # percentage points below the best task accuracy that still count as "as good"
-MAX_RANK = 10_000
 MAX_POINTS = 20  # each point trains a full adapter: at the default 600 steps, 20 take 10 minutes or more on a CPU
 
 

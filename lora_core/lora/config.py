@@ -11,7 +11,7 @@ from torch import nn
 
 from lora_core.errors import ConfigError
 from lora_core.lora.layer import linear_layers, rank_limits
-from lora_core.model import LAYER_NAMES
+from lora_core.model import LAYER_NAMES, MAX_HIDDEN
 from lora_core.numbers import is_finite_number
 
 INITS = ("kaiming", "gaussian")
@@ -22,6 +22,8 @@ INITS = ("kaiming", "gaussian")
 # above any scale in use (PEFT's are 1 to 2: alpha = r or 2r) keeps s, and s × lr for any learning rate a run
 # accepts (at most 1), far inside float32's range.
 MAX_SCALE = 1e6
+# No layer of a base model has more rows or columns than this: a larger rank would be capped to the same.
+MAX_RANK = MAX_HIDDEN
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ class LoraConfig:
 
     def validate(self, model: nn.Module | None = None) -> None:
         """Raise ConfigError for any value that cannot make a sensible adapter on `model`."""
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ConfigError("rank", f"must be a whole number of at least 1, got {self.r!r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or not 1 <= self.r <= MAX_RANK:
+            raise ConfigError("rank", f"must be a whole number from 1 to {MAX_RANK:,}, got {self.r!r}")
         if not is_finite_number(self.alpha) or self.alpha <= 0:
             raise ConfigError("alpha", f"must be a positive number, got {self.alpha!r}")
         if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
@@ -96,8 +98,9 @@ class LoraConfig:
         for name, r in self.rank_pattern:
             if name not in self.target_modules:
                 raise ConfigError("rank", f"rank_pattern names {name!r}, which is not one of the target layers")
-            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-                raise ConfigError("rank", f"rank_pattern: {name} must be a whole number of at least 1, got {r!r}")
+            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_RANK:
+                reason = f"rank_pattern: {name} must be a whole number from 1 to {MAX_RANK:,}, got {r!r}"
+                raise ConfigError("rank", reason)
         for name, alpha in self.alpha_pattern:
             if name not in self.target_modules:
                 raise ConfigError("alpha", f"alpha_pattern names {name!r}, which is not one of the target layers")

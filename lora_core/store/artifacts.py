@@ -46,7 +46,7 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
 from lora_core.evaluate import EvaluationDifference, EvaluationSummary
 from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
-from lora_core.model import IN_FEATURES, LAYER_NAMES, MLP, NUM_CLASSES
+from lora_core.model import IN_FEATURES, LAYER_NAMES, MAX_HIDDEN, MLP, NUM_CLASSES
 from lora_core.numbers import Number
 from lora_core.store.fileio import (
     FileRead,
@@ -70,7 +70,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_METRICS = "metrics.json"
 MAX_FILE_BYTES = 512 * 1024 * 1024
-MAX_HIDDEN = 16_384  # the largest hidden size TrainConfig accepts
 BASE_WEIGHTS = "model.safetensors"
 BASE_META = "model.json"
 LOCK_INFO = ".lock"

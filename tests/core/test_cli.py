@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(900)
 # name: (arguments, which artifacts folder, words the one-line message must contain)
 ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "rank-0": (["finetune", "--rank", "0"], "trained", ["rank"]),
+    "rank-1e9": (["finetune", "--rank", "1000000000"], "trained", ["--rank:", "from 1 to 16,384", "1000000000"]),
     "rank-not-whole": (["finetune", "--rank", "2.5"], "trained", ["rank", "2.5"]),
     "lr-negative": (["finetune", "--lr", "-1"], "trained", ["lr"]),
     "lr-nan": (["finetune", "--lr", "nan"], "trained", ["lr", "nan"]),

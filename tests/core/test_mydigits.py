@@ -203,6 +203,19 @@ def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _garbled_deflate(entries: dict[str, bytes], name: str) -> bytes:
+    """A compressed zip whose entry `name` has 20 bytes of its deflate stream overwritten."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for entry, content in entries.items():
+            zf.writestr(entry, content)
+    data = bytearray(buffer.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        start = zf.getinfo(name).header_offset + 30 + len(name.encode())
+    data[start + 5 : start + 25] = b"\xff" * 20
+    return bytes(data)
+
+
 def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -255,6 +268,7 @@ def _bad_zips(good: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
         "bad-label": (_zip(_with_labels(good, lambda j: j["digits"][0].update(label=10))), "label must be a digit"),
         "label-not-int": (_zip(_with_labels(good, lambda j: j["digits"][0].update(label="3"))), "label must be"),
         "labels-not-json": (_zip({**good, "labels.json": b"{not json"}), "not valid JSON"),
+        "labels-deflate-garbled": (_garbled_deflate(good, "labels.json"), "'labels.json' cannot be read from the zip"),
         "labels-nested-deeply": (_zip({**good, "labels.json": DEEP_JSON}), "not valid JSON (nested too deeply)"),
         "label-of-5000-digits": (
             _zip({**good, "labels.json": good["labels.json"].replace(b'"label": ', b'"label": ' + b"7" * 5000, 1)}),

@@ -20,6 +20,7 @@ import re
 import secrets
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ MAX_ZIP_ENTRIES = 2 * MAX_DIGITS + 3  # each drawing's two pictures, labels.json
 MAX_WRITER_CHARS = 64
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,79}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# every way reading a damaged zip entry fails (zlib.error: a garbled deflate stream)
+UNREADABLE_ENTRY = (zipfile.BadZipFile, zlib.error, OSError, ValueError, NotImplementedError, RuntimeError, EOFError)
 
 
 class MyDigitsImportError(LoraCoreError):
@@ -435,7 +438,7 @@ def _read_zip(data: bytes) -> tuple[list[MyDigit], dict[str, bytes]]:
             try:
                 with zf.open(info) as fh:
                     content = fh.read(limit + 1)  # the declared size may lie: never read past the limit
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError, EOFError) as exc:
+            except UNREADABLE_ENTRY as exc:
                 raise MyDigitsImportError(f"{info.filename!r} cannot be read from the zip ({exc})") from None
             if len(content) > limit:
                 raise MyDigitsImportError(f"{info.filename!r} is larger than the {limit:,} bytes allowed")
