@@ -128,11 +128,12 @@ def test_a_failed_write_leaves_the_collection_intact(
         else:
             c.delete(kept[0].id)
     assert c.list() == before_list
+    assert snapshot(c) == before_files  # a refused write changes nothing, not even an unlisted picture
     for d in kept:
         assert c.pixels(d.id).shape == (28, 28) and c.original(d.id).ndim == 3
     monkeypatch.undo()
     (c.folder / ".labels.json.x1.tmp").write_text("{half")  # as a killed writer leaves it
-    # the next writer removes a picture the failed add left unlisted, and the half-written file
+    # the next writer removes the half-written file a killed writer left
     c.add(draw(WRITERS[0], 6, 0), 6)
     assert not (c.folder / ".labels.json.x1.tmp").exists()
     listed = {d.id for d in c.list()}

@@ -317,9 +317,13 @@ class MyDigits:
                 digit = dataclasses.replace(digit, id=_new_id(label))
             if len(current) >= MAX_DIGITS:
                 raise ConfigError("mydigits", f"the collection holds {MAX_DIGITS} drawings already; delete some first")
-            atomic_write_bytes(self.folder / IMAGES / f"{digit.id}.png", _png_bytes(pixels))
-            atomic_write_bytes(self.folder / ORIGINALS / f"{digit.id}.png", _png_bytes(original))
-            self._write_labels([*current, digit])
+            try:
+                atomic_write_bytes(self.folder / IMAGES / f"{digit.id}.png", _png_bytes(pixels))
+                atomic_write_bytes(self.folder / ORIGINALS / f"{digit.id}.png", _png_bytes(original))
+                self._write_labels([*current, digit])
+            except BaseException:
+                self._drop_unlisted(known)  # a refused add leaves the collection as it was (a full disk, say)
+                raise
         return digit
 
     def delete(self, digit_id: str) -> None:
