@@ -65,15 +65,34 @@ def cli_study(data_dir: Path, settings: dict[str, int], timeout: float) -> float
     return seconds
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
+def _cpu_times(processes: list[psutil.Process]) -> dict[psutil.Process, float]:
+    times = {}
     for p in processes:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
         except psutil.Error:
-            pass
-    return total
+            continue
+        times[p] = t.user + t.system
+    return times
+
+
+def _cpu_used(before: dict[psutil.Process, float]) -> float:
+    """CPU seconds the processes of `before` used since; a process that has ended since counts for nothing (its
+    last times are gone), so the figure is a lower bound, never a difference with a process missing."""
+    after = _cpu_times(list(before))
+    return sum(after[p] - before[p] for p in after)
+
+
+def _own_browser_processes() -> list[psutil.Process]:
+    """Chromium's processes started by this process's Playwright (not another browser on the machine)."""
+    own = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name():
+                own.append(p)
+        except psutil.Error:  # ended meanwhile
+            continue
+    return own
 
 
 def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: float) -> dict[str, float]:
@@ -99,9 +118,8 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
                 field.press("Enter")
                 page.wait_for_timeout(500)
             expect(button).to_be_enabled(timeout=60_000)
-        server_process = psutil.Process(server.process.pid)
-        browser_processes = [p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
-        server_cpu, browser_cpu = _cpu_seconds([server_process]), _cpu_seconds(browser_processes)
+        server_cpu = _cpu_times([psutil.Process(server.process.pid)])
+        browser_cpu = _cpu_times(_own_browser_processes())
         start = time.perf_counter()
         button.click()
         finished = page.get_by_text(re.compile(r"Finished in [\d.]+ s")).first
@@ -113,8 +131,8 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
         return {
             "seconds": seconds,
             "run_seconds": float(run.group(1)) if run else math.nan,  # the worker's run, as the page says
-            "server_cpu_s": _cpu_seconds([server_process]) - server_cpu,
-            "browser_cpu_s": _cpu_seconds(browser_processes) - browser_cpu,
+            "server_cpu_s": _cpu_used(server_cpu),
+            "browser_cpu_s": _cpu_used(browser_cpu),
         }
     finally:
         if page is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig, TrainConfig
 
 SMALL_TRAIN = 6000
+ROOT = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (`make test` runs two workers) the workers share the machine's cores: each worker, and
 # every process it starts (the CLI, the dashboard's server), gets its share of PyTorch threads, since
@@ -32,30 +34,138 @@ if WORKERS > 1:
     torch.set_num_threads(int(_threads))
 
 # Per-test limits (seconds) above pyproject's default of 300 for tests that legitimately wait longer; the
-# limit covers fixture setup, and the first test to use `full_study` pays for its subprocess (capped at
-# 900 s below). A browser test waits up to 60 s for the server and up to 240 s per background run; the
-# benchmark's quick run (tests/bench) runs every item, the page's study in a browser included.
-LONG_TIMEOUTS = {"full_study": 1200, "browser": 600, "quick_run": 600}
+# limit covers fixture setup, where a test may wait for a background run (below). A browser test waits up to
+# 60 s for the server and up to 240 s per run it starts from the page.
+LONG_TIMEOUTS = {"full_study": 1200, "browser": 600, "quick_run": 1200}
 
 
-# The slowest folders run first, so that two workers finish together instead of one waiting on the last
-# browser test; a file's own tests keep their order (the user-journey test relies on it).
-SLOW_FIRST = ("tests/browser/", "tests/bench/", "tests/dashboard/")
+# Files go to the workers in this order: the browser tests first (they mostly wait on a server and a browser,
+# which leaves the cores to the others), then the dashboard's, then the rest, the benchmark's last; within
+# each, the files whose tests wait for a background run come after the others, so that the run has had time
+# to finish. A file's own tests keep their order (the user-journey test relies on it).
+FOLDER_ORDER = {"tests/browser/": 0, "tests/dashboard/": 1, "tests/bench/": 3}
+OTHER_FOLDERS = 2
 
 
-def _slowness(item: pytest.Item) -> int:
+def _order(item: pytest.Item) -> tuple[int, bool]:
     path = item.nodeid.replace("\\", "/")
-    return next((rank for rank, folder in enumerate(SLOW_FIRST) if path.startswith(folder)), len(SLOW_FIRST))
+    folder = next((rank for prefix, rank in FOLDER_ORDER.items() if path.startswith(prefix)), OTHER_FOLDERS)
+    waits = any(run.fixture in getattr(item, "fixturenames", ()) for run in BACKGROUND_RUNS)
+    return folder, waits
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_slowness)
+    items.sort(key=_order)
     for item in items:
         if item.get_closest_marker("timeout") is not None:  # an explicit @pytest.mark.timeout wins
             continue
         needed = [limit for fixture, limit in LONG_TIMEOUTS.items() if fixture in getattr(item, "fixturenames", ())]
         if needed:
             item.add_marker(pytest.mark.timeout(max(needed)))
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder every worker of this test run sees (pytest-xdist gives each its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if WORKERS == 1 else base.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class BackgroundRun:
+    """A long subprocess some tests check, started in the background as soon as the session starts (by the
+    first worker to begin, once for all), so that it runs while the other tests do; the tests that need it
+    wait for it through `fixture`. Its output and exit status land in a folder shared by the workers."""
+
+    fixture: str
+    folder: str
+    command: Callable[[Path], list[str]]  # given its folder
+    timeout_s: float
+
+    def start(self, root: Path, env: dict[str, str]) -> None:
+        import shlex
+        import subprocess
+
+        from filelock import FileLock
+
+        folder = root / self.folder
+        with FileLock(str(folder) + ".lock"):
+            if folder.exists():
+                return
+            folder.mkdir()
+            out = {name: shlex.quote(str(folder / name)) for name in ("stdout", "stderr", "returncode")}
+            # `timeout` bounds it even if every test that would wait for it is gone; the exit status is
+            # written last, and atomically, so that a waiting worker never reads half of it
+            script = (
+                f'timeout -k 10 {self.timeout_s:.0f} "$@" > {out["stdout"]} 2> {out["stderr"]}; '
+                f"echo $? > {out['returncode']}.tmp && mv {out['returncode']}.tmp {out['returncode']}"
+            )
+            subprocess.Popen(
+                ["sh", "-c", script, "sh", *self.command(folder)],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def wait(self, root: Path) -> tuple[Path, int, str, str]:
+        """(its folder, exit status, stdout, stderr) once it has finished."""
+        import time
+
+        folder = root / self.folder
+        status = folder / "returncode"
+        deadline = time.monotonic() + self.timeout_s + 30
+        while not status.is_file():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the background run {self.command(folder)} did not finish within {self.timeout_s} s")
+            time.sleep(0.5)
+        read = lambda name: (folder / name).read_text(encoding="utf-8", errors="replace")  # noqa: E731
+        return folder, int(read("returncode")), read("stdout"), read("stderr")
+
+
+def _full_study_command(folder: Path) -> list[str]:
+    import sys
+
+    artifacts, result = str(folder / "artifacts"), str(folder / "study.json")
+    return [sys.executable, "-m", "lora_core", "study", "--artifacts", artifacts, "--json", result]
+
+
+def _quick_bench_command(folder: Path) -> list[str]:
+    import sys
+
+    result, table = str(folder / "bench.json"), str(folder / "bench.md")
+    return [sys.executable, "-m", "benchmarks", "--quick", "--json", result, "--markdown", table]
+
+
+# --quick took 80-110 s quiet, 236 s on a loaded 2-core machine; the full-size study 20-100 s
+BACKGROUND_RUNS = (
+    BackgroundRun("full_study", "full-study", _full_study_command, timeout_s=900),
+    BackgroundRun("quick_run", "quick-bench", _quick_bench_command, timeout_s=420),
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Start the background runs that any selected test needs (under pytest-xdist every worker knows every
+    selected test, and the first to get here starts them)."""
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    runs = [run for run in BACKGROUND_RUNS if run.fixture in wanted]
+    if not runs:
+        return
+    request.getfixturevalue("mnist")  # MNIST is built (on a fresh clone) before any run reads it
+    root = shared_folder(tmp_path_factory)
+    for run in runs:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        if run.fixture == "full_study":  # the study must not fall back to the default artifacts folder
+            env["LORA_ARTIFACTS_DIR"] = str(root / run.folder / "default-artifacts-must-not-be-used")
+        run.start(root, env)
+
+
+@pytest.fixture(scope="session")
+def background_result(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, int, str, str]]:
+    """`background_result(fixture)`: waits for the background run of that name and gives (its folder, exit
+    status, stdout, stderr)."""
+    by_fixture = {run.fixture: run for run in BACKGROUND_RUNS}
+    return lambda fixture: by_fixture[fixture].wait(shared_folder(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
@@ -108,18 +218,37 @@ def small_sizes() -> ModelSizes:
     return ModelSizes(SMALL_HIDDEN)
 
 
-@pytest.fixture(scope="session")
-def trained_artifacts(tmp_path_factory: pytest.TempPathFactory, small_mnist: MnistData) -> Path:
-    """An artifacts folder with a small base model and one adapter 'small' on its weakest digit.
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `build` fills, built once per test run: under pytest-xdist the first worker to ask builds it
+    under a file lock in the workers' common temporary folder, and the others wait for it and share it."""
+    from filelock import FileLock
 
-    Treat it as read-only; copy it (shutil.copytree) before changing anything.
-    """
-    root = tmp_path_factory.mktemp("artifacts")
+    shared = shared_folder(tmp_path_factory) / name
+    done = shared.with_name(name + ".done")
+    with FileLock(str(shared) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a worker that failed half-way left
+            shared.mkdir()
+            build(shared)
+            done.touch()
+    return shared
+
+
+def _train_small_artifacts(root: Path, small_mnist: MnistData) -> None:
     store = ArtifactStore(root)
     train_and_save_base(store, small_mnist, SMALL_TRAIN_CONFIG)
     base, lora_model = load_base_for_lora(store, "cpu")
     finetune_and_save_adapter(store, base, lora_model, small_mnist, SMALL_FINETUNE_CONFIG, name="small")
-    return root
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(tmp_path_factory: pytest.TempPathFactory, small_mnist: MnistData) -> Path:
+    """An artifacts folder with a small base model and one adapter 'small' on its weakest digit, trained once
+    and shared by every worker.
+
+    Treat it as read-only; copy it (shutil.copytree) before changing anything.
+    """
+    return built_once(tmp_path_factory, "artifacts", lambda root: _train_small_artifacts(root, small_mnist))
 
 
 @pytest.fixture(scope="session")
@@ -164,50 +293,17 @@ class FullStudy:
     unused_default: Path
 
 
-def _run_full_study(tmp: Path) -> FullStudy:
-    import json
-    import subprocess
-    import sys
-
-    artifacts, out = tmp / "artifacts", tmp / "study.json"
-    unused = tmp / "default-artifacts-must-not-be-used"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lora_core", "study", "--artifacts", str(artifacts), "--json", str(out)],
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "LORA_ARTIFACTS_DIR": str(unused)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    result = json.loads(out.read_text()) if out.is_file() else {}
-    return FullStudy(artifacts, result, proc.returncode, proc.stdout, proc.stderr, unused)
-
-
 @pytest.fixture(scope="session")
-def full_study(tmp_path_factory: pytest.TempPathFactory, mnist: MnistData) -> FullStudy:
-    """Run once per session and shared: the CLI test checks it, the browser tests draw on its model.
-
-    Under pytest-xdist the workers share one run: the first to need it runs it under a file lock in the
-    workers' common temporary folder, the others wait and read what it recorded.
-    Treat the artifacts as read-only; copy them before changing anything.
-    """
-    if WORKERS == 1:
-        return _run_full_study(tmp_path_factory.mktemp("full-study"))
+def full_study(background_result: Callable[[str], tuple[Path, int, str, str]]) -> FullStudy:
+    """`python -m lora_core study` at full size, run once in the background for the whole test run: the CLI test
+    checks it, the browser tests draw on its model. Treat the artifacts as read-only; copy them first."""
     import json
 
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / "full-study"
-    record = shared / "run.json"
-    with FileLock(str(shared) + ".lock"):
-        if not record.is_file():
-            shared.mkdir(exist_ok=True)
-            run = _run_full_study(shared)
-            paths = {"artifacts": str(run.artifacts), "unused_default": str(run.unused_default)}
-            record.write_text(json.dumps({**dataclasses.asdict(run), **paths}))
-    fields = json.loads(record.read_text())
-    paths = {"artifacts": Path(fields["artifacts"]), "unused_default": Path(fields["unused_default"])}
-    return FullStudy(**{**fields, **paths})
+    folder, returncode, stdout, stderr = background_result("full_study")
+    out = folder / "study.json"
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    unused = folder / "default-artifacts-must-not-be-used"
+    return FullStudy(folder / "artifacts", result, returncode, stdout, stderr, unused)
 
 
 def corrupt_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:

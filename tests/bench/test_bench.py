@@ -1,15 +1,14 @@
 """The benchmark runs end to end and reports every item: `python -m pytest tests/bench`.
 
-It runs `python -m benchmarks --quick` (tiny sizes) in a subprocess. Nothing here checks speed:
-that is what the full benchmark is for (`python -m benchmarks`, see benchmarks/RESULTS.md).
+It runs `python -m benchmarks --quick` (tiny sizes) in a subprocess, in the background from the session's start
+(tests/conftest.py). Nothing here checks speed: that is what the full benchmark is for (`python -m benchmarks`,
+see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,17 @@ import pytest
 from benchmarks.report import TARGETS
 from lora_core.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
 ITEM_NUMBERS = set(range(1, 10))
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
-    out = tmp_path_factory.mktemp("bench")
-    json_path, md_path = out / "bench.json", out / "bench.md"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(json_path), "--markdown", str(md_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,  # under the module's limit; --quick took 80-110 s quiet, 236 s on a loaded 2-core machine
-    )
+def quick_run(background_result) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    """`python -m benchmarks --quick`, started in the background when the session began (tests/conftest.py)."""
+    folder, returncode, stdout, stderr = background_result("quick_run")
+    proc = subprocess.CompletedProcess(["python", "-m", "benchmarks", "--quick"], returncode, stdout, stderr)
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc, json.loads(json_path.read_text(encoding="utf-8")), md_path
+    return proc, json.loads((folder / "bench.json").read_text(encoding="utf-8")), folder / "bench.md"
 
 
 def table_rows(text: str) -> list[list[str]]:

@@ -23,7 +23,9 @@ PAGES = {
 
 
 def settle(page: Page, timeout: float = 60.0) -> None:
-    """Wait until the script run has finished (fragments may still poll afterwards)."""
+    """Wait until the script run has finished (fragments may still poll afterwards): the app must read as idle,
+    with no skeleton, three times in a row, 100 ms apart, so that the gap between a run and the rerun it asks
+    for is not taken for the end."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
     deadline = time.monotonic() + timeout
     calm = 0
@@ -33,7 +35,7 @@ def settle(page: Page, timeout: float = 60.0) -> None:
         calm = calm + 1 if state == "notRunning" and not loading else 0
         if calm >= 3:
             return
-        page.wait_for_timeout(200)
+        page.wait_for_timeout(100)
     raise AssertionError(f"the app was still running after {timeout} s")
 
 
