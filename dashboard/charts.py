@@ -64,6 +64,27 @@ def per_digit_bars(
     return _layout(fig, title)
 
 
+def strength_curve(
+    strengths: Sequence[float],
+    lines: Sequence[tuple[str, Sequence[float], str]],
+    current: float,
+    title: str = "Accuracy against the adapter's strength",
+) -> go.Figure:
+    """Accuracy (fractions 0..1) against the adapter's strength, one line per (name, values, colour), with the
+    current strength marked; 0 is the base model, 1 the adapter as trained."""
+    fig = go.Figure()
+    for name, values, color in lines:
+        fig.add_scatter(
+            x=list(strengths), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color
+        )
+    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=f"strength {current:g}")
+    for x, text in ((0.0, "base"), (1.0, "as trained")):
+        fig.add_vline(x=x, line_width=1, line_color="#bbbbbb", annotation_text=text, annotation_position="bottom")
+    fig.update_xaxes(title_text="strength (0 = base model, 1 = the adapter as trained)", tickvals=list(strengths))
+    fig.update_yaxes(title_text="accuracy (%)")
+    return _layout(fig, title, height=320)
+
+
 def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
     """confusion[true][predicted] as a heatmap; `difference` uses a diverging scale centred on 0."""
     z = np.asarray(matrix, dtype=float)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import torch
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
+from lora_core.lab.strength import StrengthCurve, strength_curve
 from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
 from lora_core.lora import LoraModel
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRecord, ArtifactStore, BaseModelRecord
@@ -132,6 +135,46 @@ def _adapter_evaluation(_root: str, sha256: str, _name: str, stamp: str) -> Eval
 def adapter_evaluation(base: BaseModelRecord, record: AdapterRecord, where: ArtifactStore | None = None) -> Evaluation:
     """Live evaluation of a saved adapter on the test set (cached per saved version)."""
     return _adapter_evaluation(str((where or store()).root), base.fingerprint, record.name, _adapter_stamp(record))
+
+
+# --- an adapter at each strength from 0 to 2 (lora_core.lab.strength), computed once in the background -----------
+CURVES_KEPT = 16
+
+
+@st.cache_resource
+def _curves() -> tuple[ThreadPoolExecutor, dict[tuple[str, ...], Future[StrengthCurve]], threading.Lock]:
+    """Server-wide: one worker thread, and each curve's future by (folder, base, adapter, version, task), so that
+    every session asks once and a page never waits for a curve to render."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="strength-curve"), {}, threading.Lock()
+
+
+def _compute_strength_curve(
+    root: str, base: BaseModelRecord, name: str, x: torch.Tensor, y: torch.Tensor
+) -> StrengthCurve:
+    # runs in the pool's thread, outside any script run: it is handed everything Streamlit's caches hold
+    model = LoraModel(copy.deepcopy(base.model))
+    ArtifactStore(root).load_adapter(model, name, base.fingerprint)
+    return strength_curve(model, name, x, y)
+
+
+def adapter_strength_curve(
+    base: BaseModelRecord, record: AdapterRecord, task: Task | None = None, where: ArtifactStore | None = None
+) -> Future[StrengthCurve]:
+    """The adapter at each strength on the MNIST test set, or on a domain task's own test set: a future that
+    is done once the curve is computed (the error it holds if the adapter cannot be loaded)."""
+    root = str((where or store()).root)
+    spec = task.spec if task is not None else None
+    key = (root, base.fingerprint, record.name, _adapter_stamp(record), spec or "")
+    pool, futures, lock = _curves()
+    with lock:
+        future = futures.get(key)
+        if future is None:
+            x = _test_x() if spec is None else _task_test_x(spec)  # read here, in the script's own context
+            future = pool.submit(_compute_strength_curve, root, base, record.name, x, _test_y())
+            futures[key] = future
+            while len(futures) > CURVES_KEPT:  # the oldest first (dicts keep their order)
+                del futures[next(iter(futures))]
+    return future
 
 
 # --- a task adapter on its task's own test set (cached server-wide, like the evaluations above) ---------------

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import charts, combination, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.evaluate import Evaluation, compare
+from lora_core.lab.strength import STEP, STRENGTHS, StrengthCurve, other_digits
 from lora_core.lab.tasks import Task, accuracy_on
 from lora_core.numbers import pct
 from lora_core.store.artifacts import BaseModelRecord
@@ -154,12 +155,105 @@ if after is not None:
             f"{100 * (on_targets - before_targets):+.2f} points",
         )
 
-# --- per digit -------------------------------------------------------------------------------------------------
-st.header("Per-digit accuracy, before and after")
-st.plotly_chart(
-    charts.per_digit_bars(base_eval.per_digit_accuracy, after.per_digit_accuracy if after else None, targets),
-    width="stretch",
-)
+
+# --- per digit, with the adapter's strength as a control ------------------------------------------------------------
+def per_digit_section() -> None:
+    """The per-digit chart; with an adapter, a strength control that the chart, the figures and the curve
+    follow at once. The curve is computed once per adapter, in the background: until it is there, the chart shows
+    the adapter as trained and the section looks again every second."""
+    st.header("Per-digit accuracy, before and after")
+    if after is None or info is None:
+        st.plotly_chart(charts.per_digit_bars(base_eval.per_digit_accuracy, None, targets), width="stretch")
+        return
+    curves = [state.adapter_strength_curve(base, info.record, None, view.where)]
+    if task is not None:
+        curves.append(state.adapter_strength_curve(base, info.record, task, view.where))
+    if not all(c.done() for c in curves):
+        waiting_for_curve(curves)
+        return
+    errors = [c.exception() for c in curves if c.exception() is not None]
+    if errors:
+        st.error(f"Adapter `{chosen}` cannot be evaluated at other strengths: {state.describe_error(errors[0])}")
+        return
+    strength_section(curves[0].result(), curves[1].result() if task is not None else None)
+
+
+@st.fragment(run_every=1.0)
+def waiting_for_curve(curves: list) -> None:
+    if all(c.done() for c in curves):
+        st.rerun()
+    st.plotly_chart(
+        charts.per_digit_bars(
+            base_eval.per_digit_accuracy,
+            after.per_digit_accuracy if after else None,
+            targets,
+            labels=("Base model", f"With adapter {chosen}"),
+        ),
+        width="stretch",
+    )
+    st.caption(":material/hourglass_top: Evaluating the adapter at each strength from 0 to 2 (once per adapter)...")
+
+
+@st.fragment
+def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> None:
+    """Moving the control reruns only this section: every figure in it is looked up on the curves."""
+    strength = st.select_slider(
+        "Adapter strength",
+        options=STRENGTHS,
+        value=1.0,
+        format_func=lambda s: f"{s:g}",
+        key="eval_strength",
+        help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
+        "1 the adapter as trained.",
+    )
+    at = plain.at(strength)
+    name = f"{chosen} at strength {strength:g}"
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(
+            charts.per_digit_bars(
+                base_eval.per_digit_accuracy, at.per_digit_accuracy, targets, labels=("Base model", name)
+            ),
+            width="stretch",
+        )
+    # (name, accuracy at every strength, colour): the curve's lines, and the figures read off them
+    if on_task is not None:
+        lines = [
+            ("on the task's test set", on_task.overall(), charts.ADAPTED_COLOR),
+            ("on plain MNIST", plain.overall(), charts.PLAIN_COLOR),
+        ]
+        measured_on = "the task's own test set and the 10,000 plain MNIST test images"
+    else:
+        lines = [("all digits", plain.overall(), charts.PLAIN_COLOR)]
+        if targets:
+            digits = ", ".join(map(str, targets))
+            lines = [
+                (
+                    f"target digit{'s' if len(targets) > 1 else ''} {digits}",
+                    plain.accuracy_on(targets),
+                    charts.ADAPTED_COLOR,
+                ),
+                ("the other digits", plain.accuracy_on(other_digits(targets)), charts.BASE_COLOR),
+                *lines,
+            ]
+        measured_on = "the 10,000 MNIST test images"
+    with right:
+        st.plotly_chart(charts.strength_curve(plain.strengths, lines, strength), width="stretch")
+    point = plain.strengths.index(strength)
+    for column, (label, values, _) in zip(st.columns(len(lines)), lines):
+        column.metric(
+            f"{label[0].upper()}{label[1:]} at strength {strength:g}",
+            pct(values[point]),
+            f"{100 * (values[point] - values[0]):+.2f} points vs the base",
+        )
+    st.caption(
+        f"Measured on {measured_on}, at strengths {plain.strengths[0]:g} to {plain.strengths[-1]:g} in steps of "
+        f"{STEP:g}. Strength 0 gives the base model's predictions exactly; the table and the matrices below show "
+        "the adapter as trained (strength 1)."
+    )
+
+
+per_digit_section()
 rows = []
 for d in range(10):
     row = {
@@ -174,7 +268,7 @@ for d in range(10):
         row["adapted accuracy %"] = round(100 * after.per_digit_accuracy[d], 2)
     row["target"] = "◀ target" if d in targets else ""
     rows.append(row)
-st.subheader("Wrong test images per digit")
+st.subheader("Wrong test images per digit (the adapter as trained)")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 # --- confusion -------------------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""The Evaluation page's adapter strength: the curve is computed once in the background, then the control moves
+the per-digit chart, the figures and the curve's mark, and strength 0 shows the base model's own figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conftest import assert_clean, new_app, visit
+
+from lora_core.lab.strength import STRENGTHS, strength_curve
+from lora_core.lab.study import load_base_for_lora
+from lora_core.store.artifacts import ArtifactStore
+
+
+def _with_control(at, timeout: float = 60.0):  # noqa: ANN001, ANN202 - AppTest
+    """Rerun until the strength control is there (the curve computes in a background thread)."""
+    deadline = time.monotonic() + timeout
+    while not [s for s in at.select_slider if s.key == "eval_strength"]:
+        assert time.monotonic() < deadline, "the strength curve never arrived"
+        time.sleep(0.2)
+        at.run()
+    return next(s for s in at.select_slider if s.key == "eval_strength")
+
+
+def _metrics(at) -> dict[str, str]:  # noqa: ANN001 - AppTest
+    return {m.label: (m.value, m.delta) for m in at.metric}
+
+
+def _bars(at, trace: int = 1) -> list[float]:  # noqa: ANN001 - AppTest
+    """The bars of the per-digit chart (trace 0: the base model, 1: the adapter), in percent."""
+    import json
+
+    chart = next(c for c in at.get("plotly_chart") if "Per-digit" in c.proto.spec)
+    return json.loads(chart.proto.spec)["data"][trace]["y"]
+
+
+def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: Path, small_mnist) -> None:
+    at = visit(new_app(), "evaluation")
+    assert_clean(at)
+    slider = _with_control(at)
+    assert list(slider.options) == [f"{s:g}" for s in STRENGTHS] and slider.value == 1.0
+    # the figures at each strength are the library's, on the full test set, for the saved adapter
+    base, lora_model = load_base_for_lora(ArtifactStore(trained_dir), "cpu")
+    ArtifactStore(trained_dir).load_adapter(lora_model, "small", base.fingerprint)
+    curve = strength_curve(lora_model, "small", small_mnist.test_x, small_mnist.test_y)
+    for strength in (0.0, 2.0, 1.0):
+        slider.set_value(strength).run()
+        assert_clean(at)
+        expected = curve.at(strength)
+        assert _bars(at) == [100 * v for v in expected.per_digit_accuracy]
+        metrics = _metrics(at)
+        overall = next(v for label, v in metrics.items() if label == f"All digits at strength {strength:g}")
+        assert overall[0] == f"{100 * expected.accuracy:.2f}%", (strength, overall)
+        if strength == 0.0:  # the base model's own figures, as the page shows them above
+            assert _bars(at) == _bars(at, trace=0)
+            assert overall[0] == metrics["Base model accuracy"][0]
+            assert all(
+                delta == "+0.00 points vs the base" for label, (_, delta) in metrics.items() if "strength" in label
+            )
+        slider = next(s for s in at.select_slider if s.key == "eval_strength")
+    labels = [label for label in _metrics(at) if "at strength" in label]
+    assert labels[0].startswith("Target digit ") and labels[1] == "The other digits at strength 1", labels
