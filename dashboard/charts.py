@@ -78,11 +78,14 @@ def strength_curve(
             x=list(strengths), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color
         )
     fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=f"strength {current:g}")
-    for x, text in ((0.0, "base"), (1.0, "as trained")):
-        fig.add_vline(x=x, line_width=1, line_color="#bbbbbb", annotation_text=text, annotation_position="bottom")
+    fig.add_vline(x=1.0, line_width=1, line_color="#bbbbbb")  # the adapter as trained
     fig.update_xaxes(title_text="strength (0 = base model, 1 = the adapter as trained)", tickvals=list(strengths))
     fig.update_yaxes(title_text="accuracy (%)")
-    return _layout(fig, title, height=320)
+    _layout(fig, title, height=380)
+    # below the axis: three names side by side would run into the title in a half-width column
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
+    return fig
 
 
 def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
