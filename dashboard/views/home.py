@@ -78,12 +78,17 @@ else:
     step(3, "Find the weakest digit", False, "Needs the evaluation.", "evaluation", "Evaluation")
 if active_info is not None:
     cfg = active_info.record.config
-    digits = ", ".join(map(str, active_info.targets))
+    domain = active_info.domain_task
+    if domain is not None:
+        trained_on = f"task `{domain.spec}` ({domain.label})"
+    else:
+        digits = active_info.targets
+        trained_on = f"digit{'s' if len(digits) > 1 else ''} {', '.join(map(str, digits))}"
     step(
         4,
         "Fine-tune it with LoRA",
         True,
-        f"Adapter `{active_info.name}` on digit {digits}: rank {cfg.r if cfg else '?'}, base weights frozen.",
+        f"Adapter `{active_info.name}` on {trained_on}: rank {cfg.r if cfg else '?'}, base weights frozen.",
         "finetune",
         "LoRA fine-tuning",
     )
@@ -165,29 +170,45 @@ st.header("Headline figures")
 if figures is None:
     st.info("Run the study (or fine-tune an adapter) to see the headline figures here.")
 else:
-    d, weakest = figures.digit, figures.weakest_digit
-    before, after = figures.per_digit_before[d], figures.per_digit_after[d]
-    st.caption(f"From {figures.source}; every number is measured on the 10,000 MNIST test images.")
+    st.caption(f"From {figures.source}; every number is measured on {figures.measured_on}.")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Base accuracy", pct(figures.base_accuracy))
-    m2.metric(
-        "Adapter's target digit",
-        ", ".join(map(str, figures.digits)),
-        f"{pct(before)} before",
-        delta_color="off",
-        delta_arrow="off",
-    )
-    m3.metric(f"Digit {d} after LoRA", pct(after), f"{100 * (after - before):+.2f} points")
-    m4.metric(
-        "Overall after LoRA",
-        pct(figures.adapted_accuracy),
-        f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points",
-    )
-    weakest_note = f"The base model's weakest digit is {weakest} ({pct(figures.per_digit_before[weakest])})"
-    if weakest in figures.digits:
-        st.caption(f"{weakest_note}: the adapter's target.")
+    overall_change = f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points"
+    if figures.task_label is not None:  # a domain task: no target digit, and not plain MNIST
+        m1.metric("Base model on the task's test set", pct(figures.base_accuracy))
+        m2.metric("Adapter's task", figures.task_label, delta_color="off", delta_arrow="off")
+        m3.metric("With the adapter on the task's test set", pct(figures.adapted_accuracy), overall_change)
+        m4.page_link(
+            ui.PAGES["evaluation"], label="Its cost on plain MNIST: the Evaluation page", icon=":material/bar_chart:"
+        )
     else:
-        st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
+        d, weakest = figures.digit, figures.weakest_digit
+        before, after = figures.per_digit_before[d], figures.per_digit_after[d]
+        m1.metric("Base accuracy", pct(figures.base_accuracy))
+        m2.metric(
+            f"Adapter's target digit{'s' if len(figures.digits) > 1 else ''}",
+            ", ".join(map(str, figures.digits)),
+            f"{pct(before)} before" if len(figures.digits) == 1 else None,
+            delta_color="off",
+            delta_arrow="off",
+        )
+        m3.metric(f"Digit {d} after LoRA", pct(after), f"{100 * (after - before):+.2f} points")
+        m4.metric("Overall after LoRA", pct(figures.adapted_accuracy), overall_change)
+        weakest_note = f"The base model's weakest digit is {weakest} ({pct(figures.per_digit_before[weakest])})"
+        if weakest in figures.digits:
+            st.caption(f"{weakest_note}: the adapter's target.")
+        else:
+            st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
+        worst = figures.worst_hit_other
+        if worst is not None:
+            digit, change = worst
+            if change < 0:
+                st.caption(
+                    f"The cost elsewhere: the other digit that lost most is {digit}, "
+                    f"{pct(figures.per_digit_before[digit])} → {pct(figures.per_digit_after[digit])} "
+                    f"({100 * change:+.2f} points)."
+                )
+            else:
+                st.caption("No other digit got worse with this adapter.")
     n1, n2 = st.columns(2)
     n1.metric(
         "Parameters added by LoRA",
@@ -205,7 +226,14 @@ else:
     if weights_table is not None:
         with st.expander("Per base tensor"):
             st.dataframe(weights_table, hide_index=True, width="stretch")
+    on_what = "on the task's test set" if figures.task_label is not None else "on the MNIST test set"
     st.plotly_chart(
-        charts.per_digit_bars(figures.per_digit_before, figures.per_digit_after, list(figures.digits)),
+        charts.per_digit_bars(
+            figures.per_digit_before,
+            figures.per_digit_after,
+            list(figures.digits),
+            labels=("Base model", f"With adapter {figures.adapter}"),
+            title=f"Per-digit accuracy {on_what}",
+        ),
         width="stretch",
     )

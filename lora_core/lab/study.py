@@ -320,10 +320,34 @@ class Headline:
     lora_percent: float
     weights_unchanged: bool | None  # None: the adapter recorded nothing to check
     weights_note: str
+    # a domain task's adapter (rotate, invert...): its figures are on the task's own test set, and it has no
+    # target digit (it trains on all ten); None for an adapter on digits of plain MNIST
+    task_label: str | None = None
+
+    @property
+    def measured_on(self) -> str:
+        if self.task_label is not None:
+            return f"the task's own test set (the 10,000 MNIST test images, {self.task_label})"
+        return "the 10,000 MNIST test images"
 
     @property
     def digit(self) -> int:
         return self.digits[0]
+
+    @property
+    def other_digits(self) -> list[int]:
+        return [d for d in range(len(self.per_digit_before)) if d not in self.digits]
+
+    @property
+    def worst_hit_other(self) -> tuple[int, float] | None:
+        """(digit, change in accuracy) of the digit outside the targets that changed for the worse the most (a
+        negative change), or the smallest gain when none got worse; None when every digit is a target."""
+        others = self.other_digits
+        if not others:
+            return None
+        changes = {d: self.per_digit_after[d] - self.per_digit_before[d] for d in others}
+        digit = min(others, key=lambda d: (changes[d], d))
+        return digit, changes[digit]
 
     @property
     def weakest_digit(self) -> int:
@@ -361,7 +385,12 @@ def headline_from_adapter(name: str, metrics: dict[str, Any], base_params: int, 
     """From a saved adapter: the before/after it recorded in metrics.json and its recorded check."""
     before, after = metrics["before"], metrics["after"]
     lora_params = int(metrics.get("trainable_params") or 0)
-    digits = list(metrics.get("target_digits") or [weakest_digit(before["per_digit_accuracy"])])
+    task = metrics.get("task") if isinstance(metrics.get("task"), dict) else {}
+    task_label = str(task.get("label") or task.get("spec")) if task.get("domain") else None
+    if task_label is not None:  # trained on every digit of the transformed images: none is its target
+        digits: list[int] = []
+    else:
+        digits = list(metrics.get("target_digits") or [weakest_digit(before["per_digit_accuracy"])])
     return Headline(
         source=f"the active adapter `{name}` (figures recorded when it was saved)",
         adapter=name,
@@ -374,4 +403,5 @@ def headline_from_adapter(name: str, metrics: dict[str, Any], base_params: int, 
         lora_percent=100.0 * lora_params / base_params if base_params else 0.0,
         weights_unchanged=None if check.status == "not recorded" else check.passed,
         weights_note=check.summary,
+        task_label=task_label,
     )

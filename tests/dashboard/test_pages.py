@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAGES, assert_clean, new_app, texts, visit
+from conftest import APP, PAGES, assert_clean, new_app, texts, visit
+from streamlit.testing.v1 import AppTest
 
 from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
 from lora_core.data import MnistData
@@ -193,3 +194,43 @@ def test_draw_page_random_test_digit(trained_dir: Path, mnist: MnistData) -> Non
     next(b for b in at.button if b.label == "Clear").click().run()
     assert_clean(at)
     assert not at.metric and not at.image, "Clear removes the digit and its predictions"
+
+
+def test_home_headline_of_a_task_adapter_is_on_its_task_and_names_no_target(
+    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rotate-45 active, the headline's figures are its own (recorded on the rotated test images) and say
+    so; no digit is called its target, and step 4 names the task, not ten digits."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(saved_results, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["active_adapter"] = "rotate-45"
+    at.run()
+    assert_clean(at)
+    metrics = json.loads((root / "adapters" / "rotate-45" / "metrics.json").read_text())
+    values = {m.label: m.value for m in at.metric}
+    assert values["Base model on the task's test set"] == pct(metrics["before"]["accuracy"])
+    assert values["With the adapter on the task's test set"] == pct(metrics["after"]["accuracy"])
+    assert values["Adapter's task"] == metrics["task"]["label"]
+    assert "Base accuracy" not in values and not any("target digit" in label for label in values)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert f"measured on the task's own test set (the 10,000 MNIST test images, {metrics['task']['label']})" in captions
+    assert "weakest digit" not in captions
+    steps = [str(m.value) for m in at.markdown if str(m.value).startswith(":material/")]
+    assert "Adapter `rotate-45` on task `rotate:45`" in steps[3], steps[3]
+    chart = json.loads(next(c for c in at.get("plotly_chart") if "on the task's test set" in c.proto.spec).proto.spec)
+    assert not chart["layout"].get("shapes")  # no digit is marked as a target
+
+
+def test_home_headline_of_a_digit_adapter_shows_the_worst_hit_other_digit(trained_dir: Path) -> None:
+    at = new_app()
+    metrics = json.loads((trained_dir / "adapters" / "small" / "metrics.json").read_text())
+    before, after = metrics["before"]["per_digit_accuracy"], metrics["after"]["per_digit_accuracy"]
+    others = [d for d in range(10) if d not in metrics["target_digits"]]
+    worst = min(others, key=lambda d: (after[d] - before[d], d))
+    captions = " ".join(str(c.value) for c in at.caption)
+    if after[worst] < before[worst]:
+        assert f"the other digit that lost most is {worst}, {pct(before[worst])} → {pct(after[worst])}" in captions
+    else:
+        assert "No other digit got worse with this adapter." in captions
