@@ -13,6 +13,7 @@ from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.lab.mydigits.collection import MyDigits
 from lora_core.lab.mydigits.personal import PERSONAL_ADAPTER
+from lora_core.lab.strength import STRENGTHS
 from lora_core.lab.tasks import Task, parse_task
 from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import BaseModelRecord
@@ -125,12 +126,24 @@ def compare_personal(
 
 
 task = adapter_task(picked)
+# off unless asked: a drawing is read as drawn, whichever adapter an Experiments run left active
 use_task = task is not None and st.toggle(
     f"Show the digit as the adapter's task does: {task.label}",
-    value=True,
+    value=False,
     key="draw_task_transform",
-    help="The adapter was trained on transformed digits; both models then predict the transformed digit.",
+    help="The adapter was trained on transformed digits; with this on, both models predict the transformed digit.",
 )
+strength = 1.0
+if chosen is not None:
+    strength = st.select_slider(
+        "Adapter strength",
+        options=STRENGTHS,
+        value=1.0,
+        format_func=lambda s: f"{s:g}",
+        key="draw_strength",
+        help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
+        "1 the adapter as trained.",
+    )
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])
@@ -198,9 +211,13 @@ with right:
     if chosen is not None:
         try:
             model = state.load_into_session(base, chosen, view.where)
-            model.set_adapter(chosen)
+            if strength == 1.0:
+                model.set_adapter(chosen)
+            else:
+                model.set_adapter([chosen], weights=[strength])
             model.enable_adapters(state.adapters_enabled())
             p_adapted = predict_probabilities(model, prepared)
+            model.set_adapter(chosen)
         except ArtifactError as exc:
             st.error(f"Adapter `{chosen}` cannot be loaded: {exc}")
     top_base = int(np.argmax(p_base))
@@ -213,7 +230,8 @@ with right:
     if p_adapted is not None:
         top_adapted = int(np.argmax(p_adapted))
         with c2:
-            label = f"With {chosen} says" + ("" if state.adapters_enabled() else " (adapter disabled)")
+            at = "" if strength == 1.0 else f" at strength {strength:g}"
+            label = f"With {chosen}{at} says" + ("" if state.adapters_enabled() else " (adapter disabled)")
             st.metric(
                 label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off", delta_arrow="off"
             )
@@ -221,12 +239,21 @@ with right:
                 charts.probability_bars(p_adapted, f"With adapter {chosen}", color=charts.ADAPTED_COLOR),
                 width="stretch",
             )
+        # neutral either way: the page cannot know what a drawing was meant to be, so agreeing is no success
         if top_adapted != top_base:
-            st.error(f"The models disagree: the base model says {top_base}, the adapter says {top_adapted}.")
+            st.info(f"The models disagree: the base model says {top_base}, the adapter says {top_adapted}.")
         else:
-            st.success(f"Both models say {top_base}.")
+            st.info(f"Both models say {top_base}.")
     if true_label is not None:
         st.caption(f"The true label is {true_label}.")
+    if task is not None:
+        if use_task:
+            st.caption(f"Both models read the digit transformed as task `{task.spec}` does ({task.label}).")
+        else:
+            st.caption(
+                f"Adapter `{chosen}` was trained on task `{task.spec}` ({task.label}); both models read the "
+                "digit as drawn. The switch above shows it transformed."
+            )
     compare_personal(base, prepared, top_base, chosen, view)
 
 # --- two adapters at once (dashboard/combination.py) -------------------------------------------------------------

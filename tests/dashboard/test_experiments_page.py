@@ -165,12 +165,17 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
         visit(restarted, page)
         assert_clean(restarted)
         assert "invert" in restarted.selectbox(key=key).options
-    # the task's adapter on the draw page: the digit is shown inverted, and both models predict the inverted one
+    # the task's adapter on the draw page: the digit is read as it is unless asked, and the page says so
     visit(restarted, "draw")
     restarted.selectbox(key="draw_adapter").set_value("invert").run()
     next(b for b in restarted.button if b.label == "Random test digit").click().run()
     assert_clean(restarted)
+    assert len(restarted.image) == 1 and not restarted.toggle(key="draw_task_transform").value
+    assert any("both models read the digit as drawn" in str(c.value) for c in restarted.caption)
+    # switched on: the digit is shown inverted, and both models predict the inverted one
+    restarted.toggle(key="draw_task_transform").set_value(True).run()
     assert len(restarted.image) == 2, "the digit as it is, and as the task shows it"
+    assert any("Both models read the digit transformed as task `invert`" in str(c.value) for c in restarted.caption)
     index = int(re.fullmatch(r"MNIST test image #(\d+): a \d", restarted.image[0].captions[0])[1])
     assert "invert" in restarted.image[1].captions[0]
     x = parse_task("invert").transform_normalized(mnist.test_x[index : index + 1])

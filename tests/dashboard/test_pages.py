@@ -190,6 +190,27 @@ def test_draw_page_random_test_digit(trained_dir: Path, mnist: MnistData) -> Non
         base_says, adapted_says = (int(m(x).argmax()) for m in saved_models(trained_dir))
     values = {m.label: m.value for m in at.metric}
     assert values == {"Base model says": str(base_says), "With small says": str(adapted_says)}
+    assert [str(i.value) for i in at.info] == [
+        f"Both models say {base_says}."
+        if base_says == adapted_says
+        else f"The models disagree: the base model says {base_says}, the adapter says {adapted_says}."
+    ]
+    assert not at.success and not at.error  # the page cannot know what was meant: neither is a success
+
+    # the adapter's strength: 0 predicts as the base model, 2 as the update doubled
+    _, lora_model = saved_models(trained_dir)
+    for strength in (0.0, 2.0):
+        at.select_slider(key="draw_strength").set_value(strength).run()
+        assert_clean(at)
+        lora_model.set_adapter(["small"], weights=[strength])
+        with torch.no_grad():
+            probabilities = torch.softmax(lora_model(x), dim=1)[0]
+        values = {m.label: m.value for m in at.metric}
+        assert values[f"With small at strength {strength:g} says"] == str(int(probabilities.argmax()))
+        delta = next(m.delta for m in at.metric if m.label.startswith("With small"))
+        assert delta == f"{float(probabilities.max()):.1%} sure"
+        if strength == 0.0:
+            assert delta == next(m.delta for m in at.metric if m.label == "Base model says")
 
     next(b for b in at.button if b.label == "Clear").click().run()
     assert_clean(at)
