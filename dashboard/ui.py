@@ -4,7 +4,7 @@ and errors shown next to the field they are about."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -344,6 +344,32 @@ def offer_finetune(base: BaseModelRecord) -> None:
     st.page_link(PAGES["finetune"], label="Choose the LoRA settings on the Fine-tuning page", icon=":material/tune:")
 
 
+# --- links: a view's settings in the URL's query parameters ------------------------------------------------------
+def linked_choice(param: str, key: str, options: Sequence[Any], what: str, default: Any) -> Any:
+    """The option the page's URL names for `param` (?adapter=digit-9), for the widget `key` when it first appears
+    in this session (afterwards the widget's own state wins, and `link` writes it back to the URL); `default`
+    otherwise. A value that is not among `options` is said on the page, and the default is shown."""
+    raw = st.query_params.get(param)
+    if raw is None or key in st.session_state:
+        return default
+    by_text = {_link_text(option): option for option in options}
+    if raw in by_text:
+        return by_text[raw]
+    st.warning(f"The link asks for {what} `{raw}`, which is not here; showing `{_link_text(default)}` instead.")
+    return default
+
+
+def link(param: str, value: Any) -> None:
+    """Put a setting of the view into the URL, so that its address opens the same view."""
+    text = _link_text(value)
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
+def _link_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def choose_adapter(
     base: BaseModelRecord, label: str, key: str, none_note: str, view: state.BaseView | None = None
 ) -> state.AdapterInfo | None:
@@ -359,9 +385,9 @@ def choose_adapter(
         return None
     names = [a.name for a in usable]
     active = state.active_adapter(base.fingerprint)
-    chosen = st.selectbox(
-        label, names, index=names.index(active) if active in names else 0, key=key, help="Defaults to the active one."
-    )
+    default = linked_choice("adapter", key, names, "adapter", active if active in names else names[0])
+    chosen = st.selectbox(label, names, index=names.index(default), key=key, help="Defaults to the active one.")
+    link("adapter", chosen)
     return usable[names.index(chosen)]
 
 

@@ -138,12 +138,13 @@ if chosen is not None:
     strength = st.select_slider(
         "Adapter strength",
         options=STRENGTHS,
-        value=1.0,
+        value=ui.linked_choice("strength", "draw_strength", STRENGTHS, "strength", 1.0),
         format_func=lambda s: f"{s:g}",
         key="draw_strength",
         help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
         "1 the adapter as trained.",
     )
+    ui.link("strength", strength)
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])

@@ -200,12 +200,13 @@ def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> Non
     strength = st.select_slider(
         "Adapter strength",
         options=STRENGTHS,
-        value=1.0,
+        value=ui.linked_choice("strength", "eval_strength", STRENGTHS, "strength", 1.0),
         format_func=lambda s: f"{s:g}",
         key="eval_strength",
         help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
         "1 the adapter as trained.",
     )
+    ui.link("strength", strength)
     at = plain.at(strength)
     name = f"{chosen} at strength {strength:g}"
     left, right = st.columns([3, 2])
