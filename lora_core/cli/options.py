@@ -251,7 +251,9 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ft-seed", dest="ft_seed", type=int_arg, default=d.seed)
     parser.add_argument("--name", help="adapter name (default: digit-<D>); letters, digits, '-', '_' and '.'")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing adapter of the same name (else refused)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing adapter of the same name (else refused; a study without --name picks a fresh name)",
     )
 
 

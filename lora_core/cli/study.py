@@ -85,6 +85,7 @@ def cmd_study(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
             stop,
             log=lambda m: (bar.close(), say(m)),
             overwrite=args.overwrite,
+            fresh_name=not args.overwrite,  # as the dashboard's study: without --name, a saved adapter stays
         )
     finally:
         bar.close()

@@ -251,7 +251,10 @@ def run_study(
     seconds["evaluate_base"] = time.perf_counter() - t
     log(f"Base accuracy {base_eval.accuracy:.2%}; weakest digit {base_eval.weakest_digit}")
     if fresh_name:
-        name = store.unused_adapter_name(default_adapter_name(finetune_config.digits or (base_eval.weakest_digit,)))
+        usual = default_adapter_name(finetune_config.digits or (base_eval.weakest_digit,))
+        name = store.unused_adapter_name(usual)
+        if name != usual:
+            log(f"An adapter called '{usual}' is saved already: this one is saved as '{name}'")
     t = time.perf_counter()
     outcome = finetune_and_save_adapter(
         store,

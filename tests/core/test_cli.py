@@ -332,3 +332,27 @@ def test_damaged_adapter_weights_stop_every_command_that_reads_them(trained_arti
         assert chosen.stdout.startswith(
             f"No saved adapter can be used with this base model (small: {damaged}); showing the base model alone.\n"
         ), (command, chosen.stdout)
+
+
+def test_a_study_without_a_name_keeps_a_saved_adapter_and_says_the_new_name(
+    capsys, tmp_path, trained_artifacts, monkeypatch
+) -> None:
+    """The CLI's study follows the dashboard's rule: the adapter of the weakest digit is saved under a fresh
+    name when its usual one is taken, and the run says which; --overwrite replaces it instead."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+    args = ["study", "--steps", "2", "--ft-batch-size", "16", "--rank", "2", "--artifacts", str(root)]
+    first = run_cli_in_process(capsys, [*args, "--json", str(tmp_path / "first.json")])
+    assert first.returncode == 0, first.stderr
+    usual = json.loads((tmp_path / "first.json").read_text())["adapter"]["name"]
+    saved = (root / "adapters" / usual / "adapter_model.safetensors").read_bytes()
+    second = run_cli_in_process(capsys, [*args, "--json", str(tmp_path / "second.json")])
+    assert second.returncode == 0, second.stderr
+    assert json.loads((tmp_path / "second.json").read_text())["adapter"]["name"] == f"{usual}-2"
+    assert f"An adapter called '{usual}' is saved already: this one is saved as '{usual}-2'" in second.stdout
+    assert (root / "adapters" / usual / "adapter_model.safetensors").read_bytes() == saved
+    third = run_cli_in_process(capsys, [*args, "--overwrite", "--json", str(tmp_path / "third.json")])
+    assert third.returncode == 0, third.stderr
+    assert json.loads((tmp_path / "third.json").read_text())["adapter"]["name"] == usual
+    assert not (root / "adapters" / f"{usual}-3").exists()
