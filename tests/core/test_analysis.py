@@ -115,6 +115,29 @@ def test_amplification_recognises_an_update_along_w_own_top_directions() -> None
     assert a.random_norm < 0.5 * a.weight_top_norm
 
 
+@pytest.mark.parametrize("delta", [0.374, 1.0, 20.0])
+@pytest.mark.parametrize("projected", [1.0, 1.5, 1.6, 2.41, 3.0, 9.0])
+def test_every_amplification_sentence_is_true_for_its_numbers(delta: float, projected: float) -> None:
+    """Whatever the norms: "amplifies" only for a factor of 1 or more, "no more than random" only when W carries
+    no more along the update's directions than along random ones (1.59 here), and the multiple of random it states
+    is the real one."""
+    row = Amplification(
+        layer="linear1",
+        rank=4,
+        delta_norm=delta,
+        projected_norm=projected,
+        weight_top_norm=10.0,
+        random_norm=1.59,
+        weight_norm=20.0,
+    )
+    reading, factor = row.reading(), delta / projected
+    assert ("amplifies them by a factor" in reading) is (factor >= 1), reading
+    assert ("does not amplify them" in reading) is (factor < 1), reading
+    assert ("no more than random ones carry" in reading) is (projected <= 1.59), reading
+    if not row.emphasised and projected > 1.59:
+        assert f"{projected / 1.59:.2g}× what random ones carry" in reading, reading
+
+
 def test_amplification_recognises_directions_w_barely_uses() -> None:
     w = layer_weight()
     u, sv, vh = torch.linalg.svd(w, full_matrices=False)
@@ -245,11 +268,15 @@ def assert_reads_amplification(row: dict) -> None:
     assert row["factor"] == pytest.approx(delta / projected)
     assert f"||UᵀWVᵀ||_F = {projected:.3g}, against {top:.3g} along W's own top {row['rank']}" in row["reading"]
     assert f"{random:.3g} along random ones" in row["reading"]
-    assert f"by a factor of {delta / projected:.3g} (||ΔW||_F = {delta:.3g})" in row["reading"]
+    if delta / projected >= 1:
+        assert f"amplifies them by a factor of {delta / projected:.3g} (||ΔW||_F = {delta:.3g})" in row["reading"]
+    else:  # below 1 is no amplification, and the sentence must not call it one
+        assert f"is {delta / projected:.3g} (||ΔW||_F = {delta:.3g}), below 1" in row["reading"]
+        assert "amplifies them" not in row["reading"]
     assert top > 1.0001 * random, row  # trained layers: W's top directions carry more than random ones
     emphasised = math.log(projected / random) / math.log(top / random) >= 0.5
     assert row["emphasised"] is emphasised
-    verdict = "amplifies directions W already emphasises" if emphasised else "amplifies directions W barely uses"
+    verdict = "its directions are ones W already emphasises" if emphasised else "its directions are ones W barely uses"
     assert verdict in row["reading"], row["reading"]
 
 

@@ -167,21 +167,24 @@ class Amplification:
         times_random = self.projected_norm / self.random_norm if self.random_norm > 0 else float("inf")
         share = self.projected_norm / self.weight_top_norm if self.weight_top_norm > 0 else 0.0
         if self.emphasised is None:
-            verdict = "W's top directions carry no more than random ones at this rank, so which it amplifies is moot"
+            verdict = "W's top directions carry no more than random ones at this rank, so which it favours is moot"
         elif self.emphasised:
-            verdict = (
-                f"the update amplifies directions W already emphasises ({share:.0%} of what W's top directions carry)"
-            )
+            verdict = f"its directions are ones W already emphasises ({share:.0%} of what W's top directions carry)"
         else:
-            related = (
-                f", though {times_random:.1f}× more than random ones: they are related to W"
-                if times_random >= 2
-                else ", no more than random directions"
-            )
-            verdict = (
-                f"the update amplifies directions W barely uses ({share:.1%} of what W's top directions carry{related})"
-            )
-        return f"{head}: {verdict}, by a factor of {factor:.3g} (||ΔW||_F = {self.delta_norm:.3g})."
+            if times_random <= 1.0:
+                related = "no more than random ones carry"
+            else:
+                related = f"{times_random:.2g}× what random ones carry" + (
+                    ": related to W" if times_random >= 2 else ""
+                )
+            verdict = f"its directions are ones W barely uses ({share:.1%} of what W's top directions carry, {related})"
+        norm = f"||ΔW||_F = {self.delta_norm:.3g}"
+        if factor >= 1:
+            return f"{head}: {verdict}, and it amplifies them by a factor of {factor:.3g} ({norm})."
+        return (
+            f"{head}: {verdict}; its factor ||ΔW||_F / ||UᵀWVᵀ||_F is {factor:.3g} ({norm}), below 1: the update is "
+            "weaker along them than W itself, so it does not amplify them."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
