@@ -77,7 +77,7 @@ def add_to_my_digits(drawn: np.ndarray | None, drawing: PreparedDigit | None) ->
             return
         count = collection.counts()[int(label)]
         st.session_state[MY_DIGITS_FLASH] = (
-            f"Added to my digits as a {label}: you have {count} {label}{'' if count == 1 else 's'} now."
+            f"Added to my digits as a {label}: you have {count} drawing{'' if count == 1 else 's'} of {label} now."
         )
         st.session_state["canvas_version"] += 1  # a fresh canvas for the next drawing
         st.rerun()

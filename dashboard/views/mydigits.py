@@ -63,7 +63,8 @@ def show_flash(section: str) -> None:
 
 
 def plural(n: int, digit: int) -> str:
-    return f"{n} {digit}" + ("" if n == 1 else "s")
+    """'1 drawing of 0', '3 drawings of 7': a count beside a digit would read as one number ('1 0')."""
+    return f"{n} drawing{'' if n == 1 else 's'} of {digit}"
 
 
 def writable() -> bool:

@@ -145,7 +145,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
         if digit == 4:
             shot(page, folder, "0-guided-drawing-a-4")
         page.get_by_role("button", name="Save and next").click()
-        wait_for_text(page, re.escape(f"Saved your {digit}: you have 1 {digit} now."), timeout=30)
+        wait_for_text(page, re.escape(f"Saved your {digit}: you have 1 drawing of {digit} now."), timeout=30)
     wait_for_text(page, re.escape(f"you saved {len(BY_MOUSE)} of 10 digits"), timeout=30)
     settle(page)
     assert counts(root) == {d: int(d in BY_MOUSE) for d in range(10)}
@@ -174,7 +174,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     exported = Path(download.value.path()).read_bytes()
     assert download.value.suggested_filename == "my-digits.zip"
     page.locator('[class*="st-key-mydigits-delete-4-"]').first.locator("button:visible").click()
-    wait_for_text(page, re.escape("Deleted one 4: 1 4 left."), timeout=30)
+    wait_for_text(page, re.escape("Deleted one 4: 1 drawing of 4 left."), timeout=30)
     settle(page)
     assert counts(root)[4] == GUIDED - 1
     wait_for_text(page, re.escape("2 more 4s"), timeout=10)
@@ -237,7 +237,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
     page.get_by_role("option", name="7", exact=True).click()
     settle(page)
     page.get_by_role("button", name="Add to my digits").click()
-    wait_for_text(page, re.escape(f"Added to my digits as a 7: you have {GUIDED + 2} 7s now."), timeout=30)
+    wait_for_text(page, re.escape(f"Added to my digits as a 7: you have {GUIDED + 2} drawings of 7 now."), timeout=30)
     assert counts(root)[7] == GUIDED + 2
     assert_no_errors(page)
     shot(page, folder, "5-draw-added")

@@ -73,7 +73,7 @@ def test_the_grid_shows_each_digit_with_its_count_and_deletes_one_drawing(traine
     [button] = [b for b in buttons if b.key == f"mydigits-delete-{gone.id}"]
     button.click().run()
     assert_clean(at)
-    assert "Deleted one 3: 1 3 left." in [str(s.value) for s in at.success]
+    assert "Deleted one 3: 1 drawing of 3 left." in [str(s.value) for s in at.success]
     assert [d.id for d in collection.list()] == [threes[1].id, *(d.id for d in collection.list() if d.label == 7)]
     assert not (collection.folder / "images" / f"{gone.id}.png").exists()
     assert counts_shown(at)["3"] == 1 and counts_shown(at)["total"] == 2
