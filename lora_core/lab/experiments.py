@@ -38,6 +38,7 @@ from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ConfigError
 from lora_core.evaluate import EvaluationSummary, evaluate
 from lora_core.lab.experiment_settings import HEAD_LAYER, METHOD_LABELS, METHODS, ExperimentSettings, SettingsRecord
+from lora_core.lab.readings import METHOD_NAMES
 from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter
 from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
@@ -218,7 +219,7 @@ def run_method(
     computed, and dropped); the full and head copies are thrown away once measured."""
     if method not in METHODS:
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    named = named_progress(progress, method)
+    named = named_progress(progress, METHOD_NAMES[method])  # the name the tables and charts use
     started = time.perf_counter()
     if method == "lora":
         return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter)

@@ -61,6 +61,7 @@ def rotate_recorded(tiny_mnist, tmp_path_factory):
     train_and_save_base(store, tiny_mnist, FULL_SIZE_BASE)
     base_before = file_bytes(root / "base")
     drawn: dict[str, list[list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+    phases: list[str] = []
     real_optimise = train.optimise
 
     def recording_optimise(model, params, next_batch, optimizer, lr_schedule, steps, precision, phase, *rest):
@@ -77,13 +78,21 @@ def rotate_recorded(tiny_mnist, tmp_path_factory):
     # every method's loop (train_parameters) hands its sampler to train.optimise: the one place all batches pass
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "optimise", recording_optimise)
-        result = run_experiment(store, tiny_mnist, parse_task("rotate:45"), SETTINGS)
-    return store, result, base_before, drawn
+        result = run_experiment(
+            store, tiny_mnist, parse_task("rotate:45"), SETTINGS, progress=lambda p: phases.append(p.phase)
+        )
+    return store, result, base_before, drawn, phases
 
 
 @pytest.fixture(scope="module")
 def rotate_run(rotate_recorded):
     return rotate_recorded[:3]
+
+
+def test_progress_names_each_method_as_the_tables_do(rotate_recorded):
+    phases = rotate_recorded[4]
+    assert {"LoRA", "full fine-tuning", "last layer only"} <= set(phases), sorted(set(phases))
+    assert "head" not in phases
 
 
 def test_methods_report_their_parameters_and_bytes(rotate_run):
@@ -196,7 +205,7 @@ def test_results_saved_in_one_second_are_all_kept_and_broken_files_are_named(rot
 def test_every_method_sees_the_same_batches(rotate_recorded):
     """LoRA, full fine-tuning and the last layer train on the same batches, in the same order, drawn from the
     task's (rotated) training images: what each method's own loop drew during the experiment."""
-    _, _, _, drawn = rotate_recorded
+    _, _, _, drawn, _ = rotate_recorded
     # the last run of each phase is the method's measured one (the warm-up's LoRA run comes first)
     lora, full, head = (drawn[phase][-1] for phase in ("finetune", "full", "head"))
     assert len(lora) == SETTINGS.steps
