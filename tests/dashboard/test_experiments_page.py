@@ -102,7 +102,7 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     assert_clean(at)
     job = wait_for_job(at)
     assert job.kind == "experiment" and job.status == jobs.DONE, job.error
-    assert set(job.phases) == {"lora", "full", "head"}  # one progress phase per method
+    assert set(job.phases) == {"LoRA", "full fine-tuning", "last layer only"}  # one phase per method, named as shown
     assert_clean(at)
     # the experiment's adapter is now this tab's active adapter, the page says so, and the other pages use it
     assert at.session_state[state.ACTIVE_KEY] == "invert"
