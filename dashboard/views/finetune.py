@@ -256,6 +256,9 @@ for a in infos:
 
 names = [a.name for a in infos]
 default_index = names.index(active) if active in names else 0
+if st.session_state.get("manage_seen_active") != active:  # a newly active one (just trained, say) is the one to manage
+    st.session_state["manage_seen_active"] = active
+    st.session_state.pop("manage_adapter", None)
 picked = st.selectbox("Adapter to manage", names, index=default_index, key="manage_adapter")
 picked_info = next(a for a in infos if a.name == picked)
 

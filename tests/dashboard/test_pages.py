@@ -255,3 +255,21 @@ def test_home_headline_of_a_digit_adapter_shows_the_worst_hit_other_digit(traine
         assert f"the other digit that lost most is {worst}, {pct(before[worst])} → {pct(after[worst])}" in captions
     else:
         assert "No other digit got worse with this adapter." in captions
+
+
+def test_the_adapter_to_manage_follows_a_newly_active_adapter(
+    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(saved_results, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["active_adapter"] = "small"
+    visit(at.run(), "finetune")
+    assert at.selectbox(key="manage_adapter").value == "small"
+    at.session_state["active_adapter"] = "rotate-45"  # as a run that finishes makes its adapter active
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="manage_adapter").value == "rotate-45"
+    at.selectbox(key="manage_adapter").set_value("small").run()  # the user's own pick stays until the next change
+    assert at.selectbox(key="manage_adapter").value == "small"
