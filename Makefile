@@ -1,6 +1,6 @@
 # make run   - set up .venv and start the dashboard (http://localhost:8501; another port: make run PORT=8502)
-# make study - set up .venv and run the whole study from the command line; an adapter of the same name
-#              is refused, replace it with: make study STUDY_ARGS=--overwrite (any study options go there)
+# make study - set up .venv and run the whole study from the command line; a saved adapter of the same name
+#              stays (the new one gets a fresh name), replace it with: make study STUDY_ARGS=--overwrite
 # make test  - set up .venv with the test packages, lint, and run the test suite
 # make bench - set up .venv with the test packages and run the benchmarks (several minutes)
 # make screenshots - train into a temporary folder and save every dashboard page to docs/screenshots/ (needs Chromium)
@@ -38,9 +38,10 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check lora_core dashboard benchmarks tests tools
 
 # Two workers whatever the core count: each gets its share of PyTorch threads (tests/conftest.py), and the
-# browser tests' servers and Chromium fill the time one worker spends waiting on them. Files go to the workers
-# in the collection's order, slowest folders first (xdist would otherwise start with the files that hold the
-# most tests, leaving the browser tests for last on one worker).
+# browser tests' servers and Chromium fill the time one worker spends waiting on them. The full-size study and
+# the quick benchmark start in the background as the session starts (tests/conftest.py, BACKGROUND_RUNS); files
+# go to the workers in the collection's order: browser tests first, the tests that wait for a background run
+# after the others of their folder, the benchmark's last.
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
@@ -102,7 +103,38 @@ MUTATE_TRAIN_TESTS := \
 		test_finetune_divergence_removes_the_adapter_and_saves_nothing test_huge_learning_rate_is_allowed_but_above_one_rejected \
 		test_bad_train_configs_are_rejected test_bad_finetune_configs_are_rejected test_resolve_device \
 		test_finetune_refuses_bad_digits_with_a_config_error test_finetune_needs_target_digits \
-		test_finetune_trains_on_config_digits_only test_old_call_with_digits_beside_the_config_fails_loudly)
+		test_finetune_trains_on_config_digits_only test_old_call_with_digits_beside_the_config_fails_loudly \
+		test_number_checks_accept_their_bounds_and_name_the_field_and_range_when_they_refuse \
+		test_train_config_accepts_each_bound_and_refuses_one_past_it_naming_the_field \
+		test_finetune_config_accepts_each_bound_and_refuses_one_past_it_naming_the_field \
+		test_configs_turn_into_plain_dicts_and_a_finetune_config_into_its_lora_config \
+		test_resolve_device_picks_the_cpu_here_and_refuses_an_accelerator_this_machine_lacks \
+		test_resolve_device_prefers_cuda_then_mps_wherever_they_are_available \
+		test_adam_is_fused_on_cpu_and_cuda_only \
+		test_the_linear_schedule_reaches_zero_after_the_last_step_and_constant_keeps_the_rate \
+		test_the_reporter_turns_steps_into_progress_with_rate_and_eta \
+		test_the_reporter_reports_zero_rate_and_eta_without_elapsed_time_and_stops_when_asked \
+		test_train_base_visits_every_image_once_an_epoch_in_the_seeded_order_at_a_falling_rate \
+		test_train_parameters_draws_target_then_replay_images_from_the_config_seed_and_trains_only_params \
+		test_train_parameters_batches_without_other_digits_one_image_or_none \
+		test_train_parameters_stops_when_asked_leaving_params_frozen_and_the_model_in_eval_mode \
+		test_base_training_and_fine_tuning_run_under_bfloat16_autocast_when_asked \
+		test_finetune_reports_as_finetune_and_starts_the_adapter_from_the_config_seed)
+# proof.py: the checks on a tiny untrained base (a second each); the other tests of test_proof.py use the
+# session's trained base, whose fixtures (about 10 s) would rerun for every mutant
+MUTATE_PROOF_TESTS := \
+	$(addprefix tests/core/test_proof.py::,test_tensor_sha256_is_the_sha256_of_the_float32_bytes_whatever_the_dtype \
+		test_base_tensors_of_a_lora_model_are_its_base_mlp_tensors_under_plain_keys \
+		test_a_base_tensor_record_holds_both_hashes_who_recorded_them_and_when \
+		test_recorded_check_of_matching_hashes_is_unchanged_tensor_by_tensor \
+		test_recorded_check_without_recorded_hashes_before_is_not_recorded \
+		test_recorded_check_tells_a_changed_tensor_from_a_different_base \
+		test_recorded_check_rows_give_short_hashes_a_dash_where_none_and_both_verdicts \
+		test_live_check_to_dict_holds_every_field_under_its_name \
+		test_live_check_trains_all_ten_digits_and_its_control_only_the_base_tensors \
+		test_live_check_at_a_vanishing_learning_rate_moves_b_but_neither_a_nor_w \
+		test_live_check_defaults_to_20_steps_of_64_at_rank_8_on_one_thread_and_restores_the_threads \
+		test_live_check_of_a_lora_model_copies_its_base_and_leaves_it_and_the_random_state_alone)
 # artifacts.py: the storage and lock tests that build small models in a temporary folder (none trains)
 MUTATE_STORE_TESTS := \
 	$(addprefix tests/core/test_storage.py::,test_base_round_trip_is_exact test_base_other_hidden_sizes_round_trip \
@@ -142,7 +174,7 @@ MUTATE_TARGETS := \
 	lora_core/store/fileio.py:$(call join-tests,$(MUTATE_FILEIO_TESTS)) \
 	lora_core/store/artifacts.py:$(call join-tests,$(MUTATE_STORE_TESTS)) \
 	lora_core/train.py:$(call join-tests,$(MUTATE_TRAIN_TESTS)) \
-	lora_core/lab/proof.py:tests/core/test_proof.py \
+	lora_core/lab/proof.py:$(call join-tests,$(MUTATE_PROOF_TESTS)) \
 	lora_core/lora/layer.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
 	lora_core/lora/model.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
 	lora_core/lora/fast.py:tests/core/test_lora.py

@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 import threading
 import types
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,14 +14,16 @@ import torch.nn.functional as F
 from core_helpers import file_bytes
 
 from lora_core import train as train_module
+from lora_core.data import MnistData, as_inputs
 from lora_core.errors import ArtifactError, ConfigError, RunStopped, TrainingDiverged
 from lora_core.evaluate import Evaluation, evaluate, predict
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora, train_and_save_base
-from lora_core.lora import LoraModel
-from lora_core.model import count_parameters
+from lora_core.lora import LoraConfig, LoraModel
+from lora_core.model import MAX_HIDDEN, MLP, count_parameters
 from lora_core.params import parameter_table, weights_unchanged
+from lora_core.precision import resolve_precision
 from lora_core.store.artifacts import ArtifactStore
-from lora_core.train import FinetuneConfig, TrainConfig, finetune, resolve_device, train_base
+from lora_core.train import FinetuneConfig, Progress, RunResult, TrainConfig, finetune, resolve_device, train_base
 
 FT = FinetuneConfig(rank=4, alpha=8, steps=60, batch_size=64, seed=0, device="cpu")
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=128, lr=2e-3, seed=3, device="cpu")
@@ -372,8 +375,10 @@ def test_finetune_refuses_bad_digits_with_a_config_error(small_base, small_mnist
 
 def test_finetune_needs_target_digits(small_base, small_mnist):
     lora_model = LoraModel(small_base)
-    with pytest.raises(ConfigError, match="digit"):
+    with pytest.raises(ConfigError) as info:
         finetune(lora_model, "none", small_mnist, dataclasses.replace(FT, steps=2, digits=None))
+    assert info.value.field == "digit"
+    assert str(info.value) == "digit: choose the target digit(s) to fine-tune on (config.digits)"
     assert lora_model.adapters == {}
 
 
@@ -415,3 +420,424 @@ def test_run_study_refuses_an_existing_adapter_before_training(artifacts_copy, s
     assert result["adapter"]["name"] == "small" and result["base_weights_unchanged"] is True
     assert store.read_adapter("small").config.r == 2
     assert file_bytes(artifacts_copy / "base") == base_files  # the saved base was reused, not retrained
+
+
+# --- train.py's parts on a few images and tiny models (seconds; `make mutate` runs these) --------------------
+def refusal(check: Callable[..., object], *args: object, **kwargs: object) -> tuple[str, str]:
+    """The field and the message of the ConfigError `check(*args, **kwargs)` raises."""
+    with pytest.raises(ConfigError) as info:
+        check(*args, **kwargs)
+    return info.value.field, str(info.value)
+
+
+def first_images(data: MnistData, n: int) -> MnistData:
+    return dataclasses.replace(data, train_x=data.train_images[:n], train_y=data.train_y[:n])
+
+
+def tiny_mlp(seed: int = 0) -> MLP:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MLP(8, 8)
+
+
+FP32 = resolve_precision("fp32", torch.device("cpu"))
+
+
+def test_number_checks_accept_their_bounds_and_name_the_field_and_range_when_they_refuse() -> None:
+    for value in (1, 3):
+        train_module.check_int("steps", value, 1, 3)
+    assert refusal(train_module.check_int, "steps", 0, 1, 3) == (
+        "steps",
+        "steps: must be a whole number from 1 to 3, got 0",
+    )
+    for bad in (4, True, 2.0, "2"):
+        assert (
+            refusal(train_module.check_int, "steps", bad, 0, 3)[1]
+            == f"steps: must be a whole number from 0 to 3, got {bad!r}"
+        )
+    for lr in (1.0, 1, 1e-12):
+        train_module.check_lr(lr)
+    for lr in (0, 0.0, -0.5, 1.0000001, 1.5, 2.0, float("nan"), float("inf"), "0.1", None):
+        message = f"lr: learning rate must be a number above 0 and at most 1, got {lr!r}"
+        assert refusal(train_module.check_lr, lr) == ("lr", message)
+    for schedule in ("linear", "constant"):
+        train_module._check_schedule(schedule)
+    assert refusal(train_module._check_schedule, "cosine") == (
+        "lr_schedule",
+        "lr_schedule: must be one of linear, constant, got 'cosine'",
+    )
+    for device in ("auto", "cpu", "cuda", "mps"):
+        train_module._check_device(device)
+    assert refusal(train_module._check_device, "tpu") == (
+        "device",
+        "device: must be one of auto, cpu, cuda, mps, got 'tpu'",
+    )
+
+
+def test_train_config_accepts_each_bound_and_refuses_one_past_it_naming_the_field() -> None:
+    config = TrainConfig(device="cpu", precision="fp32")
+    for name, low, high in [("epochs", 1, 1000), ("batch_size", 1, 60_000), ("seed", 0, 2**63 - 1)]:
+        for ok in (low, high):
+            dataclasses.replace(config, **{name: ok}).validate()
+        for bad in (low - 1, high + 1):
+            message = f"{name}: must be a whole number from {low} to {high}, got {bad}"
+            assert refusal(dataclasses.replace(config, **{name: bad}).validate) == (name, message)
+    for hidden in ((1, 1), (MAX_HIDDEN, MAX_HIDDEN)):
+        dataclasses.replace(config, hidden=hidden).validate()
+    for hidden, bad in (((0, 5), 0), ((5, MAX_HIDDEN + 1), MAX_HIDDEN + 1)):
+        message = f"hidden: must be a whole number from 1 to {MAX_HIDDEN}, got {bad}"
+        assert refusal(dataclasses.replace(config, hidden=hidden).validate) == ("hidden", message)
+    for hidden in ((5,), (5, 5, 5)):
+        message = f"hidden: give two hidden sizes, got {hidden!r}"
+        assert refusal(dataclasses.replace(config, hidden=hidden).validate) == ("hidden", message)
+    for field, value in [("lr", 1.5), ("lr_schedule", "cosine"), ("device", "tpu"), ("precision", "fp8")]:
+        assert refusal(dataclasses.replace(config, **{field: value}).validate)[0] == field
+    for schedule, device, precision in [
+        ("constant", "auto", "auto"),
+        ("linear", "cuda", "bf16"),
+        ("linear", "mps", "fp32"),
+    ]:
+        dataclasses.replace(config, lr_schedule=schedule, device=device, precision=precision).validate()
+
+
+def test_finetune_config_accepts_each_bound_and_refuses_one_past_it_naming_the_field() -> None:
+    config = FinetuneConfig(digits=(0, 9), device="cpu", precision="fp32")
+    model = tiny_mlp()
+    config.validate(model)
+    dataclasses.replace(config, digits=None).validate(model)  # the weakest digit, chosen later
+    for name, low, high in [("steps", 1, 1_000_000), ("batch_size", 1, 60_000), ("seed", 0, 2**63 - 1)]:
+        for ok in (low, high):
+            dataclasses.replace(config, **{name: ok}).validate(model)
+        for bad in (low - 1, high + 1):
+            message = f"{name}: must be a whole number from {low} to {high}, got {bad}"
+            assert refusal(dataclasses.replace(config, **{name: bad}).validate, model) == (name, message)
+    for replay in (0.0, 1.0, 0, 1):
+        dataclasses.replace(config, replay=replay).validate(model)
+    for replay in (-0.01, 1.01, 2.0, float("nan"), "0.5"):
+        message = f"replay: must be a fraction from 0 to 1, got {replay!r}"
+        assert refusal(dataclasses.replace(config, replay=replay).validate, model) == ("replay", message)
+    assert refusal(dataclasses.replace(config, digits=()).validate, model) == (
+        "digit",
+        "digit: choose at least one target digit",
+    )
+    for digit in (10, -1, True, 1.0):
+        message = f"digit: must be a digit from 0 to 9, got {digit!r}"
+        assert refusal(dataclasses.replace(config, digits=(3, digit)).validate, model) == ("digit", message)
+    changes = [("lr", 1.5), ("lr_schedule", "cosine"), ("device", "tpu"), ("precision", "fp8"), ("rank", 0)]
+    for field, value in changes:
+        assert refusal(dataclasses.replace(config, **{field: value}).validate, model)[0] == field
+    for schedule, device, precision in [
+        ("constant", "auto", "auto"),
+        ("linear", "cuda", "bf16"),
+        ("linear", "mps", "fp32"),
+    ]:
+        dataclasses.replace(config, lr_schedule=schedule, device=device, precision=precision).validate(model)
+    assert refusal(dataclasses.replace(config, targets=("linear9",)).validate, model)[0] == "targets"  # the model's
+
+
+def test_configs_turn_into_plain_dicts_and_a_finetune_config_into_its_lora_config() -> None:
+    assert TrainConfig(hidden=(32, 16)).to_dict() == {
+        "epochs": 1,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "lr_schedule": "linear",
+        "seed": 0,
+        "device": "auto",
+        "hidden": [32, 16],
+        "precision": "auto",
+    }
+    config = FinetuneConfig(digits=[3, 5], targets=["linear2"])  # lists are kept as tuples
+    assert config.digits == (3, 5) and config.targets == ("linear2",)
+    assert config.to_dict() == {
+        "digits": [3, 5],
+        "rank": 8,
+        "alpha": 16.0,
+        "targets": ["linear2"],
+        "steps": 600,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "lr_schedule": "linear",
+        "replay": 0.5,
+        "dropout": 0.0,
+        "use_rslora": False,
+        "init": "kaiming",
+        "seed": 0,
+        "device": "auto",
+        "precision": "auto",
+    }
+    default = FinetuneConfig()
+    assert default.digits is None and default.to_dict()["digits"] is None
+    assert default.to_dict()["targets"] == ["linear1", "linear2", "linear3"]
+    shaped = FinetuneConfig(rank=3, alpha=5.0, dropout=0.25, targets=("linear2",), use_rslora=True, init="gaussian")
+    assert shaped.lora_config() == LoraConfig(
+        r=3, alpha=5.0, dropout=0.25, target_modules=("linear2",), use_rslora=True, init="gaussian"
+    )
+
+
+def test_resolve_device_picks_the_cpu_here_and_refuses_an_accelerator_this_machine_lacks() -> None:
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has an accelerator")
+    assert resolve_device() == resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "mps"):
+        message = f"device: {name} is not available on this machine; use cpu or auto"
+        assert refusal(resolve_device, name) == ("device", message)
+    assert refusal(resolve_device, "tpu")[0] == "device"
+
+
+def test_resolve_device_prefers_cuda_then_mps_wherever_they_are_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device() == resolve_device("mps") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device() == resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("mps") == torch.device("mps") and resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("device", "fused"), [("cpu", True), ("cuda", True), ("mps", False)])
+def test_adam_is_fused_on_cpu_and_cuda_only(device: str, fused: bool) -> None:
+    optimizer = train_module.adam([torch.nn.Parameter(torch.zeros(3))], 0.25, torch.device(device))
+    assert optimizer.defaults["fused"] is fused and optimizer.param_groups[0]["lr"] == 0.25
+
+
+@pytest.mark.parametrize(("schedule", "factors"), [("linear", [1.0, 0.75, 0.5, 0.25, 0.0]), ("constant", [1.0] * 5)])
+def test_the_linear_schedule_reaches_zero_after_the_last_step_and_constant_keeps_the_rate(
+    schedule: str, factors: list[float]
+) -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.4)
+    scheduler = train_module._scheduler(optimizer, schedule, 4)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.4 * f for f in factors])
+
+
+def test_the_reporter_turns_steps_into_progress_with_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([10.0, 10.5, 12.0, 14.0])  # the start, two steps, the result
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    reports: list[Progress] = []
+    reporter = train_module._Reporter("phase-x", 4, reports.append, threading.Event())
+    reporter.step(1, torch.tensor(0.5), 32)
+    reporter.step(2, torch.tensor(0.25), 32, epoch=2)
+    assert reports == [
+        Progress("phase-x", 1, 4, 0.5, 64.0, 0.5, 1.5, 1),  # 32 samples in 0.5 s; 3 steps to go at 0.5 s each
+        Progress("phase-x", 2, 4, 0.25, 32.0, 2.0, 2.0, 2),
+    ]
+    assert reporter.result() == RunResult(4.0, 16.0, [0.5, 0.25])
+    with pytest.raises(TrainingDiverged) as diverged:
+        reporter.step(3, torch.tensor(float("nan")), 32)
+    assert (
+        str(diverged.value)
+        == "phase-x: the loss became nan at step 3 of 4; lower the learning rate. Nothing was saved."
+    )
+    assert reporter.losses == [0.5, 0.25] and len(reports) == 2
+
+
+def test_the_reporter_reports_zero_rate_and_eta_without_elapsed_time_and_stops_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [5.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    reports: list[Progress] = []
+    reporter = train_module._Reporter("p", 3, reports.append, None)
+    reporter.step(0, torch.tensor(1.0), 8)
+    reporter.step(1, torch.tensor(1.0), 8)
+    assert [(p.samples_per_s, p.elapsed_s, p.eta_s) for p in reports] == [(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)]
+    assert reporter.result() == RunResult(0.0, 0.0, [1.0, 1.0])
+    now[0] = 5.25  # under a second: a rate all the same
+    assert reporter.result() == RunResult(0.25, 64.0, [1.0, 1.0])
+    stop = threading.Event()
+    stopping = train_module._Reporter("q", 3, reports.append, stop)
+    stopping.step(1, torch.tensor(1.0), 8)
+    stop.set()
+    with pytest.raises(RunStopped) as stopped:
+        stopping.step(2, torch.tensor(1.0), 8)
+    assert str(stopped.value) == "q stopped at step 2 of 3; nothing was saved."
+    assert [p.step for p in reports if p.phase == "q"] == [1, 2]  # the step that stops is reported first
+
+
+class RecordingMLP(MLP):
+    """An MLP that records every batch it is given, with the learning rate of the optimizer at that point."""
+
+    inputs: list[torch.Tensor]
+    rates: list[float]
+    optimizer: torch.optim.Optimizer | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        if self.optimizer is not None:
+            self.rates.append(self.optimizer.param_groups[0]["lr"])
+        return super().forward(x)
+
+
+def record_batches(monkeypatch: pytest.MonkeyPatch) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Make train_base build RecordingMLPs and record the labels of every loss; returns inputs, labels, rates."""
+    inputs: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    rates: list[float] = []
+    adam = train_module.adam
+
+    class Recording(RecordingMLP):
+        def __init__(self, *hidden: int) -> None:
+            super().__init__(*hidden)
+            self.inputs, self.rates = inputs, rates
+
+    def recording_adam(params: object, lr: float, device: torch.device) -> torch.optim.Adam:
+        optimizer = adam(params, lr, device)
+        Recording.optimizer = optimizer
+        return optimizer
+
+    def recording_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels.append(y.clone())
+        return F.cross_entropy(logits, y)
+
+    monkeypatch.setattr(train_module, "MLP", Recording)
+    monkeypatch.setattr(train_module, "adam", recording_adam)
+    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=recording_cross_entropy))
+    return inputs, labels, rates
+
+
+def test_train_base_visits_every_image_once_an_epoch_in_the_seeded_order_at_a_falling_rate(
+    tiny_mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = first_images(tiny_mnist, 102)  # batches of 4 normalised 16 at a time: two blocks an epoch, a short batch
+    inputs, labels, rates = record_batches(monkeypatch)
+    config = TrainConfig(epochs=2, batch_size=4, lr=0.01, seed=7, device="cpu", hidden=(8, 8), precision="fp32")
+    reports: list[Progress] = []
+    model, run = train_base(data, config, progress=reports.append)
+    generator = torch.Generator().manual_seed(7)
+    batches = [
+        order[i : i + 4]
+        for order in (torch.randperm(102, generator=generator) for _ in range(2))
+        for i in range(0, 102, 4)
+    ]
+    assert len(batches) == 52 and len(inputs) == len(labels) == 52
+    for x, y, idx in zip(inputs, labels, batches, strict=True):
+        assert torch.equal(x, as_inputs(data.train_images[idx])) and torch.equal(y, data.train_y[idx])
+    assert rates == pytest.approx([0.01 * (1 - step / 52) for step in range(52)])
+    expected = [("train", step, 52, 1 if step <= 26 else 2) for step in range(1, 53)]
+    assert [(p.phase, p.step, p.total_steps, p.epoch) for p in reports] == expected
+    assert [p.loss for p in reports] == run.losses and run.precision == FP32
+    assert model.hidden == (8, 8) and not model.training
+
+
+def test_train_parameters_draws_target_then_replay_images_from_the_config_seed_and_trains_only_params(
+    tiny_mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = first_images(tiny_mnist, 300)
+    model = RecordingMLP(8, 8)
+    model.inputs, model.rates = [], []
+    labels: list[torch.Tensor] = []
+
+    def recording_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels.append(y.clone())
+        return F.cross_entropy(logits, y)
+
+    adam = train_module.adam
+
+    def recording_adam(params: object, lr: float, device: torch.device) -> torch.optim.Adam:
+        model.optimizer = adam(params, lr, device)
+        return model.optimizer
+
+    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=recording_cross_entropy))
+    monkeypatch.setattr(train_module, "adam", recording_adam)
+    params = list(model.linear3.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = FinetuneConfig(
+        digits=(3, 5), steps=3, batch_size=8, lr=0.01, replay=0.25, seed=11, device="cpu", precision="fp32"
+    )
+    reports: list[Progress] = []
+    run = train_module.train_parameters(model, params, data, config, phase="only-the-head", progress=reports.append)
+    # the same draws by hand: 6 target images, then 2 of the other digits, from a generator seeded with config.seed
+    is_target = (data.train_y == 3) | (data.train_y == 5)
+    target_idx, other_idx = is_target.nonzero().flatten(), (~is_target).nonzero().flatten()
+    generator = torch.Generator().manual_seed(11)
+    for x, y in zip(model.inputs, labels, strict=True):
+        picks = target_idx[torch.randint(target_idx.numel(), (6,), generator=generator)]
+        idx = torch.cat([picks, other_idx[torch.randint(other_idx.numel(), (2,), generator=generator)]])
+        assert torch.equal(x, as_inputs(data.train_images[idx])) and torch.equal(y, data.train_y[idx])
+    assert len(labels) == 3 and model.rates == pytest.approx([0.01, 0.01 * 2 / 3, 0.01 / 3])
+    assert [(p.phase, p.step, p.total_steps) for p in reports] == [("only-the-head", s, 3) for s in (1, 2, 3)]
+    assert [p.loss for p in reports] == run.losses and run.precision == FP32
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in ("linear1.weight", "linear1.bias", "linear2.weight"))
+    assert not torch.equal(after["linear3.weight"], before["linear3.weight"])
+    assert not model.training and not any(p.requires_grad for p in params)  # left frozen, in eval mode
+
+
+def test_train_parameters_batches_without_other_digits_one_image_or_none(tiny_mnist: MnistData) -> None:
+    threes = tiny_mnist.train_y == 3
+    only_threes = dataclasses.replace(
+        tiny_mnist, train_x=tiny_mnist.train_images[threes][:20], train_y=tiny_mnist.train_y[threes][:20]
+    )
+    model = tiny_mlp()
+
+    def trainable() -> list[torch.nn.Parameter]:  # each run leaves its params frozen
+        return [p.requires_grad_(True) for p in model.parameters()]
+
+    config = FinetuneConfig(digits=(3,), steps=2, batch_size=8, replay=0.5, device="cpu", precision="fp32")
+    no_replay = train_module.train_parameters(model, trainable(), only_threes, config, phase="p")  # none to draw
+    assert len(no_replay.losses) == 2
+    one = dataclasses.replace(config, batch_size=1, replay=0.0)
+    assert (
+        len(train_module.train_parameters(model, trainable(), first_images(tiny_mnist, 50), one, phase="p").losses) == 2
+    )
+    empty = dataclasses.replace(config, batch_size=0)  # train_parameters takes configs validated or not
+    message = "batch_size: the batch is empty"
+    assert refusal(train_module.train_parameters, model, trainable(), only_threes, empty, phase="p") == (
+        "batch_size",
+        message,
+    )
+    no_digits = dataclasses.replace(config, digits=None)
+    message = "digit: choose the target digit(s) to fine-tune on (config.digits)"
+    assert refusal(train_module.train_parameters, model, trainable(), only_threes, no_digits, phase="p") == (
+        "digit",
+        message,
+    )
+
+
+def test_train_parameters_stops_when_asked_leaving_params_frozen_and_the_model_in_eval_mode(
+    tiny_mnist: MnistData,
+) -> None:
+    model = tiny_mlp()
+    params = list(model.parameters())
+    stop = threading.Event()
+    stop.set()
+    config = FinetuneConfig(digits=(1,), steps=3, batch_size=4, device="cpu", precision="fp32")
+    with pytest.raises(RunStopped, match="stop-test stopped at step 1 of 3"):
+        train_module.train_parameters(model, params, first_images(tiny_mnist, 50), config, phase="stop-test", stop=stop)
+    assert not model.training and not any(p.requires_grad for p in params)
+
+
+def test_base_training_and_fine_tuning_run_under_bfloat16_autocast_when_asked(tiny_mnist: MnistData) -> None:
+    data = first_images(tiny_mnist, 64)
+    config = TrainConfig(batch_size=32, device="cpu", hidden=(8, 8), precision="bf16")
+    model, run = train_base(data, config)
+    assert run.precision is not None and run.precision.used == "bf16" and len(run.losses) == 2
+    finetune_config = FinetuneConfig(digits=(1,), steps=2, batch_size=8, device="cpu", precision="bf16")
+    run = train_module.train_parameters(model, list(model.parameters()), data, finetune_config, phase="p")
+    assert run.precision is not None and run.precision.used == "bf16" and len(run.losses) == 2
+
+
+def test_finetune_reports_as_finetune_and_starts_the_adapter_from_the_config_seed(tiny_mnist: MnistData) -> None:
+    lora_model = LoraModel(tiny_mlp())
+    fresh = LoraModel(tiny_mlp())
+    config = FinetuneConfig(digits=(3,), rank=2, alpha=4, steps=1, batch_size=8, seed=4, device="cpu", precision="fp32")
+    fresh.add_adapter("t", config.lora_config(), seed=4)
+    reports: list[Progress] = []
+    run = finetune(lora_model, "t", first_images(tiny_mnist, 100), config, progress=reports.append)
+    assert [(p.phase, p.step, p.total_steps) for p in reports] == [("finetune", 1, 1)] and len(run.losses) == 1
+    for name, layer in lora_model.lora_layers().items():  # B was 0 at the one step, so A had no gradient yet
+        assert torch.equal(layer.lora_A["t"].weight, fresh.lora_layers()[name].lora_A["t"].weight)
+        assert not torch.equal(layer.lora_B["t"].weight, fresh.lora_layers()[name].lora_B["t"].weight)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunStopped, match="finetune stopped at step 1"):
+        finetune(lora_model, "s", first_images(tiny_mnist, 100), config, stop=stop)
+    assert list(lora_model.adapters) == ["t"]
+    # a config the model cannot take is refused before anything happens, the global generator's seeding included
+    rng = torch.get_rng_state()
+    unknown_layer = dataclasses.replace(config, targets=("linear9",))
+    assert refusal(finetune, lora_model, "u", first_images(tiny_mnist, 100), unknown_layer)[0] == "targets"
+    assert torch.equal(rng, torch.get_rng_state()) and list(lora_model.adapters) == ["t"]
