@@ -75,7 +75,8 @@ def test_three_methods_print_a_table_and_save_everything(cli_runs, trained_artif
     assert f"{stored['head'] / 1e3:.1f} KB" in rows["head"]
     assert "the base model's logits exactly: yes" in out
     assert "Per digit, plain MNIST" in out
-    assert "lora" in result.stderr and "full" in result.stderr  # the progress bars go to stderr
+    for name in ("LoRA", "full fine-tuning", "last layer only"):  # the progress bars go to stderr, named as shown
+        assert f"{name}: 100%" in result.stderr, result.stderr
     data = json.loads((cli_runs["out"] / "3.json").read_text())
     assert data["task"]["spec"] == "shift:2" and [m["method"] for m in data["methods"]] == ["lora", "full", "head"]
     assert data["settings"]["steps"] == 3 and data["settings"]["rank"] == 2
