@@ -366,6 +366,23 @@ def link(param: str, value: Any) -> None:
         st.query_params[param] = text
 
 
+def strength_slider(key: str) -> float:
+    """The adapter-strength control (lora_core.lab.strength's grid), kept in the URL as `strength`."""
+    from lora_core.lab.strength import STRENGTHS
+
+    strength = st.select_slider(
+        "Adapter strength",
+        options=STRENGTHS,
+        value=linked_choice("strength", key, STRENGTHS, "strength", 1.0),
+        format_func=lambda s: f"{s:g}",
+        key=key,
+        help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
+        "1 the adapter as trained.",
+    )
+    link("strength", strength)
+    return strength
+
+
 def _link_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 

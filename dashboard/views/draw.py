@@ -13,7 +13,6 @@ from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.lab.mydigits.collection import MyDigits
 from lora_core.lab.mydigits.personal import PERSONAL_ADAPTER
-from lora_core.lab.strength import STRENGTHS
 from lora_core.lab.tasks import Task, parse_task
 from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import BaseModelRecord
@@ -135,16 +134,7 @@ use_task = task is not None and st.toggle(
 )
 strength = 1.0
 if chosen is not None:
-    strength = st.select_slider(
-        "Adapter strength",
-        options=STRENGTHS,
-        value=ui.linked_choice("strength", "draw_strength", STRENGTHS, "strength", 1.0),
-        format_func=lambda s: f"{s:g}",
-        key="draw_strength",
-        help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
-        "1 the adapter as trained.",
-    )
-    ui.link("strength", strength)
+    strength = ui.strength_slider("draw_strength")
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])

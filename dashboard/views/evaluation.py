@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import charts, combination, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.evaluate import Evaluation, compare
-from lora_core.lab.strength import STEP, STRENGTHS, StrengthCurve, other_digits
+from lora_core.lab.strength import STEP, StrengthCurve, other_digits
 from lora_core.lab.tasks import Task, accuracy_on
 from lora_core.numbers import pct
 from lora_core.store.artifacts import BaseModelRecord
@@ -197,16 +197,7 @@ def waiting_for_curve(curves: list) -> None:
 @st.fragment
 def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> None:
     """Moving the control reruns only this section: every figure in it is looked up on the curves."""
-    strength = st.select_slider(
-        "Adapter strength",
-        options=STRENGTHS,
-        value=ui.linked_choice("strength", "eval_strength", STRENGTHS, "strength", 1.0),
-        format_func=lambda s: f"{s:g}",
-        key="eval_strength",
-        help="Scales the adapter's update s·(α/r)·B·A (PEFT's adapter scale): 0 is the base model exactly, "
-        "1 the adapter as trained.",
-    )
-    ui.link("strength", strength)
+    strength = ui.strength_slider("eval_strength")
     at = plain.at(strength)
     name = f"{chosen} at strength {strength:g}"
     left, right = st.columns([3, 2])
