@@ -17,6 +17,8 @@ BASE_COLOR = "#8c9bb5"
 ADAPTED_COLOR = "#e4572e"
 TARGET_COLOR = "#f4b400"
 DIGITS = list(range(10))
+# worse (vermillion) to better (blue), through white: told apart with any colour vision (Okabe & Ito's pair)
+BETTER_WORSE_SCALE = [[0.0, "#d55e00"], [0.5, "#ffffff"], [1.0, "#0072b2"]]
 HEATMAP_MAX_CELLS = 200  # per side: bigger matrices are block-averaged before drawing
 
 
@@ -89,16 +91,38 @@ def strength_curve(
 
 
 def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
-    """confusion[true][predicted] as a heatmap; `difference` uses a diverging scale centred on 0."""
+    """confusion[true][predicted] as a heatmap. With `difference` (adapter − base counts) each cell is coloured
+    by whether the change is for the better, not by its sign: on the diagonal more is better (more images
+    right), off it more is worse (more of that mistake); the cell's text is the signed change itself."""
     z = np.asarray(matrix, dtype=float)
     text = [[f"{int(v):+d}" if difference and v else f"{int(v)}" for v in row] for row in z]
     if difference:
-        bound = max(1.0, float(np.abs(z).max()))
-        heat = go.Heatmap(z=z, x=DIGITS, y=DIGITS, colorscale="RdBu_r", zmin=-bound, zmax=bound, zmid=0.0)
+        better = np.where(np.eye(len(z), dtype=bool), z, -z)
+        verdict = [["better" if b > 0 else "worse" if b < 0 else "no change" for b in row] for row in better]
+        bound = max(1.0, float(np.abs(better).max()))
+        heat = go.Heatmap(
+            z=better,
+            x=DIGITS,
+            y=DIGITS,
+            colorscale=BETTER_WORSE_SCALE,
+            zmin=-bound,
+            zmax=bound,
+            zmid=0.0,
+            customdata=verdict,
+            colorbar={"tickvals": [-bound, 0, bound], "ticktext": ["worse", "no change", "better"]},
+            hovertemplate="true %{y}, predicted %{x}: %{text} (%{customdata})<extra></extra>",
+        )
     else:
         # log-like scale so the few errors off the diagonal are visible next to ~1,000 correct ones
-        heat = go.Heatmap(z=np.log10(1.0 + z), x=DIGITS, y=DIGITS, colorscale="Blues", showscale=False)
-    heat.update(text=text, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>")
+        heat = go.Heatmap(
+            z=np.log10(1.0 + z),
+            x=DIGITS,
+            y=DIGITS,
+            colorscale="Blues",
+            showscale=False,
+            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+        )
+    heat.update(text=text, texttemplate="%{text}")
     fig = go.Figure(heat)
     fig.update_xaxes(title_text="predicted", tickvals=DIGITS, side="bottom")
     fig.update_yaxes(title_text="true digit", tickvals=DIGITS, autorange="reversed")

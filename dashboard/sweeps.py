@@ -54,16 +54,22 @@ def sweep_values(kind: str, text: str) -> tuple[float, ...]:
     return check_values(kind, values)
 
 
+def marked_meaning(kind: str) -> str:
+    """What the sweep's star marks (the table keeps the star alone, so that its column is never cut off)."""
+    if kind == "rank":
+        return f"the smallest rank within {WITHIN_POINTS:g} points of the best task accuracy"
+    return "the default"
+
+
 def sweep_rows(result: SweepResult) -> pd.DataFrame:
     """One row per value of the sweep, in the saved order (increasing); `marked` says which one the sweep marks."""
     domain = bool(result.task["domain"])
     others = "plain MNIST" if domain else "other digits"
-    mark = f"smallest within {WITHIN_POINTS:g} points of the best" if result.kind == "rank" else "the default"
     rows = []
     for p in result.points:
         row: dict[str, Any] = {
             SWEEP_LABELS[result.kind]: p.value,
-            "marked": f"★ {mark}" if p.value == result.marked else "",
+            "marked": "★" if p.value == result.marked else "",
             "task accuracy": 100 * p.task_accuracy,
             "task gain (points)": 100 * p.task_gain,
             "plain MNIST (applied)": 100 * p.plain_accuracy,
@@ -144,7 +150,9 @@ def show_sweep(result: SweepResult) -> None:
     config.update(ui.counts("trainable parameters", "bytes stored", "samples/s"))
     config["train time (s)"] = st.column_config.NumberColumn(format="%.2f")
     config[SWEEP_LABELS[result.kind]] = st.column_config.NumberColumn(format="%g")
+    config["marked"] = st.column_config.TextColumn("★", help=marked_meaning(result.kind), width="small")
     st.dataframe(frame, hide_index=True, column_config=config, width="stretch")
+    st.caption(f"★ marks {marked_meaning(result.kind)}.")
     if result.path:
         st.caption(f"Saved as `{result.path}`.")
 

@@ -14,6 +14,7 @@ from lora_core.errors import ArtifactError
 from lora_core.preprocess import ImageError, PreparedDigit, prepare_digit
 
 CANVAS_SIZE = 280
+CANVAS_TOOLBAR_ROOM_PX = 28
 STROKE_WIDTH = 18  # one pen for collecting drawings and for predicting them
 
 Result = TypeVar("Result")
@@ -27,6 +28,9 @@ def drawing_canvas(key: str, fallback: str) -> np.ndarray | None:
         # streamlit_drawable_canvas can only be imported inside a running app (it fails at import otherwise)
         from streamlit_drawable_canvas import st_canvas
 
+        # the canvas's toolbar floats 2.65rem above it while the pointer is over it: with this room and the
+        # 1rem gap between elements it covers nothing above (a caption, a heading)
+        st.space(CANVAS_TOOLBAR_ROOM_PX)
         result = st_canvas(
             stroke_width=STROKE_WIDTH,
             stroke_color="#FFFFFF",

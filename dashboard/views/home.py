@@ -113,9 +113,11 @@ st.write(
 )
 timings = []  # measured here, by the runs that made the saved work (no guesses)
 if base is not None and isinstance(base.meta.get("training", {}).get("seconds"), int | float):
-    timings.append(f"the saved base model trained in {base.meta['training']['seconds']:.1f} s")
+    timings.append(f"the saved base model's training steps took {base.meta['training']['seconds']:.1f} s")
 if active_info is not None and isinstance((active_info.record.metrics or {}).get("seconds"), int | float):
-    timings.append(f"adapter `{active_info.name}` fine-tuned in {active_info.record.metrics['seconds']:.1f} s")
+    timings.append(
+        f"adapter `{active_info.name}`'s fine-tuning steps took {active_info.record.metrics['seconds']:.1f} s"
+    )
 if timings:
     st.caption("On this machine " + " and ".join(timings) + ".")
 st.caption(ui.NEW_NAME_NOTE)

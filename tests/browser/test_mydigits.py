@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from benchmarks.writers import CANVAS_STROKE, draw, render, strokes, writer
 from lora_core.lab.mydigits.collection import MyDigits
@@ -120,6 +120,16 @@ def assert_drawn_whole(collection: MyDigits) -> None:
         assert score > 0.97, (item, score)
 
 
+def assert_toolbar_covers_nothing_above(page: Page, canvas: Locator, above: Locator) -> None:
+    """With the pointer on the canvas its toolbar shows, floating above the canvas: below `above`, not over it."""
+    canvas.hover()
+    toolbar = page.locator(".dc-toolbar").first
+    expect(toolbar).to_have_css("opacity", "1", timeout=5_000)
+    bar, text = toolbar.bounding_box(), above.bounding_box()
+    assert bar is not None and text is not None
+    assert bar["y"] >= text["y"] + text["height"], (bar, text)
+
+
 def test_collect_review_export_import_and_train_my_digits(browser, small_app, screenshot_dir, tmp_path) -> None:
     folder = screenshot_dir / "11-my-digits"
     root = small_app.artifacts
@@ -143,6 +153,7 @@ def test_collect_review_export_import_and_train_my_digits(browser, small_app, sc
             continue
         draw_strokes(page, canvas, strokes(WRITER, digit, 0), shown=preview)  # returns with the app idle
         if digit == 4:
+            assert_toolbar_covers_nothing_above(page, canvas, page.get_by_text("1 of 1 for the digit 4.").first)
             shot(page, folder, "0-guided-drawing-a-4")
         page.get_by_role("button", name="Save and next").click()
         wait_for_text(page, re.escape(f"Saved your {digit}: you have 1 drawing of {digit} now."), timeout=30)

@@ -3,6 +3,7 @@ rename, delete, the whole study; bad settings are refused next to their field an
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def test_finetune_button_saves_and_activates_an_adapter(trained_dir: Path) -> No
     assert at.session_state["active_adapter"] == "tiny"
     assert_clean(at)
     assert "Trainable parameters" in [m.label for m in at.metric]
+    # the training loop's time and the whole run's are two figures, each named for what it times
+    steps_s = json.loads((trained_dir / "adapters" / "tiny" / "metrics.json").read_text())["seconds"]
+    said = f"its training steps took {steps_s:.1f} s of the run's {job.seconds:.1f} s"
+    assert steps_s <= job.seconds and any(said in str(c.value) for c in at.caption), [c.value for c in at.caption]
     # the hashes that run recorded show its base weights unchanged on the Parameters page
     visit(at, "parameters")
     assert at.selectbox(key="params_adapter").value == "tiny"

@@ -41,6 +41,14 @@ def test_confusion_heatmaps_show_counts_and_signed_differences() -> None:
     heat = fig.data[0]
     assert heat.text[9][4] == "-5" and heat.text[9][9] == "+5" and heat.text[0][0] == "0"
     assert heat.zmin == -5 and heat.zmax == 5
+    # fixing 5 images (9 read as 4 five times fewer, 9 right five times more) colours both cells "better",
+    # a new mistake and a lost right answer both "worse": the colour never flips meaning on the diagonal
+    diff[2, 7], diff[2, 2] = 3, -3
+    heat = charts.confusion_heatmap(diff.tolist(), "Difference", difference=True).data[0]
+    assert heat.z[9][4] == heat.z[9][9] == 5 and heat.z[2][7] == heat.z[2][2] == -3
+    assert heat.customdata[9][4] == heat.customdata[9][9] == "better"
+    assert heat.customdata[2][7] == heat.customdata[2][2] == "worse" and heat.customdata[0][0] == "no change"
+    assert heat.colorscale[-1][1] == "#0072b2" and heat.colorscale[0][1] == "#d55e00"  # better is blue
 
 
 def test_loss_curve_splits_phases() -> None:
