@@ -279,8 +279,8 @@ if after is not None:
         )
         st.caption(
             f"The adapter fixes {len(diff['fixed'])} test images the base model got wrong and breaks "
-            f"{len(diff['broken'])} it got right. Each cell gives the change in its count of test images; blue is better (more right on the diagonal, "
-            "fewer of that mistake off it), vermillion is worse."
+            f"{len(diff['broken'])} it got right. Each cell gives the change in its count of test images; blue is "
+            "better (more right on the diagonal, fewer of that mistake off it), vermillion is worse."
         )
 else:
     st.plotly_chart(charts.confusion_heatmap(base_eval.confusion, "Base model"), width="stretch")
