@@ -7,6 +7,7 @@ sentences that read these charts are written by lora_core.lab.readings, from the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import plotly.graph_objects as go
@@ -85,6 +86,57 @@ def strength_curve(
     fig.update_yaxes(title_text="accuracy (%)")
     _layout(fig, title, height=380)
     # below the axis: three names side by side would run into the title in a half-width column
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
+    return fig
+
+
+class AdapterCurve(Protocol):
+    """A curve of evaluations of one adapter along a control (lora_core.lab.strength, .truncation)."""
+
+    def overall(self) -> list[float]: ...
+    def accuracy_on(self, digits: Sequence[int]) -> list[float]: ...
+
+
+def accuracy_lines(
+    plain: AdapterCurve, on_task: AdapterCurve | None, targets: Sequence[int]
+) -> tuple[list[tuple[str, list[float], str]], str]:
+    """The lines a curve chart draws, as (name, accuracy at each point, colour), and what they were measured on: a
+    domain task's adapter on its task's test set and on plain MNIST; a digit adapter on its target digits, the
+    other digits and all of them."""
+    if on_task is not None:
+        lines = [
+            ("on the task's test set", on_task.overall(), ADAPTED_COLOR),
+            ("on plain MNIST", plain.overall(), PLAIN_COLOR),
+        ]
+        return lines, "the task's own test set and the 10,000 plain MNIST test images"
+    lines = [("all digits", plain.overall(), PLAIN_COLOR)]
+    if targets:
+        others = [d for d in DIGITS if d not in targets]
+        named = f"target digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
+        lines = [
+            (named, plain.accuracy_on(targets), ADAPTED_COLOR),
+            ("the other digits", plain.accuracy_on(others), BASE_COLOR),
+            *lines,
+        ]
+    return lines, "the 10,000 MNIST test images"
+
+
+def truncation_curve(
+    ranks: Sequence[int],
+    lines: Sequence[tuple[str, Sequence[float], str]],
+    current: int,
+    title: str = "Accuracy against the directions kept",
+) -> go.Figure:
+    """Accuracy (fractions 0..1) against k, the top singular directions kept of each layer's update, one line per
+    (name, values, colour), with the current k marked; the last k is the whole update."""
+    fig = go.Figure()
+    for name, values, color in lines:
+        fig.add_scatter(x=list(ranks), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color)
+    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=f"k = {current}")
+    fig.update_xaxes(title_text="directions kept per layer (k; the last is the whole update)", tickvals=list(ranks))
+    fig.update_yaxes(title_text="accuracy (%)")
+    _layout(fig, title, height=380)
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
     fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
     return fig

@@ -20,10 +20,11 @@ import copy
 import dataclasses
 import hashlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 import torch
@@ -33,6 +34,7 @@ from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
 from lora_core.lab.strength import StrengthCurve, strength_curve
 from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
+from lora_core.lab.truncation import TruncationCurve, truncation_curve
 from lora_core.lora import LoraModel
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRecord, ArtifactStore, BaseModelRecord
 from lora_core.store.bases import separate_base_label, separate_bases
@@ -137,24 +139,52 @@ def adapter_evaluation(base: BaseModelRecord, record: AdapterRecord, where: Arti
     return _adapter_evaluation(str((where or store()).root), base.fingerprint, record.name, _adapter_stamp(record))
 
 
-# --- an adapter at each strength from 0 to 2 (lora_core.lab.strength), computed once in the background -----------
+# --- an adapter's curves (lora_core.lab.strength and .truncation), each computed once in the background ------------
 CURVES_KEPT = 16
+Curve = TypeVar("Curve", StrengthCurve, TruncationCurve)
 
 
 @st.cache_resource
-def _curves() -> tuple[ThreadPoolExecutor, dict[tuple[str, ...], Future[StrengthCurve]], threading.Lock]:
-    """Server-wide: one worker thread, and each curve's future by (folder, base, adapter, version, task), so that
-    every session asks once and a page never waits for a curve to render."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="strength-curve"), {}, threading.Lock()
+def _curves() -> tuple[ThreadPoolExecutor, dict[tuple[str, ...], Future[Any]], threading.Lock]:
+    """Server-wide: one worker thread, and each curve's future by (kind, folder, base, adapter, version, task), so
+    that every session asks once and a page never waits for a curve to render."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-curve"), {}, threading.Lock()
 
 
-def _compute_strength_curve(
-    root: str, base: BaseModelRecord, name: str, x: torch.Tensor, y: torch.Tensor
-) -> StrengthCurve:
+def _compute_curve(
+    compute: Callable[[LoraModel, str, torch.Tensor, torch.Tensor], Curve],
+    root: str,
+    base: BaseModelRecord,
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> Curve:
     # runs in the pool's thread, outside any script run: it is handed everything Streamlit's caches hold
     model = LoraModel(copy.deepcopy(base.model))
     ArtifactStore(root).load_adapter(model, name, base.fingerprint)
-    return strength_curve(model, name, x, y)
+    return compute(model, name, x, y)
+
+
+def _adapter_curve(
+    compute: Callable[[LoraModel, str, torch.Tensor, torch.Tensor], Curve],
+    base: BaseModelRecord,
+    record: AdapterRecord,
+    task: Task | None,
+    where: ArtifactStore | None,
+) -> Future[Curve]:
+    root = str((where or store()).root)
+    spec = task.spec if task is not None else None
+    key = (compute.__name__, root, base.fingerprint, record.name, _adapter_stamp(record), spec or "")
+    pool, futures, lock = _curves()
+    with lock:
+        future = futures.get(key)
+        if future is None:
+            x = _test_x() if spec is None else _task_test_x(spec)  # read here, in the script's own context
+            future = pool.submit(_compute_curve, compute, root, base, record.name, x, _test_y())
+            futures[key] = future
+            while len(futures) > CURVES_KEPT:  # the oldest first (dicts keep their order)
+                del futures[next(iter(futures))]
+    return future
 
 
 def adapter_strength_curve(
@@ -162,19 +192,15 @@ def adapter_strength_curve(
 ) -> Future[StrengthCurve]:
     """The adapter at each strength on the MNIST test set, or on a domain task's own test set: a future that
     is done once the curve is computed (the error it holds if the adapter cannot be loaded)."""
-    root = str((where or store()).root)
-    spec = task.spec if task is not None else None
-    key = (root, base.fingerprint, record.name, _adapter_stamp(record), spec or "")
-    pool, futures, lock = _curves()
-    with lock:
-        future = futures.get(key)
-        if future is None:
-            x = _test_x() if spec is None else _task_test_x(spec)  # read here, in the script's own context
-            future = pool.submit(_compute_strength_curve, root, base, record.name, x, _test_y())
-            futures[key] = future
-            while len(futures) > CURVES_KEPT:  # the oldest first (dicts keep their order)
-                del futures[next(iter(futures))]
-    return future
+    return _adapter_curve(strength_curve, base, record, task, where)
+
+
+def adapter_truncation_curve(
+    base: BaseModelRecord, record: AdapterRecord, task: Task | None = None, where: ArtifactStore | None = None
+) -> Future[TruncationCurve]:
+    """The adapter with each layer's update kept to its top k directions, for each k of its grid, on the MNIST
+    test set or a domain task's own: a future, as adapter_strength_curve."""
+    return _adapter_curve(truncation_curve, base, record, task, where)
 
 
 # --- a task adapter on its task's own test set (cached server-wide, like the evaluations above) ---------------

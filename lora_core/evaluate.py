@@ -90,6 +90,16 @@ class Evaluation:
         )
 
 
+def accuracy_on(evaluation: Evaluation | EvaluationSummary, digits: Sequence[int]) -> float:
+    """The accuracy over all test images of `digits` (weighted by how many each digit has, not the mean of their
+    rates), from an Evaluation or its saved summary; 0.0 when there are none."""
+    confusion = evaluation.confusion if isinstance(evaluation, Evaluation) else evaluation["confusion"]
+    support = evaluation.support if isinstance(evaluation, Evaluation) else evaluation["support"]
+    correct = sum(confusion[d][d] for d in digits)
+    total = sum(support[d] for d in digits)
+    return correct / total if total else 0.0
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2500) -> torch.Tensor:
     """Logits for every row of x, computed in batches on the model's device (NonFiniteOutputs if any is not finite)."""

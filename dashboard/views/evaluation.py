@@ -9,9 +9,9 @@ import streamlit as st
 
 from dashboard import charts, combination, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.evaluate import Evaluation, compare
-from lora_core.lab.strength import STEP, StrengthCurve, other_digits
-from lora_core.lab.tasks import Task, accuracy_on
+from lora_core.evaluate import Evaluation, accuracy_on, compare
+from lora_core.lab.strength import STEP, StrengthCurve
+from lora_core.lab.tasks import Task
 from lora_core.numbers import pct
 from lora_core.store.artifacts import BaseModelRecord
 
@@ -209,26 +209,7 @@ def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> Non
             width="stretch",
         )
     # (name, accuracy at every strength, colour): the curve's lines, and the figures read off them
-    if on_task is not None:
-        lines = [
-            ("on the task's test set", on_task.overall(), charts.ADAPTED_COLOR),
-            ("on plain MNIST", plain.overall(), charts.PLAIN_COLOR),
-        ]
-        measured_on = "the task's own test set and the 10,000 plain MNIST test images"
-    else:
-        lines = [("all digits", plain.overall(), charts.PLAIN_COLOR)]
-        if targets:
-            digits = ", ".join(map(str, targets))
-            lines = [
-                (
-                    f"target digit{'s' if len(targets) > 1 else ''} {digits}",
-                    plain.accuracy_on(targets),
-                    charts.ADAPTED_COLOR,
-                ),
-                ("the other digits", plain.accuracy_on(other_digits(targets)), charts.BASE_COLOR),
-                *lines,
-            ]
-        measured_on = "the 10,000 MNIST test images"
+    lines, measured_on = charts.accuracy_lines(plain, on_task, targets)
     with right:
         st.plotly_chart(charts.strength_curve(plain.strengths, lines, strength), width="stretch")
     point = plain.strengths.index(strength)

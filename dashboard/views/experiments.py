@@ -17,10 +17,11 @@ import torch
 from dashboard import charts, jobs, state, sweeps, ui, widgets
 from lora_core.data import denormalize
 from lora_core.errors import ConfigError
+from lora_core.evaluate import accuracy_on
 from lora_core.lab import readings
 from lora_core.lab.experiment_settings import METHOD_LABELS, METHODS, ExperimentSettings
 from lora_core.lab.experiments import ExperimentResult, list_experiments, load_experiment
-from lora_core.lab.tasks import Task, accuracy_on, parse_task
+from lora_core.lab.tasks import Task, parse_task
 from lora_core.numbers import pct
 from lora_core.train import resolve_device
 

@@ -10,8 +10,10 @@ import streamlit as st
 from dashboard import charts, diagram, state, ui
 from lora_core.errors import ArtifactError
 from lora_core.lab.proof import FAIL, PASS, live_check, recorded_check
+from lora_core.lab.truncation import TruncationCurve
 from lora_core.lora import LoraConfig, rank_limits
 from lora_core.model import MLP
+from lora_core.numbers import pct
 from lora_core.params import ParameterTable, parameter_table, update_statistics
 from lora_core.store.artifacts import ADAPTER_WEIGHTS
 
@@ -204,6 +206,81 @@ st.caption(
     f"{stats.frobenius_norm:.4g}: a {layer_rank}-dimensional change to a "
     f"{min(layer.out_features, layer.in_features)}-dimensional weight."
 )
+
+
+# --- rank truncation: how much of its rank the adapter uses -------------------------------------------------------
+def truncation_part() -> None:
+    """Each layer's update kept to its top k singular directions, with k as a control that the chart and the
+    figures follow at once; the curve is computed once per adapter, in the background."""
+    st.subheader("How much of its rank the adapter uses")
+    st.write(
+        "Keep only the top k singular directions of each layer's update and see whether the accuracy follows: "
+        "where it levels off is the rank the adapter really uses."
+    )
+    assert picked is not None
+    task = picked.domain_task
+    curves = [state.adapter_truncation_curve(base, picked.record, None, view.where)]
+    if task is not None:
+        curves.append(state.adapter_truncation_curve(base, picked.record, task, view.where))
+    if not all(c.done() for c in curves):
+        waiting_for_truncation(curves)
+        return
+    errors = [c.exception() for c in curves if c.exception() is not None]
+    if errors:
+        st.error(f"Adapter `{chosen}` cannot be truncated: {state.describe_error(errors[0])}")
+        return
+    truncation_section(curves[0].result(), curves[1].result() if task is not None else None)
+
+
+@st.fragment(run_every=1.0)
+def waiting_for_truncation(curves: list) -> None:
+    if all(c.done() for c in curves):
+        st.rerun()
+    st.caption(
+        ":material/hourglass_top: Evaluating the adapter with each number of directions kept (once per adapter)..."
+    )
+
+
+@st.fragment
+def truncation_section(plain: TruncationCurve, on_task: TruncationCurve | None) -> None:
+    """Moving the control reruns only this section: every figure in it is looked up on the curves."""
+    assert picked is not None
+    ranks = plain.ranks
+    whole = ranks[-1]
+    key = f"params_k-{chosen}"  # each adapter has its own grid of k
+    k = st.select_slider(
+        "Directions kept per layer (k)",
+        options=ranks,
+        value=ui.linked_choice("k", key, ranks, "k", whole),
+        key=key,
+        help="Each layer's update s·B·A keeps its top k singular directions; a layer of rank k or less keeps "
+        "its whole update.",
+    )
+    ui.link("k", k)
+    lines, measured_on = charts.accuracy_lines(plain, on_task, [] if on_task is not None else picked.targets)
+    point = ranks.index(k)
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(charts.truncation_curve(ranks, lines, k), width="stretch")
+    with right:
+        for label, values, _ in lines:
+            st.metric(
+                f"{label[0].upper()}{label[1:]} at k = {k}",
+                pct(values[point]),
+                f"{100 * (values[point] - values[-1]):+.2f} points vs the whole update",
+                delta_color="off",
+                delta_arrow="off",
+            )
+    kept = ", ".join(
+        f"{name} {100 * shares[point]:.1f}% (rank {plain.layer_ranks[name]})" for name, shares in plain.energy.items()
+    )
+    st.caption(
+        f"Measured on {measured_on}, with the update merged into W. At k = {k} each layer keeps this share of its "
+        f"update's squared norm: {kept}. k = {whole} is the whole update."
+    )
+
+
+truncation_part()
 
 st.subheader("Files on disk")
 store = view.store

@@ -19,8 +19,8 @@ import torch
 
 from lora_core.data import MnistData
 from lora_core.errors import ConfigError
-from lora_core.evaluate import evaluate
-from lora_core.lab.tasks import Task, accuracy_on, task_of, task_test_set
+from lora_core.evaluate import accuracy_on, evaluate
+from lora_core.lab.tasks import Task, task_of, task_test_set
 from lora_core.lora import LoraModel, validate_adapter_name
 from lora_core.numbers import is_finite_number, pct
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lora_core.errors import ConfigError
-from lora_core.evaluate import Evaluation, evaluate
+from lora_core.evaluate import Evaluation, accuracy_on, evaluate
 from lora_core.lora import LoraModel
 from lora_core.model import NUM_CLASSES
 
@@ -48,16 +48,10 @@ class StrengthCurve:
 
     def accuracy_on(self, digits: Sequence[int]) -> list[float]:
         """At each strength, the accuracy over all test images of `digits` (not the mean of their rates)."""
-        return [_accuracy_on(e, digits) for e in self.evaluations]
+        return [accuracy_on(e, digits) for e in self.evaluations]
 
     def overall(self) -> list[float]:
         return [e.accuracy for e in self.evaluations]
-
-
-def _accuracy_on(evaluation: Evaluation, digits: Sequence[int]) -> float:
-    correct = sum(evaluation.confusion[d][d] for d in digits)
-    total = sum(evaluation.support[d] for d in digits)
-    return correct / total if total else 0.0
 
 
 def other_digits(targets: Sequence[int]) -> list[int]:

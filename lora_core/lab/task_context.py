@@ -20,9 +20,9 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError
-from lora_core.evaluate import Evaluation, EvaluationSummary, evaluate
+from lora_core.evaluate import Evaluation, EvaluationSummary, accuracy_on, evaluate
 from lora_core.lab.study import load_base_for_lora, train_and_save_base
-from lora_core.lab.tasks import Task, accuracy_on, without_digits
+from lora_core.lab.tasks import Task, without_digits
 from lora_core.lora import LoraModel
 from lora_core.model import MLP
 from lora_core.numbers import Number

@@ -304,14 +304,6 @@ def without_digits(data: MnistData, digits: Sequence[int]) -> MnistData:
     )
 
 
-def accuracy_on(summary: dict[str, Any], digits: Sequence[int]) -> float:
-    """Accuracy over the test images of `digits` (weighted by how many each digit has) from an
-    Evaluation.summary(); 0.0 when there are none."""
-    correct = sum(summary["confusion"][d][d] for d in digits)
-    support = sum(summary["support"][d] for d in digits)
-    return correct / support if support else 0.0
-
-
 class TaskRecord(TypedDict):
     """Task.describe as saved (the schema lora_core.store.results checks on reading)."""
 

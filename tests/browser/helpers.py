@@ -40,7 +40,19 @@ def settle(page: Page, timeout: float = 60.0) -> None:
 
 
 def open_page(page: Page, base_url: str, name: str) -> None:
-    page.goto(f"{base_url}/{PAGES[name]}")
+    """Open a page of the app: by its link in the sidebar when the tab shows the app already (as a user moves
+    between pages, without loading the app again), else by its address."""
+    url = f"{base_url}/{PAGES[name]}"
+    link = page.locator(f'[data-testid="stSidebarNav"] a[href="{url}"]')
+    if page.url.startswith(base_url) and link.count():
+        wait_idle(page)  # a click while a script run ends can be lost with it
+        link.first.click()
+        try:
+            page.wait_for_url(url, timeout=10_000)
+        except PlaywrightError:
+            page.goto(url)
+    else:
+        page.goto(url)
     settle(page)
 
 

@@ -9,8 +9,9 @@ import torch
 
 from lora_core.data import MEAN, STD, MnistData, denormalize
 from lora_core.errors import ConfigError
+from lora_core.evaluate import accuracy_on
 from lora_core.lab import tasks as tasks_module
-from lora_core.lab.tasks import Task, accuracy_on, parse_task, without_digits
+from lora_core.lab.tasks import Task, parse_task, without_digits
 
 
 @pytest.mark.parametrize(
