@@ -37,6 +37,10 @@ class Sizes:
     train_cli_timeout_s: float = 600.0
     page_rounds: int = 2  # item 9: rounds of (CLI study, the page's study)
     page_study_settings: tuple[tuple[str, int], ...] = ()  # the Home page's "Study settings" fields to set
+    page_load_rounds: int = 5  # item 10: loads of each page in a fresh tab, switches to each page
+    page_names: tuple[str, ...] | None = None  # item 10: the pages it loads (None: every page)
+    control_moves: int = 10  # item 10: moves of each control
+    page_lab_steps: int = 600  # item 10: steps of the second adapter beside the study's
 
 
 FULL = Sizes(
@@ -74,6 +78,10 @@ QUICK = Sizes(
     train_cli_args=("--hidden", "16", "16", "--batch-size", "2048"),  # still one epoch of all 60,000 samples
     train_cli_timeout_s=240.0,
     page_rounds=1,
+    page_load_rounds=1,
+    page_names=("Home", "Evaluation", "Parameters"),  # the first page and the two with controls
+    control_moves=2,
+    page_lab_steps=10,
     page_study_settings=(("Hidden size 1", 16), ("Hidden size 2", 16), ("Fine-tuning steps", 5)),
 )
 

@@ -17,6 +17,7 @@ ITEMS: dict[int, str] = {
     7: "Scaling with hidden size and with LoRA rank",
     8: "`python -m lora_core train` as a whole process",
     9: "The whole study from the dashboard's page, in a real browser, against the CLI",
+    10: "The dashboard in a real browser: page loads, page switches, and each control's time to its figure",
 }
 
 
@@ -60,6 +61,9 @@ TARGETS: dict[str, Target] = {
     "study peak RSS once the data exists (bytes)": Target("<", 1.2e9, "1.2 GB"),
     "train command's speed-up over the tutorial loop": Target(">=", 15, "15x"),
     "study from the page vs from the CLI (speed)": Target(">=", 0.8, "0.8x"),
+    "first page complete in a fresh tab (s)": Target("<=", 2.0, "2 s"),
+    "page switch, slowest page (s)": Target("<=", 1.0, "1 s"),
+    "control to figure (s)": Target("<=", 0.3, "300 ms"),
 }
 
 

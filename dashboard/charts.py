@@ -462,6 +462,51 @@ COMBINATION_COLOR = ADAPTED_COLOR
 ALONE_COLORS = ("#2e86ab", "#6a994e", "#9b5de5", "#f15bb5")
 
 
+def weight_map(
+    weights: Sequence[float],
+    grid: Sequence[Sequence[float]],
+    current: tuple[float, float],
+    names: tuple[str, str],
+    title: str,
+) -> go.Figure:
+    """Accuracy (fractions 0..1; grid[i][j] at w1 = weights[j], w2 = weights[i]) of two adapters acting at once,
+    one square per pair of weights, so that a click picks a pair; the current pair is ringed."""
+    xs = [w1 for _ in weights for w1 in weights]
+    ys = [w2 for w2 in weights for _ in weights]
+    values = [100 * v for row in grid for v in row]
+    fig = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers",
+            marker={
+                "symbol": "square",
+                "size": 30,
+                "color": values,
+                "colorscale": "Viridis",  # perceptually uniform and colour-blind safe
+                "colorbar": {"title": {"text": "%"}},
+            },
+            text=[f"{v:.2f}%" for v in values],
+            hovertemplate=f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{text}}<extra></extra>",
+            name="weights",
+        )
+    )
+    fig.add_scatter(
+        x=[current[0]],
+        y=[current[1]],
+        mode="markers",
+        marker={"symbol": "circle-open", "size": 38, "color": MARK_COLOR, "line": {"width": 3}},
+        hoverinfo="skip",
+        name="chosen",
+    )
+    ticks = list(weights)
+    fig.update_xaxes(title_text=f"weight of {names[0]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
+    fig.update_yaxes(title_text=f"weight of {names[1]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
+    _layout(fig, title, height=420)
+    fig.update_layout(showlegend=False, clickmode="event+select", dragmode=False)
+    return fig
+
+
 def combination_bars(
     columns: Sequence[str], models: Sequence[str], kinds: Sequence[str], accuracy: Sequence[Sequence[float]]
 ) -> go.Figure:

@@ -20,6 +20,7 @@ from dashboard import charts, state
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lab.combine import (
     CombinationReport,
+    ScoreColumn,
     adapter_task,
     combination_label,
     score,
@@ -31,6 +32,8 @@ from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 
 WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accepts any weight)
+WEIGHT_STEP = 0.05  # fine enough to hold the weight map's grid (steps of 0.25)
+MAP_KEY = "eval_combine_map"
 SCORES_KEY = "_combination_scores"
 
 
@@ -68,8 +71,10 @@ def _controls(base: BaseModelRecord, prefix: str, first: str | None, where: Arti
     others = [n for n in names if n != one]
     two = c2.selectbox("Second adapter", others, index=0, key=f"{prefix}_combine_second")
     low, high = WEIGHT_RANGE
-    w1 = c1.slider(f"Weight of {one}", low, high, 1.0, 0.1, key=f"{prefix}_combine_w1")
-    w2 = c2.slider(f"Weight of {two}", low, high, 1.0, 0.1, key=f"{prefix}_combine_w2")
+    for key in (f"{prefix}_combine_w1", f"{prefix}_combine_w2"):  # 1 at first; a click on the map may set them
+        st.session_state.setdefault(key, 1.0)
+    w1 = c1.slider(f"Weight of {one}", low, high, step=WEIGHT_STEP, key=f"{prefix}_combine_w1")
+    w2 = c2.slider(f"Weight of {two}", low, high, step=WEIGHT_STEP, key=f"{prefix}_combine_w2")
     info = {a.name: a for a in usable}
     stamps = [str((info[n].record.metrics or {}).get("created", "")) for n in (one, two)]
     return Choice([one, two], [float(w1), float(w2)], stamps)
@@ -139,6 +144,7 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
     )
     if not st.toggle("Combine two adapters", value=False, key="eval_combine_on"):
         return
+    _apply_picked_weights()
     choice = _controls(base, "eval", first, where)
     if choice is None:
         return
@@ -169,6 +175,60 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
     st.dataframe(table, hide_index=True, width="stretch")
     for sentence in report.readings():
         st.caption(sentence)
+    _weight_map_part(base, choice, report.columns, where)
+
+
+def _apply_picked_weights() -> None:
+    """A square clicked on the weight map (a selection the chart keeps in its state) sets both weights, once per
+    click: afterwards the sliders are the user's again."""
+    for key in [k for k in st.session_state if str(k).startswith(f"{MAP_KEY}-")]:
+        points = ((st.session_state[key] or {}).get("selection") or {}).get("points") or []
+        if not points:
+            continue
+        picked = (float(points[0]["x"]), float(points[0]["y"]))
+        if st.session_state.get(f"_{key}_applied") != picked:
+            st.session_state[f"_{key}_applied"] = picked
+            st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
+
+
+def _weight_map_part(
+    base: BaseModelRecord, choice: Choice, columns: Sequence[ScoreColumn], where: ArtifactStore | None
+) -> None:
+    st.subheader("Every pair of weights")
+    records = {a.name: a.record for a in state.usable_adapters(base.fingerprint, where)}
+    pair = (records[choice.names[0]], records[choice.names[1]])
+    future = state.combination_weight_map(base, pair, columns, where)
+    if not future.done():
+        _waiting_for_map(future)
+        return
+    if future.exception() is not None:
+        st.error(f"The map of weights could not be computed: {state.describe_error(future.exception())}")
+        return
+    mapped = future.result()
+    current = (choice.weights[0], choice.weights[1])
+    for column, place in zip(columns, st.columns(len(columns))):
+        with place:
+            st.plotly_chart(
+                charts.weight_map(mapped.weights, mapped.grid(column.key), current, mapped.names, column.label),
+                on_select="rerun",
+                selection_mode="points",
+                key=f"{MAP_KEY}-{column.key}",
+                width="stretch",
+            )
+    low, high = mapped.weights[0], mapped.weights[-1]
+    outside = not all(low <= w <= high for w in current)
+    st.caption(
+        f"Accuracy at each pair of weights from {low:g} to {high:g} in steps of {mapped.weights[1] - low:g} (the "
+        f"corner 0, 0 is the base model), on the same test sets as the table. Click a square to set both weights "
+        f"to it{'; the chosen pair lies outside the map' if outside else '; the ring is the chosen pair'}."
+    )
+
+
+@st.fragment(run_every=1.0)
+def _waiting_for_map(future: Any) -> None:
+    if future.done():
+        st.rerun()
+    st.caption(":material/hourglass_top: Scoring the pair at every weight from 0 to 1.5 (once per pair)...")
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:

@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ import torch
 from lora_core.data import MnistData, denormalize, load_mnist
 from lora_core.errors import ArtifactError, ConfigError, DataError
 from lora_core.evaluate import Evaluation, evaluate
+from lora_core.lab.combine import PLAIN, CombinationMap, ScoreColumn, combination_map
 from lora_core.lab.strength import StrengthCurve, strength_curve
 from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
 from lora_core.lab.truncation import TruncationCurve, truncation_curve
@@ -175,13 +176,22 @@ def _adapter_curve(
     root = str((where or store()).root)
     spec = task.spec if task is not None else None
     key = (compute.__name__, root, base.fingerprint, record.name, _adapter_stamp(record), spec or "")
+    # the test images are read here, in the script's own context (Streamlit's caches hold them)
+    return _submitted_once(
+        key,
+        lambda: (compute, root, base, record.name, _test_x() if spec is None else _task_test_x(spec), _test_y()),
+        _compute_curve,
+    )
+
+
+def _submitted_once(key: tuple[str, ...], arguments: Callable[[], tuple[Any, ...]], work: Callable[..., Any]) -> Future:
+    """The future of `work(*arguments())` under `key`, submitted to the server-wide pool the first time any session
+    asks; the oldest of more than CURVES_KEPT are forgotten."""
     pool, futures, lock = _curves()
     with lock:
         future = futures.get(key)
         if future is None:
-            x = _test_x() if spec is None else _task_test_x(spec)  # read here, in the script's own context
-            future = pool.submit(_compute_curve, compute, root, base, record.name, x, _test_y())
-            futures[key] = future
+            future = futures[key] = pool.submit(work, *arguments())
             while len(futures) > CURVES_KEPT:  # the oldest first (dicts keep their order)
                 del futures[next(iter(futures))]
     return future
@@ -201,6 +211,40 @@ def adapter_truncation_curve(
     """The adapter with each layer's update kept to its top k directions, for each k of its grid, on the MNIST
     test set or a domain task's own: a future, as adapter_strength_curve."""
     return _adapter_curve(truncation_curve, base, record, task, where)
+
+
+def _compute_weight_map(
+    root: str,
+    base: BaseModelRecord,
+    names: tuple[str, str],
+    columns: tuple[ScoreColumn, ...],
+    sets: dict[str, torch.Tensor],
+    y: torch.Tensor,
+) -> CombinationMap:
+    model = LoraModel(copy.deepcopy(base.model))
+    for name in names:
+        ArtifactStore(root).load_adapter(model, name, base.fingerprint)
+    model.check_same_base(names)
+    return combination_map(model, names, columns, sets, y)
+
+
+def combination_weight_map(
+    base: BaseModelRecord,
+    records: tuple[AdapterRecord, AdapterRecord],
+    columns: Sequence[ScoreColumn],
+    where: ArtifactStore | None = None,
+) -> Future[CombinationMap]:
+    """Two adapters acting at once, scored on every column at each pair of weights of a coarse grid: a future,
+    computed once per pair (and per saved version of each) in the background, as the curves above."""
+    root = str((where or store()).root)
+    names = (records[0].name, records[1].name)
+    key = ("map", root, base.fingerprint, *names, *map(_adapter_stamp, records), *(c.key for c in columns))
+
+    def arguments() -> tuple[Any, ...]:
+        sets = {c.key if c.task else PLAIN: _task_test_x(c.key) if c.task else _test_x() for c in columns}
+        return root, base, names, tuple(columns), sets, _test_y()
+
+    return _submitted_once(key, arguments, _compute_weight_map)
 
 
 # --- a task adapter on its task's own test set (cached server-wide, like the evaluations above) ---------------

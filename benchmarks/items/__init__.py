@@ -21,6 +21,7 @@ from ..page import measure_page_vs_cli
 from ..report import Row
 from .cli_train import measure_cli_train, rows_8
 from .common import Raw
+from .dashboard_pages import measure_dashboard_pages, rows_10
 from .draw_latency import measure_draw_latency, rows_5
 from .inference import measure_inference, rows_4
 from .lora_steps import measure_lora_steps, rows_3
@@ -42,4 +43,5 @@ MEASUREMENTS: dict[str, tuple[Measure, tuple[RowsOf, ...]]] = {
     "7": (measure_scaling, (rows_7,)),
     "8": (measure_cli_train, (rows_8,)),
     "9": (measure_page_vs_cli, (rows_9,)),
+    "10": (measure_dashboard_pages, (rows_10,)),
 }

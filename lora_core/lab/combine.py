@@ -217,3 +217,55 @@ def combination_report(
         else:
             lora_model.set_adapter(before_names[0] if before_names else None)
     return report
+
+
+# a coarse grid from 0 to 1.5 in steps of 0.25: 49 weight pairs, each one pass per test set
+MAP_STEP = 0.25
+MAP_WEIGHTS: tuple[float, ...] = tuple(i * MAP_STEP for i in range(7))
+
+
+@dataclass(frozen=True)
+class CombinationMap:
+    """Every column's accuracy at each pair of weights (w1, w2) of a grid, for two adapters acting at once."""
+
+    names: tuple[str, str]
+    weights: tuple[float, ...]
+    columns: tuple[ScoreColumn, ...]
+    scores: dict[tuple[float, float], dict[str, float]]  # (w1, w2) -> column key -> accuracy
+
+    def grid(self, key: str) -> list[list[float]]:
+        """The accuracies of column `key`, one row per w2 and one column per w1 (a heat map's z)."""
+        return [[self.scores[(w1, w2)][key] for w1 in self.weights] for w2 in self.weights]
+
+    def at(self, w1: float, w2: float) -> dict[str, float]:
+        """Every column's accuracy at a pair of the grid (ConfigError for one off it)."""
+        for (a, b), scores in self.scores.items():
+            if abs(a - w1) < 1e-9 and abs(b - w2) < 1e-9:
+                return scores
+        raise ConfigError(
+            "weights", f"({w1:g}, {w2:g}) is not on the map's grid of {', '.join(map(str, self.weights))}"
+        )
+
+
+@torch.no_grad()
+def combination_map(
+    model: LoraModel,
+    names: Sequence[str],
+    columns: Sequence[ScoreColumn],
+    sets: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    weights: Sequence[float] = MAP_WEIGHTS,
+) -> CombinationMap:
+    """Score two adapters acting at once at every pair of `weights` (w1 for the first, w2 for the second; 0 leaves
+    one out, so the corner (0, 0) is the base model). The model's active adapters are restored afterwards."""
+    if len(names) != 2 or names[0] == names[1]:
+        raise ConfigError("adapters", f"a map needs two different adapters, got {list(names)!r}")
+    if not weights:
+        raise ConfigError("weights", "give at least one weight")
+    scores: dict[tuple[float, float], dict[str, float]] = {}
+    with model.active_adapters_kept():
+        for w1 in weights:
+            for w2 in weights:
+                model.set_adapter(list(names), weights=[float(w1), float(w2)])
+                scores[(float(w1), float(w2))] = score(model, columns, sets, labels)
+    return CombinationMap((names[0], names[1]), tuple(float(w) for w in weights), tuple(columns), scores)

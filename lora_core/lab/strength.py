@@ -70,20 +70,12 @@ def strength_curve(
     active adapters are restored afterwards, whatever happens."""
     if not strengths:
         raise ConfigError("strengths", "give at least one strength")
-    previous_weights = model.adapter_weights
-    previous = model.active_adapter
     evaluations = []
-    try:
+    with model.active_adapters_kept():
         for s in strengths:
             if s == 1.0:
                 model.set_adapter(adapter)
             else:
                 model.set_adapter([adapter], weights=[float(s)])
             evaluations.append(evaluate(model, x, y))
-    finally:
-        if previous is None and previous_weights:
-            names = list(previous_weights)
-            model.set_adapter(names, weights=[previous_weights[n] for n in names])
-        else:
-            model.set_adapter(previous)
     return StrengthCurve(adapter, tuple(float(s) for s in strengths), tuple(evaluations))

@@ -183,18 +183,14 @@ class LoraModel(nn.Module):
             "combination": {"adapters": [n for n, _ in weighted], "weights": [w for _, w in weighted], "type": "cat"},
             **(meta or {}),
         }
-        before_names, before_weights = self.active_adapters, list(self.adapter_weights.values())
-        self.add_adapter(adapter_name, config, meta=combined_meta)
-        for layer_name, (a, b) in factors.items():
-            layer = self.lora_layers()[layer_name]
-            layer.lora_A[adapter_name].weight.copy_(a)
-            layer.lora_B[adapter_name].weight.copy_(b)
-            layer.lora_A[adapter_name].weight.requires_grad_(False)
-            layer.lora_B[adapter_name].weight.requires_grad_(False)
-        if len(before_names) > 1 or any(w != 1.0 for w in before_weights):
-            self.set_adapter(before_names, before_weights)
-        else:
-            self.set_adapter(before_names[0] if before_names else None)
+        with self.active_adapters_kept():
+            self.add_adapter(adapter_name, config, meta=combined_meta)
+            for layer_name, (a, b) in factors.items():
+                layer = self.lora_layers()[layer_name]
+                layer.lora_A[adapter_name].weight.copy_(a)
+                layer.lora_B[adapter_name].weight.copy_(b)
+                layer.lora_A[adapter_name].weight.requires_grad_(False)
+                layer.lora_B[adapter_name].weight.requires_grad_(False)
 
     def check_same_base(self, names: Sequence[str]) -> None:
         """Raise StaleAdapterError unless every adapter in `names` that records its base model's fingerprint
@@ -263,6 +259,19 @@ class LoraModel(nn.Module):
         finally:
             for layer, was in zip(layers, before):
                 layer.adapters_enabled = was
+
+    @contextmanager
+    def active_adapters_kept(self) -> Iterator[None]:
+        """Whatever the block activates, the adapters active before it (none, one, or a weighted combination) are
+        active again afterwards, with their weights."""
+        combination, active = self._combination, self._active
+        try:
+            yield
+        finally:
+            if combination is not None:
+                self.set_adapter([name for name, _ in combination], weights=[w for _, w in combination])
+            else:
+                self.set_adapter(active)
 
     def merge(self) -> None:
         """Fold the active adapter (or combination) into a separate copy of each weight for zero-overhead

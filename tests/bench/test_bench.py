@@ -17,7 +17,7 @@ from benchmarks.report import TARGETS
 from lora_core.train import TrainConfig
 
 COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
-ITEM_NUMBERS = set(range(1, 10))
+ITEM_NUMBERS = set(range(1, 11))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_json_holds_every_row_and_the_machine(quick_run: tuple[subprocess.Comple
     for key in ("cpu_model", "torch_threads", "torch", "usable_cpus"):
         assert machine[key]
     raw = result["raw"]
-    assert set(raw) == {"1-2", "3", "4", "5", "6", "7", "8", "9"}
+    assert set(raw) == {"1-2", "3", "4", "5", "6", "7", "8", "9", "10"}
     assert raw["1-2"]["ours"]["samples_per_s"] > 0 and raw["1-2"]["baseline"]["samples_per_s"] > 0
     assert raw["1-2"]["peak_gflops"]["fp32"] > 0 and raw["1-2"]["peak_gflops"]["bf16"] > 0
     assert raw["6"]["fresh_clone"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"] > 0
@@ -137,3 +137,21 @@ def test_markdown_file_has_the_command_and_table(
     text = md_path.read_text(encoding="utf-8")
     assert "python -m benchmarks --quick" in text
     assert {int(r[0]) for r in table_rows(text)} == ITEM_NUMBERS
+
+
+def test_the_dashboard_item_timed_every_page_and_every_control_in_the_browser(
+    quick_run: tuple[subprocess.CompletedProcess[str], dict, Path],
+) -> None:
+    from benchmarks.context import QUICK
+
+    _, result, _ = quick_run
+    pages = result["raw"]["10"]
+    assert QUICK.page_names is not None
+    for kind in ("load_s", "switch_s"):
+        assert set(pages[kind]) == set(QUICK.page_names)
+        assert all(len(times) == pages["rounds"] and all(0 < t < 120 for t in times) for times in pages[kind].values())
+    assert set(pages["controls_s"]) == {"strength", "k", "weight map"}
+    assert all(len(times) == 2 and all(t > 0 for t in times) for times in pages["controls_s"].values())
+    measured = [r["measurement"] for r in result["rows"] if r["item"] == 10]
+    assert sum("complete in a fresh tab" in m for m in measured) == len(QUICK.page_names)
+    assert sum("by the sidebar's link" in m for m in measured) == len(QUICK.page_names)

@@ -426,3 +426,30 @@ def test_cli_combine_with_a_chosen_task(combo_artifacts, tmp_path, capsys):
     args = ["combine", "--artifacts", str(combo_artifacts), "--adapters", "small,rotate-45", "--task", "invert"]
     assert main([*args, "--json", str(out)]) == 0
     assert [c["key"] for c in json.loads(out.read_text())["columns"]] == ["plain", "invert"]
+
+
+def test_the_weight_map_scores_every_pair_and_keeps_the_active_adapters(two_adapters: LoraModel) -> None:
+    from lora_core.lab.combine import MAP_WEIGHTS, PLAIN, ScoreColumn, combination_map, score
+
+    generator = torch.Generator().manual_seed(5)
+    images, labels = torch.randn(300, 784, generator=generator), torch.randint(0, 10, (300,), generator=generator)
+    columns = [ScoreColumn(PLAIN, "all"), ScoreColumn("digits:3", "digit 3", digits=(3,))]
+    sets = {PLAIN: images}
+    two_adapters.set_adapter(["a", "b"], weights=[0.3, 0.7])
+    mapped = combination_map(two_adapters, ["a", "b"], columns, sets, labels)
+    assert two_adapters.adapter_weights == {"a": 0.3, "b": 0.7}  # what was active before is active again
+    assert MAP_WEIGHTS == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5) and len(mapped.scores) == 49
+    # each point is the pair acting at those weights: (0, 0) the base, (1, 0) adapter a alone, (0.5, 1.25) a mix
+    with two_adapters.adapters_disabled():
+        assert mapped.at(0.0, 0.0) == score(two_adapters, columns, sets, labels)
+    two_adapters.set_adapter("a")
+    assert mapped.at(1.0, 0.0) == score(two_adapters, columns, sets, labels)
+    two_adapters.set_adapter(["a", "b"], weights=[0.5, 1.25])
+    assert mapped.at(0.5, 1.25) == score(two_adapters, columns, sets, labels)
+    grid = mapped.grid(PLAIN)  # rows: w2, columns: w1
+    assert grid[5][2] == mapped.at(0.5, 1.25)[PLAIN] and grid[0][4] == mapped.at(1.0, 0.0)[PLAIN]
+    assert len({value for row in grid for value in row}) > 1  # the weights do change the accuracy
+    with pytest.raises(ConfigError, match="not on the map's grid"):
+        mapped.at(0.1, 0.0)
+    with pytest.raises(ConfigError, match="two different adapters"):
+        combination_map(two_adapters, ["a", "a"], columns, sets, labels)

@@ -65,6 +65,52 @@ def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
     assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
 
 
+def _map_charts(at, timeout: float = 120.0) -> list[dict]:  # noqa: ANN001 - AppTest
+    """The weight map's charts, once the map has been computed in the background (rerunning until then)."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        charts = [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
+        if charts:
+            return [json.loads(c.proto.spec) for c in charts]
+        assert time.monotonic() < deadline, "the weight map never arrived"
+        time.sleep(0.3)
+        at.run()
+
+
+def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(two_dir: Path, small_mnist) -> None:
+    from lora_core.lab.combine import MAP_WEIGHTS, combination_map, score_columns, scoring_sets
+    from lora_core.lab.study import load_base_for_lora
+
+    at = visit(new_app(), "evaluation")
+    _set(at, "toggle", "eval_combine_on", True)
+    _set(at, "slider", "eval_combine_w1", 0.5)
+    specs = _map_charts(at)
+    assert_clean(at)
+    store = ArtifactStore(two_dir)
+    base, model = load_base_for_lora(store, "cpu")
+    first = at.selectbox(key="eval_combine_first").value
+    second = at.selectbox(key="eval_combine_second").value
+    for name in (first, second):
+        store.load_adapter(model, name, base.fingerprint)
+    from lora_core.evaluate import evaluate
+    from lora_core.lab.combine import adapter_task
+
+    tasks = [t for t in (adapter_task(model.adapter_meta(n)) for n in (first, second)) if t is not None]
+    columns = score_columns(tasks, evaluate(base.model, small_mnist.test_x, small_mnist.test_y).weakest_digit)
+    expected = combination_map(model, [first, second], columns, scoring_sets(small_mnist, columns), small_mnist.test_y)
+    assert len(specs) == len(columns)
+    for spec, column in zip(specs, columns):
+        squares, ring = spec["data"]
+        assert len(squares["x"]) == len(MAP_WEIGHTS) ** 2
+        shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
+        assert shown[(0.5, 1.25)] == pytest.approx(100 * expected.at(0.5, 1.25)[column.key])
+        assert shown[(0.0, 0.0)] == pytest.approx(100 * expected.at(0.0, 0.0)[column.key])  # the base model
+        assert (ring["x"], ring["y"]) == ([0.5], [1.0])  # the sliders' pair
+
+
 def test_combining_needs_two_adapters(trained_dir: Path) -> None:
     at = visit(new_app(), "evaluation")
     _set(at, "toggle", "eval_combine_on", True)
