@@ -135,8 +135,10 @@ def scoring_sets_keys(columns: Sequence[Any]) -> list[str]:
     return ["plain", *[c.key for c in columns if c.task is not None]]
 
 
+@st.fragment
 def evaluation_section(base: BaseModelRecord, first: str | None = None, where: ArtifactStore | None = None) -> None:
-    """Evaluation page: per-task accuracy of each adapter alone and of their weighted sum."""
+    """Evaluation page: per-task accuracy of each adapter alone and of their weighted sum. A fragment: moving a
+    weight or clicking the map reruns only this section."""
     st.header("Combine two adapters")
     st.write(
         "Both adapters act at once: each layer computes W·x + b + w₁·(α/r)₁·B₁A₁·x + w₂·(α/r)₂·B₂A₂·x, the sum "

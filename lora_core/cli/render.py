@@ -9,6 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lora_core.evaluate import weakest_digit
+from lora_core.lab.study import headline_from_study
 from lora_core.numbers import pct
 from lora_core.params import ParameterTable
 from lora_core.train import Progress
@@ -169,6 +170,12 @@ def study_report(result: dict[str, Any], root: str) -> None:
         f"   Digit {d}: {pct(base['per_digit_accuracy'][d])} -> {pct(adapted['per_digit_accuracy'][d])}; "
         f"overall {pct(base['accuracy'])} -> {pct(adapted['accuracy'])}"
     )
+    hit = headline_from_study(result).worst_hit_other
+    if hit is not None:
+        o, change = hit
+        before_o, after_o = base["per_digit_accuracy"][o], adapted["per_digit_accuracy"][o]
+        kind = "lost most" if change < 0 else "gained least"
+        say(f"   The other digit that {kind}: {o}, {pct(before_o)} -> {pct(after_o)} ({100 * change:+.2f} points)")
     say("\n3. Wrong test images per digit, before and after:")
     say(digit_table(base, adapted))
     say("\n4. Parameters:")

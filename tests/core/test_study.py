@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_core.numbers import pct
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,6 +65,13 @@ def test_full_study_end_to_end(full_study):
     assert adapted["per_digit_accuracy"][digit] >= base["per_digit_accuracy"][digit] + 0.02
     assert adapted["accuracy"] >= base["accuracy"]
     assert "UNCHANGED" in proc.stdout
+    # the cost to the other digits is said beside the gain: the other digit that lost most (or gained least)
+    changes = {o: adapted["per_digit_accuracy"][o] - base["per_digit_accuracy"][o] for o in range(10) if o != digit}
+    hit = min(changes, key=lambda o: (changes[o], o))
+    kind = "lost most" if changes[hit] < 0 else "gained least"
+    before_hit, after_hit = pct(base["per_digit_accuracy"][hit]), pct(adapted["per_digit_accuracy"][hit])
+    said = f"The other digit that {kind}: {hit}, {before_hit} -> {after_hit} ({100 * changes[hit]:+.2f} points)"
+    assert said in proc.stdout, proc.stdout[-2000:]
 
 
 # --- the study's own comparison of the fine-tuned model against the checkpoint must be able to fail -------

@@ -65,7 +65,7 @@ def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
     assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
 
 
-def _map_charts(at, timeout: float = 120.0) -> list[dict]:  # noqa: ANN001 - AppTest
+def _map_charts(at, timeout: float = 240.0) -> list[dict]:  # noqa: ANN001 - AppTest
     """The weight map's charts, once the map has been computed in the background (rerunning until then)."""
     import json
     import time
@@ -76,7 +76,7 @@ def _map_charts(at, timeout: float = 120.0) -> list[dict]:  # noqa: ANN001 - App
         if charts:
             return [json.loads(c.proto.spec) for c in charts]
         assert time.monotonic() < deadline, "the weight map never arrived"
-        time.sleep(0.3)
+        time.sleep(1.0)  # each rerun runs the whole page again
         at.run()
 
 
