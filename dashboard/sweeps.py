@@ -123,6 +123,8 @@ def show_sweep(result: SweepResult) -> None:
                 width="stretch",
             )
             st.markdown(readings.read_rank_cost(ranks, [p.seconds for p in points], [p.stored_bytes for p in points]))
+            if busy := readings.read_machine_load(result.environment):
+                st.warning(busy)
         with right:
             st.caption(
                 f"The star marks the smallest rank within {WITHIN_POINTS:g} points of the best task accuracy. The "

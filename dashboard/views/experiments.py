@@ -269,6 +269,8 @@ def show_methods_result(result: ExperimentResult) -> None:
         f"{result.seconds:.1f} s in all · {ui.when(result.created)}"
     )
     st.table(methods_table(method_rows(result)), hide_index=True)
+    if busy := readings.read_machine_load(result.environment):
+        st.warning(busy)
     st.caption(
         f"{NOT_APPLICABLE}: does not apply (the base model trains and stores nothing; only LoRA can be switched off)."
     )

@@ -9,6 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lora_core.evaluate import weakest_digit
+from lora_core.lab.readings import read_machine_load
 from lora_core.lab.study import headline_from_study
 from lora_core.numbers import pct
 from lora_core.params import ParameterTable
@@ -277,6 +278,8 @@ def _saved_and_timed(result: Any, more: str = "") -> None:
     load = result.environment.get("loadavg")
     load_text = f" (load average {' '.join(f'{v:.2f}' for v in load)})" if load else ""
     say(f"{result.seconds:.1f} s in all{load_text}{more}")
+    if busy := read_machine_load(result.environment):
+        say(busy)
 
 
 def _per_digit_rows(base: dict[str, Any], others: list[dict[str, Any]]) -> list[list[Any]]:

@@ -110,3 +110,18 @@ def read_rank_cost(ranks: Sequence[float], seconds: Sequence[float], stored_byte
         f"{ranks[small]:g} to {_kb(stored_bytes[large])} at rank {ranks[large]:g} "
         f"({stored_bytes[large] / stored_bytes[small]:.1f}x)."
     )
+
+
+def read_machine_load(environment: dict | None) -> str | None:
+    """A warning for times measured while other work competed for the cores: the 1-minute load average (taken as
+    the run ended) above the CPUs plus one, the run's own threads aside. None on a quiet machine, or where the
+    run recorded no load (an older file, a system without getloadavg)."""
+    environment = environment or {}
+    load, cpus = environment.get("loadavg"), environment.get("cpus")
+    if not load or not isinstance(cpus, int) or cpus < 1 or load[0] <= cpus + 1:
+        return None
+    return (
+        f"Measured while the machine was busy (load average {load[0]:.1f} on {cpus} CPUs over the run's last "
+        "minute): its times are inflated and uneven, so differences in seconds between its rows may be the "
+        "load's, not the methods'; rerun on a quiet machine to compare them."
+    )

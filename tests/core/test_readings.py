@@ -58,3 +58,13 @@ def test_the_readings_need_neither_streamlit_nor_plotly() -> None:
     code = "import sys, lora_core.lab.readings; print(sorted({'streamlit', 'plotly'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_times_from_a_busy_machine_are_flagged_with_the_load() -> None:
+    from lora_core.lab.readings import read_machine_load
+
+    said = read_machine_load({"loadavg": [3.4, 2.0, 1.0], "cpus": 2})
+    assert said is not None and said.startswith("Measured while the machine was busy (load average 3.4 on 2 CPUs")
+    assert read_machine_load({"loadavg": [3.0, 2.0, 1.0], "cpus": 2}) is None  # the run's own threads and one more
+    for quiet in ({"loadavg": [0.5, 0.5, 0.5], "cpus": 2}, {"loadavg": None, "cpus": 2}, {}, None, {"loadavg": [9]}):
+        assert read_machine_load(quiet) is None
