@@ -74,6 +74,28 @@ class RunContext:
         """Progress reports of one phase, labelled `name`."""
         return named_progress(self.progress, name)
 
+    def part(self, name: str, index: int, count: int) -> ProgressCallback | None:
+        """Progress reports of part `index` (from 1) of `count` equal parts (a sweep's points), labelled `name`
+        and counted over the whole: step 50 of part 2 of 4 parts of 100 steps is step 150 of 400, and the ETA
+        adds the parts still to come at this part's pace."""
+        if self.progress is None:
+            return None
+        progress = self.progress
+
+        def report(p: Progress) -> None:
+            per_part = p.elapsed_s + p.eta_s  # this part's expected length
+            progress(
+                dataclasses.replace(
+                    p,
+                    phase=name,
+                    step=(index - 1) * p.total_steps + p.step,
+                    total_steps=count * p.total_steps,
+                    eta_s=p.eta_s + (count - index) * per_part,
+                )
+            )
+
+        return report
+
     @property
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()

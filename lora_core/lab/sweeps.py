@@ -340,7 +340,7 @@ def run_sweep(
             point_settings = _point_settings(settings, kind, value)
             label = f"{kind} {value:g} ({i}/{len(ordered)})"
             log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
-            points.append(_measure(ctx, point_settings, value, before, run.phase(label), stop))
+            points.append(_measure(ctx, point_settings, value, before, run.part(label, i, len(ordered)), stop))
         marked, reading = _mark(kind, points, settings, task)
         result = SweepResult(
             kind=kind,

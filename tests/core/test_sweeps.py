@@ -184,6 +184,12 @@ def test_rank_sweep_points(rank_sweep, small_sizes):
         readings.append(reading)
     assert len(set(readings)) == 3, readings
     assert {r.phase for r in reports} >= {"rank 1 (1/3)", "rank 2 (2/3)", "rank 16 (3/3)"}
+    # progress counts the whole sweep: 3 points of 3 steps are steps 1..9 of 9, the ETA covers the points to come
+    swept = [r for r in reports if r.phase.startswith("rank ")]
+    assert {r.total_steps for r in swept} == {9}
+    assert [r.step for r in swept] == list(range(1, 10))
+    first = swept[0]
+    assert first.eta_s >= 2 * first.elapsed_s  # two more points to come, at least as long as this one so far
     assert store.adapter_names() == ["small"]  # the points' adapters were dropped, not saved
 
 
