@@ -100,7 +100,8 @@ def show(model: nn.Module, config: LoraConfig | None = None, adapter: str | None
     """The diagram on a page (st.graphviz_chart renders DOT in the browser; no Graphviz install needed)."""
     import streamlit as st
 
-    st.graphviz_chart(architecture_dot(model, config, adapter), width="stretch")
+    # at its own size: stretched to the page, the narrow base-only graph grew to 2,000 px tall with 40 px text
+    st.graphviz_chart(architecture_dot(model, config, adapter), width="content")
     if config is None:
         st.caption("Grey: the frozen layers. Choose or fine-tune an adapter to see its LoRA branches beside them.")
     else:

@@ -98,12 +98,14 @@ else:
     step(5, "Compare before and after", False, "Needs an adapter.", "evaluation", "Evaluation")
 
 # --- the network as a picture (dashboard/diagram.py) -------------------------------------------------------------
-st.header("The network, and where LoRA sits")
-diagram.show(
-    base.model if base is not None else MLP(),
-    active_info.record.config if active_info is not None else None,
-    active_info.name if active_info is not None else None,
-)
+# on a fresh start (no adapter to show beside the layers) the picture waits in an expander, so that the button
+# that runs the study is not pushed down the page
+with st.expander("The network, and where LoRA sits", expanded=active_info is not None):
+    diagram.show(
+        base.model if base is not None else MLP(),
+        active_info.record.config if active_info is not None else None,
+        active_info.name if active_info is not None else None,
+    )
 
 # --- run the whole study ---------------------------------------------------------------------------------
 st.header("Run the whole study")

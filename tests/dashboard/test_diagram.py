@@ -61,3 +61,22 @@ def test_other_hidden_sizes():
     dot = architecture_dot(MLP(32, 16), LoraConfig(r=2, alpha=4, target_modules=("linear2",)))
     assert _node(dot, "linear2_W").startswith("linear2 (frozen)\\nW: 16 × 32 = 512")
     assert _node(dot, "linear2_B") == "B: 16 × 2 = 32"
+
+
+def test_on_a_fresh_start_the_diagram_waits_folded(fresh_dir) -> None:
+    """Stretched to the page and open, the base-only diagram pushed Home's "Run the whole study" 3,500 px down."""
+    from conftest import assert_clean, new_app
+
+    at = new_app()  # Home, nothing saved
+    assert_clean(at)
+    (folded,) = [e for e in at.expander if e.label == "The network, and where LoRA sits"]
+    assert folded.proto.expanded is False
+
+
+def test_with_an_adapter_the_diagram_is_open(trained_dir) -> None:
+    from conftest import assert_clean, new_app
+
+    at = new_app()
+    assert_clean(at)
+    (shown,) = [e for e in at.expander if e.label == "The network, and where LoRA sits"]
+    assert shown.proto.expanded is True
