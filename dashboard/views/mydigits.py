@@ -45,6 +45,11 @@ from lora_core.preprocess import ImageError
 GUIDED_PER_DIGIT = 5
 GRID_COLUMNS = 10
 GUIDED_KEY = "mydigits_guided"
+# neat, MNIST-like digits are ones the base model already reads: a collection of them leaves nothing to learn
+VARIED_HINT = (
+    "Draw as you usually write, and vary it from one drawing to the next (slant, size, a quick scrawl): the "
+    "personal adapter can only fix what the base model misreads."
+)
 FLASH_KEY = "mydigits_flash"
 UPLOAD_VERSION_KEY = "mydigits_upload_version"
 HELD_OUT_ROW_PX = 64
@@ -86,6 +91,7 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
     show_flash("guided")
     guided: dict[str, Any] | None = st.session_state.get(GUIDED_KEY)
     if guided is None:
+        st.caption(VARIED_HINT)
         c1, c2 = st.columns(2)
         per_digit = c1.number_input(
             "Drawings of each digit", min_value=1, max_value=50, value=GUIDED_PER_DIGIT, key="guided_per_digit"
@@ -120,7 +126,7 @@ def guided_section(collection: MyDigits, can_write: bool) -> None:
     nth = order[:done].count(digit) + 1
     st.progress(done / total, text=f"{done} of {total} drawn ({guided['per_digit']} of each digit)")
     st.subheader(f"Draw a {digit}")
-    st.caption(f"{nth} of {guided['per_digit']} for the digit {digit}. Draw it as you usually write it.")
+    st.caption(f"{nth} of {guided['per_digit']} for the digit {digit}. {VARIED_HINT}")
     left, right = st.columns([1.4, 2])
     with left:
         drawn = widgets.drawing_canvas(

@@ -82,11 +82,14 @@ def test_the_grid_shows_each_digit_with_its_count_and_deletes_one_drawing(traine
 
 def test_guided_mode_asks_for_each_digit_in_turn(fresh_dir: Path) -> None:
     at = visit(new_app(), "mydigits")
+    hint = "vary it from one drawing to the next"
+    assert hint in texts(at)  # before starting, and beside each drawing: neat digits give the base nothing to fix
     at.number_input(key="guided_per_digit").set_value(2)
     click(at, "Start guided mode")
     assert_clean(at)
     assert "Draw a 0" in [str(s.value) for s in at.subheader]
     assert "1 of 2 for the digit 0" in texts(at)
+    assert any(hint in str(c.value) and "digit 0" in str(c.value) for c in at.caption)
     # AppTest has no mouse: the canvas stays empty, so saving asks for a drawing and keeps the turn
     click(at, "Save and next")
     assert any("draw a 0 on the canvas first" in str(w.value) for w in at.warning)
