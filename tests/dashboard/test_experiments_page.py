@@ -156,17 +156,14 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
     assert_clean(restarted)
     assert restarted.session_state["job"] is None or restarted.session_state["job"].id != job.id
     check_results(restarted)
-    assert not any("Measured while the machine was busy" in str(w.value) for w in restarted.warning)
-    # the same result measured on a busy machine: its times are flagged, and the load is given
+    # the same result as measured on a busy machine and on a quiet one (the load recorded as the run ended; this
+    # test's own run may have been either): only the busy one's times are flagged, with the load
     raw = json.loads(Path(saved[0]).read_text(encoding="utf-8"))
-    raw["environment"] |= {"loadavg": [4.5, 3.0, 2.0], "cpus": 2}
-    Path(saved[0]).write_text(json.dumps(raw), encoding="utf-8")
-    busy = visit(new_app(), "experiments")
-    assert any(
-        "Measured while the machine was busy (load average 4.5 on 2 CPUs" in str(w.value) for w in busy.warning
-    )
-    Path(saved[0]).write_text(json.dumps(raw | {"environment": raw["environment"] | {"loadavg": [2.9, 2, 2]}}))
-    assert not any("machine was busy" in str(w.value) for w in visit(new_app(), "experiments").warning)
+    for load, flagged in (([4.5, 3.0, 2.0], True), ([2.9, 2.0, 2.0], False)):
+        Path(saved[0]).write_text(json.dumps(raw | {"environment": raw["environment"] | {"loadavg": load, "cpus": 2}}))
+        warnings = [str(w.value) for w in visit(new_app(), "experiments").warning]
+        said = f"Measured while the machine was busy (load average {load[0]:.1f} on 2 CPUs"
+        assert any(said in w for w in warnings) is flagged, (load, warnings)
 
     visit(at, "evaluation")  # the tab that ran it: the evaluation page opens on the new adapter
     assert_clean(at)
