@@ -1,8 +1,8 @@
 """The benchmark runs end to end and reports every item: `python -m pytest tests/bench`.
 
-It runs `python -m benchmarks --quick` (tiny sizes) in a subprocess, in the background from the session's start
-(tests/conftest.py). Nothing here checks speed: that is what the full benchmark is for (`python -m benchmarks`,
-see benchmarks/RESULTS.md).
+It runs `python -m benchmarks --quick` (tiny sizes) in two subprocesses side by side (items 1-9, and item 10), in
+the background from the session's start (tests/conftest.py). Nothing here checks speed: that is what the full
+benchmark is for (`python -m benchmarks`, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -20,13 +20,37 @@ COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
 ITEM_NUMBERS = set(range(1, 11))
 
 
-@pytest.fixture(scope="module")
-def quick_run(background_result) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
-    """`python -m benchmarks --quick`, started in the background when the session began (tests/conftest.py)."""
-    folder, returncode, stdout, stderr = background_result("quick_run")
+def _finished(background_result, name: str) -> tuple[subprocess.CompletedProcess[str], dict, Path]:  # noqa: ANN001
+    folder, returncode, stdout, stderr = background_result(name)
     proc = subprocess.CompletedProcess(["python", "-m", "benchmarks", "--quick"], returncode, stdout, stderr)
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc, json.loads((folder / "bench.json").read_text(encoding="utf-8")), folder / "bench.md"
+
+
+@pytest.fixture(scope="module")
+def quick_pages(background_result) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    """`python -m benchmarks --quick --only 10` (the dashboard in a browser), started in the background when the
+    session began, beside the other items' run (tests/conftest.py)."""
+    return _finished(background_result, "quick_pages")
+
+
+@pytest.fixture(scope="module")
+def quick_run(
+    background_result, quick_pages, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    """`python -m benchmarks --quick`: items 1-9 and item 10, run side by side in the background, as one run."""
+    proc, result, table = _finished(background_result, "quick_run")
+    pages_proc, pages, pages_table = quick_pages
+    merged = {
+        **result,
+        "rows": result["rows"] + pages["rows"],
+        "raw": {**result["raw"], **pages["raw"]},
+        "failed": result["failed"] + pages["failed"],
+    }
+    both = subprocess.CompletedProcess(proc.args, 0, proc.stdout + pages_proc.stdout, proc.stderr + pages_proc.stderr)
+    markdown = tmp_path_factory.mktemp("quick-bench") / "bench.md"
+    markdown.write_text(table.read_text(encoding="utf-8") + pages_table.read_text(encoding="utf-8"), encoding="utf-8")
+    return both, merged, markdown
 
 
 def table_rows(text: str) -> list[list[str]]:
