@@ -67,27 +67,40 @@ def per_digit_bars(
     return _layout(fig, title)
 
 
+def _control_curve(
+    xs: Sequence[float],
+    lines: Sequence[tuple[str, Sequence[float], str]],
+    current: float,
+    mark: str,
+    x_title: str,
+    title: str,
+) -> go.Figure:
+    """Accuracy (fractions 0..1) against a control's values, one line per (name, values, colour), with the
+    control's current value marked (the first shape) as `mark`."""
+    fig = go.Figure()
+    for name, values, color in lines:
+        fig.add_scatter(x=list(xs), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color)
+    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=mark)
+    fig.update_xaxes(title_text=x_title, tickvals=list(xs))
+    fig.update_yaxes(title_text="accuracy (%)")
+    _layout(fig, title, height=380)
+    # below the axis: three names side by side would run into the title in a half-width column
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
+    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
+    return fig
+
+
 def strength_curve(
     strengths: Sequence[float],
     lines: Sequence[tuple[str, Sequence[float], str]],
     current: float,
     title: str = "Accuracy against the adapter's strength",
 ) -> go.Figure:
-    """Accuracy (fractions 0..1) against the adapter's strength, one line per (name, values, colour), with the
-    current strength marked; 0 is the base model, 1 the adapter as trained."""
-    fig = go.Figure()
-    for name, values, color in lines:
-        fig.add_scatter(
-            x=list(strengths), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color
-        )
-    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=f"strength {current:g}")
+    """Accuracy against the adapter's strength, with the current strength marked; 0 is the base model, 1 the
+    adapter as trained."""
+    x_title = "strength (0 = base model, 1 = the adapter as trained)"
+    fig = _control_curve(strengths, lines, current, f"strength {current:g}", x_title, title)
     fig.add_vline(x=1.0, line_width=1, line_color="#bbbbbb")  # the adapter as trained
-    fig.update_xaxes(title_text="strength (0 = base model, 1 = the adapter as trained)", tickvals=list(strengths))
-    fig.update_yaxes(title_text="accuracy (%)")
-    _layout(fig, title, height=380)
-    # below the axis: three names side by side would run into the title in a half-width column
-    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
     return fig
 
 
@@ -128,18 +141,10 @@ def truncation_curve(
     current: int,
     title: str = "Accuracy against the directions kept",
 ) -> go.Figure:
-    """Accuracy (fractions 0..1) against k, the top singular directions kept of each layer's update, one line per
-    (name, values, colour), with the current k marked; the last k is the whole update."""
-    fig = go.Figure()
-    for name, values, color in lines:
-        fig.add_scatter(x=list(ranks), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color)
-    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=f"k = {current}")
-    fig.update_xaxes(title_text="directions kept per layer (k; the last is the whole update)", tickvals=list(ranks))
-    fig.update_yaxes(title_text="accuracy (%)")
-    _layout(fig, title, height=380)
-    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
-    return fig
+    """Accuracy against k, the top singular directions kept of each layer's update, with the current k marked;
+    the last k is the whole update."""
+    x_title = "directions kept per layer (k; the last is the whole update)"
+    return _control_curve(ranks, lines, current, f"k = {current}", x_title, title)
 
 
 def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
