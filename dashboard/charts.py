@@ -12,14 +12,11 @@ from typing import Protocol
 import numpy as np
 import plotly.graph_objects as go
 
+from dashboard import palette
 from lora_core.lab.readings import METHOD_NAMES
 
-BASE_COLOR = "#8c9bb5"
-ADAPTED_COLOR = "#e4572e"
-TARGET_COLOR = "#f4b400"
 DIGITS = list(range(10))
-# worse (vermillion) to better (blue), through white: told apart with any colour vision (Okabe & Ito's pair)
-BETTER_WORSE_SCALE = [[0.0, "#d55e00"], [0.5, "#ffffff"], [1.0, "#0072b2"]]
+OUTLINE = {"width": 1, "color": palette.MARK}  # around a highlighted marker, which is light
 HEATMAP_MAX_CELLS = 200  # per side: bigger matrices are block-averaged before drawing
 
 
@@ -43,18 +40,18 @@ def per_digit_bars(
     """Grouped bars of per-digit accuracy (fractions 0..1) before and after; target digits marked."""
     fig = go.Figure()
     text_before = [f"{100 * v:.1f}" for v in before]
-    fig.add_bar(x=DIGITS, y=[100 * v for v in before], name=labels[0], marker_color=BASE_COLOR, text=text_before)
+    fig.add_bar(x=DIGITS, y=[100 * v for v in before], name=labels[0], marker_color=palette.FROZEN, text=text_before)
     values = list(before)
     if after is not None:
         values += list(after)
         text_after = [f"{100 * v:.1f}" for v in after]
-        fig.add_bar(x=DIGITS, y=[100 * v for v in after], name=labels[1], marker_color=ADAPTED_COLOR, text=text_after)
+        fig.add_bar(x=DIGITS, y=[100 * v for v in after], name=labels[1], marker_color=palette.ADAPTED, text=text_after)
     low = max(0.0, min(100 * v for v in values) - 3.0) if values else 0.0
     for d in targets:
         fig.add_vrect(
             x0=d - 0.5,
             x1=d + 0.5,
-            fillcolor=TARGET_COLOR,
+            fillcolor=palette.HIGHLIGHT,
             opacity=0.18,
             line_width=0,
             annotation_text=f"target {d}",
@@ -80,7 +77,7 @@ def _control_curve(
     fig = go.Figure()
     for name, values, color in lines:
         fig.add_scatter(x=list(xs), y=[100 * v for v in values], name=name, mode="lines+markers", line_color=color)
-    fig.add_vline(x=current, line_dash="dot", line_color=MARK_COLOR, annotation_text=mark)
+    fig.add_vline(x=current, line_dash="dot", line_color=palette.MARK, annotation_text=mark)
     fig.update_xaxes(title_text=x_title, tickvals=list(xs))
     fig.update_yaxes(title_text="accuracy (%)")
     _layout(fig, title, height=380)
@@ -100,7 +97,7 @@ def strength_curve(
     adapter as trained."""
     x_title = "strength (0 = base model, 1 = the adapter as trained)"
     fig = _control_curve(strengths, lines, current, f"strength {current:g}", x_title, title)
-    fig.add_vline(x=1.0, line_width=1, line_color="#bbbbbb")  # the adapter as trained
+    fig.add_vline(x=1.0, line_width=1, line_color=palette.GUIDE)  # the adapter as trained
     return fig
 
 
@@ -119,17 +116,17 @@ def accuracy_lines(
     other digits and all of them."""
     if on_task is not None:
         lines = [
-            ("on the task's test set", on_task.overall(), ADAPTED_COLOR),
-            ("on plain MNIST", plain.overall(), PLAIN_COLOR),
+            ("on the task's test set", on_task.overall(), palette.ADAPTED),
+            ("on plain MNIST", plain.overall(), palette.ELSEWHERE),
         ]
         return lines, "the task's own test set and the 10,000 plain MNIST test images"
-    lines = [("all digits", plain.overall(), PLAIN_COLOR)]
+    lines = [("all digits", plain.overall(), palette.OVERALL)]
     if targets:
         others = [d for d in DIGITS if d not in targets]
         named = f"target digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
         lines = [
-            (named, plain.accuracy_on(targets), ADAPTED_COLOR),
-            ("the other digits", plain.accuracy_on(others), BASE_COLOR),
+            (named, plain.accuracy_on(targets), palette.ADAPTED),
+            ("the other digits", plain.accuracy_on(others), palette.ELSEWHERE),
             *lines,
         ]
     return lines, "the 10,000 MNIST test images"
@@ -161,7 +158,7 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: b
             z=better,
             x=DIGITS,
             y=DIGITS,
-            colorscale=BETTER_WORSE_SCALE,
+            colorscale=palette.BETTER_WORSE_SCALE,
             zmin=-bound,
             zmax=bound,
             zmid=0.0,
@@ -221,11 +218,11 @@ def loss_curve(
     return _layout(fig, title, height=300)
 
 
-def probability_bars(probabilities: Sequence[float], title: str, color: str = BASE_COLOR) -> go.Figure:
-    """Ten class probabilities as bars; the top prediction is highlighted."""
+def probability_bars(probabilities: Sequence[float], title: str, color: str = palette.FROZEN) -> go.Figure:
+    """Ten class probabilities as bars in the model's colour: the top prediction solid, the others light."""
     probs = [float(p) for p in probabilities]
     top = int(np.argmax(probs)) if probs else -1
-    colors = [TARGET_COLOR if d == top else color for d in range(len(probs))]
+    colors = [color if d == top else palette.light(color) for d in range(len(probs))]
     fig = go.Figure(go.Bar(x=DIGITS[: len(probs)], y=probs, marker_color=colors, text=[f"{p:.0%}" for p in probs]))
     fig.update_traces(textposition="outside", cliponaxis=False)
     fig.update_xaxes(title_text="digit", tickvals=DIGITS)
@@ -291,8 +288,6 @@ def digit_image(pixels: np.ndarray, scale: int = 6) -> np.ndarray:
 
 
 # --- experiments: methods side by side (METHOD_NAMES: the names the readings use too) ------------------
-METHOD_COLORS = {"base": BASE_COLOR, "lora": ADAPTED_COLOR, "full": "#2e86ab", "head": "#6a994e"}
-PLAIN_COLOR = "#5b5f97"
 
 
 def digit_grid(rows: Sequence[np.ndarray], scale: int = 3, gap: int = 2) -> np.ndarray:
@@ -326,8 +321,8 @@ def method_accuracy_bars(
     names = [METHOD_NAMES.get(m, m) for m in methods]
     fig = go.Figure()
     for label, values, color in (
-        (task_label, task_accuracy, ADAPTED_COLOR),
-        (plain_label, plain_accuracy, PLAIN_COLOR),
+        (task_label, task_accuracy, palette.ADAPTED),
+        (plain_label, plain_accuracy, palette.ELSEWHERE),
     ):
         fig.add_bar(
             x=names,
@@ -363,7 +358,7 @@ def learned_vs_forgot(
             y=[100 * base[0]],
             mode="markers",
             name=base_label,
-            marker={"color": BASE_COLOR, "size": 13, "symbol": "x"},
+            marker={"color": palette.FROZEN, "size": 13, "symbol": "x"},
         )
     for method, task, kept in zip(methods, task_accuracy, kept_accuracy, strict=True):
         fig.add_scatter(
@@ -372,7 +367,7 @@ def learned_vs_forgot(
             mode="markers",
             name=METHOD_NAMES.get(method, method),
             marker={
-                "color": METHOD_COLORS.get(method, TARGET_COLOR),
+                "color": palette.METHOD.get(method, palette.HIGHLIGHT),
                 "size": 14,
                 "line": {"width": 1, "color": "white"},
             },
@@ -388,10 +383,10 @@ def learned_vs_forgot(
 
 # --- insight: the LoRA paper's analysis and the memory of training ------------------------------------
 MEMORY_PARTS = (
-    ("weights_bytes", "weights", "#8c9bb5"),
-    ("gradient_bytes", "gradients", "#e4572e"),
-    ("adam_bytes", "Adam states", "#2e86ab"),
-    ("activation_bytes", "activations saved for backward", "#6a994e"),
+    ("weights_bytes", "weights", palette.MEMORY["weights"]),
+    ("gradient_bytes", "gradients", palette.MEMORY["gradients"]),
+    ("adam_bytes", "Adam states", palette.MEMORY["adam"]),
+    ("activation_bytes", "activations saved for backward", palette.MEMORY["activations"]),
 )
 
 
@@ -455,7 +450,7 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
             y=[None if p is None else p / unit for p in peaks],
             mode="markers",
             name="measured peak",
-            marker={"symbol": "diamond", "size": 12, "color": "#222222"},
+            marker={"symbol": "diamond", "size": 12, "color": palette.MARK},
         )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="MB (10⁶ bytes)")
@@ -463,8 +458,6 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
 
 
 # --- several adapters at once (lora_core.lab.combine) -----------------------------------------------------
-COMBINATION_COLOR = ADAPTED_COLOR
-ALONE_COLORS = ("#2e86ab", "#6a994e", "#9b5de5", "#f15bb5")
 
 
 def weight_map(
@@ -500,7 +493,7 @@ def weight_map(
         x=[current[0]],
         y=[current[1]],
         mode="markers",
-        marker={"symbol": "circle-open", "size": 38, "color": MARK_COLOR, "line": {"width": 3}},
+        marker={"symbol": "circle-open", "size": 38, "color": palette.MARK, "line": {"width": 3}},
         hoverinfo="skip",
         name="chosen",
     )
@@ -522,11 +515,11 @@ def combination_bars(
     alone = 0
     for model, kind, values in zip(models, kinds, accuracy):
         if kind == "base":
-            color = BASE_COLOR
+            color = palette.FROZEN
         elif kind == "combined":
-            color = COMBINATION_COLOR
+            color = palette.ADAPTED
         else:
-            color = ALONE_COLORS[alone % len(ALONE_COLORS)]
+            color = palette.ALONE[alone % len(palette.ALONE)]
             alone += 1
         fig.add_bar(
             x=list(columns),
@@ -542,7 +535,6 @@ def combination_bars(
 
 
 # --- experiments: sweeps ----------------------------------------------------------------------------------
-MARK_COLOR = "#111111"
 
 
 def _compact(n: float) -> str:
@@ -573,8 +565,8 @@ def rank_sweep_accuracy(
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06)
     for col, xs in ((1, list(ranks)), (2, list(trainable_params))):
         for label, values, color in (
-            (task_label, task_accuracy, ADAPTED_COLOR),
-            (plain_label, plain_accuracy, PLAIN_COLOR),
+            (task_label, task_accuracy, palette.ADAPTED),
+            (plain_label, plain_accuracy, palette.ELSEWHERE),
         ):
             fig.add_scatter(
                 x=xs,
@@ -600,7 +592,7 @@ def rank_sweep_accuracy(
                 name=name,
                 legendgroup="marked",
                 showlegend=col == 1,
-                marker={"symbol": "star", "size": 18, "color": TARGET_COLOR, "line": {"width": 1, "color": MARK_COLOR}},
+                marker={"symbol": "star", "size": 18, "color": palette.HIGHLIGHT, "line": OUTLINE},
                 hovertemplate=f"{name}: %{{y:.2f}}%<extra></extra>",
                 row=1,
                 col=col,
@@ -608,7 +600,7 @@ def rank_sweep_accuracy(
     if base_task is not None:
         fig.add_hline(
             y=100 * base_task,
-            line={"dash": "dot", "color": BASE_COLOR},
+            line={"dash": "dot", "color": palette.FROZEN},
             annotation_text=f"base model on the task: {100 * base_task:.1f}%",
             annotation_position="bottom right",
         )
@@ -648,7 +640,7 @@ def rank_sweep_cost(
 
     labels = [f"r={r:g}" for r in ranks]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    colors = [TARGET_COLOR if marked is not None and r == marked else BASE_COLOR for r in ranks]
+    colors = [palette.HIGHLIGHT if marked is not None and r == marked else palette.FROZEN for r in ranks]
     fig.add_bar(
         x=labels,
         y=list(seconds),
@@ -664,8 +656,8 @@ def rank_sweep_cost(
         y=[b / 1000 for b in stored_bytes],
         mode="lines+markers",
         name="adapter file (KB)",
-        marker={"color": ADAPTED_COLOR},
-        line={"color": ADAPTED_COLOR},
+        marker={"color": palette.ADAPTED},
+        line={"color": palette.ADAPTED},
         secondary_y=True,
     )
     fig.update_yaxes(title_text="training time (s)", rangemode="tozero", secondary_y=False)
@@ -695,8 +687,8 @@ def replay_sweep_tradeoff(
         name="replay share",
         text=[f"{v:g}" for v in values],
         textposition="top center",
-        marker={"color": ADAPTED_COLOR, "size": 10},
-        line={"color": ADAPTED_COLOR, "dash": "dot"},
+        marker={"color": palette.ADAPTED, "size": 10},
+        line={"color": palette.ADAPTED, "dash": "dot"},
         customdata=list(values),
         hovertemplate="replay %{customdata:g}: target %{y:+.2f} points, others %{x:+.2f} points<extra></extra>",
     )
@@ -707,11 +699,11 @@ def replay_sweep_tradeoff(
             y=[ys[i]],
             mode="markers",
             name=f"default replay {default:g}",
-            marker={"symbol": "star", "size": 20, "color": TARGET_COLOR, "line": {"width": 1, "color": MARK_COLOR}},
+            marker={"symbol": "star", "size": 20, "color": palette.HIGHLIGHT, "line": OUTLINE},
             hovertemplate=f"default replay {default:g}: target %{{y:+.2f}}, others %{{x:+.2f}} points<extra></extra>",
         )
-    fig.add_vline(x=0, line={"dash": "dash", "color": BASE_COLOR})
-    fig.add_hline(y=0, line={"dash": "dash", "color": BASE_COLOR})
+    fig.add_vline(x=0, line={"dash": "dash", "color": palette.FROZEN})
+    fig.add_hline(y=0, line={"dash": "dash", "color": palette.FROZEN})
     fig.update_xaxes(title_text=f"change on {others_label} (points; left = forgotten)")
     fig.update_yaxes(title_text="gain on the target (points)")
     return _layout(fig, title, height=400)

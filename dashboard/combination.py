@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dashboard import charts, state
+from dashboard import charts, palette, state
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lab.combine import (
     CombinationReport,
@@ -261,12 +261,10 @@ def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: Arti
         model.set_adapter(previous)
         model.enable_adapters(state.adapters_enabled())
     columns = st.columns(len(probabilities))
-    for column, (label, p) in zip(columns, probabilities.items()):
+    # the adapters alone first, the combination last: the colours of the evaluation's combination chart
+    colors = [*palette.ALONE[: len(choice.names)], palette.ADAPTED]
+    for column, color, (label, p) in zip(columns, colors, probabilities.items()):
         top = int(np.argmax(p))
-        combined = label == combination_label(choice.weighted)
         with column:
             st.metric(f"{label} says", str(top), f"{p[top]:.1%} sure", delta_color="off", delta_arrow="off")
-            st.plotly_chart(
-                charts.probability_bars(p, label, color=charts.ADAPTED_COLOR if combined else charts.BASE_COLOR),
-                width="stretch",
-            )
+            st.plotly_chart(charts.probability_bars(p, label, color=color), width="stretch")

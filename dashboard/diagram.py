@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from dashboard import palette
 from lora_core.lora import LoraConfig
 from lora_core.model import IN_FEATURES
 from lora_core.params import parameter_table
-
-FROZEN_FILL = "#dfe4ee"  # charts.BASE_COLOR, lightened
-LORA_COLOR = "#e4572e"  # charts.ADAPTED_COLOR
-LORA_FILL = "#fde3da"
 
 
 def _quote(text: str) -> str:
@@ -59,7 +56,8 @@ def architecture_dot(model: nn.Module, config: LoraConfig | None = None, adapter
             f"{name} (frozen)\nW: {_shape(layer.weight_shape)} = {layer.weight_count:,}\n"
             f"b: {layer.bias_count:,}  ·  {layer.base_count:,} parameters"
         )
-        lines.append(f'  {name}_W [label={_quote(frozen)}, fillcolor="{FROZEN_FILL}"];')
+        frozen_colors = f'color="{palette.FROZEN}", fillcolor="{palette.light(palette.FROZEN)}"'
+        lines.append(f"  {name}_W [label={_quote(frozen)}, {frozen_colors}];")
         output = f"{name}_W"
         lines.append(f"  {previous} -> {name}_W;")  # first, so that the frozen path is drawn on the left
         if layer.a_shape is not None and layer.b_shape is not None and capped is not None:
@@ -70,17 +68,18 @@ def architecture_dot(model: nn.Module, config: LoraConfig | None = None, adapter
                 cap_note = f"\nrank {config.r} capped at {rank} = min(out, in)"
             lines += [
                 f"  subgraph cluster_{name} {{",
-                f'    label={_quote(f"LoRA on {name}: {layer.lora_count:,} trainable")}; color="{LORA_COLOR}"; '
-                f'style="dashed,rounded"; fontcolor="{LORA_COLOR}"; fontsize=10;',
+                f'    label={_quote(f"LoRA on {name}: {layer.lora_count:,} trainable")}; color="{palette.ADAPTER}"; '
+                f'style="dashed,rounded"; fontcolor="{palette.MARK}"; fontsize=10;',
                 f"    {name}_A [label={_quote(f'A: {_shape(layer.a_shape)} = {layer.a_count:,}')}, "
-                f'color="{LORA_COLOR}", fillcolor="{LORA_FILL}"];',
+                f'color="{palette.ADAPTER}", fillcolor="{palette.light(palette.ADAPTER)}"];',
                 f"    {name}_B [label={_quote(f'B: {_shape(layer.b_shape)} = {layer.b_count:,}{cap_note}')}, "
-                f'color="{LORA_COLOR}", fillcolor="{LORA_FILL}"];',
+                f'color="{palette.ADAPTER}", fillcolor="{palette.light(palette.ADAPTER)}"];',
                 "  }",
-                f'  {name}_sum [shape=circle, label="+", width=0.3, fixedsize=true];',
+                f'  {name}_sum [shape=circle, label="+", width=0.3, fixedsize=true, color="{palette.ADAPTED}", '
+                f'fillcolor="{palette.light(palette.ADAPTED)}"];',
                 f"  {previous} -> {name}_A;",
                 f"  {name}_A -> {name}_B [label={_quote(f' r = {rank}')}];",
-                f'  {name}_B -> {name}_sum [label={_quote(f" × α/r = {scale:g}")}, color="{LORA_COLOR}"];',
+                f'  {name}_B -> {name}_sum [label={_quote(f" × α/r = {scale:g}")}, color="{palette.ADAPTER}"];',
                 f"  {name}_W -> {name}_sum;",
             ]
             output = f"{name}_sum"
@@ -107,5 +106,6 @@ def show(model: nn.Module, config: LoraConfig | None = None, adapter: str | None
     else:
         st.caption(
             "Grey: the frozen layers (W and b never change). Orange: the adapter's LoRA branch beside each layer "
-            "it adapts; its output, scaled by α/r, is added to the layer's."
+            "it adapts. Blue: where its output, scaled by α/r, is added to the layer's, as the adapted model "
+            "(blue in every chart) computes it."
         )

@@ -10,6 +10,7 @@ from typing import TypeVar
 import numpy as np
 import streamlit as st
 
+from dashboard import palette
 from lora_core.errors import ArtifactError
 from lora_core.preprocess import ImageError, PreparedDigit, prepare_digit
 
@@ -33,8 +34,8 @@ def drawing_canvas(key: str, fallback: str) -> np.ndarray | None:
         st.space(CANVAS_TOOLBAR_ROOM_PX)
         result = st_canvas(
             stroke_width=STROKE_WIDTH,
-            stroke_color="#FFFFFF",
-            background_color="#000000",
+            stroke_color=palette.INK,
+            background_color=palette.PAPER,
             height=CANVAS_SIZE,
             width=CANVAS_SIZE,
             drawing_mode="freedraw",

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, combination, state, ui, widgets
+from dashboard import charts, combination, palette, state, ui, widgets
 from lora_core.data import denormalize
 from lora_core.errors import ArtifactError, ConfigError, LoraCoreError
 from lora_core.lab.mydigits.collection import MyDigits
@@ -119,9 +119,7 @@ def compare_personal(
         agree = "agrees with" if top == top_base else "differs from"
         st.caption(f"It {agree} the base model ({top_base}).")
     with c2:
-        st.plotly_chart(
-            charts.probability_bars(p_personal, "Personal adapter", color=charts.ADAPTED_COLOR), width="stretch"
-        )
+        st.plotly_chart(charts.probability_bars(p_personal, "Personal adapter", color=palette.ADAPTED), width="stretch")
 
 
 task = adapter_task(picked)
@@ -227,7 +225,7 @@ with right:
                 label, str(top_adapted), f"{p_adapted[top_adapted]:.1%} sure", delta_color="off", delta_arrow="off"
             )
             st.plotly_chart(
-                charts.probability_bars(p_adapted, f"With adapter {chosen}", color=charts.ADAPTED_COLOR),
+                charts.probability_bars(p_adapted, f"With adapter {chosen}", color=palette.ADAPTED),
                 width="stretch",
             )
         # neutral either way: the page cannot know what a drawing was meant to be, so agreeing is no success

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from dashboard import charts
+from dashboard import charts, palette
 
 
 def test_per_digit_bars_groups_before_and_after_and_marks_the_target() -> None:
@@ -73,12 +73,13 @@ def test_a_long_live_loss_curve_is_drawn_as_bucket_means() -> None:
     assert len(charts.loss_curve(losses, phases).data[0].x) == 1000
 
 
-def test_probability_bars_highlight_the_top_prediction() -> None:
+def test_probability_bars_draw_the_top_prediction_solid_in_the_models_colour() -> None:
     probs = np.full(10, 0.02)
     probs[7] = 0.82
     fig = charts.probability_bars(probs, "Base")
     colors = list(fig.data[0].marker.color)
-    assert colors[7] == charts.TARGET_COLOR and colors.count(charts.TARGET_COLOR) == 1
+    assert colors[7] == palette.FROZEN and colors.count(palette.FROZEN) == 1  # the base model's colour, solid
+    assert set(colors[:7] + colors[8:]) == {palette.light(palette.FROZEN)}
     assert fig.data[0].text[7] == "82%"
 
 

@@ -152,7 +152,8 @@ def test_diagram_on_home_and_parameters_follows_the_adapter(two_dir: Path, small
 
 
 def test_combination_bars_group_each_model_per_task() -> None:
-    from dashboard.charts import BASE_COLOR, COMBINATION_COLOR, combination_bars
+    from dashboard import palette
+    from dashboard.charts import combination_bars
 
     fig = combination_bars(
         ["plain", "rotate:45"],
@@ -161,6 +162,6 @@ def test_combination_bars_group_each_model_per_task() -> None:
         [[0.97, 0.46], [0.97, 0.46], [0.59, 0.97], [0.58, 0.96]],
     )
     assert [t.name for t in fig.data] == ["base model", "a alone", "b alone", "a ×1 + b ×1"]
-    assert fig.data[0].marker.color == BASE_COLOR and fig.data[3].marker.color == COMBINATION_COLOR
+    assert fig.data[0].marker.color == palette.FROZEN and fig.data[3].marker.color == palette.ADAPTED
     assert fig.data[1].marker.color != fig.data[2].marker.color
     assert list(fig.data[2].y) == [59.0, 97.0] and list(fig.data[2].x) == ["plain", "rotate:45"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
-from dashboard import charts, jobs
+from dashboard import charts, jobs, palette
 from lora_core.lab import readings
 from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.sweeps import WITHIN_POINTS, SweepPoint, SweepResult, list_sweeps, load_sweep, smallest_within_best
@@ -194,7 +194,7 @@ def test_the_cost_chart_draws_the_measured_times_and_sizes() -> None:
     fig = charts.rank_sweep_cost([1, 4, 16], [0.9, 1.4, 1.2], [28_200, 55_400, 387_700], marked=4)
     bars, sizes = fig.data
     assert list(bars.y) == [0.9, 1.4, 1.2] and list(sizes.y) == [28.2, 55.4, 387.7]
-    assert list(bars.marker.color) == [charts.BASE_COLOR, charts.TARGET_COLOR, charts.BASE_COLOR]
+    assert list(bars.marker.color) == [palette.FROZEN, palette.HIGHLIGHT, palette.FROZEN]
 
 
 def test_the_replay_chart_plots_gain_against_change_in_points_and_stars_the_default() -> None:

