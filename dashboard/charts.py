@@ -52,7 +52,8 @@ def per_digit_bars(
             x0=d - 0.5,
             x1=d + 0.5,
             fillcolor=palette.HIGHLIGHT,
-            opacity=0.18,
+            opacity=0.3,
+            layer="below",  # behind the bars, which keep their colours
             line_width=0,
             annotation_text=f"target {d}",
             annotation_position="top",

@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dashboard import charts, palette, state
+from dashboard import charts, palette, state, ui
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lab.combine import (
     CombinationReport,
@@ -199,14 +199,14 @@ def _weight_map_part(
     st.subheader("Every pair of weights")
     records = {a.name: a.record for a in state.usable_adapters(base.fingerprint, where)}
     pair = (records[choice.names[0]], records[choice.names[1]])
-    future = state.combination_weight_map(base, pair, columns, where)
-    if not future.done():
-        _waiting_for_map(future)
+    results = ui.background_results(
+        [state.combination_weight_map(base, pair, columns, where)],
+        "Scoring the pair at every weight from 0 to 1.5 (once per pair)...",
+        "The map of weights could not be computed",
+    )
+    if results is None:
         return
-    if future.exception() is not None:
-        st.error(f"The map of weights could not be computed: {state.describe_error(future.exception())}")
-        return
-    mapped = future.result()
+    (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
     for column, place in zip(columns, st.columns(len(columns))):
         with place:
@@ -224,13 +224,6 @@ def _weight_map_part(
         f"corner 0, 0 is the base model), on the same test sets as the table. Click a square to set both weights "
         f"to it{'; the chosen pair lies outside the map' if outside else '; the ring is the chosen pair'}."
     )
-
-
-@st.fragment(run_every=1.0)
-def _waiting_for_map(future: Any) -> None:
-    if future.done():
-        st.rerun()
-    st.caption(":material/hourglass_top: Scoring the pair at every weight from 0 to 1.5 (once per pair)...")
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:

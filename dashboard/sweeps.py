@@ -199,12 +199,14 @@ def sweeps_section(
     page's task is invalid) and the rank, steps, batch and seed are the page's; `field_labels` names the fields
     a ConfigError may be about."""
     st.header("Sweeps: one LoRA setting over several values")
-    st.write(
-        "Train LoRA on the task above once per value, every other setting fixed (the steps, batch and seed above; "
-        "the rank above for a replay sweep): **rank** shows what rank the task needs, **replay** what the share of "
-        "other digits in each batch trades between learning the target and keeping the rest. The base model is "
-        "loaded once for the whole sweep."
-    )
+    st.write("Train LoRA on the task above once per value of one setting, every other setting fixed.")
+    with st.expander("What does each sweep show?"):
+        st.markdown(
+            "The fixed settings are the steps, batch and seed above (and the rank above for a replay sweep). "
+            "**Rank** shows what rank the task needs; **replay** what the share of other digits in each batch "
+            "trades between learning the target and keeping the rest. The base model is loaded once for the whole "
+            "sweep."
+        )
     slots = ui.FieldSlots()
     k1, k2 = st.columns([1, 2])
     with k1:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -528,3 +529,32 @@ def sidebar(page: str | None = None) -> None:
             if holder is not None:
                 st.info(f"Another program is writing the saved work: {describe_holder(holder)}")
         st.caption(f"Artifacts: {state.store().root}")
+
+
+# --- work computed once in the server's background pool (state's curves and maps) ---------------------------------
+WAIT_POLL_S = 1.0
+Result = TypeVar("Result")
+
+
+def background_results(
+    futures: Sequence[Future[Result]], waiting: str, failed: str, meanwhile: Callable[[], None] | None = None
+) -> list[Result] | None:
+    """The futures' results once all are done. Until then None, and in their place `meanwhile` (what the page
+    can show already) with `waiting` under it, in a section that looks again every second and reruns the page
+    when they are done (the page never waits on the pool). A failure shows `failed` and the error, and gives None."""
+    if not all(f.done() for f in futures):
+        st.fragment(run_every=WAIT_POLL_S)(_waiting_for)(futures, waiting, meanwhile)
+        return None
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        st.error(f"{failed}: {state.describe_error(errors[0])}")
+        return None
+    return [f.result() for f in futures]
+
+
+def _waiting_for(futures: Sequence[Future[Any]], waiting: str, meanwhile: Callable[[], None] | None) -> None:
+    if all(f.done() for f in futures):
+        st.rerun()
+    if meanwhile is not None:
+        meanwhile()
+    st.caption(f":material/hourglass_top: {waiting}")

@@ -18,10 +18,12 @@ from lora_core.preprocess import PreparedDigit, predict_probabilities
 from lora_core.store.artifacts import BaseModelRecord
 
 st.title("Draw and predict")
-st.write(
-    "Draw a digit in white on the black square. It is cropped, scaled and centred the way MNIST's digits "
-    "were, then both models predict it."
-)
+st.write("Draw a digit in white on the black square, and the base model and the adapter each read it.")
+with st.expander("How is a drawing read?"):
+    st.markdown(
+        "The drawing is cropped to its ink, scaled so that its longer side is 20 pixels and centred by its mass "
+        "in a 28 × 28 square, the way MNIST's digits were made; both models read that same 28 × 28 picture."
+    )
 
 view = ui.base_selector("draw_base")
 base = ui.require_base("Draw and predict", view)

@@ -168,20 +168,18 @@ def per_digit_section() -> None:
     curves = [state.adapter_strength_curve(base, info.record, None, view.where)]
     if task is not None:
         curves.append(state.adapter_strength_curve(base, info.record, task, view.where))
-    if not all(c.done() for c in curves):
-        waiting_for_curve(curves)
-        return
-    errors = [c.exception() for c in curves if c.exception() is not None]
-    if errors:
-        st.error(f"Adapter `{chosen}` cannot be evaluated at other strengths: {state.describe_error(errors[0])}")
-        return
-    strength_section(curves[0].result(), curves[1].result() if task is not None else None)
+    results = ui.background_results(
+        curves,
+        "Evaluating the adapter at each strength from 0 to 2 (once per adapter)...",
+        f"Adapter `{chosen}` cannot be evaluated at other strengths",
+        meanwhile=as_trained_chart,
+    )
+    if results is not None:
+        strength_section(results[0], results[1] if task is not None else None)
 
 
-@st.fragment(run_every=1.0)
-def waiting_for_curve(curves: list) -> None:
-    if all(c.done() for c in curves):
-        st.rerun()
+def as_trained_chart() -> None:
+    """The per-digit chart with the adapter as trained (strength 1), while its strength curve is computed."""
     st.plotly_chart(
         charts.per_digit_bars(
             base_eval.per_digit_accuracy,
@@ -191,7 +189,6 @@ def waiting_for_curve(curves: list) -> None:
         ),
         width="stretch",
     )
-    st.caption(":material/hourglass_top: Evaluating the adapter at each strength from 0 to 2 (once per adapter)...")
 
 
 @st.fragment

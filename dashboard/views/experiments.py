@@ -56,10 +56,15 @@ NOT_APPLICABLE = "—"  # a cell whose measure does not apply to the row (the ba
 
 st.title("Experiments")
 st.write(
-    "Give the model a new task (rotated, inverted, thicker or thinner digits, shifted ones, chosen digits, "
-    "or digits a base model never saw) and compare, with the same steps, batches and seed: **LoRA** (the base "
-    "frozen, a small adapter trained), **full fine-tuning** of a copy of the base, and the **last layer** alone."
+    "Give the model a new task and compare **LoRA**, **full fine-tuning** and the **last layer** alone on the "
+    "same steps, batches and seed."
 )
+with st.expander("What are the tasks and the methods?"):
+    st.markdown(
+        "A task is rotated, inverted, thicker or thinner digits, shifted ones, chosen digits, or digits a base "
+        "model never saw. **LoRA** keeps the base frozen and trains a small adapter; **full fine-tuning** trains "
+        "every weight of a copy of the base; the **last layer** trains only linear3 of such a copy."
+    )
 
 base = ui.require_base("An experiment")
 base_eval = state.base_evaluation(base)

@@ -1,4 +1,5 @@
-"""Home page: the study as a story, from what LoRA is to the headline figures, with one button that runs it."""
+"""Home page: the headline figures first (once there are any), the button that runs the whole study, its five
+steps, and what LoRA is and where it sits in the network on demand."""
 
 from __future__ import annotations
 
@@ -17,22 +18,15 @@ STUDY_FIELDS = {"hidden": "Hidden size", "epochs": "Epochs", "steps": "Fine-tuni
 
 st.title("LoRA on MNIST: see it work")
 st.markdown(
-    "A small network learns to read handwritten digits. Then we improve its weakest digit with **LoRA** "
-    "(Low-Rank Adaptation) while the original weights stay frozen, and measure what changed."
+    "A small network learns to read handwritten digits; then **LoRA** (Low-Rank Adaptation) improves its weakest "
+    "digit while the original weights stay frozen, and the lab measures what changed."
 )
 
-st.header("What LoRA is")
-st.latex(r"y \;=\; W x \;+\; B A x \cdot \frac{\alpha}{r}")
-c1, c2, c3 = st.columns(3)
-c1.markdown("**W** (frozen): the base layer's weight matrix. Fine-tuning never changes it.")
-c2.markdown(
-    "**A** (r × in) and **B** (out × r): two thin matrices; only they are trained. B starts at zero, so "
-    "the adapter starts as a no-op."
-)
-c3.markdown("**α / r**: a fixed scale. A small rank r means very few extra parameters.")
+# the headline figures go here, above the fold, once there are any (filled at the end of the script, after the
+# study's own run has had its say); before that the button that runs the study is the first thing below
+headline_slot = st.container()
 
-# --- the five steps -------------------------------------------------------------------------------------
-st.header("The study in five steps")
+# --- what is saved -------------------------------------------------------------------------------------
 status = state.base_status()
 base = status.record
 base_eval = state.base_evaluation(base) if base is not None else None
@@ -50,6 +44,48 @@ def step(number: int, title: str, done: bool, text: str, page: str, link: str) -
             st.page_link(ui.PAGES[page], label=f"Open {link}", icon=":material/arrow_forward:")
 
 
+# --- run the whole study ---------------------------------------------------------------------------------
+st.header("Run the whole study")
+st.write(
+    "One click does every step: trains the base model (or reuses the saved one), evaluates it, fine-tunes "
+    "an adapter on its weakest digit, and checks that the base weights did not change."
+)
+timings = []  # measured here, by the runs that made the saved work (no guesses)
+if base is not None and isinstance(base.meta.get("training", {}).get("seconds"), int | float):
+    timings.append(f"the saved base model's training steps took {base.meta['training']['seconds']:.1f} s")
+if active_info is not None and isinstance((active_info.record.metrics or {}).get("seconds"), int | float):
+    timings.append(
+        f"adapter `{active_info.name}`'s fine-tuning steps took {active_info.record.metrics['seconds']:.1f} s"
+    )
+if timings:
+    st.caption("On this machine " + " and ".join(timings) + ".")
+st.caption(ui.NEW_NAME_NOTE)
+t_defaults, f_defaults = TrainConfig(), FinetuneConfig()
+with st.expander("Study settings (the defaults are the study's)"):
+    s1, s2, s3, s4 = st.columns(4)
+    h1 = s1.number_input("Hidden size 1", 1, 16384, t_defaults.hidden[0], key="study_h1")
+    h2 = s2.number_input("Hidden size 2", 1, 16384, t_defaults.hidden[1], key="study_h2")
+    epochs = s3.number_input("Epochs", 1, 1000, t_defaults.epochs, key="study_epochs")
+    steps = s4.number_input("Fine-tuning steps", 1, 1_000_000, f_defaults.steps, key="study_steps")
+    retrain = st.checkbox("Train a new base model even if one is saved", value=base is None, key="study_retrain")
+
+job = ui.job_panel(ui.JOB_PANELS["home"])
+if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run_study"):
+    train_config = TrainConfig(hidden=(int(h1), int(h2)), epochs=int(epochs))
+    ft_config = FinetuneConfig(steps=int(steps))
+    try:
+        train_config.validate()
+        ft_config.validate()
+    except ConfigError as exc:
+        label = STUDY_FIELDS.get(exc.field, exc.field)
+        st.error(f"**{label}**: {exc.reason}. Change it in the study settings; nothing was run.")
+    else:
+        ui.start_job(jobs.start_study, state.store(), train_config, ft_config, retrain)
+ui.busy_note()
+
+
+# --- the five steps -------------------------------------------------------------------------------------
+st.header("The study in five steps")
 if base is not None and base_eval is not None:
     weakest = base_eval.weakest_digit
     step(1, "Train the base model", True, f"Test accuracy {pct(base_eval.accuracy)}.", "training", "Training")
@@ -92,10 +128,20 @@ if active_info is not None:
         "finetune",
         "LoRA fine-tuning",
     )
-    step(5, "Compare before and after", True, "See the headline figures below.", "evaluation", "Evaluation")
+    step(5, "Compare before and after", True, "The headline figures open this page.", "evaluation", "Evaluation")
 else:
     step(4, "Fine-tune it with LoRA", False, "No adapter is active yet.", "finetune", "LoRA fine-tuning")
     step(5, "Compare before and after", False, "Needs an adapter.", "evaluation", "Evaluation")
+
+with st.expander("What LoRA is: one formula", expanded=active_info is None):
+    st.latex(r"y \;=\; W x \;+\; B A x \cdot \frac{\alpha}{r}")
+    c1, c2, c3 = st.columns(3)
+    c1.markdown("**W** (frozen): the base layer's weight matrix. Fine-tuning never changes it.")
+    c2.markdown(
+        "**A** (r × in) and **B** (out × r): two thin matrices; only they are trained. B starts at zero, so "
+        "the adapter starts as a no-op."
+    )
+    c3.markdown("**α / r**: a fixed scale. A small rank r means very few extra parameters.")
 
 # --- the network as a picture (dashboard/diagram.py) -------------------------------------------------------------
 # on a fresh start (no adapter to show beside the layers) the picture waits in an expander, so that the button
@@ -107,45 +153,6 @@ with st.expander("The network, and where LoRA sits", expanded=active_info is not
         active_info.name if active_info is not None else None,
     )
 
-# --- run the whole study ---------------------------------------------------------------------------------
-st.header("Run the whole study")
-st.write(
-    "One click does every step: trains the base model (or reuses the saved one), evaluates it, fine-tunes "
-    "an adapter on its weakest digit, and checks that the base weights did not change."
-)
-timings = []  # measured here, by the runs that made the saved work (no guesses)
-if base is not None and isinstance(base.meta.get("training", {}).get("seconds"), int | float):
-    timings.append(f"the saved base model's training steps took {base.meta['training']['seconds']:.1f} s")
-if active_info is not None and isinstance((active_info.record.metrics or {}).get("seconds"), int | float):
-    timings.append(
-        f"adapter `{active_info.name}`'s fine-tuning steps took {active_info.record.metrics['seconds']:.1f} s"
-    )
-if timings:
-    st.caption("On this machine " + " and ".join(timings) + ".")
-st.caption(ui.NEW_NAME_NOTE)
-t_defaults, f_defaults = TrainConfig(), FinetuneConfig()
-with st.expander("Study settings (the defaults are the study's)"):
-    s1, s2, s3, s4 = st.columns(4)
-    h1 = s1.number_input("Hidden size 1", 1, 16384, t_defaults.hidden[0], key="study_h1")
-    h2 = s2.number_input("Hidden size 2", 1, 16384, t_defaults.hidden[1], key="study_h2")
-    epochs = s3.number_input("Epochs", 1, 1000, t_defaults.epochs, key="study_epochs")
-    steps = s4.number_input("Fine-tuning steps", 1, 1_000_000, f_defaults.steps, key="study_steps")
-    retrain = st.checkbox("Train a new base model even if one is saved", value=base is None, key="study_retrain")
-
-job = ui.job_panel(ui.JOB_PANELS["home"])
-if st.button("Run the whole study", type="primary", disabled=ui.busy(), key="run_study"):
-    train_config = TrainConfig(hidden=(int(h1), int(h2)), epochs=int(epochs))
-    ft_config = FinetuneConfig(steps=int(steps))
-    try:
-        train_config.validate()
-        ft_config.validate()
-    except ConfigError as exc:
-        label = STUDY_FIELDS.get(exc.field, exc.field)
-        st.error(f"**{label}**: {exc.reason}. Change it in the study settings; nothing was run.")
-    else:
-        ui.start_job(jobs.start_study, state.store(), train_config, ft_config, retrain)
-ui.busy_note()
-
 
 # --- headline figures ---------------------------------------------------------------------------------------
 def saved_headline(info: state.AdapterInfo, check: RecordedCheck) -> Headline | None:
@@ -154,7 +161,7 @@ def saved_headline(info: state.AdapterInfo, check: RecordedCheck) -> Headline | 
     try:
         return headline_from_adapter(info.name, info.record.metrics or {}, int(base.meta["parameters"]), check)
     except (KeyError, TypeError, IndexError) as exc:
-        st.warning(f"Adapter `{info.name}`'s metrics.json lacks the figures for a headline ({exc}).")
+        headline_slot.warning(f"Adapter `{info.name}`'s metrics.json lacks the figures for a headline ({exc}).")
         return None
 
 
@@ -170,74 +177,76 @@ elif active_info is not None and base is not None:
     figures = saved_headline(active_info, check)
     weights_table = pd.DataFrame(check.rows(digits=16)) if check.tensors else None
 
-st.header("Headline figures")
-if figures is None:
-    st.info("Run the study (or fine-tune an adapter) to see the headline figures here.")
-else:
-    st.caption(f"From {figures.source}; every number is measured on {figures.measured_on}.")
-    m1, m2, m3, m4 = st.columns(4)
-    overall_change = f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points"
-    if figures.task_label is not None:  # a domain task: no target digit, and not plain MNIST
-        m1.metric("Base model on the task's test set", pct(figures.base_accuracy))
-        m2.metric("Adapter's task", figures.task_label, delta_color="off", delta_arrow="off")
-        m3.metric("With the adapter on the task's test set", pct(figures.adapted_accuracy), overall_change)
-        m4.page_link(
-            ui.PAGES["evaluation"], label="Its cost on plain MNIST: the Evaluation page", icon=":material/bar_chart:"
-        )
-    else:
-        d, weakest = figures.digit, figures.weakest_digit
-        before, after = figures.per_digit_before[d], figures.per_digit_after[d]
-        m1.metric("Base accuracy", pct(figures.base_accuracy))
-        m2.metric(
-            f"Adapter's target digit{'s' if len(figures.digits) > 1 else ''}",
-            ", ".join(map(str, figures.digits)),
-            f"{pct(before)} before" if len(figures.digits) == 1 else None,
+if figures is not None:
+    with headline_slot:
+        st.header("Headline figures")
+        st.caption(f"From {figures.source}; every number is measured on {figures.measured_on}.")
+        m1, m2, m3, m4 = st.columns(4)
+        chart_slot = st.container()  # the chart right under the figures it draws, the sentences below it
+        overall_change = f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points"
+        if figures.task_label is not None:  # a domain task: no target digit, and not plain MNIST
+            m1.metric("Base model on the task's test set", pct(figures.base_accuracy))
+            m2.metric("Adapter's task", figures.task_label, delta_color="off", delta_arrow="off")
+            m3.metric("With the adapter on the task's test set", pct(figures.adapted_accuracy), overall_change)
+            m4.page_link(
+                ui.PAGES["evaluation"],
+                label="Its cost on plain MNIST: the Evaluation page",
+                icon=":material/bar_chart:",
+            )
+        else:
+            d, weakest = figures.digit, figures.weakest_digit
+            before, after = figures.per_digit_before[d], figures.per_digit_after[d]
+            m1.metric("Base accuracy", pct(figures.base_accuracy))
+            m2.metric(
+                f"Adapter's target digit{'s' if len(figures.digits) > 1 else ''}",
+                ", ".join(map(str, figures.digits)),
+                f"{pct(before)} before" if len(figures.digits) == 1 else None,
+                delta_color="off",
+                delta_arrow="off",
+            )
+            m3.metric(f"Digit {d} after LoRA", pct(after), f"{100 * (after - before):+.2f} points")
+            m4.metric("Overall after LoRA", pct(figures.adapted_accuracy), overall_change)
+            weakest_note = f"The base model's weakest digit is {weakest} ({pct(figures.per_digit_before[weakest])})"
+            if weakest in figures.digits:
+                st.caption(f"{weakest_note}: the adapter's target.")
+            else:
+                st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
+            worst = figures.worst_hit_other
+            if worst is not None:
+                digit, change = worst
+                if change < 0:
+                    st.caption(
+                        f"The cost elsewhere: the other digit that lost most is {digit}, "
+                        f"{pct(figures.per_digit_before[digit])} → {pct(figures.per_digit_after[digit])} "
+                        f"({100 * change:+.2f} points)."
+                    )
+                else:
+                    st.caption("No other digit got worse with this adapter.")
+        n1, n2 = st.columns(2)
+        n1.metric(
+            "Parameters added by LoRA",
+            f"{figures.lora_params:,}",
+            f"{figures.lora_percent:.3f}% of the base",
             delta_color="off",
             delta_arrow="off",
         )
-        m3.metric(f"Digit {d} after LoRA", pct(after), f"{100 * (after - before):+.2f} points")
-        m4.metric("Overall after LoRA", pct(figures.adapted_accuracy), overall_change)
-        weakest_note = f"The base model's weakest digit is {weakest} ({pct(figures.per_digit_before[weakest])})"
-        if weakest in figures.digits:
-            st.caption(f"{weakest_note}: the adapter's target.")
+        if figures.weights_unchanged is None:
+            n2.info(figures.weights_note)
+        elif figures.weights_unchanged:
+            n2.success(figures.weights_note)
         else:
-            st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
-        worst = figures.worst_hit_other
-        if worst is not None:
-            digit, change = worst
-            if change < 0:
-                st.caption(
-                    f"The cost elsewhere: the other digit that lost most is {digit}, "
-                    f"{pct(figures.per_digit_before[digit])} → {pct(figures.per_digit_after[digit])} "
-                    f"({100 * change:+.2f} points)."
-                )
-            else:
-                st.caption("No other digit got worse with this adapter.")
-    n1, n2 = st.columns(2)
-    n1.metric(
-        "Parameters added by LoRA",
-        f"{figures.lora_params:,}",
-        f"{figures.lora_percent:.3f}% of the base",
-        delta_color="off",
-        delta_arrow="off",
-    )
-    if figures.weights_unchanged is None:
-        n2.info(figures.weights_note)
-    elif figures.weights_unchanged:
-        n2.success(figures.weights_note)
-    else:
-        n2.error(figures.weights_note)
-    if weights_table is not None:
-        with st.expander("Per base tensor"):
-            st.dataframe(weights_table, hide_index=True, width="stretch")
-    on_what = "on the task's test set" if figures.task_label is not None else "on the MNIST test set"
-    st.plotly_chart(
-        charts.per_digit_bars(
-            figures.per_digit_before,
-            figures.per_digit_after,
-            list(figures.digits),
-            labels=("Base model", f"With adapter {figures.adapter}"),
-            title=f"Per-digit accuracy {on_what}",
-        ),
-        width="stretch",
-    )
+            n2.error(figures.weights_note)
+        if weights_table is not None:
+            with st.expander("Per base tensor"):
+                st.dataframe(weights_table, hide_index=True, width="stretch")
+        on_what = "on the task's test set" if figures.task_label is not None else "on the MNIST test set"
+        chart_slot.plotly_chart(
+            charts.per_digit_bars(
+                figures.per_digit_before,
+                figures.per_digit_after,
+                list(figures.digits),
+                labels=("Base model", f"With adapter {figures.adapter}"),
+                title=f"Per-digit accuracy {on_what}",
+            ),
+            width="stretch",
+        )

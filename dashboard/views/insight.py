@@ -33,12 +33,14 @@ PAIR_TITLES = {
 }
 
 st.title("Insight: what the adapter learned, and what training costs")
-st.write(
-    "The LoRA paper (Hu et al. 2021, section 7) asked what the low-rank update learns: whether adapters of "
-    "different ranks or seeds find the same directions (their figure 3), and whether the update amplifies "
-    "directions the frozen weight W already uses (their table 7). Here the same analysis runs on adapters trained "
-    "on this base model's weakest digit, beside what full fine-tuning and LoRA hold in memory while they train."
-)
+st.write("What the low-rank update learns, measured as the LoRA paper did, and what training holds in memory.")
+with st.expander("What the paper asked, and what runs here"):
+    st.markdown(
+        "The LoRA paper (Hu et al. 2021, section 7) asked whether adapters of different ranks or seeds find the "
+        "same directions (their figure 3), and whether the update amplifies directions the frozen weight W "
+        "already uses (their table 7). Here the same analysis runs on adapters trained on this base model's "
+        "weakest digit, beside what full fine-tuning and LoRA hold in memory while they train."
+    )
 
 base = ui.require_base("The analysis")
 store = state.store()
@@ -47,12 +49,14 @@ slots = ui.FieldSlots()
 
 # --- running it ------------------------------------------------------------------------------------------------------
 st.header("Run the analysis")
-st.write(
-    f"Trains three adapters on the weakest digit (rank {defaults.small_rank} and {defaults.large_rank} with seed "
-    f"{defaults.seed}, rank {defaults.small_rank} with seed {defaults.other_seed}; α = 2·rank), unless one is saved "
-    "with exactly these settings, then measures the memory of full fine-tuning and of LoRA at ranks "
-    f"{', '.join(map(str, defaults.memory_ranks))}. The adapters are not saved; the results are."
-)
+st.write("Train three adapters on the weakest digit, then measure what training holds in memory at each rank.")
+with st.expander("What runs?"):
+    st.markdown(
+        "The three adapters: the small rank with two seeds, and the large rank with the first seed (α = 2·rank "
+        "for each). One saved with exactly these settings is reused instead of trained. The memory of full "
+        f"fine-tuning and of LoRA is measured at ranks {', '.join(map(str, defaults.memory_ranks))}. The adapters "
+        "are not saved; the results are."
+    )
 c1, c2, c3, c4 = st.columns(4)
 small_rank = c1.number_input("Small rank", 1, 1000, defaults.small_rank, key="insight_small_rank")
 large_rank = c2.number_input("Large rank", 1, 1000, defaults.large_rank, key="insight_large_rank")

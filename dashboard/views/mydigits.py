@@ -294,11 +294,13 @@ def transfer_section(collection: MyDigits, digits: Sequence[MyDigit], can_write:
 
 # --- the personal adapter -------------------------------------------------------------------------------------------
 def personal_section(collection: MyDigits, digits: Sequence[MyDigit]) -> None:
-    st.write(
-        "A small LoRA adapter fine-tuned on your drawings, with MNIST digits replayed beside them so the model "
-        "does not forget how to read MNIST. Some of your drawings of each digit are held out (the same ones for "
-        "the same seed) and never trained on: the comparison below is measured on them."
-    )
+    st.write("A small LoRA adapter fine-tuned on your drawings, judged on drawings it never trained on.")
+    with st.expander("How is it trained and measured?"):
+        st.markdown(
+            "MNIST digits are replayed beside your drawings in every batch, so that the model does not forget how "
+            "to read MNIST. Some of your drawings of each digit are held out (the same ones for the same seed) "
+            "and never trained on: the comparison below is measured on them."
+        )
     status = state.base_status()
     if status.record is None:  # the collection above works without one; only training needs it
         if status.error:
@@ -439,9 +441,8 @@ def show_result(collection: MyDigits, digits: Sequence[MyDigit], result: Persona
 # --- the page -------------------------------------------------------------------------------------------------------
 st.title("My digits")
 st.write(
-    "Teach the model your own handwriting: draw a few examples of each digit, then fine-tune a small personal "
-    "adapter on them and see whether it reads your held-out drawings better than the base model, without "
-    "forgetting MNIST."
+    "Teach the model your handwriting: draw a few examples of each digit, fine-tune a personal adapter on them, "
+    "and see whether it reads your held-out drawings better than the base model."
 )
 collection = MyDigits(state.store())
 can_write = writable()

@@ -21,8 +21,8 @@ LIVE_KEY = "_live_check"
 
 st.title("Parameter inspection")
 st.write(
-    "LoRA trains two thin matrices A and B beside each frozen weight W. Here: how many parameters that is, "
-    "two checks that W did not move, and what the update B·A·α/r looks like."
+    "LoRA trains two thin matrices A and B beside each frozen weight W: how many parameters that adds, two "
+    "checks that W did not move, and what the update B·A·α/r looks like."
 )
 
 view = ui.base_selector("params_base")
@@ -120,11 +120,13 @@ else:
         st.dataframe(pd.DataFrame(check.rows(digits=16)), hide_index=True, width="stretch")
 
 st.subheader("Live check, with a control")
-st.write(
-    "Runs 20 real LoRA training steps (the same code as fine-tuning) on a throwaway adapter over a copy of "
-    "the loaded base model and compares every base tensor bit for bit. The control runs the same 20 steps, "
-    "same batches, with W trainable: there W must change, or the check shows nothing."
-)
+st.write("Train a throwaway adapter for 20 steps and compare every base tensor bit for bit, beside a control.")
+with st.expander("How is this measured?"):
+    st.markdown(
+        "The 20 steps are real LoRA training steps (the same code as fine-tuning) on a copy of the loaded base "
+        "model. The control runs the same 20 steps on the same batches with W trainable: there W must change, or "
+        "the check could not tell a frozen W from one it failed to look at."
+    )
 if st.button("Run the live check", key="run_live_check"):
     with st.spinner("Training a throwaway adapter and the control..."):
         result = live_check(base.model, state.data())
@@ -222,23 +224,13 @@ def truncation_part() -> None:
     curves = [state.adapter_truncation_curve(base, picked.record, None, view.where)]
     if task is not None:
         curves.append(state.adapter_truncation_curve(base, picked.record, task, view.where))
-    if not all(c.done() for c in curves):
-        waiting_for_truncation(curves)
-        return
-    errors = [c.exception() for c in curves if c.exception() is not None]
-    if errors:
-        st.error(f"Adapter `{chosen}` cannot be truncated: {state.describe_error(errors[0])}")
-        return
-    truncation_section(curves[0].result(), curves[1].result() if task is not None else None)
-
-
-@st.fragment(run_every=1.0)
-def waiting_for_truncation(curves: list) -> None:
-    if all(c.done() for c in curves):
-        st.rerun()
-    st.caption(
-        ":material/hourglass_top: Evaluating the adapter with each number of directions kept (once per adapter)..."
+    results = ui.background_results(
+        curves,
+        "Evaluating the adapter with each number of directions kept (once per adapter)...",
+        f"Adapter `{chosen}` cannot be truncated",
     )
+    if results is not None:
+        truncation_section(results[0], results[1] if task is not None else None)
 
 
 @st.fragment

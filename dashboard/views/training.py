@@ -25,10 +25,12 @@ FIELD_LABELS = {
 }
 
 st.title("Training the base model")
-st.write(
-    "A 784 → hidden → hidden → 10 MLP learns MNIST with Adam and cross-entropy. The run happens in the "
-    "background: it keeps going while you click around, and a stopped or failed run leaves the saved model as it was."
-)
+st.write("A 784 → hidden → hidden → 10 MLP learns MNIST with Adam and cross-entropy, in the background.")
+with st.expander("How does a run work?"):
+    st.markdown(
+        "The run keeps going while you click around or open other pages, and every tab shows its progress. "
+        "A stopped or failed run leaves the saved model as it was: the new one replaces it only once complete."
+    )
 
 defaults = TrainConfig()
 slots = ui.FieldSlots()

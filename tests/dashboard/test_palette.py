@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,8 @@ def test_every_colour_the_dashboard_names_comes_from_the_palette() -> None:
         for color in HEX.findall(path.read_text())
     }
     assert not strays
+    theme = tomllib.loads((DASHBOARD.parent / ".streamlit" / "config.toml").read_text())["theme"]
+    assert theme["primaryColor"] == palette.ADAPTED
 
 
 def test_the_diagram_draws_frozen_trainable_and_combined_in_their_roles() -> None:
