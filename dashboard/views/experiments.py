@@ -73,21 +73,41 @@ slots = ui.FieldSlots()
 
 
 # --- the task ------------------------------------------------------------------------------------------------------
+def linked_task() -> Task | None:
+    """The task a link names (?task=rotate:45), when the task's widgets first appear in this session; a task that
+    cannot be read is said on the page, and the default is shown."""
+    raw = st.query_params.get("task")
+    if raw is None or "exp_kind" in st.session_state:
+        return None
+    try:
+        return parse_task(raw)
+    except ConfigError as exc:
+        st.warning(f"The link asks for task `{raw}`, which is not a task here ({exc.reason}); showing the default.")
+        return None
+
+
 def chosen_task() -> Task | None:
     """The task the select and the parameter make, or None after an st.error saying what to change."""
-    kind = st.selectbox("Task", list(KIND_LABELS), format_func=KIND_LABELS.get, index=2, key="exp_kind")
+    linked = linked_task()
+    kinds = list(KIND_LABELS)
+    first = kinds.index(linked.kind) if linked is not None else kinds.index("rotate")
+    kind = st.selectbox("Task", kinds, format_func=KIND_LABELS.get, index=first, key="exp_kind")
     value = ""
     if kind in KIND_HELP:
         label, default, help_text = KIND_HELP[kind]
         default = default or str(base_eval.weakest_digit)
+        if linked is not None and linked.kind == kind:
+            default = linked.spec.split(":", 1)[1]
         value = st.text_input(label, value=default, key=f"exp_param_{kind}", help=help_text)
     slots.add("task")
     spec = f"{kind}:{value.strip()}" if kind in KIND_HELP else kind
     try:
-        return parse_task(spec)
+        task = parse_task(spec)
     except ConfigError as exc:
         slots.show(exc, FIELD_LABELS["task"])
         return None
+    ui.link("task", task.spec)
+    return task
 
 
 def preview(task: Task) -> None:
@@ -147,7 +167,9 @@ with c1:
     )
     slots.add("methods")
 with c2:
-    rank = st.number_input("Rank r (LoRA)", min_value=1, max_value=1000, value=defaults.rank, key="exp_rank")
+    linked_rank = ui.linked_choice("rank", "exp_rank", list(range(1, 1001)), "rank", defaults.rank)
+    rank = st.number_input("Rank r (LoRA)", min_value=1, max_value=1000, value=linked_rank, key="exp_rank")
+    ui.link("rank", int(rank))
     slots.add("rank")
     seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=defaults.seed, key="exp_seed")
     slots.add("seed")

@@ -82,12 +82,13 @@ with c1:
     digit = st.selectbox(
         "Target digit",
         list(range(10)),
-        index=weakest,
+        index=ui.linked_choice("digit", "ft_digit", list(range(10)), "digit", weakest),
         format_func=lambda d: (
             f"{d} (base accuracy {pct(base_eval.per_digit_accuracy[d])})" + ("  ← weakest" if d == weakest else "")
         ),
         key="ft_digit",
     )
+    ui.link("digit", digit)
     slots.add("digit")
     targets = st.multiselect(
         "Target layers",
@@ -98,7 +99,8 @@ with c1:
     )
     slots.add("targets")
     rank_max = rank_ceiling(targets)
-    if st.session_state.setdefault("ft_rank", defaults.rank) > rank_max:
+    linked_rank = ui.linked_choice("rank", "ft_rank", list(range(1, rank_max + 1)), "rank", defaults.rank)
+    if st.session_state.setdefault("ft_rank", linked_rank) > rank_max:
         st.session_state["ft_rank"] = rank_max
     rank = st.number_input(
         "Rank r",
@@ -108,6 +110,7 @@ with c1:
         help="A rank above a layer's limit (the smaller of its inputs and outputs) is capped for that layer "
         "only, the way PEFT's rank_pattern does; the other layers keep r.",
     )
+    ui.link("rank", int(rank))
     rank_note(int(rank), targets)
     slots.add("rank")
     alpha = st.number_input(

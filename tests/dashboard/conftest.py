@@ -23,6 +23,14 @@ def visit(at: AppTest, page: str) -> AppTest:
     return at.switch_page(f"views/{page}.py").run()
 
 
+def opened_at(page: str, **params: str) -> AppTest:
+    """A fresh session opening the page's address with these query parameters (a shared link)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
+    return at.switch_page(f"views/{page}.py").run()
+
+
 def wait_for_job(at: AppTest, timeout: float = 120) -> object:
     """Join the session's background run, then rerun the page so it shows the outcome."""
     job = at.session_state["job"]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import APP, assert_clean, new_app, visit
-from streamlit.testing.v1 import AppTest
+from conftest import assert_clean, new_app, opened_at, visit
 
 from lora_core.lab.strength import STRENGTHS, strength_curve
 from lora_core.lab.study import load_base_for_lora
@@ -64,16 +63,8 @@ def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: P
     assert labels[0].startswith("Target digit ") and labels[1] == "The other digits at strength 1", labels
 
 
-def _opened_at(page: str, **params: str):  # noqa: ANN202 - AppTest
-    """A fresh session opening the page's address with these query parameters (a shared link)."""
-    at = AppTest.from_file(APP, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.switch_page(f"views/{page}.py").run()
-
-
 def test_a_link_opens_the_same_view_and_the_view_writes_its_link(trained_dir: Path) -> None:
-    at = _opened_at("evaluation", adapter="small", strength="0.5")
+    at = opened_at("evaluation", adapter="small", strength="0.5")
     assert_clean(at)
     assert at.selectbox(key="eval_adapter").value == "small"
     assert _with_control(at).value == 0.5
@@ -81,13 +72,13 @@ def test_a_link_opens_the_same_view_and_the_view_writes_its_link(trained_dir: Pa
     _with_control(at).set_value(2.0).run()
     assert at.query_params["strength"] == "2" and at.query_params["adapter"] == "small"
 
-    drawn = _opened_at("draw", adapter="small", strength="0")
+    drawn = opened_at("draw", adapter="small", strength="0")
     assert drawn.select_slider(key="draw_strength").value == 0.0
     assert not drawn.warning
 
 
 def test_a_link_to_what_is_not_here_says_so_and_shows_the_default(trained_dir: Path) -> None:
-    at = _opened_at("evaluation", adapter="nosuch", strength="7")
+    at = opened_at("evaluation", adapter="nosuch", strength="7")
     assert_clean(at)
     warnings = [str(w.value) for w in at.warning]
     assert "The link asks for adapter `nosuch`, which is not here; showing `small` instead." in warnings

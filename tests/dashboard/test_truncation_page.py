@@ -7,8 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import APP, assert_clean, new_app, visit
-from streamlit.testing.v1 import AppTest
+from conftest import assert_clean, new_app, opened_at, visit
 
 from lora_core.evaluate import accuracy_on
 from lora_core.lab.study import load_base_for_lora
@@ -59,10 +58,7 @@ def test_the_k_control_moves_the_figures_and_the_mark(trained_dir: Path, small_m
 
 
 def test_a_link_sets_k_and_the_view_writes_it(trained_dir: Path) -> None:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["adapter"] = "small"
-    at.query_params["k"] = "2"
-    at.switch_page("views/parameters.py").run()
+    at = opened_at("parameters", adapter="small", k="2")
     assert _with_control(at).value == 2
     _with_control(at).set_value(1).run()
     assert at.query_params["k"] == "1"
