@@ -24,6 +24,7 @@ def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"},
         height=height,
+        colorway=list(palette.COLORWAY),
         margin={"l": 50, "r": 20, "t": 50, "b": 45},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
     )
@@ -213,7 +214,8 @@ def loss_curve(
             sums = np.concatenate(([0.0], np.cumsum(ys)))
             ys = (sums[ends] - sums[starts.clip(min=0)]) / (ends - starts.clip(min=0))
             steps = steps[ends - 1]
-        fig.add_scatter(x=steps.tolist(), y=ys.tolist(), mode="lines", name=phase, line={"width": 1.5})
+        line = {"width": 1.5, "color": palette.PHASE.get(phase)}
+        fig.add_scatter(x=steps.tolist(), y=ys.tolist(), mode="lines", name=phase, line=line)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="cross-entropy loss", rangemode="tozero")
     return _layout(fig, title, height=300)
@@ -241,15 +243,25 @@ def singular_values(update_sv: Sequence[float], weight_sv: Sequence[float], rank
     u = np.asarray(update_sv, dtype=float)
     if rank:
         u = u[:rank]
-    fig.add_scatter(x=np.arange(1, w.size + 1), y=w, mode="lines", name="W (frozen base weight)")
-    fig.add_scatter(x=np.arange(1, u.size + 1), y=u, mode="lines+markers", name="update scale·B·A")
+    fig.add_scatter(
+        x=np.arange(1, w.size + 1), y=w, mode="lines", name="W (frozen base weight)", line_color=palette.FROZEN
+    )
+    fig.add_scatter(
+        x=np.arange(1, u.size + 1), y=u, mode="lines+markers", name="update scale·B·A", line_color=palette.ADAPTER
+    )
     if rank:
         fig.add_vline(x=rank, line_dash="dot", annotation_text=f"r = {rank}")
     positive = np.concatenate([w[w > 0], u[u > 0]])
     low = float(positive.min()) if positive.size else 1e-12
     high = float(positive.max()) if positive.size else 1.0
-    fig.update_xaxes(title_text="index (largest first)", type="log", range=[0, np.log10(max(2, w.size, u.size))])
-    fig.update_yaxes(title_text="singular value", type="log", range=[np.log10(low) - 0.2, np.log10(high) + 0.2])
+    # a label at each power of ten only: Plotly's default also labels 2 and 5 within each decade, which reads as
+    # "5, 2, 1, 5, 2, 0.1" on a narrow chart
+    fig.update_xaxes(
+        title_text="index (largest first)", type="log", range=[0, np.log10(max(2, w.size, u.size))], dtick=1
+    )
+    fig.update_yaxes(
+        title_text="singular value", type="log", range=[np.log10(low) - 0.2, np.log10(high) + 0.2], dtick=1
+    )
     return _layout(fig, "Singular values: update vs W", height=340)
 
 

@@ -8,6 +8,7 @@ so the rest of the page never sees the combination.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from dashboard import charts, palette, state, ui
 from lora_core.errors import ArtifactError, ConfigError
 from lora_core.lab.combine import (
+    CombinationMap,
     CombinationReport,
     ScoreColumn,
     adapter_task,
@@ -104,6 +106,10 @@ def _report(base: BaseModelRecord, model: LoraModel, choice: Choice, where: Arti
     if len(cache) > 64:
         cache.clear()
     keys = tuple(c.key for c in columns)
+    mapped = _weight_map(base, choice, columns, where)
+    if mapped.done() and mapped.exception() is None:  # a weight pair on the map's grid needs no scoring again
+        for pair, scores in mapped.result().scores.items():
+            cache.setdefault((base.fingerprint, keys, tuple(choice.names), pair, tuple(choice.stamps)), scores)
     report = CombinationReport(choice.weighted, columns)
     previous = model.active_adapter
     try:
@@ -193,14 +199,20 @@ def _apply_picked_weights() -> None:
             st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
 
 
+def _weight_map(
+    base: BaseModelRecord, choice: Choice, columns: Sequence[ScoreColumn], where: ArtifactStore | None
+) -> Future[CombinationMap]:
+    """The pair's map of weights, computed once in the server's background pool (state.combination_weight_map)."""
+    records = {a.name: a.record for a in state.usable_adapters(base.fingerprint, where)}
+    return state.combination_weight_map(base, (records[choice.names[0]], records[choice.names[1]]), columns, where)
+
+
 def _weight_map_part(
     base: BaseModelRecord, choice: Choice, columns: Sequence[ScoreColumn], where: ArtifactStore | None
 ) -> None:
     st.subheader("Every pair of weights")
-    records = {a.name: a.record for a in state.usable_adapters(base.fingerprint, where)}
-    pair = (records[choice.names[0]], records[choice.names[1]])
     results = ui.background_results(
-        [state.combination_weight_map(base, pair, columns, where)],
+        [_weight_map(base, choice, columns, where)],
         "Scoring the pair at every weight from 0 to 1.5 (once per pair)...",
         "The map of weights could not be computed",
     )

@@ -29,11 +29,17 @@ METHOD = {"base": FROZEN, "lora": ADAPTED, "full": "#d55e00", "head": ELSEWHERE}
 ALONE = ("#d55e00", ELSEWHERE, ADAPTER, MARK)
 MEMORY = {"weights": FROZEN, "gradients": ADAPTER, "adam": "#d55e00", "activations": ELSEWHERE}
 
+# lines with no role of their own (the runs of a sweep, the methods' training phases) take these in turn
+COLORWAY = (ADAPTED, "#d55e00", ELSEWHERE, ADAPTER, "#009e73", "#cc79a7", MARK)
+# a training run's loss, by phase
+PHASE = {"train": FROZEN, "finetune": ADAPTER}
+
 # the colours each chart draws side by side (the colour-vision test checks every pair within a group)
 SHOWN_TOGETHER = {
     "roles": (FROZEN, ADAPTER, ADAPTED, ELSEWHERE, HIGHLIGHT),
     "curves": (ADAPTED, ELSEWHERE, OVERALL, MARK, GUIDE),
     "methods": tuple(METHOD.values()),
+    "lines in turn": COLORWAY[:4],
     "combination": (FROZEN, ADAPTED, *ALONE),
     "memory": tuple(MEMORY.values()),
     "better or worse": (WORSE, BETTER),

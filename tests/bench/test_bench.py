@@ -171,11 +171,12 @@ def test_the_dashboard_item_timed_every_page_and_every_control_in_the_browser(
     _, result, _ = quick_run
     pages = result["raw"]["10"]
     assert QUICK.page_names is not None
-    for kind in ("load_s", "switch_s"):
+    for kind in ("load_s", "load_new_profile_s", "switch_s"):
         assert set(pages[kind]) == set(QUICK.page_names)
         assert all(len(times) == pages["rounds"] and all(0 < t < 120 for t in times) for times in pages[kind].values())
     assert set(pages["controls_s"]) == {"strength", "k", "weight map"}
     assert all(len(times) == 2 and all(t > 0 for t in times) for times in pages["controls_s"].values())
     measured = [r["measurement"] for r in result["rows"] if r["item"] == 10]
     assert sum("complete in a fresh tab" in m for m in measured) == len(QUICK.page_names)
+    assert sum("complete in a new browser profile" in m for m in measured) == len(QUICK.page_names)
     assert sum("by the sidebar's link" in m for m in measured) == len(QUICK.page_names)

@@ -55,6 +55,9 @@ def test_loss_curve_splits_phases() -> None:
     fig = charts.loss_curve([2.0, 1.0, 0.5, 0.4, 0.3], ["train", "train", "train", "finetune", "finetune"])
     assert [t.name for t in fig.data] == ["train", "finetune"]
     assert list(fig.data[1].x) == [4, 5] and list(fig.data[1].y) == [0.4, 0.3]
+    assert fig.data[0].line.color == palette.FROZEN and fig.data[1].line.color == palette.ADAPTER
+    other = charts.loss_curve([1.0, 0.5], ["rank 8, seed 0", "rank 8, seed 0"])
+    assert other.data[0].line.color is None and list(other.layout.colorway) == list(palette.COLORWAY)
     assert len(charts.loss_curve([1.0, 0.5]).data) == 1
     assert len(charts.loss_curve([]).data) == 0
 
@@ -91,6 +94,8 @@ def test_singular_values_and_update_heatmap() -> None:
     fig = charts.singular_values(sv_u, sv_w, rank=4)
     assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
     assert len(fig.data[0].y) == 100 and len(fig.data[1].y) == 4
+    assert fig.data[0].line.color == palette.FROZEN and fig.data[1].line.color == palette.ADAPTER
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1  # labels at powers of ten only
     fig = charts.update_heatmap(np.zeros((1000, 784)))
     z = np.asarray(fig.data[0].z)
     assert z.shape[0] <= charts.HEATMAP_MAX_CELLS and z.shape[1] <= charts.HEATMAP_MAX_CELLS

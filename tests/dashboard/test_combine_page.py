@@ -113,6 +113,28 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(two_dir: Pat
         assert (ring["x"], ring["y"]) == ([0.5], [1.0])  # the sliders' pair
 
 
+def test_a_pair_on_the_map_is_not_scored_again(two_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the map is there, weights on its grid take the map's figures: a click answers without a new pass."""
+    from dashboard import combination
+
+    at = visit(new_app(), "evaluation")
+    _set(at, "toggle", "eval_combine_on", True)
+    (spec, *_) = _map_charts(at)
+    squares = spec["data"][0]
+    shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
+    calls: list[object] = []
+    scored = combination.score
+    monkeypatch.setattr(combination, "score", lambda *args: calls.append(args) or scored(*args))
+    _set(at, "slider", "eval_combine_w1", 1.5)
+    first, second = at.selectbox(key="eval_combine_first").value, at.selectbox(key="eval_combine_second").value
+    row = _table(at)[f"{first} ×1.5 + {second} ×1"]
+    assert calls == []
+    plain = next(value for column, value in row.items() if column != "model" and "rotated" not in column)
+    assert plain == f"{shown[(1.5, 1.0)]:.2f}%"
+    _set(at, "slider", "eval_combine_w1", 1.4)  # off the grid: scored
+    assert len(calls) == 1
+
+
 def test_combining_needs_two_adapters(trained_dir: Path) -> None:
     at = visit(new_app(), "evaluation")
     _set(at, "toggle", "eval_combine_on", True)
