@@ -73,10 +73,14 @@ def test_on_a_fresh_start_the_diagram_waits_folded(fresh_dir) -> None:
     assert folded.proto.expanded is False
 
 
-def test_with_an_adapter_the_diagram_is_open(trained_dir) -> None:
-    from conftest import assert_clean, new_app
+def test_with_an_adapter_the_diagram_waits_folded_on_home_and_shows_on_parameters(trained_dir) -> None:
+    from conftest import assert_clean, new_app, visit
 
     at = new_app()
     assert_clean(at)
-    (shown,) = [e for e in at.expander if e.label == "The network, and where LoRA sits"]
-    assert shown.proto.expanded is True
+    (folded,) = [e for e in at.expander if e.label == "The network, and where LoRA sits"]
+    assert folded.proto.expanded is False and len(folded.get("graphviz_chart")) == 1
+    visit(at, "parameters")
+    assert "The network with this adapter's LoRA branches" in [s.value for s in at.subheader]
+    (shown,) = at.get("graphviz_chart")
+    assert "LoRA on linear1" in shown.proto.spec
