@@ -186,13 +186,15 @@ if figures is not None:
         overall_change = f"{100 * (figures.adapted_accuracy - figures.base_accuracy):+.2f} points"
         if figures.task_label is not None:  # a domain task: no target digit, and not plain MNIST
             m1.metric("Base model on the task's test set", pct(figures.base_accuracy))
-            m2.metric("Adapter's task", figures.task_label, delta_color="off", delta_arrow="off")
-            m3.metric("With the adapter on the task's test set", pct(figures.adapted_accuracy), overall_change)
-            m4.page_link(
-                ui.PAGES["evaluation"],
-                label="Its cost on plain MNIST: the Evaluation page",
-                icon=":material/bar_chart:",
+            task = active_info.domain_task if active_info is not None else None
+            m2.metric(  # a few words fit a quarter of the page; the whole label is in the caption above
+                "Adapter's task",
+                task.short_label if task is not None else figures.task_label,
+                delta_color="off",
+                delta_arrow="off",
             )
+            m3.metric("With the adapter on the task's test set", pct(figures.adapted_accuracy), overall_change)
+            m4.page_link(ui.PAGES["evaluation"], label="Its cost on plain MNIST", icon=":material/bar_chart:")
         else:
             d, weakest = figures.digit, figures.weakest_digit
             before, after = figures.per_digit_before[d], figures.per_digit_after[d]

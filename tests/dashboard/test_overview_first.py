@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
-from conftest import PAGES, new_app, visit
+import pytest
+from conftest import APP, PAGES, new_app, visit
+from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Block, Element
 
 PARAGRAPH_CHARS = 240  # about two sentences: longer text outside an expander is a paragraph on the page
@@ -31,17 +34,34 @@ def test_counting_sentences() -> None:
     assert sentences("Draw a digit and both models read it.") == 1
 
 
+def _problems(at) -> list[str]:  # noqa: ANN001 - AppTest
+    texts = page_texts(at.main)
+    opening = texts[0][0]
+    problems = [f"opens with {sentences(opening)} sentences: {opening!r}"] if sentences(opening) > 1 else []
+    return problems + [f"paragraph: {t!r}" for t, folded in texts if not folded and len(t) > PARAGRAPH_CHARS]
+
+
 def test_every_page_opens_with_one_sentence_and_no_paragraph_outside_an_expander(trained_dir: Path) -> None:
     at = new_app()
     found = {}
     for page in PAGES:
         visit(at, page)
-        texts = page_texts(at.main)
-        opening = texts[0][0]
-        problems = [f"opens with {sentences(opening)} sentences: {opening!r}"] if sentences(opening) > 1 else []
-        problems += [f"paragraph: {t!r}" for t, folded in texts if not folded and len(t) > PARAGRAPH_CHARS]
-        if problems:
+        if problems := _problems(at):
             found[page] = problems
     for page, problems in found.items():
         print(page, *problems, sep="\n  ")
     assert not found, sorted(found)
+
+
+def test_a_task_adapters_pages_keep_their_explanations_folded(
+    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(saved_results, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["active_adapter"] = "rotate-45"
+    at.run()
+    for page in ("home", "evaluation", "parameters", "draw"):
+        visit(at, page)
+        assert _problems(at) == [], page

@@ -233,7 +233,7 @@ def test_home_headline_of_a_task_adapter_is_on_its_task_and_names_no_target(
     values = {m.label: m.value for m in at.metric}
     assert values["Base model on the task's test set"] == pct(metrics["before"]["accuracy"])
     assert values["With the adapter on the task's test set"] == pct(metrics["after"]["accuracy"])
-    assert values["Adapter's task"] == metrics["task"]["label"]
+    assert values["Adapter's task"] == "rotate 45°" and metrics["task"]["label"] in texts(at)
     assert "Base accuracy" not in values and not any("target digit" in label for label in values)
     captions = " ".join(str(c.value) for c in at.caption)
     assert f"measured on the task's own test set (the 10,000 MNIST test images, {metrics['task']['label']})" in captions
