@@ -111,6 +111,9 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # as TrainConfig.precision; the defaults above hold in bf16 as in fp32 (README)
+    # LoRA+ (Hayou et al., 2024; PEFT's create_loraplus_optimizer): B learns at this many times lr, A at lr.
+    # None: plain LoRA, one rate for both. The adapter on disk is plain LoRA either way.
+    loraplus_lr_ratio: float | None = None
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -143,12 +146,15 @@ class FinetuneConfig:
         check_int("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
         check_precision(self.precision)
+        check_loraplus_ratio(self.loraplus_lr_ratio, self.lr)
         self.lora_config().validate(model)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["targets"] = list(self.targets)
         d["digits"] = list(self.digits) if self.digits is not None else None
+        if self.loraplus_lr_ratio is None:  # only for LoRA+: every other run's record stays as it was
+            del d["loraplus_lr_ratio"]
         return d
 
 
@@ -163,6 +169,18 @@ class RunResult:
 def check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high}, got {value!r}")
+
+
+def check_loraplus_ratio(ratio: Any, lr: float) -> None:
+    """LoRA+'s ratio: None (plain LoRA), or a positive number that keeps B's rate lr x ratio at most 1."""
+    if ratio is None:
+        return
+    if not is_finite_number(ratio) or ratio <= 0:
+        raise ConfigError("loraplus_lr_ratio", f"LoRA+'s ratio of B's rate to A's must be above 0, got {ratio!r}")
+    if is_finite_number(lr) and lr * ratio > 1.0:
+        raise ConfigError(
+            "loraplus_lr_ratio", f"B would learn at lr x ratio = {lr * ratio:.3g}, above 1; lower the ratio or lr"
+        )
 
 
 def check_lr(lr: Any) -> None:
@@ -244,7 +262,9 @@ class _Reporter:
         return RunResult(elapsed, self.samples / elapsed if elapsed > 0 else 0.0, self.losses)
 
 
-def adam(params: Iterable[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+def adam(
+    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], lr: float, device: torch.device
+) -> torch.optim.Adam:
     """Adam, fused into one kernel where PyTorch has one: on the CPU the default implementation
     launches a kernel per operation per tensor, measured at 15-20% of a training step here."""
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
@@ -320,7 +340,10 @@ def finetune(
     lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
     try:
         params = lora_model.mark_only_lora_trainable(name)
-        return train_parameters(lora_model, params, data, config, phase="finetune", progress=progress, stop=stop)
+        groups = None if config.loraplus_lr_ratio is None else loraplus_groups(lora_model, name, config)
+        return train_parameters(
+            lora_model, params, data, config, phase="finetune", progress=progress, stop=stop, param_groups=groups
+        )
     except TrainingDiverged as exc:
         lora_model.delete_adapter(name)
         scale = config.lora_config().scale
@@ -329,6 +352,18 @@ def finetune(
     except BaseException:
         lora_model.delete_adapter(name)
         raise
+
+
+def loraplus_groups(lora_model: LoraModel, name: str, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups for LoRA+: every A of adapter `name` at config.lr, every B at config.lr x
+    config.loraplus_lr_ratio (the schedule scales both alike)."""
+    ratio = config.loraplus_lr_ratio if config.loraplus_lr_ratio is not None else 1.0
+    a, b = [], []
+    for layer in lora_model.lora_layers().values():
+        if name in layer.lora_A:
+            a.append(layer.lora_A[name].weight)
+            b.append(layer.lora_B[name].weight)
+    return [{"params": a, "lr": config.lr}, {"params": b, "lr": config.lr * ratio}]
 
 
 def train_parameters(
@@ -340,6 +375,7 @@ def train_parameters(
     phase: str,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> RunResult:
     """Train `params` of `model` (the caller sets which require gradients) for `config.steps` batches of
     `config.digits` plus `config.replay` of the other digits, with Adam, the config's schedule and precision.
@@ -347,13 +383,14 @@ def train_parameters(
     One loop for every method (LoRA's adapter, full fine-tuning, the last layer: lora_core.lab.experiments), so
     the same config and seed draw the same batches. Leaves `params` frozen and the model in eval mode. The
     batches come from a generator seeded with config.seed; anything the model draws at random (dropout)
-    comes from the global generator, which the caller seeds.
+    comes from the global generator, which the caller seeds. `param_groups` (each with its own lr, LoRA+'s)
+    replace `params` in the optimizer; they must hold the same tensors.
     """
     if config.digits is None:
         raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
     device = next(model.parameters()).device
     precision = resolve_precision(config.precision, device)
-    optimizer = adam(params, config.lr, device)
+    optimizer = adam(param_groups if param_groups is not None else params, config.lr, device)
     images, y = data.train_images.to(device), data.train_y.to(device)  # normalised per batch, as in train_base
     is_target = torch.isin(y, torch.tensor(config.digits, device=device))
     target_idx = is_target.nonzero().flatten()

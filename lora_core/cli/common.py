@@ -61,6 +61,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         replay=args.replay,
         dropout=args.dropout,
         use_rslora=args.rslora,
+        loraplus_lr_ratio=args.loraplus_ratio,
         init=args.init,
         seed=args.ft_seed,
         device=args.device,

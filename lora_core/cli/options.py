@@ -114,6 +114,7 @@ FINETUNE_FLAGS: dict[str, tuple[str, ...]] = {
     "replay": ("--replay",),
     "dropout": ("--dropout",),
     "init": ("--init",),
+    "loraplus_lr_ratio": ("--loraplus-ratio",),
     "batch_size": ("--batch-size", "--ft-batch-size"),
     "lr": ("--lr", "--ft-lr"),
     "lr_schedule": ("--lr-schedule", "--ft-lr-schedule"),
@@ -247,6 +248,13 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float_arg, default=d.dropout)
     parser.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    parser.add_argument(
+        "--loraplus-ratio",
+        dest="loraplus_ratio",
+        type=float_arg,
+        default=d.loraplus_lr_ratio,
+        help="LoRA+: B learns at this many times the learning rate, A at it (16 in the paper; default: plain LoRA)",
+    )
     parser.add_argument("--init", choices=("kaiming", "gaussian"), default=d.init)
     parser.add_argument("--ft-seed", dest="ft_seed", type=int_arg, default=d.seed)
     parser.add_argument("--name", help="adapter name (default: digit-<D>); letters, digits, '-', '_' and '.'")

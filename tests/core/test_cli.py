@@ -51,6 +51,8 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "sweep-unknown-kind": (["sweep", "alpha"], "trained", ["KIND:", "'alpha'", "rank"]),
     "finetune-alpha-1e300": (["finetune", "--alpha", "1e300"], "trained", ["--alpha:", "1.25e+299", "lower alpha"]),
     "finetune-alpha-1e30": (["finetune", "--alpha", "1e30"], "trained", ["--alpha:", "1.25e+29", "lower alpha"]),
+    "loraplus-ratio-0": (["finetune", "--loraplus-ratio", "0"], "trained", ["--loraplus-ratio:", "above 0", "0"]),
+    "loraplus-ratio-1e4": (["finetune", "--loraplus-ratio", "1e4"], "trained", ["--loraplus-ratio:", "lower"]),
 }
 # Refusals also run as real processes, one per command that has no successful run below: exit status 2 and
 # one line, without a traceback, from `python -m lora_core` itself.
@@ -356,3 +358,18 @@ def test_a_study_without_a_name_keeps_a_saved_adapter_and_says_the_new_name(
     assert third.returncode == 0, third.stderr
     assert json.loads((tmp_path / "third.json").read_text())["adapter"]["name"] == usual
     assert not (root / "adapters" / f"{usual}-3").exists()
+
+
+def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_ratio(
+    capsys, tmp_path, trained_artifacts, monkeypatch
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+    args = ["finetune", "--digit", "3", "--steps", "3", "--ft-batch-size", "16", "--rank", "2", "--name", "plus"]
+    done = run_cli_in_process(capsys, [*args, "--loraplus-ratio", "16", "--artifacts", str(root)])
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((root / "adapters" / "plus" / "metrics.json").read_text())
+    assert metrics["finetune"]["loraplus_lr_ratio"] == 16.0
+    peft = json.loads((root / "adapters" / "plus" / "adapter_config.json").read_text())
+    assert peft["peft_type"] == "LORA" and "loraplus" not in json.dumps(peft)  # on disk, plain LoRA

@@ -340,6 +340,10 @@ def test_bad_train_configs_are_rejected(change):
         {"init": "zero"},
         {"targets": ("linear9",)},
         {"targets": ()},
+        {"loraplus_lr_ratio": 0.0},
+        {"loraplus_lr_ratio": -16.0},
+        {"loraplus_lr_ratio": float("nan")},
+        {"loraplus_lr_ratio": 2000.0},  # B at lr 3e-3 x 2000 = 6 per step
     ],
 )
 def test_bad_finetune_configs_are_rejected(change, small_base):
@@ -350,6 +354,27 @@ def test_bad_finetune_configs_are_rejected(change, small_base):
     with pytest.raises(ConfigError):
         finetune(lora_model, "bad", None, config)  # rejected before touching any data
     assert lora_model.adapters == {}
+
+
+@pytest.mark.parametrize("ratio", [None, 16.0])
+def test_loraplus_moves_b_at_ratio_times_the_rate_a_learns_at(small_base, small_mnist, ratio):
+    """Adam's first step moves each entry with a gradient by exactly its group's lr (m/sqrt(v) = ±1); B starts at
+    zero, so that step gives A no gradient and B its lr: lr for plain LoRA, lr x ratio for LoRA+."""
+    config = dataclasses.replace(FT, digits=(9,), steps=1, lr=1e-3, lr_schedule="constant", loraplus_lr_ratio=ratio)
+    lora_model = LoraModel(small_base)
+    finetune(lora_model, "plus", small_mnist, config)
+    layer = lora_model.lora_layers()["linear2"]
+    b, a = layer.lora_B["plus"].weight, layer.lora_A["plus"].weight
+    moved = b[b != 0].abs()
+    assert moved.numel() > b.numel() // 2  # rows of units no image of the batch lit stay at zero
+    step = 1e-3 * (ratio or 1.0)  # Adam's eps shrinks the step only where the gradient is tiny
+    assert moved.max().item() == pytest.approx(step, rel=1e-4) and moved.median().item() == pytest.approx(
+        step, rel=1e-3
+    )
+    fresh = LoraModel(MLP(*small_base.hidden))
+    fresh.add_adapter("plus", config.lora_config(), seed=config.seed)
+    assert torch.equal(a, fresh.lora_layers()["linear2"].lora_A["plus"].weight)  # A: no gradient yet
+    assert ("loraplus_lr_ratio" in config.to_dict()) is (ratio is not None)
 
 
 def test_resolve_device():
