@@ -19,7 +19,7 @@ from lora_core.data import denormalize
 from lora_core.errors import ConfigError
 from lora_core.evaluate import accuracy_on
 from lora_core.lab import readings
-from lora_core.lab.experiment_settings import METHOD_LABELS, METHODS, ExperimentSettings
+from lora_core.lab.experiment_settings import DEFAULT_METHODS, METHOD_LABELS, METHODS, ExperimentSettings
 from lora_core.lab.experiments import ExperimentResult, list_experiments, load_experiment
 from lora_core.lab.tasks import Task, parse_task
 from lora_core.numbers import pct
@@ -62,8 +62,9 @@ st.write(
 with st.expander("What are the tasks and the methods?"):
     st.markdown(
         "A task is rotated, inverted, thicker or thinner digits, shifted ones, chosen digits, or digits a base "
-        "model never saw. **LoRA** keeps the base frozen and trains a small adapter; **full fine-tuning** trains "
-        "every weight of a copy of the base; the **last layer** trains only linear3 of such a copy."
+        "model never saw. **LoRA** keeps the base frozen and trains a small adapter; **LoRA+** trains the same "
+        "adapter with B learning faster than A; **full fine-tuning** trains every weight of a copy of the base; "
+        "the **last layer** trains only linear3 of such a copy."
     )
 
 base = ui.require_base("An experiment")
@@ -160,7 +161,7 @@ with c1:
     methods = st.multiselect(
         "Methods",
         list(METHODS),
-        default=list(METHODS),
+        default=list(DEFAULT_METHODS),
         format_func=charts.METHOD_NAMES.get,
         key="exp_methods",
         help="; ".join(f"{charts.METHOD_NAMES[m]}: {METHOD_LABELS[m]}" for m in METHODS),
@@ -179,10 +180,11 @@ with c3:
     batch = st.number_input("Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="exp_batch")
     slots.add("batch_size")
 st.caption(
-    f"Learning rates: LoRA {defaults.lora_lr:g}, full fine-tuning {defaults.full_lr:g}, last layer "
+    f"Learning rates: LoRA {defaults.lora_lr:g}, LoRA+ {defaults.loraplus_lr:g} for A and "
+    f"{defaults.loraplus_ratio:g} × that for B, full fine-tuning {defaults.full_lr:g}, last layer "
     f"{defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
-    "The LoRA adapter is saved like any adapter (under a new name, never replacing one); the full and "
-    "last-layer copies are measured and dropped."
+    "The LoRA and LoRA+ adapters are saved like any adapter (under a new name, never replacing one); the full "
+    "and last-layer copies are measured and dropped."
 )
 
 if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):

@@ -29,7 +29,9 @@ FIELD_LABELS = {
     "name": "Adapter name",
     "device": "Device",
     "precision": "Precision",
+    "loraplus_lr_ratio": "LoRA+ ratio",
 }
+LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and PEFT's usual ratio
 
 st.title("LoRA fine-tuning")
 st.write(
@@ -130,6 +132,17 @@ with c2:
         "Precision", PRECISIONS, index=PRECISIONS.index(defaults.precision), key="ft_precision", help=ui.PRECISION_HELP
     )
     slots.add("precision")
+    loraplus = st.toggle(
+        "LoRA+: B learns faster than A",
+        value=False,
+        key="ft_loraplus",
+        help="Hayou et al., 2024 (PEFT's create_loraplus_optimizer): A learns at the learning rate, B at the "
+        "ratio times it. The adapter saved is plain LoRA; only its training differs.",
+    )
+    ratio = None
+    if loraplus:
+        ratio = st.number_input("LoRA+ ratio (B's rate / A's)", value=LORAPLUS_RATIO, key="ft_loraplus_ratio")
+    slots.add("loraplus_lr_ratio")
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(
@@ -158,6 +171,7 @@ config = FinetuneConfig(
     lr=float(lr),
     replay=float(replay),
     precision=str(precision),
+    loraplus_lr_ratio=float(ratio) if ratio is not None else None,
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:

@@ -50,12 +50,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--methods",
         type=methods_arg,
         default=d.methods,
-        help=f"comma-separated, run in this order (default: {','.join(METHODS)})",
+        help=f"comma-separated, run in this order, from {','.join(METHODS)} (default: {','.join(d.methods)})",
     )
     p.add_argument("--rank", type=int_arg, default=d.rank, help="LoRA's rank")
     run_options(p, d, "method")
     p.add_argument("--full-lr", dest="full_lr", type=float_arg, default=d.full_lr)
     p.add_argument("--head-lr", dest="head_lr", type=float_arg, default=d.head_lr)
+    p.add_argument(
+        "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
+    )
+    p.add_argument(
+        "--loraplus-ratio",
+        dest="loraplus_ratio",
+        type=float_arg,
+        default=d.loraplus_ratio,
+        help="LoRA+: B learns at this many times A's rate",
+    )
     p.add_argument(
         "--replay",
         type=float_arg,

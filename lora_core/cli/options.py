@@ -135,6 +135,9 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "lora_lr": ("--lora-lr",),
     "full_lr": ("--full-lr",),
     "head_lr": ("--head-lr",),
+    "loraplus_lr": ("--loraplus-lr",),
+    "loraplus_ratio": ("--loraplus-ratio",),
+    "loraplus_lr_ratio": ("--loraplus-ratio",),
     "replay": ("--replay",),
     "lr_schedule": ("--lr-schedule",),
 }

@@ -15,11 +15,14 @@ from lora_core.lab.tasks import Task
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.numbers import Number
 from lora_core.precision import check_precision
-from lora_core.train import FinetuneConfig, check_int, check_lr
+from lora_core.train import FinetuneConfig, check_int, check_loraplus_ratio, check_lr
 
-METHODS = ("lora", "full", "head")
+METHODS = ("lora", "loraplus", "full", "head")
+DEFAULT_METHODS = ("lora", "full", "head")  # what a comparison runs unless asked: LoRA and its two references
+ADAPTER_METHODS = ("lora", "loraplus")  # the methods that train (and save) a LoRA adapter on the frozen base
 METHOD_LABELS = {
     "lora": "LoRA (base frozen, adapter trained)",
+    "loraplus": "LoRA+ (LoRA with B learning faster than A; Hayou et al., 2024)",
     "full": "full fine-tuning of a copy of the base",
     "head": "last layer (linear3) only",
 }
@@ -27,6 +30,7 @@ HEAD_LAYER = "linear3"
 # unseen:8,9 at full size (seed 0, rank 8, 600 steps of batch 128): replay 0.5 reached 97.48% on 8-9 but
 # 96.80% over all ten digits; 0.75 reached 96.27% and 97.19%, both above 96% and 97%
 UNSEEN_REPLAY = 0.75
+LORAPLUS_LR = 1e-3
 
 
 class _CommonSettingsRecord(TypedDict):
@@ -38,6 +42,8 @@ class _CommonSettingsRecord(TypedDict):
     lora_lr: Number
     full_lr: Number
     head_lr: Number
+    loraplus_lr: NotRequired[Number]
+    loraplus_ratio: NotRequired[Number]
     replay: Number | None
     lr_schedule: str
     precision: str
@@ -67,7 +73,7 @@ class ExperimentSettings:
     """One comparison's settings. Defaults: seed 0, 600 steps of batch 128, LoRA lr
     3e-3 rank 8 on all layers, full fine-tuning lr 1e-3."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     rank: int = 8
     alpha: float | None = None  # None: alpha_for(rank), 2 x rank
     targets: tuple[str, ...] = LAYER_NAMES
@@ -77,6 +83,8 @@ class ExperimentSettings:
     lora_lr: float = 3e-3
     full_lr: float = 1e-3
     head_lr: float = 3e-3
+    loraplus_lr: float = LORAPLUS_LR  # A's rate; B's is loraplus_lr x loraplus_ratio
+    loraplus_ratio: float = 16.0  # the LoRA+ paper's and PEFT's usual ratio
     # digit tasks and unseen: the share of each batch from the other digits. None: UNSEEN_REPLAY for unseen,
     # FinetuneConfig's default (0.5, the study's) for the digit tasks; a domain task trains on every digit.
     replay: float | None = None
@@ -93,7 +101,8 @@ class ExperimentSettings:
         return alpha_for(self.rank, self.alpha)
 
     def lr(self, method: str) -> float:
-        return {"lora": self.lora_lr, "full": self.full_lr, "head": self.head_lr}[method]
+        rates = {"lora": self.lora_lr, "loraplus": self.loraplus_lr, "full": self.full_lr, "head": self.head_lr}
+        return rates[method]
 
     def replay_for(self, kind: str) -> float:
         """The replay share used for a task of this kind (see `replay`)."""
@@ -107,7 +116,10 @@ class ExperimentSettings:
 
     def finetune_config(self, digits: tuple[int, ...], method: str = "lora", kind: str = "") -> FinetuneConfig:
         """The FinetuneConfig every method trains with (the others use its steps, batch, sampler and lr)."""
-        return finetune_config(self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind))
+        ratio = self.loraplus_ratio if method == "loraplus" else None
+        return finetune_config(
+            self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind), loraplus_lr_ratio=ratio
+        )
 
     def validate(self, model: MLP | None = None) -> None:
         if not self.methods:
@@ -124,6 +136,7 @@ class ExperimentSettings:
                 raise ConfigError(f"{method}_lr", exc.reason) from None
         check_int("rank", self.rank, 1, 10_000)
         check_precision(self.precision)
+        check_loraplus_ratio(self.loraplus_ratio, self.loraplus_lr)
         self.finetune_config(tuple(range(10))).validate(model)
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,7 +37,14 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ConfigError
 from lora_core.evaluate import EvaluationSummary, evaluate
-from lora_core.lab.experiment_settings import HEAD_LAYER, METHOD_LABELS, METHODS, ExperimentSettings, SettingsRecord
+from lora_core.lab.experiment_settings import (
+    ADAPTER_METHODS,
+    HEAD_LAYER,
+    METHOD_LABELS,
+    METHODS,
+    ExperimentSettings,
+    SettingsRecord,
+)
 from lora_core.lab.readings import METHOD_NAMES
 from lora_core.lab.run import PeakMemory, environment, named_progress, safetensors_size
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter
@@ -203,6 +210,11 @@ def load_experiment(path: Path | str) -> ExperimentResult:
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
+def adapter_method_name(name: str, method: str) -> str:
+    """The name a method's adapter is saved under: LoRA's is `name` itself, LoRA+'s `name`-loraplus."""
+    return name if method == "lora" else f"{name}-{method}"
+
+
 def run_method(
     ctx: TaskContext,
     method: str,
@@ -221,8 +233,8 @@ def run_method(
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     named = named_progress(progress, METHOD_NAMES[method])  # the name the tables and charts use
     started = time.perf_counter()
-    if method == "lora":
-        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter)
+    if method in ADAPTER_METHODS:
+        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter, method)
     return _run_copy(ctx, method, settings, named, stop, started)
 
 
@@ -235,12 +247,15 @@ def _run_lora(
     stop: threading.Event | None,
     started: float,
     save_adapter: bool = True,
+    method: str = "lora",
 ) -> MethodResult:
-    config = settings.finetune_config(ctx.target_digits, "lora", ctx.task.kind)
+    """LoRA, or LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus)."""
+    config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
     lora_model = ctx.lora_model
     device = next(lora_model.model.parameters()).device
+    usual = adapter_method_name(ctx.task.adapter_name(ctx.target_digits), method)
     if save_adapter:  # exactly the study's fine-tune-and-save
-        name = adapter_name or ctx.store.unused_adapter_name(ctx.task.adapter_name(ctx.target_digits))
+        name = adapter_method_name(adapter_name, method) if adapter_name else ctx.store.unused_adapter_name(usual)
         with PeakMemory(device) as memory:  # marked at the last step: evaluation and saving left out
             outcome = finetune_and_save_adapter(
                 ctx.store,
@@ -263,7 +278,7 @@ def _run_lora(
         task_summary = outcome.after.summary(misclassified=False)
         stored = sum((Path(path) / f).stat().st_size for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
     else:  # a sweep's point: the same training, measured, then dropped
-        name, path = adapter_name or f"unsaved-{ctx.task.slug}", None
+        name, path = adapter_method_name(adapter_name, method) if adapter_name else f"unsaved-{usual}", None
         if name in lora_model.adapters:
             lora_model.delete_adapter(name)
         with PeakMemory(device) as memory:
@@ -286,7 +301,7 @@ def _run_lora(
     if not save_adapter:
         lora_model.delete_adapter(name)
     return MethodResult(
-        method="lora",
+        method=method,
         lr=config.lr,
         trainable_params=trainable,
         stored_bytes=stored,
@@ -390,10 +405,11 @@ def run_experiment(
     settings = settings or ExperimentSettings()
     settings.validate()
     resolve_device(settings.device)
-    if adapter_name is not None and "lora" in settings.methods:
+    if adapter_name is not None and not overwrite:
         sub = base_store(store, task.base_name) if task.base_name else store
-        if not overwrite and sub.adapter_exists(adapter_name):
-            raise AdapterExistsError(adapter_name)
+        for method in settings.methods:
+            if method in ADAPTER_METHODS and sub.adapter_exists(adapter_method_name(adapter_name, method)):
+                raise AdapterExistsError(adapter_method_name(adapter_name, method))
     started = time.perf_counter()
     with store.writing(f"running the experiment {task.spec}"):
         ctx = prepare_task(

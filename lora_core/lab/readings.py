@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from lora_core.numbers import pct
 
 # The short names the sentences (and the dashboard's legends) give the methods of lora_core.lab.experiments
-METHOD_NAMES = {"base": "base model", "lora": "LoRA", "full": "full fine-tuning", "head": "last layer only"}
+METHOD_NAMES = {
+    "base": "base model",
+    "lora": "LoRA",
+    "loraplus": "LoRA+",
+    "full": "full fine-tuning",
+    "head": "last layer only",
+}
 
 
 def _share(value: float) -> str:
@@ -53,6 +59,12 @@ def read_methods(
         parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
     elif full is not None:
         parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
+    if "loraplus" in task:
+        plus = task["loraplus"]
+        if lora is not None:
+            parts.append(f"LoRA+ reached {pct(plus)} ({100 * (plus - lora):+.2f} points against LoRA)")
+        else:
+            parts.append(f"LoRA+ took the task from {pct(base_task)} to {pct(plus)}")
     if "head" in task:
         parts.append(f"the last layer alone reached {pct(task['head'])}")
     keeps: list[str] = []

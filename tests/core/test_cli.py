@@ -52,6 +52,11 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "finetune-alpha-1e300": (["finetune", "--alpha", "1e300"], "trained", ["--alpha:", "1.25e+299", "lower alpha"]),
     "finetune-alpha-1e30": (["finetune", "--alpha", "1e30"], "trained", ["--alpha:", "1.25e+29", "lower alpha"]),
     "loraplus-ratio-0": (["finetune", "--loraplus-ratio", "0"], "trained", ["--loraplus-ratio:", "above 0", "0"]),
+    "experiment-loraplus-ratio-0": (
+        ["experiment", "rotate:45", "--methods", "lora,loraplus", "--loraplus-ratio", "0"],
+        "trained",
+        ["--loraplus-ratio:", "above 0"],
+    ),
     "loraplus-ratio-1e4": (["finetune", "--loraplus-ratio", "1e4"], "trained", ["--loraplus-ratio:", "lower"]),
 }
 # Refusals also run as real processes, one per command that has no successful run below: exit status 2 and

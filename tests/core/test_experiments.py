@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from core_helpers import file_bytes, first_test_images
+from safetensors.torch import load_file
 
 from lora_core import train
 from lora_core.data import _TrainImages
@@ -32,7 +33,7 @@ from lora_core.lab.task_context import prepare_task
 from lora_core.lab.tasks import parse_task
 from lora_core.model import MLP
 from lora_core.store import results
-from lora_core.store.artifacts import ArtifactStore
+from lora_core.store.artifacts import ADAPTER_WEIGHTS, ArtifactStore
 from lora_core.store.bases import base_store
 from lora_core.store.results import save_result
 from lora_core.train import TrainConfig
@@ -338,3 +339,30 @@ def test_replay_defaults_by_task():
     assert settings.finetune_config((8, 9), "full", "unseen").replay == 0.75
     with pytest.raises(ConfigError, match="replay"):
         ExperimentSettings(replay=1.5).validate()
+
+
+def test_loraplus_saves_its_own_adapter_beside_loras_and_trains_b_faster(artifacts_copy, tiny_mnist):
+    """The same adapter shape, the same batches; only B's rate differs: LoRA+'s adapter is saved as NAME-loraplus
+    and records its ratio, and its B moved further than LoRA's from the same start."""
+    store = ArtifactStore(artifacts_copy)
+    settings = ExperimentSettings(
+        methods=("lora", "loraplus"), steps=4, batch_size=32, rank=2, device="cpu", lora_lr=1e-3, loraplus_lr=1e-3
+    )
+    result = run_experiment(store, tiny_mnist, parse_task("weakest"), settings, save=False)
+    lora, plus = result.method("lora"), result.method("loraplus")
+    assert plus.adapter == f"{lora.adapter}-loraplus" and plus.lr == 1e-3
+    assert plus.trainable_params == lora.trainable_params and plus.stored_bytes == lora.stored_bytes
+    records = {name: store.read_adapter(name) for name in (lora.adapter, plus.adapter)}
+    assert records[plus.adapter].metrics["finetune"]["loraplus_lr_ratio"] == 16.0
+    assert "loraplus_lr_ratio" not in records[lora.adapter].metrics["finetune"]
+    b = {
+        name: sum(t.abs().sum() for k, t in load_file(record.path / ADAPTER_WEIGHTS).items() if "lora_B" in k)
+        for name, record in records.items()
+    }
+    assert b[plus.adapter] > 4 * b[lora.adapter]
+    with pytest.raises(ConfigError) as info:
+        ExperimentSettings(loraplus_ratio=0.0).validate()
+    assert info.value.field == "loraplus_lr_ratio"
+    with pytest.raises(AdapterExistsError, match="-loraplus"):  # LoRA+'s adapter is checked too, before training
+        only_plus = dataclasses.replace(settings, methods=("loraplus",))
+        run_experiment(store, tiny_mnist, parse_task("invert"), only_plus, adapter_name=lora.adapter)

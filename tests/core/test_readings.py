@@ -25,6 +25,10 @@ def test_the_methods_reading_is_computed_from_the_numbers() -> None:
     assert "the fully fine-tuned copy reads 53.70%" in text
     other = readings.read_methods(0.5, {"lora": 0.6}, {"lora": 0.9}, {"lora": 10}, 0.97)
     assert other.startswith("LoRA took the task from 50.00% to 60.00%") and "recovered" not in other
+    plus = readings.read_methods(0.5, {"lora": 0.6, "loraplus": 0.585}, {}, {"lora": 10, "loraplus": 10})
+    assert plus == "LoRA took the task from 50.00% to 60.00%; LoRA+ reached 58.50% (-1.50 points against LoRA)."
+    alone = readings.read_methods(0.5, {"loraplus": 0.7}, {}, {"loraplus": 10})
+    assert alone == "LoRA+ took the task from 50.00% to 70.00%."
 
 
 def test_the_learned_vs_forgot_reading_names_who_learned_and_who_forgot() -> None:

@@ -80,6 +80,23 @@ def test_finetune_button_saves_and_activates_an_adapter(trained_dir: Path) -> No
     assert any("Base weights unchanged" in str(s.value) and "fine-tune run" in str(s.value) for s in at.success)
 
 
+def test_finetune_page_trains_with_loraplus_and_refuses_a_ratio_of_zero(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(5)
+    at.number_input(key="ft_batch").set_value(32)
+    at.text_input(key="ft_name").input("plus")
+    at.toggle(key="ft_loraplus").set_value(True).run()
+    at.number_input(key="ft_loraplus_ratio").set_value(0.0).run()
+    click(at, "Fine-tune the adapter")
+    assert any("LoRA+ ratio" in str(e.value) and "above 0" in str(e.value) for e in at.error), at.error
+    at.number_input(key="ft_loraplus_ratio").set_value(8.0).run()
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    recorded = json.loads((trained_dir / "adapters" / "plus" / "metrics.json").read_text())["finetune"]
+    assert recorded["loraplus_lr_ratio"] == 8.0
+
+
 def test_finetune_refuses_an_existing_name_and_caps_rank_for_linear3(trained_dir: Path) -> None:
     at = visit(new_app(), "finetune")
     at.text_input(key="ft_name").input("small")
