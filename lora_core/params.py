@@ -19,6 +19,7 @@ class LayerParams:
     bias_shape: tuple[int]
     a_shape: tuple[int, int] | None
     b_shape: tuple[int, int] | None
+    magnitude_count: int = 0  # DoRA's magnitude vector: one per output row
 
     @property
     def weight_count(self) -> int:
@@ -42,7 +43,7 @@ class LayerParams:
 
     @property
     def lora_count(self) -> int:
-        return self.a_count + self.b_count
+        return self.a_count + self.b_count + self.magnitude_count
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -55,6 +56,7 @@ class LayerParams:
             "A_params": self.a_count,
             "B_shape": list(self.b_shape) if self.b_shape else None,
             "B_params": self.b_count,
+            **({"magnitude_params": self.magnitude_count} if self.magnitude_count else {}),
         }
 
 
@@ -74,6 +76,11 @@ class ParameterTable:
     def lora_percent(self) -> float:
         """Parameters LoRA adds, as a percentage of the base model's."""
         return 100.0 * self.lora_params / self.base_params
+
+    def columns(self) -> list[str]:
+        """The columns a table of `rows()` shows: shapes and counts, and DoRA's magnitudes where there are any."""
+        shown = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
+        return [*shown, "m params"] if any(layer.magnitude_count for layer in self.layers) else shown
 
     def rows(self, times: str = "x", none: str = "-") -> list[dict[str, Any]]:
         """One row per layer plus a "total" row: shapes as text (`times` between sizes, `none` where a
@@ -96,6 +103,10 @@ class ParameterTable:
         total: dict[str, Any] = {"layer": "total", "W": "", "b": "", "A": "", "B": ""}
         for column in ("W params", "b params", "A params", "B params", "base params"):
             total[column] = sum(row[column] for row in rows)
+        if any(layer.magnitude_count for layer in self.layers):  # DoRA: its magnitudes, beside A and B
+            for row, layer in zip(rows, self.layers):
+                row["m params"] = layer.magnitude_count
+            total["m params"] = sum(layer.magnitude_count for layer in self.layers)
         return [*rows, total]
 
     @classmethod
@@ -113,6 +124,7 @@ class ParameterTable:
                     tuple(row["b_shape"]),
                     shape(row.get("A_shape")),
                     shape(row.get("B_shape")),
+                    int(row.get("magnitude_params", 0)),
                 )
                 for row in data["layers"]
             ]
@@ -134,7 +146,7 @@ def _shape(shape: tuple[int, ...] | None, times: str, none: str) -> str:
 
 def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) -> ParameterTable:
     """Per layer: W and b shapes, and the A (r x in) and B (out x r) an adapter `config` adds (r capped at
-    min(in, out) per layer, as LoraModel.add_adapter caps it)."""
+    min(in, out) per layer, as LoraModel.add_adapter caps it), and DoRA's magnitude (one per output row)."""
     rows = []
     plain = model.model if hasattr(model, "lora_layers") else model
     if config is not None:  # a rank above a layer's limit is capped there, as add_adapter does
@@ -149,6 +161,7 @@ def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) ->
                 bias_shape=(layer.out_features,),
                 a_shape=(r, layer.in_features) if adapted else None,
                 b_shape=(layer.out_features, r) if adapted else None,
+                magnitude_count=layer.out_features if adapted and config is not None and config.use_dora else 0,
             )
         )
     return ParameterTable(rows)

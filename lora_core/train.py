@@ -114,6 +114,7 @@ class FinetuneConfig:
     # LoRA+ (Hayou et al., 2024; PEFT's create_loraplus_optimizer): B learns at this many times lr, A at lr.
     # None: plain LoRA, one rate for both. The adapter on disk is plain LoRA either way.
     loraplus_lr_ratio: float | None = None
+    use_dora: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output row beside A and B
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -128,6 +129,7 @@ class FinetuneConfig:
             target_modules=self.targets,
             use_rslora=self.use_rslora,
             init=self.init,
+            use_dora=self.use_dora,
         )
 
     def validate(self, model: MLP | None = None) -> None:
@@ -155,6 +157,8 @@ class FinetuneConfig:
         d["digits"] = list(self.digits) if self.digits is not None else None
         if self.loraplus_lr_ratio is None:  # only for LoRA+: every other run's record stays as it was
             del d["loraplus_lr_ratio"]
+        if not self.use_dora:  # likewise for DoRA
+            del d["use_dora"]
         return d
 
 

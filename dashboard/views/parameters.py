@@ -42,12 +42,12 @@ if picked is not None:
 # --- the table ---------------------------------------------------------------------------------------------------
 st.header("Layers: W, b, A and B")
 table = parameter_table(model if model is not None else base.model, config)
-columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
+columns = table.columns()
 st.dataframe(
     pd.DataFrame(table.rows(times=" × ", none="–"))[columns],
     hide_index=True,
     width="stretch",
-    column_config=ui.counts("W params", "b params", "A params", "B params"),
+    column_config=ui.counts(*[c for c in columns if c.endswith(" params")]),
 )
 m1, m2, m3 = st.columns(3)
 m1.metric("Frozen (base W and b)", f"{table.base_params:,}")

@@ -62,6 +62,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         dropout=args.dropout,
         use_rslora=args.rslora,
         loraplus_lr_ratio=args.loraplus_ratio,
+        use_dora=args.dora,
         init=args.init,
         seed=args.ft_seed,
         device=args.device,

@@ -47,7 +47,12 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
         )
         say(
             table(
-                ["layer", "|scale * B A|_F", "rank of update", "largest singular value"],
+                [
+                    "layer",
+                    "|m (W + sBA) / |W + sBA| - W|_F" if config.use_dora else "|scale * B A|_F",
+                    "rank of update",
+                    "largest singular value",
+                ],
                 [
                     [k, v["frobenius_norm"], v["rank"], max(v["singular_values"], default=0.0)]
                     for k, v in updates.items()

@@ -258,6 +258,11 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         default=d.loraplus_lr_ratio,
         help="LoRA+: B learns at this many times the learning rate, A at it (16 in the paper; default: plain LoRA)",
     )
+    parser.add_argument(
+        "--dora",
+        action="store_true",
+        help="DoRA: also train a magnitude per output row (W' = m (W + sBA) / ||W + sBA||); saved as PEFT's use_dora",
+    )
     parser.add_argument("--init", choices=("kaiming", "gaussian"), default=d.init)
     parser.add_argument("--ft-seed", dest="ft_seed", type=int_arg, default=d.seed)
     parser.add_argument("--name", help="adapter name (default: digit-<D>); letters, digits, '-', '_' and '.'")

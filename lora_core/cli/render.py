@@ -83,8 +83,8 @@ def digit_table(before: dict[str, Any], after: dict[str, Any] | None = None) -> 
 
 
 def param_table(params: dict[str, Any]) -> str:
-    columns = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
     parameters = ParameterTable.from_dict(params)
+    columns = parameters.columns()
     text = table(columns, [[row[c] for c in columns] for row in parameters.rows()])
     return (
         f"{text}\nbase parameters {parameters.base_params:,}; LoRA adds {parameters.lora_params:,} "

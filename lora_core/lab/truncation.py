@@ -107,6 +107,10 @@ def adapter_updates(model: LoraModel, adapter: str) -> dict[str, LayerUpdate]:
     """Each layer's update of `adapter` as its singular directions."""
     if adapter not in model.adapters:
         raise ConfigError("adapter", f"no adapter called {adapter!r} is loaded")
+    if model.adapters[adapter].config.use_dora:  # m (W + sBA) / |W + sBA| - W: not s·B·A, and not low-rank
+        raise ConfigError(
+            "adapter", f"{adapter!r} is a DoRA adapter: its change to W rescales every row, so it has no rank to cut"
+        )
     updates = {}
     for name, layer in model.lora_layers().items():
         if adapter in layer.lora_A:

@@ -36,6 +36,9 @@ class LoraConfig:
     target_modules: tuple[str, ...] = LAYER_NAMES
     use_rslora: bool = False
     init: str = "kaiming"
+    # DoRA (Liu et al., 2024; PEFT's use_dora): W' = m * (W + s*B*A) / ||W + s*B*A|| per output row, with a trainable
+    # magnitude m per row, starting at ||W||
+    use_dora: bool = False
     # PEFT's per-layer overrides of r and alpha, as (layer, value) pairs sorted by layer (a dict is accepted).
     # capped_for() fills them where r is above a layer's limit; empty for every adapter that needs none.
     rank_pattern: tuple[tuple[str, int], ...] = ()
@@ -144,6 +147,7 @@ class LoraConfig:
             "lora_dropout": self.dropout,
             "target_modules": list(self.target_modules),
             "use_rslora": self.use_rslora,
+            **({"use_dora": True} if self.use_dora else {}),  # only for DoRA: other adapters' files stay as they were
             "bias": "none",
             "fan_in_fan_out": False,
             "init_lora_weights": True if self.init == "kaiming" else "gaussian",
@@ -180,6 +184,7 @@ class LoraConfig:
             dropout=data.get("lora_dropout", 0.0),
             target_modules=tuple(targets),
             use_rslora=bool(data.get("use_rslora", False)),
+            use_dora=bool(data.get("use_dora", False)),
             init=init,
             **patterns,
         )
@@ -189,6 +194,8 @@ class LoraConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if not self.use_dora:
+            del d["use_dora"]
         for key in ("rank_pattern", "alpha_pattern"):  # as in to_peft: only where a layer differs
             if getattr(self, key):
                 d[key] = dict(getattr(self, key))

@@ -84,6 +84,19 @@ def _adapter_name(key: str) -> str:
     return key.removeprefix("%").replace("%2E", ".")
 
 
+class DoraMagnitude(nn.Module):
+    """DoRA's trainable magnitude: one value per output row of W (PEFT's lora_magnitude_vector)."""
+
+    def __init__(self, magnitude: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(magnitude)
+
+
+def weight_norm(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """||W + delta|| of each output row (PEFT's DoRA get_weight_norm, dim=1 of an out x in weight)."""
+    return torch.linalg.norm(weight + delta, dim=1)
+
+
 class LoraLinear(nn.Module):
     """nn.Linear plus any number of named low-rank adapters: none active, one, or several at once, each with
     a weight (set_combination)."""
@@ -96,6 +109,7 @@ class LoraLinear(nn.Module):
         self.lora_A = AdapterModules()
         self.lora_B = AdapterModules()
         self.lora_dropout = AdapterModules()
+        self.lora_magnitude_vector = AdapterModules()  # DoRA adapters only
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         # several adapters at once: (name, weight) pairs of the ones this layer holds; None when not combining
@@ -123,6 +137,9 @@ class LoraLinear(nn.Module):
         self.lora_B[name] = b
         self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling[name] = config.scale_for(layer) if layer else config.scale
+        if config.use_dora:  # B = 0: m = ||W|| per row, so the adapter starts as a no-op here too
+            with torch.no_grad():
+                self.lora_magnitude_vector[name] = DoraMagnitude(torch.linalg.norm(w, dim=1).clone())
 
     def delete_adapter(self, name: str) -> None:
         if self.active_adapter == name:
@@ -130,7 +147,7 @@ class LoraLinear(nn.Module):
             self.active_adapter = None
         if self.combination is not None and any(n == name for n, _ in self.combination):
             self.set_combination(tuple((n, w) for n, w in self.combination if n != name))
-        for store in (self.lora_A, self.lora_B, self.lora_dropout):
+        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_magnitude_vector):
             if name in store:
                 del store[name]
         self.scaling.pop(name, None)
@@ -141,16 +158,31 @@ class LoraLinear(nn.Module):
         self.combination = None
         self.active_adapter = name if name in self.lora_A else None
 
+    def is_dora(self, name: str) -> bool:
+        return name in self.lora_magnitude_vector
+
     def set_combination(self, weighted: Sequence[tuple[str, float]]) -> None:
         """Activate several adapters at once, each update scaled by its weight; names this layer does not
-        hold are left out (an adapter need not cover every layer)."""
+        hold are left out (an adapter need not cover every layer). A DoRA adapter rescales W itself, so it
+        has no update to weigh or add to another's: it is refused."""
+        dora = [name for name, _ in weighted if self.is_dora(name)]
+        if dora:
+            raise ConfigError(
+                "adapters", f"DoRA adapter {dora[0]!r} cannot be weighted or combined with others; use it alone"
+            )
         self.unmerge()
         self.active_adapter = None
         self.combination = tuple((name, float(weight)) for name, weight in weighted if name in self.lora_A)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        """The update scale * B A that the adapter adds to W (for inspection and merging)."""
-        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        """What the adapter adds to W (for inspection and merging): scale * B A, or for DoRA the whole change
+        m * (W + scale * B A) / ||W + scale * B A|| - W."""
+        delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        if not self.is_dora(name):
+            return delta
+        w = self.base_layer.weight
+        magnitude = self.lora_magnitude_vector[name].weight
+        return (magnitude / weight_norm(w, delta)).view(-1, 1) * (w + delta) - w
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -189,6 +221,8 @@ class LoraLinear(nn.Module):
             return self.base_layer(x)
         if self._merged_weight is not None:
             return self._merged_forward(x)
+        if self.is_dora(name):
+            return self._dora_forward(x, name)
         dropout = self.lora_dropout[name]
         # with dropout 0 the side path reads x itself: no Identity call, no copy
         x_side = dropout(x) if isinstance(dropout, nn.Dropout) else None
@@ -223,6 +257,23 @@ class LoraLinear(nn.Module):
         )
         return out.view(*lead, self.out_features)
 
+    def _dora_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """DoRA as PEFT computes it, by plain autograd: (m / ||W + s*B*A||) * (W x + s * B A x) + b, the norm
+        taken per output row and detached from the graph (the DoRA paper's section 4.3; PEFT does the same).
+        Under bfloat16 autocast the sums run in float32, as the LoRA path's do."""
+        dropout = self.lora_dropout[name]
+        side = dropout(x) if isinstance(dropout, nn.Dropout) else x
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        w, bias = self.base_layer.weight, self.base_layer.bias
+        scale = self.scaling[name]
+        magnitude = self.lora_magnitude_vector[name].weight
+        wx = F.linear(x, w)
+        with torch.autocast(x.device.type, enabled=False):
+            lora = F.linear(F.linear(side.to(a.dtype), a), b)
+            norm = weight_norm(w, (b @ a) * scale).detach()
+            out = (magnitude / norm) * (wx.to(lora.dtype) + lora * scale)
+            return out if bias is None else out + bias
+
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """x through the merged weight, refused while any tensor it was made from needs a gradient.
 
@@ -235,6 +286,8 @@ class LoraLinear(nn.Module):
             sources = [self.base_layer.weight]
             for name in names:
                 sources += [self.lora_A[name].weight, self.lora_B[name].weight]
+                if self.is_dora(name):
+                    sources.append(self.lora_magnitude_vector[name].weight)
             if any(t.requires_grad for t in sources):
                 which = f"adapter {names[0]!r} is" if len(names) == 1 else f"adapters {', '.join(map(repr, names))} are"
                 message = f"{which} merged, and training cannot reach a merged weight: unmerge() first"

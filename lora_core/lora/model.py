@@ -105,6 +105,11 @@ class LoraModel(nn.Module):
         if len(weighted) == 1 and weighted[0][1] == 1.0:
             self.set_adapter(weighted[0][0])
             return
+        dora = [n for n, _ in weighted if self.adapters[n].config.use_dora]
+        if dora:  # checked before any layer changes
+            raise ConfigError(
+                "adapters", f"DoRA adapter {dora[0]!r} cannot be weighted or combined with others; use it alone"
+            )
         self._active = None
         self._combination = weighted
         for layer in self.lora_layers().values():
@@ -292,7 +297,8 @@ class LoraModel(nn.Module):
         params: list[nn.Parameter] = []
         for layer in self.lora_layers().values():
             if name in layer.lora_A:
-                for p in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+                extra = [layer.lora_magnitude_vector[name].weight] if layer.is_dora(name) else []
+                for p in (layer.lora_A[name].weight, layer.lora_B[name].weight, *extra):
                     p.requires_grad_(True)
                     params.append(p)
         return params
@@ -310,6 +316,8 @@ class LoraModel(nn.Module):
                 prefix = f"base_model.model.{layer_name}"
                 out[f"{prefix}.lora_A.weight"] = layer.lora_A[name].weight.detach()
                 out[f"{prefix}.lora_B.weight"] = layer.lora_B[name].weight.detach()
+                if layer.is_dora(name):
+                    out[f"{prefix}.lora_magnitude_vector"] = layer.lora_magnitude_vector[name].weight.detach()
         return out
 
     def expected_adapter_shapes(self, config: LoraConfig) -> dict[str, tuple[int, ...]]:
@@ -322,6 +330,8 @@ class LoraModel(nn.Module):
             r = config.rank_for(layer_name)
             shapes[f"{prefix}.lora_A.weight"] = (r, layer.in_features)
             shapes[f"{prefix}.lora_B.weight"] = (layer.out_features, r)
+            if config.use_dora:
+                shapes[f"{prefix}.lora_magnitude_vector"] = (layer.out_features,)
         return shapes
 
     def load_adapter_tensors(
@@ -339,6 +349,8 @@ class LoraModel(nn.Module):
                     prefix = f"base_model.model.{layer_name}"
                     layer.lora_A[name].weight.copy_(tensors[f"{prefix}.lora_A.weight"])
                     layer.lora_B[name].weight.copy_(tensors[f"{prefix}.lora_B.weight"])
+                    if layer.is_dora(name):
+                        layer.lora_magnitude_vector[name].weight.copy_(tensors[f"{prefix}.lora_magnitude_vector"])
         for p in self.parameters():
             p.requires_grad_(False)
 

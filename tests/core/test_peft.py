@@ -96,3 +96,41 @@ def test_peft_saved_adapter_matches_our_format(tmp_path):
     x = torch.randn(8, 784, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), peft_model(x), atol=1e-5, rtol=0)
+
+
+def test_peft_loads_our_dora_adapter_and_we_load_peft_s_with_the_same_logits(tmp_path):
+    """DoRA both ways: our adapter folder (use_dora, lora_magnitude_vector) in PeftModel.from_pretrained, and
+    an adapter PEFT trained and saved, in ours."""
+    store = ArtifactStore(tmp_path / "ours")
+    meta = store.save_base(random_mlp(1), {})
+    ours = LoraModel(store.load_base().model)
+    ours.add_adapter("d", LoraConfig(r=3, alpha=6, use_dora=True), seed=0)
+    randomize_b(ours, "d", std=0.2)
+    with torch.no_grad():
+        for layer in ours.lora_layers().values():
+            layer.lora_magnitude_vector["d"].weight.mul_(1.5)
+    folder = store.save_adapter(ours, "d", {}, meta["sha256"])
+    x = torch.randn(16, 784, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(x)
+        assert (expected - store.load_base().model(x)).abs().max() > 0.1  # the adapter does something
+        peft_model = peft.PeftModel.from_pretrained(store.load_base().model, str(folder))
+        torch.testing.assert_close(peft_model(x), expected, atol=1e-5, rtol=0)
+
+    base = random_mlp(2)
+    peft_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["linear1", "linear2"], use_dora=True)
+    trained = peft.get_peft_model(base, peft_config)
+    with torch.no_grad():
+        for name in ("linear1", "linear2"):
+            layer = getattr(trained.base_model.model, name)
+            layer.lora_B["default"].weight.normal_(0, 0.1)
+            layer.lora_magnitude_vector["default"].weight.mul_(0.8)
+    trained.save_pretrained(str(tmp_path / "theirs"))
+    config = LoraConfig.from_peft(json.loads((tmp_path / "theirs" / ADAPTER_CONFIG).read_text()))
+    tensors = load_file(tmp_path / "theirs" / ADAPTER_WEIGHTS)
+    assert config.use_dora and {k: tuple(v.shape) for k, v in tensors.items()} == ours.expected_adapter_shapes(config)
+    mine = LoraModel(random_mlp(2))
+    mine.load_adapter_tensors("p", config, tensors)
+    mine.set_adapter("p")
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x), trained(x), atol=1e-5, rtol=0)
