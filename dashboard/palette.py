@@ -24,7 +24,14 @@ BETTER = ADAPTED
 # worse (vermillion) to better (blue), through white
 BETTER_WORSE_SCALE = [[0.0, WORSE], [0.5, "#ffffff"], [1.0, BETTER]]
 
-METHOD = {"base": FROZEN, "lora": ADAPTED, "loraplus": ADAPTER, "full": "#d55e00", "head": ELSEWHERE}
+METHOD = {
+    "base": FROZEN,
+    "lora": ADAPTED,
+    "loraplus": ADAPTER,
+    "dora": MARK,
+    "full": "#d55e00",
+    "head": ELSEWHERE,
+}
 # single adapters beside their combination (ADAPTED) and the base (FROZEN)
 ALONE = ("#d55e00", ELSEWHERE, ADAPTER, MARK)
 MEMORY = {"weights": FROZEN, "gradients": ADAPTER, "adam": "#d55e00", "activations": ELSEWHERE}

@@ -320,6 +320,11 @@ class AdapterInfo:
         return task_of(self.record.metrics)
 
     @property
+    def is_dora(self) -> bool:
+        """A DoRA adapter: it rescales W's rows, so it has no strength to scale and no rank to cut."""
+        return self.record.config is not None and self.record.config.use_dora
+
+    @property
     def domain_task(self) -> Task | None:
         """The task if it transforms the images (rotate, invert, thick, thin, shift), else None."""
         task = self.task

@@ -367,6 +367,12 @@ def link(param: str, value: Any) -> None:
         st.query_params[param] = text
 
 
+DORA_HAS_NO_STRENGTH = (
+    "A DoRA adapter rescales each row of W instead of adding an update to it, so it has no strength to turn down: "
+    "it is shown as trained."
+)
+
+
 def strength_slider(key: str) -> float:
     """The adapter-strength control (lora_core.lab.strength's grid), kept in the URL as `strength`."""
     from lora_core.lab.strength import STRENGTHS

@@ -359,14 +359,16 @@ def finetune(
 
 
 def loraplus_groups(lora_model: LoraModel, name: str, config: FinetuneConfig) -> list[dict[str, Any]]:
-    """Adam's parameter groups for LoRA+: every A of adapter `name` at config.lr, every B at config.lr x
-    config.loraplus_lr_ratio (the schedule scales both alike)."""
+    """Adam's parameter groups for LoRA+: every A of adapter `name` (and DoRA's magnitudes, as PEFT groups them)
+    at config.lr, every B at config.lr x config.loraplus_lr_ratio (the schedule scales both alike)."""
     ratio = config.loraplus_lr_ratio if config.loraplus_lr_ratio is not None else 1.0
     a, b = [], []
     for layer in lora_model.lora_layers().values():
         if name in layer.lora_A:
             a.append(layer.lora_A[name].weight)
             b.append(layer.lora_B[name].weight)
+            if layer.is_dora(name):
+                a.append(layer.lora_magnitude_vector[name].weight)
     return [{"params": a, "lr": config.lr}, {"params": b, "lr": config.lr * ratio}]
 
 

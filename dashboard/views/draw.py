@@ -133,8 +133,10 @@ use_task = task is not None and st.toggle(
     help="The adapter was trained on transformed digits; with this on, both models predict the transformed digit.",
 )
 strength = 1.0
-if chosen is not None:
+if picked is not None and not picked.is_dora:
     strength = ui.strength_slider("draw_strength")
+elif picked is not None:
+    st.caption(ui.DORA_HAS_NO_STRENGTH)
 
 st.session_state.setdefault("canvas_version", 0)
 left, mid, right = st.columns([1.4, 0.9, 2.2])

@@ -167,6 +167,10 @@ def per_digit_section() -> None:
     if after is None or info is None:
         st.plotly_chart(charts.per_digit_bars(base_eval.per_digit_accuracy, None, targets), width="stretch")
         return
+    if info.is_dora:
+        as_trained_chart()
+        st.caption(ui.DORA_HAS_NO_STRENGTH)
+        return
     curves = [state.adapter_strength_curve(base, info.record, None, view.where)]
     if task is not None:
         curves.append(state.adapter_strength_curve(base, info.record, task, view.where))

@@ -58,7 +58,9 @@ def rank_note(rank: int, targets: list[str]) -> None:
     """Before the run: each chosen layer's rank, capped where r is above its limit, and the real count."""
     if not targets:
         return
-    lora = LoraConfig(r=rank, alpha=defaults.alpha, target_modules=targets)  # alpha changes no rank
+    # alpha changes no rank; DoRA's switch (further down the form) adds a magnitude per output row
+    dora = bool(st.session_state.get("ft_dora", False))
+    lora = LoraConfig(r=rank, alpha=defaults.alpha, target_modules=targets, use_dora=dora)
     capped = lora.capped_for(base.model)
     trainable = parameter_table(base.model, lora).lora_params
     parts = []
@@ -143,6 +145,13 @@ with c2:
     if loraplus:
         ratio = st.number_input("LoRA+ ratio (B's rate / A's)", value=LORAPLUS_RATIO, key="ft_loraplus_ratio")
     slots.add("loraplus_lr_ratio")
+    dora = st.toggle(
+        "DoRA: a trainable magnitude per output row",
+        value=False,
+        key="ft_dora",
+        help="Liu et al., 2024 (PEFT's use_dora): each adapted row of W becomes m · (W + s·B·A) / ‖W + s·B·A‖, "
+        "with m trained beside A and B (one more parameter per output row). W itself stays frozen.",
+    )
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(
@@ -172,6 +181,7 @@ config = FinetuneConfig(
     replay=float(replay),
     precision=str(precision),
     loraplus_lr_ratio=float(ratio) if ratio is not None else None,
+    use_dora=bool(dora),
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:

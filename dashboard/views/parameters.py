@@ -220,6 +220,12 @@ def truncation_part() -> None:
         "where it levels off is the rank the adapter really uses."
     )
     assert picked is not None
+    if picked.is_dora:
+        st.info(
+            f"Adapter `{picked.name}` is a DoRA adapter: its change to W rescales every row (m · (W + s·B·A) / "
+            "‖W + s·B·A‖ − W), so it has no low rank to cut. The truncation applies to LoRA adapters."
+        )
+        return
     task = picked.domain_task
     curves = [state.adapter_truncation_curve(base, picked.record, None, view.where)]
     if task is not None:

@@ -59,6 +59,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
     )
+    p.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
     p.add_argument(
         "--loraplus-ratio",
         dest="loraplus_ratio",

@@ -136,6 +136,7 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "full_lr": ("--full-lr",),
     "head_lr": ("--head-lr",),
     "loraplus_lr": ("--loraplus-lr",),
+    "dora_lr": ("--dora-lr",),
     "loraplus_ratio": ("--loraplus-ratio",),
     "loraplus_lr_ratio": ("--loraplus-ratio",),
     "replay": ("--replay",),

@@ -17,12 +17,13 @@ from lora_core.numbers import Number
 from lora_core.precision import check_precision
 from lora_core.train import FinetuneConfig, check_int, check_loraplus_ratio, check_lr
 
-METHODS = ("lora", "loraplus", "full", "head")
+METHODS = ("lora", "loraplus", "dora", "full", "head")
 DEFAULT_METHODS = ("lora", "full", "head")  # what a comparison runs unless asked: LoRA and its two references
-ADAPTER_METHODS = ("lora", "loraplus")  # the methods that train (and save) a LoRA adapter on the frozen base
+ADAPTER_METHODS = ("lora", "loraplus", "dora")  # the methods that train (and save) a LoRA adapter on the frozen base
 METHOD_LABELS = {
     "lora": "LoRA (base frozen, adapter trained)",
     "loraplus": "LoRA+ (LoRA with B learning faster than A; Hayou et al., 2024)",
+    "dora": "DoRA (LoRA's direction with a trainable magnitude per output row; Liu et al., 2024)",
     "full": "full fine-tuning of a copy of the base",
     "head": "last layer (linear3) only",
 }
@@ -31,6 +32,7 @@ HEAD_LAYER = "linear3"
 # 96.80% over all ten digits; 0.75 reached 96.27% and 97.19%, both above 96% and 97%
 UNSEEN_REPLAY = 0.75
 LORAPLUS_LR = 1e-3
+DORA_LR = 3e-3
 
 
 class _CommonSettingsRecord(TypedDict):
@@ -43,6 +45,7 @@ class _CommonSettingsRecord(TypedDict):
     full_lr: Number
     head_lr: Number
     loraplus_lr: NotRequired[Number]
+    dora_lr: NotRequired[Number]
     loraplus_ratio: NotRequired[Number]
     replay: Number | None
     lr_schedule: str
@@ -85,6 +88,7 @@ class ExperimentSettings:
     head_lr: float = 3e-3
     loraplus_lr: float = LORAPLUS_LR  # A's rate; B's is loraplus_lr x loraplus_ratio
     loraplus_ratio: float = 16.0  # the LoRA+ paper's and PEFT's usual ratio
+    dora_lr: float = DORA_LR
     # digit tasks and unseen: the share of each batch from the other digits. None: UNSEEN_REPLAY for unseen,
     # FinetuneConfig's default (0.5, the study's) for the digit tasks; a domain task trains on every digit.
     replay: float | None = None
@@ -101,7 +105,13 @@ class ExperimentSettings:
         return alpha_for(self.rank, self.alpha)
 
     def lr(self, method: str) -> float:
-        rates = {"lora": self.lora_lr, "loraplus": self.loraplus_lr, "full": self.full_lr, "head": self.head_lr}
+        rates = {
+            "lora": self.lora_lr,
+            "loraplus": self.loraplus_lr,
+            "dora": self.dora_lr,
+            "full": self.full_lr,
+            "head": self.head_lr,
+        }
         return rates[method]
 
     def replay_for(self, kind: str) -> float:
@@ -118,7 +128,12 @@ class ExperimentSettings:
         """The FinetuneConfig every method trains with (the others use its steps, batch, sampler and lr)."""
         ratio = self.loraplus_ratio if method == "loraplus" else None
         return finetune_config(
-            self, digits=digits, lr=self.lr(method), replay=self.replay_for(kind), loraplus_lr_ratio=ratio
+            self,
+            digits=digits,
+            lr=self.lr(method),
+            replay=self.replay_for(kind),
+            loraplus_lr_ratio=ratio,
+            use_dora=method == "dora",
         )
 
     def validate(self, model: MLP | None = None) -> None:

@@ -211,7 +211,8 @@ def load_experiment(path: Path | str) -> ExperimentResult:
 
 # --- the methods ---------------------------------------------------------------------------------------------
 def adapter_method_name(name: str, method: str) -> str:
-    """The name a method's adapter is saved under: LoRA's is `name` itself, LoRA+'s `name`-loraplus."""
+    """The name a method's adapter is saved under: LoRA's is `name` itself, LoRA+'s `name`-loraplus, DoRA's
+    `name`-dora."""
     return name if method == "lora" else f"{name}-{method}"
 
 
@@ -249,7 +250,8 @@ def _run_lora(
     save_adapter: bool = True,
     method: str = "lora",
 ) -> MethodResult:
-    """LoRA, or LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus)."""
+    """LoRA, LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus) or DoRA (a
+    magnitude per row beside A and B: NAME-dora)."""
     config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
     lora_model = ctx.lora_model
     device = next(lora_model.model.parameters()).device

@@ -22,6 +22,7 @@ METHOD_NAMES = {
     "base": "base model",
     "lora": "LoRA",
     "loraplus": "LoRA+",
+    "dora": "DoRA",
     "full": "full fine-tuning",
     "head": "last layer only",
 }
@@ -59,12 +60,13 @@ def read_methods(
         parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
     elif full is not None:
         parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
-    if "loraplus" in task:
-        plus = task["loraplus"]
-        if lora is not None:
-            parts.append(f"LoRA+ reached {pct(plus)} ({100 * (plus - lora):+.2f} points against LoRA)")
-        else:
-            parts.append(f"LoRA+ took the task from {pct(base_task)} to {pct(plus)}")
+    for variant in ("loraplus", "dora"):  # LoRA's family, each against LoRA where it ran
+        if variant in task:
+            reached, named = task[variant], METHOD_NAMES[variant]
+            if lora is not None:
+                parts.append(f"{named} reached {pct(reached)} ({100 * (reached - lora):+.2f} points against LoRA)")
+            else:
+                parts.append(f"{named} took the task from {pct(base_task)} to {pct(reached)}")
     if "head" in task:
         parts.append(f"the last layer alone reached {pct(task['head'])}")
     keeps: list[str] = []

@@ -366,3 +366,18 @@ def test_loraplus_saves_its_own_adapter_beside_loras_and_trains_b_faster(artifac
     with pytest.raises(AdapterExistsError, match="-loraplus"):  # LoRA+'s adapter is checked too, before training
         only_plus = dataclasses.replace(settings, methods=("loraplus",))
         run_experiment(store, tiny_mnist, parse_task("invert"), only_plus, adapter_name=lora.adapter)
+
+
+def test_dora_runs_as_a_method_and_saves_a_peft_dora_adapter(artifacts_copy, tiny_mnist):
+    store = ArtifactStore(artifacts_copy)
+    settings = ExperimentSettings(methods=("lora", "dora"), steps=4, batch_size=32, rank=2, device="cpu")
+    result = run_experiment(store, tiny_mnist, parse_task("invert"), settings, save=False)
+    lora, dora = result.method("lora"), result.method("dora")
+    assert dora.adapter == f"{lora.adapter}-dora" and dora.lr == settings.dora_lr
+    rows = sum(layer.out_features for layer in store.load_base().model.children() if hasattr(layer, "out_features"))
+    assert dora.trainable_params == lora.trainable_params + rows  # one magnitude per output row of each layer
+    assert dora.adapter_off_equals_base  # switched off, the base model's logits exactly, as LoRA's
+    config = json.loads((store.adapter_dir(dora.adapter) / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and "use_dora" not in json.loads(
+        (store.adapter_dir(lora.adapter) / "adapter_config.json").read_text()
+    )

@@ -198,3 +198,28 @@ def test_two_sessions_share_saved_work(trained_dir: Path) -> None:
     assert_clean(second)
     assert second.session_state["active_adapter"] is None
     assert "small" not in "\n".join(str(m.value) for m in second.sidebar.markdown)
+
+
+def test_finetune_page_trains_a_dora_adapter_and_counts_its_magnitudes(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(5)
+    at.number_input(key="ft_batch").set_value(32)
+    at.text_input(key="ft_name").input("dora")
+    plain = next(str(c.value) for c in at.caption if "trainable parameters" in str(c.value))
+    at.toggle(key="ft_dora").set_value(True).run()
+    counted = next(str(c.value) for c in at.caption if "trainable parameters" in str(c.value))
+    assert plain != counted  # the magnitudes: one per output row of each adapted layer
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    config = json.loads((trained_dir / "adapters" / "dora" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    assert_clean(at)
+    # the pages that turn an adapter's strength or cut its rank say why a DoRA adapter has neither
+    visit(at, "evaluation")
+    assert not at.error and any("no strength to turn down" in str(c.value) for c in at.caption)
+    assert any("Per-digit test accuracy" in c.proto.spec for c in at.get("plotly_chart"))
+    visit(at, "parameters")
+    assert not at.error and any("is a DoRA adapter" in str(i.value) for i in at.info)
+    visit(at, "draw")
+    assert not at.error and not [s for s in at.select_slider if s.key == "draw_strength"]
