@@ -341,15 +341,22 @@ def test_replay_defaults_by_task():
         ExperimentSettings(replay=1.5).validate()
 
 
-def test_loraplus_saves_its_own_adapter_beside_loras_and_trains_b_faster(artifacts_copy, tiny_mnist):
-    """The same adapter shape, the same batches; only B's rate differs: LoRA+'s adapter is saved as NAME-loraplus
-    and records its ratio, and its B moved further than LoRA's from the same start."""
+def test_loraplus_and_dora_save_their_own_adapters_beside_loras(artifacts_copy, tiny_mnist):
+    """The same batches for all three. LoRA+'s adapter (NAME-loraplus) records its ratio, and its B moved further
+    than LoRA's from the same start; DoRA's (NAME-dora) is a PEFT DoRA adapter with a magnitude per output row,
+    and switched off gives the base's logits exactly, as LoRA's."""
     store = ArtifactStore(artifacts_copy)
     settings = ExperimentSettings(
-        methods=("lora", "loraplus"), steps=4, batch_size=32, rank=2, device="cpu", lora_lr=1e-3, loraplus_lr=1e-3
+        methods=("lora", "loraplus", "dora"),
+        steps=4,
+        batch_size=32,
+        rank=2,
+        device="cpu",
+        lora_lr=1e-3,
+        loraplus_lr=1e-3,
     )
     result = run_experiment(store, tiny_mnist, parse_task("weakest"), settings, save=False)
-    lora, plus = result.method("lora"), result.method("loraplus")
+    lora, plus, dora = result.method("lora"), result.method("loraplus"), result.method("dora")
     assert plus.adapter == f"{lora.adapter}-loraplus" and plus.lr == 1e-3
     assert plus.trainable_params == lora.trainable_params and plus.stored_bytes == lora.stored_bytes
     records = {name: store.read_adapter(name) for name in (lora.adapter, plus.adapter)}
@@ -360,24 +367,19 @@ def test_loraplus_saves_its_own_adapter_beside_loras_and_trains_b_faster(artifac
         for name, record in records.items()
     }
     assert b[plus.adapter] > 4 * b[lora.adapter]
+
+    assert dora.adapter == f"{lora.adapter}-dora" and dora.lr == settings.dora_lr
+    rows = sum(layer.out_features for layer in store.load_base().model.children() if hasattr(layer, "out_features"))
+    assert dora.trainable_params == lora.trainable_params + rows  # one magnitude per output row of each layer
+    assert dora.adapter_off_equals_base
+    config = json.loads((store.adapter_dir(dora.adapter) / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and "use_dora" not in json.loads(
+        (store.adapter_dir(lora.adapter) / "adapter_config.json").read_text()
+    )
+
     with pytest.raises(ConfigError) as info:
         ExperimentSettings(loraplus_ratio=0.0).validate()
     assert info.value.field == "loraplus_lr_ratio"
     with pytest.raises(AdapterExistsError, match="-loraplus"):  # LoRA+'s adapter is checked too, before training
         only_plus = dataclasses.replace(settings, methods=("loraplus",))
         run_experiment(store, tiny_mnist, parse_task("invert"), only_plus, adapter_name=lora.adapter)
-
-
-def test_dora_runs_as_a_method_and_saves_a_peft_dora_adapter(artifacts_copy, tiny_mnist):
-    store = ArtifactStore(artifacts_copy)
-    settings = ExperimentSettings(methods=("lora", "dora"), steps=4, batch_size=32, rank=2, device="cpu")
-    result = run_experiment(store, tiny_mnist, parse_task("invert"), settings, save=False)
-    lora, dora = result.method("lora"), result.method("dora")
-    assert dora.adapter == f"{lora.adapter}-dora" and dora.lr == settings.dora_lr
-    rows = sum(layer.out_features for layer in store.load_base().model.children() if hasattr(layer, "out_features"))
-    assert dora.trainable_params == lora.trainable_params + rows  # one magnitude per output row of each layer
-    assert dora.adapter_off_equals_base  # switched off, the base model's logits exactly, as LoRA's
-    config = json.loads((store.adapter_dir(dora.adapter) / "adapter_config.json").read_text())
-    assert config["use_dora"] is True and "use_dora" not in json.loads(
-        (store.adapter_dir(lora.adapter) / "adapter_config.json").read_text()
-    )

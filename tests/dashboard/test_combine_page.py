@@ -80,7 +80,12 @@ def _map_charts(at, timeout: float = 240.0) -> list[dict]:  # noqa: ANN001 - App
         at.run()
 
 
-def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(two_dir: Path, small_mnist) -> None:
+def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
+    two_dir: Path, small_mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The map, its figures against the library's, the sliders' pair ringed; and once it is there, a pair on its
+    grid takes the map's figures: a click answers without a new pass over the test sets."""
+    from dashboard import combination
     from lora_core.lab.combine import MAP_WEIGHTS, combination_map, score_columns, scoring_sets
     from lora_core.lab.study import load_base_for_lora
 
@@ -112,21 +117,12 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(two_dir: Pat
         assert shown[(0.0, 0.0)] == pytest.approx(100 * expected.at(0.0, 0.0)[column.key])  # the base model
         assert (ring["x"], ring["y"]) == ([0.5], [1.0])  # the sliders' pair
 
-
-def test_a_pair_on_the_map_is_not_scored_again(two_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the map is there, weights on its grid take the map's figures: a click answers without a new pass."""
-    from dashboard import combination
-
-    at = visit(new_app(), "evaluation")
-    _set(at, "toggle", "eval_combine_on", True)
-    (spec, *_) = _map_charts(at)
-    squares = spec["data"][0]
+    squares = specs[0]["data"][0]
     shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
     calls: list[object] = []
     scored = combination.score
     monkeypatch.setattr(combination, "score", lambda *args: calls.append(args) or scored(*args))
     _set(at, "slider", "eval_combine_w1", 1.5)
-    first, second = at.selectbox(key="eval_combine_first").value, at.selectbox(key="eval_combine_second").value
     row = _table(at)[f"{first} ×1.5 + {second} ×1"]
     assert calls == []
     plain = next(value for column, value in row.items() if column != "model" and "rotated" not in column)
