@@ -352,6 +352,44 @@ def method_accuracy_bars(
     return _layout(fig, title)
 
 
+def accuracy_vs_parameters(
+    methods: Sequence[str],
+    trainable: Sequence[int],
+    accuracy: Sequence[float],
+    front: Sequence[str],
+    accuracy_label: str = "accuracy on the task's test set (%)",
+    title: str = "Accuracy against what each method trains",
+) -> go.Figure:
+    """One point per method at (trainable parameters, log scale; accuracy), in the method's colour, and the
+    Pareto front (`front`, fewest parameters first) joined by a dotted line."""
+    fig = go.Figure()
+    at = dict(zip(methods, zip(trainable, accuracy)))
+    fig.add_scatter(
+        x=[at[m][0] for m in front],
+        y=[100 * at[m][1] for m in front],
+        mode="lines",
+        line={"dash": "dot", "color": palette.GUIDE},
+        name="Pareto front",
+        hoverinfo="skip",
+    )
+    for method, params, acc in zip(methods, trainable, accuracy):
+        fig.add_scatter(
+            x=[params],
+            y=[100 * acc],
+            mode="markers+text",
+            text=[METHOD_NAMES.get(method, method)],
+            textposition="top center",
+            marker={"color": palette.METHOD.get(method, palette.MARK), "size": 13},
+            name=METHOD_NAMES.get(method, method),
+            hovertemplate=f"{METHOD_NAMES.get(method, method)}: %{{x:,}} trainable, %{{y:.2f}}%<extra></extra>",
+        )
+    fig.update_xaxes(title_text="trainable parameters (log scale)", type="log", dtick=1)
+    fig.update_yaxes(title_text=accuracy_label)
+    _layout(fig, title, height=380)
+    fig.update_layout(showlegend=False)
+    return fig
+
+
 def learned_vs_forgot(
     methods: Sequence[str],
     task_accuracy: Sequence[float],

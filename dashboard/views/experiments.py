@@ -63,8 +63,9 @@ with st.expander("What are the tasks and the methods?"):
     st.markdown(
         "A task is rotated, inverted, thicker or thinner digits, shifted ones, chosen digits, or digits a base "
         "model never saw. **LoRA** keeps the base frozen and trains a small adapter; **LoRA+** trains the same "
-        "adapter with B learning faster than A; **full fine-tuning** trains every weight of a copy of the base; "
-        "the **last layer** trains only linear3 of such a copy."
+        "adapter with B learning faster than A; **DoRA** adds a trainable magnitude per output row; **full "
+        "fine-tuning** trains every weight of a copy of the base; the **last layer** trains only linear3 of such "
+        "a copy."
     )
 
 base = ui.require_base("An experiment")
@@ -181,10 +182,10 @@ with c3:
     slots.add("batch_size")
 st.caption(
     f"Learning rates: LoRA {defaults.lora_lr:g}, LoRA+ {defaults.loraplus_lr:g} for A and "
-    f"{defaults.loraplus_ratio:g} × that for B, full fine-tuning {defaults.full_lr:g}, last layer "
-    f"{defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
-    "The LoRA and LoRA+ adapters are saved like any adapter (under a new name, never replacing one); the full "
-    "and last-layer copies are measured and dropped."
+    f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, full fine-tuning {defaults.full_lr:g}, "
+    f"last layer {defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
+    "The LoRA, LoRA+ and DoRA adapters are saved like any adapter (under a new name, never replacing one); the "
+    "full and last-layer copies are measured and dropped."
 )
 
 if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):
@@ -303,6 +304,18 @@ def show_methods_result(result: ExperimentResult) -> None:
     st.caption(
         f"{NOT_APPLICABLE}: does not apply (the base model trains and stores nothing; only LoRA can be switched off)."
     )
+    bought = {m.method: (m.trainable_params, m.task_accuracy) for m in result.methods}
+    st.plotly_chart(
+        charts.accuracy_vs_parameters(
+            list(bought),
+            [p for p, _ in bought.values()],
+            [a for _, a in bought.values()],
+            readings.pareto_front(bought),
+            accuracy_label=f"accuracy on the task's test set, {task['spec']} (%)",
+        ),
+        width="stretch",
+    )
+    st.markdown(readings.read_pareto(bought))
 
     names = [m.method for m in result.methods]
     task_acc = {m.method: m.task_accuracy for m in result.methods}

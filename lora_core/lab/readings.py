@@ -139,3 +139,41 @@ def read_machine_load(environment: dict | None) -> str | None:
         "minute): its times are inflated and uneven, so differences in seconds between its rows may be the "
         "load's, not the methods'; rerun on a quiet machine to compare them."
     )
+
+
+def pareto_front(points: dict[str, tuple[int, float]]) -> list[str]:
+    """The methods no other beats on both counts, as (trainable parameters, accuracy) pairs: none has fewer or as
+    many parameters and more accuracy, or fewer parameters and as much accuracy. Fewest parameters first."""
+    front = [
+        name
+        for name, (params, accuracy) in points.items()
+        if not any(
+            (p <= params and a > accuracy) or (p < params and a >= accuracy)
+            for other, (p, a) in points.items()
+            if other != name
+        )
+    ]
+    return sorted(front, key=lambda name: points[name][0])
+
+
+def read_pareto(points: dict[str, tuple[int, float]]) -> str:
+    """One sentence reading the accuracy-against-parameters chart: the front, and what each step along it buys."""
+    front = pareto_front(points)
+    if not front:
+        return "No method was run."
+    names = [METHOD_NAMES.get(m, m) for m in front]
+    if len(front) == 1:
+        return f"{names[0]} is the best buy: no other method reaches as much accuracy with as few trainable parameters."
+    steps = [
+        f"{names[i + 1]} adds {100 * (points[front[i + 1]][1] - points[front[i]][1]):.2f} points for "
+        f"{points[front[i + 1]][0] / points[front[i]][0]:,.1f}× the parameters of {names[i]}"
+        for i in range(len(front) - 1)
+    ]
+    left = [METHOD_NAMES.get(m, m) for m in points if m not in front]
+    off = (
+        f"; {', '.join(left)} {'lies' if len(left) == 1 else 'lie'} off the front: another method does at least as "
+        "well with no more trainable parameters"
+        if left
+        else ""
+    )
+    return f"On the front, from fewest trainable parameters: {', '.join(names)}; " + "; ".join(steps) + off + "."

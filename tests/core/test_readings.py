@@ -72,3 +72,24 @@ def test_times_from_a_busy_machine_are_flagged_with_the_load() -> None:
     assert read_machine_load({"loadavg": [3.0, 2.0, 1.0], "cpus": 2}) is None  # the run's own threads and one more
     for quiet in ({"loadavg": [0.5, 0.5, 0.5], "cpus": 2}, {"loadavg": None, "cpus": 2}, {}, None, {"loadavg": [9]}):
         assert read_machine_load(quiet) is None
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_and_its_reading_says_what_each_step_buys() -> None:
+    points = {
+        "lora": (54_352, 0.9704),
+        "loraplus": (54_352, 0.9692),  # as many parameters as LoRA, less accuracy
+        "dora": (57_362, 0.9697),  # more parameters than LoRA, less accuracy
+        "full": (2_807_010, 0.9770),
+        "head": (20_010, 0.9380),
+    }
+    assert readings.pareto_front(points) == ["head", "lora", "full"]
+    assert readings.read_pareto(points) == (
+        "On the front, from fewest trainable parameters: last layer only, LoRA, full fine-tuning; LoRA adds 3.24 "
+        "points for 2.7× the parameters of last layer only; full fine-tuning adds 0.66 points for 51.6× the "
+        "parameters of LoRA; LoRA+, DoRA lie off the front: another method does at least as well with no more "
+        "trainable parameters."
+    )
+    tie = {"lora": (10, 0.9), "loraplus": (10, 0.9)}
+    assert readings.pareto_front(tie) == ["lora", "loraplus"]
+    assert readings.pareto_front({"lora": (10, 0.9)}) == ["lora"]
+    assert readings.read_pareto({"lora": (10, 0.9)}).startswith("LoRA is the best buy")

@@ -141,6 +141,12 @@ def test_a_comparison_runs_as_a_job_and_its_results_show_again_after_a_restart(
         points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
         before = (result.base["task_accuracy"], result.base["kept_accuracy"])
         assert expected_learned_vs_forgot(before, points, "plain MNIST") in shown
+        # accuracy against what each method trains, the front drawn and read from the same numbers
+        bought = {m.method: (m.trainable_params, m.task_accuracy) for m in result.methods}
+        pareto = next(json.loads(c.proto.spec) for c in plotly_charts(at) if "what each method trains" in c.proto.spec)
+        line = pareto["data"][0]
+        assert line["name"] == "Pareto front" and line["x"] == [bought[m][0] for m in readings.pareto_front(bought)]
+        assert readings.read_pareto(bought) in shown
 
     # the sentence follows the numbers: other accuracies, another sentence
     points = {m.method: (m.task_accuracy, m.kept_accuracy) for m in result.methods}
