@@ -9,7 +9,8 @@ from typing import Any
 from tqdm import tqdm
 
 from lora_core.evaluate import weakest_digit
-from lora_core.lab.readings import read_machine_load
+from lora_core.lab.experiment_settings import ADAPTER_METHODS
+from lora_core.lab.readings import METHOD_NAMES, read_machine_load
 from lora_core.lab.study import headline_from_study
 from lora_core.numbers import pct
 from lora_core.params import ParameterTable
@@ -238,13 +239,15 @@ def experiment_report(result: Any) -> None:
             ]
         )
     say(table(headers, rows))
-    lora = result.method("lora")
-    if lora is not None:
-        same = "yes" if lora.adapter_off_equals_base else "NO"
+    adapters = [m for m in result.methods if m.method in ADAPTER_METHODS]
+    for m in adapters:  # LoRA, LoRA+ and DoRA alike: switched off, each must give the base model back
+        same = "yes" if m.adapter_off_equals_base else "NO"
         say(
-            f"LoRA adapter switched off: plain MNIST {pct(lora.adapter_off_plain['accuracy'])} "
+            f"{METHOD_NAMES[m.method]} adapter switched off: plain MNIST {pct(m.adapter_off_plain['accuracy'])} "
             f"(base {pct(base['plain_accuracy'])}); the base model's logits exactly: {same}"
         )
+    lora = result.method("lora")
+    if lora is not None:
         gain, params = result.gain_share("lora"), result.param_share("lora")
         if gain is not None and params is not None:
             say(
@@ -257,8 +260,11 @@ def experiment_report(result: Any) -> None:
     if domain:
         say("\nPer digit, plain MNIST (the method applied):")
         say(table(["digit", *names], _per_digit_rows(base["plain"], [m.plain for m in result.methods])))
-    if lora is not None:
-        say(f"\nAdapter {lora.adapter!r} saved to {lora.adapter_path}")
+    saved = [m for m in adapters if m.adapter is not None]
+    if saved:
+        say("")
+        for m in saved:
+            say(f"Adapter {m.adapter!r} saved to {m.adapter_path}")
     measure = result.methods[0].memory_measure if result.methods else "-"
     _saved_and_timed(result, f"; peak memory: {measure}")
 

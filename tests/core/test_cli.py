@@ -378,3 +378,21 @@ def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_rati
     assert metrics["finetune"]["loraplus_lr_ratio"] == 16.0
     peft = json.loads((root / "adapters" / "plus" / "adapter_config.json").read_text())
     assert peft["peft_type"] == "LORA" and "loraplus" not in json.dumps(peft)  # on disk, plain LoRA
+
+
+def test_an_experiment_says_each_adapter_method_switched_off_and_where_each_adapter_went(
+    capsys, tmp_path, trained_artifacts, monkeypatch
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+    args = ["experiment", "invert", "--methods", "loraplus,dora", "--steps", "2", "--batch-size", "16", "--rank", "2"]
+    done = run_cli_in_process(capsys, [*args, "--artifacts", str(root)])
+    assert done.returncode == 0, done.stderr
+    for name in ("LoRA+", "DoRA"):
+        assert re.search(
+            rf"^{re.escape(name)} adapter switched off: .*the base model's logits exactly: yes$", done.stdout, re.M
+        )
+    for adapter in ("invert-loraplus", "invert-dora"):
+        assert f"Adapter '{adapter}' saved to {root / 'adapters' / adapter}" in done.stdout
+    assert "LoRA adapter switched off" not in done.stdout  # plain LoRA did not run
