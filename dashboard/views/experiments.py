@@ -302,7 +302,8 @@ def show_methods_result(result: ExperimentResult) -> None:
     if busy := readings.read_machine_load(result.environment):
         st.warning(busy)
     st.caption(
-        f"{NOT_APPLICABLE}: does not apply (the base model trains and stores nothing; only LoRA can be switched off)."
+        f"{NOT_APPLICABLE}: does not apply (the base model trains and stores nothing; only an adapter, LoRA's or "
+        "its variants', can be switched off)."
     )
     bought = {m.method: (m.trainable_params, m.task_accuracy) for m in result.methods}
     st.plotly_chart(
