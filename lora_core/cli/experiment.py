@@ -12,6 +12,7 @@ from lora_core.cli.options import (
     check_name,
     float_arg,
     int_arg,
+    loraplus_option,
     run_options,
     task_arg,
 )
@@ -60,13 +61,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
     )
     p.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
-    p.add_argument(
-        "--loraplus-ratio",
-        dest="loraplus_ratio",
-        type=float_arg,
-        default=d.loraplus_ratio,
-        help="LoRA+: B learns at this many times A's rate",
-    )
+    loraplus_option(p, d.loraplus_ratio)
     p.add_argument(
         "--replay",
         type=float_arg,

@@ -252,13 +252,7 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float_arg, default=d.dropout)
     parser.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    parser.add_argument(
-        "--loraplus-ratio",
-        dest="loraplus_ratio",
-        type=float_arg,
-        default=d.loraplus_lr_ratio,
-        help="LoRA+: B learns at this many times the learning rate, A at it (16 in the paper; default: plain LoRA)",
-    )
+    loraplus_option(parser, d.loraplus_lr_ratio, "(16 in the paper; default: plain LoRA)")
     parser.add_argument(
         "--dora",
         action="store_true",
@@ -271,6 +265,17 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="replace an existing adapter of the same name (else refused; a study without --name picks a fresh name)",
+    )
+
+
+def loraplus_option(parser: argparse.ArgumentParser, default: float | None, more: str = "") -> None:
+    """--loraplus-ratio (dest `loraplus_ratio`): finetune's and experiment's LoRA+ ratio."""
+    parser.add_argument(
+        "--loraplus-ratio",
+        dest="loraplus_ratio",
+        type=float_arg,
+        default=default,
+        help="LoRA+: B learns at this many times A's learning rate" + (f" {more}" if more else ""),
     )
 
 

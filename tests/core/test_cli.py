@@ -110,6 +110,22 @@ def cli(capsys, monkeypatch, tmp_path, folders, trained_artifacts):
     assert not unused.exists()
 
 
+@pytest.fixture
+def cli_on_copy(capsys, monkeypatch, tmp_path, trained_artifacts):
+    """Run the CLI in this process against a private copy of `trained_artifacts` (the copy is `.root`); the
+    default artifacts folder must not be touched."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+
+    def run(args: list[str]):
+        return run_cli_in_process(capsys, [*args, "--artifacts", str(root)])
+
+    run.root = root
+    yield run
+    assert not (tmp_path / "unused").exists()
+
+
 @pytest.fixture(scope="module")
 def cli_runs(trained_artifacts, tmp_path_factory, places):
     """The real processes, four at a time, against a copy of `trained_artifacts` or an empty folder."""
@@ -341,38 +357,30 @@ def test_damaged_adapter_weights_stop_every_command_that_reads_them(trained_arti
         ), (command, chosen.stdout)
 
 
-def test_a_study_without_a_name_keeps_a_saved_adapter_and_says_the_new_name(
-    capsys, tmp_path, trained_artifacts, monkeypatch
-) -> None:
+def test_a_study_without_a_name_keeps_a_saved_adapter_and_says_the_new_name(cli_on_copy, tmp_path) -> None:
     """The CLI's study follows the dashboard's rule: the adapter of the weakest digit is saved under a fresh
     name when its usual one is taken, and the run says which; --overwrite replaces it instead."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(trained_artifacts, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
-    args = ["study", "--steps", "2", "--ft-batch-size", "16", "--rank", "2", "--artifacts", str(root)]
-    first = run_cli_in_process(capsys, [*args, "--json", str(tmp_path / "first.json")])
+    root = cli_on_copy.root
+    args = ["study", "--steps", "2", "--ft-batch-size", "16", "--rank", "2"]
+    first = cli_on_copy([*args, "--json", str(tmp_path / "first.json")])
     assert first.returncode == 0, first.stderr
     usual = json.loads((tmp_path / "first.json").read_text())["adapter"]["name"]
     saved = (root / "adapters" / usual / "adapter_model.safetensors").read_bytes()
-    second = run_cli_in_process(capsys, [*args, "--json", str(tmp_path / "second.json")])
+    second = cli_on_copy([*args, "--json", str(tmp_path / "second.json")])
     assert second.returncode == 0, second.stderr
     assert json.loads((tmp_path / "second.json").read_text())["adapter"]["name"] == f"{usual}-2"
     assert f"An adapter called '{usual}' is saved already: this one is saved as '{usual}-2'" in second.stdout
     assert (root / "adapters" / usual / "adapter_model.safetensors").read_bytes() == saved
-    third = run_cli_in_process(capsys, [*args, "--overwrite", "--json", str(tmp_path / "third.json")])
+    third = cli_on_copy([*args, "--overwrite", "--json", str(tmp_path / "third.json")])
     assert third.returncode == 0, third.stderr
     assert json.loads((tmp_path / "third.json").read_text())["adapter"]["name"] == usual
     assert not (root / "adapters" / f"{usual}-3").exists()
 
 
-def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_ratio(
-    capsys, tmp_path, trained_artifacts, monkeypatch
-) -> None:
-    root = tmp_path / "artifacts"
-    shutil.copytree(trained_artifacts, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_ratio(cli_on_copy) -> None:
+    root = cli_on_copy.root
     args = ["finetune", "--digit", "3", "--steps", "3", "--ft-batch-size", "16", "--rank", "2", "--name", "plus"]
-    done = run_cli_in_process(capsys, [*args, "--loraplus-ratio", "16", "--artifacts", str(root)])
+    done = cli_on_copy([*args, "--loraplus-ratio", "16"])
     assert done.returncode == 0, done.stderr
     metrics = json.loads((root / "adapters" / "plus" / "metrics.json").read_text())
     assert metrics["finetune"]["loraplus_lr_ratio"] == 16.0
@@ -380,14 +388,10 @@ def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_rati
     assert peft["peft_type"] == "LORA" and "loraplus" not in json.dumps(peft)  # on disk, plain LoRA
 
 
-def test_an_experiment_says_each_adapter_method_switched_off_and_where_each_adapter_went(
-    capsys, tmp_path, trained_artifacts, monkeypatch
-) -> None:
-    root = tmp_path / "artifacts"
-    shutil.copytree(trained_artifacts, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(tmp_path / "unused"))
+def test_an_experiment_says_each_adapter_method_switched_off_and_where_each_adapter_went(cli_on_copy) -> None:
+    root = cli_on_copy.root
     args = ["experiment", "invert", "--methods", "loraplus,dora", "--steps", "2", "--batch-size", "16", "--rank", "2"]
-    done = run_cli_in_process(capsys, [*args, "--artifacts", str(root)])
+    done = cli_on_copy(args)
     assert done.returncode == 0, done.stderr
     for name in ("LoRA+", "DoRA"):
         assert re.search(

@@ -31,6 +31,13 @@ def opened_at(page: str, **params: str) -> AppTest:
     return at.switch_page(f"views/{page}.py").run()
 
 
+def app_with_active(adapter: str) -> AppTest:
+    """A fresh session with `adapter` active (as a finished run leaves it), already run once."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["active_adapter"] = adapter
+    return at.run()
+
+
 def wait_for_job(at: AppTest, timeout: float = 120) -> object:
     """Join the session's background run, then rerun the page so it shows the outcome."""
     job = at.session_state["job"]
@@ -82,5 +89,14 @@ def fresh_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def trained_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_artifacts: Path) -> Path:
     root = tmp_path / "artifacts"
     shutil.copytree(trained_artifacts, root)
+    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved_results: Path) -> Path:
+    """A private copy of the saved experiment, sweep and analysis results (with the rotate-45 adapter)."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(saved_results, root)
     monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
     return root

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
-import pytest
-from conftest import APP, PAGES, new_app, visit
-from streamlit.testing.v1 import AppTest
+from conftest import PAGES, app_with_active, new_app, visit
 from streamlit.testing.v1.element_tree import Block, Element
 
 PARAGRAPH_CHARS = 240  # about two sentences: longer text outside an expander is a paragraph on the page
@@ -53,15 +50,8 @@ def test_every_page_opens_with_one_sentence_and_no_paragraph_outside_an_expander
     assert not found, sorted(found)
 
 
-def test_a_task_adapters_pages_keep_their_explanations_folded(
-    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "artifacts"
-    shutil.copytree(saved_results, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["active_adapter"] = "rotate-45"
-    at.run()
+def test_a_task_adapters_pages_keep_their_explanations_folded(results_dir: Path) -> None:
+    at = app_with_active("rotate-45")
     for page in ("home", "evaluation", "parameters", "draw"):
         visit(at, page)
         assert _problems(at) == [], page

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import APP, PAGES, assert_clean, new_app, texts, visit
-from streamlit.testing.v1 import AppTest
+from conftest import PAGES, app_with_active, assert_clean, new_app, texts, visit
 
 from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
 from lora_core.data import MnistData
@@ -217,19 +216,12 @@ def test_draw_page_random_test_digit(trained_dir: Path, mnist: MnistData) -> Non
     assert not at.metric and not at.image, "Clear removes the digit and its predictions"
 
 
-def test_home_headline_of_a_task_adapter_is_on_its_task_and_names_no_target(
-    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_home_headline_of_a_task_adapter_is_on_its_task_and_names_no_target(results_dir: Path) -> None:
     """With rotate-45 active, the headline's figures are its own (recorded on the rotated test images) and say
     so; no digit is called its target, and step 4 names the task, not ten digits."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(saved_results, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["active_adapter"] = "rotate-45"
-    at.run()
+    at = app_with_active("rotate-45")
     assert_clean(at)
-    metrics = json.loads((root / "adapters" / "rotate-45" / "metrics.json").read_text())
+    metrics = json.loads((results_dir / "adapters" / "rotate-45" / "metrics.json").read_text())
     values = {m.label: m.value for m in at.metric}
     assert values["Base model on the task's test set"] == pct(metrics["before"]["accuracy"])
     assert values["With the adapter on the task's test set"] == pct(metrics["after"]["accuracy"])
@@ -257,15 +249,8 @@ def test_home_headline_of_a_digit_adapter_shows_the_worst_hit_other_digit(traine
         assert "No other digit got worse with this adapter." in captions
 
 
-def test_the_adapter_to_manage_follows_a_newly_active_adapter(
-    saved_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "artifacts"
-    shutil.copytree(saved_results, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["active_adapter"] = "small"
-    visit(at.run(), "finetune")
+def test_the_adapter_to_manage_follows_a_newly_active_adapter(results_dir: Path) -> None:
+    at = visit(app_with_active("small"), "finetune")
     assert at.selectbox(key="manage_adapter").value == "small"
     at.session_state["active_adapter"] = "rotate-45"  # as a run that finishes makes its adapter active
     at.run()
