@@ -29,6 +29,7 @@ METHOD = {
     "lora": ADAPTED,
     "loraplus": ADAPTER,
     "dora": MARK,
+    "pissa": "#882255",  # Paul Tol's wine: apart from the others for every colour vision tested
     "full": "#d55e00",
     "head": ELSEWHERE,
 }

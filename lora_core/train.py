@@ -19,12 +19,16 @@ import torch.nn.functional as F
 
 from lora_core.data import MnistData, as_inputs
 from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
-from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
+from lora_core.lora import INITS, LoraConfig, LoraModel, validate_adapter_name
+from lora_core.lora.pissa import PISSA, as_plain_lora, residual_start
 from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MAX_HIDDEN, MLP
 from lora_core.numbers import is_finite_number
 from lora_core.precision import PrecisionChoice, autocast, check_precision, resolve_precision
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# how a fine-tuned adapter starts: LoraConfig's inits (B = 0), or PiSSA (W's top singular directions, trained on
+# the residual base in a copy; lora_core.lora.pissa)
+FINETUNE_INITS = (*INITS, PISSA)
 
 
 @dataclass
@@ -107,7 +111,7 @@ class FinetuneConfig:
     replay: float = 0.5
     dropout: float = 0.0
     use_rslora: bool = False
-    init: str = "kaiming"
+    init: str = "kaiming"  # one of FINETUNE_INITS: "pissa" starts from W's top-r singular directions
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # as TrainConfig.precision; the defaults above hold in bf16 as in fp32 (README)
@@ -122,13 +126,15 @@ class FinetuneConfig:
             self.digits = tuple(self.digits)
 
     def lora_config(self) -> LoraConfig:
+        """The shape of the adapter trained (for PiSSA, the rank-r adapter on the residual base; what is saved is
+        its conversion to rank 2r, lora_core.lora.pissa)."""
         return LoraConfig(
             r=self.rank,
             alpha=self.alpha,
             dropout=self.dropout,
             target_modules=self.targets,
             use_rslora=self.use_rslora,
-            init=self.init,
+            init="kaiming" if self.init == PISSA else self.init,
             use_dora=self.use_dora,
         )
 
@@ -149,6 +155,10 @@ class FinetuneConfig:
         _check_device(self.device)
         check_precision(self.precision)
         check_loraplus_ratio(self.loraplus_lr_ratio, self.lr)
+        if self.init not in FINETUNE_INITS:
+            raise ConfigError("init", f"must be one of {', '.join(FINETUNE_INITS)}, got {self.init!r}")
+        if self.init == PISSA and self.use_dora:
+            raise ConfigError("init", "PiSSA and DoRA cannot be combined here; choose one of them")
         self.lora_config().validate(model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +178,9 @@ class RunResult:
     samples_per_s: float
     losses: list[float] = field(default_factory=list)
     precision: PrecisionChoice | None = None
+    # PiSSA only: the base the loop really trained on (W - s B0 A0 in a copy), for the record; the adapter was
+    # saved converted to run on the untouched base
+    residual_base: torch.nn.Module | None = None
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -331,7 +344,8 @@ def finetune(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> RunResult:
-    """Add adapter `name` to `lora_model` and train only its A and B on `config.digits`.
+    """Add adapter `name` to `lora_model` and train only its A and B on `config.digits`. With init "pissa" the
+    training runs on a copy holding PiSSA's residual base, and the adapter added is its plain-LoRA conversion.
 
     Each batch holds (1 - replay) target-digit images and replay images of the other digits.
     On a stop or divergence the half-trained adapter is removed again and the error raised.
@@ -341,21 +355,33 @@ def finetune(
     if config.digits is None:
         raise ConfigError("digit", "choose the target digit(s) to fine-tune on (config.digits)")
     torch.manual_seed(config.seed)  # dropout masks come from the global generator
-    lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
+    if config.init == PISSA:
+        if name in lora_model.adapters:
+            raise ConfigError("name", f"an adapter called {name!r} is already loaded")
+        start = residual_start(lora_model, name, config.lora_config(), seed=config.seed)
+        trained = start.model
+    else:
+        lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
+        trained = lora_model
     try:
-        params = lora_model.mark_only_lora_trainable(name)
-        groups = None if config.loraplus_lr_ratio is None else loraplus_groups(lora_model, name, config)
-        return train_parameters(
-            lora_model, params, data, config, phase="finetune", progress=progress, stop=stop, param_groups=groups
+        params = trained.mark_only_lora_trainable(name)
+        groups = None if config.loraplus_lr_ratio is None else loraplus_groups(trained, name, config)
+        run = train_parameters(
+            trained, params, data, config, phase="finetune", progress=progress, stop=stop, param_groups=groups
         )
     except TrainingDiverged as exc:
-        lora_model.delete_adapter(name)
+        trained.delete_adapter(name)
         scale = config.lora_config().scale
         advice = f"The update is scaled by alpha/r = {scale:.3g}: a smaller alpha helps too."
         raise TrainingDiverged(f"{exc} {advice}") from None
     except BaseException:
-        lora_model.delete_adapter(name)
+        trained.delete_adapter(name)
         raise
+    if trained is lora_model:
+        return run
+    plain, tensors = as_plain_lora(start, name)
+    lora_model.load_adapter_tensors(name, plain, tensors)
+    return dataclasses.replace(run, residual_base=trained.model)
 
 
 def loraplus_groups(lora_model: LoraModel, name: str, config: FinetuneConfig) -> list[dict[str, Any]]:

@@ -182,10 +182,11 @@ with c3:
     slots.add("batch_size")
 st.caption(
     f"Learning rates: LoRA {defaults.lora_lr:g}, LoRA+ {defaults.loraplus_lr:g} for A and "
-    f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, full fine-tuning {defaults.full_lr:g}, "
-    f"last layer {defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
-    "The LoRA, LoRA+ and DoRA adapters are saved like any adapter (under a new name, never replacing one); the "
-    "full and last-layer copies are measured and dropped."
+    f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, PiSSA {defaults.pissa_lr:g}, full "
+    f"fine-tuning {defaults.full_lr:g}, last layer {defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every "
+    "method trains on the same batches. The LoRA, LoRA+, DoRA and PiSSA adapters are saved like any adapter (under "
+    "a new name, never replacing one; PiSSA's converted to plain LoRA on the untouched W); the full and last-layer "
+    "copies are measured and dropped."
 )
 
 if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):

@@ -30,6 +30,7 @@ FIELD_LABELS = {
     "device": "Device",
     "precision": "Precision",
     "loraplus_lr_ratio": "LoRA+ ratio",
+    "init": "PiSSA",
 }
 LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and PEFT's usual ratio
 
@@ -70,6 +71,11 @@ def rank_note(rank: int, targets: list[str]) -> None:
             f"{t} {layer_rank} (capped: its limit is {layer_limits[t]})" if layer_rank < rank else f"{t} {layer_rank}"
         )
     st.caption(f"Per-layer ranks with r = {rank}: {', '.join(parts)}; {trainable:,} trainable parameters.")
+    if st.session_state.get("ft_pissa", False):
+        st.caption(
+            "PiSSA trains these; the adapter saved holds twice the rank per layer (at most the layer's limit): "
+            "the trained factors beside the starting ones, so that it runs on the untouched W."
+        )
     if capped is not lora:
         st.caption(
             "Capped layers are saved as PEFT's rank_pattern (with alpha_pattern keeping their scale α/r), so PEFT "
@@ -152,6 +158,15 @@ with c2:
         help="Liu et al., 2024 (PEFT's use_dora): each adapted row of W becomes m · (W + s·B·A) / ‖W + s·B·A‖, "
         "with m trained beside A and B (one more parameter per output row). W itself stays frozen.",
     )
+    pissa = st.toggle(
+        "PiSSA: start from W's top singular directions",
+        value=False,
+        key="ft_pissa",
+        help="Meng et al., 2024 (PEFT's init_lora_weights='pissa'): A and B start from W's top-r singular vectors "
+        "and train on the residual base W − s·B₀A₀, built in a copy. The adapter is saved as plain LoRA of rank "
+        "2r on the untouched W (PEFT's conversion), so it loads like any other.",
+    )
+    slots.add("init")
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(
@@ -182,6 +197,7 @@ config = FinetuneConfig(
     precision=str(precision),
     loraplus_lr_ratio=float(ratio) if ratio is not None else None,
     use_dora=bool(dora),
+    init="pissa" if pissa else defaults.init,
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:

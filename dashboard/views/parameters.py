@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import charts, diagram, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.lab.proof import FAIL, PASS, live_check, recorded_check
+from lora_core.lab.proof import FAIL, PASS, live_check, pissa_rows, pissa_sentence, recorded_check
 from lora_core.lab.truncation import TruncationCurve
 from lora_core.lora import LoraConfig, rank_limits
 from lora_core.model import MLP
@@ -51,7 +51,17 @@ st.dataframe(
 )
 m1, m2, m3 = st.columns(3)
 m1.metric("Frozen (base W and b)", f"{table.base_params:,}")
-m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")
+pissa_record = (picked.record.metrics or {}).get("pissa") if picked is not None and chosen else None
+if pissa_record:  # saved at twice the rank it trained: the trained factors beside their fixed start
+    m2.metric("LoRA A and B (saved)", f"{table.lora_params:,}")
+    trained = (picked.record.metrics or {}).get("trainable_params")
+    st.caption(
+        f"A PiSSA adapter: it trained rank {pissa_record['trained_rank']}"
+        + (f" ({trained:,} parameters)" if isinstance(trained, int) else "")
+        + f"; it is saved at rank {pissa_record['saved_rank']}, the trained factors beside their starting point."
+    )
+else:
+    m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")
 m3.metric(
     "LoRA adds", f"{table.lora_percent:.3f}%", "of the base model's parameters", delta_color="off", delta_arrow="off"
 )
@@ -118,6 +128,9 @@ else:
     else:
         (st.success if check.passed else st.error)(check.summary)
         st.dataframe(pd.DataFrame(check.rows(digits=16)), hide_index=True, width="stretch")
+    if pissa_record:
+        st.warning(pissa_sentence(pissa_record))
+        st.dataframe(pd.DataFrame(pissa_rows(pissa_record, digits=16)), hide_index=True, width="stretch")
 
 st.subheader("Live check, with a control")
 st.write("Train a throwaway adapter for 20 steps and compare every base tensor bit for bit, beside a control.")

@@ -61,6 +61,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
     )
     p.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
+    p.add_argument("--pissa-lr", dest="pissa_lr", type=float_arg, default=d.pissa_lr, help="PiSSA's learning rate")
     loraplus_option(p, d.loraplus_ratio)
     p.add_argument(
         "--replay",

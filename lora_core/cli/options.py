@@ -17,7 +17,7 @@ from lora_core.lab.tasks import parse_task
 from lora_core.lora import validate_adapter_name
 from lora_core.model import LAYER_NAMES
 from lora_core.precision import PRECISIONS
-from lora_core.train import DEVICES, SCHEDULES, FinetuneConfig, TrainConfig
+from lora_core.train import DEVICES, FINETUNE_INITS, SCHEDULES, FinetuneConfig, TrainConfig
 
 EXIT_USAGE = 2
 
@@ -137,6 +137,7 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "head_lr": ("--head-lr",),
     "loraplus_lr": ("--loraplus-lr",),
     "dora_lr": ("--dora-lr",),
+    "pissa_lr": ("--pissa-lr",),
     "loraplus_ratio": ("--loraplus-ratio",),
     "loraplus_lr_ratio": ("--loraplus-ratio",),
     "replay": ("--replay",),
@@ -258,7 +259,13 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="DoRA: also train a magnitude per output row (W' = m (W + sBA) / ||W + sBA||); saved as PEFT's use_dora",
     )
-    parser.add_argument("--init", choices=("kaiming", "gaussian"), default=d.init)
+    parser.add_argument(
+        "--init",
+        choices=FINETUNE_INITS,
+        default=d.init,
+        help="how A and B start: kaiming or gaussian with B = 0 (LoRA), or pissa (W's top-r singular directions, "
+        "trained on the residual W - s B0 A0 in a copy; saved as plain LoRA of rank 2r on the untouched W)",
+    )
     parser.add_argument("--ft-seed", dest="ft_seed", type=int_arg, default=d.seed)
     parser.add_argument("--name", help="adapter name (default: digit-<D>); letters, digits, '-', '_' and '.'")
     parser.add_argument(

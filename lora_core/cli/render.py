@@ -240,12 +240,17 @@ def experiment_report(result: Any) -> None:
         )
     say(table(headers, rows))
     adapters = [m for m in result.methods if m.method in ADAPTER_METHODS]
-    for m in adapters:  # LoRA, LoRA+ and DoRA alike: switched off, each must give the base model back
+    for m in adapters:  # every adapter method alike: switched off, each must give the base model back
         same = "yes" if m.adapter_off_equals_base else "NO"
         say(
             f"{METHOD_NAMES[m.method]} adapter switched off: plain MNIST {pct(m.adapter_off_plain['accuracy'])} "
             f"(base {pct(base['plain_accuracy'])}); the base model's logits exactly: {same}"
         )
+        if m.method == "pissa":
+            say(
+                "  (PiSSA's adapter as saved, converted to run on the untouched W; the residual base W - s B0 A0 "
+                "it trained on is not W, and gives other logits)"
+            )
     lora = result.method("lora")
     if lora is not None:
         gain, params = result.gain_share("lora"), result.param_share("lora")

@@ -17,13 +17,15 @@ from lora_core.numbers import Number
 from lora_core.precision import check_precision
 from lora_core.train import FinetuneConfig, check_int, check_loraplus_ratio, check_lr
 
-METHODS = ("lora", "loraplus", "dora", "full", "head")
+METHODS = ("lora", "loraplus", "dora", "pissa", "full", "head")
 DEFAULT_METHODS = ("lora", "full", "head")  # what a comparison runs unless asked: LoRA and its two references
-ADAPTER_METHODS = ("lora", "loraplus", "dora")  # the methods that train (and save) a LoRA adapter on the frozen base
+# the methods that train (and save) a LoRA adapter on the frozen base
+ADAPTER_METHODS = ("lora", "loraplus", "dora", "pissa")
 METHOD_LABELS = {
     "lora": "LoRA (base frozen, adapter trained)",
     "loraplus": "LoRA+ (LoRA with B learning faster than A; Hayou et al., 2024)",
     "dora": "DoRA (LoRA's direction with a trainable magnitude per output row; Liu et al., 2024)",
+    "pissa": "PiSSA (LoRA started from W's top singular directions, on the residual base; Meng et al., 2024)",
     "full": "full fine-tuning of a copy of the base",
     "head": "last layer (linear3) only",
 }
@@ -33,6 +35,7 @@ HEAD_LAYER = "linear3"
 UNSEEN_REPLAY = 0.75
 LORAPLUS_LR = 1e-3
 DORA_LR = 3e-3
+PISSA_LR = 1e-3
 
 
 class _CommonSettingsRecord(TypedDict):
@@ -46,6 +49,7 @@ class _CommonSettingsRecord(TypedDict):
     head_lr: Number
     loraplus_lr: NotRequired[Number]
     dora_lr: NotRequired[Number]
+    pissa_lr: NotRequired[Number]
     loraplus_ratio: NotRequired[Number]
     replay: Number | None
     lr_schedule: str
@@ -89,6 +93,7 @@ class ExperimentSettings:
     loraplus_lr: float = LORAPLUS_LR  # A's rate; B's is loraplus_lr x loraplus_ratio
     loraplus_ratio: float = 16.0  # the LoRA+ paper's and PEFT's usual ratio
     dora_lr: float = DORA_LR
+    pissa_lr: float = PISSA_LR
     # digit tasks and unseen: the share of each batch from the other digits. None: UNSEEN_REPLAY for unseen,
     # FinetuneConfig's default (0.5, the study's) for the digit tasks; a domain task trains on every digit.
     replay: float | None = None
@@ -109,6 +114,7 @@ class ExperimentSettings:
             "lora": self.lora_lr,
             "loraplus": self.loraplus_lr,
             "dora": self.dora_lr,
+            "pissa": self.pissa_lr,
             "full": self.full_lr,
             "head": self.head_lr,
         }
@@ -134,6 +140,7 @@ class ExperimentSettings:
             replay=self.replay_for(kind),
             loraplus_lr_ratio=ratio,
             use_dora=method == "dora",
+            **({"init": "pissa"} if method == "pissa" else {}),
         )
 
     def validate(self, model: MLP | None = None) -> None:

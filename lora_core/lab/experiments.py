@@ -52,6 +52,7 @@ from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
 from lora_core.lab.tasks import Task, TaskRecord
 from lora_core.model import MLP
 from lora_core.numbers import Number
+from lora_core.params import parameter_table
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 from lora_core.store.bases import base_store
 from lora_core.store.results import (
@@ -211,8 +212,8 @@ def load_experiment(path: Path | str) -> ExperimentResult:
 
 # --- the methods ---------------------------------------------------------------------------------------------
 def adapter_method_name(name: str, method: str) -> str:
-    """The name a method's adapter is saved under: LoRA's is `name` itself, LoRA+'s `name`-loraplus, DoRA's
-    `name`-dora."""
+    """The name a method's adapter is saved under: LoRA's is `name` itself, another adapter method's
+    `name`-METHOD (`name`-loraplus, `name`-dora, `name`-pissa)."""
     return name if method == "lora" else f"{name}-{method}"
 
 
@@ -250,8 +251,9 @@ def _run_lora(
     save_adapter: bool = True,
     method: str = "lora",
 ) -> MethodResult:
-    """LoRA, LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus) or DoRA (a
-    magnitude per row beside A and B: NAME-dora)."""
+    """LoRA, LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus), DoRA (a
+    magnitude per row beside A and B: NAME-dora) or PiSSA (started from W's top singular directions on the
+    residual base, saved converted to plain LoRA on W: NAME-pissa)."""
     config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
     lora_model = ctx.lora_model
     device = next(lora_model.model.parameters()).device
@@ -285,7 +287,7 @@ def _run_lora(
             lora_model.delete_adapter(name)
         with PeakMemory(device) as memory:
             run = finetune(lora_model, name, ctx.task_data, config, progress=memory.progress(progress), stop=stop)
-        trainable = sum(t.numel() for t in lora_model.adapter_state_dict(name).values())
+        trainable = parameter_table(lora_model, config.lora_config()).lora_params  # PiSSA saves twice its rank
         seconds, samples_per_s = run.seconds, run.samples_per_s
         final_loss = run.losses[-1] if run.losses else None
         task_summary = evaluate(lora_model, ctx.task_data.test_x, ctx.task_data.test_y).summary(misclassified=False)

@@ -24,7 +24,7 @@ from torch import nn
 from lora_core.data import MnistData
 from lora_core.lab.run import finetune_config
 from lora_core.lora import LoraModel, base_state_dict
-from lora_core.model import MLP
+from lora_core.lora.model import plain_copy
 from lora_core.params import WeightCheck, weights_unchanged
 from lora_core.store.artifacts import now_iso
 from lora_core.threads import torch_threads
@@ -53,6 +53,55 @@ def base_tensor_hashes(model: nn.Module) -> dict[str, str]:
 def base_tensor_record(before: dict[str, str], after: dict[str, str]) -> dict[str, Any]:
     """What a fine-tune run stores in metrics.json under "base_tensors"."""
     return {"recorded_by": RECORDED_BY, "recorded": now_iso(), "before": before, "after": after}
+
+
+def pissa_record(
+    lora_model: LoraModel, name: str, trained_rank: int, residual_base: nn.Module, hashes_before: dict[str, str]
+) -> dict[str, Any]:
+    """What a PiSSA run stores in metrics.json under "pissa": the rank it trained and the rank saved, and the
+    residual base it trained on (W - s B0 A0, in a copy) hashed against W: changed on every adapted layer's
+    weight, by design. The "base_tensors" record beside it is of the base the adapter was saved for."""
+    residual = base_tensors(residual_base)
+    original = base_tensors(lora_model)
+    return {
+        "trained_rank": trained_rank,
+        "saved_rank": lora_model.adapter_config(name).r,
+        "residual_base": base_tensor_record(hashes_before, {k: tensor_sha256(t) for k, t in residual.items()}),
+        "residual_max_abs_diff": {
+            key: float((residual[key].float() - original[key].float()).abs().max()) for key in original
+        },
+    }
+
+
+def pissa_sentence(record: dict[str, Any]) -> str:
+    """One sentence on a PiSSA adapter's two bases, from its "pissa" record (true whatever the figures)."""
+    residual = record["residual_base"]
+    changed = sorted(k for k in residual["before"] if residual["before"][k] != residual["after"].get(k))
+    largest = max(record["residual_max_abs_diff"].items(), key=lambda kv: kv[1])
+    what = (
+        f"its sha256 differs from W's on {', '.join(changed)} (by up to {largest[1]:.3g} on {largest[0]})"
+        if changed
+        else "its sha256 matched W's on every tensor"
+    )
+    return (
+        f"Trained as PiSSA at rank {record['trained_rank']} on the residual base W - s B0 A0, a copy of the base: "
+        f"{what}, as PiSSA intends; saved as plain LoRA of rank {record['saved_rank']} on the untouched W."
+    )
+
+
+def pissa_rows(record: dict[str, Any], digits: int = 12) -> list[dict[str, str]]:
+    """Per base tensor: W's sha256, the residual base's, and their largest difference (a PiSSA record)."""
+    residual = record["residual_base"]
+    return [
+        {
+            "base tensor": key,
+            "sha256 of W": before[:digits],
+            "sha256 of the residual PiSSA trained on": residual["after"].get(key, "")[:digits],
+            "max |W_res - W|": f"{record['residual_max_abs_diff'].get(key, 0.0):.3g}",
+            "same": "yes" if residual["after"].get(key) == before else "no (by design)",
+        }
+        for key, before in residual["before"].items()
+    ]
 
 
 @dataclass
@@ -274,14 +323,6 @@ def _full_finetune(lora_model: LoraModel, name: str, data: MnistData, config: Fi
     train_parameters(lora_model, _mark_only_base_trainable(lora_model), data, config, phase="finetune")
 
 
-def _plain_copy(model: nn.Module) -> MLP:
-    """A fresh MLP holding copies of `model`'s base tensors (the caller's model is never touched)."""
-    inner = model.model if isinstance(model, LoraModel) else model
-    plain = MLP(*inner.hidden)
-    plain.load_state_dict({k: v.detach().clone() for k, v in base_tensors(model).items()})
-    return plain.to(next(inner.parameters()).device).eval()
-
-
 def _adapter_weights(lora_model: LoraModel, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {
         layer_name: (layer.lora_A[name].weight.detach().clone(), layer.lora_B[name].weight.detach().clone())
@@ -337,7 +378,7 @@ def _live_check(
     config.validate()
     seconds: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]):  # finetune seeds torch's global generator; keep the caller's
-        lora_model = LoraModel(_plain_copy(base_model))
+        lora_model = LoraModel(plain_copy(base_model))
         snapshot = {k: v.detach().clone() for k, v in lora_model.base_state_dict().items()}
         initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -367,7 +408,7 @@ def _live_check(
             for layer, (a, b) in final.items()
         ]
 
-        control_model = LoraModel(_plain_copy(base_model))
+        control_model = LoraModel(plain_copy(base_model))
         t = time.perf_counter()
         _full_finetune(control_model, LIVE_ADAPTER, data, config)
         seconds["control"] = time.perf_counter() - t

@@ -23,6 +23,7 @@ METHOD_NAMES = {
     "lora": "LoRA",
     "loraplus": "LoRA+",
     "dora": "DoRA",
+    "pissa": "PiSSA",
     "full": "full fine-tuning",
     "head": "last layer only",
 }
@@ -60,7 +61,7 @@ def read_methods(
         parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
     elif full is not None:
         parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
-    for variant in ("loraplus", "dora"):  # LoRA's family, each against LoRA where it ran
+    for variant in ("loraplus", "dora", "pissa"):  # LoRA's family, each against LoRA where it ran
         if variant in task:
             reached, named = task[variant], METHOD_NAMES[variant]
             if lora is not None:

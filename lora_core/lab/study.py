@@ -19,7 +19,13 @@ import torch
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError
 from lora_core.evaluate import Evaluation, compare, evaluate, predict, weakest_digit
-from lora_core.lab.proof import RecordedCheck, base_tensor_hashes, base_tensor_record, recorded_check
+from lora_core.lab.proof import (
+    RecordedCheck,
+    base_tensor_hashes,
+    base_tensor_record,
+    pissa_record,
+    recorded_check,
+)
 from lora_core.lora import LoraModel
 from lora_core.model import MLP, count_parameters
 from lora_core.params import parameter_table, weights_unchanged
@@ -185,6 +191,11 @@ def finetune_and_save_adapter(
         "after": after.summary(misclassified=False),
         "difference": {k: v for k, v in compare(before, after).items() if k not in ("fixed", "broken")},
         "base_tensors": base_tensor_record(hashes_before, hashes_after),
+        **(
+            {"pissa": pissa_record(lora_model, name, config.rank, run.residual_base, hashes_before)}
+            if run.residual_base is not None
+            else {}
+        ),
         **(extra_metrics or {}),
     }
     path = store.save_adapter(lora_model, name, metrics, base.fingerprint, overwrite=overwrite)

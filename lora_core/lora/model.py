@@ -364,6 +364,15 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
 
 
+def plain_copy(model: nn.Module) -> MLP:
+    """A fresh MLP holding copies of the base tensors of `model` (an MLP, one whose layers LoRA wrapped, or a
+    LoraModel), on its device, in eval mode; the caller's model is never touched."""
+    inner = model.model if isinstance(model, LoraModel) else model
+    plain = MLP(*inner.hidden)
+    plain.load_state_dict({k: v.detach().clone() for k, v in base_state_dict(inner).items()})
+    return plain.to(next(inner.parameters()).device).eval()
+
+
 def validate_adapter_name(name: str) -> None:
     """Adapter names become folder names: keep them short, plain and safe."""
     if not isinstance(name, str) or not name.strip():

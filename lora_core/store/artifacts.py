@@ -125,6 +125,13 @@ class _BaseTensorsRecord(TypedDict):
     after: dict[str, str]
 
 
+class _PissaRecord(TypedDict):
+    trained_rank: int
+    saved_rank: int
+    residual_base: _BaseTensorsRecord
+    residual_max_abs_diff: dict[str, Number]
+
+
 class AdapterMetrics(TypedDict):
     """An adapter's metrics.json: the schema every listing and load checks. Only the base model's fingerprint
     is required (an adapter written by another tool may have nothing else); whatever else is there must have
@@ -144,6 +151,7 @@ class AdapterMetrics(TypedDict):
     after: NotRequired[EvaluationSummary]
     difference: NotRequired[EvaluationDifference]
     base_tensors: NotRequired[_BaseTensorsRecord]
+    pissa: NotRequired[_PissaRecord]  # PiSSA only: the residual base it trained on (lora_core.lab.proof.pissa_record)
 
 
 @dataclass

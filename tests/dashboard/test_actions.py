@@ -97,6 +97,33 @@ def test_finetune_page_trains_with_loraplus_and_refuses_a_ratio_of_zero(trained_
     assert recorded["loraplus_lr_ratio"] == 8.0
 
 
+def test_finetune_page_trains_pissa_refuses_it_with_dora_and_shows_its_residual_base(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(5)
+    at.number_input(key="ft_batch").set_value(32)
+    at.text_input(key="ft_name").input("pissa")
+    at.toggle(key="ft_pissa").set_value(True)
+    at.toggle(key="ft_dora").set_value(True).run()
+    click(at, "Fine-tune the adapter")
+    assert any("PiSSA" in str(e.value) and "DoRA" in str(e.value) for e in at.error), at.error
+    at.toggle(key="ft_dora").set_value(False).run()
+    assert any("twice the rank" in str(c.value) for c in at.caption)
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    metrics = json.loads((trained_dir / "adapters" / "pissa" / "metrics.json").read_text())
+    assert metrics["finetune"]["init"] == "pissa" and metrics["pissa"]["saved_rank"] == 16
+    visit(at, "parameters")
+    at.selectbox(key="params_adapter").set_value("pissa").run()
+    assert_clean(at)
+    assert any(str(s.value).startswith("Base weights: UNCHANGED") or "unchanged" in str(s.value) for s in at.success)
+    labels = {m.label for m in at.metric}
+    assert "LoRA A and B (saved)" in labels and "Trainable (LoRA A and B)" not in labels
+    assert any(f"({metrics['trainable_params']:,} parameters)" in str(c.value) for c in at.caption)
+    warnings = [str(w.value) for w in at.warning if "PiSSA" in str(w.value)]
+    assert warnings and "sha256 differs from W's on linear1.weight, linear2.weight, linear3.weight" in warnings[0]
+
+
 def test_finetune_refuses_an_existing_name_and_caps_rank_for_linear3(trained_dir: Path) -> None:
     at = visit(new_app(), "finetune")
     at.text_input(key="ft_name").input("small")
