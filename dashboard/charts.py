@@ -758,3 +758,21 @@ def replay_sweep_tradeoff(
     fig.update_xaxes(title_text=f"change on {others_label} (points; left = forgotten)")
     fig.update_yaxes(title_text="gain on the target (points)")
     return _layout(fig, title, height=400)
+
+
+def training_curves(curves: dict[str, list[list[float]]], accuracy_label: str) -> go.Figure:
+    """Accuracy against training step, one line per method in its colour (step 0: the base)."""
+    fig = go.Figure()
+    for method, points in curves.items():
+        name = METHOD_NAMES.get(method, method)
+        fig.add_scatter(
+            x=[step for step, _ in points],
+            y=[100 * accuracy for _, accuracy in points],
+            mode="lines+markers",
+            name=name,
+            line={"color": palette.METHOD.get(method, palette.MARK)},
+            hovertemplate=f"{name}: step %{{x}}, %{{y:.2f}}%<extra></extra>",
+        )
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text=accuracy_label)
+    return _layout(fig, "How fast each method learns", height=360)

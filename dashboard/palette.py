@@ -29,7 +29,8 @@ METHOD = {
     "lora": ADAPTED,
     "loraplus": ADAPTER,
     "dora": MARK,
-    "pissa": "#882255",  # Paul Tol's wine: apart from the others for every colour vision tested
+    "pissa": "#882255",
+    "vera": "#332288",  # Paul Tol's indigo  # Paul Tol's wine: apart from the others for every colour vision tested
     "full": "#d55e00",
     "head": ELSEWHERE,
 }

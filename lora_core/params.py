@@ -20,6 +20,9 @@ class LayerParams:
     a_shape: tuple[int, int] | None
     b_shape: tuple[int, int] | None
     magnitude_count: int = 0  # DoRA's magnitude vector: one per output row
+    # VeRA: its trained vectors d (r) and b (one per output row); its A and B are frozen and shared, not counted
+    vera_d_count: int = 0
+    vera_b_count: int = 0
 
     @property
     def weight_count(self) -> int:
@@ -43,7 +46,7 @@ class LayerParams:
 
     @property
     def lora_count(self) -> int:
-        return self.a_count + self.b_count + self.magnitude_count
+        return self.a_count + self.b_count + self.magnitude_count + self.vera_d_count + self.vera_b_count
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +60,7 @@ class LayerParams:
             "B_shape": list(self.b_shape) if self.b_shape else None,
             "B_params": self.b_count,
             **({"magnitude_params": self.magnitude_count} if self.magnitude_count else {}),
+            **({"vera_d_params": self.vera_d_count, "vera_b_params": self.vera_b_count} if self.vera_d_count else {}),
         }
 
 
@@ -79,6 +83,8 @@ class ParameterTable:
 
     def columns(self) -> list[str]:
         """The columns a table of `rows()` shows: shapes and counts, and DoRA's magnitudes where there are any."""
+        if any(layer.vera_d_count for layer in self.layers):  # VeRA: the trained vectors instead of A and B
+            return ["layer", "W", "W params", "b", "b params", "λd params", "λb params"]
         shown = ["layer", "W", "W params", "b", "b params", "A", "A params", "B", "B params"]
         return [*shown, "m params"] if any(layer.magnitude_count for layer in self.layers) else shown
 
@@ -107,6 +113,11 @@ class ParameterTable:
             for row, layer in zip(rows, self.layers):
                 row["m params"] = layer.magnitude_count
             total["m params"] = sum(layer.magnitude_count for layer in self.layers)
+        if any(layer.vera_d_count for layer in self.layers):
+            for row, layer in zip(rows, self.layers):
+                row["λd params"], row["λb params"] = layer.vera_d_count, layer.vera_b_count
+            total["λd params"] = sum(layer.vera_d_count for layer in self.layers)
+            total["λb params"] = sum(layer.vera_b_count for layer in self.layers)
         return [*rows, total]
 
     @classmethod
@@ -125,6 +136,8 @@ class ParameterTable:
                     shape(row.get("A_shape")),
                     shape(row.get("B_shape")),
                     int(row.get("magnitude_params", 0)),
+                    int(row.get("vera_d_params", 0)),
+                    int(row.get("vera_b_params", 0)),
                 )
                 for row in data["layers"]
             ]
@@ -146,7 +159,8 @@ def _shape(shape: tuple[int, ...] | None, times: str, none: str) -> str:
 
 def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) -> ParameterTable:
     """Per layer: W and b shapes, and the A (r x in) and B (out x r) an adapter `config` adds (r capped at
-    min(in, out) per layer, as LoraModel.add_adapter caps it), and DoRA's magnitude (one per output row)."""
+    min(in, out) per layer, as LoraModel.add_adapter caps it), and DoRA's magnitude (one per output row); for VeRA
+    the two vectors each layer trains (its A and B are one frozen random pair, shared)."""
     rows = []
     plain = model.model if hasattr(model, "lora_layers") else model
     if config is not None:  # a rank above a layer's limit is capped there, as add_adapter does
@@ -154,6 +168,19 @@ def parameter_table(model: torch.nn.Module, config: LoraConfig | None = None) ->
     for name, layer in linear_layers(plain).items():
         adapted = config is not None and name in config.target_modules
         r = config.rank_for(name) if config is not None else 0
+        if adapted and config is not None and config.use_vera:
+            rows.append(
+                LayerParams(
+                    layer=name,
+                    weight_shape=(layer.out_features, layer.in_features),
+                    bias_shape=(layer.out_features,),
+                    a_shape=None,
+                    b_shape=None,
+                    vera_d_count=r,
+                    vera_b_count=layer.out_features,
+                )
+            )
+            continue
         rows.append(
             LayerParams(
                 layer=name,

@@ -50,6 +50,9 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+# called after a training step with (step, model), the model in eval mode under no_grad; its time is left out of the
+# run's seconds (a training curve's checkpoints: lora_core.lab.experiments)
+StepHook = Callable[[int, torch.nn.Module], None]
 
 
 @dataclass
@@ -119,6 +122,8 @@ class FinetuneConfig:
     # None: plain LoRA, one rate for both. The adapter on disk is plain LoRA either way.
     loraplus_lr_ratio: float | None = None
     use_dora: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output row beside A and B
+    # VeRA (Kopiczko et al., 2024): A and B one frozen random pair shared by the layers; each trains two vectors
+    use_vera: bool = False
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -136,6 +141,7 @@ class FinetuneConfig:
             use_rslora=self.use_rslora,
             init="kaiming" if self.init == PISSA else self.init,
             use_dora=self.use_dora,
+            use_vera=self.use_vera,
         )
 
     def validate(self, model: MLP | None = None) -> None:
@@ -157,8 +163,11 @@ class FinetuneConfig:
         check_loraplus_ratio(self.loraplus_lr_ratio, self.lr)
         if self.init not in FINETUNE_INITS:
             raise ConfigError("init", f"must be one of {', '.join(FINETUNE_INITS)}, got {self.init!r}")
-        if self.init == PISSA and self.use_dora:
-            raise ConfigError("init", "PiSSA and DoRA cannot be combined here; choose one of them")
+        if self.init == PISSA and (self.use_dora or self.use_vera):
+            other = "DoRA" if self.use_dora else "VeRA"
+            raise ConfigError("init", f"PiSSA and {other} cannot be combined here; choose one of them")
+        if self.use_vera and self.loraplus_lr_ratio is not None:
+            raise ConfigError("loraplus_lr_ratio", "LoRA+ sets B's rate apart from A's; VeRA trains neither A nor B")
         self.lora_config().validate(model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +178,8 @@ class FinetuneConfig:
             del d["loraplus_lr_ratio"]
         if not self.use_dora:  # likewise for DoRA
             del d["use_dora"]
+        if not self.use_vera:  # and VeRA
+            del d["use_vera"]
         return d
 
 
@@ -256,6 +267,7 @@ class _Reporter:
         self.start = time.perf_counter()
         self.samples = 0
         self.losses: list[float] = []
+        self.excluded = 0.0  # seconds spent outside training (a step hook's evaluations)
 
     def step(self, step: int, loss: torch.Tensor, batch: int, epoch: int = 1) -> None:
         value = float(loss.item())
@@ -266,7 +278,7 @@ class _Reporter:
             )
         self.losses.append(value)
         self.samples += batch
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.perf_counter() - self.start - self.excluded
         rate = self.samples / elapsed if elapsed > 0 else 0.0
         eta = elapsed / step * (self.total - step) if step else 0.0
         if self.callback is not None:
@@ -275,7 +287,7 @@ class _Reporter:
             raise RunStopped(f"{self.phase} stopped at step {step} of {self.total}; nothing was saved.")
 
     def result(self) -> RunResult:
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.perf_counter() - self.start - self.excluded
         return RunResult(elapsed, self.samples / elapsed if elapsed > 0 else 0.0, self.losses)
 
 
@@ -343,6 +355,7 @@ def finetune(
     *,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Add adapter `name` to `lora_model` and train only its A and B on `config.digits`. With init "pissa" the
     training runs on a copy holding PiSSA's residual base, and the adapter added is its plain-LoRA conversion.
@@ -367,7 +380,15 @@ def finetune(
         params = trained.mark_only_lora_trainable(name)
         groups = None if config.loraplus_lr_ratio is None else loraplus_groups(trained, name, config)
         run = train_parameters(
-            trained, params, data, config, phase="finetune", progress=progress, stop=stop, param_groups=groups
+            trained,
+            params,
+            data,
+            config,
+            phase="finetune",
+            progress=progress,
+            stop=stop,
+            param_groups=groups,
+            on_step=on_step,
         )
     except TrainingDiverged as exc:
         trained.delete_adapter(name)
@@ -408,6 +429,7 @@ def train_parameters(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     param_groups: list[dict[str, Any]] | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Train `params` of `model` (the caller sets which require gradients) for `config.steps` batches of
     `config.digits` plus `config.replay` of the other digits, with Adam, the config's schedule and precision.
@@ -443,7 +465,17 @@ def train_parameters(
         return as_inputs(images[idx]), y[idx]
 
     return optimise(
-        model, params, next_batch, optimizer, config.lr_schedule, config.steps, precision, phase, progress, stop
+        model,
+        params,
+        next_batch,
+        optimizer,
+        config.lr_schedule,
+        config.steps,
+        precision,
+        phase,
+        progress,
+        stop,
+        on_step,
     )
 
 
@@ -458,6 +490,7 @@ def optimise(
     phase: str,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """The optimisation loop every fine-tuning shares (train_parameters' methods, the personal adapter): `steps`
     batches from `next_batch()` (inputs, labels), cross-entropy under the precision's autocast, the schedule,
@@ -476,6 +509,13 @@ def optimise(
             optimizer.step()
             scheduler.step()
             reporter.step(step, loss.detach(), y.numel())
+            if on_step is not None:
+                paused = time.perf_counter()
+                model.eval()
+                with torch.no_grad():
+                    on_step(step, model)
+                model.train()
+                reporter.excluded += time.perf_counter() - paused
     finally:
         model.eval()
         for p in params:

@@ -45,6 +45,7 @@ KIND_LABELS = {
 FIELD_LABELS = {
     "task": "Task parameter",
     "methods": "Methods",
+    "curve_every": "Training curve: accuracy every N steps",
     "rank": "Rank r",
     "steps": "Steps",
     "batch_size": "Batch size",
@@ -180,6 +181,15 @@ with c3:
     slots.add("steps")
     batch = st.number_input("Batch size", min_value=1, max_value=60000, value=defaults.batch_size, key="exp_batch")
     slots.add("batch_size")
+    curve_every = st.number_input(
+        "Training curve: accuracy every N steps",
+        min_value=0,
+        max_value=1_000_000,
+        value=defaults.curve_every,
+        key="exp_curve",
+        help="0: none. Each checkpoint evaluates the method on the task's test set while it trains.",
+    )
+    slots.add("curve_every")
 st.caption(
     f"Learning rates: LoRA {defaults.lora_lr:g}, LoRA+ {defaults.loraplus_lr:g} for A and "
     f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, PiSSA {defaults.pissa_lr:g}, full "
@@ -192,7 +202,12 @@ st.caption(
 if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):
     assert task is not None
     settings = ExperimentSettings(
-        methods=tuple(methods), rank=int(rank), steps=int(steps), batch_size=int(batch), seed=int(seed)
+        methods=tuple(methods),
+        rank=int(rank),
+        steps=int(steps),
+        batch_size=int(batch),
+        seed=int(seed),
+        curve_every=int(curve_every),
     )
     try:
         settings.validate(base.model)
@@ -318,6 +333,16 @@ def show_methods_result(result: ExperimentResult) -> None:
         width="stretch",
     )
     st.markdown(readings.read_pareto(bought))
+    curves = {m.method: m.curve for m in result.methods if m.curve}
+    if curves:
+        label = f"accuracy on the task's test set, {task['spec']} (%)"
+        st.plotly_chart(charts.training_curves(curves, label), width="stretch")
+        st.markdown(readings.read_curves(result.base["task_accuracy"], curves))
+        st.caption(
+            f"Measured every {settings.get('curve_every')} steps on the same test images as the table's task "
+            "column; the time it takes is left out of each method's training time, but its evaluations count in "
+            "the peak memory."
+        )
 
     names = [m.method for m in result.methods]
     task_acc = {m.method: m.task_accuracy for m in result.methods}

@@ -31,6 +31,7 @@ FIELD_LABELS = {
     "precision": "Precision",
     "loraplus_lr_ratio": "LoRA+ ratio",
     "init": "PiSSA",
+    "use_vera": "VeRA",
 }
 LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and PEFT's usual ratio
 
@@ -48,10 +49,14 @@ existing = {a.name for a in state.adapters(base.fingerprint)}
 
 # --- rank: above a layer's limit, capped for that layer ------------------------------------------------------------
 PAGE_MAX_RANK = 64  # the rank sweep's top rank; a larger r would change only linear1 and linear2
+VERA_MAX_RANK = 1024  # VeRA trains r values per layer whatever r is; its paper uses 256
 
 
 def rank_ceiling(targets: list[str]) -> int:
-    """The largest r offered: PAGE_MAX_RANK, or less where no chosen layer could hold more (linear3 alone: 10)."""
+    """The largest r offered: PAGE_MAX_RANK, or less where no chosen layer could hold more (linear3 alone: 10); for
+    VeRA (its switch is further down the form) VERA_MAX_RANK, since its A and B are shared and frozen."""
+    if st.session_state.get("ft_vera", False):
+        return VERA_MAX_RANK
     return min(PAGE_MAX_RANK, max((layer_limits[t] for t in targets), default=PAGE_MAX_RANK))
 
 
@@ -61,9 +66,16 @@ def rank_note(rank: int, targets: list[str]) -> None:
         return
     # alpha changes no rank; DoRA's switch (further down the form) adds a magnitude per output row
     dora = bool(st.session_state.get("ft_dora", False))
-    lora = LoraConfig(r=rank, alpha=defaults.alpha, target_modules=targets, use_dora=dora)
+    vera = bool(st.session_state.get("ft_vera", False)) and not dora  # both on: refused when the run starts
+    lora = LoraConfig(r=rank, alpha=defaults.alpha, target_modules=targets, use_dora=dora, use_vera=vera)
     capped = lora.capped_for(base.model)
     trainable = parameter_table(base.model, lora).lora_params
+    if vera:
+        st.caption(
+            f"VeRA: one frozen random A and B of rank {rank} shared by the layers; each layer trains {rank} values "
+            f"of d and one value of b per output row: {trainable:,} trainable parameters."
+        )
+        return
     parts = []
     for t in targets:
         layer_rank = capped.rank_for(t)
@@ -167,6 +179,15 @@ with c2:
         "2r on the untouched W (PEFT's conversion), so it loads like any other.",
     )
     slots.add("init")
+    vera = st.toggle(
+        "VeRA: train two vectors per layer on a shared random A and B",
+        value=False,
+        key="ft_vera",
+        help="Kopiczko et al., 2024 (PEFT's VeraConfig): A and B are one frozen random pair shared by every layer "
+        "(rank r); each layer trains only d (r values) and b (one per output row): ΔW = diag(b)·B·diag(d)·A. "
+        "The paper uses r = 256 and a learning rate near 1e-2.",
+    )
+    slots.add("use_vera")
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(
@@ -198,6 +219,7 @@ config = FinetuneConfig(
     loraplus_lr_ratio=float(ratio) if ratio is not None else None,
     use_dora=bool(dora),
     init="pissa" if pissa else defaults.init,
+    use_vera=bool(vera),
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:

@@ -60,6 +60,8 @@ if pissa_record:  # saved at twice the rank it trained: the trained factors besi
         + (f" ({trained:,} parameters)" if isinstance(trained, int) else "")
         + f"; it is saved at rank {pissa_record['saved_rank']}, the trained factors beside their starting point."
     )
+elif config is not None and config.use_vera:  # its A and B are frozen and shared: it trains two vectors per layer
+    m2.metric("Trainable (VeRA's d and b)", f"{table.lora_params:,}")
 else:
     m2.metric("Trainable (LoRA A and B)", f"{table.lora_params:,}")
 m3.metric(
@@ -70,9 +72,17 @@ m3.metric(
 def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> None:
     """The config's r, and each adapted layer's real rank: r, or capped at the layer's limit (PEFT's
     rank_pattern, with alpha_pattern keeping the scale), with its real parameter count."""
+    if config.use_vera:  # one shared pair: no rank of its own per layer, and no scale
+        st.caption(
+            f"Adapter `{chosen}` is a VeRA adapter: one frozen random A and B of rank {config.r} (from seed "
+            f"{config.projection_prng_key}) shared by {', '.join(config.target_modules)}; each layer trains d "
+            f"({config.r} values) and b (one per output row): {table.lora_params:,} trainable parameters."
+        )
+        return
     capped = config.capped_for(base_model)
     limits = rank_limits(base_model)
     counts = {layer.layer: layer.lora_count for layer in table.layers}
+    what = "parameters saved" if pissa_record else "trainable parameters"  # PiSSA saves twice the rank it trained
     st.subheader("Rank per layer")
     rows = []
     for name in capped.target_modules:
@@ -93,10 +103,10 @@ def layer_ranks(config: LoraConfig, base_model: MLP, table: ParameterTable) -> N
     uncapped = sum(config.r * sum(layer.weight_shape) for layer in table.layers if layer.a_shape is not None)
     note = (
         f" Capped: {', '.join(caps)}, its limit (saved as PEFT's rank_pattern), so the adapter has "
-        f"{table.lora_params:,} trainable parameters, not the {uncapped:,} that rank {config.r} on every layer "
+        f"{table.lora_params:,} {what}, not the {uncapped:,} that rank {config.r} on every layer "
         "would need."
         if caps
-        else f" Every layer holds rank {config.r}: {table.lora_params:,} trainable parameters."
+        else f" Every layer holds rank {config.r}: {table.lora_params:,} {what}."
     )
     st.caption(
         f"Adapter `{chosen}`: rank r = {config.r}, α = {config.alpha:g}, scale α/r = {config.scale:g}, "
@@ -204,10 +214,14 @@ if key not in cache:
     cache.clear()
     cache[key] = update_statistics(layer_name, layer, chosen, weight_spectrum=True)
 stats = cache[key]
-layer_rank = config.capped_for(base.model).rank_for(layer_name)
+# a VeRA adapter's shared rank may exceed what a layer holds: the update's rank is at most the smaller of the two
+layer_rank = min(config.capped_for(base.model).rank_for(layer_name), layer.out_features, layer.in_features)
+formula = (
+    "diag(b)·B·diag(d)·A" if config.use_vera else "m·(W + s·B·A)/‖W + s·B·A‖ − W" if config.use_dora else "scale·B·A"
+)
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(charts.update_heatmap(stats.delta.numpy(), f"Update scale·B·A of {layer_name}"), width="stretch")
+    st.plotly_chart(charts.update_heatmap(stats.delta.numpy(), f"Update {formula} of {layer_name}"), width="stretch")
 with right:
     weight_sv = stats.weight_singular_values
     assert weight_sv is not None

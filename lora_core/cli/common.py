@@ -63,6 +63,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         use_rslora=args.rslora,
         loraplus_lr_ratio=args.loraplus_ratio,
         use_dora=args.dora,
+        use_vera=args.vera,
         init=args.init,
         seed=args.ft_seed,
         device=args.device,

@@ -62,6 +62,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
     p.add_argument("--pissa-lr", dest="pissa_lr", type=float_arg, default=d.pissa_lr, help="PiSSA's learning rate")
+    p.add_argument(
+        "--curve-every",
+        dest="curve_every",
+        type=int_arg,
+        default=d.curve_every,
+        help="also measure each method's accuracy on the task's test set every this many steps (a training curve; "
+        "0: none)",
+    )
+    p.add_argument("--vera-lr", dest="vera_lr", type=float_arg, default=d.vera_lr, help="VeRA's learning rate")
+    p.add_argument(
+        "--vera-rank", dest="vera_rank", type=int_arg, default=d.vera_rank, help="the rank of VeRA's shared A and B"
+    )
     loraplus_option(p, d.loraplus_ratio)
     p.add_argument(
         "--replay",

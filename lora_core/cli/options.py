@@ -115,6 +115,8 @@ FINETUNE_FLAGS: dict[str, tuple[str, ...]] = {
     "dropout": ("--dropout",),
     "init": ("--init",),
     "loraplus_lr_ratio": ("--loraplus-ratio",),
+    "use_vera": ("--vera",),
+    "use_dora": ("--dora",),
     "batch_size": ("--batch-size", "--ft-batch-size"),
     "lr": ("--lr", "--ft-lr"),
     "lr_schedule": ("--lr-schedule", "--ft-lr-schedule"),
@@ -138,6 +140,9 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "loraplus_lr": ("--loraplus-lr",),
     "dora_lr": ("--dora-lr",),
     "pissa_lr": ("--pissa-lr",),
+    "vera_lr": ("--vera-lr",),
+    "vera_rank": ("--vera-rank",),
+    "curve_every": ("--curve-every",),
     "loraplus_ratio": ("--loraplus-ratio",),
     "loraplus_lr_ratio": ("--loraplus-ratio",),
     "replay": ("--replay",),
@@ -258,6 +263,12 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         "--dora",
         action="store_true",
         help="DoRA: also train a magnitude per output row (W' = m (W + sBA) / ||W + sBA||); saved as PEFT's use_dora",
+    )
+    parser.add_argument(
+        "--vera",
+        action="store_true",
+        help="VeRA: A and B one frozen random pair shared by the layers, each layer training two vectors "
+        "(dW = diag(b) B diag(d) A; --rank is the pair's rank, 256 in the paper); saved as PEFT's VeRA",
     )
     parser.add_argument(
         "--init",

@@ -259,6 +259,16 @@ def experiment_report(result: Any) -> None:
                 f"LoRA reaches {100 * gain:.1f}% of full fine-tuning's gain on the task with "
                 f"{100 * params:.2f}% of its trainable parameters."
             )
+    curves = [m for m in result.methods if m.curve]
+    if curves:
+        steps = [int(step) for step, _ in curves[0].curve]
+        say(f"\nDuring training, {task_header} (as in the table; step 0: the base model):")
+        say(
+            table(
+                ["step", *(m.method for m in curves)],
+                [[s, *(pct(m.curve[i][1]) for m in curves)] for i, s in enumerate(steps)],
+            )
+        )
     names = ["base", *(m.method for m in result.methods)]
     say(f"\nPer digit, {'the task test set' if domain else 'MNIST test set'}:")
     say(table(["digit", *names], _per_digit_rows(base["task"], [m.task for m in result.methods])))

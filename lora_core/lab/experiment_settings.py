@@ -17,15 +17,17 @@ from lora_core.numbers import Number
 from lora_core.precision import check_precision
 from lora_core.train import FinetuneConfig, check_int, check_loraplus_ratio, check_lr
 
-METHODS = ("lora", "loraplus", "dora", "pissa", "full", "head")
+METHODS = ("lora", "loraplus", "dora", "pissa", "vera", "full", "head")
 DEFAULT_METHODS = ("lora", "full", "head")  # what a comparison runs unless asked: LoRA and its two references
 # the methods that train (and save) a LoRA adapter on the frozen base
-ADAPTER_METHODS = ("lora", "loraplus", "dora", "pissa")
+ADAPTER_METHODS = ("lora", "loraplus", "dora", "pissa", "vera")
 METHOD_LABELS = {
     "lora": "LoRA (base frozen, adapter trained)",
     "loraplus": "LoRA+ (LoRA with B learning faster than A; Hayou et al., 2024)",
     "dora": "DoRA (LoRA's direction with a trainable magnitude per output row; Liu et al., 2024)",
     "pissa": "PiSSA (LoRA started from W's top singular directions, on the residual base; Meng et al., 2024)",
+    "vera": "VeRA (one frozen random A and B shared by the layers, two trained vectors per layer; Kopiczko et al., "
+    "2024)",
     "full": "full fine-tuning of a copy of the base",
     "head": "last layer (linear3) only",
 }
@@ -35,7 +37,9 @@ HEAD_LAYER = "linear3"
 UNSEEN_REPLAY = 0.75
 LORAPLUS_LR = 1e-3
 DORA_LR = 3e-3
-PISSA_LR = 1e-3
+PISSA_LR = 3e-3
+VERA_LR = 1e-2
+VERA_RANK = 256  # the VeRA paper's rank: its A and B are frozen, so a large rank costs no trained parameters
 
 
 class _CommonSettingsRecord(TypedDict):
@@ -50,6 +54,9 @@ class _CommonSettingsRecord(TypedDict):
     loraplus_lr: NotRequired[Number]
     dora_lr: NotRequired[Number]
     pissa_lr: NotRequired[Number]
+    vera_lr: NotRequired[Number]
+    vera_rank: NotRequired[int]
+    curve_every: NotRequired[int]
     loraplus_ratio: NotRequired[Number]
     replay: Number | None
     lr_schedule: str
@@ -94,6 +101,9 @@ class ExperimentSettings:
     loraplus_ratio: float = 16.0  # the LoRA+ paper's and PEFT's usual ratio
     dora_lr: float = DORA_LR
     pissa_lr: float = PISSA_LR
+    vera_lr: float = VERA_LR
+    vera_rank: int = VERA_RANK  # VeRA's shared pair's rank (the other adapter methods take `rank`)
+    curve_every: int = 0  # accuracy on the task's test set every this many steps (a training curve); 0: none
     # digit tasks and unseen: the share of each batch from the other digits. None: UNSEEN_REPLAY for unseen,
     # FinetuneConfig's default (0.5, the study's) for the digit tasks; a domain task trains on every digit.
     replay: float | None = None
@@ -115,6 +125,7 @@ class ExperimentSettings:
             "loraplus": self.loraplus_lr,
             "dora": self.dora_lr,
             "pissa": self.pissa_lr,
+            "vera": self.vera_lr,
             "full": self.full_lr,
             "head": self.head_lr,
         }
@@ -141,6 +152,7 @@ class ExperimentSettings:
             loraplus_lr_ratio=ratio,
             use_dora=method == "dora",
             **({"init": "pissa"} if method == "pissa" else {}),
+            **({"use_vera": True, "rank": self.vera_rank} if method == "vera" else {}),
         )
 
     def validate(self, model: MLP | None = None) -> None:
@@ -157,6 +169,8 @@ class ExperimentSettings:
             except ConfigError as exc:
                 raise ConfigError(f"{method}_lr", exc.reason) from None
         check_int("rank", self.rank, 1, 10_000)
+        check_int("vera_rank", self.vera_rank, 1, 10_000)
+        check_int("curve_every", self.curve_every, 0, 1_000_000)
         check_precision(self.precision)
         check_loraplus_ratio(self.loraplus_ratio, self.loraplus_lr)
         self.finetune_config(tuple(range(10))).validate(model)

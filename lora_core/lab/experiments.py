@@ -32,11 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NotRequired
 
+import torch
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12 on
 
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ConfigError
-from lora_core.evaluate import EvaluationSummary, evaluate
+from lora_core.evaluate import EvaluationSummary, evaluate, predict
 from lora_core.lab.experiment_settings import (
     ADAPTER_METHODS,
     HEAD_LAYER,
@@ -67,6 +68,7 @@ from lora_core.store.results import (
 )
 from lora_core.train import (
     ProgressCallback,
+    StepHook,
     TrainConfig,
     finetune,
     resolve_device,
@@ -100,9 +102,39 @@ class MethodResult:
     adapter_path: str | None = None
     adapter_off_plain: dict[str, Any] | None = None  # LoRA: plain MNIST with the adapter switched off
     adapter_off_equals_base: bool | None = None  # ... giving the base model's logits exactly
+    # (step, task accuracy as in task_accuracy) from step 0 (the base) every settings.curve_every steps; None: not asked
+    curve: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+CURVE_BATCH = 500  # test images per forward pass at a curve's checkpoint: its activations stay small beside training
+
+
+class TrainingCurve:
+    """Accuracy on test images `x`, `y` every `every` steps and after the last one, from a step hook inside the
+    training loop (its time is left out of the run's seconds; its batches of CURVE_BATCH images do count in the
+    peak memory measured around the loop). `every` 0 records nothing."""
+
+    def __init__(self, every: int, steps: int, x: torch.Tensor, y: torch.Tensor, start_accuracy: float) -> None:
+        self.every, self.steps, self.x, self.y = every, steps, x, y
+        self.points: list[list[float]] = [[0, start_accuracy]]
+
+    def hook(self) -> StepHook | None:
+        return self._checkpoint if self.every else None
+
+    def _checkpoint(self, step: int, model: torch.nn.Module) -> None:
+        if step % self.every == 0 or step == self.steps:
+            predicted = predict(model, self.x, CURVE_BATCH).argmax(dim=1)
+            self.points.append([step, int((predicted == self.y.to(predicted.device)).sum()) / len(self.y)])
+
+    def result(self) -> list[list[float]] | None:
+        return self.points if self.every else None
+
+    def memory_note(self) -> str:
+        """What a peak measured around a loop with checkpoints also holds."""
+        return ", with the training curve's evaluations" if self.every else ""
 
 
 @dataclass
@@ -187,6 +219,7 @@ class MethodRecord(TypedDict):
     adapter_path: NotRequired[str | None]
     adapter_off_plain: NotRequired[EvaluationSummary | None]
     adapter_off_equals_base: NotRequired[bool | None]
+    curve: NotRequired[list[list[Number]] | None]
 
 
 class ExperimentRecord(RunRecord):
@@ -255,6 +288,7 @@ def _run_lora(
     magnitude per row beside A and B: NAME-dora) or PiSSA (started from W's top singular directions on the
     residual base, saved converted to plain LoRA on W: NAME-pissa)."""
     config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
+    curve = _curve(ctx, settings)
     lora_model = ctx.lora_model
     device = next(lora_model.model.parameters()).device
     usual = adapter_method_name(ctx.task.adapter_name(ctx.target_digits), method)
@@ -273,6 +307,7 @@ def _run_lora(
                 stop,
                 base_eval=ctx.before_task,
                 extra_metrics={"task": ctx.task.describe(ctx.before_plain.weakest_digit)},
+                on_step=curve.hook(),
             )
         trainable, seconds, path = outcome.trainable_params, outcome.seconds, outcome.path
         samples_per_s, final_loss = (
@@ -286,7 +321,15 @@ def _run_lora(
         if name in lora_model.adapters:
             lora_model.delete_adapter(name)
         with PeakMemory(device) as memory:
-            run = finetune(lora_model, name, ctx.task_data, config, progress=memory.progress(progress), stop=stop)
+            run = finetune(
+                lora_model,
+                name,
+                ctx.task_data,
+                config,
+                progress=memory.progress(progress),
+                stop=stop,
+                on_step=curve.hook(),
+            )
         trainable = parameter_table(lora_model, config.lora_config()).lora_params  # PiSSA saves twice its rank
         seconds, samples_per_s = run.seconds, run.samples_per_s
         final_loss = run.losses[-1] if run.losses else None
@@ -315,7 +358,7 @@ def _run_lora(
         samples_per_s=samples_per_s,
         final_loss=final_loss,
         peak_memory_bytes=memory.peak_bytes,
-        memory_measure=memory.measure,
+        memory_measure=memory.measure + curve.memory_note(),
         train_state_bytes=trainable * BYTES_PER_TRAINED_PARAM,
         task=task_summary,
         plain=plain_summary,
@@ -324,7 +367,17 @@ def _run_lora(
         adapter_path=path,
         adapter_off_plain=off,
         adapter_off_equals_base=off_equals_base,
+        curve=curve.result(),
     )
+
+
+def _curve(ctx: TaskContext, settings: ExperimentSettings) -> TrainingCurve:
+    """The curve of the table's task figure: accuracy over the task's test images of its target digits (all ten
+    for a domain task), starting from the base's."""
+    x, y = ctx.task_data.test_x, ctx.task_data.test_y
+    rows = torch.isin(y, torch.tensor(ctx.target_digits, device=y.device))
+    start = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
+    return TrainingCurve(settings.curve_every, settings.steps, x[rows], y[rows], start["task_accuracy"])
 
 
 def _run_copy(
@@ -337,6 +390,7 @@ def _run_copy(
 ) -> MethodResult:
     """Full fine-tuning (every weight) or the last layer only, on a private copy of the base."""
     config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
+    curve = _curve(ctx, settings)
     device = next(ctx.lora_model.model.parameters()).device
 
     def copy_of_base() -> MLP:
@@ -355,7 +409,14 @@ def _run_copy(
             p.requires_grad_(method == "full" or name.startswith(HEAD_LAYER + "."))
         params = [p for p in model.parameters() if p.requires_grad]
         run = train_parameters(
-            model, params, ctx.task_data, config, phase=method, progress=memory.progress(progress), stop=stop
+            model,
+            params,
+            ctx.task_data,
+            config,
+            phase=method,
+            progress=memory.progress(progress),
+            stop=stop,
+            on_step=curve.hook(),
         )
     task_eval = evaluate(model, ctx.task_data.test_x, ctx.task_data.test_y)
     trainable = sum(p.numel() for p in params)
@@ -379,11 +440,12 @@ def _run_copy(
         samples_per_s=run.samples_per_s,
         final_loss=run.losses[-1] if run.losses else None,
         peak_memory_bytes=memory.peak_bytes,
-        memory_measure=memory.measure,
+        memory_measure=memory.measure + curve.memory_note(),
         train_state_bytes=trainable * BYTES_PER_TRAINED_PARAM,
         task=task_summary,
         plain=plain_summary,
         **ctx.scores(task_summary, plain_summary),
+        curve=curve.result(),
     )
 
 

@@ -24,6 +24,7 @@ METHOD_NAMES = {
     "loraplus": "LoRA+",
     "dora": "DoRA",
     "pissa": "PiSSA",
+    "vera": "VeRA",
     "full": "full fine-tuning",
     "head": "last layer only",
 }
@@ -61,7 +62,7 @@ def read_methods(
         parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
     elif full is not None:
         parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
-    for variant in ("loraplus", "dora", "pissa"):  # LoRA's family, each against LoRA where it ran
+    for variant in ("loraplus", "dora", "pissa", "vera"):  # LoRA's family, each against LoRA where it ran
         if variant in task:
             reached, named = task[variant], METHOD_NAMES[variant]
             if lora is not None:
@@ -178,3 +179,27 @@ def read_pareto(points: dict[str, tuple[int, float]]) -> str:
         else ""
     )
     return f"On the front, from fewest trainable parameters: {', '.join(names)}; " + "; ".join(steps) + off + "."
+
+
+def read_curves(start: float, curves: dict[str, list[list[float]]], share: float = 0.9) -> str:
+    """One sentence on training curves (step, accuracy) that all start at the base's `start`: the step at which each
+    method first reached `share` of its own final gain, earliest first; a method that ended at or below the base
+    is named as such."""
+    reached: list[tuple[float, str]] = []
+    flat: list[str] = []
+    for method, points in curves.items():
+        final = points[-1][1]
+        named = METHOD_NAMES.get(method, method)
+        if final <= start:
+            flat.append(named)
+            continue
+        goal = start + share * (final - start)
+        step = next(s for s, accuracy in points if accuracy >= goal)
+        reached.append((step, f"{named} by step {int(step)} (ending at {pct(final)})"))
+    parts = []
+    if reached:
+        order = [text for _, text in sorted(reached, key=lambda item: item[0])]
+        parts.append(f"Each method's first checkpoint at {share:.0%} of its own final gain: {'; '.join(order)}")
+    if flat:
+        parts.append(f"{', '.join(flat)} ended no better than the base's {pct(start)}")
+    return ". ".join(part[0].upper() + part[1:] for part in parts) + "." if parts else ""

@@ -34,6 +34,7 @@ from lora_core.train import (
     FinetuneConfig,
     ProgressCallback,
     RunResult,
+    StepHook,
     TrainConfig,
     finetune,
     resolve_device,
@@ -161,6 +162,7 @@ def finetune_and_save_adapter(
     stop: threading.Event | None = None,
     base_eval: Evaluation | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    on_step: StepHook | None = None,
 ) -> AdapterOutcome:
     """Fine-tune an adapter (default target: the base model's weakest digit), evaluate it, save it.
 
@@ -176,7 +178,7 @@ def finetune_and_save_adapter(
     if name in lora_model.adapters:
         lora_model.delete_adapter(name)
     hashes_before = base_tensor_hashes(lora_model)  # the tensors the loop really trains with
-    run = finetune(lora_model, name, data, config, progress=progress, stop=stop)
+    run = finetune(lora_model, name, data, config, progress=progress, stop=stop, on_step=on_step)
     hashes_after = base_tensor_hashes(lora_model)
     after = evaluate(lora_model, data.test_x, data.test_y)
     table = parameter_table(lora_model, config.lora_config())

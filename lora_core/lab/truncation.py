@@ -113,7 +113,11 @@ def adapter_updates(model: LoraModel, adapter: str) -> dict[str, LayerUpdate]:
         )
     updates = {}
     for name, layer in model.lora_layers().items():
-        if adapter in layer.lora_A:
+        if adapter in layer.lora_A and layer.is_vera(adapter):  # diag(b) B diag(d) A: B and A with the vectors in
+            b = layer.vera_lambda_b[adapter].weight.view(-1, 1) * layer.lora_B[adapter].weight
+            a = layer.vera_lambda_d[adapter].weight.view(-1, 1) * layer.lora_A[adapter].weight
+            updates[name] = layer_update(b, a, 1.0)
+        elif adapter in layer.lora_A:
             scale = float(layer.scaling[adapter])
             updates[name] = layer_update(layer.lora_B[adapter].weight, layer.lora_A[adapter].weight, scale)
     return updates

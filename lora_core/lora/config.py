@@ -39,6 +39,12 @@ class LoraConfig:
     # DoRA (Liu et al., 2024; PEFT's use_dora): W' = m * (W + s*B*A) / ||W + s*B*A|| per output row, with a trainable
     # magnitude m per row, starting at ||W||
     use_dora: bool = False
+    # VeRA (Kopiczko et al., 2024; PEFT's VeraConfig): one frozen random pair A (r x in), B (out x r) shared by every
+    # layer, drawn from projection_prng_key as PEFT draws it; each layer trains only two vectors, d (r) and b (out):
+    # dW = diag(b) B diag(d) A, with d starting at d_initial and b at 0. No scale: alpha and rsLoRA play no part.
+    use_vera: bool = False
+    projection_prng_key: int = 0
+    d_initial: float = 0.1
     # PEFT's per-layer overrides of r and alpha, as (layer, value) pairs sorted by layer (a dict is accepted).
     # capped_for() fills them where r is above a layer's limit; empty for every adapter that needs none.
     rank_pattern: tuple[tuple[str, int], ...] = ()
@@ -53,6 +59,8 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
+        if self.use_vera:
+            return 1.0
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def rank_for(self, layer: str) -> int:
@@ -61,6 +69,8 @@ class LoraConfig:
 
     def scale_for(self, layer: str) -> float:
         """`layer`'s scale as PEFT computes it: its alpha (alpha_pattern's or alpha) over its rank (or sqrt)."""
+        if self.use_vera:
+            return 1.0
         alpha, r = dict(self.alpha_pattern).get(layer, self.alpha), self.rank_for(layer)
         return alpha / (math.sqrt(r) if self.use_rslora else r)
 
@@ -71,6 +81,8 @@ class LoraConfig:
         usual alpha = 2r grows with r (12.8 on linear3 at r=64): the layer would train at another learning
         rate, not just with fewer dimensions. Layers rank_pattern already names are left as they are (validate
         refuses them above the limit); a config that needs no cap is returned itself."""
+        if self.use_vera:  # one shared A and B: every layer takes r from them, as PEFT's VeRA does
+            return self
         limits = rank_limits(model)
         ranks, alphas = dict(self.rank_pattern), dict(self.alpha_pattern)
         for name in self.target_modules:
@@ -94,6 +106,16 @@ class LoraConfig:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.init not in INITS:
             raise ConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.use_vera:
+            if self.use_dora:
+                raise ConfigError("use_vera", "VeRA and DoRA cannot be combined; choose one of them")
+            if self.rank_pattern or self.alpha_pattern:
+                raise ConfigError("rank", "VeRA shares one A and B across layers: no per-layer rank or alpha")
+            if not is_finite_number(self.d_initial):
+                raise ConfigError("d_initial", f"must be a number, got {self.d_initial!r}")
+            key = self.projection_prng_key
+            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 2**63:
+                raise ConfigError("projection_prng_key", f"must be a whole number from 0 to 2**63 - 1, got {key!r}")
         if not self.target_modules:
             raise ConfigError("targets", "choose at least one layer to adapt")
         if len(set(self.target_modules)) != len(self.target_modules):
@@ -137,7 +159,24 @@ class LoraConfig:
                 )
 
     def to_peft(self) -> dict[str, Any]:
-        """The fields of Hugging Face PEFT's adapter_config.json for this adapter."""
+        """The fields of Hugging Face PEFT's adapter_config.json for this adapter (its VeraConfig's for VeRA)."""
+        if self.use_vera:
+            return {
+                "peft_type": "VERA",
+                "task_type": None,
+                "base_model_name_or_path": None,
+                "r": self.r,
+                "target_modules": list(self.target_modules),
+                "projection_prng_key": self.projection_prng_key,
+                "save_projection": True,  # A and B travel in the file: a reader needs no PRNG of ours
+                "vera_dropout": self.dropout,
+                "d_initial": self.d_initial,
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "init_weights": True,
+                "inference_mode": True,
+                "modules_to_save": None,
+            }
         return {
             "peft_type": "LORA",
             "task_type": None,
@@ -161,8 +200,10 @@ class LoraConfig:
     @classmethod
     def from_peft(cls, data: dict[str, Any]) -> LoraConfig:
         """Read the fields this package uses from a PEFT adapter_config.json dictionary."""
+        if data.get("peft_type") == "VERA":
+            return cls._from_peft_vera(data)
         if data.get("peft_type") != "LORA":
-            raise ConfigError("peft_type", f"expected 'LORA', got {data.get('peft_type')!r}")
+            raise ConfigError("peft_type", f"expected 'LORA' or 'VERA', got {data.get('peft_type')!r}")
         for key in ("r", "lora_alpha", "target_modules"):
             if key not in data:
                 raise ConfigError(key, "missing from adapter_config.json")
@@ -191,9 +232,34 @@ class LoraConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def _from_peft_vera(cls, data: dict[str, Any]) -> LoraConfig:
+        for key in ("r", "target_modules"):
+            if key not in data:
+                raise ConfigError(key, "missing from adapter_config.json")
+        if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
+            raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
+        targets = data["target_modules"]
+        if isinstance(targets, str) or not isinstance(targets, list):
+            raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+        cfg = cls(
+            r=data["r"],
+            alpha=float(data["r"]),  # unused by VeRA; r keeps the config valid
+            dropout=data.get("vera_dropout", 0.0),
+            target_modules=tuple(targets),
+            use_vera=True,
+            projection_prng_key=data.get("projection_prng_key", 0),
+            d_initial=data.get("d_initial", 0.1),
+        )
+        cfg.validate()
+        return cfg
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if not self.use_vera:  # only for VeRA: every other adapter's record stays as it was
+            for key in ("use_vera", "projection_prng_key", "d_initial"):
+                del d[key]
         if not self.use_dora:
             del d["use_dora"]
         for key in ("rank_pattern", "alpha_pattern"):  # as in to_peft: only where a layer differs

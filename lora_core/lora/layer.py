@@ -92,6 +92,14 @@ class DoraMagnitude(nn.Module):
         self.weight = nn.Parameter(magnitude)
 
 
+class VeraVector(nn.Module):
+    """One of VeRA's trainable vectors in a layer: d (one per rank) or b (one per output row)."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(values)
+
+
 def weight_norm(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """||W + delta|| of each output row (PEFT's DoRA get_weight_norm, dim=1 of an out x in weight)."""
     return torch.linalg.norm(weight + delta, dim=1)
@@ -110,6 +118,9 @@ class LoraLinear(nn.Module):
         self.lora_B = AdapterModules()
         self.lora_dropout = AdapterModules()
         self.lora_magnitude_vector = AdapterModules()  # DoRA adapters only
+        # VeRA adapters only: the trained vectors; lora_A and lora_B hold this layer's slices of the shared frozen pair
+        self.vera_lambda_d = AdapterModules()
+        self.vera_lambda_b = AdapterModules()
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         # several adapters at once: (name, weight) pairs of the ones this layer holds; None when not combining
@@ -119,10 +130,21 @@ class LoraLinear(nn.Module):
         self._base_cast: BaseCast | None = None  # W and b in autocast's dtype while training; _frozen_base_as
 
     def add_adapter(
-        self, name: str, config: LoraConfig, generator: torch.Generator | None = None, layer: str | None = None
+        self,
+        name: str,
+        config: LoraConfig,
+        generator: torch.Generator | None = None,
+        layer: str | None = None,
+        shared: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """Add adapter `name`; `layer` (this layer's name in the model) picks its rank_pattern/alpha_pattern."""
+        """Add adapter `name`; `layer` (this layer's name in the model) picks its rank_pattern/alpha_pattern. A VeRA
+        adapter takes its frozen A and B as slices of `shared` (the model's one pair, largest sizes)."""
         w = self.base_layer.weight
+        if config.use_vera:
+            if shared is None:
+                raise ConfigError("use_vera", "a VeRA adapter needs the model's shared A and B")
+            self._add_vera(name, config, shared)
+            return
         r = config.rank_for(layer) if layer else config.r
         a = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)
         b = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
@@ -141,13 +163,41 @@ class LoraLinear(nn.Module):
             with torch.no_grad():
                 self.lora_magnitude_vector[name] = DoraMagnitude(torch.linalg.norm(w, dim=1).clone())
 
+    def _add_vera(self, name: str, config: LoraConfig, shared: tuple[torch.Tensor, torch.Tensor]) -> None:
+        w = self.base_layer.weight
+        shared_a, shared_b = shared
+        a = nn.Linear(self.in_features, config.r, bias=False, device="meta")
+        b = nn.Linear(config.r, self.out_features, bias=False, device="meta")
+        # frozen views of the shared pair: nothing of them is trained or saved per layer
+        a.weight = nn.Parameter(shared_a[:, : self.in_features], requires_grad=False)
+        b.weight = nn.Parameter(shared_b[: self.out_features, :], requires_grad=False)
+        self.lora_A[name] = a
+        self.lora_B[name] = b
+        self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.scaling[name] = 1.0
+        self.vera_lambda_d[name] = VeraVector(
+            torch.full((config.r,), float(config.d_initial), dtype=w.dtype, device=w.device)
+        )
+        self.vera_lambda_b[name] = VeraVector(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
+
+    def is_vera(self, name: str) -> bool:
+        return name in self.vera_lambda_d
+
     def delete_adapter(self, name: str) -> None:
         if self.active_adapter == name:
             self.unmerge()
             self.active_adapter = None
         if self.combination is not None and any(n == name for n, _ in self.combination):
             self.set_combination(tuple((n, w) for n, w in self.combination if n != name))
-        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_magnitude_vector):
+        stores = (
+            self.lora_A,
+            self.lora_B,
+            self.lora_dropout,
+            self.lora_magnitude_vector,
+            self.vera_lambda_d,
+            self.vera_lambda_b,
+        )
+        for store in stores:
             if name in store:
                 del store[name]
         self.scaling.pop(name, None)
@@ -175,8 +225,11 @@ class LoraLinear(nn.Module):
         self.combination = tuple((name, float(weight)) for name, weight in weighted if name in self.lora_A)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        """What the adapter adds to W (for inspection and merging): scale * B A, or for DoRA the whole change
-        m * (W + scale * B A) / ||W + scale * B A|| - W."""
+        """What the adapter adds to W (for inspection and merging): scale * B A; for VeRA diag(b) B diag(d) A; for
+        DoRA the whole change m * (W + scale * B A) / ||W + scale * B A|| - W."""
+        if self.is_vera(name):
+            d, b = self.vera_lambda_d[name].weight, self.vera_lambda_b[name].weight
+            return (b.view(-1, 1) * self.lora_B[name].weight) @ (d.view(-1, 1) * self.lora_A[name].weight)
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         if not self.is_dora(name):
             return delta
@@ -223,6 +276,8 @@ class LoraLinear(nn.Module):
             return self._merged_forward(x)
         if self.is_dora(name):
             return self._dora_forward(x, name)
+        if self.is_vera(name):
+            return self._vera_forward(x, name)
         dropout = self.lora_dropout[name]
         # with dropout 0 the side path reads x itself: no Identity call, no copy
         x_side = dropout(x) if isinstance(dropout, nn.Dropout) else None
@@ -274,6 +329,20 @@ class LoraLinear(nn.Module):
             out = (magnitude / norm) * (wx.to(lora.dtype) + lora * scale)
             return out if bias is None else out + bias
 
+    def _vera_update(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """VeRA's b * (B (d * (A x))), in the vectors' dtype (float32 under bfloat16 autocast, as LoRA's side path)."""
+        dropout = self.lora_dropout[name]
+        side = dropout(x) if isinstance(dropout, nn.Dropout) else x
+        d, b = self.vera_lambda_d[name].weight, self.vera_lambda_b[name].weight
+        with torch.autocast(x.device.type, enabled=False):
+            return b * F.linear(d * F.linear(side.to(d.dtype), self.lora_A[name].weight), self.lora_B[name].weight)
+
+    def _vera_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """PEFT's VeRA forward by plain autograd: W x + b_bias + b * (B (d * (A x)))."""
+        out = self.base_layer(x)
+        update = self._vera_update(x, name)
+        return out.to(update.dtype) + update
+
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """x through the merged weight, refused while any tensor it was made from needs a gradient.
 
@@ -288,6 +357,8 @@ class LoraLinear(nn.Module):
                 sources += [self.lora_A[name].weight, self.lora_B[name].weight]
                 if self.is_dora(name):
                     sources.append(self.lora_magnitude_vector[name].weight)
+                if self.is_vera(name):
+                    sources += [self.vera_lambda_d[name].weight, self.vera_lambda_b[name].weight]
             if any(t.requires_grad for t in sources):
                 which = f"adapter {names[0]!r} is" if len(names) == 1 else f"adapters {', '.join(map(repr, names))} are"
                 message = f"{which} merged, and training cannot reach a merged weight: unmerge() first"
@@ -313,6 +384,10 @@ class LoraLinear(nn.Module):
     def _add_updates(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         for name, weight in self.combination or ():
             if weight == 0.0:  # contributes nothing: skipped, not multiplied
+                continue
+            if self.is_vera(name):
+                term = self._vera_update(x, name)
+                out = out + (term if weight == 1.0 else term * weight)
                 continue
             dropout = self.lora_dropout[name]
             side = dropout(x) if isinstance(dropout, nn.Dropout) else x

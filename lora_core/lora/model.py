@@ -9,6 +9,7 @@ written, so unmerging leaves it bit-identical (W + dW - dW would not be, in floa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,25 @@ from lora_core.numbers import is_finite_number
 class _AdapterEntry:
     config: LoraConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    vera_shared: tuple[torch.Tensor, torch.Tensor] | None = None  # VeRA: the frozen A and B every layer slices
+
+
+def vera_projection(config: LoraConfig, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """VeRA's shared frozen A (r x largest in) and B (largest out x r), drawn as PEFT's VeraModel draws them: Kaiming
+    uniform (gain sqrt(2), fan in) from one CPU generator seeded with config.projection_prng_key, A first."""
+    layers = linear_layers(model)
+    targets = [layers[name] for name in config.target_modules]
+    largest_in = max(layer.in_features for layer in targets)
+    largest_out = max(layer.out_features for layer in targets)
+    generator = torch.Generator(device="cpu").manual_seed(config.projection_prng_key)
+
+    def kaiming(shape: tuple[int, int]) -> torch.Tensor:
+        bound = math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(shape[1])
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+    a = kaiming((config.r, largest_in))
+    b = kaiming((largest_out, config.r))
+    return a.to(device), b.to(device)
 
 
 class LoraModel(nn.Module):
@@ -66,13 +86,14 @@ class LoraModel(nn.Module):
         if seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
+        shared = vera_projection(config, self.model, device) if config.use_vera else None
         for layer_name in config.target_modules:
             layer = getattr(self.model, layer_name)
             if not isinstance(layer, LoraLinear):
                 layer = LoraLinear(layer)
                 setattr(self.model, layer_name, layer)
-            layer.add_adapter(name, config, generator, layer=layer_name)
-        self.adapters[name] = _AdapterEntry(config, dict(meta or {}))
+            layer.add_adapter(name, config, generator, layer=layer_name, shared=shared)
+        self.adapters[name] = _AdapterEntry(config, dict(meta or {}), shared)
         self.set_adapter(name)
 
     def delete_adapter(self, name: str) -> None:
@@ -290,17 +311,23 @@ class LoraModel(nn.Module):
 
     # --- parameters ----------------------------------------------------------------------------
     def mark_only_lora_trainable(self, name: str) -> list[nn.Parameter]:
-        """Freeze everything but adapter `name`'s A and B; return those trainable parameters."""
+        """Freeze everything but adapter `name`'s A and B (DoRA: and m; VeRA: its d and b only); return those
+        trainable parameters."""
         self._require(name)
         for p in self.parameters():
             p.requires_grad_(False)
         params: list[nn.Parameter] = []
         for layer in self.lora_layers().values():
-            if name in layer.lora_A:
+            if name not in layer.lora_A:
+                continue
+            if layer.is_vera(name):  # A and B are the frozen shared pair: only the two vectors train
+                trained = [layer.vera_lambda_d[name].weight, layer.vera_lambda_b[name].weight]
+            else:
                 extra = [layer.lora_magnitude_vector[name].weight] if layer.is_dora(name) else []
-                for p in (layer.lora_A[name].weight, layer.lora_B[name].weight, *extra):
-                    p.requires_grad_(True)
-                    params.append(p)
+                trained = [layer.lora_A[name].weight, layer.lora_B[name].weight, *extra]
+            for p in trained:
+                p.requires_grad_(True)
+                params.append(p)
         return params
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
@@ -308,11 +335,18 @@ class LoraModel(nn.Module):
         return base_state_dict(self.model)
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter `name`'s tensors under Hugging Face PEFT's keys."""
-        self._require(name)
+        """Adapter `name`'s tensors under Hugging Face PEFT's keys (PEFT's VeRA keys for a VeRA adapter, with the
+        shared A and B saved once, as save_projection=True saves them)."""
+        entry = self._require(name)
         out: dict[str, torch.Tensor] = {}
+        if entry.vera_shared is not None:
+            out["base_model.vera_A"], out["base_model.vera_B"] = entry.vera_shared
         for layer_name, layer in self.lora_layers().items():
-            if name in layer.lora_A:
+            if name in layer.lora_A and layer.is_vera(name):
+                prefix = f"base_model.model.{layer_name}"
+                out[f"{prefix}.vera_lambda_b"] = layer.vera_lambda_b[name].weight.detach()
+                out[f"{prefix}.vera_lambda_d"] = layer.vera_lambda_d[name].weight.detach()
+            elif name in layer.lora_A:
                 prefix = f"base_model.model.{layer_name}"
                 out[f"{prefix}.lora_A.weight"] = layer.lora_A[name].weight.detach()
                 out[f"{prefix}.lora_B.weight"] = layer.lora_B[name].weight.detach()
@@ -324,6 +358,15 @@ class LoraModel(nn.Module):
         shapes: dict[str, tuple[int, ...]] = {}
         layers = linear_layers(self.model)
         config = config.capped_for(self.model)
+        if config.use_vera:
+            targets = [layers[name] for name in config.target_modules]
+            shapes["base_model.vera_A"] = (config.r, max(layer.in_features for layer in targets))
+            shapes["base_model.vera_B"] = (max(layer.out_features for layer in targets), config.r)
+            for layer_name in config.target_modules:
+                prefix = f"base_model.model.{layer_name}"
+                shapes[f"{prefix}.vera_lambda_b"] = (layers[layer_name].out_features,)
+                shapes[f"{prefix}.vera_lambda_d"] = (config.r,)
+            return shapes
         for layer_name in config.target_modules:
             layer = layers[layer_name]
             prefix = f"base_model.model.{layer_name}"
@@ -344,8 +387,16 @@ class LoraModel(nn.Module):
         """Add adapter `name` with weights from a PEFT-keyed state dict (checked by the caller)."""
         self.add_adapter(name, config, meta=meta)
         with torch.no_grad():
+            shared = self.adapters[name].vera_shared
+            if shared is not None:  # the file's own A and B (PEFT's save_projection), copied into the shared pair
+                shared[0].copy_(tensors["base_model.vera_A"])
+                shared[1].copy_(tensors["base_model.vera_B"])
             for layer_name, layer in self.lora_layers().items():
-                if name in layer.lora_A:
+                if name in layer.lora_A and layer.is_vera(name):
+                    prefix = f"base_model.model.{layer_name}"
+                    layer.vera_lambda_b[name].weight.copy_(tensors[f"{prefix}.vera_lambda_b"])
+                    layer.vera_lambda_d[name].weight.copy_(tensors[f"{prefix}.vera_lambda_d"])
+                elif name in layer.lora_A:
                     prefix = f"base_model.model.{layer_name}"
                     layer.lora_A[name].weight.copy_(tensors[f"{prefix}.lora_A.weight"])
                     layer.lora_B[name].weight.copy_(tensors[f"{prefix}.lora_B.weight"])
@@ -361,7 +412,11 @@ class LoraModel(nn.Module):
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """A module's base weights under the plain MLP's keys (linear1.weight, ...): LoRA-wrapped layers'
     base_layer tensors renamed back, adapter tensors left out."""
-    return {key.replace(".base_layer.", "."): value for key, value in model.state_dict().items() if ".lora_" not in key}
+    return {
+        key.replace(".base_layer.", "."): value
+        for key, value in model.state_dict().items()
+        if ".lora_" not in key and ".vera_" not in key
+    }
 
 
 def plain_copy(model: nn.Module) -> MLP:

@@ -390,16 +390,17 @@ def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_rati
 
 def test_an_experiment_says_each_adapter_method_switched_off_and_where_each_adapter_went(cli_on_copy) -> None:
     root = cli_on_copy.root
-    args = ["experiment", "invert", "--methods", "loraplus,dora,pissa", "--steps", "2", "--batch-size", "16"]
+    args = ["experiment", "invert", "--methods", "loraplus,dora,pissa,vera", "--steps", "2", "--batch-size", "16"]
     done = cli_on_copy([*args, "--rank", "2", "--json", str(cli_on_copy.root / "out.json")])
     assert done.returncode == 0, done.stderr
-    for name in ("LoRA+", "DoRA", "PiSSA"):
+    for name in ("LoRA+", "DoRA", "PiSSA", "VeRA"):
         assert re.search(
             rf"^{re.escape(name)} adapter switched off: .*the base model's logits exactly: yes$", done.stdout, re.M
         )
-    for adapter in ("invert-loraplus", "invert-dora", "invert-pissa"):
+    for adapter in ("invert-loraplus", "invert-dora", "invert-pissa", "invert-vera"):
         assert f"Adapter '{adapter}' saved to {root / 'adapters' / adapter}" in done.stdout
     methods = {m["method"]: m for m in json.loads((root / "out.json").read_text())["methods"]}
     assert methods["pissa"]["trainable_params"] == methods["loraplus"]["trainable_params"]  # rank 2 trained
     assert methods["pissa"]["stored_bytes"] > methods["loraplus"]["stored_bytes"]  # saved at rank 4 on W
+    assert methods["vera"]["trainable_params"] == 3 * 256 + 256 + 256 + 10  # d (rank 256) and b per layer
     assert "LoRA adapter switched off" not in done.stdout  # plain LoRA did not run

@@ -383,3 +383,37 @@ def test_loraplus_and_dora_save_their_own_adapters_beside_loras(artifacts_copy, 
     with pytest.raises(AdapterExistsError, match="-loraplus"):  # LoRA+'s adapter is checked too, before training
         only_plus = dataclasses.replace(settings, methods=("loraplus",))
         run_experiment(store, tiny_mnist, parse_task("invert"), only_plus, adapter_name=lora.adapter)
+
+
+def test_training_curves_start_at_the_base_and_end_at_each_method_s_result(artifacts_copy, tiny_mnist):
+    """Every N steps and after the last: step 0 is the base on the task's test set, the last point the method's own
+    figure (PiSSA's curve follows the residual model it trains, within a test image of its converted adapter);
+    the curve is saved and read back, and without curve_every nothing is recorded."""
+    store = ArtifactStore(artifacts_copy)
+    settings = ExperimentSettings(
+        methods=("lora", "pissa", "vera", "head"),
+        steps=5,
+        batch_size=32,
+        rank=2,
+        vera_rank=16,
+        curve_every=2,
+        device="cpu",
+    )
+    result = run_experiment(store, tiny_mnist, parse_task("rotate:45"), settings)
+    for m in result.methods:
+        steps = [step for step, _ in m.curve]
+        assert steps == [0, 2, 4, 5], m.method
+        assert m.curve[0][1] == result.base["task_accuracy"]
+        assert abs(m.curve[-1][1] - m.task_accuracy) <= (1 / 2000 if m.method == "pissa" else 0), m.method
+        assert "with the training curve's evaluations" in m.memory_measure
+    assert result.method("vera").trainable_params == 3 * 16 + 256 + 256 + 10
+    again = load_experiment(result.path)
+    assert [m.curve for m in again.methods] == [m.curve for m in result.methods]
+    plain = run_experiment(
+        store,
+        tiny_mnist,
+        parse_task("invert"),
+        dataclasses.replace(settings, curve_every=0, methods=("head",)),
+        save=False,
+    )
+    assert plain.methods[0].curve is None

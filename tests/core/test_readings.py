@@ -93,3 +93,19 @@ def test_the_pareto_front_keeps_what_nothing_beats_and_its_reading_says_what_eac
     assert readings.pareto_front(tie) == ["lora", "loraplus"]
     assert readings.pareto_front({"lora": (10, 0.9)}) == ["lora"]
     assert readings.read_pareto({"lora": (10, 0.9)}).startswith("LoRA is the best buy")
+
+
+def test_curves_are_read_by_when_each_method_reached_most_of_its_own_gain():
+    curves = {
+        "lora": [[0, 0.5], [100, 0.80], [200, 0.90], [300, 0.92]],  # 90% of +0.42 is 0.878: step 200
+        "pissa": [[0, 0.5], [100, 0.89], [200, 0.91], [300, 0.91]],  # 90% of +0.41 is 0.869: step 100
+        "head": [[0, 0.5], [100, 0.49], [200, 0.48], [300, 0.5]],  # no gain at all
+    }
+    sentence = readings.read_curves(0.5, curves)
+    assert sentence == (
+        "Each method's first checkpoint at 90% of its own final gain: PiSSA by step 100 (ending at 91.00%); "
+        "LoRA by step 200 (ending at 92.00%). Last layer only ended no better than the base's 50.00%."
+    )
+    assert (
+        readings.read_curves(0.5, {"head": curves["head"]}) == "Last layer only ended no better than the base's 50.00%."
+    )

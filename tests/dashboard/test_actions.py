@@ -124,6 +124,27 @@ def test_finetune_page_trains_pissa_refuses_it_with_dora_and_shows_its_residual_
     assert warnings and "sha256 differs from W's on linear1.weight, linear2.weight, linear3.weight" in warnings[0]
 
 
+def test_finetune_page_trains_vera_with_its_own_rank_and_shows_its_vectors(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(5)
+    at.number_input(key="ft_batch").set_value(32)
+    at.text_input(key="ft_name").input("vera")
+    at.toggle(key="ft_vera").set_value(True).run()
+    assert at.number_input(key="ft_rank").max == 1024  # VeRA's shared pair is not held to a layer's limit
+    at.number_input(key="ft_rank").set_value(128).run()
+    trainable = 3 * 128 + 256 + 256 + 10  # d per layer, b per output row of the small base (256, 256, 10)
+    assert any(f"{trainable:,} trainable parameters" in str(c.value) for c in at.caption)
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    metrics = json.loads((trained_dir / "adapters" / "vera" / "metrics.json").read_text())
+    assert metrics["finetune"]["use_vera"] is True and metrics["trainable_params"] == trainable
+    assert json.loads((trained_dir / "adapters" / "vera" / "adapter_config.json").read_text())["peft_type"] == "VERA"
+    visit(at, "parameters")
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Trainable (VeRA's d and b)"] == f"{trainable:,}"
+
+
 def test_finetune_refuses_an_existing_name_and_caps_rank_for_linear3(trained_dir: Path) -> None:
     at = visit(new_app(), "finetune")
     at.text_input(key="ft_name").input("small")

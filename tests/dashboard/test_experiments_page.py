@@ -234,3 +234,23 @@ def test_no_method_and_an_unreadable_result_are_explained(trained_dir: Path) -> 
     assert any("Methods" in str(e.value) and "choose at least one" in str(e.value) for e in at.error)
     assert at.session_state["job"] is None
     assert list((trained_dir / "experiments").iterdir()) == [trained_dir / "experiments" / "broken.json"]
+
+
+def test_a_comparison_with_a_training_curve_draws_it_and_reads_it(trained_dir: Path) -> None:
+    at = visit(new_app(), "experiments")
+    small_settings(at, "invert")
+    at.multiselect(key="exp_methods").set_value(["pissa", "head"])
+    at.number_input(key="exp_curve").set_value(3).run()
+    click(at, "Run the comparison")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    assert_clean(at)
+    result = load_experiment(list_experiments(ArtifactStore(trained_dir))[0])
+    curves = {m.method: m.curve for m in result.methods}
+    assert [step for step, _ in curves["pissa"]] == [0, 3, 6]
+    chart = next(c for c in at.get("plotly_chart") if "How fast each method learns" in c.proto.spec)
+    lines = {trace["name"]: trace["y"] for trace in json.loads(chart.proto.spec)["data"]}
+    assert lines == {
+        readings.METHOD_NAMES[m]: [100 * accuracy for _, accuracy in points] for m, points in curves.items()
+    }
+    assert readings.read_curves(result.base["task_accuracy"], curves) in texts(at)
