@@ -776,3 +776,24 @@ def training_curves(curves: dict[str, list[list[float]]], accuracy_label: str) -
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=accuracy_label)
     return _layout(fig, "How fast each method learns", height=360)
+
+
+def magnitude_direction(decompositions: dict[str, list[list[float]]], layer: str) -> go.Figure:
+    """The DoRA paper's figure 2: per method, its checkpoints at (direction change dD, magnitude change dM) of
+    `layer`'s weight against the base's, the start left out, joined in training order."""
+    fig = go.Figure()
+    for method, points in decompositions.items():
+        name = METHOD_NAMES.get(method, method)
+        kept = [p for p in points if p[0] > 0]
+        fig.add_scatter(
+            x=[d for _, _, d in kept],
+            y=[m for _, m, _ in kept],
+            mode="lines+markers",
+            name=name,
+            line={"color": palette.METHOD.get(method, palette.MARK)},
+            customdata=[int(step) for step, _, _ in kept],
+            hovertemplate=f"{name}: step %{{customdata}}, ΔD %{{x:.3g}}, ΔM %{{y:.3g}}<extra></extra>",
+        )
+    fig.update_xaxes(title_text=f"direction change ΔD of {layer} (mean 1 − cos per row)")
+    fig.update_yaxes(title_text="magnitude change ΔM (mean |Δ‖row‖|)")
+    return _layout(fig, "Magnitude against direction over training", height=360)

@@ -19,6 +19,7 @@ from lora_core.data import denormalize
 from lora_core.errors import ConfigError
 from lora_core.evaluate import accuracy_on
 from lora_core.lab import readings
+from lora_core.lab.analysis.dora import LAYER as DORA_LAYER
 from lora_core.lab.experiment_settings import DEFAULT_METHODS, METHOD_LABELS, METHODS, ExperimentSettings
 from lora_core.lab.experiments import ExperimentResult, list_experiments, load_experiment
 from lora_core.lab.tasks import Task, parse_task
@@ -338,6 +339,10 @@ def show_methods_result(result: ExperimentResult) -> None:
         label = f"accuracy on the task's test set, {task['spec']} (%)"
         st.plotly_chart(charts.training_curves(curves, label), width="stretch")
         st.markdown(readings.read_curves(result.base["task_accuracy"], curves))
+        decompositions = {m.method: m.magnitude_direction for m in result.methods if m.magnitude_direction}
+        if decompositions:
+            st.plotly_chart(charts.magnitude_direction(decompositions, DORA_LAYER), width="stretch")
+            st.markdown(readings.read_magnitude_direction(decompositions, DORA_LAYER))
         st.caption(
             f"Measured every {settings.get('curve_every')} steps on the same test images as the table's task "
             "column; the time it takes is left out of each method's training time, but its evaluations count in "

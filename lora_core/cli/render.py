@@ -9,8 +9,9 @@ from typing import Any
 from tqdm import tqdm
 
 from lora_core.evaluate import weakest_digit
+from lora_core.lab.analysis.dora import LAYER as DORA_LAYER
 from lora_core.lab.experiment_settings import ADAPTER_METHODS
-from lora_core.lab.readings import METHOD_NAMES, read_machine_load
+from lora_core.lab.readings import METHOD_NAMES, read_machine_load, read_magnitude_direction
 from lora_core.lab.study import headline_from_study
 from lora_core.numbers import pct
 from lora_core.params import ParameterTable
@@ -269,6 +270,9 @@ def experiment_report(result: Any) -> None:
                 [[s, *(pct(m.curve[i][1]) for m in curves)] for i, s in enumerate(steps)],
             )
         )
+        decompositions = {m.method: m.magnitude_direction for m in curves if m.magnitude_direction}
+        if decompositions:
+            say(read_magnitude_direction(decompositions, DORA_LAYER))
     names = ["base", *(m.method for m in result.methods)]
     say(f"\nPer digit, {'the task test set' if domain else 'MNIST test set'}:")
     say(table(["digit", *names], _per_digit_rows(base["task"], [m.task for m in result.methods])))

@@ -38,6 +38,8 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 from lora_core.data import MnistData
 from lora_core.errors import AdapterExistsError, ConfigError
 from lora_core.evaluate import EvaluationSummary, evaluate, predict
+from lora_core.lab.analysis.dora import LAYER as DORA_LAYER
+from lora_core.lab.analysis.dora import effective_weight, magnitude_direction
 from lora_core.lab.experiment_settings import (
     ADAPTER_METHODS,
     HEAD_LAYER,
@@ -104,6 +106,9 @@ class MethodResult:
     adapter_off_equals_base: bool | None = None  # ... giving the base model's logits exactly
     # (step, task accuracy as in task_accuracy) from step 0 (the base) every settings.curve_every steps; None: not asked
     curve: list[list[float]] | None = None
+    # at the same checkpoints: (step, dM, dD) of linear2's weight against the base's (the DoRA paper's figure 2,
+    # lora_core.lab.analysis.dora); None: no curve asked
+    magnitude_direction: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,9 +122,12 @@ class TrainingCurve:
     training loop (its time is left out of the run's seconds; its batches of CURVE_BATCH images do count in the
     peak memory measured around the loop). `every` 0 records nothing."""
 
-    def __init__(self, every: int, steps: int, x: torch.Tensor, y: torch.Tensor, start_accuracy: float) -> None:
-        self.every, self.steps, self.x, self.y = every, steps, x, y
+    def __init__(
+        self, every: int, steps: int, x: torch.Tensor, y: torch.Tensor, start_accuracy: float, w0: torch.Tensor
+    ) -> None:
+        self.every, self.steps, self.x, self.y, self.w0 = every, steps, x, y, w0
         self.points: list[list[float]] = [[0, start_accuracy]]
+        self.decomposition: list[list[float]] = [[0, 0.0, 0.0]]
 
     def hook(self) -> StepHook | None:
         return self._checkpoint if self.every else None
@@ -128,9 +136,13 @@ class TrainingCurve:
         if step % self.every == 0 or step == self.steps:
             predicted = predict(model, self.x, CURVE_BATCH).argmax(dim=1)
             self.points.append([step, int((predicted == self.y.to(predicted.device)).sum()) / len(self.y)])
+            self.decomposition.append([step, *magnitude_direction(self.w0, effective_weight(model, DORA_LAYER))])
 
     def result(self) -> list[list[float]] | None:
         return self.points if self.every else None
+
+    def decomposition_result(self) -> list[list[float]] | None:
+        return self.decomposition if self.every else None
 
     def memory_note(self) -> str:
         """What a peak measured around a loop with checkpoints also holds."""
@@ -220,6 +232,7 @@ class MethodRecord(TypedDict):
     adapter_off_plain: NotRequired[EvaluationSummary | None]
     adapter_off_equals_base: NotRequired[bool | None]
     curve: NotRequired[list[list[Number]] | None]
+    magnitude_direction: NotRequired[list[list[Number]] | None]
 
 
 class ExperimentRecord(RunRecord):
@@ -368,6 +381,7 @@ def _run_lora(
         adapter_off_plain=off,
         adapter_off_equals_base=off_equals_base,
         curve=curve.result(),
+        magnitude_direction=curve.decomposition_result(),
     )
 
 
@@ -377,7 +391,8 @@ def _curve(ctx: TaskContext, settings: ExperimentSettings) -> TrainingCurve:
     x, y = ctx.task_data.test_x, ctx.task_data.test_y
     rows = torch.isin(y, torch.tensor(ctx.target_digits, device=y.device))
     start = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
-    return TrainingCurve(settings.curve_every, settings.steps, x[rows], y[rows], start["task_accuracy"])
+    w0 = ctx.base_state[f"{DORA_LAYER}.weight"]
+    return TrainingCurve(settings.curve_every, settings.steps, x[rows], y[rows], start["task_accuracy"], w0)
 
 
 def _run_copy(
@@ -446,6 +461,7 @@ def _run_copy(
         plain=plain_summary,
         **ctx.scores(task_summary, plain_summary),
         curve=curve.result(),
+        magnitude_direction=curve.decomposition_result(),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lora_core.lab.analysis.dora import slope
 from lora_core.numbers import pct
 
 # The short names the sentences (and the dashboard's legends) give the methods of lora_core.lab.experiments
@@ -203,3 +204,29 @@ def read_curves(start: float, curves: dict[str, list[list[float]]], share: float
     if flat:
         parts.append(f"{', '.join(flat)} ended no better than the base's {pct(start)}")
     return ". ".join(part[0].upper() + part[1:] for part in parts) + "." if parts else ""
+
+
+# the DoRA paper's figure 2: the sign of dM against dD over training, per method
+PAPER_SLOPE_SIGNS = {"full": -1, "lora": 1, "dora": -1}
+
+
+def read_magnitude_direction(decompositions: dict[str, list[list[float]]], layer: str) -> str:
+    """One sentence on each method's slope of dM against dD (lora_core.lab.analysis.dora) and whether the methods
+    the DoRA paper plots show its signs here."""
+    slopes = {method: slope(points) for method, points in decompositions.items()}
+    shown = [f"{METHOD_NAMES.get(m, m)} {s:+.3g}" for m, s in slopes.items() if s is not None]
+    if not shown:
+        return f"Too few checkpoints to read a slope of the magnitude change against the direction change on {layer}."
+    sentence = f"On {layer}, the slope of the magnitude change against the direction change over the checkpoints: "
+    sentence += "; ".join(shown) + "."
+    judged = {m: s for m, s in slopes.items() if m in PAPER_SLOPE_SIGNS and s is not None and s != 0}
+    if not judged:
+        return sentence
+    agree = [METHOD_NAMES[m] for m, s in judged.items() if (s > 0) == (PAPER_SLOPE_SIGNS[m] > 0)]
+    differ = [METHOD_NAMES[m] for m, s in judged.items() if (s > 0) != (PAPER_SLOPE_SIGNS[m] > 0)]
+    sentence += " The DoRA paper finds it negative for full fine-tuning and DoRA and positive for LoRA"
+    if not differ:
+        return sentence + f"; here {', '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}."
+    if not agree:
+        return sentence + f"; here {', '.join(differ)} {'does' if len(differ) == 1 else 'do'} not."
+    return sentence + f"; here {', '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}, {', '.join(differ)} not."

@@ -406,6 +406,9 @@ def test_training_curves_start_at_the_base_and_end_at_each_method_s_result(artif
         assert m.curve[0][1] == result.base["task_accuracy"]
         assert abs(m.curve[-1][1] - m.task_accuracy) <= (1 / 2000 if m.method == "pissa" else 0), m.method
         assert "with the training curve's evaluations" in m.memory_measure
+        assert [step for step, _, _ in m.magnitude_direction] == steps and m.magnitude_direction[0] == [0, 0.0, 0.0]
+    assert all(dm == 0 and dd < 1e-6 for _, dm, dd in result.method("head").magnitude_direction)  # linear2 stays
+    assert all(dm > 0 and dd > 0 for _, dm, dd in result.method("lora").magnitude_direction[1:])
     assert result.method("vera").trainable_params == 3 * 16 + 256 + 256 + 10
     again = load_experiment(result.path)
     assert [m.curve for m in again.methods] == [m.curve for m in result.methods]

@@ -254,3 +254,6 @@ def test_a_comparison_with_a_training_curve_draws_it_and_reads_it(trained_dir: P
         readings.METHOD_NAMES[m]: [100 * accuracy for _, accuracy in points] for m, points in curves.items()
     }
     assert readings.read_curves(result.base["task_accuracy"], curves) in texts(at)
+    decompositions = {m.method: m.magnitude_direction for m in result.methods}
+    assert any("Magnitude against direction over training" in c.proto.spec for c in at.get("plotly_chart"))
+    assert readings.read_magnitude_direction(decompositions, "linear2") in texts(at)
