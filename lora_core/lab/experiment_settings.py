@@ -38,7 +38,7 @@ UNSEEN_REPLAY = 0.75
 LORAPLUS_LR = 1e-3
 DORA_LR = 3e-3
 PISSA_LR = 3e-3
-VERA_LR = 1e-2
+VERA_LR = 1e-1
 VERA_RANK = 256  # the VeRA paper's rank: its A and B are frozen, so a large rank costs no trained parameters
 
 
