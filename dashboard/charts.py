@@ -797,3 +797,24 @@ def magnitude_direction(decompositions: dict[str, list[list[float]]], layer: str
     fig.update_xaxes(title_text=f"direction change ΔD of {layer} (mean 1 − cos per row)")
     fig.update_yaxes(title_text="magnitude change ΔM (mean |Δ‖row‖|)")
     return _layout(fig, "Magnitude against direction over training", height=360)
+
+
+def sweep_methods(points: dict[str, list[tuple[int, float, float]]], kind: str, accuracy_label: str) -> go.Figure:
+    """A sweep of several methods: per method, its points at (trainable parameters, log axis; task accuracy), each
+    labelled with its value of the swept setting, joined in the sweep's order, in the method's colour."""
+    fig = go.Figure()
+    for method, rows in points.items():
+        name = METHOD_NAMES.get(method, method)
+        fig.add_scatter(
+            x=[params for params, _, _ in rows],
+            y=[100 * accuracy for _, accuracy, _ in rows],
+            mode="lines+markers+text",
+            text=[f"{value:g}" for _, _, value in rows],
+            textposition="top center",
+            name=name,
+            line={"color": palette.METHOD.get(method, palette.MARK)},
+            hovertemplate=f"{name}: {kind} %{{text}}, %{{x:,}} trainable, %{{y:.2f}}%<extra></extra>",
+        )
+    fig.update_xaxes(title_text="trainable parameters (log scale)", type="log", dtick=1)
+    fig.update_yaxes(title_text=accuracy_label)
+    return _layout(fig, f"Each method across the {kind} sweep", height=380)

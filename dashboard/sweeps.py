@@ -15,7 +15,7 @@ import streamlit as st
 from dashboard import charts, jobs, state, ui, widgets
 from lora_core.errors import ConfigError
 from lora_core.lab import readings
-from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiment_settings import ADAPTER_METHODS, ExperimentSettings
 from lora_core.lab.sweeps import (
     DEFAULT_RANKS,
     DEFAULT_REPLAYS,
@@ -66,10 +66,12 @@ def sweep_rows(result: SweepResult) -> pd.DataFrame:
     domain = bool(result.task["domain"])
     others = "plain MNIST" if domain else "other digits"
     rows = []
+    several = len(result.methods) > 1
     for p in result.points:
         row: dict[str, Any] = {
+            **({"method": charts.METHOD_NAMES.get(p.method, p.method)} if several else {}),
             SWEEP_LABELS[result.kind]: p.value,
-            "marked": "★" if p.value == result.marked else "",
+            "marked": "★" if p.value == result.marked and p.method == result.methods[0] else "",
             "task accuracy": 100 * p.task_accuracy,
             "task gain (points)": 100 * p.task_gain,
             "plain MNIST (applied)": 100 * p.plain_accuracy,
@@ -97,7 +99,21 @@ def show_sweep(result: SweepResult) -> None:
         f"{pct(base_info['task_accuracy'])} of the task and {pct(base_info['plain_accuracy'])} of plain MNIST · "
         f"{result.seconds:.1f} s in all · {ui.when(result.created)}"
     )
-    points = result.points
+    first = result.methods[0]
+    points = result.points_of(first)  # the charts below follow the first method; the methods chart all of them
+    if len(result.methods) > 1:
+        st.plotly_chart(
+            charts.sweep_methods(
+                {
+                    m: [(p.trainable_params, p.task_accuracy, p.value) for p in result.points_of(m)]
+                    for m in result.methods
+                },
+                result.kind,
+                accuracy_label=f"accuracy on the task's test set, {task['spec']} (%)",
+            ),
+            width="stretch",
+        )
+        st.caption(f"The charts below follow {charts.METHOD_NAMES.get(first, first)}, the sweep's first method.")
     if result.kind == "rank":
         st.plotly_chart(
             charts.rank_sweep_accuracy(
@@ -154,7 +170,10 @@ def show_sweep(result: SweepResult) -> None:
     config[SWEEP_LABELS[result.kind]] = st.column_config.NumberColumn(format="%g")
     config["marked"] = st.column_config.TextColumn("★", help=marked_meaning(result.kind), width="small")
     st.dataframe(frame, hide_index=True, column_config=config, width="stretch")
-    st.caption(f"★ marks {marked_meaning(result.kind)}.")
+    st.caption(
+        f"★ marks {marked_meaning(result.kind)}"
+        + (f" ({charts.METHOD_NAMES.get(first, first)}'s)." if len(result.methods) > 1 else ".")
+    )
     if result.path:
         st.caption(f"Saved as `{result.path}`.")
 
@@ -198,8 +217,8 @@ def sweeps_section(
     """The whole section: what a sweep is, its form, its live run and the saved sweeps. `task` (None while the
     page's task is invalid) and the rank, steps, batch and seed are the page's; `field_labels` names the fields
     a ConfigError may be about."""
-    st.header("Sweeps: one LoRA setting over several values")
-    st.write("Train LoRA on the task above once per value of one setting, every other setting fixed.")
+    st.header("Sweeps: one setting over several values")
+    st.write("Train LoRA (or its variants) on the task above once per value of one setting, every other setting fixed.")
     with st.expander("What does each sweep show?"):
         st.markdown(
             "The fixed settings are the steps, batch and seed above (and the rank above for a replay sweep). "
@@ -226,12 +245,23 @@ def sweeps_section(
             f"A replay sweep needs a digit task (weakest, digits, unseen): `{task.spec}` trains on every digit, so "
             "there is nothing to replay. Pick such a task above, or sweep the rank."
         )
+    methods = st.multiselect(
+        "Methods",
+        list(ADAPTER_METHODS),
+        default=["lora"],
+        format_func=charts.METHOD_NAMES.get,
+        key="sweep_methods",
+        help="Each method is measured at every value; for VeRA the rank is its shared pair's.",
+    )
+    slots.add("methods")
     slots.add("task")
     if st.button(
         "Run the sweep", type="primary", disabled=ui.busy() or task is None or replay_refused, key="sweep_start"
     ):
         assert task is not None
-        settings = ExperimentSettings(methods=("lora",), rank=rank, steps=steps, batch_size=batch, seed=seed)
+        settings = ExperimentSettings(
+            methods=tuple(methods) or ("lora",), rank=rank, steps=steps, batch_size=batch, seed=seed
+        )
         try:
             values = sweep_values(kind, values_text)
             settings.validate(base.model)

@@ -321,6 +321,12 @@ def show_methods_result(result: ExperimentResult) -> None:
     st.caption(
         f"{NOT_APPLICABLE}: does not apply (the base model trains and stores nothing; only an adapter, LoRA's or "
         "its variants', can be switched off)."
+        + (
+            " PiSSA's adapter is switched off as saved, converted to run on the untouched W; the residual base "
+            "W − s·B₀A₀ it trained on is not W and gives other logits (the Parameters page shows its hashes)."
+            if result.method("pissa") is not None
+            else ""
+        )
     )
     bought = {m.method: (m.trainable_params, m.task_accuracy) for m in result.methods}
     st.plotly_chart(

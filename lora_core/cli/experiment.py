@@ -9,10 +9,11 @@ from typing import Any
 from lora_core.cli.common import check_replay, experiment_settings, run_on_task
 from lora_core.cli.options import (
     EXPERIMENT_FLAGS,
+    adapter_method_options,
     check_name,
     float_arg,
     int_arg,
-    loraplus_option,
+    methods_arg,
     run_options,
     task_arg,
 )
@@ -21,19 +22,6 @@ from lora_core.lab.experiment_settings import METHODS, UNSEEN_REPLAY, Experiment
 from lora_core.lab.experiments import run_experiment
 from lora_core.lab.tasks import TASK_FORMS
 from lora_core.train import FinetuneConfig, TrainConfig
-
-
-def methods_arg(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip().lower() for m in text.split(","))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not text.strip():
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(METHODS)}, got {text!r}"
-            + (f" (unknown: {', '.join(repr(m) for m in unknown)})" if unknown and text.strip() else "")
-        )
-    if len(set(methods)) != len(methods):
-        raise argparse.ArgumentTypeError(f"lists a method twice: {text!r}")
-    return methods
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -57,11 +45,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     run_options(p, d, "method")
     p.add_argument("--full-lr", dest="full_lr", type=float_arg, default=d.full_lr)
     p.add_argument("--head-lr", dest="head_lr", type=float_arg, default=d.head_lr)
-    p.add_argument(
-        "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
-    )
-    p.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
-    p.add_argument("--pissa-lr", dest="pissa_lr", type=float_arg, default=d.pissa_lr, help="PiSSA's learning rate")
+    adapter_method_options(p, d)
     p.add_argument(
         "--curve-every",
         dest="curve_every",
@@ -70,11 +54,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="also measure each method's accuracy on the task's test set every this many steps (a training curve; "
         "0: none)",
     )
-    p.add_argument("--vera-lr", dest="vera_lr", type=float_arg, default=d.vera_lr, help="VeRA's learning rate")
-    p.add_argument(
-        "--vera-rank", dest="vera_rank", type=int_arg, default=d.vera_rank, help="the rank of VeRA's shared A and B"
-    )
-    loraplus_option(p, d.loraplus_ratio)
     p.add_argument(
         "--replay",
         type=float_arg,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lora_core.errors import ConfigError
+from lora_core.lab.experiment_settings import ADAPTER_METHODS, METHODS
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import validate_adapter_name
 from lora_core.model import LAYER_NAMES
@@ -314,6 +315,40 @@ def adapter_choice(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--adapter", help=f"adapter to {what} (default: the newest saved one that fits the base)")
     group.add_argument("--base-only", action="store_true", help="the base model alone, without any adapter")
+
+
+def methods_arg(text: str, allowed: Sequence[str] = METHODS) -> tuple[str, ...]:
+    """--methods: a comma-separated list of `allowed` methods, each once."""
+    methods = tuple(m.strip().lower() for m in text.split(","))
+    unknown = [m for m in methods if m not in allowed]
+    if unknown or not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(allowed)}, got {text!r}"
+            + (f" (unknown: {', '.join(repr(m) for m in unknown)})" if unknown and text.strip() else "")
+        )
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"lists a method twice: {text!r}")
+    return methods
+
+
+def adapter_methods_arg(text: str) -> tuple[str, ...]:
+    """--methods of a sweep: adapter methods only (a sweep trains an adapter at each point)."""
+    return methods_arg(text, ADAPTER_METHODS)
+
+
+def adapter_method_options(parser: argparse.ArgumentParser, d: Any) -> None:
+    """The learning rates (and VeRA's rank, LoRA+'s ratio) of LoRA's variants, for experiment and sweep; `d` holds
+    the ExperimentSettings defaults."""
+    parser.add_argument(
+        "--loraplus-lr", dest="loraplus_lr", type=float_arg, default=d.loraplus_lr, help="LoRA+'s rate for A"
+    )
+    loraplus_option(parser, d.loraplus_ratio)
+    parser.add_argument("--dora-lr", dest="dora_lr", type=float_arg, default=d.dora_lr, help="DoRA's learning rate")
+    parser.add_argument("--pissa-lr", dest="pissa_lr", type=float_arg, default=d.pissa_lr, help="PiSSA's learning rate")
+    parser.add_argument("--vera-lr", dest="vera_lr", type=float_arg, default=d.vera_lr, help="VeRA's learning rate")
+    parser.add_argument(
+        "--vera-rank", dest="vera_rank", type=int_arg, default=d.vera_rank, help="the rank of VeRA's shared A and B"
+    )
 
 
 def run_options(parser: argparse.ArgumentParser, d: Any, each: str) -> None:

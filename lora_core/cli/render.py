@@ -13,6 +13,7 @@ from lora_core.lab.analysis.dora import LAYER as DORA_LAYER
 from lora_core.lab.experiment_settings import ADAPTER_METHODS
 from lora_core.lab.readings import METHOD_NAMES, read_machine_load, read_magnitude_direction
 from lora_core.lab.study import headline_from_study
+from lora_core.lab.sweeps import smallest_within_best
 from lora_core.numbers import pct
 from lora_core.params import ParameterTable
 from lora_core.train import Progress
@@ -319,7 +320,9 @@ def sweep_report(result: Any) -> None:
     say(f"Every point: {result.fixed_settings()}, on {', '.join(settings['targets'])}")
     task_header = _task_header(task)
     others = "plain MNIST" if domain else "other digits"
+    several = len(result.methods) > 1
     headers = [
+        *(["method"] if several else []),
         result.kind,
         task_header,
         "gain",
@@ -331,20 +334,40 @@ def sweep_report(result: Any) -> None:
         "",
     ]
     rows: list[list[Any]] = [
-        ["base", pct(base["task_accuracy"]), None, pct(base["plain_accuracy"]), None, None, None, None, ""]
+        [
+            *(["base"] if several else []),
+            "base" if not several else "-",
+            pct(base["task_accuracy"]),
+            None,
+            pct(base["plain_accuracy"]),
+            None,
+            None,
+            None,
+            None,
+            "",
+        ]
     ]
+    marked = {  # each method's own smallest rank within 0.5 points of its best (the saved mark is the first's)
+        method: smallest_within_best(
+            [p.value for p in result.points_of(method)], [p.task_accuracy for p in result.points_of(method)]
+        )
+        if result.kind == "rank"
+        else result.marked
+        for method in result.methods
+    }
     for p in result.points:
         if result.kind == "rank":
             capped = {k: v for k, v in p.layer_ranks.items() if v != p.value}
             note = ("capped: " + ", ".join(f"{k} {v}" for k, v in capped.items())) if capped else ""
         else:
             note = ""
-        if p.value == result.marked:
+        if p.value == marked[p.method]:
             note = ("<- " + ("smallest within 0.5 pt of best" if result.kind == "rank" else "default")) + (
                 f"; {note}" if note else ""
             )
         rows.append(
             [
+                *([METHOD_NAMES[p.method]] if several else []),
                 f"{p.value:g}",
                 pct(p.task_accuracy),
                 f"{100 * p.task_gain:+.2f}",

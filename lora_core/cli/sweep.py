@@ -1,4 +1,5 @@
-"""`python -m lora_core sweep KIND`: LoRA's rank or replay share over a list of values on a task."""
+"""`python -m lora_core sweep KIND`: LoRA's rank or replay share over a list of values on a task (and LoRA's
+variants beside it with --methods)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from lora_core.cli.common import check_replay, experiment_settings, run_on_task
 from lora_core.cli.options import (
     EXPERIMENT_FLAGS,
     UsageError,
+    adapter_method_options,
+    adapter_methods_arg,
     float_arg,
     int_arg,
     run_options,
@@ -18,7 +21,7 @@ from lora_core.cli.options import (
 )
 from lora_core.cli.render import sweep_report
 from lora_core.errors import ConfigError
-from lora_core.lab.experiment_settings import ExperimentSettings
+from lora_core.lab.experiment_settings import ADAPTER_METHODS, ExperimentSettings
 from lora_core.lab.sweeps import DEFAULT_RANKS, DEFAULT_REPLAYS, SWEEP_KINDS, check_values, run_sweep
 from lora_core.lab.tasks import TASK_FORMS, parse_task
 from lora_core.train import TrainConfig
@@ -62,7 +65,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         f"replay {','.join(f'{v:g}' for v in DEFAULT_REPLAYS)})",
     )
     p.add_argument("--rank", type=int_arg, default=d.rank, help="LoRA's rank (replay sweep)")
+    p.add_argument(
+        "--methods",
+        type=adapter_methods_arg,
+        default=("lora",),
+        help="comma-separated adapter methods, each measured at every value, from "
+        f"{','.join(ADAPTER_METHODS)} (default: lora); a rank sweep sets VeRA's shared rank",
+    )
     run_options(p, d, "point")
+    adapter_method_options(p, d)
     p.add_argument(
         "--replay", type=float_arg, default=None, help="rank sweep on a digit task: share of replayed other digits"
     )
@@ -87,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]
     task = args.task or parse_task("weakest")
     values = sweep_values(args.kind, args.values)
     check_replay(args, task)
-    settings = experiment_settings(args, methods=("lora",))
+    settings = experiment_settings(args)
     try:
         check_values(args.kind, values)
         if args.kind == "replay" and task.is_domain:

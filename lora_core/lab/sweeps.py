@@ -31,12 +31,16 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 
 from lora_core.data import MnistData
 from lora_core.errors import ArtifactError, ConfigError
-from lora_core.lab.experiment_settings import ExperimentSettings, SweepSettingsRecord
+from lora_core.lab.experiment_settings import (
+    ADAPTER_METHODS,
+    ExperimentSettings,
+    SweepSettingsRecord,
+)
 from lora_core.lab.experiments import run_method
+from lora_core.lab.readings import METHOD_NAMES
 from lora_core.lab.run import RunContext, environment
 from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
 from lora_core.lab.tasks import Task, TaskRecord
-from lora_core.lora import LoraConfig
 from lora_core.lora.config import MAX_RANK
 from lora_core.numbers import Number, is_finite_number
 from lora_core.store.artifacts import ArtifactStore
@@ -78,10 +82,11 @@ class SweepPoint:
     wall_seconds: float  # training and evaluation
     samples_per_s: float
     final_loss: float | None
-    layer_ranks: dict[str, int]  # the rank each adapted layer got (capped where r is above its limit)
+    layer_ranks: dict[str, int]  # the rank each adapted layer got (capped where r is above its limit; VeRA: its r)
     task_per_digit: list[float]
     plain_per_digit: list[float]
     adapter_off_equals_base: bool | None
+    method: str = "lora"  # which adapter method this point trained (a sweep may run several side by side)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,7 +109,8 @@ class SweepResult:
 
     @property
     def values(self) -> list[float]:
-        return [p.value for p in self.points]
+        """The values swept, in order (each once, however many methods were measured at it)."""
+        return list(dict.fromkeys(p.value for p in self.points))
 
     def fixed_settings(self) -> str:
         """What every point shares, in words: '600 steps of batch 128, seed 0, rank 8 (alpha 16)'."""
@@ -115,8 +121,18 @@ class SweepResult:
             return f"{fixed}, alpha {alpha}"
         return f"{fixed}, rank {s['rank']} (alpha {alpha})"
 
-    def point(self, value: float) -> SweepPoint | None:
-        return next((p for p in self.points if p.value == value), None)
+    def point(self, value: float, method: str | None = None) -> SweepPoint | None:
+        """The point at `value` of `method` (default: the sweep's first method)."""
+        method = method or self.methods[0]
+        return next((p for p in self.points if p.value == value and p.method == method), None)
+
+    @property
+    def methods(self) -> list[str]:
+        """The adapter methods swept, in the order they ran (["lora"] for a sweep of LoRA alone)."""
+        return list(dict.fromkeys(p.method for p in self.points)) or ["lora"]
+
+    def points_of(self, method: str) -> list[SweepPoint]:
+        return [p for p in self.points if p.method == method]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +246,7 @@ class SweepPointRecord(TypedDict):
     task_per_digit: list[Number]
     plain_per_digit: list[Number]
     adapter_off_equals_base: bool | None
+    method: NotRequired[str]
 
 
 class SweepRecord(RunRecord):
@@ -292,7 +309,7 @@ def sweep_rank(
     settings: ExperimentSettings | None = None,
     **kwargs: Any,
 ) -> SweepResult:
-    """LoRA at each rank of `values` on `task` (other settings from `settings`); see run_sweep."""
+    """LoRA (and the adapter methods among `settings.methods`) at each rank of `values` on `task`; see run_sweep."""
     return run_sweep(store, data, task, "rank", values, settings, **kwargs)
 
 
@@ -324,7 +341,11 @@ def run_sweep(
 ) -> SweepResult:
     """Every value of the sweep, under the artifacts folder's writer lock; saved once all are measured."""
     ordered = check_values(kind, values)
-    settings = dataclasses.replace(settings or ExperimentSettings(), methods=("lora",))
+    settings = settings or ExperimentSettings()
+    # a sweep trains an adapter at each point: the adapter methods among the settings' (LoRA alone where there are
+    # none, as with the comparison's default); full fine-tuning and the last layer are an experiment's references
+    swept = tuple(m for m in settings.methods if m in ADAPTER_METHODS) or ("lora",)
+    settings = dataclasses.replace(settings, methods=swept)
     settings.validate()
     if kind == "replay":
         task.check_replay("task")
@@ -335,12 +356,14 @@ def run_sweep(
         run = RunContext(progress, stop)
         before = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
         points = []
-        for i, value in enumerate(ordered, 1):
-            run.check_stop(f"the {kind} sweep stopped before {kind} {value:g}; nothing was saved.")
-            point_settings = _point_settings(settings, kind, value)
-            label = f"{kind} {value:g} ({i}/{len(ordered)})"
+        runs = [(value, method) for value in ordered for method in settings.methods]
+        for i, (value, method) in enumerate(runs, 1):
+            named = "" if len(settings.methods) == 1 else f", {METHOD_NAMES[method]}"
+            run.check_stop(f"the {kind} sweep stopped before {kind} {value:g}{named}; nothing was saved.")
+            point_settings = _point_settings(settings, kind, value, method)
+            label = f"{kind} {value:g}{named} ({i}/{len(runs)})"
             log(f"{label}: {point_settings.steps} steps of batch {point_settings.batch_size}")
-            points.append(_measure(ctx, point_settings, value, before, run.part(label, i, len(ordered)), stop))
+            points.append(_measure(ctx, point_settings, value, before, run.part(label, i, len(runs)), stop, method))
         marked, reading = _mark(kind, points, settings, task)
         result = SweepResult(
             kind=kind,
@@ -367,17 +390,27 @@ def run_sweep(
 
 
 def _mark(kind: str, points: list[SweepPoint], settings: ExperimentSettings, task: Task) -> tuple[float, str]:
-    """What the sweep marks, and one sentence reading the points."""
-    if kind == "rank":
-        marked = smallest_within_best([p.value for p in points], [p.task_accuracy for p in points])
-        return marked, _rank_reading(points, marked)
-    default = settings.replay_for(task.kind)
-    return default, _replay_reading(points, default, task.is_domain)
+    """What the sweep marks (for its first method), and a sentence reading each method's points."""
+    readings = []
+    marked = None
+    methods = list(dict.fromkeys(p.method for p in points))
+    for method in methods:
+        own = [p for p in points if p.method == method]
+        if kind == "rank":
+            mark = smallest_within_best([p.value for p in own], [p.task_accuracy for p in own])
+            reading = _rank_reading(own, mark)
+        else:
+            mark = settings.replay_for(task.kind)
+            reading = _replay_reading(own, mark, task.is_domain)
+        marked = mark if marked is None else marked
+        readings.append(reading if len(methods) == 1 else f"{METHOD_NAMES[method]}: {reading}")
+    assert marked is not None
+    return marked, " ".join(readings)
 
 
-def _point_settings(settings: ExperimentSettings, kind: str, value: float) -> ExperimentSettings:
-    if kind == "rank":
-        return dataclasses.replace(settings, rank=int(value))
+def _point_settings(settings: ExperimentSettings, kind: str, value: float, method: str = "lora") -> ExperimentSettings:
+    if kind == "rank":  # VeRA's rank is its shared pair's
+        return dataclasses.replace(settings, **{"vera_rank" if method == "vera" else "rank": int(value)})
     return dataclasses.replace(settings, replay=float(value))
 
 
@@ -388,9 +421,10 @@ def _measure(
     before: dict[str, float],
     progress: Callable[[Progress], None] | None,
     stop: threading.Event | None,
+    method: str = "lora",
 ) -> SweepPoint:
-    m = run_method(ctx, "lora", settings, save_adapter=False, progress=progress, stop=stop)
-    lora = LoraConfig(r=settings.rank, alpha=settings.lora_alpha, target_modules=settings.targets)
+    m = run_method(ctx, method, settings, save_adapter=False, progress=progress, stop=stop)
+    lora = settings.finetune_config(ctx.target_digits, method, ctx.task.kind).lora_config()
     capped = lora.capped_for(ctx.lora_model.model)
     return SweepPoint(
         value=value,
@@ -410,4 +444,5 @@ def _measure(
         task_per_digit=list(m.task["per_digit_accuracy"]),
         plain_per_digit=list(m.plain["per_digit_accuracy"]),
         adapter_off_equals_base=m.adapter_off_equals_base,
+        method=method,
     )

@@ -21,6 +21,7 @@ from core_helpers import (
     run_cli_jobs,
 )
 
+from lora_core.cli.render import sweep_report
 from lora_core.errors import ConfigError, RunStopped
 from lora_core.lab import sweeps
 from lora_core.lab.experiment_settings import ExperimentSettings
@@ -291,3 +292,27 @@ def test_sweep_command_prints_a_table_and_saves_json(cli_run):
     saved = list_sweeps(ArtifactStore(cli_run["folder"]))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == data
     assert not (cli_run["root"] / "default-artifacts-must-not-be-used").exists()
+
+
+def test_a_rank_sweep_of_several_methods_measures_each_at_every_rank(artifacts_copy, tiny, capsys):
+    """LoRA, DoRA and VeRA at ranks 1 and 4: VeRA's rank is its shared pair's (its trained count grows by one value
+    per layer per unit of rank), each method is read in its own sentence, and the file reads back; the reference
+    methods, which train no adapter, are refused."""
+    store = ArtifactStore(artifacts_copy)
+    settings = dataclasses.replace(SETTINGS, methods=("lora", "dora", "vera"))
+    result = sweep_rank(store, tiny, parse_task("weakest"), (1, 4), settings)
+    assert [(p.method, p.value) for p in result.points] == [(m, v) for v in (1, 4) for m in ("lora", "dora", "vera")]
+    assert result.methods == ["lora", "dora", "vera"]
+    vera = result.points_of("vera")
+    assert vera[1].trainable_params - vera[0].trainable_params == 3 * 3  # d grows by one per layer per rank
+    assert vera[0].layer_ranks == {"linear1": 1, "linear2": 1, "linear3": 1}
+    dora, lora = result.point(4, "dora"), result.point(4, "lora")
+    assert dora.trainable_params == lora.trainable_params + 256 + 256 + 10  # a magnitude per output row
+    assert all(f"{name}: " in result.reading for name in ("LoRA", "DoRA", "VeRA"))
+    assert load_sweep(result.path).to_dict() == result.to_dict()
+    sweep_report(load_sweep(result.path))
+    table = capsys.readouterr().out
+    print(table)
+    assert "method" in table.splitlines()[3] and table.count("VeRA") >= 2
+    references = sweep_rank(store, tiny, parse_task("weakest"), (1,), dataclasses.replace(SETTINGS, methods=("full",)))
+    assert references.methods == ["lora"]  # full fine-tuning trains no adapter: a sweep of it is LoRA's

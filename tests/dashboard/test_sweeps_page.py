@@ -223,3 +223,24 @@ def test_a_hand_edited_sweep_is_named_not_a_traceback(trained_dir: Path) -> None
     assert_clean(at)
     warnings = [str(w.value) for w in at.warning]
     assert any("sweep-rank-edited.json is not a readable sweep result: " in w for w in warnings), warnings
+
+
+def test_a_sweep_of_several_methods_charts_each_and_names_them_in_the_table(trained_dir: Path) -> None:
+    at = visit(new_app(), "experiments")
+    sweep_settings(at, "invert", "rank", "1, 2")
+    at.multiselect(key="sweep_methods").set_value(["lora", "vera"]).run()
+    click(at, "Run the sweep")
+    job = wait_for_job(at)
+    assert job.kind == "sweep" and job.status == jobs.DONE, job.error
+    assert_clean(at)
+    result = load_sweep(list_sweeps(ArtifactStore(trained_dir))[0])
+    assert result.methods == ["lora", "vera"] and result.values == [1, 2]
+    chart = titled(at, "Each method across the rank sweep")
+    lines = {trace["name"]: (trace["x"], trace["y"]) for trace in chart["data"]}
+    for method, name in (("lora", "LoRA"), ("vera", "VeRA")):
+        own = result.points_of(method)
+        assert lines[name][0] == [p.trainable_params for p in own]
+        assert lines[name][1] == pytest.approx([100 * p.task_accuracy for p in own])
+    table = sweep_table(at)
+    assert list(table["method"]) == ["LoRA", "VeRA", "LoRA", "VeRA"]
+    assert result.reading in texts(at) and "VeRA: " in result.reading
