@@ -23,10 +23,13 @@ from lora_core.lab.analysis import (
     analysis_dir,
     run_analysis,
 )
+from lora_core.lab.analysis.intruders import FILE as INTRUDERS_FILE
+from lora_core.lab.analysis.intruders import IntruderSettings, run_intruders, runs_of
+from lora_core.lab.readings import read_intruders
 from lora_core.numbers import pct
 from lora_core.store.artifacts import ArtifactStore
 
-CHOICES = ("similarity", "amplification", "directions", "memory", "all")
+CHOICES = ("similarity", "amplification", "directions", "memory", "all", "intruders")
 ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
     "part": ("PART",),
     "small_rank": ("--small-rank",),
@@ -41,6 +44,8 @@ ANALYZE_FLAGS: dict[str, tuple[str, ...]] = {
     "memory_steps": ("--memory-steps",),
     "directions": ("--directions",),
     "rank": ("--small-rank",),
+    "ranks": ("--ranks",),
+    "tasks": ("--tasks",),
 }
 BASIS_TITLES = {
     "A": "directions of A (the paper's definition)",
@@ -60,7 +65,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "linear1's top input directions as 28x28 pictures; memory: bytes of weights, gradients, Adam and "
         "activations of full fine-tuning and LoRA, exact, with the measured peak of a short run. The three "
         "adapters are trained on the weakest digit (or reused when saved with the same settings); the results "
-        "also go to <artifacts>/analysis/ for the dashboard's Insight page.",
+        "also go to <artifacts>/analysis/ for the dashboard's Insight page. intruders (not part of all): LoRA at "
+        "--ranks and full fine-tuning on each of --tasks; how many of each layer's top singular directions are new "
+        "to W (Shuttleworth et al., 2024), beside what each run forgot.",
     )
     p.add_argument(
         "part", metavar="PART", nargs="?", choices=CHOICES, default="all", help=f"{' | '.join(CHOICES)} (default: all)"
@@ -78,11 +85,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--memory-steps", dest="memory_steps", type=int_arg, default=d.memory_steps, help="measured run")
     p.add_argument("--directions", type=int_arg, default=d.directions, help="linear1 directions to show")
+    intruders = IntruderSettings()
+    p.add_argument(
+        "--ranks", type=int_arg, nargs="+", default=list(intruders.ranks), help="intruders: the LoRA ranks compared"
+    )
+    p.add_argument("--tasks", nargs="+", default=list(intruders.tasks), help="intruders: the tasks each run trains on")
     precision_option(p, d.precision)
     p.set_defaults(handler=cmd_analyze, flags=ANALYZE_FLAGS)
 
 
 def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    if args.part == "intruders":
+        return cmd_intruders(args, stop)
     settings = AnalysisSettings(
         small_rank=args.small_rank,
         large_rank=args.large_rank,
@@ -126,6 +140,57 @@ def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     files = {"adapters": ADAPTERS_FILE, "memory": MEMORY_FILE}
     say(f"\nSaved to {', '.join(str(analysis_dir(store) / files[key]) for key in result.to_dict())}")
     return {"artifacts": str(store.root), "part": args.part, **result.to_dict()}
+
+
+def cmd_intruders(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
+    settings = IntruderSettings(
+        ranks=tuple(args.ranks),
+        tasks=tuple(args.tasks),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lora_lr=args.lr,
+        precision=args.precision,
+        device=args.device,
+    )
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        raise usage_error(exc, ANALYZE_FLAGS, args.argv) from exc
+    store = ArtifactStore(args.artifacts)
+    if not store.has_base():
+        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
+    data = load_mnist(args.data, log=say)
+    bar = ProgressBar()
+    try:
+        saved = run_intruders(store, data, settings, progress=bar, stop=stop, log=lambda m: (bar.close(), say(m)))
+    finally:
+        bar.close()
+    say_intruders(saved)
+    say(f"\nSaved to {analysis_dir(store) / INTRUDERS_FILE}")
+    return {"artifacts": str(store.root), "part": "intruders", "intruders": saved}
+
+
+def say_intruders(saved: dict[str, Any]) -> None:
+    say(
+        "\nIntruder dimensions (Shuttleworth et al., 2024): of each layer's top-k left singular vectors after "
+        "training, those whose best |cosine| with any of W's is below eps."
+    )
+    for run_k in saved["ks"]:
+        rows = []
+        for run in runs_of(saved):
+            rows.append(
+                [
+                    run.task,
+                    run.label,
+                    *(sum(run.counts[layer][str(run_k)][f"{e:g}"] for layer in run.counts) for e in saved["epsilons"]),
+                    f"{run.forgot:+.2f} on {run.forgot_on}",
+                ]
+            )
+        headers = ["task", "run", *(f"eps {e:g}" for e in saved["epsilons"]), "forgot (points)"]
+        say(f"\nIntruders among the top {run_k} of every layer (linear3 has 10 directions):")
+        say(table(headers, rows))
+    say(read_intruders(saved))
 
 
 # --- the text -------------------------------------------------------------------------------------------------------

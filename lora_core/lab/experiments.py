@@ -273,17 +273,19 @@ def run_method(
     save_adapter: bool = True,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    on_step: StepHook | None = None,
 ) -> MethodResult:
     """Train and judge one method on the task. LoRA saves its adapter (under the task's base store)
     unless save_adapter=False (a sweep's many points: the adapter is measured, its would-be file size
-    computed, and dropped); the full and head copies are thrown away once measured."""
+    computed, and dropped); the full and head copies are thrown away once measured. `on_step` sees the model
+    being trained after every step (an analysis reads its weights at the last)."""
     if method not in METHODS:
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     named = named_progress(progress, METHOD_NAMES[method])  # the name the tables and charts use
     started = time.perf_counter()
     if method in ADAPTER_METHODS:
-        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter, method)
-    return _run_copy(ctx, method, settings, named, stop, started)
+        return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter, method, on_step)
+    return _run_copy(ctx, method, settings, named, stop, started, on_step)
 
 
 def _run_lora(
@@ -296,6 +298,7 @@ def _run_lora(
     started: float,
     save_adapter: bool = True,
     method: str = "lora",
+    on_step: StepHook | None = None,
 ) -> MethodResult:
     """LoRA, LoRA+ (the same adapter, its B trained at a higher rate: saved as NAME-loraplus), DoRA (a
     magnitude per row beside A and B: NAME-dora) or PiSSA (started from W's top singular directions on the
@@ -320,7 +323,7 @@ def _run_lora(
                 stop,
                 base_eval=ctx.before_task,
                 extra_metrics={"task": ctx.task.describe(ctx.before_plain.weakest_digit)},
-                on_step=curve.hook(),
+                on_step=both(curve.hook(), on_step),
             )
         trainable, seconds, path = outcome.trainable_params, outcome.seconds, outcome.path
         samples_per_s, final_loss = (
@@ -341,7 +344,7 @@ def _run_lora(
                 config,
                 progress=memory.progress(progress),
                 stop=stop,
-                on_step=curve.hook(),
+                on_step=both(curve.hook(), on_step),
             )
         trainable = parameter_table(lora_model, config.lora_config()).lora_params  # PiSSA saves twice its rank
         seconds, samples_per_s = run.seconds, run.samples_per_s
@@ -385,6 +388,18 @@ def _run_lora(
     )
 
 
+def both(first: StepHook | None, second: StepHook | None) -> StepHook | None:
+    """One step hook that calls each given one in turn."""
+    if first is None or second is None:
+        return first or second
+
+    def hook(step: int, model: torch.nn.Module) -> None:
+        first(step, model)
+        second(step, model)
+
+    return hook
+
+
 def _curve(ctx: TaskContext, settings: ExperimentSettings) -> TrainingCurve:
     """The curve of the table's task figure: accuracy over the task's test images of its target digits (all ten
     for a domain task), starting from the base's."""
@@ -402,6 +417,7 @@ def _run_copy(
     progress: ProgressCallback | None,
     stop: threading.Event | None,
     started: float,
+    on_step: StepHook | None = None,
 ) -> MethodResult:
     """Full fine-tuning (every weight) or the last layer only, on a private copy of the base."""
     config = settings.finetune_config(ctx.target_digits, method, ctx.task.kind)
@@ -431,7 +447,7 @@ def _run_copy(
             phase=method,
             progress=memory.progress(progress),
             stop=stop,
-            on_step=curve.hook(),
+            on_step=both(curve.hook(), on_step),
         )
     task_eval = evaluate(model, ctx.task_data.test_x, ctx.task_data.test_y)
     trainable = sum(p.numel() for p in params)

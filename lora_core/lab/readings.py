@@ -14,6 +14,7 @@ Accuracies come in as fractions (0..1) and are written as percentages (lora_core
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from lora_core.lab.analysis.dora import slope
 from lora_core.numbers import pct
@@ -230,3 +231,35 @@ def read_magnitude_direction(decompositions: dict[str, list[list[float]]], layer
     if not agree:
         return sentence + f"; here {', '.join(differ)} {'does' if len(differ) == 1 else 'do'} not."
     return sentence + f"; here {', '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}, {', '.join(differ)} not."
+
+
+def read_intruders(saved: dict[str, Any]) -> str:
+    """One sentence on a saved intruder measurement (lora_core.lab.analysis.intruders): which run had the most
+    intruders at the headline (k, eps), and whether more intruders went with more forgetting across the runs."""
+    k, eps = saved["headline"]["k"], saved["headline"]["eps"]
+    runs = saved["runs"]
+    totals = [(sum(layer[str(k)][f"{eps:g}"] for layer in run["counts"].values()), run) for run in runs]
+
+    def name(run: dict[str, Any]) -> str:
+        return f"{'LoRA r=' + str(run['rank']) if run['method'] == 'lora' else 'full fine-tuning'} on {run['task']}"
+
+    most, top = max(totals, key=lambda item: item[0])
+    if most == 0:
+        sentence = f"No run had an intruder among any layer's top {k} directions at eps {eps:g}"
+    else:
+        sentence = f"At k = {k} and eps = {eps:g}, {name(top)} had the most intruders ({most} over its layers)"
+    parts = []
+    for task, r in (saved.get("correlation") or {}).items():
+        count = sum(1 for run in runs if run["task"] == task)
+        if r is None:
+            parts.append(f"on {task} too few runs, or no spread, to relate them to forgetting")
+        elif r == 0:
+            parts.append(
+                f"on {task} the count did not go with forgetting over {count} run{'s' * (count != 1)} (Pearson r = 0)"
+            )
+        else:
+            lost = "more forgetting" if r < 0 else "less forgetting"
+            parts.append(
+                f"on {task} more intruders went with {lost} over {count} run{'s' * (count != 1)} (Pearson r = {r:+.2f})"
+            )
+    return sentence + ("; " + "; ".join(parts) if parts else "") + "."

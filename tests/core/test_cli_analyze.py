@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from core_helpers import assert_refused_writing_nothing, file_bytes, run_cli_in_process
 
+from lora_core.lab import readings
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
 
@@ -25,6 +27,8 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "memory-rank-0": (["analyze", "memory", "--memory-ranks", "4", "0"], "trained", ["--memory-ranks:", "0"]),
     "rank-not-a-number": (["analyze", "--small-rank", "x"], "trained", ["--small-rank:", "'x'"]),
     "no-base-model": (["analyze", "memory"], "empty", ["no base model", "train"]),
+    "intruder-task": (["analyze", "intruders", "--tasks", "rotate:400"], "trained", ["--tasks:", "400"]),
+    "intruder-rank-0": (["analyze", "intruders", "--ranks", "0"], "trained", ["--ranks:", "0"]),
 }
 SMALL = ["--small-rank", "4", "--large-rank", "8", "--steps", "40", "--batch-size", "64", "--memory-steps", "2"]
 
@@ -97,6 +101,18 @@ def test_one_part_runs_only_its_group(capsys, artifacts_copy):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Memory of training" in result.stdout and "Subspace similarity" not in result.stdout
     assert {p.name for p in (artifacts_copy / "analysis").iterdir()} == {"memory.json"}
+
+
+def test_intruders_print_every_table_and_save_the_json(capsys, artifacts_copy):
+    args = ["analyze", "intruders", "--ranks", "1", "4", "--tasks", "weakest", "--steps", "3", "--batch-size", "32"]
+    result = run_cli_in_process(capsys, [*args, "--artifacts", str(artifacts_copy)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for k in (10, 20, 50):
+        assert f"Intruders among the top {k} of every layer" in result.stdout
+    assert result.stdout.count("LoRA r=4") >= 3 and "full fine-tuning" in result.stdout  # a row in each table
+    saved = json.loads((artifacts_copy / "analysis" / "intruders.json").read_text())
+    assert readings.read_intruders(saved) in result.stdout
+    assert {p.name for p in (artifacts_copy / "analysis").iterdir()} == {"intruders.json"}
 
 
 @pytest.mark.parametrize(
