@@ -7,7 +7,7 @@ sentences that read these charts are written by lora_core.lab.readings, from the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import plotly.graph_objects as go
@@ -818,3 +818,30 @@ def sweep_methods(points: dict[str, list[tuple[int, float, float]]], kind: str, 
     fig.update_xaxes(title_text="trainable parameters (log scale)", type="log", dtick=1)
     fig.update_yaxes(title_text=accuracy_label)
     return _layout(fig, f"Each method across the {kind} sweep", height=380)
+
+
+def intruders_vs_forgetting(runs: Sequence[Any], k: int, eps: float) -> go.Figure:
+    """One point per run (lora_core.lab.analysis.intruders.IntruderRun) at (intruders over its layers at k and eps,
+    what it forgot in points), in its method's colour, one marker shape per task, labelled with the run."""
+    fig = go.Figure()
+    tasks = list(dict.fromkeys(run.task for run in runs))
+    symbols = ("circle", "square", "diamond", "triangle-up")
+    for run in runs:
+        fig.add_scatter(
+            x=[run.total(k, eps)],
+            y=[run.forgot],
+            mode="markers+text",
+            text=[run.label],
+            textposition="top center",
+            marker={
+                "color": palette.METHOD.get(run.method, palette.MARK),
+                "size": 12,
+                "symbol": symbols[tasks.index(run.task) % len(symbols)],
+            },
+            name=f"{run.label} on {run.task}",
+            hovertemplate=f"{run.label} on {run.task}: %{{x}} intruders, %{{y:+.2f}} points on {run.forgot_on}"
+            "<extra></extra>",
+        )
+    fig.update_xaxes(title_text=f"intruders among each layer's top {k} (ε {eps:g}), summed")
+    fig.update_yaxes(title_text="what the run forgot (points)")
+    return _layout(fig, "Intruder dimensions against forgetting", height=380)

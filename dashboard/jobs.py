@@ -60,6 +60,7 @@ KIND_TITLES = {
     "experiment": "Running an experiment (methods side by side)",
     "analysis": "Running the analysis (the adapters' subspaces, memory)",
     "sweep": "Running a sweep (one LoRA setting over several values)",
+    "intruders": "Measuring intruder dimensions (LoRA at three ranks and full fine-tuning)",
 }
 
 
@@ -391,6 +392,18 @@ def _analysis(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> 
 def start_analysis(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
     """Run lora_core.lab.analysis.run_analysis in the background (settings: an AnalysisSettings, already validated)."""
     return REGISTRY.start(Job("analysis", KIND_TITLES["analysis"], _analysis, (store, settings), owner))
+
+
+def _intruders(store: ArtifactStore, settings: Any, progress: Any, stop: Any) -> dict[str, Any]:
+    """Every intruder run, measured and saved to <artifacts>/analysis/intruders.json (a stop saves nothing)."""
+    from lora_core.lab.analysis.intruders import run_intruders
+
+    return run_intruders(store, _data(), settings, progress=progress, stop=stop)
+
+
+def start_intruders(store: ArtifactStore, settings: Any, owner: str | None = None) -> Job:
+    """Run lora_core.lab.analysis.intruders.run_intruders in the background (settings: IntruderSettings, validated)."""
+    return REGISTRY.start(Job("intruders", KIND_TITLES["intruders"], _intruders, (store, settings), owner))
 
 
 def experiment_adapter(result: ExperimentResult) -> str | None:

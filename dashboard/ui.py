@@ -66,7 +66,7 @@ JOB_PANELS: dict[str, tuple[str, ...]] = {
     "training": tuple(jobs.KIND_TITLES),
     "finetune": ("finetune",),
     "experiments": ("experiment", "sweep"),
-    "insight": ("analysis",),
+    "insight": ("analysis", "intruders"),
     "mydigits": ("personal",),
 }
 

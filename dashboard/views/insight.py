@@ -14,8 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, jobs, state, ui
-from lora_core.errors import ConfigError
+from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab import readings
 from lora_core.lab.analysis import AnalysisSettings, load_analysis
+from lora_core.lab.analysis.intruders import IntruderSettings, load_intruders, runs_of
 
 FIELD_LABELS = {
     "small_rank": "Small rank",
@@ -79,7 +81,7 @@ try:
 except ConfigError as exc:
     slots.show(exc, FIELD_LABELS.get(exc.field))
     valid = False
-job = ui.job_panel(("analysis",))
+job = ui.job_panel(ui.JOB_PANELS["insight"])
 if job is None or not job.running:
     if st.button("Run the analysis", type="primary", disabled=ui.busy() or not valid, key="insight_run"):
         ui.start_job(jobs.start_analysis, store, settings)
@@ -289,3 +291,63 @@ else:
         )
     if rows and rows[0].get("peak_measure"):
         st.caption(f"Measured peak: {rows[0]['peak_measure']}.")
+
+
+# --- intruder dimensions ---------------------------------------------------------------------------------------------
+st.header("Intruder dimensions")
+st.write(
+    "Directions a fine-tuned layer gained that W never had, counted for LoRA at three ranks and full fine-tuning, "
+    "beside what each run forgot."
+)
+with st.expander("How is this measured?"):
+    st.markdown(
+        "Shuttleworth et al. (2024) found that LoRA's trained weights carry *intruder dimensions*: among the top "
+        "singular vectors of W + ΔW, some have a low cosine similarity with every singular vector of W, and full "
+        "fine-tuning shows fewer. Here each run (LoRA at ranks "
+        f"{', '.join(map(str, IntruderSettings().ranks))} and full fine-tuning, on "
+        f"{' and '.join(IntruderSettings().tasks)}, 600 steps each) is read at its last step: for each layer's top "
+        "k left singular vectors, the largest |cosine| with any of W's; below ε it is an intruder. Forgetting is the "
+        "change where the run was not trained: the other digits for a digit task, plain MNIST for a domain task."
+    )
+idle = job is None or not job.running
+if idle and st.button("Measure intruder dimensions", disabled=ui.busy(), key="insight_intruders"):
+    ui.start_job(jobs.start_intruders, store, IntruderSettings())
+try:
+    intruders = load_intruders(store)
+except ArtifactError as exc:
+    st.error(f"The saved intruder measurement cannot be read: {exc}. Measure again to replace it.")
+    intruders = None
+if intruders is None:
+    st.info("Not measured yet: press the button above, or run `python -m lora_core analyze intruders`.")
+else:
+    k, eps = intruders["headline"]["k"], intruders["headline"]["eps"]
+    runs = runs_of(intruders)
+    st.plotly_chart(charts.intruders_vs_forgetting(runs, k, eps), width="stretch", key="intruders-chart")
+    st.markdown(readings.read_intruders(intruders))
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "task": run.task,
+                    "run": run.label,
+                    **{f"ε {e:g}": run.total(k, e) for e in intruders["epsilons"]},
+                    "forgot (points)": run.forgot,
+                    "forgot on": run.forgot_on,
+                }
+                for run in runs
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"forgot (points)": st.column_config.NumberColumn(format="%+.2f")},
+    )
+    st.caption(
+        f"Intruders among the top {k} directions of every layer (linear3 has 10), summed over the layers, at each "
+        f"ε. The file also holds k = {', '.join(str(x) for x in intruders['ks'] if x != k)}: "
+        "`python -m lora_core analyze intruders` prints them."
+    )
+    load = (intruders.get("environment") or {}).get("loadavg")
+    st.caption(
+        f"Measured {ui.when(intruders.get('created'))} in {intruders['seconds']:.0f} s"
+        + (f", load average {load[0]:.1f}." if load else ".")
+    )

@@ -156,3 +156,25 @@ def test_the_analysis_runs_as_a_job_and_its_results_show_again_after_a_restart(t
     similarity = next(t.value for t in at.dataframe if "φ(1,1)" in t.value.columns)
     assert "φ(1, all) at init" not in similarity.columns
     assert_shows_similarity(at, saved["adapters.json"]["similarity"]["update"])
+
+
+def test_saved_intruder_dimensions_are_charted_read_and_tabled(trained_dir: Path, mnist) -> None:  # noqa: ANN001
+    from lora_core.lab import readings
+    from lora_core.lab.analysis.intruders import IntruderSettings, run_intruders, runs_of
+    from lora_core.store.artifacts import ArtifactStore
+
+    at = visit(new_app(), "insight")
+    assert "Not measured yet" in texts(at)
+    assert any(b.label == "Measure intruder dimensions" for b in at.button)
+    store = ArtifactStore(trained_dir)
+    settings = IntruderSettings(ranks=(1, 4), tasks=("weakest",), steps=3, batch_size=32, device="cpu")
+    saved = run_intruders(store, mnist, settings)
+    at = visit(new_app(), "insight")
+    assert_clean(at)
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Intruder dimensions" in c.proto.spec)
+    runs = runs_of(saved)
+    assert [(t["x"][0], t["y"][0]) for t in chart["data"]] == [(r.total(10, 0.5), r.forgot) for r in runs]
+    assert readings.read_intruders(saved) in texts(at)
+    (table,) = [d.value for d in at.dataframe if "forgot (points)" in d.value.columns]
+    assert list(table["run"]) == ["LoRA r=1", "LoRA r=4", "full fine-tuning"]
+    assert list(table["ε 0.9"]) == [r.total(10, 0.9) for r in runs]
