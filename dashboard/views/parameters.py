@@ -197,6 +197,8 @@ if live is not None and live["sha"] == base.fingerprint:
         f"{result.seed}. Time: LoRA run {seconds['lora']:.2f} s, control {seconds['control']:.2f} s, "
         f"{seconds['total']:.2f} s in all."
     )
+    if result.pissa_summary:
+        st.info(result.pissa_summary)
     show = {PASS: st.success, FAIL: st.error}.get(result.verdict, st.warning)
     show(result.summary)
 

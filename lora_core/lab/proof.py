@@ -12,6 +12,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import time
@@ -238,6 +239,24 @@ class LiveCheck:
     control: list[WeightCheck]  # base tensors after the same steps of full fine-tuning
     adapter: list[AdapterNorms]
     seconds: dict[str, float]
+    # the same steps as PiSSA: the base its adapter is saved for, and the residual base W - s B0 A0 it trained on
+    pissa_base: list[WeightCheck] = field(default_factory=list)
+    pissa_residual: list[WeightCheck] = field(default_factory=list)
+
+    @property
+    def pissa_summary(self) -> str:
+        """PiSSA's two bases in one sentence (empty when the check ran without it)."""
+        if not self.pissa_base:
+            return ""
+        kept = all(d.identical for d in self.pissa_base)
+        moved = [d.key for d in self.pissa_residual if not d.identical]
+        residual = (
+            f"the residual base it trained on differs from W on {', '.join(moved)}, as PiSSA intends (W - s B0 A0)"
+            if moved
+            else "the residual base it trained on did not differ from W, which PiSSA should not give"
+        )
+        base = "W stays bit-identical" if kept else "W CHANGED"
+        return f"PiSSA, the same {self.steps} steps: {base} (its adapter is saved converted onto W); {residual}."
 
     @property
     def base_identical(self) -> bool:
@@ -300,6 +319,14 @@ class LiveCheck:
             ],
             "adapter": [asdict(n) for n in self.adapter],
             "seconds": self.seconds,
+            "pissa_summary": self.pissa_summary,
+            "pissa_base": [
+                {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "identical": d.identical} for d in self.pissa_base
+            ],
+            "pissa_residual": [
+                {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "changed": not d.identical}
+                for d in self.pissa_residual
+            ],
         }
 
 
@@ -413,5 +440,15 @@ def _live_check(
         _full_finetune(control_model, LIVE_ADAPTER, data, config)
         seconds["control"] = time.perf_counter() - t
         control_diffs = weights_unchanged(snapshot, control_model.base_state_dict())
+
+        pissa_model = LoraModel(plain_copy(base_model))
+        t = time.perf_counter()
+        pissa_run = finetune(pissa_model, LIVE_ADAPTER, data, dataclasses.replace(config, init="pissa"))
+        seconds["pissa"] = time.perf_counter() - t
+        pissa_base = weights_unchanged(snapshot, pissa_model.base_state_dict())
+        assert pissa_run.residual_base is not None
+        pissa_residual = weights_unchanged(snapshot, base_tensors(pissa_run.residual_base))
     seconds["total"] = time.perf_counter() - started
-    return LiveCheck(steps, batch_size, lr, rank, seed, lora_diffs, control_diffs, norms, seconds)
+    return LiveCheck(
+        steps, batch_size, lr, rank, seed, lora_diffs, control_diffs, norms, seconds, pissa_base, pissa_residual
+    )

@@ -4,6 +4,7 @@ loop that also trains W: in the library, in the CLI (`prove`, `inspect`) and in 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -62,6 +63,14 @@ def test_live_check_passes_on_the_real_loop(small_base: MLP, small_mnist: MnistD
     assert check.steps == 20 and check.seconds["total"] >= check.seconds["lora"] + check.seconds["control"]
     data = json.loads(json.dumps(check.to_dict()))
     assert data["verdict"] == "PASS" and data["passed"] is True and len(data["control_run"]) == 6
+    # PiSSA beside them: W untouched where its adapter lives, its residual base different on every weight
+    assert all(d.identical for d in check.pissa_base)
+    assert {d.key for d in check.pissa_residual if not d.identical} == {
+        "linear1.weight",
+        "linear2.weight",
+        "linear3.weight",
+    }
+    assert "W stays bit-identical" in check.pissa_summary and "differs from W on linear1.weight" in check.pissa_summary
     # the caller's model and random generator are left as they were
     assert all(torch.equal(before[k], v) for k, v in small_base.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and torch.get_num_threads() == threads
@@ -378,6 +387,9 @@ def test_live_check_to_dict_holds_every_field_under_its_name() -> None:
             }
         ],
         "seconds": seconds,
+        "pissa_summary": "",
+        "pissa_base": [],
+        "pissa_residual": [],
     }
 
 
@@ -388,7 +400,7 @@ def test_live_check_trains_all_ten_digits_and_its_control_only_the_base_tensors(
     real_finetune, real_train_parameters = proof_module.finetune, proof_module.train_parameters
 
     def finetune_spy(lora_model: LoraModel, name: str, data: MnistData, config: FinetuneConfig) -> object:
-        seen["lora"] = (name, data, config)
+        seen["pissa" if "lora" in seen else "lora"] = (name, data, config)  # LoRA's run first, then PiSSA's
         return real_finetune(lora_model, name, data, config)
 
     def train_parameters_spy(
@@ -425,7 +437,8 @@ def test_live_check_trains_all_ten_digits_and_its_control_only_the_base_tensors(
     for n in check.adapter:
         assert n.a_before > 0 and n.a_after > 0 and n.a_after != n.a_before and n.a_changed
         assert n.b_before == 0.0 < n.b_after and n.b_changed
-    assert set(check.seconds) == {"lora", "control", "total"}
+    assert seen["pissa"][2] == dataclasses.replace(config, init="pissa")  # PiSSA: the same steps, its own start
+    assert set(check.seconds) == {"lora", "control", "pissa", "total"}
     assert 0 < check.seconds["lora"] + check.seconds["control"] <= check.seconds["total"] <= wall
 
 

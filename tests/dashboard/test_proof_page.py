@@ -24,6 +24,8 @@ def test_live_check_passes_on_the_real_loop(trained_dir: Path) -> None:
     assert any(str(s.value).startswith("PASS") for s in at.success), texts(at)
     assert not at.error
     assert any("Time: LoRA run" in str(c.value) for c in at.caption)
+    pissa = [str(i.value) for i in at.info if str(i.value).startswith("PiSSA, the same 20 steps")]
+    assert pissa and "W stays bit-identical" in pissa[0] and "differs from W on linear1.weight" in pissa[0]
     tables = {tuple(df.value.columns): df.value for df in at.dataframe}
     base = next(v for k, v in tables.items() if "control: changed" in k)
     assert len(base) == 6 and list(base["LoRA run: bit-identical"]) == ["yes"] * 6
