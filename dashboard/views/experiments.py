@@ -193,11 +193,12 @@ with c3:
     slots.add("curve_every")
 st.caption(
     f"Learning rates: LoRA {defaults.lora_lr:g}, LoRA+ {defaults.loraplus_lr:g} for A and "
-    f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, PiSSA {defaults.pissa_lr:g}, full "
-    f"fine-tuning {defaults.full_lr:g}, last layer {defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every "
-    "method trains on the same batches. The LoRA, LoRA+, DoRA and PiSSA adapters are saved like any adapter (under "
-    "a new name, never replacing one; PiSSA's converted to plain LoRA on the untouched W); the full and last-layer "
-    "copies are measured and dropped."
+    f"{defaults.loraplus_ratio:g} × that for B, DoRA {defaults.dora_lr:g}, PiSSA {defaults.pissa_lr:g}, VeRA "
+    f"{defaults.vera_lr:g} (its shared A and B at rank {defaults.vera_rank}), full fine-tuning {defaults.full_lr:g}, "
+    f"last layer {defaults.head_lr:g}; LoRA alpha = 2 × r on all layers. Every method trains on the same batches. "
+    "The LoRA, LoRA+, DoRA, PiSSA and VeRA adapters are saved like any adapter (under a new name, never replacing "
+    "one; PiSSA's converted to plain LoRA on the untouched W); the full and last-layer copies are measured and "
+    "dropped."
 )
 
 if st.button("Run the comparison", type="primary", disabled=ui.busy() or task is None, key="exp_start"):

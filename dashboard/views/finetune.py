@@ -164,14 +164,14 @@ with c2:
         ratio = st.number_input("LoRA+ ratio (B's rate / A's)", value=LORAPLUS_RATIO, key="ft_loraplus_ratio")
     slots.add("loraplus_lr_ratio")
     dora = st.toggle(
-        "DoRA: a trainable magnitude per output row",
+        "DoRA: a magnitude per output row",
         value=False,
         key="ft_dora",
         help="Liu et al., 2024 (PEFT's use_dora): each adapted row of W becomes m · (W + s·B·A) / ‖W + s·B·A‖, "
         "with m trained beside A and B (one more parameter per output row). W itself stays frozen.",
     )
     pissa = st.toggle(
-        "PiSSA: start from W's top singular directions",
+        "PiSSA: start from W's top SVD",
         value=False,
         key="ft_pissa",
         help="Meng et al., 2024 (PEFT's init_lora_weights='pissa'): A and B start from W's top-r singular vectors "
@@ -180,7 +180,7 @@ with c2:
     )
     slots.add("init")
     vera = st.toggle(
-        "VeRA: train two vectors per layer on a shared random A and B",
+        "VeRA: two vectors per layer",
         value=False,
         key="ft_vera",
         help="Kopiczko et al., 2024 (PEFT's VeraConfig): A and B are one frozen random pair shared by every layer "
