@@ -320,6 +320,19 @@ class AdapterInfo:
         return task_of(self.record.metrics)
 
     @property
+    def rank_text(self) -> str:
+        """The adapter's kind and rank as the sidebar lists it: "r=8", "DoRA r=8", "VeRA r=256", or PiSSA's trained
+        rank beside the rank its converted file holds ("PiSSA r=8, saved r=16")."""
+        cfg = self.record.config
+        if cfg is None:
+            return "r=?"
+        pissa = (self.record.metrics or {}).get("pissa")
+        if isinstance(pissa, dict) and "trained_rank" in pissa:
+            return f"PiSSA r={pissa['trained_rank']}, saved r={cfg.r}"
+        kind = "VeRA " if cfg.use_vera else "DoRA " if cfg.use_dora else ""
+        return f"{kind}r={cfg.r}"
+
+    @property
     def is_dora(self) -> bool:
         """A DoRA adapter: it rescales W's rows, so it has no strength to scale and no rank to cut."""
         return self.record.config is not None and self.record.config.use_dora

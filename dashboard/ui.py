@@ -511,13 +511,12 @@ def sidebar(page: str | None = None) -> None:
             st.markdown("**Adapters**")
             lines = []
             for a in infos:
-                cfg = a.record.config
                 if a.status == "broken":
                     lines.append(f"- :material/warning: `{a.name}` · broken")
                     continue
                 mark = " · **active**" if a.name == active else ""
                 stale = " · stale (other base)" if a.status == "stale" else ""
-                lines.append(f"- `{a.name}` · {a.label} · r={cfg.r if cfg else '?'}{mark}{stale}")
+                lines.append(f"- `{a.name}` · {a.label} · {a.rank_text}{mark}{stale}")
             st.markdown("\n".join(lines))
         _sidebar_separate_bases()
         if active:

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import assert_clean, click, new_app, visit, wait_for_job
+from conftest import assert_clean, click, new_app, texts, visit, wait_for_job
 
 from dashboard import jobs
 from lora_core.store.artifacts import ArtifactStore
@@ -113,6 +113,7 @@ def test_finetune_page_trains_pissa_refuses_it_with_dora_and_shows_its_residual_
     assert job.status == jobs.DONE, job.error
     metrics = json.loads((trained_dir / "adapters" / "pissa" / "metrics.json").read_text())
     assert metrics["finetune"]["init"] == "pissa" and metrics["pissa"]["saved_rank"] == 16
+    assert "`pissa` · digit" in texts(at) and "PiSSA r=8, saved r=16" in texts(at)  # the sidebar's list
     visit(at, "parameters")
     at.selectbox(key="params_adapter").set_value("pissa").run()
     assert_clean(at)
@@ -140,6 +141,7 @@ def test_finetune_page_trains_vera_with_its_own_rank_and_shows_its_vectors(train
     metrics = json.loads((trained_dir / "adapters" / "vera" / "metrics.json").read_text())
     assert metrics["finetune"]["use_vera"] is True and metrics["trainable_params"] == trainable
     assert json.loads((trained_dir / "adapters" / "vera" / "adapter_config.json").read_text())["peft_type"] == "VERA"
+    assert "VeRA r=128" in texts(at)  # the sidebar's list
     visit(at, "parameters")
     assert_clean(at)
     assert {m.label: m.value for m in at.metric}["Trainable (VeRA's d and b)"] == f"{trainable:,}"
