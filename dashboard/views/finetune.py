@@ -32,8 +32,34 @@ FIELD_LABELS = {
     "loraplus_lr_ratio": "LoRA+ ratio",
     "init": "PiSSA",
     "use_vera": "VeRA",
+    "use_dora": "DoRA",
 }
 LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and PEFT's usual ratio
+VARIANT_SWITCHES = (
+    (
+        "dora",
+        "DoRA: a magnitude per output row",
+        "Liu et al., 2024 (PEFT's use_dora): each adapted row of W becomes m · (W + s·B·A) / ‖W + s·B·A‖, with m "
+        "trained beside A and B (one more parameter per output row). W itself stays frozen.",
+        "use_dora",
+    ),
+    (
+        "pissa",
+        "PiSSA: start from W's top SVD",
+        "Meng et al., 2024 (PEFT's init_lora_weights='pissa'): A and B start from W's top-r singular vectors and "
+        "train on the residual base W − s·B₀A₀, built in a copy. The adapter is saved as plain LoRA of rank 2r on "
+        "the untouched W (PEFT's conversion), so it loads like any other.",
+        "init",
+    ),
+    (
+        "vera",
+        "VeRA: two vectors per layer",
+        "Kopiczko et al., 2024 (PEFT's VeraConfig): A and B are one frozen random pair shared by every layer (rank "
+        "r); each layer trains only d (r values) and b (one per output row): ΔW = diag(b)·B·diag(d)·A. The paper "
+        "uses r = 256; here a learning rate of 1e-1 served it best (docs/defaults.md).",
+        "use_vera",
+    ),
+)
 
 st.title("LoRA fine-tuning")
 st.write(
@@ -163,31 +189,12 @@ with c2:
     if loraplus:
         ratio = st.number_input("LoRA+ ratio (B's rate / A's)", value=LORAPLUS_RATIO, key="ft_loraplus_ratio")
     slots.add("loraplus_lr_ratio")
-    dora = st.toggle(
-        "DoRA: a magnitude per output row",
-        value=False,
-        key="ft_dora",
-        help="Liu et al., 2024 (PEFT's use_dora): each adapted row of W becomes m · (W + s·B·A) / ‖W + s·B·A‖, "
-        "with m trained beside A and B (one more parameter per output row). W itself stays frozen.",
-    )
-    pissa = st.toggle(
-        "PiSSA: start from W's top SVD",
-        value=False,
-        key="ft_pissa",
-        help="Meng et al., 2024 (PEFT's init_lora_weights='pissa'): A and B start from W's top-r singular vectors "
-        "and train on the residual base W − s·B₀A₀, built in a copy. The adapter is saved as plain LoRA of rank "
-        "2r on the untouched W (PEFT's conversion), so it loads like any other.",
-    )
-    slots.add("init")
-    vera = st.toggle(
-        "VeRA: two vectors per layer",
-        value=False,
-        key="ft_vera",
-        help="Kopiczko et al., 2024 (PEFT's VeraConfig): A and B are one frozen random pair shared by every layer "
-        "(rank r); each layer trains only d (r values) and b (one per output row): ΔW = diag(b)·B·diag(d)·A. "
-        "The paper uses r = 256; here a learning rate of 1e-1 served it best (docs/defaults.md).",
-    )
-    slots.add("use_vera")
+    # LoRA's variants that change the adapter itself: (session key, label, help, the field an error names)
+    switched = {}
+    for key, label, explained, field in VARIANT_SWITCHES:
+        switched[key] = st.toggle(label, value=False, key=f"ft_{key}", help=explained)
+        slots.add(field)
+    dora, pissa, vera = switched["dora"], switched["pissa"], switched["vera"]
 with c3:
     replay = st.slider("Replay fraction", 0.0, 1.0, float(defaults.replay), 0.05, key="ft_replay")
     st.caption(

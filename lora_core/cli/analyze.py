@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from lora_core.cli.options import UsageError, float_arg, int_arg, precision_option, usage_error
@@ -112,22 +113,9 @@ def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
         memory_steps=args.memory_steps,
         directions=args.directions,
     )
-    try:
-        settings.validate()
-    except ConfigError as exc:
-        raise usage_error(exc, ANALYZE_FLAGS, args.argv) from exc
     parts = PARTS if args.part == "all" else (args.part,)
     store = ArtifactStore(args.artifacts)
-    if not store.has_base():  # before the writer lock, which would create the folder
-        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
-    data = load_mnist(args.data, log=say)
-    bar = ProgressBar()
-    try:
-        result = run_analysis(
-            store, data, settings, parts, progress=bar, stop=stop, log=lambda m: (bar.close(), say(m))
-        )
-    finally:
-        bar.close()
+    result = _run_checked(args, settings, stop, lambda data, **live: run_analysis(store, data, settings, parts, **live))
     adapters = result.adapters
     if adapters is not None:
         for part in ADAPTER_PARTS:
@@ -142,6 +130,24 @@ def cmd_analyze(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
     return {"artifacts": str(store.root), "part": args.part, **result.to_dict()}
 
 
+def _run_checked(args: argparse.Namespace, settings: Any, stop: threading.Event, run: Callable[..., Any]) -> Any:
+    """Check `settings` (an error names the option typed) and that there is a base model, before the writer lock
+    (which would create the folder); then `run(data, progress=..., stop=..., log=...)` under a progress bar."""
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        raise usage_error(exc, ANALYZE_FLAGS, args.argv) from exc
+    store = ArtifactStore(args.artifacts)
+    if not store.has_base():
+        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
+    data = load_mnist(args.data, log=say)
+    bar = ProgressBar()
+    try:
+        return run(data, progress=bar, stop=stop, log=lambda m: (bar.close(), say(m)))
+    finally:
+        bar.close()
+
+
 def cmd_intruders(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     settings = IntruderSettings(
         ranks=tuple(args.ranks),
@@ -153,19 +159,8 @@ def cmd_intruders(args: argparse.Namespace, stop: threading.Event) -> dict[str, 
         precision=args.precision,
         device=args.device,
     )
-    try:
-        settings.validate()
-    except ConfigError as exc:
-        raise usage_error(exc, ANALYZE_FLAGS, args.argv) from exc
     store = ArtifactStore(args.artifacts)
-    if not store.has_base():
-        raise UsageError(f"no base model in {store.base_dir}; train one first (python -m lora_core train)")
-    data = load_mnist(args.data, log=say)
-    bar = ProgressBar()
-    try:
-        saved = run_intruders(store, data, settings, progress=bar, stop=stop, log=lambda m: (bar.close(), say(m)))
-    finally:
-        bar.close()
+    saved = _run_checked(args, settings, stop, lambda data, **live: run_intruders(store, data, settings, **live))
     say_intruders(saved)
     say(f"\nSaved to {analysis_dir(store) / INTRUDERS_FILE}")
     return {"artifacts": str(store.root), "part": "intruders", "intruders": saved}

@@ -204,14 +204,7 @@ class LoraConfig:
             return cls._from_peft_vera(data)
         if data.get("peft_type") != "LORA":
             raise ConfigError("peft_type", f"expected 'LORA' or 'VERA', got {data.get('peft_type')!r}")
-        for key in ("r", "lora_alpha", "target_modules"):
-            if key not in data:
-                raise ConfigError(key, "missing from adapter_config.json")
-        if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
-            raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
-        targets = data["target_modules"]
-        if isinstance(targets, str) or not isinstance(targets, list):
-            raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+        targets = _peft_targets(data, ("r", "lora_alpha", "target_modules"))
         init = "gaussian" if data.get("init_lora_weights") == "gaussian" else "kaiming"
         patterns = {}
         for key in ("rank_pattern", "alpha_pattern"):
@@ -234,14 +227,7 @@ class LoraConfig:
 
     @classmethod
     def _from_peft_vera(cls, data: dict[str, Any]) -> LoraConfig:
-        for key in ("r", "target_modules"):
-            if key not in data:
-                raise ConfigError(key, "missing from adapter_config.json")
-        if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
-            raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
-        targets = data["target_modules"]
-        if isinstance(targets, str) or not isinstance(targets, list):
-            raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+        targets = _peft_targets(data, ("r", "target_modules"))
         cfg = cls(
             r=data["r"],
             alpha=float(data["r"]),  # unused by VeRA; r keeps the config valid
@@ -268,3 +254,17 @@ class LoraConfig:
             else:
                 del d[key]
         return d
+
+
+def _peft_targets(data: dict[str, Any], required: tuple[str, ...]) -> list[str]:
+    """An adapter_config.json's target layers, once the keys `required` are there and its bias and layout are ones
+    this package reads (ConfigError naming the field otherwise)."""
+    for key in required:
+        if key not in data:
+            raise ConfigError(key, "missing from adapter_config.json")
+    if data.get("bias", "none") != "none" or data.get("fan_in_fan_out", False):
+        raise ConfigError("bias", "only bias='none' and fan_in_fan_out=false adapters are supported")
+    targets = data["target_modules"]
+    if isinstance(targets, str) or not isinstance(targets, list):
+        raise ConfigError("target_modules", f"must be a list of layer names, got {targets!r}")
+    return targets
