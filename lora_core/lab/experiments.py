@@ -129,6 +129,12 @@ class TrainingCurve:
         self.points: list[list[float]] = [[0, start_accuracy]]
         self.decomposition: list[list[float]] = [[0, 0.0, 0.0]]
 
+    @classmethod
+    def off(cls) -> TrainingCurve:
+        """A curve that records nothing (no checkpoint asked for)."""
+        empty = torch.empty(0)
+        return cls(0, 0, empty, empty, 0.0, empty)
+
     def hook(self) -> StepHook | None:
         return self._checkpoint if self.every else None
 
@@ -403,11 +409,12 @@ def both(first: StepHook | None, second: StepHook | None) -> StepHook | None:
 def _curve(ctx: TaskContext, settings: ExperimentSettings) -> TrainingCurve:
     """The curve of the table's task figure: accuracy over the task's test images of its target digits (all ten
     for a domain task), starting from the base's."""
+    if not settings.curve_every:
+        return TrainingCurve.off()
     x, y = ctx.task_data.test_x, ctx.task_data.test_y
     rows = torch.isin(y, torch.tensor(ctx.target_digits, device=y.device))
-    start = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
     w0 = ctx.base_state[f"{DORA_LAYER}.weight"]
-    return TrainingCurve(settings.curve_every, settings.steps, x[rows], y[rows], start["task_accuracy"], w0)
+    return TrainingCurve(settings.curve_every, settings.steps, x[rows], y[rows], ctx.base_scores()["task_accuracy"], w0)
 
 
 def _run_copy(

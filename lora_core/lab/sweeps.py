@@ -354,7 +354,7 @@ def run_sweep(
     with store.writing(f"running the {kind} sweep on {task.spec}"):
         ctx = prepare_task(store, data, task, settings, base_config=base_config, progress=progress, stop=stop, log=log)
         run = RunContext(progress, stop)
-        before = ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))
+        before = ctx.base_scores()
         points = []
         runs = [(value, method) for value in ordered for method in settings.methods]
         for i, (value, method) in enumerate(runs, 1):

@@ -73,6 +73,12 @@ class TaskContext:
             return tuple(range(10))
         return tuple(d for d in range(10) if d not in self.target_digits)
 
+    def base_scores(self) -> dict[str, float]:
+        """`scores` of the base model itself: what every method's figures are measured against."""
+        return self.scores(
+            self.before_task.summary(misclassified=False), self.before_plain.summary(misclassified=False)
+        )
+
     def scores(self, task_summary: dict[str, Any], plain_summary: dict[str, Any]) -> dict[str, float]:
         return {
             "task_accuracy": accuracy_on(task_summary, self.target_digits),

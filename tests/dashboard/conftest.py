@@ -85,18 +85,20 @@ def fresh_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.fixture
-def trained_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_artifacts: Path) -> Path:
+def private_copy(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of an artifacts folder that the app under test reads and writes ($LORA_ARTIFACTS_DIR)."""
     root = tmp_path / "artifacts"
-    shutil.copytree(trained_artifacts, root)
+    shutil.copytree(source, root)
     monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
     return root
+
+
+@pytest.fixture
+def trained_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_artifacts: Path) -> Path:
+    return private_copy(trained_artifacts, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved_results: Path) -> Path:
     """A private copy of the saved experiment, sweep and analysis results (with the rotate-45 adapter)."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(saved_results, root)
-    monkeypatch.setenv("LORA_ARTIFACTS_DIR", str(root))
-    return root
+    return private_copy(saved_results, tmp_path, monkeypatch)

@@ -208,7 +208,7 @@ def run_intruders(
             )
             domain = ctx.task.is_domain
             forgot = (result.plain_accuracy if domain else result.kept_accuracy) - (
-                ctx.before_plain.accuracy if domain else _kept(ctx)
+                ctx.before_plain.accuracy if domain else ctx.base_scores()["kept_accuracy"]
             )
             runs.append(
                 IntruderRun(
@@ -240,12 +240,6 @@ def run_intruders(
         if save:
             write_saved(store.root / "analysis" / FILE, out)
     return out
-
-
-def _kept(ctx: Any) -> float:
-    return ctx.scores(ctx.before_task.summary(misclassified=False), ctx.before_plain.summary(misclassified=False))[
-        "kept_accuracy"
-    ]
 
 
 def correlation(points: Sequence[tuple[float, float]]) -> float | None:
