@@ -29,8 +29,9 @@ METHOD = {
     "lora": ADAPTED,
     "loraplus": ADAPTER,
     "dora": MARK,
-    "pissa": "#882255",
-    "vera": "#332288",  # Paul Tol's indigo  # Paul Tol's wine: apart from the others for every colour vision tested
+    "pissa": "#882255",  # Paul Tol's wine
+    "vera": "#332288",  # Paul Tol's indigo
+    "qlora": "#554400",  # a dark olive: chosen by search as the farthest from the others (and white) for every vision
     "full": "#d55e00",
     "head": ELSEWHERE,
 }

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from lora_core.data import MnistData, as_inputs
 from lora_core.errors import ConfigError, RunStopped, TrainingDiverged
-from lora_core.lora import INITS, LoraConfig, LoraModel, validate_adapter_name
+from lora_core.lora import INITS, LoraConfig, LoraModel, linear_layers, validate_adapter_name
+from lora_core.lora.nf4 import NF4, Nf4Config, check_base_precision
 from lora_core.lora.pissa import PISSA, as_plain_lora, residual_start
 from lora_core.model import DEFAULT_HIDDEN, LAYER_NAMES, MAX_HIDDEN, MLP
 from lora_core.numbers import is_finite_number
@@ -124,6 +125,10 @@ class FinetuneConfig:
     use_dora: bool = False  # DoRA (Liu et al., 2024): a trainable magnitude per output row beside A and B
     # VeRA (Kopiczko et al., 2024): A and B one frozen random pair shared by the layers; each trains two vectors
     use_vera: bool = False
+    # QLoRA (Dettmers et al., 2023): "nf4" trains the adapter on a 4-bit NF4 copy of the frozen base, in blocks of
+    # nf4_block_size weights; the adapter then runs on that base (lora_core.lora.nf4)
+    base_precision: str = "fp32"
+    nf4_block_size: int = Nf4Config.block_size
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -168,7 +173,18 @@ class FinetuneConfig:
             raise ConfigError("init", f"PiSSA and {other} cannot be combined here; choose one of them")
         if self.use_vera and self.loraplus_lr_ratio is not None:
             raise ConfigError("loraplus_lr_ratio", "LoRA+ sets B's rate apart from A's; VeRA trains neither A nor B")
+        check_base_precision(self.base_precision)
+        quantization = self.quantization()
+        if quantization is not None:
+            if self.use_dora or self.use_vera or self.init == PISSA:
+                kind = "DoRA" if self.use_dora else "VeRA" if self.use_vera else "PiSSA"
+                raise ConfigError("base_precision", f"the NF4 base (QLoRA) takes plain LoRA adapters here, not {kind}")
+            quantization.validate(None if model is None else linear_layers(model))
         self.lora_config().validate(model)
+
+    def quantization(self) -> Nf4Config | None:
+        """The NF4 config of the base the adapter trains on (None: the float32 base)."""
+        return Nf4Config(self.nf4_block_size) if self.base_precision == NF4 else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -180,6 +196,8 @@ class FinetuneConfig:
             del d["use_dora"]
         if not self.use_vera:  # and VeRA
             del d["use_vera"]
+        if self.base_precision != NF4:  # and QLoRA
+            del d["base_precision"], d["nf4_block_size"]
         return d
 
 
@@ -374,7 +392,7 @@ def finetune(
         start = residual_start(lora_model, name, config.lora_config(), seed=config.seed)
         trained = start.model
     else:
-        lora_model.add_adapter(name, config.lora_config(), seed=config.seed)
+        lora_model.add_adapter(name, config.lora_config(), seed=config.seed, quantization=config.quantization())
         trained = lora_model
     try:
         params = trained.mark_only_lora_trainable(name)

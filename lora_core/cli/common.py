@@ -64,6 +64,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         loraplus_lr_ratio=args.loraplus_ratio,
         use_dora=args.dora,
         use_vera=args.vera,
+        base_precision=args.base_precision,
+        nf4_block_size=args.nf4_block_size,
         init=args.init,
         seed=args.ft_seed,
         device=args.device,

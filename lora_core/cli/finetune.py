@@ -17,7 +17,7 @@ from lora_core.cli.options import (
     validated,
 )
 from lora_core.cli.render import ProgressBar, digit_table, say
-from lora_core.lab.proof import pissa_sentence
+from lora_core.lab.proof import pissa_sentence, quantized_sentence
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.numbers import pct
 from lora_core.train import SCHEDULES, FinetuneConfig
@@ -58,6 +58,9 @@ def cmd_finetune(args: argparse.Namespace, stop: threading.Event) -> dict[str, A
     pissa = outcome.metrics.get("pissa")
     if pissa:
         say(pissa_sentence(pissa))
+    quantized = outcome.metrics.get("quantized_base")
+    if quantized:
+        say(quantized_sentence(quantized))
     for d in outcome.digits:
         say(f"Digit {d}: {pct(before['per_digit_accuracy'][d])} -> {pct(after['per_digit_accuracy'][d])}")
     say(f"Overall: {pct(before['accuracy'])} -> {pct(after['accuracy'])} (target digits: {digits})")

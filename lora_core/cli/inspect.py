@@ -9,7 +9,7 @@ from typing import Any
 from lora_core.cli.common import choose_adapter, store_of
 from lora_core.cli.options import ADAPTER_FLAGS, adapter_choice
 from lora_core.cli.render import param_table, recorded_table, say, table
-from lora_core.lab.proof import pissa_rows, pissa_sentence, recorded_check
+from lora_core.lab.proof import pissa_rows, pissa_sentence, quantized_rows, quantized_sentence, recorded_check
 from lora_core.lab.study import load_base_for_lora
 from lora_core.numbers import pct
 from lora_core.params import adapter_update_statistics, parameter_table
@@ -67,6 +67,12 @@ def cmd_inspect(args: argparse.Namespace, stop: threading.Event) -> dict[str, An
             say("")
             say(pissa_sentence(pissa))
             rows = pissa_rows(pissa)
+            say(table(list(rows[0]), [list(r.values()) for r in rows]))
+        quantized = (record.metrics or {}).get("quantized_base")
+        if quantized:
+            say("")
+            say(quantized_sentence(quantized))
+            rows = quantized_rows(quantized)
             say(table(list(rows[0]), [list(r.values()) for r in rows]))
         result.update(
             {

@@ -16,6 +16,7 @@ from lora_core.errors import ConfigError
 from lora_core.lab.experiment_settings import ADAPTER_METHODS, METHODS
 from lora_core.lab.tasks import parse_task
 from lora_core.lora import validate_adapter_name
+from lora_core.lora.nf4 import BASE_PRECISIONS
 from lora_core.model import LAYER_NAMES
 from lora_core.precision import PRECISIONS
 from lora_core.train import DEVICES, FINETUNE_INITS, SCHEDULES, FinetuneConfig, TrainConfig
@@ -118,6 +119,8 @@ FINETUNE_FLAGS: dict[str, tuple[str, ...]] = {
     "loraplus_lr_ratio": ("--loraplus-ratio",),
     "use_vera": ("--vera",),
     "use_dora": ("--dora",),
+    "base_precision": ("--base-precision",),
+    "nf4_block_size": ("--nf4-block-size",),
     "batch_size": ("--batch-size", "--ft-batch-size"),
     "lr": ("--lr", "--ft-lr"),
     "lr_schedule": ("--lr-schedule", "--ft-lr-schedule"),
@@ -143,6 +146,7 @@ EXPERIMENT_FLAGS: dict[str, tuple[str, ...]] = {
     "pissa_lr": ("--pissa-lr",),
     "vera_lr": ("--vera-lr",),
     "vera_rank": ("--vera-rank",),
+    "nf4_block_size": ("--nf4-block-size",),
     "curve_every": ("--curve-every",),
     "loraplus_ratio": ("--loraplus-ratio",),
     "loraplus_lr_ratio": ("--loraplus-ratio",),
@@ -272,6 +276,15 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         "(dW = diag(b) B diag(d) A; --rank is the pair's rank, 256 in the paper); saved as PEFT's VeRA",
     )
     parser.add_argument(
+        "--base-precision",
+        dest="base_precision",
+        choices=BASE_PRECISIONS,
+        default=d.base_precision,
+        help="the frozen base the adapter trains and runs on: fp32, or nf4 (QLoRA: a 4-bit NormalFloat copy of W "
+        "with double-quantised block scales, by torchao; W itself stays untouched)",
+    )
+    nf4_block_option(parser, d.nf4_block_size)
+    parser.add_argument(
         "--init",
         choices=FINETUNE_INITS,
         default=d.init,
@@ -284,6 +297,18 @@ def finetune_options(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="replace an existing adapter of the same name (else refused; a study without --name picks a fresh name)",
+    )
+
+
+def nf4_block_option(parser: argparse.ArgumentParser, default: int) -> None:
+    """--nf4-block-size: weights per NF4 block (a layer whose size it does not divide stays float32)."""
+    parser.add_argument(
+        "--nf4-block-size",
+        dest="nf4_block_size",
+        type=int_arg,
+        default=default,
+        help=f"NF4's weights per block, each block with its own scale ({default} in QLoRA); a layer whose weight "
+        "count it does not divide stays float32",
     )
 
 
@@ -349,6 +374,7 @@ def adapter_method_options(parser: argparse.ArgumentParser, d: Any) -> None:
     parser.add_argument(
         "--vera-rank", dest="vera_rank", type=int_arg, default=d.vera_rank, help="the rank of VeRA's shared A and B"
     )
+    nf4_block_option(parser, d.nf4_block_size)
 
 
 def run_options(parser: argparse.ArgumentParser, d: Any, each: str) -> None:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from lora_core.evaluate import weakest_digit
 from lora_core.lab.analysis.dora import LAYER as DORA_LAYER
 from lora_core.lab.experiment_settings import ADAPTER_METHODS
-from lora_core.lab.readings import METHOD_NAMES, read_machine_load, read_magnitude_direction
+from lora_core.lab.readings import METHOD_NAMES, read_machine_load, read_magnitude_direction, read_quantized_base
 from lora_core.lab.study import headline_from_study
 from lora_core.lab.sweeps import smallest_within_best
 from lora_core.numbers import pct
@@ -254,6 +254,8 @@ def experiment_report(result: Any) -> None:
                 "  (PiSSA's adapter as saved, converted to run on the untouched W; the residual base W - s B0 A0 "
                 "it trained on is not W, and gives other logits)"
             )
+        if m.quantized_base is not None:
+            say("  " + read_quantized_base(m.quantized_base, base["task_accuracy"], base["plain_accuracy"], "the task"))
     lora = result.method("lora")
     if lora is not None:
         gain, params = result.gain_share("lora"), result.param_share("lora")

@@ -12,15 +12,16 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 from lora_core.errors import ConfigError
 from lora_core.lab.run import alpha_for, finetune_config
 from lora_core.lab.tasks import Task
+from lora_core.lora.nf4 import NF4, Nf4Config, check_block_size
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.numbers import Number
 from lora_core.precision import check_precision
 from lora_core.train import FinetuneConfig, check_int, check_loraplus_ratio, check_lr
 
-METHODS = ("lora", "loraplus", "dora", "pissa", "vera", "full", "head")
+METHODS = ("lora", "loraplus", "dora", "pissa", "vera", "qlora", "full", "head")
 DEFAULT_METHODS = ("lora", "full", "head")  # what a comparison runs unless asked: LoRA and its two references
 # the methods that train (and save) a LoRA adapter on the frozen base
-ADAPTER_METHODS = ("lora", "loraplus", "dora", "pissa", "vera")
+ADAPTER_METHODS = ("lora", "loraplus", "dora", "pissa", "vera", "qlora")
 METHOD_LABELS = {
     "lora": "LoRA (base frozen, adapter trained)",
     "loraplus": "LoRA+ (LoRA with B learning faster than A; Hayou et al., 2024)",
@@ -28,6 +29,7 @@ METHOD_LABELS = {
     "pissa": "PiSSA (LoRA started from W's top singular directions, on the residual base; Meng et al., 2024)",
     "vera": "VeRA (one frozen random A and B shared by the layers, two trained vectors per layer; Kopiczko et al., "
     "2024)",
+    "qlora": "QLoRA (LoRA at LoRA's rate on a 4-bit NF4 copy of the frozen base; Dettmers et al., 2023)",
     "full": "full fine-tuning of a copy of the base",
     "head": "last layer (linear3) only",
 }
@@ -56,6 +58,7 @@ class _CommonSettingsRecord(TypedDict):
     pissa_lr: NotRequired[Number]
     vera_lr: NotRequired[Number]
     vera_rank: NotRequired[int]
+    nf4_block_size: NotRequired[int]
     curve_every: NotRequired[int]
     loraplus_ratio: NotRequired[Number]
     replay: Number | None
@@ -103,6 +106,7 @@ class ExperimentSettings:
     pissa_lr: float = PISSA_LR
     vera_lr: float = VERA_LR
     vera_rank: int = VERA_RANK  # VeRA's shared pair's rank (the other adapter methods take `rank`)
+    nf4_block_size: int = Nf4Config.block_size  # QLoRA's NF4 base: weights per block
     curve_every: int = 0  # accuracy on the task's test set every this many steps (a training curve); 0: none
     # digit tasks and unseen: the share of each batch from the other digits. None: UNSEEN_REPLAY for unseen,
     # FinetuneConfig's default (0.5, the study's) for the digit tasks; a domain task trains on every digit.
@@ -126,6 +130,7 @@ class ExperimentSettings:
             "dora": self.dora_lr,
             "pissa": self.pissa_lr,
             "vera": self.vera_lr,
+            "qlora": self.lora_lr,  # LoRA's, as QLoRA kept LoRA's hyperparameters: only the base differs
             "full": self.full_lr,
             "head": self.head_lr,
         }
@@ -153,6 +158,7 @@ class ExperimentSettings:
             use_dora=method == "dora",
             **({"init": "pissa"} if method == "pissa" else {}),
             **({"use_vera": True, "rank": self.vera_rank} if method == "vera" else {}),
+            **({"base_precision": NF4, "nf4_block_size": self.nf4_block_size} if method == "qlora" else {}),
         )
 
     def validate(self, model: MLP | None = None) -> None:
@@ -170,6 +176,9 @@ class ExperimentSettings:
                 raise ConfigError(f"{method}_lr", exc.reason) from None
         check_int("rank", self.rank, 1, 10_000)
         check_int("vera_rank", self.vera_rank, 1, 10_000)
+        check_block_size(self.nf4_block_size)
+        if "qlora" in self.methods:
+            self.finetune_config(tuple(range(10)), "qlora").validate(model)
         check_int("curve_every", self.curve_every, 0, 1_000_000)
         check_precision(self.precision)
         check_loraplus_ratio(self.loraplus_ratio, self.loraplus_lr)

@@ -53,6 +53,8 @@ from lora_core.lab.run import PeakMemory, environment, named_progress, safetenso
 from lora_core.lab.study import disabled_equals_base, finetune_and_save_adapter
 from lora_core.lab.task_context import BaseRecord, TaskContext, prepare_task
 from lora_core.lab.tasks import Task, TaskRecord
+from lora_core.lora import LoraModel
+from lora_core.lora.nf4 import import_nf4
 from lora_core.model import MLP
 from lora_core.numbers import Number
 from lora_core.params import parameter_table
@@ -109,6 +111,8 @@ class MethodResult:
     # at the same checkpoints: (step, dM, dD) of linear2's weight against the base's (the DoRA paper's figure 2,
     # lora_core.lab.analysis.dora); None: no curve asked
     magnitude_direction: list[list[float]] | None = None
+    # QLoRA: its NF4 base on its own (the adapter at weight 0) on the task and plain MNIST, and that base's bytes
+    quantized_base: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +217,18 @@ class ExperimentResult:
         )
 
 
+class QuantizedBaseScores(TypedDict):
+    """What a QLoRA run measures of its NF4 base alone: accuracy on the task and on plain MNIST (fractions), and
+    the bytes of the quantised layers against float32's."""
+
+    block_size: int
+    task_accuracy: Number
+    plain_accuracy: Number
+    bytes: int
+    fp32_bytes: int
+    fp32_layers: dict[str, str]
+
+
 class MethodRecord(TypedDict):
     """MethodResult as saved."""
 
@@ -239,6 +255,7 @@ class MethodRecord(TypedDict):
     adapter_off_equals_base: NotRequired[bool | None]
     curve: NotRequired[list[list[Number]] | None]
     magnitude_direction: NotRequired[list[list[Number]] | None]
+    quantized_base: NotRequired[QuantizedBaseScores | None]
 
 
 class ExperimentRecord(RunRecord):
@@ -289,6 +306,8 @@ def run_method(
         raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     named = named_progress(progress, METHOD_NAMES[method])  # the name the tables and charts use
     started = time.perf_counter()
+    if method == "qlora":  # torchao's import (seconds, tens of MB of code) stays out of the run's time and memory
+        import_nf4()
     if method in ADAPTER_METHODS:
         return _run_lora(ctx, settings, adapter_name, overwrite, named, stop, started, save_adapter, method, on_step)
     return _run_copy(ctx, method, settings, named, stop, started, on_step)
@@ -367,6 +386,7 @@ def _run_lora(
     with lora_model.adapters_disabled():
         off = evaluate(lora_model, ctx.plain_data.test_x, ctx.plain_data.test_y).summary(misclassified=False)
     off_equals_base = disabled_equals_base(lora_model, ctx.plain_data.test_x)
+    quantized = _quantized_base_scores(ctx, lora_model, name)
     if not save_adapter:
         lora_model.delete_adapter(name)
     return MethodResult(
@@ -391,7 +411,33 @@ def _run_lora(
         adapter_off_equals_base=off_equals_base,
         curve=curve.result(),
         magnitude_direction=curve.decomposition_result(),
+        quantized_base=quantized,
     )
+
+
+def _quantized_base_scores(ctx: TaskContext, lora_model: LoraModel, name: str) -> dict[str, Any] | None:
+    """QLoRA's NF4 base on its own (adapter `name` at weight 0): task and plain accuracy, and its bytes."""
+    record = lora_model.quantized_record(name)
+    if record is None:
+        return None
+    with lora_model.active_adapters_kept():
+        lora_model.set_adapter([name], weights=[0.0])
+        task = evaluate(lora_model, ctx.task_data.test_x, ctx.task_data.test_y).summary(misclassified=False)
+        plain = (
+            task
+            if ctx.task_data is ctx.plain_data
+            else evaluate(lora_model, ctx.plain_data.test_x, ctx.plain_data.test_y).summary(misclassified=False)
+        )
+    scores = ctx.scores(task, plain)
+    layers = record["layers"].values()
+    return {
+        "block_size": record["block_size"],
+        "task_accuracy": scores["task_accuracy"],
+        "plain_accuracy": scores["plain_accuracy"],
+        "bytes": sum(layer["bytes"] for layer in layers),
+        "fp32_bytes": sum(layer["fp32_bytes"] for layer in layers),
+        "fp32_layers": record["fp32_layers"],
+    }
 
 
 def both(first: StepHook | None, second: StepHook | None) -> StepHook | None:

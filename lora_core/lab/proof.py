@@ -105,6 +105,46 @@ def pissa_rows(record: dict[str, Any], digits: int = 12) -> list[dict[str, str]]
     ]
 
 
+def quantized_sentence(record: dict[str, Any]) -> str:
+    """One sentence on a QLoRA adapter's NF4 base, from its "quantized_base" record (true whatever the figures):
+    which layers are 4-bit and their bytes against float32's, whether the codes and scales stayed bit-identical
+    through training, and the NF4 base's own accuracy where recorded."""
+    layers = record["layers"]
+    nf4_bytes = sum(layer["bytes"] for layer in layers.values())
+    fp32_bytes = sum(layer["fp32_bytes"] for layer in layers.values())
+    codes = record["codes_sha256"]
+    changed = sorted(k for k in codes["before"] if codes["before"][k] != codes["after"].get(k))
+    kept = (
+        f"its {len(codes['before'])} code and scale tensors are bit-identical after training (sha256)"
+        if not changed and codes["before"]
+        else f"its codes or scales CHANGED during training: {', '.join(changed) or 'none recorded'}"
+    )
+    left = "; ".join(f"{layer} stays float32 ({why})" for layer, why in record.get("fp32_layers", {}).items())
+    accuracy = record.get("base_accuracy")
+    alone = f"; the NF4 base alone reads {accuracy['accuracy']:.2%} of the test set" if accuracy else ""
+    made = f"block {record['block_size']}" + (f", {record['implementation']}" if record.get("implementation") else "")
+    return (
+        f"Trained on a 4-bit NF4 copy of the base ({made}): {', '.join(layers)} hold {nf4_bytes / 1e6:.2f} MB against "
+        f"{fp32_bytes / 1e6:.2f} MB in float32 ({nf4_bytes / fp32_bytes:.1%}); {kept}{alone}"
+        + (f"; {left}" if left else "")
+        + "."
+    )
+
+
+def quantized_rows(record: dict[str, Any], digits: int = 12) -> list[dict[str, str]]:
+    """Per stored NF4 tensor: its sha256 when the adapter was added and after training (a QLoRA record)."""
+    codes = record["codes_sha256"]
+    return [
+        {
+            "NF4 tensor": key,
+            "sha256 before": before[:digits],
+            "sha256 after": codes["after"].get(key, "")[:digits],
+            "same": "yes" if codes["after"].get(key) == before else "NO",
+        }
+        for key, before in codes["before"].items()
+    ]
+
+
 @dataclass
 class RecordedTensor:
     tensor: str

@@ -27,6 +27,7 @@ METHOD_NAMES = {
     "dora": "DoRA",
     "pissa": "PiSSA",
     "vera": "VeRA",
+    "qlora": "QLoRA",
     "full": "full fine-tuning",
     "head": "last layer only",
 }
@@ -64,7 +65,7 @@ def read_methods(
         parts.append(f"LoRA took the task from {pct(base_task)} to {pct(lora)}")
     elif full is not None:
         parts.append(f"Full fine-tuning took the task from {pct(base_task)} to {pct(full)}")
-    for variant in ("loraplus", "dora", "pissa", "vera"):  # LoRA's family, each against LoRA where it ran
+    for variant in ("loraplus", "dora", "pissa", "vera", "qlora"):  # LoRA's family, each against LoRA where it ran
         if variant in task:
             reached, named = task[variant], METHOD_NAMES[variant]
             if lora is not None:
@@ -84,6 +85,20 @@ def read_methods(
     if keeps:
         sentence += "; " + ", while ".join(keeps)
     return sentence + "."
+
+
+def read_quantized_base(scores: dict[str, Any], base_task: float, base_plain: float, task_what: str) -> str:
+    """One sentence on QLoRA's NF4 base alone (an experiment's quantized_base scores, fractions): its accuracy on
+    the task and plain MNIST beside the float32 base's, and its bytes against float32's."""
+    share = scores["bytes"] / scores["fp32_bytes"] if scores["fp32_bytes"] else 0.0
+    left = scores.get("fp32_layers") or {}
+    kept = "; ".join(f"{layer} stays float32 ({why})" for layer, why in left.items())
+    return (
+        f"QLoRA's NF4 base alone (block {scores['block_size']}, the adapter at weight 0): {task_what} "
+        f"{pct(scores['task_accuracy'])} (float32 base {pct(base_task)}), plain MNIST {pct(scores['plain_accuracy'])} "
+        f"(float32 {pct(base_plain)}); its quantised layers hold {_kb(scores['bytes'])} against "
+        f"{_kb(scores['fp32_bytes'])} in float32 ({share:.1%})" + (f"; {kept}" if kept else "") + "."
+    )
 
 
 def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str) -> str:

@@ -198,12 +198,25 @@ def finetune_and_save_adapter(
             if run.residual_base is not None
             else {}
         ),
+        **quantized_base_metrics(lora_model, name, data),
         **(extra_metrics or {}),
     }
     path = store.save_adapter(lora_model, name, metrics, base.fingerprint, overwrite=overwrite)
     return AdapterOutcome(
         name, tuple(digits), before, after, config, run.seconds, table.lora_params, str(path), metrics
     )
+
+
+def quantized_base_metrics(lora_model: LoraModel, name: str, data: MnistData) -> dict[str, Any]:
+    """A QLoRA adapter's "quantized_base" record (LoraModel.quantized_record) with the NF4 base's own accuracy on
+    the test set (the adapter at weight 0: the quantisation's cost); nothing for an adapter on the float32 base."""
+    record = lora_model.quantized_record(name)
+    if record is None:
+        return {}
+    with lora_model.active_adapters_kept():
+        lora_model.set_adapter([name], weights=[0.0])
+        nf4_base = evaluate(lora_model, data.test_x, data.test_y)
+    return {"quantized_base": {**record, "base_accuracy": nf4_base.summary(misclassified=False)}}
 
 
 def refuse_existing_adapter(store: ArtifactStore, name: str, overwrite: bool) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from lora_core.errors import ConfigError
 from lora_core.lora.fast import BaseCast, FrozenBaseLoraFunction, cast_frozen_base
+from lora_core.lora.nf4 import Nf4Config, Nf4Linear, why_not_quantized
 
 if TYPE_CHECKING:
     from lora_core.lora.config import LoraConfig
@@ -128,6 +129,11 @@ class LoraLinear(nn.Module):
         self.adapters_enabled = True
         self._merged_weight: torch.Tensor | None = None
         self._base_cast: BaseCast | None = None  # W and b in autocast's dtype while training; _frozen_base_as
+        # QLoRA: frozen NF4 copies of base_layer by Nf4Config.key, which adapters run on which, and the copy the
+        # current activation runs on (None: base_layer). A layer an NF4 adapter does not adapt still runs on NF4.
+        self.quantized: dict[str, Nf4Linear] = {}
+        self.adapter_base: dict[str, str] = {}
+        self._active_base: str | None = None
 
     def add_adapter(
         self,
@@ -183,6 +189,22 @@ class LoraLinear(nn.Module):
     def is_vera(self, name: str) -> bool:
         return name in self.vera_lambda_d
 
+    def attach_quantized(self, name: str, config: Nf4Config) -> Nf4Linear | None:
+        """Make adapter `name` run on this layer's NF4 copy of W (built once per config, W untouched); None where
+        the layer's size does not divide into the config's blocks and it stays float32."""
+        if why_not_quantized(self.base_layer, config.block_size):
+            return None
+        if config.key not in self.quantized:
+            self.quantized[config.key] = Nf4Linear(self.base_layer, config.block_size)
+        self.adapter_base[name] = config.key
+        return self.quantized[config.key]
+
+    def _base(self) -> nn.Module:
+        """The base the current activation runs on: base_layer, or the NF4 copy its adapters trained on."""
+        if self._active_base is None or not self.adapters_enabled:
+            return self.base_layer
+        return self.quantized[self._active_base]
+
     def delete_adapter(self, name: str) -> None:
         if self.active_adapter == name:
             self.unmerge()
@@ -201,12 +223,18 @@ class LoraLinear(nn.Module):
             if name in store:
                 del store[name]
         self.scaling.pop(name, None)
+        key = self.adapter_base.pop(name, None)
+        if key is not None and key not in self.adapter_base.values():
+            del self.quantized[key]
+            if self._active_base == key:
+                self._active_base = None
 
     def set_adapter(self, name: str | None) -> None:
         if name != self.active_adapter or self.combination is not None:
             self.unmerge()
         self.combination = None
         self.active_adapter = name if name in self.lora_A else None
+        self._active_base = self.adapter_base.get(name) if name is not None else None
 
     def is_dora(self, name: str) -> bool:
         return name in self.lora_magnitude_vector
@@ -220,9 +248,13 @@ class LoraLinear(nn.Module):
             raise ConfigError(
                 "adapters", f"DoRA adapter {dora[0]!r} cannot be weighted or combined with others; use it alone"
             )
+        bases = {self.adapter_base.get(name) for name, _ in weighted}
+        if len(bases) > 1:
+            raise ConfigError("adapters", "adapters trained on different bases (NF4 and float32) cannot be combined")
         self.unmerge()
         self.active_adapter = None
         self.combination = tuple((name, float(weight)) for name, weight in weighted if name in self.lora_A)
+        self._active_base = bases.pop() if bases else None
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """What the adapter adds to W (for inspection and merging): scale * B A; for VeRA diag(b) B diag(d) A; for
@@ -244,7 +276,7 @@ class LoraLinear(nn.Module):
             return
         if self.active_adapter is None:
             return
-        self._merged_weight = self.base_layer.weight + self.delta_weight(self.active_adapter)
+        self._merged_weight = self._base().weight + self.delta_weight(self.active_adapter)
 
     def combined_delta_weight(self) -> torch.Tensor | None:
         """sum_k w_k * scale_k * B_k A_k of the active combination (None when no adapter of it is here)."""
@@ -257,7 +289,7 @@ class LoraLinear(nn.Module):
     def _merge_combination(self) -> None:
         delta = self.combined_delta_weight()
         if delta is not None:  # a separate tensor, as for one adapter: W itself is never written
-            self._merged_weight = self.base_layer.weight + delta
+            self._merged_weight = self._base().weight + delta
 
     def unmerge(self) -> None:
         self._merged_weight = None
@@ -271,7 +303,7 @@ class LoraLinear(nn.Module):
             return self._combined_forward(x)
         name = self.active_adapter
         if name is None or not self.adapters_enabled:
-            return self.base_layer(x)
+            return self._base()(x)
         if self._merged_weight is not None:
             return self._merged_forward(x)
         if self.is_dora(name):
@@ -285,11 +317,12 @@ class LoraLinear(nn.Module):
         scale = self.scaling[name]
         weight, bias = self.base_layer.weight, self.base_layer.bias
         base_trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
-        if not torch.is_grad_enabled() or base_trainable:
+        if not torch.is_grad_enabled() or base_trainable or self._active_base is not None:
             # evaluation and prediction: PEFT's own order of operations, so that logits agree with PEFT's
             # to the last bit and every reported accuracy is unchanged. A base layer left trainable (a
             # LoraLinear used on its own) also takes this path: plain autograd gives W and b their gradients.
-            out = self.base_layer(x)
+            # So does an NF4 base, whose matmul dequantises W for each pass and keeps nothing (QLoRA).
+            out = self._base()(x)
             side = x if x_side is None else x_side
             if out.dtype != b.dtype:  # bfloat16 autocast: the side path and the sum in float32, as below
                 with torch.autocast(x.device.type, enabled=False):
@@ -339,7 +372,7 @@ class LoraLinear(nn.Module):
 
     def _vera_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """PEFT's VeRA forward by plain autograd: W x + b_bias + b * (B (d * (A x)))."""
-        out = self.base_layer(x)
+        out = self._base()(x)
         update = self._vera_update(x, name)
         return out.to(update.dtype) + update
 
@@ -371,10 +404,10 @@ class LoraLinear(nn.Module):
         path computes its one term, and a weight of 1 multiplies nothing, so that a combination of one adapter
         at weight 1 (the others at 0) gives that adapter's logits to the last bit."""
         if not self.adapters_enabled or not self.combination:
-            return self.base_layer(x)
+            return self._base()(x)
         if self._merged_weight is not None:
             return self._merged_forward(x)
-        out = self.base_layer(x)
+        out = self._base()(x)
         first_b = self.lora_B[self.combination[0][0]].weight
         if out.dtype != first_b.dtype:  # bfloat16 autocast: the side paths and the sum in float32
             with torch.autocast(x.device.type, enabled=False):

@@ -21,6 +21,7 @@ from torch import nn
 from lora_core.errors import ConfigError, StaleAdapterError
 from lora_core.lora.config import MAX_SCALE, LoraConfig
 from lora_core.lora.layer import LoraLinear, linear_layers, rank_limits
+from lora_core.lora.nf4 import NF4, Nf4Config, Nf4Linear, raw_sha256, why_not_quantized
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.numbers import is_finite_number
 
@@ -30,6 +31,8 @@ class _AdapterEntry:
     config: LoraConfig
     meta: dict[str, Any] = field(default_factory=dict)
     vera_shared: tuple[torch.Tensor, torch.Tensor] | None = None  # VeRA: the frozen A and B every layer slices
+    quantization: Nf4Config | None = None  # QLoRA: the NF4 base the adapter runs on (None: the float32 base)
+    quantized_at_start: dict[str, str] = field(default_factory=dict)  # sha256 of its codes and scales when added
 
 
 def vera_projection(config: LoraConfig, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,14 +76,27 @@ class LoraModel(nn.Module):
         config: LoraConfig,
         seed: int | None = None,
         meta: dict[str, Any] | None = None,
+        quantization: Nf4Config | None = None,
     ) -> None:
         """Add a fresh adapter (B = 0, so the model's outputs do not change) and make it active. A rank
-        above a layer's limit is capped there (LoraConfig.capped_for); adapter_config(name) says so."""
+        above a layer's limit is capped there (LoraConfig.capped_for); adapter_config(name) says so.
+
+        With `quantization` (or a "quantized_base" record in `meta`, as a saved QLoRA adapter has) the adapter runs
+        on an NF4 copy of the base, built from W and shared by every adapter of that config; a record's hashes of
+        the codes and scales must match the rebuilt ones (StaleAdapterError otherwise)."""
         validate_adapter_name(name)
         config.validate(self.model)
         config = config.capped_for(self.model)
         if name in self.adapters:
             raise ConfigError("name", f"an adapter called {name!r} is already loaded")
+        record = (meta or {}).get("quantized_base")
+        if quantization is None and isinstance(record, dict):
+            quantization = Nf4Config.from_record(record)
+        if quantization is not None:
+            if config.use_dora or config.use_vera:
+                kind = "DoRA" if config.use_dora else "VeRA"
+                raise ConfigError("base_precision", f"the NF4 base (QLoRA) takes plain LoRA adapters here, not {kind}")
+            quantization.validate(linear_layers(self.model))
         device = next(self.model.parameters()).device
         generator = None
         if seed is not None:
@@ -94,7 +110,80 @@ class LoraModel(nn.Module):
                 setattr(self.model, layer_name, layer)
             layer.add_adapter(name, config, generator, layer=layer_name, shared=shared)
         self.adapters[name] = _AdapterEntry(config, dict(meta or {}), shared)
+        if quantization is not None:
+            self._attach_quantized(name, quantization, record)
         self.set_adapter(name)
+
+    def _attach_quantized(self, name: str, quantization: Nf4Config, record: dict[str, Any] | None) -> None:
+        for layer_name in LAYER_NAMES:  # every layer, adapted or not: the whole base is the NF4 one
+            layer = getattr(self.model, layer_name)
+            if not isinstance(layer, LoraLinear):
+                layer = LoraLinear(layer)
+                setattr(self.model, layer_name, layer)
+            layer.attach_quantized(name, quantization)
+        entry = self.adapters[name]
+        entry.quantization = quantization
+        entry.quantized_at_start = self.quantized_hashes(name)
+        expected = ((record or {}).get("codes_sha256") or {}).get("after")
+        if isinstance(expected, dict) and expected != entry.quantized_at_start:
+            differ = sorted(
+                k
+                for k in set(expected) | set(entry.quantized_at_start)
+                if expected.get(k) != entry.quantized_at_start.get(k)
+            )
+            self.delete_adapter(name)
+            raise StaleAdapterError(
+                f"adapter {name!r} was trained on an NF4 base whose codes and scales differ from the ones rebuilt "
+                f"from this base ({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}); was it quantised by "
+                "another torchao version or from another base?"
+            )
+
+    def quantized_layers(self, name: str) -> dict[str, Nf4Linear]:
+        """The NF4 layers adapter `name` runs on, by layer name (empty for an adapter on the float32 base)."""
+        self._require(name)
+        return {
+            layer_name: layer.quantized[layer.adapter_base[name]]
+            for layer_name, layer in self.lora_layers().items()
+            if name in layer.adapter_base
+        }
+
+    def quantized_hashes(self, name: str) -> dict[str, str]:
+        """sha256 of each stored part of adapter `name`'s NF4 base (linear1.weight.quantized_data, ...)."""
+        return {
+            f"{layer_name}.weight.{part}": raw_sha256(tensor)
+            for layer_name, layer in self.quantized_layers(name).items()
+            for part, tensor in layer.parts().items()
+        }
+
+    def quantized_record(self, name: str) -> dict[str, Any] | None:
+        """What a QLoRA adapter's metrics.json holds under "quantized_base": the format and block size, each NF4
+        layer's bytes against float32's, the layers left float32 and why, and the sha256 of the codes and scales
+        when the adapter was added and now. None for an adapter on the float32 base."""
+        entry = self._require(name)
+        if entry.quantization is None:
+            return None
+        block = entry.quantization.block_size
+        quantized = self.quantized_layers(name)
+        return {
+            "format": NF4,
+            "block_size": block,
+            "implementation": f"torchao {_torchao_version()}",
+            "layers": {
+                layer_name: {
+                    "weights": layer.in_features * layer.out_features,
+                    "scaler_block_size": layer.scaler_block_size,
+                    "bytes": layer.nbytes,
+                    "fp32_bytes": layer.in_features * layer.out_features * 4,
+                }
+                for layer_name, layer in quantized.items()
+            },
+            "fp32_layers": {
+                layer_name: why_not_quantized(layer, block) or ""
+                for layer_name, layer in linear_layers(self.model).items()
+                if layer_name not in quantized
+            },
+            "codes_sha256": {"before": dict(entry.quantized_at_start), "after": self.quantized_hashes(name)},
+        }
 
     def delete_adapter(self, name: str) -> None:
         self._require(name)
@@ -163,6 +252,14 @@ class LoraModel(nn.Module):
                     f"{-MAX_SCALE / scale:.3g} and {MAX_SCALE / scale:.3g}",
                 )
         self.check_same_base(names)
+        bases = {self.adapters[n].quantization for n in names}
+        if len(bases) > 1:
+            on_nf4 = next(n for n in names if self.adapters[n].quantization is not None)
+            on_fp32 = next(n for n in names if self.adapters[n].quantization is None)
+            raise ConfigError(
+                "adapters",
+                f"{on_nf4!r} runs on the NF4 base and {on_fp32!r} on the float32 base; combine adapters of one base",
+            )
         return tuple((name, float(weight)) for name, weight in zip(names, values))
 
     @torch.no_grad()
@@ -209,8 +306,11 @@ class LoraModel(nn.Module):
             "combination": {"adapters": [n for n, _ in weighted], "weights": [w for _, w in weighted], "type": "cat"},
             **(meta or {}),
         }
+        quantization = self.adapters[weighted[0][0]].quantization  # one base for all (_weighted)
+        if quantization is not None:
+            combined_meta.setdefault("quantized_base", self.quantized_record(weighted[0][0]))
         with self.active_adapters_kept():
-            self.add_adapter(adapter_name, config, meta=combined_meta)
+            self.add_adapter(adapter_name, config, meta=combined_meta, quantization=quantization)
             for layer_name, (a, b) in factors.items():
                 layer = self.lora_layers()[layer_name]
                 layer.lora_A[adapter_name].weight.copy_(a)
@@ -426,6 +526,12 @@ def plain_copy(model: nn.Module) -> MLP:
     plain = MLP(*inner.hidden)
     plain.load_state_dict({k: v.detach().clone() for k, v in base_state_dict(inner).items()})
     return plain.to(next(inner.parameters()).device).eval()
+
+
+def _torchao_version() -> str:
+    from importlib.metadata import version
+
+    return version("torchao")
 
 
 def validate_adapter_name(name: str) -> None:

@@ -45,7 +45,8 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 
 from lora_core.errors import AdapterExistsError, ArtifactError, ArtifactsBusy, ConfigError, StaleAdapterError
 from lora_core.evaluate import EvaluationDifference, EvaluationSummary
-from lora_core.lora import LoraConfig, LoraModel, validate_adapter_name
+from lora_core.lora import LoraConfig, LoraModel, linear_layers, validate_adapter_name
+from lora_core.lora.nf4 import Nf4Config
 from lora_core.model import IN_FEATURES, LAYER_NAMES, MAX_HIDDEN, MLP, NUM_CLASSES
 from lora_core.numbers import Number
 from lora_core.store.fileio import (
@@ -135,6 +136,28 @@ class _PissaRecord(TypedDict):
     residual_max_abs_diff: dict[str, Number]
 
 
+class _Nf4LayerRecord(TypedDict):
+    weights: int
+    scaler_block_size: int
+    bytes: int
+    fp32_bytes: int
+
+
+class _CodesRecord(TypedDict):
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+class _QuantizedBaseRecord(TypedDict):
+    format: str
+    block_size: int
+    implementation: NotRequired[str]
+    layers: dict[str, _Nf4LayerRecord]
+    fp32_layers: dict[str, str]
+    codes_sha256: _CodesRecord
+    base_accuracy: NotRequired[EvaluationSummary]
+
+
 class AdapterMetrics(TypedDict):
     """An adapter's metrics.json: the schema every listing and load checks. Only the base model's fingerprint
     is required (an adapter written by another tool may have nothing else); whatever else is there must have
@@ -155,6 +178,8 @@ class AdapterMetrics(TypedDict):
     difference: NotRequired[EvaluationDifference]
     base_tensors: NotRequired[_BaseTensorsRecord]
     pissa: NotRequired[_PissaRecord]  # PiSSA only: the residual base it trained on (lora_core.lab.proof.pissa_record)
+    # QLoRA only: the NF4 base it trained and runs on (LoraModel.quantized_record), with that base's own accuracy
+    quantized_base: NotRequired[_QuantizedBaseRecord]
 
 
 @dataclass
@@ -517,6 +542,12 @@ class ArtifactStore:
             record.config.validate(lora_model.model)
         except ConfigError as exc:
             raise ArtifactError(f"{record.path / ADAPTER_CONFIG} does not fit the base model: {exc}") from exc
+        quantized = (record.metrics or {}).get("quantized_base")
+        if quantized is not None:  # the NF4 base metrics.json says the adapter runs on must be buildable here
+            try:
+                Nf4Config.from_record(quantized).validate(linear_layers(lora_model.model))
+            except ConfigError as exc:
+                raise ArtifactError(f"{record.path / ADAPTER_METRICS}: {exc}") from exc
         weights_path = record.path / ADAPTER_WEIGHTS
         assert files[ADAPTER_WEIGHTS].data is not None  # _adapter_record checked it
         dtype = next(lora_model.model.parameters()).dtype

@@ -1,0 +1,176 @@
+"""QLoRA (Dettmers et al., 2023): LoRA trained on a 4-bit NF4 copy of the frozen base (torchao's NF4 tensor, with
+double-quantised block scales). The adapter runs on that copy, W stays bit-identical, the 4-bit codes and scales
+stay bit-identical through training, and a saved adapter rebuilds the same NF4 base when loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from core_helpers import random_mlp, randomize_b
+
+from lora_core.errors import ArtifactError, ConfigError, StaleAdapterError
+from lora_core.lab.proof import quantized_rows, quantized_sentence
+from lora_core.lab.study import finetune_and_save_adapter
+from lora_core.lora import LoraConfig, LoraModel
+from lora_core.lora.nf4 import NF4_LEVELS, Nf4Config, Nf4Linear, block_normalised, import_nf4, scaler_block_size
+from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_METRICS, ArtifactStore
+from lora_core.train import FinetuneConfig
+
+CONFIG = LoraConfig(r=4, alpha=8)
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(16, 784, generator=torch.Generator().manual_seed(0))
+
+
+def nf4_reference(mlp: torch.nn.Module, block_size: int) -> torch.nn.Module:
+    """A plain copy of `mlp` whose quantisable weights hold torchao's own dequantised NF4 values."""
+    copy = random_mlp(0)
+    copy.load_state_dict(mlp.state_dict())
+    to_nf4 = import_nf4().to_nf4
+    with torch.no_grad():
+        for layer in (copy.linear1, copy.linear2, copy.linear3):
+            n = layer.weight.numel()
+            if n % block_size == 0:
+                layer.weight.copy_(
+                    to_nf4(layer.weight, block_size, scaler_block_size(n // block_size)).get_original_weight()
+                )
+    return copy
+
+
+def test_an_nf4_layer_is_torchao_s_nf4_weight_in_under_a_fifth_of_the_bytes(x):
+    layer = random_mlp(0).linear1
+    nf4 = Nf4Linear(layer, 64)
+    reference = import_nf4().to_nf4(layer.weight.detach(), 64, 250).get_original_weight()
+    with torch.no_grad():
+        torch.testing.assert_close(nf4(x), F.linear(x, reference, layer.bias), atol=1e-6, rtol=0)
+        error = (nf4.weight - layer.weight).abs().max()
+    assert 0 < error < 0.2 * layer.weight.abs().max()  # at most half the widest gap between levels (0.72 to 1)
+    assert nf4.scaler_block_size == 250  # 12,250 blocks: QLoRA's 256 does not divide them
+    assert nf4.nbytes <= layer.weight.numel() * 4 / 5
+    torch.testing.assert_close(nf4.parts()["nf4"], torch.tensor(NF4_LEVELS), atol=1e-4, rtol=0)  # QLoRA's levels
+    assert nf4.bias is layer.bias  # shared, never copied
+
+
+def test_block_normalised_values_lie_in_minus_one_to_one_with_each_block_touching_an_end():
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    values = block_normalised(w, 32).reshape(-1, 32)
+    assert values.abs().max() == 1.0 and torch.all(values.abs().amax(dim=1) == 1.0)
+
+
+def test_a_qlora_adapter_runs_on_the_nf4_base_and_off_gives_the_float32_base(x):
+    base = random_mlp(0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with torch.no_grad():
+        fp32_logits = base(x)
+        nf4_logits = nf4_reference(base, 64)(x)
+    model = LoraModel(base)
+    model.add_adapter("q", CONFIG, seed=0, quantization=Nf4Config())
+    assert set(model.quantized_layers("q")) == {"linear1", "linear2"}  # linear3's 20,000 weights: not in 64s
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), nf4_logits, atol=1e-5, rtol=0)  # B = 0: the NF4 base itself
+        assert (model(x) - fp32_logits).abs().max() > 1e-4
+        with model.adapters_disabled():
+            assert torch.equal(model(x), fp32_logits)
+    assert all(torch.equal(before[k], v) for k, v in model.base_state_dict().items())
+    record = model.quantized_record("q")
+    assert record is not None and record["fp32_layers"] == {
+        "linear3": "its 20,000 weights do not divide into blocks of 64"
+    }
+    assert model.quantized_record("q")["codes_sha256"]["before"] == record["codes_sha256"]["after"]
+
+
+def test_a_layer_the_adapter_does_not_adapt_still_runs_on_nf4(x):
+    base = random_mlp(0)
+    with torch.no_grad():
+        nf4_logits = nf4_reference(base, 32)(x)  # block 32: every layer, linear3 too
+    model = LoraModel(base)
+    model.add_adapter("q", LoraConfig(r=4, alpha=8, target_modules=("linear3",)), quantization=Nf4Config(32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), nf4_logits, atol=1e-5, rtol=0)
+
+
+def test_merging_and_weight_zero_use_the_nf4_base_and_bases_do_not_mix(x):
+    model = LoraModel(random_mlp(0))
+    model.add_adapter("q", CONFIG, seed=0, quantization=Nf4Config())
+    model.add_adapter("q2", CONFIG, seed=1, quantization=Nf4Config())
+    randomize_b(model, "q")
+    model.set_adapter("q")
+    with torch.no_grad():
+        unmerged = model(x)
+        model.merge()
+        torch.testing.assert_close(model(x), unmerged, atol=1e-4, rtol=0)
+        model.unmerge()
+        model.set_adapter(["q"], weights=[0.0])
+        at_zero = model(x)
+        model.set_adapter("q2")  # fresh (B = 0): the NF4 base
+        torch.testing.assert_close(at_zero, model(x), atol=1e-6, rtol=0)
+    model.add_adapter("f", CONFIG, seed=0)
+    with pytest.raises(ConfigError, match="'q' runs on the NF4 base and 'f' on the float32 base"):
+        model.set_adapter(["q", "f"])
+    model.delete_adapter("q")
+    model.delete_adapter("q2")
+    assert all(not layer.quantized for layer in model.lora_layers().values())  # the NF4 copy goes with its adapters
+
+
+def test_training_on_nf4_keeps_w_and_the_codes_and_a_saved_adapter_rebuilds_its_base(small_base, small_mnist, tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.save_base(small_base, {})
+    record = store.load_base("cpu")
+    model = LoraModel(record.model)
+    config = FinetuneConfig(digits=(3,), rank=4, alpha=8, steps=8, batch_size=32, device="cpu", base_precision="nf4")
+    outcome = finetune_and_save_adapter(store, record, model, small_mnist, config, "q")
+    metrics = outcome.metrics
+    assert metrics["base_tensors"]["before"] == metrics["base_tensors"]["after"]  # W: untouched
+    quantized = metrics["quantized_base"]
+    codes = quantized["codes_sha256"]
+    assert len(codes["before"]) == 15 and codes["before"] == codes["after"]  # 3 layers x 5 parts, all the same
+    assert all(layer["bytes"] <= layer["fp32_bytes"] / 5 for layer in quantized["layers"].values())
+    assert metrics["finetune"]["base_precision"] == "nf4"
+    assert "bit-identical after training" in quantized_sentence(quantized)
+    assert {row["same"] for row in quantized_rows(quantized)} == {"yes"}
+    assert json.loads((store.adapter_dir("q") / ADAPTER_CONFIG).read_text())["peft_type"] == "LORA"
+
+    x = small_mnist.test_x[:300]
+    model.set_adapter("q")
+    with torch.no_grad():
+        trained = model(x)
+    fresh = LoraModel(store.load_base("cpu").model)
+    store.load_adapter(fresh, "q", record.fingerprint)
+    fresh.set_adapter("q")
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained)
+    assert metrics["quantized_base"]["base_accuracy"]["accuracy"] != metrics["after"]["accuracy"]
+
+    # a record whose codes differ from the rebuilt ones, or that names a block size no layer takes, is refused
+    path = store.adapter_dir("q") / ADAPTER_METRICS
+    saved = json.loads(path.read_text())
+    saved["quantized_base"]["codes_sha256"]["after"]["linear1.weight.quantized_data"] = "0" * 64
+    path.write_text(json.dumps(saved))
+    with pytest.raises(StaleAdapterError, match="codes and scales differ"):
+        store.load_adapter(LoraModel(store.load_base("cpu").model), "q", record.fingerprint)
+    saved["quantized_base"]["block_size"] = 4094
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError, match="no layer's weight count divides into blocks of 4094"):
+        store.load_adapter(LoraModel(store.load_base("cpu").model), "q", record.fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"use_dora": True}, "not DoRA"),
+        ({"use_vera": True}, "not VeRA"),
+        ({"init": "pissa"}, "not PiSSA"),
+        ({"nf4_block_size": 63}, "even whole number"),
+        ({"nf4_block_size": 4096}, "no layer's weight count divides into blocks of 4096"),
+        ({"base_precision": "int4"}, "fp32, nf4"),
+    ],
+)
+def test_what_the_nf4_base_cannot_take_is_refused_by_name(fields, message):
+    config = FinetuneConfig(digits=(1,), **{"base_precision": "nf4", **fields})
+    with pytest.raises(ConfigError, match=message):
+        config.validate(random_mlp(0))
