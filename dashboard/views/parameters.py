@@ -199,6 +199,8 @@ if live is not None and live["sha"] == base.fingerprint:
     )
     if result.pissa_summary:
         st.info(result.pissa_summary)
+    if result.qlora_summary:
+        st.info(result.qlora_summary)
     show = {PASS: st.success, FAIL: st.error}.get(result.verdict, st.warning)
     show(result.summary)
 

@@ -152,6 +152,7 @@ def live_check_tables(check: dict[str, Any]) -> str:
         f"Time: LoRA run {seconds['lora']:.2f} s, control {seconds['control']:.2f} s, "
         f"{seconds['total']:.2f} s in all\n{check['summary']}"
         + (f"\n{check['pissa_summary']}" if check.get("pissa_summary") else "")
+        + (f"\n{check['qlora_summary']}" if check.get("qlora_summary") else "")
     )
 
 

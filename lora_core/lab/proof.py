@@ -26,6 +26,7 @@ from lora_core.data import MnistData
 from lora_core.lab.run import finetune_config
 from lora_core.lora import LoraModel, base_state_dict
 from lora_core.lora.model import plain_copy
+from lora_core.lora.nf4 import NF4
 from lora_core.params import WeightCheck, weights_unchanged
 from lora_core.store.artifacts import now_iso
 from lora_core.threads import torch_threads
@@ -282,6 +283,25 @@ class LiveCheck:
     # the same steps as PiSSA: the base its adapter is saved for, and the residual base W - s B0 A0 it trained on
     pissa_base: list[WeightCheck] = field(default_factory=list)
     pissa_residual: list[WeightCheck] = field(default_factory=list)
+    # the same steps as QLoRA: W, and the sha256 of the NF4 base's codes and scales before the first step and after
+    qlora_base: list[WeightCheck] = field(default_factory=list)
+    qlora_codes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def qlora_summary(self) -> str:
+        """The NF4 base through QLoRA's steps in one sentence (empty when the check ran without it)."""
+        if not self.qlora_base:
+            return ""
+        kept = all(d.identical for d in self.qlora_base)
+        before, after = self.qlora_codes.get("before", {}), self.qlora_codes.get("after", {})
+        changed = sorted(k for k in before if before[k] != after.get(k))
+        codes = (
+            f"its NF4 base's {len(before)} code and scale tensors are bit-identical (sha256)"
+            if before and not changed
+            else f"its NF4 base's codes or scales CHANGED ({', '.join(changed) or 'none recorded'})"
+        )
+        base = "W stays bit-identical" if kept else "W CHANGED"
+        return f"QLoRA, the same {self.steps} steps on a 4-bit NF4 copy of W: {base}, and {codes}."
 
     @property
     def pissa_summary(self) -> str:
@@ -367,6 +387,11 @@ class LiveCheck:
                 {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "changed": not d.identical}
                 for d in self.pissa_residual
             ],
+            "qlora_summary": self.qlora_summary,
+            "qlora_base": [
+                {"tensor": d.key, "max_abs_diff": d.max_abs_diff, "identical": d.identical} for d in self.qlora_base
+            ],
+            "qlora_codes": self.qlora_codes,
         }
 
 
@@ -488,7 +513,27 @@ def _live_check(
         pissa_base = weights_unchanged(snapshot, pissa_model.base_state_dict())
         assert pissa_run.residual_base is not None
         pissa_residual = weights_unchanged(snapshot, base_tensors(pissa_run.residual_base))
+
+        qlora_model = LoraModel(plain_copy(base_model))
+        t = time.perf_counter()
+        finetune(qlora_model, LIVE_ADAPTER, data, dataclasses.replace(config, base_precision=NF4))
+        seconds["qlora"] = time.perf_counter() - t
+        qlora_base = weights_unchanged(snapshot, qlora_model.base_state_dict())
+        record = qlora_model.quantized_record(LIVE_ADAPTER)
+        qlora_codes = record["codes_sha256"] if record else {}
     seconds["total"] = time.perf_counter() - started
     return LiveCheck(
-        steps, batch_size, lr, rank, seed, lora_diffs, control_diffs, norms, seconds, pissa_base, pissa_residual
+        steps,
+        batch_size,
+        lr,
+        rank,
+        seed,
+        lora_diffs,
+        control_diffs,
+        norms,
+        seconds,
+        pissa_base,
+        pissa_residual,
+        qlora_base,
+        qlora_codes,
     )

@@ -71,9 +71,31 @@ def test_live_check_passes_on_the_real_loop(small_base: MLP, small_mnist: MnistD
         "linear3.weight",
     }
     assert "W stays bit-identical" in check.pissa_summary and "differs from W on linear1.weight" in check.pissa_summary
+    # QLoRA beside them: W untouched, and the NF4 base's codes and scales the same after its steps as before
+    assert all(d.identical for d in check.qlora_base) and len(check.qlora_codes["before"]) == 15
+    assert check.qlora_codes["before"] == check.qlora_codes["after"]
+    assert (
+        "W stays bit-identical, and its NF4 base's 15 code and scale tensors are bit-identical" in check.qlora_summary
+    )
     # the caller's model and random generator are left as they were
     assert all(torch.equal(before[k], v) for k, v in small_base.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and torch.get_num_threads() == threads
+
+
+def test_the_live_check_reports_nf4_codes_that_training_changed(
+    tiny_base: MLP, small_mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_finetune = proof_module.finetune
+
+    def finetune_that_flips_a_code(model: LoraModel, name: str, data: MnistData, config: Any, **kw: Any) -> Any:
+        run = real_finetune(model, name, data, config, **kw)
+        for layer in model.quantized_layers(name).values():
+            layer.weight_nf4.quantized_data[0] ^= 1  # one 4-bit code of each NF4 layer
+        return run
+
+    monkeypatch.setattr(proof_module, "finetune", finetune_that_flips_a_code)
+    check = live_check(tiny_base, small_mnist, steps=2)
+    assert "CHANGED (linear1.weight.quantized_data, linear2.weight.quantized_data" in check.qlora_summary
 
 
 def test_live_check_fails_when_the_loop_also_trains_w(
@@ -390,6 +412,9 @@ def test_live_check_to_dict_holds_every_field_under_its_name() -> None:
         "pissa_summary": "",
         "pissa_base": [],
         "pissa_residual": [],
+        "qlora_summary": "",
+        "qlora_base": [],
+        "qlora_codes": {},
     }
 
 
@@ -400,7 +425,8 @@ def test_live_check_trains_all_ten_digits_and_its_control_only_the_base_tensors(
     real_finetune, real_train_parameters = proof_module.finetune, proof_module.train_parameters
 
     def finetune_spy(lora_model: LoraModel, name: str, data: MnistData, config: FinetuneConfig) -> object:
-        seen["pissa" if "lora" in seen else "lora"] = (name, data, config)  # LoRA's run first, then PiSSA's
+        # LoRA's run first, then PiSSA's, then QLoRA's
+        seen["qlora" if "pissa" in seen else "pissa" if "lora" in seen else "lora"] = (name, data, config)
         return real_finetune(lora_model, name, data, config)
 
     def train_parameters_spy(
@@ -438,7 +464,8 @@ def test_live_check_trains_all_ten_digits_and_its_control_only_the_base_tensors(
         assert n.a_before > 0 and n.a_after > 0 and n.a_after != n.a_before and n.a_changed
         assert n.b_before == 0.0 < n.b_after and n.b_changed
     assert seen["pissa"][2] == dataclasses.replace(config, init="pissa")  # PiSSA: the same steps, its own start
-    assert set(check.seconds) == {"lora", "control", "pissa", "total"}
+    assert seen["qlora"][2] == dataclasses.replace(config, base_precision="nf4")  # QLoRA: the same on NF4
+    assert set(check.seconds) == {"lora", "control", "pissa", "qlora", "total"}
     assert 0 < check.seconds["lora"] + check.seconds["control"] <= check.seconds["total"] <= wall
 
 
