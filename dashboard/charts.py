@@ -146,6 +146,27 @@ def truncation_curve(
     return _control_curve(ranks, lines, current, f"k = {current}", x_title, title)
 
 
+def nf4_levels(
+    edges: Sequence[float], counts: Sequence[int], levels: Sequence[float], shares: Sequence[float]
+) -> go.Figure:
+    """A histogram of W's block-normalised values with NF4's 16 levels drawn over it, each labelled with the share
+    of weights rounded to it."""
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure()
+    fig.add_bar(x=centres, y=list(counts), width=edges[1] - edges[0], marker_color=palette.FROZEN, name="weights of W")
+    for i, (level, share) in enumerate(zip(levels, shares)):
+        fig.add_vline(
+            x=level,
+            line={"color": palette.ADAPTED, "width": 1.5},
+            annotation_text=f"{100 * share:.0f}%",
+            annotation_position="top" if i % 2 else "bottom",
+        )
+    fig.add_scatter(x=[None], y=[None], mode="lines", line={"color": palette.ADAPTED}, name="NF4's 16 levels")
+    fig.update_xaxes(title="w / absmax of its block", range=[-1.05, 1.05])
+    fig.update_yaxes(title="weights")
+    return _layout(fig, "W against NF4's levels (labels: the share of weights at each)", height=380)
+
+
 def confusion_heatmap(matrix: Sequence[Sequence[int]], title: str, difference: bool = False) -> go.Figure:
     """confusion[true][predicted] as a heatmap. With `difference` (adapter − base counts) each cell is coloured
     by whether the change is for the better, not by its sign: on the diagonal more is better (more images

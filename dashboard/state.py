@@ -37,7 +37,15 @@ from lora_core.lab.strength import StrengthCurve, strength_curve
 from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
 from lora_core.lab.truncation import TruncationCurve, truncation_curve
 from lora_core.lora import LoraModel
-from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRecord, ArtifactStore, BaseModelRecord
+from lora_core.lora.nf4 import LevelHistogram, level_histogram
+from lora_core.store.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_METRICS,
+    ADAPTER_WEIGHTS,
+    AdapterRecord,
+    ArtifactStore,
+    BaseModelRecord,
+)
 from lora_core.store.bases import separate_base_label, separate_bases
 from lora_core.store.paths import default_artifacts_dir, default_data_dir
 
@@ -116,9 +124,10 @@ def base_evaluation(base: BaseModelRecord, where: ArtifactStore | None = None) -
 
 
 def _adapter_stamp(record: AdapterRecord) -> str:
-    """A digest of the adapter's weights and config: changes whenever the adapter is saved again."""
+    """A digest of the adapter's weights, config and metrics (which name a QLoRA adapter's NF4 base): changes
+    whenever the adapter is saved again."""
     digest = hashlib.sha256()
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, ADAPTER_METRICS):
         try:
             digest.update((record.path / name).read_bytes())
         except OSError:
@@ -138,6 +147,18 @@ def _adapter_evaluation(_root: str, sha256: str, _name: str, stamp: str) -> Eval
 def adapter_evaluation(base: BaseModelRecord, record: AdapterRecord, where: ArtifactStore | None = None) -> Evaluation:
     """Live evaluation of a saved adapter on the test set (cached per saved version)."""
     return _adapter_evaluation(str((where or store()).root), base.fingerprint, record.name, _adapter_stamp(record))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Comparing W with NF4's levels...")
+def _nf4_levels(_root: str, sha256: str, layer: str, block_size: int) -> LevelHistogram:
+    return level_histogram(getattr(_load_base(_root, sha256).model, layer).weight, block_size)
+
+
+def nf4_levels(
+    base: BaseModelRecord, layer: str, block_size: int, where: ArtifactStore | None = None
+) -> LevelHistogram:
+    """How the base's `layer` falls against NF4's levels at `block_size` (cached per base)."""
+    return _nf4_levels(str((where or store()).root), base.fingerprint, layer, block_size)
 
 
 # --- an adapter's curves (lora_core.lab.strength and .truncation), each computed once in the background ------------
@@ -321,15 +342,16 @@ class AdapterInfo:
 
     @property
     def rank_text(self) -> str:
-        """The adapter's kind and rank as the sidebar lists it: "r=8", "DoRA r=8", "VeRA r=256", or PiSSA's trained
-        rank beside the rank its converted file holds ("PiSSA r=8, saved r=16")."""
+        """The adapter's kind and rank as the sidebar lists it: "r=8", "DoRA r=8", "VeRA r=256", "QLoRA r=8" (on an NF4
+        base), or PiSSA's trained rank beside the rank its converted file holds ("PiSSA r=8, saved r=16")."""
         cfg = self.record.config
         if cfg is None:
             return "r=?"
         pissa = (self.record.metrics or {}).get("pissa")
         if isinstance(pissa, dict) and "trained_rank" in pissa:
             return f"PiSSA r={pissa['trained_rank']}, saved r={cfg.r}"
-        kind = "VeRA " if cfg.use_vera else "DoRA " if cfg.use_dora else ""
+        quantized = "quantized_base" in (self.record.metrics or {})
+        kind = "VeRA " if cfg.use_vera else "DoRA " if cfg.use_dora else "QLoRA " if quantized else ""
         return f"{kind}r={cfg.r}"
 
     @property

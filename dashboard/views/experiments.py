@@ -329,6 +329,14 @@ def show_methods_result(result: ExperimentResult) -> None:
             else ""
         )
     )
+    qlora = result.method("qlora")
+    if qlora is not None and qlora.quantized_base is not None:  # QLoRA's base alone: what the 4 bits cost
+        task_what = "the task" if domain else "the target digits"
+        st.info(
+            readings.read_quantized_base(
+                qlora.quantized_base, result.base["task_accuracy"], result.base["plain_accuracy"], task_what
+            )
+        )
     bought = {m.method: (m.trainable_params, m.task_accuracy) for m in result.methods}
     st.plotly_chart(
         charts.accuracy_vs_parameters(

@@ -10,8 +10,10 @@ import streamlit as st
 
 from dashboard import charts, jobs, state, ui
 from lora_core.errors import ArtifactError, ConfigError
+from lora_core.lab.proof import quantized_sentence
 from lora_core.lab.study import default_adapter_name, disabled_equals_base
 from lora_core.lora import LoraConfig, rank_limits, validate_adapter_name
+from lora_core.lora.nf4 import NF4
 from lora_core.numbers import pct
 from lora_core.params import parameter_table
 from lora_core.precision import PRECISIONS
@@ -33,6 +35,8 @@ FIELD_LABELS = {
     "init": "PiSSA",
     "use_vera": "VeRA",
     "use_dora": "DoRA",
+    "base_precision": "QLoRA",
+    "nf4_block_size": "QLoRA",
 }
 LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and PEFT's usual ratio
 VARIANT_SWITCHES = (
@@ -58,6 +62,14 @@ VARIANT_SWITCHES = (
         "r); each layer trains only d (r values) and b (one per output row): ΔW = diag(b)·B·diag(d)·A. The paper "
         "uses r = 256; here a learning rate of 1e-1 served it best (docs/defaults.md).",
         "use_vera",
+    ),
+    (
+        "qlora",
+        "QLoRA: a 4-bit NF4 base",
+        "Dettmers et al., 2023: the adapter trains and runs on a 4-bit NormalFloat copy of the frozen base (torchao's "
+        "NF4, blocks of 64 weights with double-quantised scales; a layer whose size 64 does not divide stays "
+        "float32). W itself stays untouched; the copy's codes and scales are hashed before and after training.",
+        "base_precision",
     ),
 )
 
@@ -227,6 +239,7 @@ config = FinetuneConfig(
     use_dora=bool(dora),
     init="pissa" if pissa else defaults.init,
     use_vera=bool(vera),
+    base_precision=NF4 if switched["qlora"] else defaults.base_precision,
 )
 if st.button("Fine-tune the adapter", type="primary", disabled=ui.busy(), key="ft_start"):
     try:
@@ -247,8 +260,17 @@ job = ui.job_panel(ui.JOB_PANELS["finetune"])
 st.header("Result")
 
 
-def show_result(title: str, before: dict[str, Any], after: dict[str, Any], digits: list[int], trainable: int) -> None:
+def show_result(
+    title: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    digits: list[int],
+    trainable: int,
+    quantized: dict[str, Any] | None = None,
+) -> None:
     st.caption(title)
+    if quantized:  # QLoRA: "after" is the adapter on its NF4 base, "before" the float32 base
+        st.info(quantized_sentence(quantized))
     r1, r2, r3 = st.columns(3)
     r1.metric(
         "Overall accuracy", pct(after["accuracy"]), f"{100 * (after['accuracy'] - before['accuracy']):+.2f} points"
@@ -280,6 +302,7 @@ if job is not None and job.status == jobs.DONE:
         {"accuracy": outcome.after.accuracy, "per_digit_accuracy": outcome.after.per_digit_accuracy},
         list(outcome.digits),
         outcome.trainable_params,
+        outcome.metrics.get("quantized_base"),
     )
 else:
     active = state.active_adapter(base.fingerprint)
@@ -292,6 +315,7 @@ else:
             metrics["after"],
             [] if info.domain_task else info.targets,  # a domain task's metrics are on its transformed digits
             int(metrics.get("trainable_params", 0)),
+            metrics.get("quantized_base"),
         )
     else:
         st.info("No adapter is active yet: fine-tune one above.")

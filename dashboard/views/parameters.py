@@ -9,7 +9,17 @@ import streamlit as st
 
 from dashboard import charts, diagram, state, ui
 from lora_core.errors import ArtifactError
-from lora_core.lab.proof import FAIL, PASS, live_check, pissa_rows, pissa_sentence, recorded_check
+from lora_core.lab.proof import (
+    FAIL,
+    PASS,
+    live_check,
+    pissa_rows,
+    pissa_sentence,
+    quantized_rows,
+    quantized_sentence,
+    recorded_check,
+)
+from lora_core.lab.readings import read_nf4_levels
 from lora_core.lab.truncation import TruncationCurve
 from lora_core.lora import LoraConfig, rank_limits
 from lora_core.model import MLP
@@ -141,6 +151,20 @@ else:
     if pissa_record:
         st.warning(pissa_sentence(pissa_record))
         st.dataframe(pd.DataFrame(pissa_rows(pissa_record, digits=16)), hide_index=True, width="stretch")
+    quantized = (picked.record.metrics or {}).get("quantized_base")
+    if quantized:
+        st.subheader("The 4-bit base it trained and runs on (QLoRA)")
+        codes = quantized["codes_sha256"]
+        (st.success if codes["before"] and codes["before"] == codes["after"] else st.error)(
+            quantized_sentence(quantized)
+        )
+        st.dataframe(pd.DataFrame(quantized_rows(quantized, digits=16)), hide_index=True, width="stretch")
+        largest = max(quantized["layers"], key=lambda layer: quantized["layers"][layer]["weights"])
+        levels = state.nf4_levels(base, largest, quantized["block_size"])
+        st.plotly_chart(
+            charts.nf4_levels(levels.edges, levels.counts, levels.levels, levels.level_shares), width="stretch"
+        )
+        st.caption(read_nf4_levels(levels.level_shares, levels.uniform_shares, largest, levels.weights))
 
 st.subheader("Live check, with a control")
 st.write("Train a throwaway adapter for 20 steps and compare every base tensor bit for bit, beside a control.")

@@ -101,6 +101,16 @@ def read_quantized_base(scores: dict[str, Any], base_task: float, base_plain: fl
     )
 
 
+def read_nf4_levels(level_shares: Sequence[float], uniform_shares: Sequence[float], layer: str, weights: int) -> str:
+    """One sentence on how evenly W's weights use NF4's 16 levels, against 16 evenly spaced levels."""
+    return (
+        f"Each of NF4's 16 levels holds {_share(min(level_shares))} to {_share(max(level_shares))} of {layer}'s "
+        f"{weights:,} weights (each divided by its block's largest |w|); 16 evenly spaced levels would hold "
+        f"{_share(min(uniform_shares))} to {_share(max(uniform_shares))} each. The nearer every level is to 1/16 "
+        "(6.25%), the more each 4-bit code tells."
+    )
+
+
 def read_learned_vs_forgot(base: tuple[float, float], points: dict[str, tuple[float, float]], kept_what: str) -> str:
     """One sentence reading the learned-vs-forgot chart: which method learned most, which forgot least (and
     most). `base` and each point are (task accuracy, kept accuracy) as fractions; `kept_what` names the kept

@@ -181,3 +181,35 @@ def block_normalised(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     """W's values divided by the absmax of their block, in [-1, 1]: what NF4 rounds to its nearest level."""
     blocks = weight.detach().reshape(-1, block_size).to(torch.float32)
     return (blocks / blocks.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class LevelHistogram:
+    """W's block-normalised values as a histogram, beside NF4's levels and the share of weights rounded to each."""
+
+    edges: list[float]  # bins + 1 bin edges in [-1, 1]
+    counts: list[int]
+    levels: list[float]
+    level_shares: list[float]  # of the weights, the share whose nearest level is each of the 16
+    uniform_shares: list[float]  # the same for 16 evenly spaced levels from -1 to 1 (a plain 4-bit grid)
+    weights: int
+
+
+def level_histogram(weight: torch.Tensor, block_size: int = BLOCK_SIZE, bins: int = 80) -> LevelHistogram:
+    """How W's values, divided by their block's absmax, fall against NF4's 16 levels (the quantiles of a normal
+    distribution: dense near 0, where most of a trained layer's weights lie)."""
+    values = block_normalised(weight, block_size)
+    counts = torch.histc(values, bins=bins, min=-1.0, max=1.0)
+
+    def shares(levels: torch.Tensor) -> list[float]:
+        nearest = torch.bucketize(values, (levels[1:] + levels[:-1]) / 2)  # the index of the nearest level
+        return (torch.bincount(nearest, minlength=len(levels)).double() / values.numel()).tolist()
+
+    return LevelHistogram(
+        edges=torch.linspace(-1.0, 1.0, bins + 1).tolist(),
+        counts=[int(c) for c in counts.tolist()],
+        levels=list(NF4_LEVELS),
+        level_shares=shares(torch.tensor(NF4_LEVELS)),
+        uniform_shares=shares(torch.linspace(-1.0, 1.0, len(NF4_LEVELS))),
+        weights=values.numel(),
+    )

@@ -52,6 +52,12 @@ ERROR_CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "finetune-alpha-1e300": (["finetune", "--alpha", "1e300"], "trained", ["--alpha:", "1.25e+299", "lower alpha"]),
     "finetune-alpha-1e30": (["finetune", "--alpha", "1e30"], "trained", ["--alpha:", "1.25e+29", "lower alpha"]),
     "loraplus-ratio-0": (["finetune", "--loraplus-ratio", "0"], "trained", ["--loraplus-ratio:", "above 0", "0"]),
+    "nf4-block-fits-no-layer": (
+        ["finetune", "--base-precision", "nf4", "--nf4-block-size", "4094"],
+        "trained",
+        ["--nf4-block-size:", "no layer's weight count divides into blocks of 4094", "such as 64"],
+    ),
+    "nf4-with-dora": (["finetune", "--base-precision", "nf4", "--dora"], "trained", ["--base-precision:", "not DoRA"]),
     "experiment-loraplus-ratio-0": (
         ["experiment", "rotate:45", "--methods", "lora,loraplus", "--loraplus-ratio", "0"],
         "trained",
@@ -390,17 +396,26 @@ def test_finetune_with_loraplus_saves_a_plain_lora_adapter_that_records_the_rati
 
 def test_an_experiment_says_each_adapter_method_switched_off_and_where_each_adapter_went(cli_on_copy) -> None:
     root = cli_on_copy.root
-    args = ["experiment", "invert", "--methods", "loraplus,dora,pissa,vera", "--steps", "2", "--batch-size", "16"]
+    methods = "loraplus,dora,pissa,vera,qlora"
+    args = ["experiment", "invert", "--methods", methods, "--steps", "2", "--batch-size", "16"]
     done = cli_on_copy([*args, "--rank", "2", "--json", str(cli_on_copy.root / "out.json")])
     assert done.returncode == 0, done.stderr
-    for name in ("LoRA+", "DoRA", "PiSSA", "VeRA"):
+    for name in ("LoRA+", "DoRA", "PiSSA", "VeRA", "QLoRA"):
         assert re.search(
             rf"^{re.escape(name)} adapter switched off: .*the base model's logits exactly: yes$", done.stdout, re.M
         )
-    for adapter in ("invert-loraplus", "invert-dora", "invert-pissa", "invert-vera"):
+    for adapter in ("invert-loraplus", "invert-dora", "invert-pissa", "invert-vera", "invert-qlora"):
         assert f"Adapter '{adapter}' saved to {root / 'adapters' / adapter}" in done.stdout
     methods = {m["method"]: m for m in json.loads((root / "out.json").read_text())["methods"]}
     assert methods["pissa"]["trainable_params"] == methods["loraplus"]["trainable_params"]  # rank 2 trained
     assert methods["pissa"]["stored_bytes"] > methods["loraplus"]["stored_bytes"]  # saved at rank 4 on W
     assert methods["vera"]["trainable_params"] == 3 * 256 + 256 + 256 + 10  # d (rank 256) and b per layer
-    assert "LoRA adapter switched off" not in done.stdout  # plain LoRA did not run
+    assert not re.search(r"^LoRA adapter switched off", done.stdout, re.M)  # plain LoRA did not run
+    nf4 = methods["qlora"]["quantized_base"]  # QLoRA's base alone: its own accuracy and its bytes, in a sentence
+    assert nf4["block_size"] == 64 and nf4["bytes"] <= nf4["fp32_bytes"] / 5 and nf4["fp32_layers"] == {}
+    assert (
+        f"QLoRA's NF4 base alone (block 64, the adapter at weight 0): the task {nf4['task_accuracy']:.2%}"
+        in done.stdout
+    )
+    saved = json.loads((root / "adapters" / "invert-qlora" / "metrics.json").read_text())
+    assert saved["quantized_base"]["codes_sha256"]["before"] == saved["quantized_base"]["codes_sha256"]["after"]

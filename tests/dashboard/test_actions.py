@@ -147,6 +147,32 @@ def test_finetune_page_trains_vera_with_its_own_rank_and_shows_its_vectors(train
     assert {m.label: m.value for m in at.metric}["Trainable (VeRA's d and b)"] == f"{trainable:,}"
 
 
+def test_finetune_page_trains_qlora_on_an_nf4_base_and_shows_its_codes_and_levels(trained_dir: Path) -> None:
+    at = visit(new_app(), "finetune")
+    at.number_input(key="ft_steps").set_value(5)
+    at.number_input(key="ft_batch").set_value(32)
+    at.text_input(key="ft_name").input("qlora")
+    at.toggle(key="ft_qlora").set_value(True)
+    at.toggle(key="ft_vera").set_value(True).run()
+    click(at, "Fine-tune the adapter")
+    assert any("QLoRA" in str(e.value) and "not VeRA" in str(e.value) for e in at.error), at.error
+    at.toggle(key="ft_vera").set_value(False).run()
+    click(at, "Fine-tune the adapter")
+    job = wait_for_job(at)
+    assert job.status == jobs.DONE, job.error
+    metrics = json.loads((trained_dir / "adapters" / "qlora" / "metrics.json").read_text())
+    assert metrics["finetune"]["base_precision"] == "nf4"
+    assert any("bit-identical after training" in str(i.value) for i in at.info)  # the result names its base
+    assert "QLoRA r=8" in texts(at)  # the sidebar's list
+    visit(at, "parameters")
+    at.selectbox(key="params_adapter").set_value("qlora").run()
+    assert_clean(at)
+    assert any("4-bit NF4 copy of the base" in str(s.value) for s in at.success)
+    table = next(df.value for df in at.dataframe if "NF4 tensor" in df.value.columns)
+    assert len(table) == 15 and set(table["same"]) == {"yes"}  # three layers of the small base, five parts each
+    assert any("Each of NF4's 16 levels holds" in str(c.value) for c in at.caption)
+
+
 def test_finetune_refuses_an_existing_name_and_caps_rank_for_linear3(trained_dir: Path) -> None:
     at = visit(new_app(), "finetune")
     at.text_input(key="ft_name").input("small")
