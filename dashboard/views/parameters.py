@@ -159,6 +159,18 @@ else:
             quantized_sentence(quantized)
         )
         st.dataframe(pd.DataFrame(quantized_rows(quantized, digits=16)), hide_index=True, width="stretch")
+        nf4_accuracy = quantized.get("base_accuracy")
+        before = (picked.record.metrics or {}).get("before")
+        if nf4_accuracy and before:  # what the 4 bits cost, digit by digit, before any adapter
+            st.plotly_chart(
+                charts.per_digit_bars(
+                    before["per_digit_accuracy"],
+                    nf4_accuracy["per_digit_accuracy"],
+                    labels=("float32 base", "NF4 base (no adapter)"),
+                    title="What 4 bits cost the base, per digit (the test set the adapter was judged on, when saved)",
+                ),
+                width="stretch",
+            )
         largest = max(quantized["layers"], key=lambda layer: quantized["layers"][layer]["weights"])
         levels = state.nf4_levels(base, largest, quantized["block_size"])
         st.plotly_chart(

@@ -124,6 +124,8 @@ def quantized_sentence(record: dict[str, Any]) -> str:
     accuracy = record.get("base_accuracy")
     alone = f"; the NF4 base alone reads {accuracy['accuracy']:.2%} of the test set" if accuracy else ""
     made = f"block {record['block_size']}" + (f", {record['implementation']}" if record.get("implementation") else "")
+    if record.get("sha256"):
+        made += f", sha256 {record['sha256'][:12]}"
     return (
         f"Trained on a 4-bit NF4 copy of the base ({made}): {', '.join(layers)} hold {nf4_bytes / 1e6:.2f} MB against "
         f"{fp32_bytes / 1e6:.2f} MB in float32 ({nf4_bytes / fp32_bytes:.1%}); {kept}{alone}"

@@ -9,6 +9,7 @@ written, so unmerging leaves it bit-identical (W + dW - dW would not be, in floa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -147,6 +148,14 @@ class LoraModel(nn.Module):
             if name in layer.adapter_base
         }
 
+    def quantized_sha256(self, name: str) -> str:
+        """One sha256 over every stored part of adapter `name`'s NF4 base, layer by layer in quantized_hashes' order."""
+        digest = hashlib.sha256()
+        for layer in self.quantized_layers(name).values():
+            for tensor in layer.parts().values():
+                digest.update(tensor.detach().to("cpu").numpy().tobytes())
+        return digest.hexdigest()
+
     def quantized_hashes(self, name: str) -> dict[str, str]:
         """sha256 of each stored part of adapter `name`'s NF4 base (linear1.weight.quantized_data, ...)."""
         return {
@@ -168,6 +177,7 @@ class LoraModel(nn.Module):
             "format": NF4,
             "block_size": block,
             "implementation": f"torchao {_torchao_version()}",
+            "sha256": self.quantized_sha256(name),
             "layers": {
                 layer_name: {
                     "weights": layer.in_features * layer.out_features,

@@ -152,6 +152,7 @@ class _QuantizedBaseRecord(TypedDict):
     format: str
     block_size: int
     implementation: NotRequired[str]
+    sha256: NotRequired[str]  # of every code and scale tensor's bytes, in order
     layers: dict[str, _Nf4LayerRecord]
     fp32_layers: dict[str, str]
     codes_sha256: _CodesRecord

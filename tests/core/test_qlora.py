@@ -129,6 +129,9 @@ def test_training_on_nf4_keeps_w_and_the_codes_and_a_saved_adapter_rebuilds_its_
     quantized = metrics["quantized_base"]
     codes = quantized["codes_sha256"]
     assert len(codes["before"]) == 15 and codes["before"] == codes["after"]  # 3 layers x 5 parts, all the same
+    assert quantized["sha256"] == model.quantized_sha256("q") and f"sha256 {quantized['sha256'][:12]}" in (
+        quantized_sentence(quantized)
+    )
     assert all(layer["bytes"] <= layer["fp32_bytes"] / 5 for layer in quantized["layers"].values())
     assert metrics["finetune"]["base_precision"] == "nf4"
     assert "bit-identical after training" in quantized_sentence(quantized)
