@@ -5,6 +5,8 @@ Laid out as Hugging Face PEFT's tuners/lora:
     layer.py    LoraLinear: nn.Linear plus named adapters, y = x W^T + b + scale * dropout(x) A^T B^T
     model.py    LoraModel: an MLP whose layers carry named adapters (add, activate, combine, merge, save)
     fast.py     the training path of a layer with a frozen base: the same y with a leaner backward
+    pissa.py    PiSSA's start from W's top singular directions, and its conversion to plain LoRA on W
+    nf4.py      QLoRA's frozen 4-bit NF4 base (torchao), built beside W for the adapters trained on it
 """
 
 from lora_core.lora.config import INITS, LoraConfig
