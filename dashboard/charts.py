@@ -94,10 +94,11 @@ def strength_curve(
     lines: Sequence[tuple[str, Sequence[float], str]],
     current: float,
     title: str = "Accuracy against the adapter's strength",
+    zero: str = "base model",
 ) -> go.Figure:
-    """Accuracy against the adapter's strength, with the current strength marked; 0 is the base model, 1 the
-    adapter as trained."""
-    x_title = "strength (0 = base model, 1 = the adapter as trained)"
+    """Accuracy against the adapter's strength, with the current strength marked; 0 is `zero` (the base model, or
+    a QLoRA adapter's NF4 base), 1 the adapter as trained."""
+    x_title = f"strength (0 = {zero}, 1 = the adapter as trained)"
     fig = _control_curve(strengths, lines, current, f"strength {current:g}", x_title, title)
     fig.add_vline(x=1.0, line_width=1, line_color=palette.GUIDE)  # the adapter as trained
     return fig

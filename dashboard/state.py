@@ -355,6 +355,11 @@ class AdapterInfo:
         return f"{kind}r={cfg.r}"
 
     @property
+    def on_nf4(self) -> bool:
+        """A QLoRA adapter: it runs on a 4-bit NF4 copy of the base, which is what its strength 0 gives."""
+        return "quantized_base" in (self.record.metrics or {})
+
+    @property
     def is_dora(self) -> bool:
         """A DoRA adapter: it rescales W's rows, so it has no strength to scale and no rank to cut."""
         return self.record.config is not None and self.record.config.use_dora

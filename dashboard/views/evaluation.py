@@ -213,19 +213,26 @@ def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> Non
         )
     # (name, accuracy at every strength, colour): the curve's lines, and the figures read off them
     lines, measured_on = charts.accuracy_lines(plain, on_task, targets)
+    # a QLoRA adapter runs on its NF4 copy of the base: strength 0 is that copy, not the float32 base in grey
+    zero = "its NF4 base" if info is not None and info.on_nf4 else "base model"
     with right:
-        st.plotly_chart(charts.strength_curve(plain.strengths, lines, strength), width="stretch")
+        st.plotly_chart(charts.strength_curve(plain.strengths, lines, strength, zero=zero), width="stretch")
     point = plain.strengths.index(strength)
     for column, (label, values, _) in zip(st.columns(len(lines)), lines):
         column.metric(
             f"{label[0].upper()}{label[1:]} at strength {strength:g}",
             pct(values[point]),
-            f"{100 * (values[point] - values[0]):+.2f} points vs the base",
+            f"{100 * (values[point] - values[0]):+.2f} points vs strength 0",
         )
+    at_zero = (
+        "the adapter's 4-bit NF4 base alone (QLoRA: the adapter runs on it), not the float32 base of the grey bars"
+        if zero != "base model"
+        else "the base model's predictions exactly"
+    )
     st.caption(
         f"Measured on {measured_on}, at strengths {plain.strengths[0]:g} to {plain.strengths[-1]:g} in steps of "
-        f"{STEP:g}. Strength 0 gives the base model's predictions exactly; the table and the matrices below show "
-        "the adapter as trained (strength 1)."
+        f"{STEP:g}. Strength 0 gives {at_zero}; the table and the matrices below show the adapter as trained "
+        "(strength 1)."
     )
 
 

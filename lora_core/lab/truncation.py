@@ -24,6 +24,7 @@ from torch import nn
 from lora_core.errors import ConfigError
 from lora_core.evaluate import Evaluation, accuracy_on, evaluate
 from lora_core.lora import LoraModel
+from lora_core.lora.model import plain_copy
 
 EVERY_RANK_UP_TO = 8  # every k up to here, then about √2 apart: 14 points for r = 64
 
@@ -123,11 +124,15 @@ def adapter_updates(model: LoraModel, adapter: str) -> dict[str, LayerUpdate]:
     return updates
 
 
-def _with_updates(model: LoraModel, deltas: dict[str, torch.Tensor]) -> nn.Module:
-    """A plain copy of the base network with each listed layer's weight W + delta (no LoRA branch)."""
-    plain = copy.deepcopy(model.model)
+def _with_updates(model: LoraModel, adapter: str, deltas: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain copy of the base network `adapter` runs on (W, or the dequantised NF4 base of a QLoRA adapter) with
+    each listed layer's weight W + delta (no LoRA branch)."""
+    plain = plain_copy(model)
+    quantized = model.quantized_layers(adapter)
     for name, layer in model.lora_layers().items():
         base = copy.deepcopy(layer.base_layer)
+        if name in quantized:
+            base.weight.data = quantized[name].weight.detach().clone()
         if name in deltas:
             base.weight.data += deltas[name].to(base.weight.device, base.weight.dtype)
         setattr(plain, name, base)
@@ -148,7 +153,8 @@ def truncation_curve(
     if not grid or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in grid):
         raise ConfigError("ranks", f"give whole numbers of at least 1, got {list(grid)!r}")
     evaluations = tuple(
-        evaluate(_with_updates(model, {name: u.truncated(k) for name, u in updates.items()}), x, y) for k in grid
+        evaluate(_with_updates(model, adapter, {name: u.truncated(k) for name, u in updates.items()}), x, y)
+        for k in grid
     )
     energy = {name: tuple(u.energy(k) for k in grid) for name, u in updates.items()}
     return TruncationCurve(adapter, grid, evaluations, layer_ranks, energy)

@@ -13,7 +13,9 @@ from core_helpers import random_mlp, randomize_b
 
 from lora_core.errors import ArtifactError, ConfigError, StaleAdapterError
 from lora_core.lab.proof import quantized_rows, quantized_sentence
+from lora_core.lab.strength import strength_curve
 from lora_core.lab.study import finetune_and_save_adapter
+from lora_core.lab.truncation import _with_updates, adapter_updates
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.lora.nf4 import NF4_LEVELS, Nf4Config, Nf4Linear, block_normalised, import_nf4, scaler_block_size
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_METRICS, ArtifactStore
@@ -177,3 +179,21 @@ def test_what_the_nf4_base_cannot_take_is_refused_by_name(fields, message):
     config = FinetuneConfig(digits=(1,), **{"base_precision": "nf4", **fields})
     with pytest.raises(ConfigError, match=message):
         config.validate(random_mlp(0))
+
+
+def test_strength_and_truncation_of_a_qlora_adapter_run_on_its_nf4_base(x):
+    model = LoraModel(random_mlp(0))
+    model.add_adapter("q", CONFIG, seed=0, quantization=Nf4Config())
+    randomize_b(model, "q", std=0.2)
+    with torch.no_grad():
+        model.set_adapter("q")
+        adapted = model(x)
+        with model.active_adapters_kept():
+            model.set_adapter(["q"], weights=[0.0])
+            nf4_base = model(x)
+        every_direction = {name: u.truncated(u.rank) for name, u in adapter_updates(model, "q").items()}
+        merged = _with_updates(model, "q", every_direction)(x)  # the adapter merged into the base it runs on
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=0)
+    assert (merged - nf4_base).abs().max() > 1e-2
+    y = adapted.argmax(dim=1)
+    assert strength_curve(model, "q", x, y, strengths=(0.0,)).at(0.0).predictions == nf4_base.argmax(dim=1).tolist()

@@ -9,8 +9,9 @@ from pathlib import Path
 from conftest import assert_clean, new_app, opened_at, visit
 
 from lora_core.lab.strength import STRENGTHS, strength_curve
-from lora_core.lab.study import load_base_for_lora
+from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
 from lora_core.store.artifacts import ArtifactStore
+from lora_core.train import FinetuneConfig
 
 
 def _with_control(at, timeout: float = 60.0):  # noqa: ANN001, ANN202 - AppTest
@@ -56,7 +57,7 @@ def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: P
             assert _bars(at) == _bars(at, trace=0)
             assert overall[0] == metrics["Base model accuracy"][0]
             assert all(
-                delta == "+0.00 points vs the base" for label, (_, delta) in metrics.items() if "strength" in label
+                delta == "+0.00 points vs strength 0" for label, (_, delta) in metrics.items() if "strength" in label
             )
         slider = next(s for s in at.select_slider if s.key == "eval_strength")
     labels = [label for label in _metrics(at) if "at strength" in label]
@@ -86,3 +87,16 @@ def test_a_link_to_what_is_not_here_says_so_and_shows_the_default(trained_dir: P
     assert _with_control(at).value == 1.0
     warnings = [str(w.value) for w in at.warning]
     assert "The link asks for strength `7`, which is not here; showing `1` instead." in warnings
+
+
+def test_a_qlora_adapter_s_strength_0_is_its_nf4_base_and_the_page_says_so(trained_dir: Path, small_mnist) -> None:
+    store = ArtifactStore(trained_dir)
+    base, lora_model = load_base_for_lora(store, "cpu")
+    config = FinetuneConfig(digits=(3,), rank=4, alpha=8, steps=3, batch_size=32, device="cpu", base_precision="nf4")
+    finetune_and_save_adapter(store, base, lora_model, small_mnist, config, "q")
+    at = opened_at("evaluation", adapter="q", strength="0")
+    assert_clean(at)
+    _with_control(at)
+    assert any("Strength 0 gives the adapter's 4-bit NF4 base alone" in str(c.value) for c in at.caption)
+    nf4_base = store.read_adapter("q").metrics["quantized_base"]["base_accuracy"]
+    assert _bars(at) == [100 * v for v in nf4_base["per_digit_accuracy"]]  # the NF4 base, as recorded when saved
