@@ -199,7 +199,7 @@ class LoraLinear(nn.Module):
         self.adapter_base[name] = config.key
         return self.quantized[config.key]
 
-    def _base(self) -> nn.Module:
+    def active_base(self) -> nn.Module:
         """The base the current activation runs on: base_layer, or the NF4 copy its adapters trained on."""
         if self._active_base is None or not self.adapters_enabled:
             return self.base_layer
@@ -276,7 +276,7 @@ class LoraLinear(nn.Module):
             return
         if self.active_adapter is None:
             return
-        self._merged_weight = self._base().weight + self.delta_weight(self.active_adapter)
+        self._merged_weight = self.active_base().weight + self.delta_weight(self.active_adapter)
 
     def combined_delta_weight(self) -> torch.Tensor | None:
         """sum_k w_k * scale_k * B_k A_k of the active combination (None when no adapter of it is here)."""
@@ -289,7 +289,7 @@ class LoraLinear(nn.Module):
     def _merge_combination(self) -> None:
         delta = self.combined_delta_weight()
         if delta is not None:  # a separate tensor, as for one adapter: W itself is never written
-            self._merged_weight = self._base().weight + delta
+            self._merged_weight = self.active_base().weight + delta
 
     def unmerge(self) -> None:
         self._merged_weight = None
@@ -303,7 +303,7 @@ class LoraLinear(nn.Module):
             return self._combined_forward(x)
         name = self.active_adapter
         if name is None or not self.adapters_enabled:
-            return self._base()(x)
+            return self.active_base()(x)
         if self._merged_weight is not None:
             return self._merged_forward(x)
         if self.is_dora(name):
@@ -322,7 +322,7 @@ class LoraLinear(nn.Module):
             # to the last bit and every reported accuracy is unchanged. A base layer left trainable (a
             # LoraLinear used on its own) also takes this path: plain autograd gives W and b their gradients.
             # So does an NF4 base, whose matmul dequantises W for each pass and keeps nothing (QLoRA).
-            out = self._base()(x)
+            out = self.active_base()(x)
             side = x if x_side is None else x_side
             if out.dtype != b.dtype:  # bfloat16 autocast: the side path and the sum in float32, as below
                 with torch.autocast(x.device.type, enabled=False):
@@ -372,7 +372,7 @@ class LoraLinear(nn.Module):
 
     def _vera_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """PEFT's VeRA forward by plain autograd: W x + b_bias + b * (B (d * (A x)))."""
-        out = self._base()(x)
+        out = self.active_base()(x)
         update = self._vera_update(x, name)
         return out.to(update.dtype) + update
 
@@ -404,10 +404,10 @@ class LoraLinear(nn.Module):
         path computes its one term, and a weight of 1 multiplies nothing, so that a combination of one adapter
         at weight 1 (the others at 0) gives that adapter's logits to the last bit."""
         if not self.adapters_enabled or not self.combination:
-            return self._base()(x)
+            return self.active_base()(x)
         if self._merged_weight is not None:
             return self._merged_forward(x)
-        out = self._base()(x)
+        out = self.active_base()(x)
         first_b = self.lora_B[self.combination[0][0]].weight
         if out.dtype != first_b.dtype:  # bfloat16 autocast: the side paths and the sum in float32
             with torch.autocast(x.device.type, enabled=False):

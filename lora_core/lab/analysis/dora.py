@@ -23,11 +23,12 @@ LAYER = "linear2"  # the largest layer (1000 -> 2000 in the default network)
 
 def effective_weight(model: nn.Module, layer: str = LAYER) -> torch.Tensor:
     """The weight `model` computes `layer` with: W plus the active adapter's change for a LoRA-wrapped layer
-    (PiSSA's residual base plus its update, DoRA's rescaled rows), the weight itself for a plain copy."""
+    (PiSSA's residual base plus its update, DoRA's rescaled rows, QLoRA's dequantised NF4 base plus its update),
+    the weight itself for a plain copy."""
     inner = model.model if isinstance(model, LoraModel) else model
     module = getattr(inner, layer)
     if isinstance(module, LoraLinear):
-        weight = module.base_layer.weight
+        weight = module.active_base().weight
         name = module.active_adapter
         return weight if name is None else weight + module.delta_weight(name)
     return module.weight
