@@ -94,7 +94,23 @@ MUTATE_LORA_TESTS := tests/core/test_lora.py \
 		test_switching_away_from_a_merged_combination_drops_it test_deleting_an_adapter_of_the_combination_leaves_the_base \
 		test_deleting_an_adapter_outside_the_combination_keeps_it \
 		test_deleting_the_one_adapter_of_a_combination_of_one_leaves_none_active \
-		test_adapters_of_different_base_models_are_refused test_bad_combinations_are_refused test_weights_need_a_list)
+		test_adapters_of_different_base_models_are_refused test_bad_combinations_are_refused test_weights_need_a_list) \
+	$(MUTATE_NF4_TESTS)
+# the NF4 base (QLoRA): its tests on small untrained models (the one that trains a small base is left out)
+MUTATE_NF4_TESTS := \
+	$(addprefix tests/core/test_qlora.py::,test_an_nf4_layer_is_torchao_s_nf4_weight_in_under_a_fifth_of_the_bytes \
+		test_block_normalised_values_lie_in_minus_one_to_one_with_each_block_touching_an_end \
+		test_a_qlora_adapter_runs_on_the_nf4_base_and_off_gives_the_float32_base \
+		test_a_layer_the_adapter_does_not_adapt_still_runs_on_nf4 \
+		test_merging_and_weight_zero_use_the_nf4_base_and_bases_do_not_mix \
+		test_what_the_nf4_base_cannot_take_is_refused_by_name \
+		test_strength_and_truncation_of_a_qlora_adapter_run_on_its_nf4_base \
+		test_block_sizes_are_even_whole_numbers_from_2_to_4096 \
+		test_a_block_size_no_layer_takes_names_every_layer_s_size_and_an_unknown_precision_is_refused \
+		test_scaler_groups_take_256_blocks_where_256_divides_them_else_the_largest_divisor_below \
+		test_an_nf4_record_names_its_config_and_a_foreign_one_is_refused \
+		test_a_layer_that_does_not_divide_or_that_torchao_refuses_is_a_config_error \
+		test_the_level_histogram_counts_every_weight_and_gives_each_level_its_share)
 # train.py: the tests under about 2 s each (the ones left out train a full model or save a study)
 MUTATE_TRAIN_TESTS := \
 	$(addprefix tests/core/test_training.py::,test_batches_mix_target_and_replay_digits test_finetune_reproducible_with_same_seed \
@@ -178,7 +194,8 @@ MUTATE_TARGETS := \
 	lora_core/lab/proof.py:$(call join-tests,$(MUTATE_PROOF_TESTS)) \
 	lora_core/lora/layer.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
 	lora_core/lora/model.py:$(call join-tests,$(MUTATE_LORA_TESTS)) \
-	lora_core/lora/fast.py:tests/core/test_lora.py
+	lora_core/lora/fast.py:tests/core/test_lora.py \
+	lora_core/lora/nf4.py:$(call join-tests,$(MUTATE_NF4_TESTS))
 MUTATE ?= $(MUTATE_TARGETS)
 
 mutate: $(VENV)/.test

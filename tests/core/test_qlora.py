@@ -5,6 +5,7 @@ stay bit-identical through training, and a saved adapter rebuilds the same NF4 b
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -17,7 +18,17 @@ from lora_core.lab.strength import strength_curve
 from lora_core.lab.study import finetune_and_save_adapter
 from lora_core.lab.truncation import _with_updates, adapter_updates
 from lora_core.lora import LoraConfig, LoraModel
-from lora_core.lora.nf4 import NF4_LEVELS, Nf4Config, Nf4Linear, block_normalised, import_nf4, scaler_block_size
+from lora_core.lora.nf4 import (
+    NF4_LEVELS,
+    Nf4Config,
+    Nf4Linear,
+    block_normalised,
+    check_base_precision,
+    check_block_size,
+    import_nf4,
+    level_histogram,
+    scaler_block_size,
+)
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_METRICS, ArtifactStore
 from lora_core.train import FinetuneConfig
 
@@ -197,3 +208,73 @@ def test_strength_and_truncation_of_a_qlora_adapter_run_on_its_nf4_base(x):
     assert (merged - nf4_base).abs().max() > 1e-2
     y = adapted.argmax(dim=1)
     assert strength_curve(model, "q", x, y, strengths=(0.0,)).at(0.0).predictions == nf4_base.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(2, True), (4096, True), (64, True), (0, False), (63, False), (4098, False), (True, False), (64.0, False)],
+)
+def test_block_sizes_are_even_whole_numbers_from_2_to_4096(value, ok):
+    if ok:
+        check_block_size(value)
+        return
+    with pytest.raises(ConfigError, match="even whole number from 2 to 4096") as info:
+        check_block_size(value)
+    assert info.value.field == "nf4_block_size"
+
+
+def test_a_block_size_no_layer_takes_names_every_layer_s_size_and_an_unknown_precision_is_refused():
+    layers = {"linear1": random_mlp(0).linear1, "linear3": random_mlp(0).linear3}
+    with pytest.raises(ConfigError, match=r"\(linear1 784,000, linear3 20,000\); choose") as info:
+        Nf4Config(4094).validate(layers)
+    assert info.value.field == "nf4_block_size"
+    Nf4Config(64).validate(layers)  # linear1 divides into 64s: enough
+    with pytest.raises(ConfigError, match="must be one of fp32, nf4, got 'int4'") as info:
+        check_base_precision("int4")
+    assert info.value.field == "base_precision"
+
+
+def test_scaler_groups_take_256_blocks_where_256_divides_them_else_the_largest_divisor_below():
+    assert [scaler_block_size(n) for n in (1024, 12250, 31250, 10, 257)] == [256, 250, 250, 10, 1]
+
+
+def test_an_nf4_record_names_its_config_and_a_foreign_one_is_refused():
+    assert Nf4Config.from_record({"format": "nf4", "block_size": 32}) == Nf4Config(32)
+    with pytest.raises(ConfigError, match="format must be 'nf4', got 'int8'") as info:
+        Nf4Config.from_record({"format": "int8", "block_size": 32})
+    assert info.value.field == "quantized_base"
+    with pytest.raises(ConfigError, match="even whole number"):
+        Nf4Config.from_record({"format": "nf4", "block_size": "64"})
+
+
+def test_a_layer_that_does_not_divide_or_that_torchao_refuses_is_a_config_error(monkeypatch):
+    mlp = random_mlp(0)
+    with pytest.raises(ConfigError, match="this layer stays float32: its 20,000 weights do not divide") as info:
+        Nf4Linear(mlp.linear3, 64)
+    assert info.value.field == "nf4_block_size"
+    layer = Nf4Linear(mlp.linear3, 32)
+    assert (layer.block_size, layer.scaler_block_size) == (32, 125)  # 625 blocks
+    assert logging.getLogger("torch.utils._pytree").level == logging.ERROR  # torchao's import warning, silenced
+
+    def refuse(*args: object) -> None:
+        raise NotImplementedError("no NF4 kernel")
+
+    monkeypatch.setattr(import_nf4(), "to_nf4", refuse)
+    with pytest.raises(ConfigError, match=r"cannot quantise to NF4 on cpu here \(no NF4 kernel\); use fp32") as info:
+        Nf4Linear(mlp.linear1, 64)
+    assert info.value.field == "base_precision"
+
+
+def test_the_level_histogram_counts_every_weight_and_gives_each_level_its_share():
+    levels = torch.tensor(NF4_LEVELS, dtype=torch.float64)
+    weight = levels.repeat(8).reshape(2, 64) * 0.5  # blocks of 64 holding each level four times; absmax 0.5
+    histogram = level_histogram(weight, 64, bins=20)
+    assert block_normalised(weight, 64).dtype == torch.float32
+    assert len(histogram.edges) == 21 and sum(histogram.counts) == histogram.weights == 128
+    assert histogram.levels == list(NF4_LEVELS)
+    assert histogram.level_shares == pytest.approx([1 / 16] * 16)  # each value sits on its own level
+    grid = torch.linspace(-1, 1, 16, dtype=torch.float64)
+    nearest = (levels.view(-1, 1) - grid.view(1, -1)).abs().argmin(dim=1)
+    expected = torch.bincount(nearest, minlength=16).double() / 16
+    assert histogram.uniform_shares == pytest.approx(expected.tolist())
+    assert sum(histogram.uniform_shares) == pytest.approx(1.0)
