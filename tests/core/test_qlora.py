@@ -17,7 +17,7 @@ from lora_core.lab.proof import quantized_rows, quantized_sentence
 from lora_core.lab.strength import strength_curve
 from lora_core.lab.study import finetune_and_save_adapter
 from lora_core.lab.truncation import _with_updates, adapter_updates
-from lora_core.lora import LoraConfig, LoraModel
+from lora_core.lora import LoraConfig, LoraLinear, LoraModel
 from lora_core.lora.nf4 import (
     NF4_LEVELS,
     Nf4Config,
@@ -278,3 +278,54 @@ def test_the_level_histogram_counts_every_weight_and_gives_each_level_its_share(
     expected = torch.bincount(nearest, minlength=16).double() / 16
     assert histogram.uniform_shares == pytest.approx(expected.tolist())
     assert sum(histogram.uniform_shares) == pytest.approx(1.0)
+
+
+def test_the_record_counts_each_nf4_layer_and_a_record_that_differs_is_refused_and_leaves_nothing_behind():
+    model = LoraModel(random_mlp(0))
+    model.add_adapter("q", CONFIG, quantization=Nf4Config())
+    record = model.quantized_record("q")
+    assert (record["format"], record["block_size"], record["sha256"]) == ("nf4", 64, model.quantized_sha256("q"))
+    assert record["layers"]["linear1"] == {
+        "weights": 784_000,
+        "scaler_block_size": 250,
+        "bytes": 392_000 + 12_250 + 49 * 4 + 4 + 16 * 4,  # codes, int8 scales, group factors, their mean, levels
+        "fp32_bytes": 3_136_000,
+    }
+    tampered = json.loads(json.dumps(record))
+    tampered["codes_sha256"]["after"]["linear2.weight.quantized_scalers"] = "0" * 64
+    with pytest.raises(StaleAdapterError, match=r"codes and scales differ .*\(linear2.weight.quantized_scalers\)"):
+        model.add_adapter("t", CONFIG, meta={"quantized_base": tampered})
+    assert "t" not in model.adapters and all("t" not in layer.adapter_base for layer in model.lora_layers().values())
+    model.add_adapter("same", CONFIG, meta={"quantized_base": record})  # the record as written: accepted
+    assert model.quantized_layers("same").keys() == model.quantized_layers("q").keys()
+    fp32 = LoraModel(random_mlp(0))
+    fp32.add_adapter("f", CONFIG)
+    assert fp32.quantized_record("f") is None and fp32.quantized_layers("f") == {}
+
+
+def test_adapters_combined_into_one_on_nf4_stay_on_nf4(x):
+    model = LoraModel(random_mlp(0))
+    for name, seed in (("q", 1), ("q2", 2)):
+        model.add_adapter(name, CONFIG, seed=0, quantization=Nf4Config())
+        randomize_b(model, name, seed=seed)
+    model.add_weighted_adapter(["q", "q2"], [1.0, 0.5], "sum")
+    assert set(model.quantized_layers("sum")) == {"linear1", "linear2"}
+    assert model.adapter_meta("sum")["quantized_base"]["block_size"] == 64
+    with torch.no_grad():
+        model.set_adapter(["q", "q2"], weights=[1.0, 0.5])
+        combined = model(x)
+        model.set_adapter("sum")
+        torch.testing.assert_close(model(x), combined, atol=1e-5, rtol=0)
+
+
+def test_a_lora_layer_on_its_own_refuses_to_combine_adapters_of_two_bases():
+    layer = LoraLinear(random_mlp(0).linear2)
+    layer.add_adapter("q", CONFIG, layer="linear2")
+    layer.add_adapter("f", CONFIG, layer="linear2")
+    assert layer.attach_quantized("q", Nf4Config()) is layer.quantized["nf4-64"]
+    with pytest.raises(ConfigError, match="different bases"):
+        layer.set_combination([("q", 1.0), ("f", 1.0)])
+    layer.set_adapter("q")
+    assert layer.active_base() is layer.quantized["nf4-64"]
+    layer.delete_adapter("q")
+    assert layer.quantized == {} and layer.active_base() is layer.base_layer
