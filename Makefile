@@ -113,7 +113,10 @@ MUTATE_NF4_TESTS := \
 		test_the_level_histogram_counts_every_weight_and_gives_each_level_its_share \
 		test_the_record_counts_each_nf4_layer_and_a_record_that_differs_is_refused_and_leaves_nothing_behind \
 		test_adapters_combined_into_one_on_nf4_stay_on_nf4 \
-		test_a_lora_layer_on_its_own_refuses_to_combine_adapters_of_two_bases)
+		test_a_lora_layer_on_its_own_refuses_to_combine_adapters_of_two_bases \
+		test_an_nf4_layer_without_bias_and_under_bfloat16_autocast \
+		test_without_torchao_nf4_is_a_config_error_that_says_what_to_install \
+		test_the_histogram_spans_minus_one_to_one_and_names_every_level_even_unused_ones)
 # train.py: the tests under about 2 s each (the ones left out train a full model or save a study)
 MUTATE_TRAIN_TESTS := \
 	$(addprefix tests/core/test_training.py::,test_batches_mix_target_and_replay_digits test_finetune_reproducible_with_same_seed \

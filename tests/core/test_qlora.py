@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -329,3 +331,29 @@ def test_a_lora_layer_on_its_own_refuses_to_combine_adapters_of_two_bases():
     assert layer.active_base() is layer.quantized["nf4-64"]
     layer.delete_adapter("q")
     assert layer.quantized == {} and layer.active_base() is layer.base_layer
+
+
+def test_an_nf4_layer_without_bias_and_under_bfloat16_autocast(x):
+    plain = torch.nn.Linear(784, 64, bias=False)
+    nf4 = Nf4Linear(plain, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(nf4(x), F.linear(x, nf4.weight), atol=1e-6, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert Nf4Linear(random_mlp(0).linear1, 64)(x).dtype == torch.bfloat16  # the bias joins in bf16
+
+
+def test_without_torchao_nf4_is_a_config_error_that_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.quantization.quantize_.workflows.nf4", None)
+    with pytest.raises(ConfigError, match=r"NF4 needs torchao \(pip install torchao\)") as info:
+        import_nf4()
+    assert info.value.field == "base_precision"
+
+
+def test_the_histogram_spans_minus_one_to_one_and_names_every_level_even_unused_ones():
+    weight = -torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).abs()  # no positive value at all
+    histogram = level_histogram(weight, 64, bins=10)
+    assert histogram.edges[0] == -1.0 and histogram.edges[-1] == 1.0 and len(histogram.counts) == 10
+    expected, _ = np.histogram(block_normalised(weight, 64).numpy(), bins=10, range=(-1.0, 1.0))
+    assert histogram.counts == expected.tolist()
+    assert len(histogram.level_shares) == len(histogram.uniform_shares) == 16
+    assert histogram.level_shares[8:] == [0.0] * 8  # the positive levels: none used, each still listed
