@@ -61,7 +61,7 @@ screenshots: $(VENV)/.test
 # `../../.venv/bin/mutmut show NAME` shows one. Each entry runs only the fast tests that reach its module
 # directly (a test that trains a model reruns its fixtures for every mutant). Times with a test suite running
 # beside it on 2 cores, one mutmut child: fileio 186 mutants in 3-9 minutes, layer.py 377 in 17.5, model.py
-# 289 in 16.5, fast.py 87 in 4.5, artifacts.py 650 in about 21, train.py 671 in 56, proof.py 392 in about 30
+# 289 in 16.5, fast.py 87 in 4.5, nf4.py 230 in 5, artifacts.py 650 in about 21, train.py 671 in 56, proof.py 392 in about 30
 # (its fast tests only; the others go through a trained model, about 10 s a mutant). Under load mutmut's CPU
 # limit, set from each test's own time without its fixtures, can cut a mutant short as a timeout.
 MUTMUT := mutmut==3.8.1
