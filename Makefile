@@ -86,7 +86,7 @@ MUTATE_FILEIO_TESTS := \
 		test_read_dir_files_looks_twice_before_calling_a_folder_absent)
 # the LoRA modules: their own tests plus the combination tests that run on small models (seconds each);
 # the combine tests that train or save to a folder are left out
-MUTATE_LORA_TESTS := tests/core/test_lora.py \
+MUTATE_LORA_TESTS := tests/core/test_lora.py tests/core/test_dora.py tests/core/test_vera.py \
 	$(addprefix tests/core/test_combine.py::,test_combination_forward_is_the_weighted_sum_of_the_updates \
 		test_weights_one_and_zero_give_the_single_adapter_to_the_last_bit \
 		test_under_bfloat16_autocast_the_updates_stay_float32 test_a_list_of_one_at_weight_one_is_the_single_adapter_path \
