@@ -18,6 +18,7 @@ ITEMS: dict[int, str] = {
     8: "`python -m lora_core train` as a whole process",
     9: "The whole study from the dashboard's page, in a real browser, against the CLI",
     10: "The dashboard in a real browser: page loads, page switches, and each control's time to its figure",
+    11: "QLoRA on a CPU: the NF4 base's bytes, and a QLoRA step against a LoRA step",
 }
 
 
@@ -64,6 +65,7 @@ TARGETS: dict[str, Target] = {
     "first page complete in a fresh tab (s)": Target("<=", 2.0, "2 s"),
     "page switch, slowest page (s)": Target("<=", 1.0, "1 s"),
     "control to figure (s)": Target("<=", 0.3, "300 ms"),
+    "NF4 base's bytes against float32's": Target("<=", 0.2, "1/5"),
 }
 
 

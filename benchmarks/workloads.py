@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_core.lora import LoraConfig, LoraModel
+from lora_core.lora.nf4 import Nf4Config
 from lora_core.model import LAYER_NAMES, MLP
 from lora_core.precision import PrecisionChoice, autocast, resolve_precision
 
@@ -92,11 +93,13 @@ def copy_of(base: MLP) -> MLP:
 
 
 def ours_lora(
-    base: MLP, rank: int, targets: tuple[str, ...], alpha: float = LORA_ALPHA
+    base: MLP, rank: int, targets: tuple[str, ...], alpha: float = LORA_ALPHA, quantization: Nf4Config | None = None
 ) -> tuple[LoraModel, list[nn.Parameter]]:
-    """A LoraModel on a copy of `base` with one fresh adapter, only its A and B trainable."""
+    """A LoraModel on a copy of `base` with one fresh adapter (on an NF4 copy of the base with `quantization`:
+    QLoRA), only its A and B trainable."""
     model = LoraModel(copy_of(base))
-    model.add_adapter("bench", LoraConfig(r=rank, alpha=alpha, target_modules=targets), seed=0)
+    config = LoraConfig(r=rank, alpha=alpha, target_modules=targets)
+    model.add_adapter("bench", config, seed=0, quantization=quantization)
     params = model.mark_only_lora_trainable("bench")
     model.train()
     return model, params

@@ -26,6 +26,7 @@ from .draw_latency import measure_draw_latency, rows_5
 from .inference import measure_inference, rows_4
 from .lora_steps import measure_lora_steps, rows_3
 from .page_study import rows_9
+from .qlora import measure_qlora, rows_11
 from .scaling import measure_scaling, rows_7
 from .study import measure_study, rows_6
 from .training import measure_training, rows_1, rows_2
@@ -44,4 +45,5 @@ MEASUREMENTS: dict[str, tuple[Measure, tuple[RowsOf, ...]]] = {
     "8": (measure_cli_train, (rows_8,)),
     "9": (measure_page_vs_cli, (rows_9,)),
     "10": (measure_dashboard_pages, (rows_10,)),
+    "11": (measure_qlora, (rows_11,)),
 }

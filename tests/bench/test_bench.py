@@ -1,6 +1,6 @@
 """The benchmark runs end to end and reports every item: `python -m pytest tests/bench`.
 
-It runs `python -m benchmarks --quick` (tiny sizes) in two subprocesses side by side (items 1-9, and item 10), in
+It runs `python -m benchmarks --quick` (tiny sizes) in two subprocesses side by side (items 1-9 and 11, and item 10), in
 the background from the session's start (tests/conftest.py). Nothing here checks speed: that is what the full
 benchmark is for (`python -m benchmarks`, see benchmarks/RESULTS.md).
 """
@@ -17,7 +17,7 @@ from benchmarks.report import TARGETS
 from lora_core.train import TrainConfig
 
 COLUMNS = ("item", "measurement", "ours", "reference", "ratio", "target", "met")
-ITEM_NUMBERS = set(range(1, 11))
+ITEM_NUMBERS = set(range(1, 12))
 
 
 def _finished(background_result, name: str) -> tuple[subprocess.CompletedProcess[str], dict, Path]:  # noqa: ANN001
@@ -38,7 +38,7 @@ def quick_pages(background_result) -> tuple[subprocess.CompletedProcess[str], di
 def quick_run(
     background_result, quick_pages, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
-    """`python -m benchmarks --quick`: items 1-9 and item 10, run side by side in the background, as one run."""
+    """`python -m benchmarks --quick`: items 1-9 and 11 and item 10, run side by side in the background, as one run."""
     proc, result, table = _finished(background_result, "quick_run")
     pages_proc, pages, pages_table = quick_pages
     merged = {
@@ -87,12 +87,13 @@ def test_json_holds_every_row_and_the_machine(quick_run: tuple[subprocess.Comple
     for key in ("cpu_model", "torch_threads", "torch", "usable_cpus"):
         assert machine[key]
     raw = result["raw"]
-    assert set(raw) == {"1-2", "3", "4", "5", "6", "7", "8", "9", "10"}
+    assert set(raw) == {"1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}
     assert raw["1-2"]["ours"]["samples_per_s"] > 0 and raw["1-2"]["baseline"]["samples_per_s"] > 0
     assert raw["1-2"]["peak_gflops"]["fp32"] > 0 and raw["1-2"]["peak_gflops"]["bf16"] > 0
     assert raw["6"]["fresh_clone"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"] > 0
     assert raw["6"]["data_exists"]["peak_rss_bytes"] > raw["6"]["import_only_peak_rss_bytes"]
     assert [int(r) for r in raw["7"]["rank_sweep"]["extra_s"]] == [1, 4, 16, 64]
+    assert 0 < raw["11"]["nf4_bytes"] <= raw["11"]["fp32_bytes"] / 5 and raw["11"]["qlora_vs_lora"] > 0
 
 
 def test_bf16_and_fp32_epochs_alternate_for_every_seed(
