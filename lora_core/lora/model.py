@@ -188,9 +188,9 @@ class LoraModel(nn.Module):
                 for layer_name, layer in quantized.items()
             },
             "fp32_layers": {
-                layer_name: why_not_quantized(layer, block) or ""
+                layer_name: reason
                 for layer_name, layer in linear_layers(self.model).items()
-                if layer_name not in quantized
+                if (reason := why_not_quantized(layer, block))
             },
             "codes_sha256": {"before": dict(entry.quantized_at_start), "after": self.quantized_hashes(name)},
         }

@@ -4,6 +4,7 @@ stay bit-identical through training, and a saved adapter rebuilds the same NF4 b
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import sys
@@ -287,6 +288,7 @@ def test_the_record_counts_each_nf4_layer_and_a_record_that_differs_is_refused_a
     model.add_adapter("q", CONFIG, quantization=Nf4Config())
     record = model.quantized_record("q")
     assert (record["format"], record["block_size"], record["sha256"]) == ("nf4", 64, model.quantized_sha256("q"))
+    assert record["implementation"] == f"torchao {importlib.metadata.version('torchao')}"
     assert record["layers"]["linear1"] == {
         "weights": 784_000,
         "scaler_block_size": 250,
