@@ -119,3 +119,34 @@ def test_vera_is_refused_beside_dora_loraplus_and_pissa():
         FinetuneConfig(digits=(1,), use_vera=True, loraplus_lr_ratio=16.0).validate()
     with pytest.raises(ConfigError, match="PiSSA and VeRA"):
         FinetuneConfig(digits=(1,), use_vera=True, init="pissa").validate()
+
+
+def test_a_weighted_vera_adapter_adds_its_update_times_the_weight(x):
+    model = trained_vera()
+    layer = model.lora_layers()["linear1"]  # one layer: its output is linear in the update's weight
+    with torch.no_grad():
+        model.set_adapter(None)
+        base = layer(x)
+        model.set_adapter("v")
+        full = layer(x)
+        model.set_adapter(["v"], weights=[0.5])
+        half = layer(x)
+        model.set_adapter(["v"], weights=[1.0])
+        assert torch.equal(layer(x), full)  # a list of one at weight 1 is the adapter alone
+    assert (full - base).abs().max() > 1e-3
+    torch.testing.assert_close(half, base + 0.5 * (full - base), atol=1e-5, rtol=0)
+    b, d = layer.vera_lambda_b["v"].weight, layer.vera_lambda_d["v"].weight
+    expected = b.view(-1, 1) * (layer.lora_B["v"].weight @ (d.view(-1, 1) * layer.lora_A["v"].weight))
+    torch.testing.assert_close(layer.delta_weight("v"), expected, atol=1e-6, rtol=0)
+
+
+def test_vera_s_shared_pair_is_frozen_real_and_its_dropout_follows_the_config():
+    model = LoraModel(random_mlp(0))
+    model.add_adapter("v", LoraConfig(r=8, alpha=8, use_vera=True, dropout=0.1))
+    model.add_adapter("w", LoraConfig(r=8, alpha=8, use_vera=True))
+    for layer in model.lora_layers().values():
+        for pair in (layer.lora_A["v"], layer.lora_B["v"]):
+            assert not pair.weight.requires_grad and pair.bias is None
+        assert isinstance(layer.lora_dropout["v"], torch.nn.Dropout) and layer.lora_dropout["v"].p == 0.1
+        assert isinstance(layer.lora_dropout["w"], torch.nn.Identity)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # nothing left on the meta device
