@@ -48,7 +48,8 @@ def open_page(page: Page, base_url: str, name: str) -> None:
         wait_idle(page)  # a click while a script run ends can be lost with it
         link.first.click()
         try:
-            page.wait_for_url(url, timeout=10_000)
+            # the page adds its settings to the address as query parameters (a link for every view)
+            page.wait_for_url(lambda at: at.split("?")[0].rstrip("/") == url.rstrip("/"), timeout=10_000)
         except PlaywrightError:
             page.goto(url)
     else:
