@@ -6,12 +6,21 @@ import copy
 import dataclasses
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from core_helpers import import_peft
 
 from lora_core.data import MnistData
 from lora_core.model import MLP
 from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
+
+
+@pytest.fixture(scope="session")
+def peft() -> ModuleType:
+    """Hugging Face PEFT, imported by the tests that need it (it imports transformers: seconds, paid only by
+    the worker that runs them, not at every worker's collection)."""
+    return import_peft()
 
 
 @pytest.fixture(scope="session")

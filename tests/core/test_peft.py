@@ -6,17 +6,15 @@ import json
 
 import pytest
 import torch
-from core_helpers import import_peft, random_mlp, randomize_b
+from core_helpers import random_mlp, randomize_b
 from safetensors.torch import load_file
 
 from lora_core.lora import LoraConfig, LoraModel
 from lora_core.model import MLP
 from lora_core.store.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ArtifactStore
 
-peft = import_peft()
 
-
-def test_peft_loads_our_trained_adapter_with_the_same_logits(trained_artifacts, small_mnist):
+def test_peft_loads_our_trained_adapter_with_the_same_logits(peft, trained_artifacts, small_mnist):
     store = ArtifactStore(trained_artifacts)
     record = store.load_base("cpu")
     ours = LoraModel(record.model)
@@ -54,7 +52,7 @@ def test_peft_loads_our_trained_adapter_with_the_same_logits(trained_artifacts, 
     ],
     ids=["rslora-linear2", "gaussian-linear1-linear3"],
 )
-def test_peft_agrees_on_scale_and_subsets(tmp_path, config):
+def test_peft_agrees_on_scale_and_subsets(peft, tmp_path, config):
     store = ArtifactStore(tmp_path)
     meta = store.save_base(random_mlp(1), {})
     ours = LoraModel(store.load_base().model)
@@ -74,7 +72,7 @@ def test_peft_agrees_on_scale_and_subsets(tmp_path, config):
             assert layer.scaling["default"] == pytest.approx(config.scale)
 
 
-def test_peft_saved_adapter_matches_our_format(tmp_path):
+def test_peft_saved_adapter_matches_our_format(peft, tmp_path):
     base = random_mlp(2)
     peft_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["linear1", "linear3"], lora_dropout=0.0)
     peft_model = peft.get_peft_model(base, peft_config)
@@ -98,7 +96,7 @@ def test_peft_saved_adapter_matches_our_format(tmp_path):
         torch.testing.assert_close(ours(x), peft_model(x), atol=1e-5, rtol=0)
 
 
-def test_peft_loads_our_dora_adapter_and_we_load_peft_s_with_the_same_logits(tmp_path):
+def test_peft_loads_our_dora_adapter_and_we_load_peft_s_with_the_same_logits(peft, tmp_path):
     """DoRA both ways: our adapter folder (use_dora, lora_magnitude_vector) in PeftModel.from_pretrained, and
     an adapter PEFT trained and saved, in ours."""
     store = ArtifactStore(tmp_path / "ours")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from core_helpers import import_peft, random_mlp
+from core_helpers import random_mlp
 
 from lora_core.errors import ConfigError
 from lora_core.lab.study import finetune_and_save_adapter
@@ -17,7 +17,6 @@ from lora_core.lora.pissa import as_plain_lora, principal_factors, residual_star
 from lora_core.store.artifacts import ADAPTER_CONFIG, ArtifactStore
 from lora_core.train import FinetuneConfig
 
-peft = import_peft()
 CONFIG = LoraConfig(r=8, alpha=16)  # linear3 (10 outputs) cannot hold rank 16 once converted
 
 
@@ -34,7 +33,7 @@ def test_principal_factors_are_w_s_best_rank_r_part():
     torch.testing.assert_close(a0.norm(dim=1), b0.norm(dim=0), atol=1e-5, rtol=1e-5)  # split evenly
 
 
-def test_the_residual_start_matches_peft_s_pissa_and_leaves_the_base_alone(x):
+def test_the_residual_start_matches_peft_s_pissa_and_leaves_the_base_alone(peft, x):
     base = random_mlp(0)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     start = residual_start(base, "p", CONFIG)
@@ -80,7 +79,7 @@ def test_the_conversion_gives_the_trained_model_on_the_untouched_w(x):
 
 
 def test_a_pissa_run_saves_plain_lora_that_peft_loads_and_records_the_changed_residual(
-    small_base, small_mnist, tmp_path
+    peft, small_base, small_mnist, tmp_path
 ):
     store = ArtifactStore(tmp_path)
     store.save_base(small_base, {})

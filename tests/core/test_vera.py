@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from core_helpers import import_peft, random_mlp
+from core_helpers import random_mlp
 from safetensors.torch import load_file
 
 from lora_core.errors import ConfigError
@@ -17,7 +17,6 @@ from lora_core.params import parameter_table
 from lora_core.store.artifacts import ADAPTER_CONFIG, ArtifactStore
 from lora_core.train import FinetuneConfig, finetune
 
-peft = import_peft()
 VERA = LoraConfig(r=16, alpha=16, use_vera=True, projection_prng_key=3)
 LAYERS = ["linear1", "linear2", "linear3"]
 
@@ -39,7 +38,7 @@ def trained_vera(seed: int = 1) -> LoraModel:
     return model
 
 
-def test_the_shared_pair_is_peft_s_and_a_new_adapter_is_the_base(x):
+def test_the_shared_pair_is_peft_s_and_a_new_adapter_is_the_base(peft, x):
     ours = LoraModel(random_mlp(0))
     with torch.no_grad():
         base = ours(x)
@@ -67,7 +66,7 @@ def test_vera_computes_diag_b_b_diag_d_a_layer_by_layer(x):
         torch.testing.assert_close(model(x), h, atol=1e-4, rtol=0)
 
 
-def test_peft_reads_our_vera_folder_and_we_read_peft_s(tmp_path, x):
+def test_peft_reads_our_vera_folder_and_we_read_peft_s(peft, tmp_path, x):
     store = ArtifactStore(tmp_path / "ours")
     meta = store.save_base(random_mlp(0), {})
     ours = trained_vera()
