@@ -1,5 +1,7 @@
-"""Scenarios 2, 3 and 5 in a real browser, in the order a user takes them, on one fresh app.
+"""Scenarios 1, 2, 3 and 5 in a real browser, in the order a user takes them, on one fresh app.
 
+1. A newcomer opens every page of the fresh app, in order: no traceback, no dead end (each page that needs a
+   base model offers to train it right there), and Home's study button in the first screen.
 2. Train the base model from the Training page and watch the live progress reach the end.
 3. Fine-tune an adapter from the LoRA page; see the before/after chart and the new adapter.
 5. The parameter page shows the hashes that fine-tuning recorded (unchanged), and its live check, with a
@@ -16,7 +18,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .helpers import assert_no_errors, metric_value, open_page, settle, shot, wait_for_text
+from .helpers import PAGES, assert_no_errors, metric_value, open_page, settle, shot, wait_for_text
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +26,22 @@ def page(browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     yield page
     page.close()
+
+
+def test_1_every_page_on_a_fresh_start(page, app, screenshot_dir) -> None:
+    folder = screenshot_dir / "1-fresh-start"
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    for i, name in enumerate(PAGES):
+        open_page(page, app.url, name)
+        assert_no_errors(page)
+        expect(page.locator("h1").first).to_be_visible()
+        shot(page, folder, f"{i}-{name}")
+        if name == "home":  # the study's button in the first screen, not below the diagram
+            box = page.get_by_role("button", name="Run the whole study").bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 1000, box
+        if name != "home":  # pages that need a base model must offer to train it right there
+            expect(page.get_by_role("button", name="Train the base model").first).to_be_visible()
+    page.set_viewport_size({"width": 1400, "height": 1100})
 
 
 def test_2_train_base_model(page, app, screenshot_dir) -> None:
