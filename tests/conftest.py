@@ -182,8 +182,8 @@ def background_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="session", autouse=True)
 def installed_components_scanned_once() -> Iterator[None]:
     """Each Streamlit runtime scans the metadata of every installed package for custom components as it starts
-    (0.08 s here), and AppTest starts one per test, over a hundred in all. Nothing is
-    installed while the tests run, so the first scan's answer serves the rest of the session."""
+    (0.08 s here), and AppTest starts one per test, over a hundred in all. Nothing is installed while the tests
+    run, so the first scan's answer serves the rest of the session."""
     try:
         from streamlit.components.v2 import manifest_scanner
     except ImportError:  # a Streamlit without v2 components has no such scan

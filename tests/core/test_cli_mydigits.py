@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from core_helpers import file_bytes, import_peft
+from core_helpers import file_bytes
 from PIL import Image
 
 from benchmarks.writers import WRITERS, draw
@@ -153,7 +154,7 @@ def test_an_os_error_is_one_line_with_status_1(tmp_path: Path, capsys: pytest.Ca
     assert status == 1 and err == f"error: {pic / 'art'}: Not a directory\n", err
 
 
-def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train(peft: ModuleType, artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = ArtifactStore(artifacts_copy)
     collection = MyDigits(store)
     for digit in range(10):
@@ -173,7 +174,7 @@ def test_train(artifacts_copy: Path, capsys: pytest.CaptureFixture[str]) -> None
     store.load_adapter(ours, "personal", base.fingerprint)
     ours.set_adapter("personal")
     x = torch.randn(32, 784, generator=torch.Generator().manual_seed(0))
-    theirs = import_peft().PeftModel.from_pretrained(store.load_base("cpu").model, str(store.adapter_dir("personal")))
+    theirs = peft.PeftModel.from_pretrained(store.load_base("cpu").model, str(store.adapter_dir("personal")))
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
     status, out, err = run(capsys, "mydigits", "train", "--steps", "4", "--device", "cpu", "--artifacts", store.root)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import import_peft, random_mlp, randomize_b
+from core_helpers import random_mlp, randomize_b
 
 from lora_core.cli import main
 from lora_core.errors import ConfigError, StaleAdapterError
@@ -124,10 +124,9 @@ def test_a_combination_trains_by_plain_autograd(two_adapters, x):
     assert layer2.base_layer.weight.grad is None
 
 
-def test_peft_computes_the_same_combination(tmp_path, x):
+def test_peft_computes_the_same_combination(peft, tmp_path, x):
     """PEFT itself, on our saved adapters: set_adapter with a list (weight 1 each), and add_weighted_adapter with
     combination_type="cat" (the exact sum of the weighted updates, ranks may differ) give our logits."""
-    peft = import_peft()
     store = ArtifactStore(tmp_path)
     meta = store.save_base(random_mlp(1), {})
     ours = LoraModel(store.load_base().model)
@@ -150,7 +149,7 @@ def test_peft_computes_the_same_combination(tmp_path, x):
         assert (theirs(x) - ours(x)).abs().max() > 1e-2  # the comparison can tell combinations apart
 
 
-def test_add_weighted_adapter_saves_the_combination_as_one_adapter(tmp_path, x):
+def test_add_weighted_adapter_saves_the_combination_as_one_adapter(peft, tmp_path, x):
     """PEFT's add_weighted_adapter (combination_type="cat"): one adapter with the combination's update, saved and
     loaded like any other. linear3's ranks add up to 4 + 8 = 12, above its limit of 10: kept as a rank-10 SVD."""
     store = ArtifactStore(tmp_path)
@@ -178,7 +177,7 @@ def test_add_weighted_adapter_saves_the_combination_as_one_adapter(tmp_path, x):
         assert (ours(x) - expected).abs().max() > 1e-2
     folder = store.save_adapter(ours, "abc", ours.adapter_meta("abc"), meta["sha256"])
     # Hugging Face PEFT reads the saved combination (rank_pattern and alpha_pattern included) to the same logits
-    theirs = import_peft().PeftModel.from_pretrained(store.load_base().model, str(folder))
+    theirs = peft.PeftModel.from_pretrained(store.load_base().model, str(folder))
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), expected, atol=1e-5, rtol=0)
     again = LoraModel(store.load_base().model)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from core_helpers import import_peft
 from safetensors.torch import load_file
 
 from lora_core import precision as precision_module
@@ -152,8 +151,7 @@ def test_bf16_where_unsupported_is_refused_and_auto_falls_back(monkeypatch):
 
 
 # --- fine-tuning in bf16: float32 adapter files that PEFT reads ----------------------------------------
-def test_bf16_finetuned_adapter_is_float32_and_peft_reads_it(artifacts_copy, small_mnist):
-    peft = import_peft()
+def test_bf16_finetuned_adapter_is_float32_and_peft_reads_it(peft, artifacts_copy, small_mnist):
     store = ArtifactStore(artifacts_copy)
     base, lora_model = load_base_for_lora(store, "cpu")
     config = dataclasses.replace(TINY_FINETUNE, precision="bf16")

@@ -15,7 +15,6 @@ from core_helpers import (
     assert_refused_writing_nothing,
     file_bytes,
     first_test_images,
-    import_peft,
     random_mlp,
     randomize_b,
     run_cli_jobs,
@@ -88,8 +87,7 @@ def test_ranks_below_one_or_not_whole_are_still_refused(bad):
     [LoraConfig(r=16, alpha=32), LoraConfig(r=64, alpha=5, target_modules=("linear2", "linear3"), init="gaussian")],
     ids=["r16-all", "r64-gaussian"],
 )
-def test_peft_loads_a_capped_adapter_with_the_same_logits(tmp_path, config):
-    peft = import_peft()
+def test_peft_loads_a_capped_adapter_with_the_same_logits(peft, tmp_path, config):
     store = ArtifactStore(tmp_path)
     meta = store.save_base(random_mlp(1), {})
     ours = LoraModel(store.load_base().model)
