@@ -20,6 +20,13 @@ OUTLINE = {"width": 1, "color": palette.MARK}  # around a highlighted marker, wh
 HEATMAP_MAX_CELLS = 200  # per side: bigger matrices are block-averaged before drawing
 
 
+def _fixed_margins(fig: go.Figure, left: int, right: int, top: int, bottom: int) -> go.Figure:
+    """Margins that already hold the chart's titles, legend and colour bar, and are not grown to fit them: growing
+    draws the chart a second time, which doubles its drawing time in the browser (charts that follow a control)."""
+    fig.update_layout(margin={"l": left, "r": right, "t": top, "b": bottom, "autoexpand": False})
+    return fig
+
+
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"},
@@ -63,7 +70,8 @@ def per_digit_bars(
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="digit", tickmode="array", tickvals=DIGITS)
     fig.update_yaxes(title_text="accuracy (%)", range=[low, 100.5])
-    return _layout(fig, title)
+    _layout(fig, title)
+    return _fixed_margins(fig, left=60, right=20, top=80, bottom=50)  # top: the title, the legend, "target N"
 
 
 def _control_curve(
@@ -85,8 +93,7 @@ def _control_curve(
     _layout(fig, title, height=380)
     # below the axis: three names side by side would run into the title in a half-width column
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0})
-    fig.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 90})
-    return fig
+    return _fixed_margins(fig, left=60, right=20, top=60, bottom=130)  # bottom: the axis title, two rows of legend
 
 
 def strength_curve(
@@ -532,6 +539,8 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
 
 # --- several adapters at once (lora_core.lab.combine) -----------------------------------------------------
 
+RING_PX = 19  # the weight map's ring, in pixels: around a square of 30
+
 
 def weight_map(
     weights: Sequence[float],
@@ -557,25 +566,38 @@ def weight_map(
                 "colorscale": "Viridis",  # perceptually uniform and colour-blind safe
                 "colorbar": {"title": {"text": "%"}},
             },
-            text=[f"{v:.2f}%" for v in values],
-            hovertemplate=f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{text}}<extra></extra>",
+            hovertemplate=f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{marker.color:.2f}}%<extra></extra>",
             name="weights",
         )
     )
-    fig.add_scatter(
-        x=[current[0]],
-        y=[current[1]],
-        mode="markers",
-        marker={"symbol": "circle-open", "size": 38, "color": palette.MARK, "line": {"width": 3}},
-        hoverinfo="skip",
+    # a shape, not a trace: moving it redraws only the shapes, and ring_pair moves it without building a new map
+    fig.add_shape(
+        type="circle",
+        xref="x",
+        yref="y",
+        xsizemode="pixel",
+        ysizemode="pixel",
+        x0=-RING_PX,
+        x1=RING_PX,
+        y0=-RING_PX,
+        y1=RING_PX,
+        line={"color": palette.MARK, "width": 3},
         name="chosen",
     )
+    ring_pair(fig, current)
     ticks = list(weights)
     fig.update_xaxes(title_text=f"weight of {names[0]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
     fig.update_yaxes(title_text=f"weight of {names[1]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
     _layout(fig, title, height=420)
     fig.update_layout(showlegend=False, clickmode="event+select", dragmode=False)
+    _fixed_margins(fig, left=60, right=90, top=50, bottom=50)  # right: the colour bar
     return fig
+
+
+def ring_pair(weight_map_figure: go.Figure, current: tuple[float, float]) -> go.Figure:
+    """Move a weight map's ring (charts.weight_map) to the pair `current`, in place."""
+    weight_map_figure.layout.shapes[0].update(xanchor=current[0], yanchor=current[1])
+    return weight_map_figure
 
 
 def combination_bars(
@@ -604,7 +626,8 @@ def combination_bars(
     fig.update_traces(textposition="outside", cliponaxis=False)
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 105])
-    return _layout(fig, "Each adapter alone and the combination, per task", height=400)
+    _layout(fig, "Each adapter alone and the combination, per task", height=400)
+    return _fixed_margins(fig, left=60, right=20, top=90, bottom=50)  # top: the title and two rows of legend
 
 
 # --- experiments: sweeps ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accept
 WEIGHT_STEP = 0.05  # fine enough to hold the weight map's grid (steps of 0.25)
 MAP_KEY = "eval_combine_map"
 SCORES_KEY = "_combination_scores"
+MAP_FIGURES_KEY = "_combination_map_figures"
 
 
 @dataclass
@@ -220,10 +221,12 @@ def _weight_map_part(
         return
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
-    for column, place in zip(columns, st.columns(len(columns))):
+    # two maps a row at most: a map's seven squares need about 300 pixels across
+    places = [place for start in range(0, len(columns), 2) for place in st.columns(2)][: len(columns)]
+    for column, place in zip(columns, places):
         with place:
             st.plotly_chart(
-                charts.weight_map(mapped.weights, mapped.grid(column.key), current, mapped.names, column.label),
+                _map_figure(mapped, column, current),
                 on_select="rerun",
                 selection_mode="points",
                 key=f"{MAP_KEY}-{column.key}",
@@ -236,6 +239,18 @@ def _weight_map_part(
         f"corner 0, 0 is the base model), on the same test sets as the table. Click a square to set both weights "
         f"to it{'; the chosen pair lies outside the map' if outside else '; the ring is the chosen pair'}."
     )
+
+
+def _map_figure(mapped: CombinationMap, column: ScoreColumn, current: tuple[float, float]) -> Any:
+    """The map of `column` with its ring on `current`. Built once per map in the session (plotly checks every
+    property as a figure is built: 10 ms a map); a click or a weight only moves the ring."""
+    built: dict[str, tuple[CombinationMap, Any]] = st.session_state.setdefault(MAP_FIGURES_KEY, {})
+    kept = built.get(column.key)
+    if kept is None or kept[0] is not mapped:
+        figure = charts.weight_map(mapped.weights, mapped.grid(column.key), current, mapped.names, column.label)
+        built[column.key] = (mapped, figure)
+        return figure
+    return charts.ring_pair(kept[1], current)
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:

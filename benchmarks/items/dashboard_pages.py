@@ -177,9 +177,9 @@ def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
         page.wait_for_function(
             """([w1, w2]) => {
               const plot = document.querySelector('.st-key-eval_combine_map-plain .js-plotly-plot');
-              const ring = plot && plot.data && plot.data[1];
+              const ring = plot && plot.layout && (plot.layout.shapes || [])[0];
               const sliders = [...document.querySelectorAll('[role="group"][aria-label^="Weight of"] input')];
-              return ring && ring.x[0] === w1 && ring.y[0] === w2 && sliders.length === 2
+              return ring && ring.xanchor === w1 && ring.yanchor === w2 && sliders.length === 2
                 && Number(sliders[0].value) === w1 && Number(sliders[1].value) === w2;
             }""",
             arg=[w1, w2],

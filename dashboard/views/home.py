@@ -44,6 +44,17 @@ def step(number: int, title: str, done: bool, text: str, page: str, link: str) -
             st.page_link(ui.PAGES[page], label=f"Open {link}", icon=":material/arrow_forward:")
 
 
+def show_formula() -> None:
+    st.latex(r"y \;=\; W x \;+\; B A x \cdot \frac{\alpha}{r}")
+    c1, c2, c3 = st.columns(3)
+    c1.markdown("**W** (frozen): the base layer's weight matrix. Fine-tuning never changes it.")
+    c2.markdown(
+        "**A** (r × in) and **B** (out × r): two thin matrices; only they are trained. B starts at zero, so "
+        "the adapter starts as a no-op."
+    )
+    c3.markdown("**α / r**: a fixed scale. A small rank r means very few extra parameters.")
+
+
 # --- run the whole study ---------------------------------------------------------------------------------
 st.header("Run the whole study")
 st.write(
@@ -133,25 +144,23 @@ else:
     step(4, "Fine-tune it with LoRA", False, "No adapter is active yet.", "finetune", "LoRA fine-tuning")
     step(5, "Compare before and after", False, "Needs an adapter.", "evaluation", "Evaluation")
 
-with st.expander("What LoRA is: one formula", expanded=active_info is None):
-    st.latex(r"y \;=\; W x \;+\; B A x \cdot \frac{\alpha}{r}")
-    c1, c2, c3 = st.columns(3)
-    c1.markdown("**W** (frozen): the base layer's weight matrix. Fine-tuning never changes it.")
-    c2.markdown(
-        "**A** (r × in) and **B** (out × r): two thin matrices; only they are trained. B starts at zero, so "
-        "the adapter starts as a no-op."
-    )
-    c3.markdown("**α / r**: a fixed scale. A small rank r means very few extra parameters.")
+# details on demand: a folded expander's content is drawn only once it is opened (a rerun), so the first page
+# does not pay for KaTeX, Graphviz or a data grid nobody asked to see
+formula = st.expander("What LoRA is: one formula", expanded=active_info is None, key="home_formula", on_change="rerun")
+with formula:
+    if formula.open:
+        show_formula()
 
 # --- the network as a picture (dashboard/diagram.py) -------------------------------------------------------------
-# details on demand: folded, the picture costs the first page nothing (drawn open, Graphviz adds about 0.6 s to
-# Home's load in a fresh tab); the Parameters page shows it open
-with st.expander("The network, and where LoRA sits", expanded=False):
-    diagram.show(
-        base.model if base is not None else MLP(),
-        active_info.record.config if active_info is not None else None,
-        active_info.name if active_info is not None else None,
-    )
+# folded (drawn open, Graphviz adds about 0.6 s to Home's load in a fresh tab); the Parameters page shows it open
+network = st.expander("The network, and where LoRA sits", expanded=False, key="home_network", on_change="rerun")
+with network:
+    if network.open:
+        diagram.show(
+            base.model if base is not None else MLP(),
+            active_info.record.config if active_info is not None else None,
+            active_info.name if active_info is not None else None,
+        )
 
 
 # --- headline figures ---------------------------------------------------------------------------------------
@@ -239,8 +248,10 @@ if figures is not None:
         else:
             n2.error(figures.weights_note)
         if weights_table is not None:
-            with st.expander("Per base tensor"):
-                st.dataframe(weights_table, hide_index=True, width="stretch")
+            tensors = st.expander("Per base tensor", key="home_tensors", on_change="rerun")
+            with tensors:
+                if tensors.open:
+                    st.dataframe(weights_table, hide_index=True, width="stretch")
         on_what = "on the task's test set" if figures.task_label is not None else "on the MNIST test set"
         chart_slot.plotly_chart(
             charts.per_digit_bars(

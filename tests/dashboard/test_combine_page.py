@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -65,14 +66,17 @@ def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
     assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
 
 
+def _map_chart_elements(at) -> list:  # noqa: ANN001 - AppTest
+    return [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
+
+
 def _map_charts(at, timeout: float = 240.0) -> list[dict]:  # noqa: ANN001 - AppTest
     """The weight map's charts, once the map has been computed in the background (rerunning until then)."""
-    import json
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        charts = [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
+        charts = _map_chart_elements(at)
         if charts:
             return [json.loads(c.proto.spec) for c in charts]
         assert time.monotonic() < deadline, "the weight map never arrived"
@@ -110,12 +114,13 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     expected = combination_map(model, [first, second], columns, sets, small_mnist.test_y, weights=(0.0, 0.5, 1.25))
     assert len(specs) == len(columns)
     for spec, column in zip(specs, columns):
-        squares, ring = spec["data"]
+        (squares,) = spec["data"]
+        (ring,) = spec["layout"]["shapes"]
         assert len(squares["x"]) == len(MAP_WEIGHTS) ** 2
         shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
         assert shown[(0.5, 1.25)] == pytest.approx(100 * expected.at(0.5, 1.25)[column.key])
         assert shown[(0.0, 0.0)] == pytest.approx(100 * expected.at(0.0, 0.0)[column.key])  # the base model
-        assert (ring["x"], ring["y"]) == ([0.5], [1.0])  # the sliders' pair
+        assert (ring["xanchor"], ring["yanchor"]) == (0.5, 1.0)  # the sliders' pair
 
     squares = specs[0]["data"][0]
     shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
@@ -125,6 +130,10 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     _set(at, "slider", "eval_combine_w1", 1.5)
     row = _table(at)[f"{first} ×1.5 + {second} ×1"]
     assert calls == []
+    # the map's figure is kept for the session and only its ring moves, in every map
+    assert [json.loads(c.proto.spec)["layout"]["shapes"][0]["xanchor"] for c in _map_chart_elements(at)] == [1.5] * len(
+        columns
+    )
     plain = next(value for column, value in row.items() if column != "model" and "rotated" not in column)
     assert plain == f"{shown[(1.5, 1.0)]:.2f}%"
     _set(at, "slider", "eval_combine_w1", 1.4)  # off the grid: scored
@@ -157,6 +166,8 @@ def _dot(at) -> str:  # noqa: ANN001 - AppTest
 
 def test_diagram_on_home_and_parameters_follows_the_adapter(two_dir: Path, small_sizes) -> None:
     at = new_app()
+    at.session_state["home_network"] = True  # Home draws the picture once its expander is open
+    at.run()
     assert_clean(at)
     home = _dot(at)
     h1 = small_sizes.hidden[0]

@@ -55,6 +55,7 @@ def test_an_adapter_from_a_corrupted_loop_shows_changed_hashes(
         finetune_and_save_adapter(store, base, lora_model, small_mnist, config, name="bad")
     at = new_app()
     at.session_state["active_adapter"] = "bad"
+    at.session_state["home_tensors"] = True  # the table is drawn once its expander is open
     at.run()
     assert any("Base weights CHANGED during fine-tuning" in str(e.value) for e in at.error), texts(at)
     home_hashes = next(df.value for df in at.dataframe if "during fine-tuning" in df.value.columns)
