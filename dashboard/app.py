@@ -16,6 +16,10 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 def main() -> None:
     import streamlit as st
 
+    from dashboard import workers
+
+    workers.warm()  # first: the forkserver imports PyTorch while this server imports it for the first page
+
     from dashboard import ui
 
     st.set_page_config(page_title="LoRA on MNIST", page_icon=":material/biotech:", layout="wide")

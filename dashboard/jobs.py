@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401 - registers PyTorch's pickling of tensors for the workers' queues
 
+from dashboard import workers
 from lora_core.data import MnistData, load_mnist
 from lora_core.errors import AdapterExistsError, ArtifactError, ConfigError, LoraCoreError
 from lora_core.evaluate import Evaluation
@@ -64,20 +65,7 @@ KIND_TITLES = {
 }
 
 
-def _worker_context() -> Any:
-    """Where the workers come from. "forkserver": each run forks from a small process that started clean and
-    imported this module, torch and torch._dynamo once (when the server's first run starts), so every later
-    run starts in a fraction of a second instead of the 3-4 s a fresh interpreter takes to import them (and to
-    import torch._dynamo lazily on its first optimizer step). "spawn" where the platform has no forkserver
-    (Windows). Never "fork": it would copy the server's threads and locks into the child."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
-    return context
-
-
-_CONTEXT = _worker_context()
+_CONTEXT = workers.CONTEXT  # forkserver, or spawn (dashboard/workers.py)
 _STATUS_OF_ERROR = {"RunStopped": STOPPED}
 
 
