@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from dashboard import palette
 from lora_core.lab.readings import METHOD_NAMES
@@ -542,62 +543,84 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
 RING_PX = 19  # the weight map's ring, in pixels: around a square of 30
 
 
-def weight_map(
+def weight_maps(
     weights: Sequence[float],
-    grid: Sequence[Sequence[float]],
+    maps: Sequence[tuple[str, Sequence[Sequence[float]]]],
     current: tuple[float, float],
     names: tuple[str, str],
-    title: str,
 ) -> go.Figure:
-    """Accuracy (fractions 0..1; grid[i][j] at w1 = weights[j], w2 = weights[i]) of two adapters acting at once,
-    one square per pair of weights, so that a click picks a pair; the current pair is ringed."""
+    """One map per (title, grid) of two adapters' accuracy (fractions 0..1; grid[i][j] at w1 = weights[j],
+    w2 = weights[i]), side by side in one figure, two a row: one square per pair of weights, so that a click picks a
+    pair; the current pair is ringed in every map. One figure, not one per map: a click redraws it once."""
+    cols = min(2, len(maps))
+    rows = -(-len(maps) // cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[title for title, _ in maps],
+        horizontal_spacing=0.2,
+        vertical_spacing=0.3 / rows,
+    )
     xs = [w1 for _ in weights for w1 in weights]
     ys = [w2 for w2 in weights for _ in weights]
-    values = [100 * v for row in grid for v in row]
-    fig = go.Figure(
-        go.Scatter(
+    ticks = list(weights)
+    hover = f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{marker.color:.2f}}%<extra></extra>"
+    for i, (title, grid) in enumerate(maps):
+        row, col = divmod(i, cols)
+        axis = "" if i == 0 else str(i + 1)
+        fig.add_scatter(
             x=xs,
             y=ys,
             mode="markers",
-            marker={
-                "symbol": "square",
-                "size": 30,
-                "color": values,
-                "colorscale": "Viridis",  # perceptually uniform and colour-blind safe
-                "colorbar": {"title": {"text": "%"}},
-            },
-            hovertemplate=f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{marker.color:.2f}}%<extra></extra>",
-            name="weights",
+            marker={"symbol": "square", "size": 28, "color": [100 * v for row_ in grid for v in row_]},
+            hovertemplate=hover,
+            name=title,
+            row=row + 1,
+            col=col + 1,
         )
-    )
-    # a shape, not a trace: moving it redraws only the shapes, and ring_pair moves it without building a new map
-    fig.add_shape(
-        type="circle",
-        xref="x",
-        yref="y",
-        xsizemode="pixel",
-        ysizemode="pixel",
-        x0=-RING_PX,
-        x1=RING_PX,
-        y0=-RING_PX,
-        y1=RING_PX,
-        line={"color": palette.MARK, "width": 3},
-        name="chosen",
-    )
+        x_domain = fig.layout[f"xaxis{axis}"].domain
+        y_domain = fig.layout[f"yaxis{axis}"].domain
+        fig.data[i].marker.update(
+            colorscale="Viridis",  # perceptually uniform and colour-blind safe
+            colorbar={
+                "title": {"text": "%"},
+                "x": x_domain[1] + 0.01,
+                "y": (y_domain[0] + y_domain[1]) / 2,
+                "len": y_domain[1] - y_domain[0],
+                "thickness": 14,
+            },
+        )
+        # a shape, not a trace: moving it redraws only the shapes, and ring_pair moves it without a new figure
+        fig.add_shape(
+            type="circle",
+            xref=f"x{axis}",
+            yref=f"y{axis}",
+            xsizemode="pixel",
+            ysizemode="pixel",
+            x0=-RING_PX,
+            x1=RING_PX,
+            y0=-RING_PX,
+            y1=RING_PX,
+            line={"color": palette.MARK, "width": 3},
+            name="chosen",
+        )
+        fig.update_xaxes(
+            title_text=f"weight of {names[0]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2], row=row + 1, col=col + 1
+        )
+        fig.update_yaxes(
+            title_text=f"weight of {names[1]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2], row=row + 1, col=col + 1
+        )
     ring_pair(fig, current)
-    ticks = list(weights)
-    fig.update_xaxes(title_text=f"weight of {names[0]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
-    fig.update_yaxes(title_text=f"weight of {names[1]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2])
-    _layout(fig, title, height=420)
-    fig.update_layout(showlegend=False, clickmode="event+select", dragmode=False)
-    _fixed_margins(fig, left=60, right=90, top=50, bottom=50)  # right: the colour bar
-    return fig
+    _layout(fig, "", height=60 + 400 * rows)
+    fig.update_layout(showlegend=False, clickmode="event+select", dragmode=False, title=None)
+    return _fixed_margins(fig, left=60, right=70, top=40, bottom=50)  # right: the last colour bar
 
 
-def ring_pair(weight_map_figure: go.Figure, current: tuple[float, float]) -> go.Figure:
-    """Move a weight map's ring (charts.weight_map) to the pair `current`, in place."""
-    weight_map_figure.layout.shapes[0].update(xanchor=current[0], yanchor=current[1])
-    return weight_map_figure
+def ring_pair(weight_maps_figure: go.Figure, current: tuple[float, float]) -> go.Figure:
+    """Move the rings of charts.weight_maps' figure to the pair `current`, in place."""
+    for ring in weight_maps_figure.layout.shapes:
+        ring.update(xanchor=current[0], yanchor=current[1])
+    return weight_maps_figure
 
 
 def combination_bars(

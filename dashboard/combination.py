@@ -37,7 +37,7 @@ WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accept
 WEIGHT_STEP = 0.05  # fine enough to hold the weight map's grid (steps of 0.25)
 MAP_KEY = "eval_combine_map"
 SCORES_KEY = "_combination_scores"
-MAP_FIGURES_KEY = "_combination_map_figures"
+MAP_FIGURE_KEY = "_combination_map_figure"
 
 
 @dataclass
@@ -190,14 +190,13 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
 def _apply_picked_weights() -> None:
     """A square clicked on the weight map (a selection the chart keeps in its state) sets both weights, once per
     click: afterwards the sliders are the user's again."""
-    for key in [k for k in st.session_state if str(k).startswith(f"{MAP_KEY}-")]:
-        points = ((st.session_state[key] or {}).get("selection") or {}).get("points") or []
-        if not points:
-            continue
-        picked = (float(points[0]["x"]), float(points[0]["y"]))
-        if st.session_state.get(f"_{key}_applied") != picked:
-            st.session_state[f"_{key}_applied"] = picked
-            st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
+    points = ((st.session_state.get(MAP_KEY) or {}).get("selection") or {}).get("points") or []
+    if not points:
+        return
+    picked = (float(points[0]["x"]), float(points[0]["y"]))
+    if st.session_state.get(f"_{MAP_KEY}_applied") != picked:
+        st.session_state[f"_{MAP_KEY}_applied"] = picked
+        st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
 
 
 def _weight_map(
@@ -221,17 +220,13 @@ def _weight_map_part(
         return
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
-    # two maps a row at most: a map's seven squares need about 300 pixels across
-    places = [place for start in range(0, len(columns), 2) for place in st.columns(2)][: len(columns)]
-    for column, place in zip(columns, places):
-        with place:
-            st.plotly_chart(
-                _map_figure(mapped, column, current),
-                on_select="rerun",
-                selection_mode="points",
-                key=f"{MAP_KEY}-{column.key}",
-                width="stretch",
-            )
+    st.plotly_chart(
+        _maps_figure(mapped, columns, current),
+        on_select="rerun",
+        selection_mode="points",
+        key=MAP_KEY,
+        width="stretch",
+    )
     low, high = mapped.weights[0], mapped.weights[-1]
     outside = not all(low <= w <= high for w in current)
     st.caption(
@@ -241,16 +236,18 @@ def _weight_map_part(
     )
 
 
-def _map_figure(mapped: CombinationMap, column: ScoreColumn, current: tuple[float, float]) -> Any:
-    """The map of `column` with its ring on `current`. Built once per map in the session (plotly checks every
-    property as a figure is built: 10 ms a map); a click or a weight only moves the ring."""
-    built: dict[str, tuple[CombinationMap, Any]] = st.session_state.setdefault(MAP_FIGURES_KEY, {})
-    kept = built.get(column.key)
-    if kept is None or kept[0] is not mapped:
-        figure = charts.weight_map(mapped.weights, mapped.grid(column.key), current, mapped.names, column.label)
-        built[column.key] = (mapped, figure)
+def _maps_figure(mapped: CombinationMap, columns: Sequence[ScoreColumn], current: tuple[float, float]) -> Any:
+    """The maps of every column with their rings on `current`. Built once per map in the session (plotly checks
+    every property as a figure is built: 10 ms a map); a click or a weight only moves the rings."""
+    keys = tuple(c.key for c in columns)
+    kept = st.session_state.get(MAP_FIGURE_KEY)
+    if kept is None or kept[0] is not mapped or kept[1] != keys:
+        figure = charts.weight_maps(
+            mapped.weights, [(c.label, mapped.grid(c.key)) for c in columns], current, mapped.names
+        )
+        st.session_state[MAP_FIGURE_KEY] = (mapped, keys, figure)
         return figure
-    return charts.ring_pair(kept[1], current)
+    return charts.ring_pair(kept[2], current)
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:

@@ -159,12 +159,12 @@ def _slider_steps(page: Any, url: str, path: str, label: str, shown: Any, moves:
 
 
 def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
-    """Seconds from a click on a square of the weight map (plain MNIST's) to the map ringing the pair it picked
+    """Seconds from a click on a square of the weight map (the first map: plain MNIST) to the map ringing the pair it picked
     and both weight sliders showing it."""
     page.goto(f"{url}/evaluation")
     _complete(page, time.perf_counter())
     page.get_by_test_id("stCheckbox").filter(has_text="Combine two adapters").first.click()
-    chart = page.locator(".st-key-eval_combine_map-plain .js-plotly-plot")
+    chart = page.locator(".st-key-eval_combine_map .js-plotly-plot")
     points = chart.locator(".scatterlayer .trace").first.locator("path.point")
     points.first.wait_for(timeout=120_000)  # the map is computed in the background first
     _complete(page, time.perf_counter())
@@ -176,7 +176,7 @@ def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
         points.nth(row * 7 + column).click(force=True)
         page.wait_for_function(
             """([w1, w2]) => {
-              const plot = document.querySelector('.st-key-eval_combine_map-plain .js-plotly-plot');
+              const plot = document.querySelector('.st-key-eval_combine_map .js-plotly-plot');
               const ring = plot && plot.layout && (plot.layout.shapes || [])[0];
               const sliders = [...document.querySelectorAll('[role="group"][aria-label^="Weight of"] input')];
               return ring && ring.xanchor === w1 && ring.yanchor === w2 && sliders.length === 2

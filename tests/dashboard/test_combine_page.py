@@ -66,19 +66,21 @@ def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
     assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
 
 
-def _map_chart_elements(at) -> list:  # noqa: ANN001 - AppTest
-    return [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
+def _map_chart(at):  # noqa: ANN001, ANN202 - AppTest
+    charts = [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
+    assert len(charts) <= 1, "every map is in one figure"
+    return charts[0] if charts else None
 
 
-def _map_charts(at, timeout: float = 240.0) -> list[dict]:  # noqa: ANN001 - AppTest
-    """The weight map's charts, once the map has been computed in the background (rerunning until then)."""
+def _map_spec(at, timeout: float = 240.0) -> dict:  # noqa: ANN001 - AppTest
+    """The weight maps' figure, once the map has been computed in the background (rerunning until then)."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        charts = _map_chart_elements(at)
-        if charts:
-            return [json.loads(c.proto.spec) for c in charts]
+        chart = _map_chart(at)
+        if chart is not None:
+            return json.loads(chart.proto.spec)
         assert time.monotonic() < deadline, "the weight map never arrived"
         time.sleep(1.0)  # each rerun runs the whole page again
         at.run()
@@ -96,7 +98,7 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     at = visit(new_app(), "evaluation")
     _set(at, "toggle", "eval_combine_on", True)
     _set(at, "slider", "eval_combine_w1", 0.5)
-    specs = _map_charts(at)
+    spec = _map_spec(at)
     assert_clean(at)
     store = ArtifactStore(two_dir)
     base, model = load_base_for_lora(store, "cpu")
@@ -112,17 +114,17 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     sets = scoring_sets(small_mnist, columns)
     # the two cells checked below, not the whole map again
     expected = combination_map(model, [first, second], columns, sets, small_mnist.test_y, weights=(0.0, 0.5, 1.25))
-    assert len(specs) == len(columns)
-    for spec, column in zip(specs, columns):
-        (squares,) = spec["data"]
-        (ring,) = spec["layout"]["shapes"]
+    # one map (a trace) and one ring (a shape) per column, in one figure
+    assert len(spec["data"]) == len(spec["layout"]["shapes"]) == len(columns)
+    for squares, ring, column in zip(spec["data"], spec["layout"]["shapes"], columns):
+        assert squares["name"] == column.label
         assert len(squares["x"]) == len(MAP_WEIGHTS) ** 2
         shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
         assert shown[(0.5, 1.25)] == pytest.approx(100 * expected.at(0.5, 1.25)[column.key])
         assert shown[(0.0, 0.0)] == pytest.approx(100 * expected.at(0.0, 0.0)[column.key])  # the base model
         assert (ring["xanchor"], ring["yanchor"]) == (0.5, 1.0)  # the sliders' pair
 
-    squares = specs[0]["data"][0]
+    squares = spec["data"][0]
     shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
     calls: list[object] = []
     scored = combination.score
@@ -130,14 +132,30 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     _set(at, "slider", "eval_combine_w1", 1.5)
     row = _table(at)[f"{first} ×1.5 + {second} ×1"]
     assert calls == []
-    # the map's figure is kept for the session and only its ring moves, in every map
-    assert [json.loads(c.proto.spec)["layout"]["shapes"][0]["xanchor"] for c in _map_chart_elements(at)] == [1.5] * len(
-        columns
-    )
+    # the figure is kept for the session and only the rings move, in every map
+    moved = json.loads(_map_chart(at).proto.spec)
+    assert [(r["xanchor"], r["yanchor"]) for r in moved["layout"]["shapes"]] == [(1.5, 1.0)] * len(columns)
+    assert moved["data"] == spec["data"]
     plain = next(value for column, value in row.items() if column != "model" and "rotated" not in column)
     assert plain == f"{shown[(1.5, 1.0)]:.2f}%"
     _set(at, "slider", "eval_combine_w1", 1.4)  # off the grid: scored
     assert len(calls) == 1
+
+
+def test_a_square_clicked_on_the_map_sets_both_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map's selection (kept by the chart) sets the sliders at the click; afterwards they are the user's."""
+    from dashboard import combination
+
+    state: dict[str, object] = {"eval_combine_w1": 1.0, "eval_combine_w2": 1.0}
+    monkeypatch.setattr(combination.st, "session_state", state)
+    combination._apply_picked_weights()  # nothing clicked yet
+    assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (1.0, 1.0)
+    state[combination.MAP_KEY] = {"selection": {"points": [{"x": 0.5, "y": 1.25, "curve_number": 2}]}}
+    combination._apply_picked_weights()
+    assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (0.5, 1.25)
+    state["eval_combine_w1"] = 0.8  # the user moves a slider; the chart still holds the old click
+    combination._apply_picked_weights()
+    assert state["eval_combine_w1"] == 0.8
 
 
 def test_combining_needs_two_adapters(trained_dir: Path) -> None:
