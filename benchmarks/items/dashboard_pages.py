@@ -159,8 +159,8 @@ def _slider_steps(page: Any, url: str, path: str, label: str, shown: Any, moves:
 
 
 def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
-    """Seconds from a click on a square of the weight map (the first map: plain MNIST) to the map ringing the pair it picked
-    and both weight sliders showing it."""
+    """Seconds from a click on a square of the weight map (the first map: plain MNIST) to the maps ringing the pair
+    it picked and both weight sliders showing it."""
     page.goto(f"{url}/evaluation")
     _complete(page, time.perf_counter())
     page.get_by_test_id("stCheckbox").filter(has_text="Combine two adapters").first.click()
