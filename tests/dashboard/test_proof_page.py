@@ -10,6 +10,7 @@ import pytest
 from conftest import assert_clean, click, new_app, texts, visit
 
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
+from lora_core.numbers import pct
 from lora_core.store.artifacts import ArtifactStore
 from lora_core.train import FinetuneConfig
 
@@ -74,3 +75,19 @@ def test_home_headline_names_the_target_and_the_weakest_digit(trained_dir: Path)
     assert_clean(at)
     target = next(m for m in at.metric if m.label == "Adapter's target digit")
     assert any(f"weakest digit is {target.value}" in str(c.value) and "target" in str(c.value) for c in at.caption)
+
+
+def test_home_headline_of_an_adapter_on_two_digits_gives_their_mean(trained_dir: Path, small_mnist) -> None:
+    """Not the first target alone under "Digit 0": the two targets' mean, said to be one."""
+    store = ArtifactStore(trained_dir)
+    base, lora_model = load_base_for_lora(store, "cpu")
+    config = FinetuneConfig(digits=(0, 1), rank=2, steps=5, batch_size=32, device="cpu")
+    finetune_and_save_adapter(store, base, lora_model, small_mnist, config, name="pair")
+    at = new_app()
+    at.session_state["active_adapter"] = "pair"
+    at.run()
+    assert_clean(at)
+    after = store.read_adapter("pair").metrics["after"]["per_digit_accuracy"]
+    shown = next(m for m in at.metric if m.label == "Digits 0, 1 (mean) after LoRA")
+    assert shown.value == pct((after[0] + after[1]) / 2)
+    assert not any(m.label.startswith("Digit 0 ") for m in at.metric)
