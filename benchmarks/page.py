@@ -95,6 +95,8 @@ def _own_browser_processes() -> list[psutil.Process]:
     return own
 
 
+FINISHED = r"Finished in ([\d.]+) s"  # the run's outcome line, with the worker's run in seconds
+
 # resolves with the page's text once it matches: checked at each change of the page (a MutationObserver), so the
 # clock stops within a frame of the text arriving, at no cost while nothing changes (Playwright's own waits poll
 # at up to 1 s intervals, and a check at every animation frame would take the CPU the run needs)
@@ -144,10 +146,10 @@ def page_study(browser: Any, data_dir: Path, settings: dict[str, int], timeout: 
         start = time.perf_counter()
         button.click()
         # the clock stops when the study's results are on the page, not at the outcome line before them
-        outcome = _text_appears(page, r"Finished in ([\d.]+) s", timeout)
+        outcome = _text_appears(page, FINISHED, timeout)
         _text_appears(page, "Base accuracy", 120)
         seconds = time.perf_counter() - start
-        run = re.search(r"Finished in ([\d.]+) s", outcome)
+        run = re.search(FINISHED, outcome)
         return {
             "seconds": seconds,
             "run_seconds": float(run.group(1)) if run else math.nan,  # the worker's run, as the page says

@@ -568,27 +568,29 @@ def weight_maps(
     for i, (title, grid) in enumerate(maps):
         row, col = divmod(i, cols)
         axis = "" if i == 0 else str(i + 1)
+        x_domain = fig.layout[f"xaxis{axis}"].domain
+        y_domain = fig.layout[f"yaxis{axis}"].domain
         fig.add_scatter(
             x=xs,
             y=ys,
             mode="markers",
-            marker={"symbol": "square", "size": 28, "color": [100 * v for row_ in grid for v in row_]},
+            marker={
+                "symbol": "square",
+                "size": 28,
+                "color": [100 * v for line in grid for v in line],
+                "colorscale": "Viridis",  # perceptually uniform and colour-blind safe
+                "colorbar": {  # beside its own map
+                    "title": {"text": "%"},
+                    "x": x_domain[1] + 0.01,
+                    "y": (y_domain[0] + y_domain[1]) / 2,
+                    "len": y_domain[1] - y_domain[0],
+                    "thickness": 14,
+                },
+            },
             hovertemplate=hover,
             name=title,
             row=row + 1,
             col=col + 1,
-        )
-        x_domain = fig.layout[f"xaxis{axis}"].domain
-        y_domain = fig.layout[f"yaxis{axis}"].domain
-        fig.data[i].marker.update(
-            colorscale="Viridis",  # perceptually uniform and colour-blind safe
-            colorbar={
-                "title": {"text": "%"},
-                "x": x_domain[1] + 0.01,
-                "y": (y_domain[0] + y_domain[1]) / 2,
-                "len": y_domain[1] - y_domain[0],
-                "thickness": 14,
-            },
         )
         # a shape, not a trace: moving it redraws only the shapes, and ring_pair moves it without a new figure
         fig.add_shape(

@@ -221,7 +221,7 @@ def _weight_map_part(
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
     st.plotly_chart(
-        _maps_figure(mapped, columns, current),
+        _maps_figure(mapped, current),
         on_select="rerun",
         selection_mode="points",
         key=MAP_KEY,
@@ -236,18 +236,16 @@ def _weight_map_part(
     )
 
 
-def _maps_figure(mapped: CombinationMap, columns: Sequence[ScoreColumn], current: tuple[float, float]) -> Any:
-    """The maps of every column with their rings on `current`. Built once per map in the session (plotly checks
-    every property as a figure is built: 10 ms a map); a click or a weight only moves the rings."""
-    keys = tuple(c.key for c in columns)
+def _maps_figure(mapped: CombinationMap, current: tuple[float, float]) -> Any:
+    """The maps of every column of `mapped` with their rings on `current`. Built once per map in the session (plotly
+    checks every property as a figure is built: 10 ms a map); a click or a weight only moves the rings."""
     kept = st.session_state.get(MAP_FIGURE_KEY)
-    if kept is None or kept[0] is not mapped or kept[1] != keys:
-        figure = charts.weight_maps(
-            mapped.weights, [(c.label, mapped.grid(c.key)) for c in columns], current, mapped.names
-        )
-        st.session_state[MAP_FIGURE_KEY] = (mapped, keys, figure)
+    if kept is None or kept[0] is not mapped:
+        maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
+        figure = charts.weight_maps(mapped.weights, maps, current, mapped.names)
+        st.session_state[MAP_FIGURE_KEY] = (mapped, figure)
         return figure
-    return charts.ring_pair(kept[2], current)
+    return charts.ring_pair(kept[1], current)
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:
