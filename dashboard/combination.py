@@ -166,7 +166,7 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
     except (ArtifactError, ConfigError) as exc:
         st.error(f"These adapters cannot be combined: {state.describe_error(exc)}. Choose others.")
         return
-    st.plotly_chart(
+    st.vega_lite_chart(
         charts.combination_bars(
             [c.label for c in report.columns],
             [row["model"] for row in report.rows],

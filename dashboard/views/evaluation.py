@@ -91,7 +91,7 @@ def task_section(
         pct(plain_after.accuracy),
         f"{100 * (plain_after.accuracy - plain_before.accuracy):+.2f} points vs the base",
     )
-    st.plotly_chart(
+    st.vega_lite_chart(
         charts.per_digit_bars(
             before.per_digit_accuracy,
             after.per_digit_accuracy,
@@ -165,7 +165,7 @@ def per_digit_section() -> None:
     the adapter as trained and the section looks again every second."""
     st.header("Per-digit accuracy, before and after")
     if after is None or info is None:
-        st.plotly_chart(charts.per_digit_bars(base_eval.per_digit_accuracy, None, targets), width="stretch")
+        st.vega_lite_chart(charts.per_digit_bars(base_eval.per_digit_accuracy, None, targets), width="stretch")
         return
     if info.is_dora:
         as_trained_chart()
@@ -186,7 +186,7 @@ def per_digit_section() -> None:
 
 def as_trained_chart() -> None:
     """The per-digit chart with the adapter as trained (strength 1), while its strength curve is computed."""
-    st.plotly_chart(
+    st.vega_lite_chart(
         charts.per_digit_bars(
             base_eval.per_digit_accuracy,
             after.per_digit_accuracy if after else None,
@@ -205,7 +205,7 @@ def strength_section(plain: StrengthCurve, on_task: StrengthCurve | None) -> Non
     name = f"{chosen} at strength {strength:g}"
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(
+        st.vega_lite_chart(
             charts.per_digit_bars(
                 base_eval.per_digit_accuracy, at.per_digit_accuracy, targets, labels=("Base model", name)
             ),

@@ -288,7 +288,7 @@ def show_result(
         delta_color="off",
         delta_arrow="off",
     )
-    st.plotly_chart(
+    st.vega_lite_chart(
         charts.per_digit_bars(before["per_digit_accuracy"], after["per_digit_accuracy"], digits), width="stretch"
     )
 

@@ -224,7 +224,8 @@ if figures is not None:
             if weakest in figures.digits:
                 st.caption(f"{weakest_note}: the adapter's target.")
             else:
-                st.caption(f"{weakest_note}; this adapter targets digit {', '.join(map(str, figures.digits))} instead.")
+                aimed = f"digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
+                st.caption(f"{weakest_note}; this adapter targets {aimed} instead.")
             worst = figures.worst_hit_other
             if worst is not None:
                 digit, change = worst
@@ -256,7 +257,7 @@ if figures is not None:
                 if tensors.open:
                     st.dataframe(weights_table, hide_index=True, width="stretch")
         on_what = "on the task's test set" if figures.task_label is not None else "on the MNIST test set"
-        chart_slot.plotly_chart(
+        chart_slot.vega_lite_chart(
             charts.per_digit_bars(
                 figures.per_digit_before,
                 figures.per_digit_after,

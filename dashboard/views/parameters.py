@@ -162,7 +162,7 @@ else:
         nf4_accuracy = quantized.get("base_accuracy")
         before = (picked.record.metrics or {}).get("before")
         if nf4_accuracy and before:  # what the 4 bits cost, digit by digit, before any adapter
-            st.plotly_chart(
+            st.vega_lite_chart(
                 charts.per_digit_bars(
                     before["per_digit_accuracy"],
                     nf4_accuracy["per_digit_accuracy"],

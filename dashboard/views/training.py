@@ -119,7 +119,7 @@ else:
         f"on {training.get('device_used')} · sha256 {status.record.fingerprint[:12]}"
     )
     st.caption(f"Precision: {ui.precision_note(training)}")
-    st.plotly_chart(
+    st.vega_lite_chart(
         charts.per_digit_bars(evaluation.per_digit_accuracy, title="Per-digit test accuracy"), width="stretch"
     )
     stale = [a.name for a in state.adapters(status.sha) if a.status == "stale"]

@@ -87,7 +87,7 @@ def test_3_finetune_adapter(page, app, screenshot_dir) -> None:
         shot(page, folder, f"1-{name}")
     open_page(page, app.url, "home")  # overview first: the headline chart lies whole in the first screen
     expect(page.locator("svg text", has_text="Per-digit accuracy on the MNIST test set").first).to_be_attached()
-    box = page.locator('[data-testid="stPlotlyChart"]').first.bounding_box()
+    box = page.locator('[data-testid="stVegaLiteChart"]').first.bounding_box()
     assert box is not None and box["y"] + box["height"] <= page.viewport_size["height"], box
     shot(page, folder, "2-home")
 

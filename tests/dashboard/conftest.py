@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from dashboard.ui import PAGES as dashboard_pages
@@ -56,6 +59,16 @@ def click(at: AppTest, label: str) -> AppTest:
     matches = [b for b in at.button if b.label == label]
     assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
     return matches[0].click().run()
+
+
+def vega_charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
+    """Each Vega-Lite chart on the page (charts.per_digit_bars, ...) as drawn: its spec, and the rows Streamlit
+    took out of the spec to send them as Arrow."""
+    charts = []
+    for chart in at.get("vega_lite_chart"):
+        rows = convert_arrow_bytes_to_pandas_df(chart.proto.data.data) if chart.proto.data.data else pd.DataFrame()
+        charts.append((json.loads(chart.proto.spec), rows))
+    return charts
 
 
 def texts(at: AppTest) -> str:

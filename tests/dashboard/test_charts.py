@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import altair as alt
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 
 from dashboard import charts, palette
 
 
+def _bar_rows(spec: dict) -> dict[str, list[float]]:
+    """A bar chart's values per series, in its order (checked against Vega-Lite's schema first)."""
+    alt.LayerChart.from_dict(spec)  # raises on a spec Vega-Lite would not draw
+    bars = spec["layer"][-2]
+    assert bars["mark"]["type"] == "bar"
+    order = bars["encoding"]["xOffset"]["sort"]
+    return {name: [r["accuracy"] for r in spec["data"]["values"] if r["series"] == name] for name in order}
+
+
 def test_per_digit_bars_groups_before_and_after_and_marks_the_target() -> None:
     before = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
     after = [v + 0.005 for v in before]
-    fig = charts.per_digit_bars(before, after, targets=[9])
-    assert isinstance(fig, go.Figure)
-    assert [t.type for t in fig.data] == ["bar", "bar"]
-    assert list(fig.data[0].x) == list(range(10))
-    assert fig.data[0].y[9] == 90.0 and abs(fig.data[1].y[9] - 90.5) < 1e-9
-    assert fig.layout.barmode == "group"
-    shapes = fig.layout.shapes
-    assert len(shapes) == 1 and shapes[0].x0 == 8.5 and shapes[0].x1 == 9.5
-    assert any("target 9" in a.text for a in fig.layout.annotations)
+    spec = charts.per_digit_bars(before, after, targets=[9], labels=("Base", "Adapted"))
+    bars = _bar_rows(spec)
+    assert list(bars) == ["Base", "Adapted"]
+    assert bars["Base"][9] == 90.0 and abs(bars["Adapted"][9] - 90.5) < 1e-9
+    color = spec["layer"][-2]["encoding"]["color"]["scale"]
+    assert color == {"domain": ["Base", "Adapted"], "range": [palette.FROZEN, palette.ADAPTED]}
+    assert [r["digit"] for r in spec["data"]["values"] if r["target"]] == [9]  # one band and one label per target
+    band, label = spec["layer"][:2]
+    assert band["mark"]["type"] == "rect" and band["transform"] == [{"filter": "datum.target"}]
+    assert label["mark"]["type"] == "text" and "'target '" in label["transform"][1]["calculate"]
+    # the axis starts at a multiple of 5 at least 3 points below the lowest bar (90 %): it holds while bars move
+    assert spec["layer"][-2]["encoding"]["y"]["scale"]["domain"] == [85.0, 100.5]
 
 
 def test_per_digit_bars_with_the_base_only() -> None:
-    fig = charts.per_digit_bars([0.5] * 10)
-    assert len(fig.data) == 1 and not fig.layout.shapes
+    spec = charts.per_digit_bars([0.5] * 10)
+    assert list(_bar_rows(spec)) == ["Base model"] and len(spec["layer"]) == 2  # bars and their values, no band
 
 
 def test_confusion_heatmaps_show_counts_and_signed_differences() -> None:

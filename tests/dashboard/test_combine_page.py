@@ -201,16 +201,21 @@ def test_diagram_on_home_and_parameters_follows_the_adapter(two_dir: Path, small
 
 
 def test_combination_bars_group_each_model_per_task() -> None:
+    import altair as alt
+
     from dashboard import palette
     from dashboard.charts import combination_bars
 
-    fig = combination_bars(
+    spec = combination_bars(
         ["plain", "rotate:45"],
         ["base model", "a", "b", "a ×1 + b ×1"],
         ["base", "alone", "alone", "combined"],
         [[0.97, 0.46], [0.97, 0.46], [0.59, 0.97], [0.58, 0.96]],
     )
-    assert [t.name for t in fig.data] == ["base model", "a alone", "b alone", "a ×1 + b ×1"]
-    assert fig.data[0].marker.color == palette.FROZEN and fig.data[3].marker.color == palette.ADAPTED
-    assert fig.data[1].marker.color != fig.data[2].marker.color
-    assert list(fig.data[2].y) == [59.0, 97.0] and list(fig.data[2].x) == ["plain", "rotate:45"]
+    alt.LayerChart.from_dict(spec)  # a spec Vega-Lite draws
+    bars = spec["layer"][0]["encoding"]
+    assert bars["xOffset"]["sort"] == ["base model", "a alone", "b alone", "a ×1 + b ×1"]
+    colors = bars["color"]["scale"]["range"]
+    assert colors[0] == palette.FROZEN and colors[3] == palette.ADAPTED and colors[1] != colors[2]
+    b_alone = [r for r in spec["data"]["values"] if r["series"] == "b alone"]
+    assert [(r["task"], r["accuracy"]) for r in b_alone] == [("plain", 59.0), ("rotate:45", 97.0)]

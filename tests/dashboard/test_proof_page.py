@@ -91,3 +91,5 @@ def test_home_headline_of_an_adapter_on_two_digits_gives_their_mean(trained_dir:
     shown = next(m for m in at.metric if m.label == "Digits 0, 1 (mean) after LoRA")
     assert shown.value == pct((after[0] + after[1]) / 2)
     assert not any(m.label.startswith("Digit 0 ") for m in at.metric)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "this adapter targets digits 0, 1 instead" in captions, captions

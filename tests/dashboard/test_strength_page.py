@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import assert_clean, new_app, opened_at, visit
+from conftest import assert_clean, new_app, opened_at, vega_charts, visit
 
 from lora_core.lab.strength import STRENGTHS, strength_curve
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
@@ -30,10 +30,9 @@ def _metrics(at) -> dict[str, str]:  # noqa: ANN001 - AppTest
 
 def _bars(at, trace: int = 1) -> list[float]:  # noqa: ANN001 - AppTest
     """The bars of the per-digit chart (trace 0: the base model, 1: the adapter), in percent."""
-    import json
-
-    chart = next(c for c in at.get("plotly_chart") if "Per-digit" in c.proto.spec)
-    return json.loads(chart.proto.spec)["data"][trace]["y"]
+    spec, rows = next((spec, rows) for spec, rows in vega_charts(at) if "Per-digit" in spec["title"]["text"])
+    series = spec["layer"][-1]["encoding"]["xOffset"]["sort"][trace]
+    return rows[rows["series"] == series].sort_values("digit")["accuracy"].tolist()
 
 
 def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: Path, small_mnist) -> None:
