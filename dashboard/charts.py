@@ -3,20 +3,21 @@
 Every builder takes plain numbers (lists or arrays computed by lora_core) and returns a chart. The sentences that
 read these charts are written by lora_core.lab.readings, from the same numbers.
 
-The accuracy bars (per digit, per task) are Vega-Lite specs, drawn by st.vega_lite_chart: they open pages and
-follow controls, and Vega-Lite's script loads in a fraction of Plotly's time in a fresh tab (Home draws no other
-chart), while a bar chart whose numbers change is redrawn in place rather than mounted anew. Everything else is a
-Plotly go.Figure, drawn by st.plotly_chart: maps, curves and heat maps that a reader zooms, hovers or clicks.
+The accuracy bars (per digit, per task) and the weight maps are Vega-Lite specs, drawn by st.vega_lite_chart: they
+open pages or follow a control, Vega-Lite's script loads in a fraction of Plotly's time in a fresh tab (Home draws
+no other chart), and a drawn Vega-Lite chart takes new numbers in place, where Streamlit mounts a Plotly chart anew
+whenever its figure changes. Everything else is a Plotly go.Figure, drawn by st.plotly_chart: the curves, heat maps
+and scatter plots a reader zooms and hovers.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from dashboard import palette
 from lora_core.lab.readings import METHOD_NAMES
@@ -597,7 +598,8 @@ def memory_bars(rows: Sequence[dict], unit: float = 1e6) -> go.Figure:
 
 # --- several adapters at once (lora_core.lab.combine) -----------------------------------------------------
 
-RING_PX = 19  # the weight map's ring, in pixels: around a square of 30
+RING_PX = 17  # the weight map's ring (radius, in pixels): around a square of 37
+PICK = "pick"  # the weight maps' selection parameter: the pair of weights clicked
 
 
 def weight_maps(
@@ -605,81 +607,72 @@ def weight_maps(
     maps: Sequence[tuple[str, Sequence[Sequence[float]]]],
     current: tuple[float, float],
     names: tuple[str, str],
-) -> go.Figure:
+) -> VegaLiteSpec:
     """One map per (title, grid) of two adapters' accuracy (fractions 0..1; grid[i][j] at w1 = weights[j],
-    w2 = weights[i]), side by side in one figure, two a row: one square per pair of weights, so that a click picks a
-    pair; the current pair is ringed in every map. One figure, not one per map: a click redraws it once."""
-    cols = min(2, len(maps))
-    rows = -(-len(maps) // cols)
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=[title for title, _ in maps],
-        horizontal_spacing=0.2,
-        vertical_spacing=0.3 / rows,
+    w2 = weights[i]), two a row, each with its own colour scale: one square per pair of weights, and a click on a
+    square selects its pair (the selection parameter PICK, fields "w1" and "w2"); the current pair is ringed in every
+    map, on the grid or between its squares.
+
+    Only the data changes with the pair and the numbers (the spec's other parts depend on the grid, the titles and
+    the names alone), so that a drawn chart takes a new pair in place rather than being drawn anew."""
+    titles = [title for title, _ in maps]
+    rows: list[dict[str, Any]] = [
+        {"map": title, "w1": float(w1), "w2": float(w2), "accuracy": 100 * float(grid[i][j]), "ring": False}
+        for title, grid in maps
+        for i, w2 in enumerate(weights)
+        for j, w1 in enumerate(weights)
+    ]
+    rows += [{"map": title, "w1": current[0], "w2": current[1], "accuracy": None, "ring": True} for title in titles]
+    half = (weights[1] - weights[0]) / 2 if len(weights) > 1 else 0.125
+    domain = [min(weights) - half, max(weights) + half]
+    ticks = [float(w) for w in weights]
+    x = {"field": "w1", "type": "quantitative", "title": f"weight of {names[0]}", "scale": {"domain": domain}}
+    y = {"field": "w2", "type": "quantitative", "title": f"weight of {names[1]}", "scale": {"domain": domain}}
+    x["axis"] = y["axis"] = {"values": ticks, "grid": False, "format": ".3~g"}
+    # each square's accessible name (its aria-label in the drawn chart): the pair and the accuracy
+    pair = (
+        f"{json.dumps(names[0])} + ' ×' + format(datum.w1, '~g') + ' + ' + {json.dumps(names[1])} + ' ×' + "
+        "format(datum.w2, '~g') + ': ' + format(datum.accuracy, '.2f') + '%'"
     )
-    xs = [w1 for _ in weights for w1 in weights]
-    ys = [w2 for w2 in weights for _ in weights]
-    ticks = list(weights)
-    hover = f"{names[0]} ×%{{x:g}} + {names[1]} ×%{{y:g}}: %{{marker.color:.2f}}%<extra></extra>"
-    for i, (title, grid) in enumerate(maps):
-        row, col = divmod(i, cols)
-        axis = "" if i == 0 else str(i + 1)
-        x_domain = fig.layout[f"xaxis{axis}"].domain
-        y_domain = fig.layout[f"yaxis{axis}"].domain
-        fig.add_scatter(
-            x=xs,
-            y=ys,
-            mode="markers",
-            marker={
-                "symbol": "square",
-                "size": 28,
-                "color": [100 * v for line in grid for v in line],
-                "colorscale": "Viridis",  # perceptually uniform and colour-blind safe
-                "colorbar": {  # beside its own map
-                    "title": {"text": "%"},
-                    "x": x_domain[1] + 0.01,
-                    "y": (y_domain[0] + y_domain[1]) / 2,
-                    "len": y_domain[1] - y_domain[0],
-                    "thickness": 14,
-                },
-            },
-            hovertemplate=hover,
-            name=title,
-            row=row + 1,
-            col=col + 1,
-        )
-        # a shape, not a trace: moving it redraws only the shapes, and ring_pair moves it without a new figure
-        fig.add_shape(
-            type="circle",
-            xref=f"x{axis}",
-            yref=f"y{axis}",
-            xsizemode="pixel",
-            ysizemode="pixel",
-            x0=-RING_PX,
-            x1=RING_PX,
-            y0=-RING_PX,
-            y1=RING_PX,
-            line={"color": palette.MARK, "width": 3},
-            name="chosen",
-        )
-        fig.update_xaxes(
-            title_text=f"weight of {names[0]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2], row=row + 1, col=col + 1
-        )
-        fig.update_yaxes(
-            title_text=f"weight of {names[1]}", tickvals=ticks, range=[-0.2, max(ticks) + 0.2], row=row + 1, col=col + 1
-        )
-    ring_pair(fig, current)
-    _layout(fig, "", height=60 + 400 * rows)
-    fig.update_layout(showlegend=False, clickmode="event+select", dragmode=False, title=None)
-    return _fixed_margins(fig, left=60, right=70, top=40, bottom=50)  # right: the last colour bar
-
-
-def ring_pair(weight_maps_figure: go.Figure, current: tuple[float, float]) -> go.Figure:
-    """Move the rings of charts.weight_maps' figure to the pair `current`, in place."""
-    for ring in weight_maps_figure.layout.shapes:
-        ring.update(xanchor=current[0], yanchor=current[1])
-    return weight_maps_figure
+    squares = {
+        "params": [{"name": PICK, "select": {"type": "point", "fields": ["w1", "w2"], "on": "click"}}],
+        "transform": [
+            {"filter": "!datum.ring"},
+            {"calculate": f"datum.w1 - {half}", "as": "w1_low"},
+            {"calculate": f"datum.w1 + {half}", "as": "w1_high"},
+            {"calculate": f"datum.w2 - {half}", "as": "w2_low"},
+            {"calculate": f"datum.w2 + {half}", "as": "w2_high"},
+            {"calculate": pair, "as": "pair"},
+        ],
+        "mark": {"type": "rect", "stroke": palette.GAP, "strokeWidth": 1, "cursor": "pointer"},
+        "encoding": {
+            "x": {**x, "field": "w1_low"},
+            "x2": {"field": "w1_high"},
+            "y": {**y, "field": "w2_low"},
+            "y2": {"field": "w2_high"},
+            # perceptually uniform and colour-blind safe; each map its own scale (resolve below)
+            "color": {"field": "accuracy", "type": "quantitative", "scale": {"scheme": "viridis"}, "title": "%"},
+            "description": {"field": "pair", "type": "nominal"},
+            "tooltip": [
+                {"field": "w1", "type": "quantitative", "title": f"weight of {names[0]}"},
+                {"field": "w2", "type": "quantitative", "title": f"weight of {names[1]}"},
+                {"field": "accuracy", "type": "quantitative", "title": "accuracy (%)", "format": ".2f"},
+            ],
+        },
+    }
+    ring = {
+        "transform": [{"filter": "datum.ring"}],
+        "mark": {"type": "point", "shape": "circle", "filled": False, "size": (2 * RING_PX) ** 2, "clip": True},
+        "encoding": {"x": x, "y": y, "stroke": {"value": palette.MARK}, "strokeWidth": {"value": 3}},
+    }
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
+        "data": {"values": rows},
+        "facet": {"field": "map", "type": "nominal", "sort": titles, "title": None, "header": {"labelFontSize": 13}},
+        "columns": 2,
+        "spec": {"width": 260, "height": 260, "layer": [squares, ring]},
+        "resolve": {"scale": {"color": "independent"}, "axis": {"x": "independent", "y": "independent"}},
+    }
 
 
 def combination_bars(

@@ -37,7 +37,6 @@ WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accept
 WEIGHT_STEP = 0.05  # fine enough to hold the weight map's grid (steps of 0.25)
 MAP_KEY = "eval_combine_map"
 SCORES_KEY = "_combination_scores"
-MAP_FIGURE_KEY = "_combination_map_figure"
 
 
 @dataclass
@@ -190,10 +189,10 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
 def _apply_picked_weights() -> None:
     """A square clicked on the weight map (a selection the chart keeps in its state) sets both weights, once per
     click: afterwards the sliders are the user's again."""
-    points = ((st.session_state.get(MAP_KEY) or {}).get("selection") or {}).get("points") or []
+    points = ((st.session_state.get(MAP_KEY) or {}).get("selection") or {}).get(charts.PICK) or []
     if not points:
         return
-    picked = (float(points[0]["x"]), float(points[0]["y"]))
+    picked = (float(points[0]["w1"]), float(points[0]["w2"]))
     if st.session_state.get(f"_{MAP_KEY}_applied") != picked:
         st.session_state[f"_{MAP_KEY}_applied"] = picked
         st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
@@ -220,12 +219,12 @@ def _weight_map_part(
         return
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
-    st.plotly_chart(
-        _maps_figure(mapped, current),
+    maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
+    st.vega_lite_chart(  # keyed: a new pair or new numbers redraw the chart in place
+        charts.weight_maps(mapped.weights, maps, current, mapped.names),
         on_select="rerun",
-        selection_mode="points",
+        selection_mode=charts.PICK,
         key=MAP_KEY,
-        width="stretch",
     )
     low, high = mapped.weights[0], mapped.weights[-1]
     outside = not all(low <= w <= high for w in current)
@@ -234,18 +233,6 @@ def _weight_map_part(
         f"corner 0, 0 is the base model), on the same test sets as the table. Click a square to set both weights "
         f"to it{'; the chosen pair lies outside the map' if outside else '; the ring is the chosen pair'}."
     )
-
-
-def _maps_figure(mapped: CombinationMap, current: tuple[float, float]) -> Any:
-    """The maps of every column of `mapped` with their rings on `current`. Built once per map in the session (plotly
-    checks every property as a figure is built: 10 ms a map); a click or a weight only moves the rings."""
-    kept = st.session_state.get(MAP_FIGURE_KEY)
-    if kept is None or kept[0] is not mapped:
-        maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
-        figure = charts.weight_maps(mapped.weights, maps, current, mapped.names)
-        st.session_state[MAP_FIGURE_KEY] = (mapped, figure)
-        return figure
-    return charts.ring_pair(kept[1], current)
 
 
 def draw_section(base: BaseModelRecord, digit: PreparedDigit | None, where: ArtifactStore | None = None) -> None:

@@ -2,7 +2,7 @@
 
 All come from Okabe & Ito's palette, chosen so that the colours drawn together in one chart stay apart for
 viewers with any of the three common colour-vision deficiencies (tests/dashboard/test_palette.py simulates
-them). Value scales (weights, accuracy maps) use Plotly's diverging RdBu and perceptually uniform Viridis.
+them). Value scales use the diverging RdBu (weights) and the perceptually uniform Viridis (accuracy maps).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ OVERALL = "#555555"  # the adapted model on every digit at once, beside its targ
 HIGHLIGHT = "#f0e442"  # what the reader should find: the target digits, the chosen point (outlined in MARK)
 MARK = "#000000"  # the current value of a control, outlines
 GUIDE = "#bbbbbb"  # reference lines that are not data (strength 1, zero)
+GAP = "#ffffff"  # the thin lines that keep a map's squares apart
 WORSE = "#d55e00"
 # the drawing canvas: white ink on black, as MNIST's digits are stored
 INK = "#ffffff"

@@ -159,28 +159,29 @@ def _slider_steps(page: Any, url: str, path: str, label: str, shown: Any, moves:
 
 
 def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
-    """Seconds from a click on a square of the weight map (the first map: plain MNIST) to the maps ringing the pair
-    it picked and both weight sliders showing it."""
+    """Seconds from a click on a square of the weight map (the first map: plain MNIST) to every map ringing the pair
+    it picked and both weight sliders showing it (each square and ring is named by its aria-label)."""
     page.goto(f"{url}/evaluation")
     _complete(page, time.perf_counter())
     page.get_by_test_id("stCheckbox").filter(has_text="Combine two adapters").first.click()
-    chart = page.locator(".st-key-eval_combine_map .js-plotly-plot")
-    points = chart.locator(".scatterlayer .trace").first.locator("path.point")
-    points.first.wait_for(timeout=120_000)  # the map is computed in the background first
+    squares = page.locator(".st-key-eval_combine_map g.mark-rect path[aria-label]")
+    squares.first.wait_for(timeout=120_000)  # the map is computed in the background first
     _complete(page, time.perf_counter())
     times = []
     for i in range(clicks):
         row, column = (5, 2) if i % 2 == 0 else (3, 6)  # the 7 x 7 grid's (w2, w1) = (1.25, 0.5), (0.75, 1.5)
         w1, w2 = column * 0.25, row * 0.25
         start = time.perf_counter()
-        points.nth(row * 7 + column).click(force=True)
+        squares.nth(row * 7 + column).click(force=True)
         page.wait_for_function(
             """([w1, w2]) => {
-              const plot = document.querySelector('.st-key-eval_combine_map .js-plotly-plot');
-              const ring = plot && plot.layout && (plot.layout.shapes || [])[0];
+              const rings = [...document.querySelectorAll('.st-key-eval_combine_map g.mark-symbol path')];
               const sliders = [...document.querySelectorAll('[role="group"][aria-label^="Weight of"] input')];
-              return ring && ring.xanchor === w1 && ring.yanchor === w2 && sliders.length === 2
-                && Number(sliders[0].value) === w1 && Number(sliders[1].value) === w2;
+              const pair = (label) => (label || '').split('; ').map((part) => Number(part.split(': ').pop()));
+              return rings.length > 0 && rings.every((ring) => {
+                  const [x, y] = pair(ring.getAttribute('aria-label'));
+                  return x === w1 && y === w2;
+                }) && sliders.length === 2 && Number(sliders[0].value) === w1 && Number(sliders[1].value) === w2;
             }""",
             arg=[w1, w2],
             timeout=60_000,

@@ -169,3 +169,22 @@ def test_learned_vs_forgot_puts_one_point_per_method_and_the_base() -> None:
     assert [t.name for t in fig.data] == ["base = LoRA off", "LoRA", "full fine-tuning"]
     full = fig.data[2]
     assert abs(full.x[0] - 53.0) < 1e-9 and abs(full.y[0] - 98.0) < 1e-9  # x: kept, y: learned
+
+
+def test_weight_maps_one_per_task_with_a_pickable_square_per_pair_and_the_current_pair_ringed() -> None:
+    weights = [0.0, 0.25, 0.5]
+    grid = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]  # grid[i][j] at w1 = weights[j], w2 = weights[i]
+    spec = charts.weight_maps(weights, [("plain", grid), ("task", grid)], (0.4, 0.25), ("a", "b"))
+    alt.FacetChart.from_dict(spec)  # raises on a spec Vega-Lite would not draw
+    rows = spec["data"]["values"]
+    cells = {(r["map"], r["w1"], r["w2"]): r["accuracy"] for r in rows if not r["ring"]}
+    assert len(cells) == 2 * 9 and cells[("task", 0.5, 0.0)] == pytest.approx(30.0)  # w1 = 0.5, w2 = 0
+    # the current pair is ringed in every map, between squares too
+    assert [(r["map"], r["w1"], r["w2"]) for r in rows if r["ring"]] == [("plain", 0.4, 0.25), ("task", 0.4, 0.25)]
+    squares = spec["spec"]["layer"][0]
+    assert squares["params"] == [
+        {"name": charts.PICK, "select": {"type": "point", "fields": ["w1", "w2"], "on": "click"}}
+    ]
+    # the pair moves the data only: the rest of the spec is the same for any pair and any numbers
+    other = charts.weight_maps(weights, [("plain", grid[::-1]), ("task", grid)], (1.0, 1.0), ("a", "b"))
+    assert {k: v for k, v in other.items() if k != "data"} == {k: v for k, v in spec.items() if k != "data"}

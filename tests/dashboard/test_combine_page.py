@@ -7,8 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import assert_clean, click, new_app, texts, visit
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
 from lora_core.lab.experiment_settings import ExperimentSettings
 from lora_core.lab.experiments import run_experiment
@@ -66,24 +68,36 @@ def test_evaluation_page_combines_two_adapters(two_dir: Path) -> None:
     assert scores[f"{first} ×1 + {second} ×0"] == scores[first]
 
 
-def _map_chart(at):  # noqa: ANN001, ANN202 - AppTest
-    charts = [c for c in at.get("plotly_chart") if "weight of" in c.proto.spec]
-    assert len(charts) <= 1, "every map is in one figure"
-    return charts[0] if charts else None
+def _map_chart(at) -> tuple[str, pd.DataFrame] | None:  # noqa: ANN001 - AppTest
+    """The weight maps' chart as drawn: its spec (as sent) and its rows (sent apart from it, as Arrow)."""
+    charts = [c for c in at.get("vega_lite_chart") if "weight of" in c.proto.spec]
+    assert len(charts) <= 1, "every map is in one chart"
+    if not charts:
+        return None
+    return charts[0].proto.spec, convert_arrow_bytes_to_pandas_df(charts[0].proto.data.data)
 
 
-def _map_spec(at, timeout: float = 240.0) -> dict:  # noqa: ANN001 - AppTest
-    """The weight maps' figure, once the map has been computed in the background (rerunning until then)."""
+def _map_spec(at, timeout: float = 240.0) -> tuple[str, pd.DataFrame]:  # noqa: ANN001 - AppTest
+    """The weight maps' chart, once the map has been computed in the background (rerunning until then)."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
         chart = _map_chart(at)
         if chart is not None:
-            return json.loads(chart.proto.spec)
+            return chart
         assert time.monotonic() < deadline, "the weight map never arrived"
         time.sleep(1.0)  # each rerun runs the whole page again
         at.run()
+
+
+def _cells(rows: pd.DataFrame, title: str) -> dict[tuple[float, float], float]:
+    squares = rows[(rows["map"] == title) & ~rows["ring"]]
+    return {(w1, w2): accuracy for w1, w2, accuracy in zip(squares["w1"], squares["w2"], squares["accuracy"])}
+
+
+def _rings(rows: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    return {title: (w1, w2) for title, w1, w2 in rows[rows["ring"]][["map", "w1", "w2"]].itertuples(index=False)}
 
 
 def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
@@ -98,7 +112,7 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     at = visit(new_app(), "evaluation")
     _set(at, "toggle", "eval_combine_on", True)
     _set(at, "slider", "eval_combine_w1", 0.5)
-    spec = _map_spec(at)
+    spec, rows = _map_spec(at)
     assert_clean(at)
     store = ArtifactStore(two_dir)
     base, model = load_base_for_lora(store, "cpu")
@@ -114,28 +128,26 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     sets = scoring_sets(small_mnist, columns)
     # the two cells checked below, not the whole map again
     expected = combination_map(model, [first, second], columns, sets, small_mnist.test_y, weights=(0.0, 0.5, 1.25))
-    # one map (a trace) and one ring (a shape) per column, in one figure
-    assert len(spec["data"]) == len(spec["layout"]["shapes"]) == len(columns)
-    for squares, ring, column in zip(spec["data"], spec["layout"]["shapes"], columns):
-        assert squares["name"] == column.label
-        assert len(squares["x"]) == len(MAP_WEIGHTS) ** 2
-        shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
+    # one map per column, in the columns' order, each with its ring on the sliders' pair, in one chart
+    assert json.loads(spec)["facet"]["sort"] == [column.label for column in columns]
+    assert _rings(rows) == {column.label: (0.5, 1.0) for column in columns}
+    for column in columns:
+        shown = _cells(rows, column.label)
+        assert len(shown) == len(MAP_WEIGHTS) ** 2
         assert shown[(0.5, 1.25)] == pytest.approx(100 * expected.at(0.5, 1.25)[column.key])
         assert shown[(0.0, 0.0)] == pytest.approx(100 * expected.at(0.0, 0.0)[column.key])  # the base model
-        assert (ring["xanchor"], ring["yanchor"]) == (0.5, 1.0)  # the sliders' pair
 
-    squares = spec["data"][0]
-    shown = dict(zip(zip(squares["x"], squares["y"]), squares["marker"]["color"]))
+    shown = _cells(rows, columns[0].label)
     calls: list[object] = []
     scored = combination.score
     monkeypatch.setattr(combination, "score", lambda *args: calls.append(args) or scored(*args))
     _set(at, "slider", "eval_combine_w1", 1.5)
     row = _table(at)[f"{first} ×1.5 + {second} ×1"]
     assert calls == []
-    # the figure is kept for the session and only the rings move, in every map
-    moved = json.loads(_map_chart(at).proto.spec)
-    assert [(r["xanchor"], r["yanchor"]) for r in moved["layout"]["shapes"]] == [(1.5, 1.0)] * len(columns)
-    assert moved["data"] == spec["data"]
+    # only the rings move, in every map; the spec stays as it was, so the browser redraws the chart in place
+    moved_spec, moved = _map_chart(at)
+    assert _rings(moved) == {column.label: (1.5, 1.0) for column in columns}
+    assert moved_spec == spec and moved[~moved["ring"]].equals(rows[~rows["ring"]])
     plain = next(value for column, value in row.items() if column != "model" and "rotated" not in column)
     assert plain == f"{shown[(1.5, 1.0)]:.2f}%"
     _set(at, "slider", "eval_combine_w1", 1.4)  # off the grid: scored
@@ -144,13 +156,13 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
 
 def test_a_square_clicked_on_the_map_sets_both_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The map's selection (kept by the chart) sets the sliders at the click; afterwards they are the user's."""
-    from dashboard import combination
+    from dashboard import charts, combination
 
     state: dict[str, object] = {"eval_combine_w1": 1.0, "eval_combine_w2": 1.0}
     monkeypatch.setattr(combination.st, "session_state", state)
     combination._apply_picked_weights()  # nothing clicked yet
     assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (1.0, 1.0)
-    state[combination.MAP_KEY] = {"selection": {"points": [{"x": 0.5, "y": 1.25, "curve_number": 2}]}}
+    state[combination.MAP_KEY] = {"selection": {charts.PICK: [{"w1": 0.5, "w2": 1.25}]}}
     combination._apply_picked_weights()
     assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (0.5, 1.25)
     state["eval_combine_w1"] = 0.8  # the user moves a slider; the chart still holds the old click
