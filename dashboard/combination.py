@@ -35,7 +35,7 @@ from lora_core.store.artifacts import ArtifactStore, BaseModelRecord
 
 WEIGHT_RANGE = (-1.0, 2.0)  # a negative weight subtracts an update (PEFT accepts any weight)
 WEIGHT_STEP = 0.05  # fine enough to hold the weight map's grid (steps of 0.25)
-MAP_KEY = "eval_combine_map"
+MAP_KEY = "eval_combine_map"  # the weight map's key, followed by its generation (_map_key)
 SCORES_KEY = "_combination_scores"
 
 
@@ -186,16 +186,34 @@ def evaluation_section(base: BaseModelRecord, first: str | None = None, where: A
     _weight_map_part(base, choice, report.columns, where)
 
 
+def _map_key() -> str:
+    """The weight map's key in this session. A chart keeps its selection for as long as its key: a new generation
+    starts a map with nothing selected, so that a click on the square picked before counts again."""
+    return f"{MAP_KEY}-{st.session_state.get(f'_{MAP_KEY}_generation', 0)}"
+
+
+def _picked() -> tuple[float, float] | None:
+    """The pair of weights selected on the weight map, if any."""
+    points = ((st.session_state.get(_map_key()) or {}).get("selection") or {}).get(charts.PICK) or []
+    return (float(points[0]["w1"]), float(points[0]["w2"])) if points else None
+
+
 def _apply_picked_weights() -> None:
     """A square clicked on the weight map (a selection the chart keeps in its state) sets both weights, once per
     click: afterwards the sliders are the user's again."""
-    points = ((st.session_state.get(MAP_KEY) or {}).get("selection") or {}).get(charts.PICK) or []
-    if not points:
-        return
-    picked = (float(points[0]["w1"]), float(points[0]["w2"]))
-    if st.session_state.get(f"_{MAP_KEY}_applied") != picked:
+    picked = _picked()
+    if picked is not None and st.session_state.get(f"_{MAP_KEY}_applied") != picked:
         st.session_state[f"_{MAP_KEY}_applied"] = picked
         st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
+
+
+def _forget_pick_once_moved(current: tuple[float, float]) -> None:
+    """Once the sliders leave the pair picked on the map, the map starts again with nothing selected (a chart's
+    selection cannot be cleared otherwise): a click on that same square then sets the weights again."""
+    picked = _picked()
+    if picked is not None and picked != current:
+        st.session_state[f"_{MAP_KEY}_generation"] = st.session_state.get(f"_{MAP_KEY}_generation", 0) + 1
+        st.session_state.pop(f"_{MAP_KEY}_applied", None)
 
 
 def _weight_map(
@@ -219,12 +237,13 @@ def _weight_map_part(
         return
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
+    _forget_pick_once_moved(current)
     maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
     st.vega_lite_chart(  # keyed: a new pair or new numbers redraw the chart in place
         charts.weight_maps(mapped.weights, maps, current, mapped.names),
         on_select="rerun",
         selection_mode=charts.PICK,
-        key=MAP_KEY,
+        key=_map_key(),
     )
     low, high = mapped.weights[0], mapped.weights[-1]
     outside = not all(low <= w <= high for w in current)

@@ -164,7 +164,7 @@ def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
     page.goto(f"{url}/evaluation")
     _complete(page, time.perf_counter())
     page.get_by_test_id("stCheckbox").filter(has_text="Combine two adapters").first.click()
-    squares = page.locator(".st-key-eval_combine_map g.mark-rect path[aria-label]")
+    squares = page.locator('[class*="st-key-eval_combine_map"] g.mark-rect path[aria-label]')
     squares.first.wait_for(timeout=120_000)  # the map is computed in the background first
     _complete(page, time.perf_counter())
     times = []
@@ -175,7 +175,7 @@ def _map_clicks(page: Any, url: str, clicks: int) -> list[float]:
         squares.nth(row * 7 + column).click(force=True)
         page.wait_for_function(
             """([w1, w2]) => {
-              const rings = [...document.querySelectorAll('.st-key-eval_combine_map g.mark-symbol path')];
+              const rings = [...document.querySelectorAll('[class*="st-key-eval_combine_map"] g.mark-symbol path')];
               const sliders = [...document.querySelectorAll('[role="group"][aria-label^="Weight of"] input')];
               const pair = (label) => (label || '').split('; ').map((part) => Number(part.split(': ').pop()));
               return rings.length > 0 && rings.every((ring) => {

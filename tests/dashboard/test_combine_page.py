@@ -154,20 +154,33 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     assert len(calls) == 1
 
 
-def test_a_square_clicked_on_the_map_sets_both_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The map's selection (kept by the chart) sets the sliders at the click; afterwards they are the user's."""
+def test_a_square_clicked_on_the_map_sets_both_weights_once_and_again_after_the_sliders_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The map's selection (kept by the chart) sets the sliders at the click; afterwards they are the user's, and
+    once they have moved, a click on the same square sets them again."""
     from dashboard import charts, combination
 
     state: dict[str, object] = {"eval_combine_w1": 1.0, "eval_combine_w2": 1.0}
     monkeypatch.setattr(combination.st, "session_state", state)
-    combination._apply_picked_weights()  # nothing clicked yet
-    assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (1.0, 1.0)
-    state[combination.MAP_KEY] = {"selection": {charts.PICK: [{"w1": 0.5, "w2": 1.25}]}}
-    combination._apply_picked_weights()
-    assert (state["eval_combine_w1"], state["eval_combine_w2"]) == (0.5, 1.25)
+
+    def click(w1: float, w2: float) -> None:  # what the chart's selection puts in the session
+        state[combination._map_key()] = {"selection": {charts.PICK: [{"w1": w1, "w2": w2}]}}
+
+    def rerun() -> tuple[object, object]:  # what the section does around its sliders
+        combination._apply_picked_weights()
+        combination._forget_pick_once_moved((state["eval_combine_w1"], state["eval_combine_w2"]))
+        return state["eval_combine_w1"], state["eval_combine_w2"]
+
+    assert rerun() == (1.0, 1.0)  # nothing clicked yet
+    click(0.5, 1.25)
+    assert rerun() == (0.5, 1.25)
+    assert rerun() == (0.5, 1.25)
     state["eval_combine_w1"] = 0.8  # the user moves a slider; the chart still holds the old click
-    combination._apply_picked_weights()
-    assert state["eval_combine_w1"] == 0.8
+    assert rerun() == (0.8, 1.25)
+    assert combination._picked() is None  # the map starts again with nothing selected
+    click(0.5, 1.25)
+    assert rerun() == (0.5, 1.25)
 
 
 def test_combining_needs_two_adapters(trained_dir: Path) -> None:
