@@ -5,9 +5,10 @@ read these charts are written by lora_core.lab.readings, from the same numbers.
 
 The accuracy bars (per digit, per task) and the weight maps are Vega-Lite specs, drawn by st.vega_lite_chart: they
 open pages or follow a control, Vega-Lite's script loads in a fraction of Plotly's time in a fresh tab (Home draws
-no other chart), and a drawn Vega-Lite chart takes new numbers in place, where Streamlit mounts a Plotly chart anew
-whenever its figure changes. Everything else is a Plotly go.Figure, drawn by st.plotly_chart: the curves, heat maps
-and scatter plots a reader zooms and hovers.
+no other chart), and a drawn Vega-Lite chart whose spec is unchanged takes new numbers in place (the weight maps'
+spec never depends on the chosen pair), where Streamlit mounts a Plotly chart anew whenever its figure changes.
+Everything else is a Plotly go.Figure, drawn by st.plotly_chart: the curves, heat maps and scatter plots a reader
+zooms and hovers.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def _grouped_bars(
     height: int = 380,
 ) -> VegaLiteSpec:
     """Bars of `rows` (fields: x's field, "series", "accuracy" in percent) grouped by x, one bar per series in the
-        given order and colours, each with its value on top; `behind` are layers drawn under the bars; `height` is the
+    given order and colours, each with its value on top; `behind` are layers drawn under the bars; `height` is the
     whole chart's, title and legend included.
 
-        A plain Vega-Lite spec, data inline: building it takes well under a millisecond (an Altair chart takes tens, its
-        schema checked on every rerun), and tests check it against Vega-Lite's schema."""
+    A plain Vega-Lite spec, data inline: building it takes well under a millisecond (an Altair chart takes tens, its
+    schema checked on every rerun), and tests check it against Vega-Lite's schema."""
     order = list(series)
     encoding = {
         "x": x,
@@ -114,7 +115,7 @@ def per_digit_bars(
         for d, v in enumerate(values)
     ]
     # the axis starts 3 points below the lowest bar, at a multiple of 5: it stays put while a control moves the bars
-    low = max(0.0, 5 * np.floor((min(r["accuracy"] for r in rows) - 3.0) / 5))
+    low = max(0.0, 5 * np.floor((min((r["accuracy"] for r in rows), default=100.0) - 3.0) / 5))
     x = {"field": "digit", "type": "ordinal", "title": "digit", "axis": {"labelAngle": 0}, "scale": {"domain": DIGITS}}
     marked = {"filter": "datum.target"}  # one row per target digit
     behind = [
@@ -611,7 +612,7 @@ def weight_maps(
     """One map per (title, grid) of two adapters' accuracy (fractions 0..1; grid[i][j] at w1 = weights[j],
     w2 = weights[i]), two a row, each with its own colour scale: one square per pair of weights, and a click on a
     square selects its pair (the selection parameter PICK, fields "w1" and "w2"); the current pair is ringed in every
-    map, on the grid or between its squares.
+    map, on the grid or between its squares (none when the pair lies outside the map).
 
     Only the data changes with the pair and the numbers (the spec's other parts depend on the grid, the titles and
     the names alone), so that a drawn chart takes a new pair in place rather than being drawn anew."""
@@ -622,7 +623,8 @@ def weight_maps(
         for i, w2 in enumerate(weights)
         for j, w1 in enumerate(weights)
     ]
-    rows += [{"map": title, "w1": current[0], "w2": current[1], "accuracy": None, "ring": True} for title in titles]
+    if all(min(weights) <= w <= max(weights) for w in current):  # off the map: no ring (and the caption says so)
+        rows += [{"map": title, "w1": current[0], "w2": current[1], "accuracy": None, "ring": True} for title in titles]
     half = (weights[1] - weights[0]) / 2 if len(weights) > 1 else 0.125
     domain = [min(weights) - half, max(weights) + half]
     ticks = [float(w) for w in weights]
@@ -635,7 +637,8 @@ def weight_maps(
         "format(datum.w2, '~g') + ': ' + format(datum.accuracy, '.2f') + '%'"
     )
     squares = {
-        "params": [{"name": PICK, "select": {"type": "point", "fields": ["w1", "w2"], "on": "click"}}],
+        # one pair at a time: a shift-click replaces the pick too, instead of adding a second one
+        "params": [{"name": PICK, "select": {"type": "point", "fields": ["w1", "w2"], "on": "click", "toggle": False}}],
         "transform": [
             {"filter": "!datum.ring"},
             {"calculate": f"datum.w1 - {half}", "as": "w1_low"},

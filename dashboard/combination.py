@@ -202,7 +202,9 @@ def _apply_picked_weights() -> None:
     """A square clicked on the weight map (a selection the chart keeps in its state) sets both weights, once per
     click: afterwards the sliders are the user's again."""
     picked = _picked()
-    if picked is not None and st.session_state.get(f"_{MAP_KEY}_applied") != picked:
+    if picked is None:  # nothing selected (yet, or any more: a double-click, a new map): the next pick counts
+        st.session_state.pop(f"_{MAP_KEY}_applied", None)
+    elif st.session_state.get(f"_{MAP_KEY}_applied") != picked:
         st.session_state[f"_{MAP_KEY}_applied"] = picked
         st.session_state["eval_combine_w1"], st.session_state["eval_combine_w2"] = picked
 
@@ -239,7 +241,7 @@ def _weight_map_part(
     current = (choice.weights[0], choice.weights[1])
     _forget_pick_once_moved(current)
     maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
-    st.vega_lite_chart(  # keyed: a new pair or new numbers redraw the chart in place
+    st.vega_lite_chart(  # keyed: a new pair redraws it in place; a new generation (_map_key) draws it anew
         charts.weight_maps(mapped.weights, maps, current, mapped.names),
         on_select="rerun",
         selection_mode=charts.PICK,

@@ -71,6 +71,12 @@ def vega_charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
     return charts
 
 
+def chart_title(spec: dict) -> str:
+    """A Vega-Lite spec's title ('' for a chart without one, such as the weight maps)."""
+    title = spec.get("title") or ""
+    return title if isinstance(title, str) else title.get("text", "")
+
+
 def texts(at: AppTest) -> str:
     """All visible text-ish elements joined, for simple `in` checks."""
     parts: list[str] = []

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import assert_clean, click, new_app, texts, vega_charts, visit, wait_for_job
+from conftest import assert_clean, chart_title, click, new_app, texts, vega_charts, visit, wait_for_job
 
 from dashboard import jobs
 from lora_core.store.artifacts import ArtifactStore
@@ -296,7 +296,7 @@ def test_finetune_page_trains_a_dora_adapter_and_counts_its_magnitudes(trained_d
     # the pages that turn an adapter's strength or cut its rank say why a DoRA adapter has neither
     visit(at, "evaluation")
     assert not at.error and any("no strength to turn down" in str(c.value) for c in at.caption)
-    assert any(spec["title"]["text"] == "Per-digit test accuracy" for spec, _ in vega_charts(at))
+    assert any(chart_title(spec) == "Per-digit test accuracy" for spec, _ in vega_charts(at))
     visit(at, "parameters")
     assert not at.error and any("is a DoRA adapter" in str(i.value) for i in at.info)
     visit(at, "draw")

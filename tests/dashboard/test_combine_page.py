@@ -181,6 +181,14 @@ def test_a_square_clicked_on_the_map_sets_both_weights_once_and_again_after_the_
     assert combination._picked() is None  # the map starts again with nothing selected
     click(0.5, 1.25)
     assert rerun() == (0.5, 1.25)
+    # a double-click clears the chart's selection (so does switching the section off and on): moving a slider and
+    # clicking that square again still counts
+    state[combination._map_key()] = {"selection": {charts.PICK: []}}
+    assert rerun() == (0.5, 1.25)
+    state["eval_combine_w2"] = 0.3
+    assert rerun() == (0.5, 0.3)
+    click(0.5, 1.25)
+    assert rerun() == (0.5, 1.25)
 
 
 def test_combining_needs_two_adapters(trained_dir: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAGES, app_with_active, assert_clean, new_app, texts, vega_charts, visit
+from conftest import PAGES, app_with_active, assert_clean, chart_title, new_app, texts, vega_charts, visit
 
 from dashboard.ui import FINETUNE_LABEL, TRAIN_LABEL
 from lora_core.data import MnistData
@@ -232,7 +232,7 @@ def test_home_headline_of_a_task_adapter_is_on_its_task_and_names_no_target(resu
     assert "weakest digit" not in captions
     steps = [str(m.value) for m in at.markdown if str(m.value).startswith(":material/")]
     assert "Adapter `rotate-45` on task `rotate:45`" in steps[3], steps[3]
-    _, rows = next((spec, rows) for spec, rows in vega_charts(at) if "on the task's test set" in spec["title"]["text"])
+    _, rows = next((spec, rows) for spec, rows in vega_charts(at) if "on the task's test set" in chart_title(spec))
     assert len(rows) == 20 and not rows["target"].any()  # no digit is marked as a target
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import assert_clean, new_app, opened_at, vega_charts, visit
+from conftest import assert_clean, chart_title, new_app, opened_at, vega_charts, visit
 
 from lora_core.lab.strength import STRENGTHS, strength_curve
 from lora_core.lab.study import finetune_and_save_adapter, load_base_for_lora
@@ -28,11 +28,11 @@ def _metrics(at) -> dict[str, str]:  # noqa: ANN001 - AppTest
     return {m.label: (m.value, m.delta) for m in at.metric}
 
 
-def _bars(at, trace: int = 1) -> list[float]:  # noqa: ANN001 - AppTest
-    """The bars of the per-digit chart (trace 0: the base model, 1: the adapter), in percent."""
-    spec, rows = next((spec, rows) for spec, rows in vega_charts(at) if "Per-digit" in spec["title"]["text"])
-    series = spec["layer"][-1]["encoding"]["xOffset"]["sort"][trace]
-    return rows[rows["series"] == series].sort_values("digit")["accuracy"].tolist()
+def _bars(at, series: int = 1) -> list[float]:  # noqa: ANN001 - AppTest
+    """The bars of the per-digit chart (series 0: the base model, 1: the adapter), in percent."""
+    spec, rows = next((spec, rows) for spec, rows in vega_charts(at) if "Per-digit" in chart_title(spec))
+    name = spec["layer"][-1]["encoding"]["xOffset"]["sort"][series]
+    return rows[rows["series"] == name].sort_values("digit")["accuracy"].tolist()
 
 
 def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: Path, small_mnist) -> None:
@@ -53,7 +53,7 @@ def test_the_strength_control_moves_the_figures_and_0_is_the_base(trained_dir: P
         overall = next(v for label, v in metrics.items() if label == f"All digits at strength {strength:g}")
         assert overall[0] == f"{100 * expected.accuracy:.2f}%", (strength, overall)
         if strength == 0.0:  # the base model's own figures, as the page shows them above
-            assert _bars(at) == _bars(at, trace=0)
+            assert _bars(at) == _bars(at, series=0)
             assert overall[0] == metrics["Base model accuracy"][0]
             assert all(
                 delta == "+0.00 points vs strength 0" for label, (_, delta) in metrics.items() if "strength" in label
