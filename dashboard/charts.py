@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from dashboard import palette
 from lora_core.lab.readings import METHOD_NAMES
+from lora_core.numbers import digits_named
 
 DIGITS = list(range(10))
 OUTLINE = {"width": 1, "color": palette.MARK}  # around a highlighted marker, which is light
@@ -193,7 +194,7 @@ def accuracy_lines(
     lines = [("all digits", plain.overall(), palette.OVERALL)]
     if targets:
         others = [d for d in DIGITS if d not in targets]
-        named = f"target digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
+        named = f"target {digits_named(targets)}"
         lines = [
             (named, plain.accuracy_on(targets), palette.ADAPTED),
             ("the other digits", plain.accuracy_on(others), palette.ELSEWHERE),
@@ -606,13 +607,13 @@ PICK = "pick"  # the weight maps' selection parameter: the pair of weights click
 def weight_maps(
     weights: Sequence[float],
     maps: Sequence[tuple[str, Sequence[Sequence[float]]]],
-    current: tuple[float, float],
+    current: tuple[float, float] | None,
     names: tuple[str, str],
 ) -> VegaLiteSpec:
     """One map per (title, grid) of two adapters' accuracy (fractions 0..1; grid[i][j] at w1 = weights[j],
     w2 = weights[i]), two a row, each with its own colour scale: one square per pair of weights, and a click on a
     square selects its pair (the selection parameter PICK, fields "w1" and "w2"); the current pair is ringed in every
-    map, on the grid or between its squares (none when the pair lies outside the map).
+    map, on the grid or between its squares (None: no ring, for a pair the map does not show).
 
     Only the data changes with the pair and the numbers (the spec's other parts depend on the grid, the titles and
     the names alone), so that a drawn chart takes a new pair in place rather than being drawn anew."""
@@ -623,7 +624,7 @@ def weight_maps(
         for i, w2 in enumerate(weights)
         for j, w1 in enumerate(weights)
     ]
-    if all(min(weights) <= w <= max(weights) for w in current):  # off the map: no ring (and the caption says so)
+    if current is not None:
         rows += [{"map": title, "w1": current[0], "w2": current[1], "accuracy": None, "ring": True} for title in titles]
     half = (weights[1] - weights[0]) / 2 if len(weights) > 1 else 0.125
     domain = [min(weights) - half, max(weights) + half]

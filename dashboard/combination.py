@@ -240,15 +240,15 @@ def _weight_map_part(
     (mapped,) = results
     current = (choice.weights[0], choice.weights[1])
     _forget_pick_once_moved(current)
+    low, high = mapped.weights[0], mapped.weights[-1]
+    outside = not all(low <= w <= high for w in current)
     maps = [(c.label, mapped.grid(c.key)) for c in mapped.columns]
     st.vega_lite_chart(  # keyed: a new pair redraws it in place; a new generation (_map_key) draws it anew
-        charts.weight_maps(mapped.weights, maps, current, mapped.names),
+        charts.weight_maps(mapped.weights, maps, None if outside else current, mapped.names),
         on_select="rerun",
         selection_mode=charts.PICK,
         key=_map_key(),
     )
-    low, high = mapped.weights[0], mapped.weights[-1]
-    outside = not all(low <= w <= high for w in current)
     st.caption(
         f"Accuracy at each pair of weights from {low:g} to {high:g} in steps of {mapped.weights[1] - low:g} (the "
         f"corner 0, 0 is the base model), on the same test sets as the table. Click a square to set both weights "

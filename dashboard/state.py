@@ -38,6 +38,7 @@ from lora_core.lab.tasks import Task, parse_task, task_of, task_test_set
 from lora_core.lab.truncation import TruncationCurve, truncation_curve
 from lora_core.lora import LoraModel
 from lora_core.lora.nf4 import LevelHistogram, level_histogram
+from lora_core.numbers import digits_named
 from lora_core.store.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_METRICS,
@@ -379,7 +380,7 @@ class AdapterInfo:
         targets = self.targets
         if not targets:
             return "digit ?"
-        return f"digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
+        return digits_named(targets)
 
 
 def adapters(base_sha: str | None, where: ArtifactStore | None = None) -> list[AdapterInfo]:

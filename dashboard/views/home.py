@@ -11,7 +11,7 @@ from lora_core.errors import ConfigError
 from lora_core.lab.proof import RecordedCheck, recorded_check
 from lora_core.lab.study import Headline, headline_from_adapter, headline_from_study
 from lora_core.model import MLP
-from lora_core.numbers import pct
+from lora_core.numbers import digits_named, pct
 from lora_core.train import FinetuneConfig, TrainConfig
 
 STUDY_FIELDS = {"hidden": "Hidden size", "epochs": "Epochs", "steps": "Fine-tuning steps"}
@@ -130,7 +130,7 @@ if active_info is not None:
         trained_on = f"task `{domain.spec}` ({domain.label})"
     else:
         digits = active_info.targets
-        trained_on = f"digit{'s' if len(digits) > 1 else ''} {', '.join(map(str, digits))}"
+        trained_on = digits_named(digits)
     step(
         4,
         "Fine-tune it with LoRA",
@@ -224,8 +224,7 @@ if figures is not None:
             if weakest in figures.digits:
                 st.caption(f"{weakest_note}: the adapter's target.")
             else:
-                aimed = f"digit{'s' if len(targets) > 1 else ''} {', '.join(map(str, targets))}"
-                st.caption(f"{weakest_note}; this adapter targets {aimed} instead.")
+                st.caption(f"{weakest_note}; this adapter targets {digits_named(targets)} instead.")
             worst = figures.worst_hit_other
             if worst is not None:
                 digit, change = worst

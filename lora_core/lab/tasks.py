@@ -36,6 +36,7 @@ from typing_extensions import TypedDict  # pydantic reads typing's TypedDict onl
 from lora_core.data import MEAN, STD, MnistData
 from lora_core.errors import ConfigError
 from lora_core.model import SIDE
+from lora_core.numbers import digits_named
 
 DIGIT_KINDS = ("weakest", "digits", "unseen")
 DOMAIN_KINDS = ("rotate", "invert", "thick", "thin", "shift")
@@ -104,7 +105,7 @@ class Task:
         if self.kind == "weakest":
             return "weakest digit"
         if self.kind in ("digits", "unseen"):
-            words = f"digit{'s' if len(self.digits) > 1 else ''} {', '.join(map(str, self.digits))}"
+            words = digits_named(self.digits)
             return f"{words} (unseen)" if self.kind == "unseen" else words
         if self.kind == "rotate":
             return f"rotate {self.degrees:g}°"

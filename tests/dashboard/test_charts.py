@@ -186,6 +186,6 @@ def test_weight_maps_one_per_task_with_a_pickable_square_per_pair_and_the_curren
         {"name": charts.PICK, "select": {"type": "point", "fields": ["w1", "w2"], "on": "click", "toggle": False}}
     ]
     # the pair moves the data only: the rest of the spec is the same for any pair and any numbers
-    other = charts.weight_maps(weights, [("plain", grid[::-1]), ("task", grid)], (1.0, 1.0), ("a", "b"))
+    other = charts.weight_maps(weights, [("plain", grid[::-1]), ("task", grid)], None, ("a", "b"))
     assert {k: v for k, v in other.items() if k != "data"} == {k: v for k, v in spec.items() if k != "data"}
-    assert not [r for r in other["data"]["values"] if r["ring"]]  # a pair off the map has no ring
+    assert not [r for r in other["data"]["values"] if r["ring"]]  # no pair given (one off the map): no ring

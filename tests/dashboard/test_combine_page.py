@@ -152,6 +152,9 @@ def test_the_weight_map_shows_every_pair_with_the_chosen_one_ringed(
     assert plain == f"{shown[(1.5, 1.0)]:.2f}%"
     _set(at, "slider", "eval_combine_w1", 1.4)  # off the grid: scored
     assert len(calls) == 1
+    _set(at, "slider", "eval_combine_w1", 1.8)  # off the map: no ring, and the caption says why
+    assert _rings(_map_chart(at)[1]) == {}
+    assert "the chosen pair lies outside the map" in texts(at)
 
 
 def test_a_square_clicked_on_the_map_sets_both_weights_once_and_again_after_the_sliders_moved(
